@@ -1,0 +1,194 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+)
+
+func newCDICommand(g *globalFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "cdi", Short: "Generate, list and validate CDI specs"}
+	cmd.AddCommand(newGenerateCommand(g), newListCommand(), newValidateCommand())
+	return cmd
+}
+
+type generateFlags struct {
+	rootFlags
+	output, format, vendor, class, names, caps, hookPath, disableHooks string
+}
+
+func newGenerateCommand(_ *globalFlags) *cobra.Command {
+	f := &generateFlags{}
+	cmd := &cobra.Command{
+		Use:   "generate",
+		Short: "Write a CDI spec for this host's GPUs",
+		Long: `Write a CDI spec for this host's GPUs. Podman, Docker (25+), containerd and CRI-O read it
+from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output.`,
+		Example: `  nvbind cdi generate --output /var/run/cdi/
+  nvbind cdi generate --output /etc/cdi/nvidia.json --capabilities compute,utility
+  nvbind cdi generate --driver-root /run/nvidia/driver --output /var/run/cdi/nvidia.yaml
+  podman run --device nvidia.com/gpu=0 ...   # or gpu0, GPU-<uuid>, all`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o, format, err := f.options()
+			if err != nil {
+				return err
+			}
+			d, err := f.discoverer()
+			if err != nil {
+				return err
+			}
+			inv, err := d.Discover(cmd.Context())
+			if err != nil {
+				return fmt.Errorf("cannot generate a spec: %w", err)
+			}
+			s, err := spec.Generate(inv, o)
+			if err != nil {
+				return err
+			}
+			if f.output == "" || f.output == "-" {
+				if err := spec.Validate(s); err != nil {
+					return fmt.Errorf("generated spec is invalid: %w", err)
+				}
+				data, err := spec.Marshal(s, format)
+				if err != nil {
+					return err
+				}
+				_, err = cmd.OutOrStdout().Write(data)
+				return err
+			}
+			dst := f.output
+			if isDirArg(dst) {
+				name, err := spec.FileName(s, format)
+				if err != nil {
+					return err
+				}
+				dst = filepath.Join(dst, name)
+			}
+			if err := spec.WriteFile(s, dst, format); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", dst, len(s.Devices), s.Kind, s.Version)
+			return nil
+		},
+	}
+	f.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVarP(&f.output, "output", "o", "", "spec file, or folder (ending in / or existing) to write the conventionally named spec in; default standard output")
+	fl.StringVar(&f.format, "format", "", "json or yaml; default from the output file's extension, else yaml")
+	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor")
+	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class")
+	fl.StringVar(&f.names, "device-name-strategy", "index,type-index,uuid", "device names to emit, comma list of: "+spec.ValidNameStrategies)
+	fl.StringVar(&f.caps, "capabilities", "all", "driver capabilities whose files the spec mounts: "+gpu.ValidCapabilities)
+	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", selfPath()), "absolute path of the nvbind binary that the spec's hook runs")
+	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
+	return cmd
+}
+
+func (f *generateFlags) options() (spec.Options, spec.Format, error) {
+	var o spec.Options
+	var err error
+	o.Vendor, o.Class, o.HookPath = f.vendor, f.class, f.hookPath
+	if o.NameStrategies, err = spec.ParseNameStrategies(f.names); err != nil {
+		return o, "", fmt.Errorf("--device-name-strategy: %w", err)
+	}
+	if o.Capabilities, err = gpu.ParseCapabilities(f.caps); err != nil {
+		return o, "", fmt.Errorf("--capabilities: %w", err)
+	}
+	if o.DisabledHooks, err = spec.ParseHookNames(f.disableHooks); err != nil {
+		return o, "", fmt.Errorf("--disable-hooks: %w", err)
+	}
+	var format spec.Format
+	if f.format != "" {
+		if format, err = spec.ParseFormat(f.format); err != nil {
+			return o, "", fmt.Errorf("--format: %w", err)
+		}
+	}
+	if f.output != "" && f.output != "-" && !isDirArg(f.output) {
+		ext := spec.FormatOf(f.output)
+		if ext == "" {
+			return o, "", fmt.Errorf("--output %s: a spec file must end in .json or .yaml (runtimes ignore other names)", f.output)
+		}
+		if format != "" && format != ext {
+			return o, "", fmt.Errorf("--format %s conflicts with --output %s", format, f.output)
+		}
+		format = ext
+	}
+	if format == "" {
+		format = spec.FormatYAML
+	}
+	return o, format, nil
+}
+
+func isDirArg(p string) bool {
+	if strings.HasSuffix(p, "/") {
+		return true
+	}
+	fi, err := os.Stat(p)
+	return err == nil && fi.IsDir()
+}
+
+func newListCommand() *cobra.Command {
+	var dirs []string
+	cmd := &cobra.Command{
+		Use:     "list",
+		Short:   "List the CDI devices in the spec folders",
+		Example: "  nvbind cdi list\n  nvbind cdi list --spec-dir /etc/cdi",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(dirs...))
+			if err != nil && c == nil {
+				return err
+			}
+			for _, d := range c.ListDevices() {
+				fmt.Fprintln(cmd.OutOrStdout(), d)
+			}
+			var bad []string
+			for p, errs := range c.GetErrors() {
+				for _, e := range errs {
+					bad = append(bad, fmt.Sprintf("%s: %v", p, e))
+				}
+			}
+			sort.Strings(bad)
+			for _, b := range bad {
+				fmt.Fprintln(cmd.ErrOrStderr(), "error:", b)
+			}
+			if len(bad) > 0 {
+				return exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringSliceVar(&dirs, "spec-dir", []string{"/etc/cdi", "/var/run/cdi"}, "spec folders, later ones win")
+	return cmd
+}
+
+func newValidateCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "validate FILE...",
+		Short:   "Check CDI spec files as runtimes will read them",
+		Example: "  nvbind cdi validate /var/run/cdi/nvidia.com-gpu.yaml",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var errs []error
+			for _, p := range args {
+				s, err := cdi.ReadSpec(p, 0)
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s: %w", p, err))
+					continue
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid, cdiVersion %s, kind %s, %d devices\n", p, s.Version, s.Kind, len(s.Devices))
+			}
+			return errors.Join(errs...)
+		},
+	}
+}

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nvbind/nvbind/gpu"
+)
+
+func newInfoCommand(_ *globalFlags) *cobra.Command {
+	var rf rootFlags
+	var format string
+	cmd := &cobra.Command{
+		Use:   "info",
+		Short: "Show the GPUs, driver, device nodes and driver files nvbind finds",
+		Example: `  nvbind info
+  nvbind info --format json | jq .devices
+  nvbind info --driver-root /run/nvidia/driver`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if format != "text" && format != "json" {
+				return fmt.Errorf("--format %q: valid: text, json", format)
+			}
+			d, err := rf.discoverer()
+			if err != nil {
+				return err
+			}
+			inv, err := d.Discover(cmd.Context())
+			if err != nil && !errors.Is(err, gpu.ErrNoDevices) {
+				return err
+			}
+			if format == "json" {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if jerr := enc.Encode(inv); jerr != nil {
+					return jerr
+				}
+				return err
+			}
+			printInfo(cmd.OutOrStdout(), inv)
+			return err
+		},
+	}
+	rf.register(cmd)
+	cmd.Flags().StringVar(&format, "format", "text", "output format: text, json")
+	return cmd
+}
+
+func printInfo(w io.Writer, inv *gpu.Inventory) {
+	fmt.Fprintf(w, "Driver:      %s (%s kernel module; version from %s)\n", inv.Driver.Version, inv.Driver.Flavour, inv.Driver.VersionSource)
+	if inv.Driver.CUDAVersion != "" {
+		fmt.Fprintf(w, "CUDA:        %s\n", inv.Driver.CUDAVersion)
+	}
+	fmt.Fprintf(w, "Driver root: %s\nDev root:    %s\n", inv.DriverRoot, inv.DevRoot)
+	src := string(inv.Source)
+	if inv.NVMLError != "" {
+		src += " (NVML unavailable: " + inv.NVMLError + ")"
+	}
+	fmt.Fprintf(w, "GPU source:  %s\n", src)
+	fmt.Fprintf(w, "GPUs:        %d\n", len(inv.Devices))
+	for _, d := range inv.Devices {
+		fmt.Fprintf(w, "  %d  %s  %s  %s  %s\n", d.Index, d.UUID, d.PCIBusID, d.Model, d.Node.Path)
+		for _, m := range d.MIG {
+			fmt.Fprintf(w, "     MIG %d:%d  %s  gi %d ci %d\n", m.Parent, m.Index, m.UUID, m.GI, m.CI)
+		}
+	}
+	var nodes []string
+	for _, n := range inv.ControlNodes {
+		nodes = append(nodes, fmt.Sprintf("%s (%d:%d)", n.Path, n.Major, n.Minor))
+	}
+	fmt.Fprintf(w, "Control nodes: %s\n", strings.Join(nodes, ", "))
+	counts := map[gpu.FileKind]int{}
+	for _, f := range inv.Files {
+		counts[f.Kind]++
+	}
+	fmt.Fprintf(w, "Driver files: %d libraries, %d binaries, %d firmware, %d configs, %d sockets\n",
+		counts[gpu.KindLibrary], counts[gpu.KindBinary], counts[gpu.KindFirmware], counts[gpu.KindConfig], counts[gpu.KindSocket])
+	for _, f := range inv.Files {
+		caps := make([]string, 0, len(f.Caps))
+		for _, c := range f.Caps {
+			caps = append(caps, string(c))
+		}
+		fmt.Fprintf(w, "  %-9s %-22s %s\n", f.Kind, strings.Join(caps, ","), f.Path)
+	}
+	for _, warn := range inv.Warnings {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
+}

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nvbind/nvbind/gpu"
+)
+
+// version and commit are set by the Makefile's -ldflags.
+var (
+	version = "dev"
+	commit  = ""
+)
+
+type globalFlags struct {
+	logLevel, logFormat string
+}
+
+func newRootCommand() *cobra.Command {
+	g := &globalFlags{}
+	root := &cobra.Command{
+		Use:           "nvbind",
+		Short:         "Hand NVIDIA GPUs to containers: CDI specs, a live NRI plugin, and the OCI hooks they use",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Example: `  nvbind info
+  nvbind cdi generate --output /var/run/cdi/
+  podman run --device nvidia.com/gpu=0 ...`,
+	}
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("NVBIND_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("NVBIND_LOG_FORMAT", "text"), "log format: text, json")
+	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), newHookCommand())
+	return root
+}
+
+func envOr(key, def string) string {
+	if v, ok := os.LookupEnv(key); ok && v != "" {
+		return v
+	}
+	return def
+}
+
+func (g *globalFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: valid: debug, info, warn, error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: valid: text, json", g.logFormat)
+}
+
+// rootFlags are the discovery flags shared by every command that looks at the host.
+type rootFlags struct {
+	driverRoot, devRoot string
+	noNVML              bool
+}
+
+func (r *rootFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&r.driverRoot, "driver-root", envOr("NVBIND_DRIVER_ROOT", "/"),
+		"where the driver's user-space files are (/run/nvidia/driver under the GPU Operator) [$NVBIND_DRIVER_ROOT]")
+	cmd.Flags().StringVar(&r.devRoot, "dev-root", envOr("NVBIND_DEV_ROOT", "/"),
+		"where the host's /dev, /proc and /sys are seen [$NVBIND_DEV_ROOT]")
+	cmd.Flags().BoolVar(&r.noNVML, "no-nvml", false, "list GPUs from /proc/driver/nvidia instead of NVML")
+}
+
+func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
+	for _, d := range []struct{ flag, dir string }{{"--driver-root", r.driverRoot}, {"--dev-root", r.devRoot}} {
+		fi, err := os.Stat(d.dir)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", d.flag, d.dir, err)
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("%s %s: not a directory", d.flag, d.dir)
+		}
+	}
+	opts := []gpu.Option{gpu.WithDriverRoot(r.driverRoot), gpu.WithDevRoot(r.devRoot)}
+	if r.noNVML {
+		opts = append(opts, gpu.WithoutNVML())
+	}
+	return gpu.New(opts...)
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print nvbind's version and build commit",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c := commit
+			if bi, ok := debug.ReadBuildInfo(); ok && c == "" {
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						c = s.Value
+					}
+				}
+			}
+			if c == "" {
+				c = "unknown"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "nvbind %s (commit %s)\n", version, c)
+			return nil
+		},
+	}
+}
+
+// selfPath is the absolute path of the running binary, the default hook path.
+func selfPath() string {
+	p, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	return p
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,416 @@
+package gpu
+
+import (
+	"bytes"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/nvbind/nvbind/internal/ldcache"
+)
+
+// libDirs are the library folders searched under the driver root, besides those the
+// driver root's ld.so.cache names. Missing ones are skipped.
+var libDirs = []string{
+	"/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64", "/usr/lib", "/lib",
+	"/usr/lib/aarch64-linux-gnu", "/lib/aarch64-linux-gnu",
+	"/usr/local/nvidia/lib64", "/usr/local/nvidia/lib",
+	"/usr/lib/x86_64-linux-gnu/vdpau", "/usr/lib64/vdpau", "/usr/lib/vdpau", "/usr/lib/aarch64-linux-gnu/vdpau",
+	"/usr/lib/x86_64-linux-gnu/gbm", "/usr/lib64/gbm",
+	"/usr/lib/xorg/modules/drivers", "/usr/lib/xorg/modules/extensions",
+	"/usr/lib64/xorg/modules/drivers", "/usr/lib64/xorg/modules/extensions",
+	"/usr/lib/x86_64-linux-gnu/nvidia/xorg",
+	// 32-bit (compat32)
+	"/usr/lib/i386-linux-gnu", "/lib/i386-linux-gnu", "/usr/lib32", "/lib32", "/usr/lib/i386-linux-gnu/vdpau",
+}
+
+// libDirGlobs find the per-flavour folders of distribution packages (Debian's
+// nvidia/current, nvidia/tesla-470, ...).
+var libDirGlobs = []string{"/usr/lib/*/nvidia", "/usr/lib/nvidia"}
+
+var (
+	reVersioned = regexp.MustCompile(`^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$`)
+	// names of NVIDIA projects that ship beside the driver with versions of their own
+	notDriver = []string{"libnvidia-container", "libnvidia-egl-wayland", "libnvidia-egl-gbm", "libnvidia-egl-xcb",
+		"libnvidia-egl-xlib", "libnvidia-vksc-core"}
+)
+
+// isDriverLibName says whether a file name may be one of the driver's libraries or modules.
+func isDriverLibName(name string) bool {
+	if !strings.Contains(name, ".so") {
+		return false
+	}
+	for _, p := range notDriver {
+		if strings.HasPrefix(name, p+".") || strings.HasPrefix(name, p+"-") {
+			return false
+		}
+	}
+	for _, p := range []string{"libnvidia-", "libcuda.", "libcudadebugger.", "libnvcuvid.", "libnvoptix.", "libGLX_nvidia.",
+		"libEGL_nvidia.", "libGLESv2_nvidia.", "libGLESv1_CM_nvidia.", "libvdpau_nvidia.", "libglxserver_nvidia.",
+		"nvidia_drv.so", "nvidia-drm_gbm.so"} {
+		if strings.HasPrefix(name, p) {
+			return true
+		}
+	}
+	return false
+}
+
+type libResult struct {
+	files    []File
+	version  string
+	nvmlPath string
+	searched string
+	warnings []string
+}
+
+type libCandidate struct {
+	real  string   // rooted real path
+	names []string // rooted paths that resolve to real
+}
+
+// findLibraries finds every library of the installed driver. version may be empty: then
+// the version is taken from what libnvidia-ml.so.1 or libcuda.so.1 resolves to.
+func findLibraries(r rootFS, version string) (libResult, error) {
+	var res libResult
+	dirs := searchDirs(r)
+	res.searched = strings.Join(dirs, ", ")
+
+	// Every driver-looking name in every folder, grouped by the real file it resolves to.
+	byReal := map[string]*libCandidate{}
+	var order []string
+	for _, dir := range dirs {
+		for _, e := range r.readDir(dir) {
+			name := e.Name()
+			if !isDriverLibName(name) {
+				continue
+			}
+			p := path.Join(dir, name)
+			real, fi, err := r.stat(p)
+			if err != nil || !fi.Mode().IsRegular() {
+				if err != nil && !errors.Is(err, fs.ErrNotExist) {
+					res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(p), err))
+				}
+				continue
+			}
+			c, ok := byReal[real]
+			if !ok {
+				c = &libCandidate{real: real}
+				byReal[real] = c
+				order = append(order, real)
+			}
+			c.names = append(c.names, p)
+		}
+	}
+	if version == "" {
+		version = versionFromLinks(byReal)
+	}
+	res.version = version
+	if version == "" {
+		return res, nil
+	}
+	sort.Strings(order)
+	for _, real := range order {
+		c := byReal[real]
+		base := path.Base(real)
+		if m := reVersioned.FindStringSubmatch(base); m != nil && m[2] != version {
+			if looksLikeDriverVersion(m[2]) {
+				res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version))
+			}
+			continue
+		} else if m == nil && !fileMentions(r.host(real), version) {
+			continue
+		}
+		soname, bits, err := elfInfo(r.host(real))
+		if err != nil {
+			res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(real), err))
+			continue
+		}
+		f := File{Kind: KindLibrary, Path: real, HostPath: r.host(real), SONAME: soname, Bits: bits,
+			Capabilities: classifyLibrary(base)}
+		if bits == 32 {
+			f.Capabilities |= CapsOf(CapCompat32)
+		}
+		for _, n := range c.names {
+			if n != real {
+				f.Links = append(f.Links, n)
+			}
+		}
+		sort.Strings(f.Links)
+		if bits == 64 && strings.HasPrefix(base, "libnvidia-ml.so") {
+			res.nvmlPath = f.HostPath
+		}
+		res.files = append(res.files, f)
+	}
+	return res, nil
+}
+
+// looksLikeDriverVersion tells driver versions (535.261.03, 470.57.02) from library
+// versions that other projects use (1.1.13).
+func looksLikeDriverVersion(v string) bool {
+	major, _, _ := strings.Cut(v, ".")
+	return len(major) >= 3
+}
+
+// versionFromLinks reads the version from the file libnvidia-ml.so.1 or libcuda.so.1 resolves to.
+func versionFromLinks(byReal map[string]*libCandidate) string {
+	for _, want := range []string{"libnvidia-ml.so.1", "libcuda.so.1"} {
+		var found []string
+		for real, c := range byReal {
+			for _, n := range c.names {
+				if path.Base(n) == want {
+					if m := reVersioned.FindStringSubmatch(path.Base(real)); m != nil && looksLikeDriverVersion(m[2]) {
+						found = append(found, m[2])
+					}
+				}
+			}
+		}
+		if len(found) > 0 {
+			sort.Strings(found)
+			return found[len(found)-1]
+		}
+	}
+	return ""
+}
+
+// searchDirs returns the library folders to search: the fixed list, the per-flavour
+// folders, and the folders of driver libraries in the driver root's ld.so.cache.
+func searchDirs(r rootFS) []string {
+	seen := map[string]bool{}
+	var out []string
+	add := func(d string) {
+		// the canonical path only: a folder reached through a link (merged /lib, Debian's
+		// nvidia/nvidia alternative) is the same folder
+		real, fi, err := r.stat(d)
+		if err != nil || !fi.IsDir() || real != path.Clean(d) || seen[real] {
+			return
+		}
+		d = real
+		seen[d] = true
+		out = append(out, d)
+	}
+	for _, d := range libDirs {
+		add(d)
+	}
+	for _, g := range libDirGlobs {
+		for _, base := range expandGlob(r, g) {
+			for _, e := range r.readDir(base) {
+				if e.IsDir() { // real folders only: Debian's nvidia/nvidia is a link to the chosen one
+					add(path.Join(base, e.Name()))
+				}
+			}
+			add(base)
+		}
+	}
+	if data, err := readBounded(r.host("/etc/ld.so.cache"), ldcache.MaxSize); err == nil {
+		if entries, err := ldcache.Parse(data); err == nil {
+			for _, e := range entries {
+				if isDriverLibName(path.Base(e.Name)) {
+					add(path.Dir(e.Path))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// expandGlob expands one "*" component of a rooted pattern.
+func expandGlob(r rootFS, pattern string) []string {
+	before, after, ok := strings.Cut(pattern, "*")
+	if !ok {
+		return []string{pattern}
+	}
+	dir := path.Clean(before)
+	var out []string
+	for _, e := range r.readDir(dir) {
+		out = append(out, path.Clean(path.Join(dir, e.Name())+after))
+	}
+	return out
+}
+
+func readBounded(p string, max int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", p, max)
+	}
+	return data, nil
+}
+
+// fileMentions reports whether the file contains the version string: how the driver's
+// libraries without a version in their names (libnvidia-api.so.1, nvidia_drv.so) are told
+// from leftovers of another driver.
+func fileMentions(p, version string) bool {
+	f, err := os.Open(p)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	needle := []byte(version)
+	buf := make([]byte, 1<<20+len(needle))
+	keep := 0
+	var total int64
+	for total < 512<<20 {
+		n, err := f.Read(buf[keep:])
+		if n > 0 {
+			total += int64(n)
+			if bytes.Contains(buf[:keep+n], needle) {
+				return true
+			}
+			keep = copy(buf, buf[keep+n-min(keep+n, len(needle)-1):keep+n])
+		}
+		if err != nil {
+			return false
+		}
+	}
+	return false
+}
+
+// elfInfo reads an ELF file's SONAME and class.
+func elfInfo(p string) (string, int, error) {
+	f, err := elf.Open(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("not an ELF file: %w", err)
+	}
+	defer f.Close()
+	bits := 64
+	if f.Class == elf.ELFCLASS32 {
+		bits = 32
+	}
+	names, err := f.DynString(elf.DT_SONAME)
+	if err != nil || len(names) == 0 {
+		return "", bits, nil //nolint:nilerr // modules such as nvidia_drv.so have no SONAME
+	}
+	return names[0], bits, nil
+}
+
+// binaries and the capability each serves.
+var binaries = []struct {
+	name string
+	caps Capabilities
+}{
+	{"nvidia-smi", CapsOf(CapUtility)},
+	{"nvidia-debugdump", CapsOf(CapUtility)},
+	{"nvidia-persistenced", CapsOf(CapUtility)},
+	{"nvidia-cuda-mps-control", CapsOf(CapCompute)},
+	{"nvidia-cuda-mps-server", CapsOf(CapCompute)},
+	{"nvidia-imex", CapsOf(CapCompute)},
+	{"nvidia-imex-ctl", CapsOf(CapCompute)},
+}
+
+var binDirs = []string{"/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin", "/usr/local/sbin", "/usr/local/nvidia/bin"}
+
+// findBinaries finds the driver's programs. Each is mounted where users call it
+// (/usr/bin/nvidia-smi) from the real file, even when the name is an alternatives link.
+func findBinaries(r rootFS) []File {
+	var out []File
+	for _, b := range binaries {
+		for _, dir := range binDirs {
+			p := path.Join(dir, b.name)
+			real, fi, err := r.stat(p)
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			out = append(out, File{Kind: KindBinary, Path: p, HostPath: r.host(real), Capabilities: b.caps})
+			break
+		}
+	}
+	return out
+}
+
+// findFirmware lists the GSP firmware of the installed version.
+func findFirmware(r rootFS, version string) []File {
+	var out []File
+	for _, dir := range []string{"/lib/firmware/nvidia/" + version, "/usr/lib/firmware/nvidia/" + version} {
+		for _, e := range r.readDir(dir) {
+			p := path.Join(dir, e.Name())
+			real, fi, err := r.stat(p)
+			if err != nil || !fi.Mode().IsRegular() || !strings.HasSuffix(e.Name(), ".bin") {
+				continue
+			}
+			out = append(out, File{Kind: KindFirmware, Path: p, HostPath: r.host(real), Capabilities: CapsOf(CapCompute, CapUtility)})
+		}
+		if len(out) > 0 {
+			break
+		}
+	}
+	return out
+}
+
+// configs: graphics and compute ICDs, profiles and X configs, by folder and name pattern.
+var configs = []struct {
+	dir, match string
+	caps       Capabilities
+}{
+	{"/usr/share/vulkan/icd.d", "nvidia", CapsOf(CapGraphics)},
+	{"/etc/vulkan/icd.d", "nvidia", CapsOf(CapGraphics)},
+	{"/usr/share/vulkan/implicit_layer.d", "nvidia", CapsOf(CapGraphics)},
+	{"/etc/vulkan/implicit_layer.d", "nvidia", CapsOf(CapGraphics)},
+	{"/usr/share/glvnd/egl_vendor.d", "nvidia", CapsOf(CapGraphics)},
+	{"/etc/glvnd/egl_vendor.d", "nvidia", CapsOf(CapGraphics)},
+	{"/usr/share/egl/egl_external_platform.d", "nvidia", CapsOf(CapGraphics)},
+	{"/usr/share/nvidia", "nvoptix.bin", CapsOf(CapGraphics)},
+	{"/usr/share/nvidia", "nvidia-application-profiles-", CapsOf(CapGraphics)},
+	{"/etc/OpenCL/vendors", "nvidia", CapsOf(CapCompute)},
+	{"/etc/X11/xorg.conf.d", "nvidia", CapsOf(CapDisplay)},
+	{"/usr/share/X11/xorg.conf.d", "nvidia", CapsOf(CapDisplay)},
+}
+
+func findConfigs(r rootFS, version string) []File {
+	var out []File
+	for _, c := range configs {
+		for _, e := range r.readDir(c.dir) {
+			name := e.Name()
+			if !strings.Contains(name, c.match) {
+				continue
+			}
+			// application profiles carry a version: only this driver's
+			if strings.HasPrefix(name, "nvidia-application-profiles-") && !strings.Contains(name, version) {
+				continue
+			}
+			p := path.Join(c.dir, name)
+			real, fi, err := r.stat(p)
+			if err != nil || !fi.Mode().IsRegular() {
+				continue
+			}
+			out = append(out, File{Kind: KindConfig, Path: p, HostPath: r.host(real), Capabilities: c.caps})
+		}
+	}
+	return out
+}
+
+// findSockets finds the IPC endpoints of the driver's daemons.
+func findSockets(r rootFS) []File {
+	var out []File
+	for _, s := range []struct {
+		p    string
+		caps Capabilities
+		dir  bool
+	}{
+		{"/run/nvidia-persistenced/socket", CapsOf(CapUtility), false},
+		{"/run/nvidia-fabricmanager/socket", CapsOf(CapCompute), false},
+		{"/tmp/nvidia-mps", CapsOf(CapCompute), true},
+	} {
+		real, fi, err := r.stat(s.p)
+		if err != nil {
+			continue
+		}
+		if (s.dir && fi.IsDir()) || (!s.dir && fi.Mode()&fs.ModeSocket != 0) {
+			out = append(out, File{Kind: KindSocket, Path: s.p, HostPath: r.host(real), Capabilities: s.caps})
+		}
+	}
+	return out
+}

@@ -1,0 +1,285 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"sort"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// Sentinel errors; check them with errors.Is.
+var (
+	// ErrNoDriver means no NVIDIA driver was found under the driver root.
+	ErrNoDriver = errors.New("no NVIDIA driver found")
+	// ErrNoDevices means a driver was found but no GPU.
+	ErrNoDevices = errors.New("no NVIDIA GPUs found")
+)
+
+// Source says where the GPU list came from.
+type Source string
+
+// Sources of the GPU list.
+const (
+	SourceNVML   Source = "nvml"
+	SourceProcfs Source = "procfs"
+)
+
+// Flavour is the kernel module flavour.
+type Flavour string
+
+// Kernel module flavours.
+const (
+	FlavourOpen        Flavour = "open"
+	FlavourProprietary Flavour = "proprietary"
+	FlavourUnknown     Flavour = "unknown"
+)
+
+// Driver describes the installed driver.
+type Driver struct {
+	Version       string  `json:"version"`
+	VersionSource string  `json:"versionSource"`
+	Flavour       Flavour `json:"flavour"`
+	CUDAVersion   string  `json:"cudaVersion,omitempty"`
+	// ModifyDeviceFiles is the kernel module's ModifyDeviceFiles parameter (nil if unknown).
+	ModifyDeviceFiles *bool `json:"modifyDeviceFiles,omitempty"`
+}
+
+// DeviceNode is a character device with the numbers read from the dev root.
+type DeviceNode struct {
+	// Path is the path in the container (and on a host whose dev root is "/").
+	Path string `json:"path"`
+	// HostPath is the path on this host (under the dev root).
+	HostPath string      `json:"hostPath"`
+	Major    int64       `json:"major"`
+	Minor    int64       `json:"minor"`
+	FileMode fs.FileMode `json:"fileMode"`
+	UID      uint32      `json:"uid"`
+	GID      uint32      `json:"gid"`
+}
+
+// Device is one full GPU.
+type Device struct {
+	Index    int          `json:"index"`
+	Minor    int          `json:"minor"`
+	UUID     string       `json:"uuid"`
+	PCIBusID string       `json:"pciBusID"`
+	Model    string       `json:"model"`
+	Node     DeviceNode   `json:"node"`
+	DRM      []DeviceNode `json:"drm,omitempty"`
+	MIG      []MIGDevice  `json:"mig,omitempty"`
+}
+
+// MIGDevice is one MIG device (a compute instance inside a GPU instance).
+type MIGDevice struct {
+	Parent int    `json:"parent"`
+	Index  int    `json:"index"`
+	GI     int    `json:"gi"`
+	CI     int    `json:"ci"`
+	UUID   string `json:"uuid"`
+	// Caps are the GI and CI access capability nodes.
+	Caps []DeviceNode `json:"caps"`
+}
+
+// FileKind is the kind of a driver file.
+type FileKind string
+
+// File kinds.
+const (
+	KindLibrary  FileKind = "library"
+	KindBinary   FileKind = "binary"
+	KindFirmware FileKind = "firmware"
+	KindConfig   FileKind = "config"
+	KindSocket   FileKind = "socket"
+)
+
+// File is one driver file to mount into containers.
+type File struct {
+	Kind FileKind `json:"kind"`
+	// Path is where the file goes in the container: its path under the driver root, with
+	// links resolved (for binaries: the name users call, such as /usr/bin/nvidia-smi).
+	Path string `json:"path"`
+	// HostPath is the real file on this host.
+	HostPath     string       `json:"hostPath"`
+	Capabilities Capabilities `json:"-"`
+	Caps         []Capability `json:"capabilities"`
+	// SONAME is the library's DT_SONAME (libraries only).
+	SONAME string `json:"soname,omitempty"`
+	// Links are the other names of a library in its folder or in the library folders
+	// (SONAME link, development link, Debian's alternatives), as container paths.
+	Links []string `json:"links,omitempty"`
+	// Bits is 32 or 64 for libraries.
+	Bits int `json:"bits,omitempty"`
+}
+
+// Inventory is the result of a discovery: immutable once returned.
+type Inventory struct {
+	DriverRoot   string       `json:"driverRoot"`
+	DevRoot      string       `json:"devRoot"`
+	Source       Source       `json:"source"`
+	NVMLError    string       `json:"nvmlError,omitempty"`
+	Driver       Driver       `json:"driver"`
+	Devices      []Device     `json:"devices"`
+	ControlNodes []DeviceNode `json:"controlNodes"`
+	// MIGControl are the MIG config and monitor capability nodes (management only).
+	MIGControl   []DeviceNode `json:"migControl,omitempty"`
+	IMEXChannels []DeviceNode `json:"imexChannels,omitempty"`
+	Files        []File       `json:"files"`
+	// Warnings are problems that did not stop discovery (skipped leftovers, stale nodes).
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// FilesFor returns the files that serve any capability in caps. A library that is 32-bit
+// only goes with compat32.
+func (inv *Inventory) FilesFor(caps Capabilities) []File {
+	var out []File
+	for _, f := range inv.Files {
+		if !f.Capabilities.Intersects(caps) {
+			continue
+		}
+		if f.Bits == 32 && !caps.Has(CapCompat32) {
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// DeviceStater reads a device node's numbers.
+type DeviceStater interface {
+	Stat(path string) (DeviceNode, error)
+}
+
+type config struct {
+	driverRoot string
+	devRoot    string
+	nvml       nvml.Interface
+	stater     DeviceStater
+	noNVML     bool
+}
+
+// Option configures a Discoverer.
+type Option func(*config) error
+
+// WithDriverRoot sets where the driver's user-space files are (default "/").
+func WithDriverRoot(dir string) Option {
+	return func(c *config) error {
+		if dir == "" {
+			return errors.New("driver root must not be empty")
+		}
+		c.driverRoot = dir
+		return nil
+	}
+}
+
+// WithDevRoot sets where the host's /dev, /proc and /sys are seen (default "/").
+func WithDevRoot(dir string) Option {
+	return func(c *config) error {
+		if dir == "" {
+			return errors.New("dev root must not be empty")
+		}
+		c.devRoot = dir
+		return nil
+	}
+}
+
+// WithNVML uses the given NVML instead of loading libnvidia-ml.so.1 from the driver root.
+func WithNVML(lib nvml.Interface) Option {
+	return func(c *config) error { c.nvml = lib; return nil }
+}
+
+// WithoutNVML skips NVML and reads the GPU list from procfs.
+func WithoutNVML() Option {
+	return func(c *config) error { c.noNVML = true; return nil }
+}
+
+// WithDeviceStater replaces how device nodes are read (tests on trees without real nodes).
+func WithDeviceStater(s DeviceStater) Option {
+	return func(c *config) error { c.stater = s; return nil }
+}
+
+// Discoverer finds GPUs and driver files. It holds configuration only.
+type Discoverer struct{ cfg config }
+
+// New resolves options; it does no I/O.
+func New(opts ...Option) (*Discoverer, error) {
+	c := config{driverRoot: "/", devRoot: "/"}
+	for _, o := range opts {
+		if err := o(&c); err != nil {
+			return nil, err
+		}
+	}
+	var err error
+	if c.driverRoot, err = filepath.Abs(c.driverRoot); err != nil {
+		return nil, fmt.Errorf("driver root %q: %w", c.driverRoot, err)
+	}
+	if c.devRoot, err = filepath.Abs(c.devRoot); err != nil {
+		return nil, fmt.Errorf("dev root %q: %w", c.devRoot, err)
+	}
+	if c.stater == nil {
+		c.stater = statDevice{}
+	}
+	return &Discoverer{cfg: c}, nil
+}
+
+// Discover runs a full discovery. It returns ErrNoDriver when the driver root has no
+// driver, and ErrNoDevices when the driver is there but no GPU is.
+func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
+	inv := &Inventory{DriverRoot: d.cfg.driverRoot, DevRoot: d.cfg.devRoot}
+	dr := newRootFS(d.cfg.driverRoot)
+	proc := procFiles{root: d.cfg.devRoot}
+
+	// 1. Driver version: the loaded kernel module says it best; else the driver's files.
+	if v, fl, err := proc.version(); err == nil {
+		inv.Driver = Driver{Version: v, Flavour: fl, VersionSource: "proc/driver/nvidia/version"}
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	libs, err := findLibraries(dr, inv.Driver.Version)
+	if err != nil {
+		return nil, err
+	}
+	if inv.Driver.Version == "" {
+		inv.Driver = Driver{Version: libs.version, Flavour: FlavourUnknown, VersionSource: "library file names"}
+	}
+	if inv.Driver.Version == "" {
+		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s and no libcuda.so or libnvidia-ml.so in %s",
+			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched)
+	}
+	inv.Warnings = append(inv.Warnings, libs.warnings...)
+	if mdf, err := proc.modifyDeviceFiles(); err == nil {
+		inv.Driver.ModifyDeviceFiles = &mdf
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	// 2. GPUs: NVML first, procfs when NVML cannot run.
+	if err := d.discoverDevices(ctx, inv, libs.nvmlPath); err != nil {
+		return nil, err
+	}
+
+	// 3. Device nodes.
+	if err := d.discoverNodes(inv, proc); err != nil {
+		return nil, err
+	}
+
+	// 4. Driver files.
+	inv.Files = libs.files
+	inv.Files = append(inv.Files, findBinaries(dr)...)
+	inv.Files = append(inv.Files, findFirmware(dr, inv.Driver.Version)...)
+	inv.Files = append(inv.Files, findConfigs(dr, inv.Driver.Version)...)
+	inv.Files = append(inv.Files, findSockets(dr)...)
+	for i := range inv.Files {
+		inv.Files[i].Caps = inv.Files[i].Capabilities.List()
+	}
+	sort.SliceStable(inv.Files, func(i, j int) bool { return inv.Files[i].Path < inv.Files[j].Path })
+	if len(inv.Devices) == 0 {
+		return inv, fmt.Errorf("%w: driver %s is installed under %s but no GPU is listed by %s", ErrNoDevices,
+			inv.Driver.Version, d.cfg.driverRoot, inv.Source)
+	}
+	return inv, nil
+}

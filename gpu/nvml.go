@@ -1,0 +1,157 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"sort"
+	"strings"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// discoverDevices fills inv.Devices from NVML, or from procfs when NVML is absent or
+// fails to start ("driver not loaded", missing library). It records which source was used.
+func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPath string) error {
+	if !d.cfg.noNVML {
+		lib := d.cfg.nvml
+		if lib == nil && nvmlPath != "" {
+			lib = nvml.New(nvml.WithLibraryPath(nvmlPath))
+		}
+		if lib == nil {
+			inv.NVMLError = "libnvidia-ml.so.1 not found under the driver root"
+		} else {
+			devs, ver, cuda, err := nvmlDevices(ctx, lib)
+			if err == nil {
+				inv.Source = SourceNVML
+				inv.Devices = devs
+				if ver != "" && inv.Driver.VersionSource == "library file names" {
+					inv.Driver.Version, inv.Driver.VersionSource = ver, "nvml"
+				}
+				inv.Driver.CUDAVersion = cuda
+				return nil
+			}
+			inv.NVMLError = err.Error()
+		}
+	}
+	inv.Source = SourceProcfs
+	gpus, err := procFiles{root: d.cfg.devRoot}.gpus()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // no GPU list at all: Discover reports ErrNoDevices
+	}
+	if err != nil {
+		return err
+	}
+	for i, g := range gpus {
+		inv.Devices = append(inv.Devices, Device{Index: i, Minor: g.Minor, UUID: g.UUID, PCIBusID: g.BusID, Model: g.Model})
+	}
+	return nil
+}
+
+// nvmlDevices lists GPUs and MIG devices through NVML. All NVML calls live here.
+func nvmlDevices(ctx context.Context, lib nvml.Interface) (devs []Device, version, cuda string, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("NVML: %v", r)
+		}
+	}()
+	if ret := lib.Init(); ret != nvml.SUCCESS {
+		return nil, "", "", fmt.Errorf("NVML init: %s", nvml.ErrorString(ret))
+	}
+	defer lib.Shutdown()
+	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
+		version = v
+	}
+	if c, ret := lib.SystemGetCudaDriverVersion(); ret == nvml.SUCCESS && c > 0 {
+		cuda = fmt.Sprintf("%d.%d", c/1000, c%1000/10)
+	}
+	n, ret := lib.DeviceGetCount()
+	if ret != nvml.SUCCESS {
+		return nil, "", "", fmt.Errorf("NVML device count: %s", nvml.ErrorString(ret))
+	}
+	var errs []error
+	for i := 0; i < n; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, "", "", err
+		}
+		dev, ret := lib.DeviceGetHandleByIndex(i)
+		if ret != nvml.SUCCESS {
+			errs = append(errs, fmt.Errorf("get handle of GPU %d: %s", i, nvml.ErrorString(ret)))
+			continue
+		}
+		g, err := nvmlDevice(i, dev)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		devs = append(devs, g)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, "", "", err
+	}
+	return devs, version, cuda, nil
+}
+
+func nvmlDevice(i int, dev nvml.Device) (Device, error) {
+	g := Device{Index: i}
+	var ret nvml.Return
+	if g.UUID, ret = dev.GetUUID(); ret != nvml.SUCCESS {
+		return g, fmt.Errorf("get UUID of GPU %d: %s", i, nvml.ErrorString(ret))
+	}
+	if g.Minor, ret = dev.GetMinorNumber(); ret != nvml.SUCCESS {
+		return g, fmt.Errorf("get minor number of GPU %d: %s", i, nvml.ErrorString(ret))
+	}
+	if pci, ret := dev.GetPciInfo(); ret == nvml.SUCCESS {
+		g.PCIBusID = normaliseBusID(pci.BusId)
+	}
+	if name, ret := dev.GetName(); ret == nvml.SUCCESS {
+		g.Model = name
+	}
+	mode, _, ret := dev.GetMigMode()
+	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
+		return g, nil
+	}
+	max, ret := dev.GetMaxMigDeviceCount()
+	if ret != nvml.SUCCESS {
+		return g, fmt.Errorf("get MIG device count of GPU %d: %s", i, nvml.ErrorString(ret))
+	}
+	for j := 0; j < max; j++ {
+		mig, ret := dev.GetMigDeviceHandleByIndex(j)
+		if ret == nvml.ERROR_NOT_FOUND || ret == nvml.ERROR_INVALID_ARGUMENT {
+			continue
+		}
+		if ret != nvml.SUCCESS {
+			return g, fmt.Errorf("get MIG device %d of GPU %d: %s", j, i, nvml.ErrorString(ret))
+		}
+		m := MIGDevice{Parent: i, Index: j}
+		if m.UUID, ret = mig.GetUUID(); ret != nvml.SUCCESS {
+			return g, fmt.Errorf("get UUID of MIG device %d:%d: %s", i, j, nvml.ErrorString(ret))
+		}
+		if m.GI, ret = mig.GetGpuInstanceId(); ret != nvml.SUCCESS {
+			return g, fmt.Errorf("get GPU instance of MIG device %d:%d: %s", i, j, nvml.ErrorString(ret))
+		}
+		if m.CI, ret = mig.GetComputeInstanceId(); ret != nvml.SUCCESS {
+			return g, fmt.Errorf("get compute instance of MIG device %d:%d: %s", i, j, nvml.ErrorString(ret))
+		}
+		g.MIG = append(g.MIG, m)
+	}
+	sort.Slice(g.MIG, func(a, b int) bool { return g.MIG[a].Index < g.MIG[b].Index })
+	return g, nil
+}
+
+// normaliseBusID turns NVML's "00000000:3B:00.0" into the kernel's "0000:3b:00.0".
+func normaliseBusID(b [32]int8) string {
+	var sb strings.Builder
+	for _, c := range b {
+		if c == 0 {
+			break
+		}
+		sb.WriteByte(byte(c))
+	}
+	s := strings.ToLower(sb.String())
+	if len(s) == 16 && strings.HasPrefix(s, "0000") {
+		s = s[4:]
+	}
+	return s
+}
