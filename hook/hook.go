@@ -1,0 +1,323 @@
+package hook
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"golang.org/x/sys/unix"
+)
+
+// Link is one link to create: Link (a container path) points to Target.
+type Link struct{ Target, Link string }
+
+// ParseLink parses the TARGET::LINK form of --link.
+func ParseLink(v string) (Link, error) {
+	t, l, ok := strings.Cut(v, "::")
+	if !ok || t == "" || l == "" {
+		return Link{}, fmt.Errorf("link %q: expected TARGET::LINK", v)
+	}
+	if !strings.HasPrefix(l, "/") {
+		return Link{}, fmt.Errorf("link %q: the link %q must be an absolute container path", v, l)
+	}
+	if strings.ContainsRune(v, 0) {
+		return Link{}, fmt.Errorf("link %q: contains NUL", v)
+	}
+	return Link{Target: t, Link: path.Clean(l)}, nil
+}
+
+// Options selects the actions of one hook run. Empty fields turn actions off.
+type Options struct {
+	Links   []Link
+	Folders []string
+	// ProtectDeviceNodes hides ModifyDeviceFiles: 1 from the container.
+	ProtectDeviceNodes bool
+	// HostParams is the host's params file (default /proc/driver/nvidia/params).
+	HostParams string
+	// HostDriverVersion enables CUDA forward compatibility when the image's compat
+	// libraries are newer.
+	HostDriverVersion string
+	// LDConfig is the host's ldconfig (default: the first of /sbin/ldconfig.real,
+	// /sbin/ldconfig, /usr/sbin/ldconfig).
+	LDConfig string
+	// Log receives one line per action that was skipped or changed nothing.
+	Log io.Writer
+}
+
+// Run applies the actions to the container of the OCI state.
+func Run(ctx context.Context, st State, o Options) error {
+	rootPath, err := RootPath(st.Bundle)
+	if err != nil {
+		return err
+	}
+	return RunInRoot(ctx, rootPath, o)
+}
+
+// RunInRoot applies the actions to a container root.
+func RunInRoot(ctx context.Context, rootPath string, o Options) error {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	r, err := openRoot(rootPath)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	for _, l := range o.Links {
+		skipped, err := r.symlink(l.Target, l.Link)
+		if err != nil {
+			return fmt.Errorf("create-symlinks: %w", err)
+		}
+		if skipped {
+			fmt.Fprintf(o.Log, "create-symlinks: %s exists in the image and is not a link: left as it is\n", l.Link)
+		}
+	}
+	folders := o.Folders
+	if o.HostDriverVersion != "" {
+		compat, err := cudaCompatFolder(r, o.HostDriverVersion)
+		if err != nil {
+			return fmt.Errorf("enable-cuda-compat: %w", err)
+		}
+		if compat != "" {
+			folders = append([]string{compat}, folders...)
+		}
+	}
+	if len(folders) > 0 {
+		if err := updateLDCache(ctx, r, folders, o.LDConfig); err != nil {
+			return fmt.Errorf("update-ldcache: %w", err)
+		}
+	}
+	if o.ProtectDeviceNodes {
+		if err := protectDeviceNodes(r, o.HostParams, o.Log); err != nil {
+			return fmt.Errorf("disable-device-node-modification: %w", err)
+		}
+	}
+	return nil
+}
+
+var ldconfigs = []string{"/sbin/ldconfig.real", "/sbin/ldconfig", "/usr/sbin/ldconfig"}
+
+func findLDConfig(want string) (string, error) {
+	if want != "" {
+		if !path.IsAbs(want) {
+			return "", fmt.Errorf("ldconfig %q is not an absolute path", want)
+		}
+		return want, nil
+	}
+	for _, p := range ldconfigs {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("no ldconfig on the host (looked for %s)", strings.Join(ldconfigs, ", "))
+}
+
+// updateLDCache rebuilds the container's /etc/ld.so.cache with the host's ldconfig,
+// chrooted into the container root: the injected folders first, then the image's own
+// configuration and default folders. Where the image has /etc/ld.so.conf.d, the folders
+// are also written there, so an ldconfig run inside the container keeps them.
+func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldconfig string) error {
+	ldc, err := findLDConfig(ldconfig)
+	if err != nil {
+		return err
+	}
+	for _, f := range folders {
+		if _, _, err := cleanAbs(f); err != nil {
+			return err
+		}
+	}
+	etc, err := r.mkdirAll("/etc")
+	if err != nil {
+		return err
+	}
+	etc.Close()
+	if h, err := r.openDir("/etc/ld.so.conf.d"); err == nil {
+		h.Close()
+		conf := "# written by nvbind hook: NVIDIA driver libraries\n" + strings.Join(folders, "\n") + "\n"
+		if err := r.writeFile("/etc/ld.so.conf.d/00-nvbind.conf", []byte(conf)); err != nil {
+			return err
+		}
+	}
+	args := []string{"-r", r.path, "-X", "-C", "/etc/ld.so.cache"}
+	if r.exists("/etc/ld.so.conf") {
+		args = append(args, "-f", "/etc/ld.so.conf")
+	}
+	args = append(args, folders...)
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, ldc, args...)
+	cmd.Env = []string{} // nothing from the container or the runtime
+	cmd.Dir = "/"
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(out.String())
+		if strings.Contains(msg, "Read-only file system") {
+			return fmt.Errorf("%s: %w", msg, ErrReadOnly)
+		}
+		return fmt.Errorf("%s %s: %w: %s", ldc, strings.Join(args, " "), err, msg)
+	}
+	return nil
+}
+
+// protectDeviceNodes bind-mounts a read-only copy of the host's params file, with
+// ModifyDeviceFiles: 0, over the container's /proc/driver/nvidia/params, so NVML in the
+// container does not try to create device nodes. Without that file in the container (no
+// driver loaded), or with ModifyDeviceFiles already 0, it does nothing.
+func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) error {
+	if hostParams == "" {
+		hostParams = "/proc/driver/nvidia/params"
+	}
+	f, err := os.Open(hostParams)
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(log, "disable-device-node-modification: %s does not exist: nothing to do\n", hostParams)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	data, err := readAllMax(f, maxSmallFile, hostParams)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	modified, changed := setModifyDeviceFiles(data)
+	if !changed {
+		return nil
+	}
+	const target = "/proc/driver/nvidia/params"
+	h, err := pathrs.OpenatInRoot(r.fd, target)
+	if errors.Is(err, os.ErrNotExist) {
+		fmt.Fprintf(log, "disable-device-node-modification: the container has no %s: nothing to do\n", target)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open %s in the container: %w", target, err)
+	}
+	defer h.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return fmt.Errorf("%s in the container is not a regular file", target)
+	}
+	mfd, err := unix.MemfdCreate("nvbind-params", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return fmt.Errorf("memfd_create: %w", err)
+	}
+	mf := os.NewFile(uintptr(mfd), "nvbind-params")
+	defer mf.Close()
+	if _, err := mf.Write(modified); err != nil {
+		return err
+	}
+	if err := mf.Chmod(0o444); err != nil {
+		return err
+	}
+	if _, err := unix.FcntlInt(mf.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
+		return fmt.Errorf("seal params copy: %w", err)
+	}
+	src := "/proc/self/fd/" + strconv.Itoa(int(mf.Fd()))
+	dst := "/proc/self/fd/" + strconv.Itoa(int(h.Fd()))
+	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+		return fmt.Errorf("bind params copy over %s: %w", target, err)
+	}
+	// remount the new mount read-only: reach it through a fresh handle
+	nh, err := pathrs.OpenatInRoot(r.fd, target)
+	if err != nil {
+		return err
+	}
+	defer nh.Close()
+	if err := unix.Mount("", "/proc/self/fd/"+strconv.Itoa(int(nh.Fd())), "",
+		unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fmt.Errorf("remount %s read-only: %w", target, err)
+	}
+	return nil
+}
+
+var reModify = regexp.MustCompile(`(?m)^ModifyDeviceFiles:[ \t]*1[ \t]*$`)
+
+// setModifyDeviceFiles rewrites "ModifyDeviceFiles: 1" to 0; changed is false when there
+// is nothing to rewrite.
+func setModifyDeviceFiles(data []byte) ([]byte, bool) {
+	if !reModify.Match(data) {
+		return data, false
+	}
+	return reModify.ReplaceAll(data, []byte("ModifyDeviceFiles: 0")), true
+}
+
+const compatDir = "/usr/local/cuda/compat"
+
+var reCompatLib = regexp.MustCompile(`^libcuda\.so\.(\d+(?:\.\d+)+)$`)
+
+// cudaCompatFolder returns the image's CUDA forward-compat folder when its libcuda is
+// newer than the host driver, else "".
+func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
+	host, err := parseVersion(hostVersion)
+	if err != nil {
+		return "", fmt.Errorf("host driver version %q: %w", hostVersion, err)
+	}
+	names, err := r.readDirNames(compatDir)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", fmt.Errorf("list %s: %w", compatDir, err)
+	}
+	var best []int
+	for _, n := range names {
+		m := reCompatLib.FindStringSubmatch(n)
+		if m == nil {
+			continue
+		}
+		v, err := parseVersion(m[1])
+		if err != nil {
+			continue
+		}
+		if best == nil || compareVersions(v, best) > 0 {
+			best = v
+		}
+	}
+	if best == nil || compareVersions(best, host) <= 0 {
+		return "", nil
+	}
+	return compatDir, nil
+}
+
+func parseVersion(v string) ([]int, error) {
+	var out []int
+	for _, p := range strings.Split(v, ".") {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("not a dotted version number")
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func compareVersions(a, b []int) int {
+	for i := 0; i < len(a) || i < len(b); i++ {
+		var x, y int
+		if i < len(a) {
+			x = a[i]
+		}
+		if i < len(b) {
+			y = b[i]
+		}
+		if x != y {
+			if x < y {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}

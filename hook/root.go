@@ -1,0 +1,219 @@
+package hook
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"golang.org/x/sys/unix"
+)
+
+// ErrReadOnly means the container root cannot be written.
+var ErrReadOnly = errors.New("container root is read-only")
+
+// containerRoot does file operations inside a container root: every path is resolved as
+// if the root were "/" (links planted in the image cannot lead out of it), and the final
+// component is handled with *at calls on the parent's handle, never followed.
+type containerRoot struct {
+	path string
+	fd   *os.File
+}
+
+func openRoot(p string) (*containerRoot, error) {
+	fd, err := os.OpenFile(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open container root: %w", err)
+	}
+	return &containerRoot{path: p, fd: fd}, nil
+}
+
+func (r *containerRoot) Close() error { return r.fd.Close() }
+
+// cleanAbs checks a container path: absolute, no NUL, and not the root itself.
+func cleanAbs(p string) (dir, name string, err error) {
+	if !strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) {
+		return "", "", fmt.Errorf("container path %q is not absolute", p)
+	}
+	c := path.Clean(p)
+	if c == "/" {
+		return "", "", fmt.Errorf("container path %q names the root", p)
+	}
+	return path.Dir(c), path.Base(c), nil
+}
+
+func wrapErr(op, p string, err error) error {
+	if errors.Is(err, unix.EROFS) {
+		return fmt.Errorf("%s %s: %w", op, p, ErrReadOnly)
+	}
+	return fmt.Errorf("%s %s: %w", op, p, err)
+}
+
+// mkdirAll creates dir (mode 0755) inside the root and returns an O_PATH handle to it.
+func (r *containerRoot) mkdirAll(dir string) (*os.File, error) {
+	h, err := pathrs.MkdirAllHandle(r.fd, dir, 0o755)
+	if err != nil {
+		return nil, wrapErr("create folder", dir, err)
+	}
+	return h, nil
+}
+
+// openDir opens an existing folder inside the root (O_PATH).
+func (r *containerRoot) openDir(dir string) (*os.File, error) {
+	h, err := pathrs.OpenatInRoot(r.fd, dir)
+	if err != nil {
+		return nil, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		h.Close()
+		return nil, fmt.Errorf("%s: %w", dir, unix.ENOTDIR)
+	}
+	return h, nil
+}
+
+// symlink makes link point to target. An identical link is kept, another link is
+// replaced, and anything that is not a link is left alone (reported as skipped).
+func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
+	dir, name, err := cleanAbs(link)
+	if err != nil {
+		return false, err
+	}
+	if target == "" || strings.ContainsRune(target, 0) {
+		return false, fmt.Errorf("link %s: empty target", link)
+	}
+	parent, err := r.mkdirAll(dir)
+	if err != nil {
+		return false, err
+	}
+	defer parent.Close()
+	pfd := int(parent.Fd())
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(pfd, name, buf)
+	switch {
+	case err == nil && string(buf[:n]) == target:
+		return false, nil
+	case err == nil:
+		if err := unix.Unlinkat(pfd, name, 0); err != nil {
+			return false, wrapErr("replace link", link, err)
+		}
+	case errors.Is(err, unix.EINVAL):
+		return true, nil // a file or folder of the image's own: never clobber it
+	case !errors.Is(err, unix.ENOENT):
+		return false, wrapErr("read link", link, err)
+	}
+	if err := unix.Symlinkat(target, pfd, name); err != nil {
+		return false, wrapErr("create link", link, err)
+	}
+	return false, nil
+}
+
+// writeFile replaces p with data (mode 0644): a new file made with O_EXCL|O_NOFOLLOW
+// beside it, then renamed over it, so a link, FIFO or device planted at p is replaced,
+// never opened.
+func (r *containerRoot) writeFile(p string, data []byte) error {
+	dir, name, err := cleanAbs(p)
+	if err != nil {
+		return err
+	}
+	parent, err := r.openDir(dir)
+	if err != nil {
+		return wrapErr("open folder", dir, err)
+	}
+	defer parent.Close()
+	pfd := int(parent.Fd())
+	var rnd [6]byte
+	_, _ = rand.Read(rnd[:])
+	tmp := ".nvbind-" + hex.EncodeToString(rnd[:])
+	fd, err := unix.Openat(pfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return wrapErr("create", path.Join(dir, tmp), err)
+	}
+	f := os.NewFile(uintptr(fd), tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(0o644) // the umask must not matter
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = unix.Renameat(pfd, tmp, pfd, name)
+	}
+	if err != nil {
+		_ = unix.Unlinkat(pfd, tmp, 0)
+		return wrapErr("write", p, err)
+	}
+	return nil
+}
+
+// readFile reads a regular file inside the root, at most max bytes.
+func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
+	h, err := pathrs.OpenatInRoot(r.fd, p)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return readAllMax(f, max, p)
+}
+
+func readAllMax(rd io.Reader, max int64, name string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(rd, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, max)
+	}
+	return data, nil
+}
+
+// readDirNames lists a folder inside the root; a missing folder is empty.
+func (r *containerRoot) readDirNames(dir string) ([]string, error) {
+	h, err := r.openDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Readdirnames(4096)
+}
+
+// exists reports whether p resolves inside the root.
+func (r *containerRoot) exists(p string) bool {
+	h, err := pathrs.OpenatInRoot(r.fd, p)
+	if err != nil {
+		return false
+	}
+	h.Close()
+	return true
+}
