@@ -1,0 +1,235 @@
+package spec
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	oci "github.com/opencontainers/runtime-spec/specs-go"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+const hookPath = "/usr/bin/nvbind"
+
+func discoverRoot(t *testing.T, name string) *gpu.Inventory {
+	t.Helper()
+	root := testutil.DriverRoot(t, name)
+	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatalf("discover %s: %v", name, err)
+	}
+	return inv
+}
+
+// golden compares data with testdata/golden/name, with the fixture root replaced by
+// /DRIVER_ROOT, and rewrites it under -update.
+func golden(t *testing.T, name string, data []byte, root string) {
+	t.Helper()
+	if root != "" {
+		data = bytes.ReplaceAll(data, []byte(root), []byte("/DRIVER_ROOT"))
+	}
+	p := filepath.Join("testdata", "golden", name)
+	if *update {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (run go test ./spec -update)", err)
+	}
+	if !bytes.Equal(want, data) {
+		t.Fatalf("%s differs from the generated spec (go test ./spec -update rewrites it); generated:\n%s", p, data)
+	}
+}
+
+func TestGoldenFixtureSpecs(t *testing.T) {
+	for _, tc := range []struct {
+		root, golden string
+		o            Options
+	}{
+		{"debian-535", "debian-535.yaml", Options{HookPath: hookPath}},
+		{"flat-535", "flat-535.yaml", Options{HookPath: hookPath}},
+		{"lib64-470", "lib64-470.yaml", Options{HookPath: hookPath}},
+		{"debian-535", "debian-535-compute-hookless.yaml", Options{Capabilities: gpu.CapsOf(gpu.CapCompute, gpu.CapUtility),
+			DisabledHooks: AllHooks, NameStrategies: []NameStrategy{NameTypeIndex}}},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			inv := discoverRoot(t, tc.root)
+			s, err := Generate(inv, tc.o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.Version != "0.5.0" {
+				t.Errorf("cdiVersion = %s, want 0.5.0 (the minimum, which Podman 4.3 reads)", s.Version)
+			}
+			if err := Validate(s); err != nil {
+				t.Fatal(err)
+			}
+			data, err := Marshal(s, FormatYAML)
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, tc.golden, data, inv.DriverRoot)
+		})
+	}
+}
+
+// mountedNames returns the base names of the spec's mounts and the paths of its nodes.
+func mounted(s *cdispecs.Spec) (names map[string]bool, paths map[string]bool) {
+	names, paths = map[string]bool{}, map[string]bool{}
+	for _, m := range s.ContainerEdits.Mounts {
+		names[filepath.Base(m.ContainerPath)] = true
+		paths[m.ContainerPath] = true
+	}
+	for _, d := range s.Devices {
+		for _, n := range d.ContainerEdits.DeviceNodes {
+			paths[n.Path] = true
+		}
+	}
+	for _, n := range s.ContainerEdits.DeviceNodes {
+		paths[n.Path] = true
+	}
+	return names, paths
+}
+
+// TestParityWithNVIDIAToolkit checks that on both 535 layouts the spec mounts at least
+// what NVIDIA's toolkit (v1.20.2, cdi generate --mode=management) mounts on the flat root,
+// plus libnvidia-api.so.1, which it drops.
+func TestParityWithNVIDIAToolkit(t *testing.T) {
+	versioned := []string{"libcuda", "libcudadebugger", "libnvidia-ml", "libnvidia-ptxjitcompiler", "libnvidia-nvvm",
+		"libnvidia-opticalflow", "libnvidia-encode", "libnvidia-fbc", "libnvidia-cfg", "libnvidia-allocator", "libnvidia-ngx",
+		"libnvidia-pkcs11-openssl3", "libnvidia-eglcore", "libnvidia-glcore", "libnvidia-glsi", "libnvidia-glvkspirv",
+		"libnvidia-rtcore", "libnvidia-tls", "libnvidia-vulkan-producer", "libnvcuvid", "libnvoptix", "libEGL_nvidia",
+		"libGLX_nvidia", "libGLESv1_CM_nvidia", "libGLESv2_nvidia"}
+	if len(versioned) != 25 {
+		t.Fatalf("list has %d libraries", len(versioned))
+	}
+	for _, root := range []string{"debian-535", "flat-535"} {
+		t.Run(root, func(t *testing.T) {
+			inv := discoverRoot(t, root)
+			s, err := Generate(inv, Options{HookPath: hookPath})
+			if err != nil {
+				t.Fatal(err)
+			}
+			names, paths := mounted(s)
+			for _, l := range versioned {
+				if !names[l+".so.535.261.03"] {
+					t.Errorf("missing %s.so.535.261.03", l)
+				}
+			}
+			for _, want := range []string{"libnvidia-api.so.1", "gsp_ga10x.bin", "gsp_tu10x.bin"} {
+				if !names[want] {
+					t.Errorf("missing %s", want)
+				}
+			}
+			for _, want := range []string{"/usr/bin/nvidia-smi", "/usr/bin/nvidia-persistenced", "/usr/bin/nvidia-cuda-mps-control",
+				"/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidia1"} {
+				if !paths[want] {
+					t.Errorf("missing %s", want)
+				}
+			}
+			if !names["nvidia-cuda-mps-server"] {
+				t.Error("missing nvidia-cuda-mps-server")
+			}
+		})
+	}
+}
+
+// TestInjectWithCDILibrary feeds a written spec to the CDI library's cache and injects a
+// device into an OCI spec, as Podman, containerd and CRI-O do.
+func TestInjectWithCDILibrary(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	s, err := Generate(inv, Options{HookPath: hookPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	name, err := FileName(s, FormatJSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(s, filepath.Join(dir, name), FormatJSON); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if errs := cache.GetErrors(); len(errs) > 0 {
+		t.Fatalf("cache errors: %v", errs)
+	}
+	for _, dev := range []string{"nvidia.com/gpu=0", "nvidia.com/gpu=gpu1", "nvidia.com/gpu=GPU-8b9d3c4e-1a2b-4c5d-8e9f-a0b1c2d3e4f5", "nvidia.com/gpu=all"} {
+		if cache.GetDevice(dev) == nil {
+			t.Errorf("cache has no %s; it has %v", dev, cache.ListDevices())
+		}
+	}
+	o := &oci.Spec{Process: &oci.Process{Env: []string{"NVIDIA_VISIBLE_DEVICES=all"}}, Linux: &oci.Linux{}}
+	if unresolved, err := cache.InjectDevices(o, "nvidia.com/gpu=1"); err != nil {
+		t.Fatalf("inject: %v (unresolved %v)", err, unresolved)
+	}
+	var devs []string
+	for _, d := range o.Linux.Devices {
+		devs = append(devs, d.Path)
+	}
+	if !slices.Contains(devs, "/dev/nvidia1") || slices.Contains(devs, "/dev/nvidia0") || !slices.Contains(devs, "/dev/nvidiactl") {
+		t.Errorf("devices = %v", devs)
+	}
+	var cudaMounted bool
+	for _, m := range o.Mounts {
+		if strings.HasSuffix(m.Destination, "/libcuda.so.535.261.03") {
+			cudaMounted = slices.Contains(m.Options, "ro") && slices.Contains(m.Options, "nosuid") && slices.Contains(m.Options, "nodev")
+		}
+	}
+	if !cudaMounted {
+		t.Error("libcuda is not mounted read-only, nosuid, nodev")
+	}
+	if o.Hooks == nil || len(o.Hooks.CreateContainer) != 1 || o.Hooks.CreateContainer[0].Path != hookPath {
+		t.Fatalf("hooks = %+v", o.Hooks)
+	}
+	h := o.Hooks.CreateContainer[0]
+	if !slices.Contains(h.Args, "nvidia/current/libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1") ||
+		!slices.Contains(h.Args, "/usr/lib/x86_64-linux-gnu/nvidia/current") || len(h.Env) == 0 {
+		t.Errorf("hook = %+v", h)
+	}
+	if !slices.Contains(o.Process.Env, "NVIDIA_VISIBLE_DEVICES=void") {
+		t.Errorf("env = %v", o.Process.Env)
+	}
+}
+
+func TestWriteFileInvalidLeavesNothing(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "nvidia.yaml")
+	if err := os.WriteFile(dst, []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := &cdispecs.Spec{Version: "0.5.0", Kind: "nvidia.com/gpu", Devices: []cdispecs.Device{{Name: "bad name!",
+		ContainerEdits: cdispecs.ContainerEdits{Env: []string{"A=1"}}}}}
+	if err := WriteFile(bad, dst, FormatYAML); err == nil {
+		t.Fatal("invalid spec written")
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Fatalf("folder holds %d entries, want only the old file", len(ents))
+	}
+	if data, _ := os.ReadFile(dst); string(data) != "old\n" {
+		t.Fatalf("old file changed: %q", data)
+	}
+}
