@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +106,10 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	return nil
 }
 
+// imageLibDirs are the loader's default folders across distributions.
+var imageLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
+	"/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
+
 var ldconfigs = []string{"/sbin/ldconfig.real", "/sbin/ldconfig", "/usr/sbin/ldconfig"}
 
 func findLDConfig(want string) (string, error) {
@@ -153,6 +158,12 @@ func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldco
 		args = append(args, "-f", "/etc/ld.so.conf")
 	}
 	args = append(args, folders...)
+	// the image's own default folders: the host's ldconfig only knows its own distribution's
+	for _, d := range imageLibDirs {
+		if r.isDir(d) && !slices.Contains(folders, d) {
+			args = append(args, d)
+		}
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ldc, args...)
@@ -212,22 +223,11 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%s in the container is not a regular file", target)
 	}
-	mfd, err := unix.MemfdCreate("nvbind-params", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	src, err := hostCopy(modified)
 	if err != nil {
-		return fmt.Errorf("memfd_create: %w", err)
-	}
-	mf := os.NewFile(uintptr(mfd), "nvbind-params")
-	defer mf.Close()
-	if _, err := mf.Write(modified); err != nil {
 		return err
 	}
-	if err := mf.Chmod(0o444); err != nil {
-		return err
-	}
-	if _, err := unix.FcntlInt(mf.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
-		return fmt.Errorf("seal params copy: %w", err)
-	}
-	src := "/proc/self/fd/" + strconv.Itoa(int(mf.Fd()))
+	defer os.Remove(src)
 	dst := "/proc/self/fd/" + strconv.Itoa(int(h.Fd()))
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind params copy over %s: %w", target, err)
@@ -243,6 +243,40 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 		return fmt.Errorf("remount %s read-only: %w", target, err)
 	}
 	return nil
+}
+
+// hostCopy writes data to a new read-only file in a root-only folder on a host tmpfs and
+// returns its path; the caller binds it and removes the name (the mount keeps the file).
+func hostCopy(data []byte) (string, error) {
+	var errs []error
+	for _, dir := range []string{"/run/nvbind", "/dev/shm/nvbind"} {
+		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+			errs = append(errs, err)
+			continue
+		}
+		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+			errs = append(errs, fmt.Errorf("%s is not a private folder", dir))
+			continue
+		}
+		f, err := os.CreateTemp(dir, "params-")
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		_, err = f.Write(data)
+		if err == nil {
+			err = f.Chmod(0o444)
+		}
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			_ = os.Remove(f.Name())
+			return "", err
+		}
+		return f.Name(), nil
+	}
+	return "", fmt.Errorf("write the params copy: %w", errors.Join(errs...))
 }
 
 var reModify = regexp.MustCompile(`(?m)^ModifyDeviceFiles:[ \t]*1[ \t]*$`)

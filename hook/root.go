@@ -217,3 +217,13 @@ func (r *containerRoot) exists(p string) bool {
 	h.Close()
 	return true
 }
+
+// isDir reports whether p resolves to a folder inside the root.
+func (r *containerRoot) isDir(p string) bool {
+	h, err := r.openDir(p)
+	if err != nil {
+		return false
+	}
+	h.Close()
+	return true
+}
