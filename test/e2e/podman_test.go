@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// podmanSpecDir is where Podman 4.3 reads CDI specs (it has no option for another).
+const podmanSpecDir = "/var/run/cdi"
+
+// podmanVendor picks nvidia.com unless the host already has specs of that vendor, so the
+// test never shadows or clobbers a real one.
+func podmanVendor(t *testing.T) string {
+	for _, dir := range []string{"/etc/cdi", podmanSpecDir} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), "nvidia.com") {
+				t.Logf("%s/%s exists: using vendor nvbind-e2e.test", dir, e.Name())
+				return "nvbind-e2e.test"
+			}
+		}
+	}
+	return spec.DefaultVendor
+}
+
+func podmanRun(t *testing.T, podman, rootfs, device, script string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, podman, "--runtime", "runc", "run", "--rm", "--network=none",
+		"--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+		"--device", device, "--rootfs", rootfs+":O", "/bin/sh", "-c", script)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("podman run: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+func TestPodmanWithGeneratedSpec(t *testing.T) {
+	testutil.RequiresRoot(t)
+	podman := testutil.RequiresCommand(t, "podman")
+	testutil.RequiresCommand(t, "runc")
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	testutil.BuildRootfs(t, rootfs)
+	vendor := podmanVendor(t)
+
+	for _, tc := range []struct {
+		name   string
+		o      spec.Options
+		device string
+		script string
+		want   []string
+	}{
+		{"hooks", spec.Options{}, "gpu=0",
+			`ls -l /dev/nvidia0; test -e /dev/nvidia1 && echo HAS-NVIDIA1; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cuda-probe`,
+			[]string{"195,   0 ", "nvidia/current/libcuda.so.535.261.03", "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+				"/usr/bin/nvidia-smi", "cuda-probe: loaded libcuda.so.1"}},
+		{"hookless", spec.Options{DisabledHooks: spec.AllHooks}, "gpu1",
+			`ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; cuda-probe`,
+			[]string{"195,   1 ", "cuda-probe: loaded libcuda.so.1"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tc.o.Vendor = vendor
+			written := writeSpec(t, driverRoot, dir, bin, tc.o)
+			dst := filepath.Join(podmanSpecDir, "nvbind-e2e-"+tc.name+".yaml")
+			data, err := os.ReadFile(written)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(podmanSpecDir, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = os.Remove(dst) })
+			out := podmanRun(t, podman, rootfs, vendor+"/gpu="+strings.TrimPrefix(tc.device, "gpu="), tc.script)
+			_ = os.Remove(dst)
+			t.Logf("container output:\n%s", out)
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("container output lacks %q", w)
+				}
+			}
+			if strings.Contains(out, "HAS-NVIDIA") {
+				t.Error("the container got a GPU it did not ask for")
+			}
+		})
+	}
+}
