@@ -92,7 +92,16 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 				continue
 			}
 			p := path.Join(dir, name)
-			real, fi, err := r.stat(p)
+			var real string
+			var fi fs.FileInfo
+			var err error
+			if e.Type().IsRegular() {
+				// dirs are canonical: a plain file needs no link resolution
+				real = p
+				fi, err = e.Info()
+			} else {
+				real, fi, err = r.stat(p)
+			}
 			if err != nil || !fi.Mode().IsRegular() {
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
 					res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(p), err))

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -99,4 +100,14 @@ func TestPodmanWithGeneratedSpec(t *testing.T) {
 			}
 		})
 	}
+}
+
+var demoRootfs = flag.String("rootfs", "", "TestBuildDemoRootfs: where to build the demo image root")
+
+// TestBuildDemoRootfs builds the small image root that make demo runs (with -rootfs).
+func TestBuildDemoRootfs(t *testing.T) {
+	if *demoRootfs == "" {
+		t.Skip("make demo sets -rootfs")
+	}
+	testutil.BuildRootfs(t, *demoRootfs)
 }

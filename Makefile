@@ -1,0 +1,89 @@
+# nvbind: see README.md. `sudo make deps demo` and `sudo make deps test` set up a fresh Debian 12.
+SHELL        := /bin/bash
+GO           ?= go
+CACHE        ?= /var/cache/nvbind
+ROOTS        ?= /var/tmp/nvbind-roots
+BIN          := bin/nvbind
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS      := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+export CGO_CFLAGS := -O2 -g -Wno-deprecated-declarations
+export PATH  := $(CACHE)/bin:$(PATH)
+GOLANGCI_LINT ?= $(CACHE)/bin/golangci-lint
+# root-only tests (mknod, mounts, runc, Podman, containerd) run when we are root
+TEST_ENV     := NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(if $(filter 0,$(shell id -u)),NVBIND_TEST_ROOT=1,)
+DEMO_OUT     := _output/demo
+
+.PHONY: all build deps fixtures test test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvbind
+
+deps:
+	test/deps.sh
+
+fixtures:
+	test/driverroot/build.sh $(ROOTS)
+
+# Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
+# containerd end to end against the driver roots built from Debian's NVIDIA packages.
+test: fixtures
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+
+# Hermetic: no fixtures, no root.
+test-unit:
+	$(GO) test -race -count=1 ./...
+
+test-root: fixtures
+	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -run 'Runc|Podman|Containerd|LDCache|Protect|CUDACompat' ./...
+
+test-gpu: build
+	NVBIND_TEST_GPU=1 NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run GPU -v ./test/...
+
+bench: fixtures
+	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
+
+fuzz:
+	@for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do \
+	  pkg=$$(grep -rlE "^func $$target\(" --include='*_test.go' . | head -1 | xargs dirname); \
+	  echo "fuzz $$pkg $$target"; \
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime=$${FUZZTIME:-30s} $$pkg || exit 1; \
+	done
+
+lint:
+	$(GOLANGCI_LINT) run ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+check-tidy:
+	$(GO) mod tidy && git diff --exit-code go.mod go.sum
+
+# Runs nvbind on this host's GPUs; without an NVIDIA driver, on the sample driver root
+# built from Debian's packages. Writes a CDI spec and, where Podman is installed, starts a
+# container that uses GPU 0.
+demo: build
+	@set -e; root=/; \
+	if [ ! -e /proc/driver/nvidia/version ]; then \
+	  $(MAKE) --no-print-directory fixtures; root=$(ROOTS)/debian-535; \
+	  echo "No NVIDIA driver on this host: using the sample driver root $$root"; fi; \
+	mkdir -p $(DEMO_OUT); \
+	echo "+ nvbind info"; $(BIN) info --driver-root $$root --dev-root $$root; \
+	echo "+ nvbind cdi generate --output /var/run/cdi/nvidia.yaml"; \
+	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/$(BIN) --output /var/run/cdi/nvidia.yaml; \
+	$(BIN) cdi list --spec-dir /var/run/cdi; \
+	if command -v podman >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  rm -rf $(DEMO_OUT)/rootfs; NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run TestBuildDemoRootfs ./test/e2e -args -rootfs $(CURDIR)/$(DEMO_OUT)/rootfs >/dev/null; \
+	  echo "+ podman run --device nvidia.com/gpu=0 ..."; \
+	  podman --runtime runc run --rm --network=none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 \
+	    --device nvidia.com/gpu=0 --rootfs $(CURDIR)/$(DEMO_OUT)/rootfs:O /bin/sh -c \
+	    'ls -l /dev/nvidia*; ldconfig -p | grep libcuda; cuda-probe'; \
+	fi
+
+clean:
+	rm -rf bin _output
