@@ -11,6 +11,7 @@ import (
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
 )
 
 func discover(t *testing.T, tr tree, opts ...Option) (*Inventory, error) {
@@ -196,9 +197,9 @@ func TestDiscoverMissingGPUNode(t *testing.T) {
 }
 
 // migServer is go-nvml's DGX A100 mock with MIG enabled on GPU 0 and two MIG devices.
-func migServer() *dgxa100.Server {
+func migServer() *server.Server {
 	s := dgxa100.New()
-	d0 := s.Devices[0].(*dgxa100.Device)
+	d0 := s.Devices[0].(*server.Device)
 	d0.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) {
 		var p nvml.PciInfo
 		for i, c := range "00000000:07:00.0" {

@@ -244,11 +244,11 @@ func expandGlob(r rootFS, pattern string) []string {
 }
 
 func readBounded(p string, max int64) ([]byte, error) {
-	f, err := os.Open(p)
+	f, err := os.Open(p) //nolint:gosec // a path under the driver root the user named
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, max+1))
 	if err != nil {
 		return nil, err
@@ -263,11 +263,11 @@ func readBounded(p string, max int64) ([]byte, error) {
 // libraries without a version in their names (libnvidia-api.so.1, nvidia_drv.so) are told
 // from leftovers of another driver.
 func fileMentions(p, version string) bool {
-	f, err := os.Open(p)
+	f, err := os.Open(p) //nolint:gosec // a driver library under the driver root
 	if err != nil {
 		return false
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	needle := []byte(version)
 	buf := make([]byte, 1<<20+len(needle))
 	keep := 0
@@ -294,7 +294,7 @@ func elfInfo(p string) (string, int, error) {
 	if err != nil {
 		return "", 0, fmt.Errorf("not an ELF file: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	bits := 64
 	if f.Class == elf.ELFCLASS32 {
 		bits = 32

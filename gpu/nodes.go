@@ -25,8 +25,8 @@ func (statDevice) Stat(path string) (DeviceNode, error) {
 	}
 	return DeviceNode{
 		HostPath: path,
-		Major:    int64(unix.Major(uint64(st.Rdev))),
-		Minor:    int64(unix.Minor(uint64(st.Rdev))),
+		Major:    int64(unix.Major(st.Rdev)),
+		Minor:    int64(unix.Minor(st.Rdev)),
 		FileMode: fs.FileMode(st.Mode & 0o7777),
 		UID:      st.Uid,
 		GID:      st.Gid,

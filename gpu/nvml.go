@@ -60,7 +60,7 @@ func nvmlDevices(ctx context.Context, lib nvml.Interface) (devs []Device, versio
 	if ret := lib.Init(); ret != nvml.SUCCESS {
 		return nil, "", "", fmt.Errorf("NVML init: %s", nvml.ErrorString(ret))
 	}
-	defer lib.Shutdown()
+	defer func() { _ = lib.Shutdown() }()
 	if v, ret := lib.SystemGetDriverVersion(); ret == nvml.SUCCESS {
 		version = v
 	}
@@ -148,7 +148,7 @@ func normaliseBusID(b [32]int8) string {
 		if c == 0 {
 			break
 		}
-		sb.WriteByte(byte(c))
+		sb.WriteByte(byte(c)) //nolint:gosec // a C char: the bit pattern is the byte
 	}
 	s := strings.ToLower(sb.String())
 	if len(s) == 16 && strings.HasPrefix(s, "0000") {

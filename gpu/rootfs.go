@@ -92,9 +92,3 @@ func (r rootFS) readDir(dir string) []fs.DirEntry {
 	}
 	return ents
 }
-
-// isDir reports whether a rooted path resolves to a directory.
-func (r rootFS) isDir(p string) bool {
-	_, fi, err := r.stat(p)
-	return err == nil && fi.IsDir()
-}

@@ -73,7 +73,7 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer func() { _ = r.Close() }()
 	for _, l := range o.Links {
 		skipped, err := r.symlink(l.Target, l.Link)
 		if err != nil {
@@ -145,9 +145,9 @@ func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldco
 	if err != nil {
 		return err
 	}
-	etc.Close()
+	_ = etc.Close()
 	if h, err := r.openDir("/etc/ld.so.conf.d"); err == nil {
-		h.Close()
+		_ = h.Close()
 		conf := "# written by nvbind hook: NVIDIA driver libraries\n" + strings.Join(folders, "\n") + "\n"
 		if err := r.writeFile("/etc/ld.so.conf.d/00-nvbind.conf", []byte(conf)); err != nil {
 			return err
@@ -166,8 +166,8 @@ func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldco
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, ldc, args...)
-	cmd.Env = []string{} // nothing from the container or the runtime
+	cmd := exec.CommandContext(ctx, ldc, args...) //nolint:gosec // the host's ldconfig from a fixed list or --ldconfig
+	cmd.Env = []string{}                          // nothing from the container or the runtime
 	cmd.Dir = "/"
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -189,7 +189,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if hostParams == "" {
 		hostParams = "/proc/driver/nvidia/params"
 	}
-	f, err := os.Open(hostParams)
+	f, err := os.Open(hostParams) //nolint:gosec // a host path from the hook's own arguments, never from the container
 	if errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(log, "disable-device-node-modification: %s does not exist: nothing to do\n", hostParams)
 		return nil
@@ -198,7 +198,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 		return err
 	}
 	data, err := readAllMax(f, maxSmallFile, hostParams)
-	f.Close()
+	_ = f.Close()
 	if err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if err != nil {
 		return fmt.Errorf("open %s in the container: %w", target, err)
 	}
-	defer h.Close()
+	defer func() { _ = h.Close() }()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
 		return err
@@ -227,7 +227,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if err != nil {
 		return err
 	}
-	defer os.Remove(src)
+	defer func() { _ = os.Remove(src) }() //nolint:gosec // our own file in a root-only folder
 	dst := "/proc/self/fd/" + strconv.Itoa(int(h.Fd()))
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind params copy over %s: %w", target, err)
@@ -237,7 +237,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if err != nil {
 		return err
 	}
-	defer nh.Close()
+	defer func() { _ = nh.Close() }()
 	if err := unix.Mount("", "/proc/self/fd/"+strconv.Itoa(int(nh.Fd())), "",
 		unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return fmt.Errorf("remount %s read-only: %w", target, err)

@@ -415,9 +415,9 @@ func TestProtectDeviceNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		data, _ := os.ReadFile(filepath.Join(os.Getenv("NVBIND_ROOT"), "proc/driver/nvidia/params"))
-		os.Stdout.WriteString("PARAMS<" + string(data) + ">\n")
+		_, _ = os.Stdout.WriteString("PARAMS<" + string(data) + ">\n")
 		if err := os.WriteFile(filepath.Join(os.Getenv("NVBIND_ROOT"), "proc/driver/nvidia/params"), []byte("x"), 0o644); err == nil {
-			os.Stdout.WriteString("WRITABLE\n")
+			_, _ = os.Stdout.WriteString("WRITABLE\n")
 		}
 		return
 	}

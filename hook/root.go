@@ -27,7 +27,7 @@ type containerRoot struct {
 }
 
 func openRoot(p string) (*containerRoot, error) {
-	fd, err := os.OpenFile(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	fd, err := os.OpenFile(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0) //nolint:gosec // the root path comes from the runtime's bundle
 	if err != nil {
 		return nil, fmt.Errorf("open container root: %w", err)
 	}
@@ -72,11 +72,11 @@ func (r *containerRoot) openDir(dir string) (*os.File, error) {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
-		h.Close()
+		_ = h.Close()
 		return nil, err
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		h.Close()
+		_ = h.Close()
 		return nil, fmt.Errorf("%s: %w", dir, unix.ENOTDIR)
 	}
 	return h, nil
@@ -96,7 +96,7 @@ func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	defer parent.Close()
+	defer func() { _ = parent.Close() }()
 	pfd := int(parent.Fd())
 	buf := make([]byte, unix.PathMax)
 	n, err := unix.Readlinkat(pfd, name, buf)
@@ -130,7 +130,7 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 	if err != nil {
 		return wrapErr("open folder", dir, err)
 	}
-	defer parent.Close()
+	defer func() { _ = parent.Close() }()
 	pfd := int(parent.Fd())
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
@@ -157,28 +157,6 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 	return nil
 }
 
-// readFile reads a regular file inside the root, at most max bytes.
-func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
-	h, err := pathrs.OpenatInRoot(r.fd, p)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", p)
-	}
-	return readAllMax(f, max, p)
-}
-
 func readAllMax(rd io.Reader, max int64, name string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(rd, max+1))
 	if err != nil {
@@ -199,12 +177,12 @@ func (r *containerRoot) readDirNames(dir string) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer h.Close()
+	defer func() { _ = h.Close() }()
 	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	return f.Readdirnames(4096)
 }
 
@@ -214,7 +192,7 @@ func (r *containerRoot) exists(p string) bool {
 	if err != nil {
 		return false
 	}
-	h.Close()
+	_ = h.Close()
 	return true
 }
 
@@ -224,6 +202,6 @@ func (r *containerRoot) isDir(p string) bool {
 	if err != nil {
 		return false
 	}
-	h.Close()
+	_ = h.Close()
 	return true
 }

@@ -46,11 +46,11 @@ func ReadState(r io.Reader) (State, error) {
 // RootPath reads the bundle's config.json and returns the container root's host path.
 func RootPath(bundle string) (string, error) {
 	p := filepath.Join(bundle, "config.json")
-	f, err := os.Open(p)
+	f, err := os.Open(p) //nolint:gosec // config.json of the bundle the runtime names
 	if err != nil {
 		return "", fmt.Errorf("open bundle config: %w", err)
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
 	if err != nil {
 		return "", fmt.Errorf("read %s: %w", p, err)

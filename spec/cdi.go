@@ -5,7 +5,6 @@ import (
 	"slices"
 	"strconv"
 
-	"tags.cncf.io/container-device-interface/pkg/parser"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
@@ -50,15 +49,12 @@ func MIGNames(m gpu.MIGDevice, strategies []NameStrategy) []string {
 // Generate builds a CDI spec for every GPU and MIG device of the inventory, plus "all".
 // The output is deterministic and carries the minimum cdiVersion its contents need.
 func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if err := parser.ValidateVendorName(o.Vendor); err != nil {
-		return nil, fmt.Errorf("vendor %q: %w", o.Vendor, err)
-	}
-	if err := parser.ValidateClassName(o.Class); err != nil {
-		return nil, fmt.Errorf("class %q: %w", o.Class, err)
 	}
 	if len(inv.Devices) == 0 {
 		return nil, fmt.Errorf("%w: nothing to put in a spec", gpu.ErrNoDevices)

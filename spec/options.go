@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"tags.cncf.io/container-device-interface/pkg/parser"
+
 	"github.com/nvbind/nvbind/gpu"
 )
 
@@ -120,6 +122,21 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("hook path %q is not absolute: runtimes run hooks without PATH", o.HookPath)
 	}
 	return o, nil
+}
+
+// Validate checks the options before any discovery runs.
+func (o Options) Validate() error {
+	o, err := o.withDefaults()
+	if err != nil {
+		return err
+	}
+	if err := parser.ValidateVendorName(o.Vendor); err != nil {
+		return fmt.Errorf("vendor %q: %w", o.Vendor, err)
+	}
+	if err := parser.ValidateClassName(o.Class); err != nil {
+		return fmt.Errorf("class %q: %w", o.Class, err)
+	}
+	return nil
 }
 
 func (o Options) enabled(h HookName) bool { return !slices.Contains(o.DisabledHooks, h) }

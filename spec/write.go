@@ -79,7 +79,7 @@ func Validate(s *cdispecs.Spec) error {
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	data, err := Marshal(s, FormatJSON)
 	if err != nil {
 		return err
@@ -101,7 +101,7 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) (err error) {
 		return err
 	}
 	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // spec folders must be readable by every runtime
 		return fmt.Errorf("create spec folder: %w", err)
 	}
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp"+filepath.Ext(dst))
@@ -131,7 +131,7 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) (err error) {
 	if err = os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("replace %s: %w", dst, err)
 	}
-	if d, derr := os.Open(dir); derr == nil {
+	if d, derr := os.Open(dir); derr == nil { //nolint:gosec // the folder the user chose for the spec
 		derr = d.Sync()
 		_ = d.Close()
 		if derr != nil && !errors.Is(derr, os.ErrInvalid) {

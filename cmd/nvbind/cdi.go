@@ -126,7 +126,7 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 	if format == "" {
 		format = spec.FormatYAML
 	}
-	return o, format, nil
+	return o, format, o.Validate()
 }
 
 func isDirArg(p string) bool {

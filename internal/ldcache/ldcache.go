@@ -87,7 +87,7 @@ func Parse(data []byte) ([]Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Entry{Name: name, Path: path, Flags: int32(le.Uint32(e[0:]))})
+		out = append(out, Entry{Name: name, Path: path, Flags: int32(le.Uint32(e[0:]) & 0x7fffffff)})
 	}
 	return out, nil
 }

@@ -6,9 +6,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
@@ -20,14 +23,10 @@ const podmanSpecDir = "/var/run/cdi"
 // podmanVendor picks nvidia.com unless the host already has specs of that vendor, so the
 // test never shadows or clobbers a real one.
 func podmanVendor(t *testing.T) string {
-	for _, dir := range []string{"/etc/cdi", podmanSpecDir} {
-		ents, _ := os.ReadDir(dir)
-		for _, e := range ents {
-			if strings.HasPrefix(e.Name(), "nvidia.com") {
-				t.Logf("%s/%s exists: using vendor nvbind-e2e.test", dir, e.Name())
-				return "nvbind-e2e.test"
-			}
-		}
+	c, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs("/etc/cdi", podmanSpecDir))
+	if err == nil && slices.Contains(c.ListVendors(), spec.DefaultVendor) {
+		t.Logf("the host has %s specs already: using vendor nvbind-e2e.test", spec.DefaultVendor)
+		return "nvbind-e2e.test"
 	}
 	return spec.DefaultVendor
 }

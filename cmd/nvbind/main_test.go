@@ -1,0 +1,111 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+func run(t *testing.T, args ...string) (string, string, error) {
+	t.Helper()
+	cmd := newRootCommand()
+	var out, errb bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errb)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return out.String(), errb.String(), err
+}
+
+func TestGenerateWithoutDriverWritesNothing(t *testing.T) {
+	t.Parallel()
+	empty, outDir := t.TempDir(), t.TempDir()
+	_, _, err := run(t, "cdi", "generate", "--driver-root", empty, "--dev-root", empty, "--output", outDir+"/")
+	if err == nil || !strings.Contains(err.Error(), "no NVIDIA driver found") || strings.Count(err.Error(), "\n") > 0 {
+		t.Fatalf("err = %v", err)
+	}
+	if ents, _ := os.ReadDir(outDir); len(ents) != 0 {
+		t.Fatalf("wrote %d files", len(ents))
+	}
+}
+
+func TestBadFlagsNameTheInputAndChoices(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--capabilities", "compute,gpu"}, []string{"--capabilities", `"gpu"`, "compute, compat32"}},
+		{[]string{"--device-name-strategy", "name"}, []string{"--device-name-strategy", `"name"`, "index, type-index, uuid"}},
+		{[]string{"--disable-hooks", "ldcache"}, []string{"--disable-hooks", `"ldcache"`, "update-ldcache"}},
+		{[]string{"--format", "toml"}, []string{"--format", `"toml"`, "json, yaml"}},
+		{[]string{"--output", filepath.Join(root, "spec.txt")}, []string{"spec.txt", ".json or .yaml"}},
+		{[]string{"--output", filepath.Join(root, "spec.json"), "--format", "yaml"}, []string{"--format yaml conflicts"}},
+		{[]string{"--driver-root", filepath.Join(root, "missing")}, []string{"--driver-root", "missing"}},
+		{[]string{"--hook-path", "nvbind"}, []string{"hook path", "not absolute"}},
+	} {
+		args := append([]string{"cdi", "generate", "--dev-root", root}, tc.args...)
+		if !strings.Contains(strings.Join(tc.args, " "), "--driver-root") {
+			args = append(args, "--driver-root", testDriverRootOr(t, root))
+		}
+		_, _, err := run(t, args...)
+		if err == nil {
+			t.Errorf("%v: no error", tc.args)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%v: error %q lacks %q", tc.args, err, w)
+			}
+		}
+	}
+}
+
+// testDriverRootOr returns the debian-535 fixture when built (so flag errors are not
+// masked by "no driver"), else fallback.
+func testDriverRootOr(t *testing.T, fallback string) string {
+	p := filepath.Join(os.Getenv(testutil.EnvRoots), "debian-535")
+	if os.Getenv(testutil.EnvRoots) == "" {
+		p = "/var/tmp/nvbind-roots/debian-535"
+	}
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	return fallback
+}
+
+func TestGenerateAndValidateOnFixture(t *testing.T) {
+	root := testutil.DriverRoot(t, "flat-535")
+	dir := t.TempDir()
+	_, stderr, err := run(t, "cdi", "generate", "--no-nvml", "--driver-root", root, "--dev-root", root,
+		"--hook-path", "/usr/bin/nvbind", "--output", dir+"/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "nvidia.com-gpu.yaml")
+	if !strings.Contains(stderr, "wrote "+p) || !strings.Contains(stderr, "cdiVersion 0.5.0") {
+		t.Errorf("stderr = %q", stderr)
+	}
+	out, _, err := run(t, "cdi", "validate", p)
+	if err != nil || !strings.Contains(out, "valid, cdiVersion 0.5.0, kind nvidia.com/gpu, 7 devices") {
+		t.Fatalf("validate: %q %v", out, err)
+	}
+	out, _, err = run(t, "cdi", "list", "--spec-dir", dir)
+	if err != nil || !strings.Contains(out, "nvidia.com/gpu=gpu1\n") || !strings.Contains(out, "nvidia.com/gpu=all\n") {
+		t.Fatalf("list: %q %v", out, err)
+	}
+	out, _, err = run(t, "info", "--no-nvml", "--driver-root", root, "--dev-root", root)
+	if err != nil || !strings.Contains(out, "GPU source:  procfs") || !strings.Contains(out, "535.261.03 (proprietary kernel module") {
+		t.Fatalf("info: %q %v", out, err)
+	}
+	out, _, err = run(t, "info", "--driver-root", root, "--dev-root", root)
+	if err != nil || !strings.Contains(out, "NVML unavailable") {
+		t.Fatalf("info with the real (unloadable) NVML: %q %v", out, err)
+	}
+}
