@@ -66,6 +66,7 @@ type libResult struct {
 	files    []File
 	version  string
 	nvmlPath string
+	cudaPath string
 	searched string
 	warnings []string
 }
@@ -154,6 +155,9 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		sort.Strings(f.Links)
 		if bits == 64 && strings.HasPrefix(base, "libnvidia-ml.so") {
 			res.nvmlPath = f.HostPath
+		}
+		if bits == 64 && strings.HasPrefix(base, "libcuda.so") {
+			res.cudaPath = f.HostPath
 		}
 		res.files = append(res.files, f)
 	}

@@ -68,6 +68,10 @@ type Device struct {
 	UUID     string       `json:"uuid"`
 	PCIBusID string       `json:"pciBusID"`
 	Model    string       `json:"model"`
+	// Arch is the CUDA compute capability ("8.0") and Brand the product brand ("tesla"),
+	// both from NVML; empty when NVML is unavailable.
+	Arch  string `json:"arch,omitempty"`
+	Brand string `json:"brand,omitempty"`
 	Node     DeviceNode   `json:"node"`
 	DRM      []DeviceNode `json:"drm,omitempty"`
 	MIG      []MIGDevice  `json:"mig,omitempty"`
@@ -265,6 +269,14 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	// 3. Device nodes.
 	if err := d.discoverNodes(inv, proc); err != nil {
 		return nil, err
+	}
+
+	if inv.Driver.CUDAVersion == "" && libs.cudaPath != "" {
+		if v, err := cudaDriverVersion(libs.cudaPath); err == nil {
+			inv.Driver.CUDAVersion = v
+		} else {
+			inv.Warnings = append(inv.Warnings, "CUDA version unknown: "+err.Error())
+		}
 	}
 
 	// 4. Driver files.

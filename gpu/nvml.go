@@ -109,6 +109,12 @@ func nvmlDevice(i int, dev nvml.Device) (Device, error) {
 	if name, ret := dev.GetName(); ret == nvml.SUCCESS {
 		g.Model = name
 	}
+	if major, minor, ret := dev.GetCudaComputeCapability(); ret == nvml.SUCCESS {
+		g.Arch = fmt.Sprintf("%d.%d", major, minor)
+	}
+	if b, ret := dev.GetBrand(); ret == nvml.SUCCESS {
+		g.Brand = brandName(b)
+	}
 	mode, _, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
 		return g, nil
@@ -155,4 +161,43 @@ func normaliseBusID(b [32]int8) string {
 		s = s[4:]
 	}
 	return s
+}
+
+// brandName maps NVML's brand to the names NVIDIA_REQUIRE_BRAND uses.
+func brandName(b nvml.BrandType) string {
+	switch b {
+	case nvml.BRAND_QUADRO:
+		return "quadro"
+	case nvml.BRAND_TESLA:
+		return "tesla"
+	case nvml.BRAND_NVS:
+		return "nvs"
+	case nvml.BRAND_GRID:
+		return "grid"
+	case nvml.BRAND_GEFORCE:
+		return "geforce"
+	case nvml.BRAND_TITAN:
+		return "titan"
+	case nvml.BRAND_NVIDIA_VAPPS:
+		return "vapps"
+	case nvml.BRAND_NVIDIA_VPC:
+		return "vpc"
+	case nvml.BRAND_NVIDIA_VCS:
+		return "vcs"
+	case nvml.BRAND_NVIDIA_VWS:
+		return "vws"
+	case nvml.BRAND_NVIDIA_CLOUD_GAMING:
+		return "cloudgaming"
+	case nvml.BRAND_QUADRO_RTX:
+		return "quadrortx"
+	case nvml.BRAND_NVIDIA_RTX:
+		return "nvidiartx"
+	case nvml.BRAND_NVIDIA:
+		return "nvidia"
+	case nvml.BRAND_GEFORCE_RTX:
+		return "geforcertx"
+	case nvml.BRAND_TITAN_RTX:
+		return "titanrtx"
+	}
+	return "unknown"
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime/debug"
@@ -34,7 +36,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("NVBIND_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("NVBIND_LOG_FORMAT", "text"), "log format: text, json")
-	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), newHookCommand())
+	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), newHookCommand(), newNRICommand(g))
 	return root
 }
 
@@ -43,6 +45,21 @@ func envOr(key, def string) string {
 		return v
 	}
 	return def
+}
+
+func (g *globalFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(g.logLevel)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: valid: debug, info, warn, error", g.logLevel)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch g.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: valid: text, json", g.logFormat)
 }
 
 // rootFlags are the discovery flags shared by every command that looks at the host.

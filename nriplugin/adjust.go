@@ -1,0 +1,338 @@
+package nriplugin
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/containerd/nri/pkg/api"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+)
+
+// Config is the plugin's policy and output form.
+type Config struct {
+	// Spec gives the CDI kind (for CDI annotations and CDI mode), the hook path and the
+	// disabled hooks.
+	Spec spec.Options
+	// CDIMode adds qualified CDI device names for the runtime to resolve (containerd
+	// 2.1+, CRI-O 1.34+) instead of editing the spec directly.
+	CDIMode bool
+	// EnvRequests lets NVIDIA_VISIBLE_DEVICES and friends request GPUs. Any pod can set
+	// env, so this can be turned off.
+	EnvRequests bool
+	// AllowedNamespaces may request GPUs; empty means every namespace.
+	AllowedNamespaces []string
+	// AllNamespaces may request every GPU ("all"); empty means none may.
+	AllNamespaces []string
+}
+
+// Errors of the request policy.
+var (
+	ErrNoInventory = errors.New("no GPU inventory yet: discovery has not succeeded on this node")
+	ErrDenied      = errors.New("request denied by policy")
+)
+
+// Decision says what was injected, for logs and metrics.
+type Decision struct {
+	Source  string
+	Devices []string
+	Caps    gpu.Capabilities
+	// Skipped explains a request that was ignored rather than failed.
+	Skipped string
+}
+
+// target is one device a selector can name, with its prebuilt device entries.
+type target struct {
+	canonical string // "0" or "0:1"
+	order     int
+	nodes     []*api.LinuxDevice
+	dev       gpu.Device // the full GPU (parent of a MIG device)
+}
+
+// prepared is an inventory turned into ready adjustment parts. Immutable once built,
+// except for the per-capability cache, which only grows.
+type prepared struct {
+	inv     *gpu.Inventory
+	kind    string
+	byName  map[string]*target
+	choices string
+	control []*api.LinuxDevice
+	common  sync.Map // gpu.Capabilities -> *commonParts
+}
+
+type commonParts struct {
+	mounts []*api.Mount
+	hooks  *api.Hooks
+	nodes  []*api.LinuxDevice // control nodes for these capabilities
+	env    []*api.KeyValue
+	err    error
+}
+
+// Adjuster turns container requests into NRI adjustments against the current inventory.
+type Adjuster struct {
+	cfg   Config
+	state atomic.Pointer[prepared]
+}
+
+// NewAdjuster checks the configuration.
+func NewAdjuster(cfg Config) (*Adjuster, error) {
+	if cfg.Spec.Vendor == "" {
+		cfg.Spec.Vendor = spec.DefaultVendor
+	}
+	if cfg.Spec.Class == "" {
+		cfg.Spec.Class = spec.DefaultClass
+	}
+	if err := cfg.Spec.Validate(); err != nil {
+		return nil, err
+	}
+	return &Adjuster{cfg: cfg}, nil
+}
+
+// Inventory returns the inventory in use, or nil.
+func (a *Adjuster) Inventory() *gpu.Inventory {
+	if p := a.state.Load(); p != nil {
+		return p.inv
+	}
+	return nil
+}
+
+func linuxDevice(n *cdispecs.DeviceNode) *api.LinuxDevice {
+	d := &api.LinuxDevice{Path: n.Path, Type: n.Type, Major: n.Major, Minor: n.Minor}
+	if n.FileMode != nil {
+		d.FileMode = &api.OptionalFileMode{Value: uint32(*n.FileMode)}
+	}
+	if n.UID != nil {
+		d.Uid = &api.OptionalUInt32{Value: *n.UID}
+	}
+	if n.GID != nil {
+		d.Gid = &api.OptionalUInt32{Value: *n.GID}
+	}
+	return d
+}
+
+func linuxDevices(nodes []*cdispecs.DeviceNode) []*api.LinuxDevice {
+	out := make([]*api.LinuxDevice, 0, len(nodes))
+	for _, n := range nodes {
+		out = append(out, linuxDevice(n))
+	}
+	return out
+}
+
+// SetInventory prepares a new inventory and switches to it atomically.
+func (a *Adjuster) SetInventory(inv *gpu.Inventory) {
+	p := &prepared{inv: inv, kind: a.cfg.Spec.Vendor + "/" + a.cfg.Spec.Class, byName: map[string]*target{}}
+	var names []string
+	order := 0
+	add := func(t *target, ns ...string) {
+		for _, n := range ns {
+			if n != "" {
+				p.byName[n] = t
+			}
+		}
+		names = append(names, ns[0])
+	}
+	for _, d := range inv.Devices {
+		e := spec.DeviceEdits(d, gpu.CapsOf(gpu.CapCompute))
+		t := &target{canonical: strconv.Itoa(d.Index), order: order, nodes: linuxDevices(e.DeviceNodes), dev: d}
+		order++
+		add(t, strconv.Itoa(d.Index), "gpu"+strconv.Itoa(d.Index), d.UUID)
+		for _, m := range d.MIG {
+			me := spec.MIGEdits(d, m)
+			mt := &target{canonical: fmt.Sprintf("%d:%d", m.Parent, m.Index), order: order, nodes: linuxDevices(me.DeviceNodes), dev: d}
+			order++
+			add(mt, mt.canonical, "mig"+mt.canonical, m.UUID)
+		}
+	}
+	p.choices = describeChoices(inv, names)
+	a.state.Store(p)
+}
+
+// describeChoices lists a node's valid selectors for error messages.
+func describeChoices(inv *gpu.Inventory, names []string) string {
+	if len(inv.Devices) == 0 {
+		return "this node has no GPUs"
+	}
+	var uuids []string
+	for _, d := range inv.Devices {
+		uuids = append(uuids, d.UUID)
+	}
+	s := "valid: all, none, " + strings.Join(names, ", ")
+	if len(inv.Devices) > 0 {
+		s += fmt.Sprintf(", gpu0-gpu%d", len(inv.Devices)-1)
+	}
+	if len(uuids) <= 4 {
+		s += ", " + strings.Join(uuids, ", ")
+	} else {
+		s += ", or a GPU UUID listed by nvbind info"
+	}
+	return s
+}
+
+// commonFor builds (once per capability set) the driver-file mounts, hook, control nodes
+// and env of an inventory.
+func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
+	if c, ok := p.common.Load(caps); ok {
+		return c.(*commonParts)
+	}
+	cp := &commonParts{}
+	e, err := spec.CommonEdits(p.inv, caps, a.cfg.Spec)
+	if err != nil {
+		cp.err = err
+	} else {
+		cp.nodes = linuxDevices(e.DeviceNodes)
+		for _, m := range e.Mounts {
+			cp.mounts = append(cp.mounts, &api.Mount{Destination: m.ContainerPath, Source: m.HostPath, Type: m.Type, Options: slices.Clone(m.Options)})
+		}
+		for _, h := range e.Hooks {
+			if cp.hooks == nil {
+				cp.hooks = &api.Hooks{}
+			}
+			cp.hooks.CreateContainer = append(cp.hooks.CreateContainer, &api.Hook{Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
+		}
+		cp.env = []*api.KeyValue{{Key: EnvVisibleDevices, Value: "void"}, {Key: EnvDriverCapabilities, Value: caps.String()}}
+	}
+	actual, _ := p.common.LoadOrStore(caps, cp)
+	return actual.(*commonParts)
+}
+
+// Adjust computes the adjustment for one container. It returns (nil, nil, nil) when the
+// container asks for no GPUs. Errors name the annotation or variable, the bad value and the
+// valid choices; nothing is half-applied because the adjustment is only returned whole.
+func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, *Decision, error) {
+	p := a.state.Load()
+	req, err := ParseRequest(pod, ctr, a.cfg.Spec.Vendor+"/"+a.cfg.Spec.Class, a.cfg.EnvRequests)
+	if err != nil || req == nil {
+		return nil, nil, err
+	}
+	ns := pod.GetNamespace()
+	dec := &Decision{Source: req.Source, Caps: req.Caps}
+	if len(a.cfg.AllowedNamespaces) > 0 && !slices.Contains(a.cfg.AllowedNamespaces, ns) {
+		if req.FromEnv {
+			dec.Skipped = fmt.Sprintf("namespace %q may not request GPUs: %s ignored", ns, req.Source)
+			return nil, dec, nil
+		}
+		return nil, dec, fmt.Errorf("%w: %s: namespace %q may not request GPUs (allowed: %s)", ErrDenied, req.Source, ns, strings.Join(a.cfg.AllowedNamespaces, ", "))
+	}
+	if req.All && !slices.Contains(a.cfg.AllNamespaces, ns) {
+		if req.FromEnv {
+			// CUDA images set NVIDIA_VISIBLE_DEVICES=all in their own env: that is not a
+			// request by the pod, so it is ignored rather than failed.
+			dec.Skipped = fmt.Sprintf("%s=all ignored: namespace %q is not allowed every GPU", req.Source, ns)
+			return nil, dec, nil
+		}
+		return nil, dec, fmt.Errorf("%w: %s asks for all GPUs, which namespace %q may not (--all-namespaces: %s)", ErrDenied, req.Source, ns, orNone(a.cfg.AllNamespaces))
+	}
+	if p == nil {
+		return nil, dec, ErrNoInventory
+	}
+	targets, err := p.resolve(req)
+	if err != nil {
+		return nil, dec, err
+	}
+	devs := make([]gpu.Device, 0, len(targets))
+	for _, t := range targets {
+		dec.Devices = append(dec.Devices, t.canonical)
+		if !slices.ContainsFunc(devs, func(d gpu.Device) bool { return d.Index == t.dev.Index }) {
+			devs = append(devs, t.dev)
+		}
+	}
+	for _, r := range req.Require {
+		if err := r.Check(p.inv.Driver, devs); err != nil {
+			return nil, dec, err
+		}
+	}
+	adj := &api.ContainerAdjustment{}
+	if a.cfg.CDIMode && len(targets) > 0 {
+		for _, t := range targets {
+			adj.AddCDIDevice(&api.CDIDevice{Name: p.kind + "=" + t.canonical})
+		}
+		return adj, dec, nil
+	}
+	cp := a.commonFor(p, req.Caps)
+	if cp.err != nil {
+		return nil, dec, cp.err
+	}
+	seen := make(map[string]bool, 8)
+	for _, n := range cp.nodes {
+		adj.AddDevice(n)
+		seen[n.Path] = true
+	}
+	for _, t := range targets {
+		for _, n := range t.nodes {
+			if !seen[n.Path] {
+				seen[n.Path] = true
+				adj.AddDevice(n)
+			}
+		}
+		if req.Caps.Has(gpu.CapGraphics) || req.Caps.Has(gpu.CapDisplay) {
+			for _, n := range t.dev.DRM {
+				if !seen[n.Path] {
+					seen[n.Path] = true
+					adj.AddDevice(linuxDevice(cdiNode(n)))
+				}
+			}
+		}
+	}
+	adj.Mounts = cp.mounts
+	if cp.hooks != nil {
+		adj.AddHooks(cp.hooks)
+	}
+	adj.Env = cp.env
+	return adj, dec, nil
+}
+
+func cdiNode(n gpu.DeviceNode) *cdispecs.DeviceNode {
+	mode := n.FileMode
+	d := &cdispecs.DeviceNode{Path: n.Path, Type: "c", Major: n.Major, Minor: n.Minor, FileMode: &mode}
+	if n.UID != 0 {
+		d.UID = &n.UID
+	}
+	if n.GID != 0 {
+		d.GID = &n.GID
+	}
+	return d
+}
+
+func orNone(s []string) string {
+	if len(s) == 0 {
+		return "none"
+	}
+	return strings.Join(s, ", ")
+}
+
+// resolve maps selectors to devices, in inventory order, without duplicates.
+func (p *prepared) resolve(req *Request) ([]*target, error) {
+	if req.None {
+		return nil, nil
+	}
+	var out []*target
+	if req.All {
+		seen := map[*target]bool{}
+		for _, t := range p.byName {
+			if !seen[t] {
+				seen[t] = true
+				out = append(out, t)
+			}
+		}
+	} else {
+		for _, s := range req.Devices {
+			t, ok := p.byName[s]
+			if !ok {
+				return nil, fmt.Errorf("%s: GPU %q is not on this node (%s)", req.Source, s, p.choices)
+			}
+			if !slices.Contains(out, t) {
+				out = append(out, t)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].order < out[j].order })
+	return out, nil
+}

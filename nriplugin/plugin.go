@@ -1,0 +1,127 @@
+package nriplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/containerd/nri/pkg/api"
+	"github.com/containerd/nri/pkg/stub"
+)
+
+// Plugin is the NRI plugin: it implements only the stub interfaces it needs.
+type Plugin struct {
+	adj     *Adjuster
+	log     *slog.Logger
+	metrics *Metrics
+	// registered is true while the runtime has the plugin configured.
+	registered atomic.Bool
+}
+
+var (
+	_ stub.ConfigureInterface       = (*Plugin)(nil)
+	_ stub.CreateContainerInterface = (*Plugin)(nil)
+)
+
+// NewPlugin wires an adjuster, a logger and metrics.
+func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if m == nil {
+		m = NewMetrics()
+	}
+	return &Plugin{adj: adj, log: log, metrics: m}
+}
+
+// Registered reports whether the runtime has the plugin registered and configured.
+func (p *Plugin) Registered() bool { return p.registered.Load() }
+
+// Configure subscribes to CreateContainer; the runtime's timeouts are logged.
+func (p *Plugin) Configure(_ context.Context, _, runtime, version string) (stub.EventMask, error) {
+	p.registered.Store(true)
+	p.log.Info("registered with the runtime", "runtime", runtime, "version", version)
+	return api.MustParseEventMask("CreateContainer"), nil
+}
+
+// CreateContainer adjusts a container that asks for GPUs.
+func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	start := time.Now()
+	adj, dec, err := p.adj.Adjust(pod, ctr)
+	p.metrics.observe(time.Since(start), dec, err)
+	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
+	switch {
+	case err != nil:
+		p.log.Warn("GPU request refused", append(attrs, "error", err.Error())...)
+		return nil, nil, err
+	case dec != nil && dec.Skipped != "":
+		p.log.Info("GPU request ignored", append(attrs, "reason", dec.Skipped)...)
+	case dec != nil:
+		p.log.Info("GPUs injected", append(attrs, "source", dec.Source, "devices", strings.Join(dec.Devices, ","),
+			"capabilities", dec.Caps.String(), "cdi", p.adj.cfg.CDIMode)...)
+	}
+	return adj, nil, nil
+}
+
+// Options of a plugin run.
+type RunOptions struct {
+	Name, Index, Socket string
+	// Reconnect makes an external plugin dial again, with backoff, after the runtime
+	// drops the connection (runtime restart). Pre-registered plugins exit instead: the
+	// runtime starts them again.
+	Reconnect bool
+}
+
+// Run connects to the runtime and serves until ctx ends. With Reconnect it survives
+// runtime restarts.
+func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
+	backoff := 100 * time.Millisecond
+	for {
+		opts := []stub.Option{stub.WithPluginName(o.Name), stub.WithPluginIdx(o.Index), stub.WithLogger(nriLogger{p.log})}
+		if o.Socket != "" {
+			opts = append(opts, stub.WithSocketPath(o.Socket))
+		}
+		s, err := stub.New(p, opts...)
+		if err != nil {
+			return fmt.Errorf("create NRI stub: %w", err)
+		}
+		started := time.Now()
+		err = s.Run(ctx)
+		p.registered.Store(false)
+		if ctx.Err() != nil {
+			s.Stop()
+			return nil
+		}
+		if !o.Reconnect {
+			if err == nil {
+				err = errors.New("the runtime closed the connection")
+			}
+			return err
+		}
+		if time.Since(started) > 10*time.Second {
+			backoff = 100 * time.Millisecond
+		}
+		p.log.Warn("lost the runtime, reconnecting", "error", fmt.Sprint(err), "in", backoff.String())
+		p.metrics.reconnects.Inc()
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// nriLogger sends the stub's logs to slog.
+type nriLogger struct{ l *slog.Logger }
+
+func (n nriLogger) Debugf(_ context.Context, f string, a ...interface{}) { n.l.Debug(fmt.Sprintf(f, a...)) }
+func (n nriLogger) Infof(_ context.Context, f string, a ...interface{})  { n.l.Debug(fmt.Sprintf(f, a...)) }
+func (n nriLogger) Warnf(_ context.Context, f string, a ...interface{})  { n.l.Warn(fmt.Sprintf(f, a...)) }
+func (n nriLogger) Errorf(_ context.Context, f string, a ...interface{}) { n.l.Error(fmt.Sprintf(f, a...)) }
