@@ -1,0 +1,334 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+const (
+	busyboxImage = "nvbind.test/busybox:1"
+	pauseImage   = "nvbind.test/pause:1"
+)
+
+// findTool looks a program up in PATH, then in the tool cache test/deps.sh fills.
+func findTool(t testing.TB, name string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	p := filepath.Join("/var/cache/nvbind/bin", name)
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	if os.Getenv(testutil.EnvRoot) == "1" {
+		t.Fatalf("%s is not installed: run make deps", name)
+	}
+	t.Skipf("%s is not installed: run make deps", name)
+	return ""
+}
+
+// containerd is a private containerd with NRI on a socket of its own, under one short
+// temp folder, driven over CRI.
+type containerd struct {
+	t       testing.TB
+	dir     string
+	bin     string
+	ctr     string
+	cmd     *exec.Cmd
+	cri     cri.RuntimeServiceClient
+	conn    *grpc.ClientConn
+	sock    string
+	NRISock string
+}
+
+func startContainerd(t testing.TB) *containerd {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	testutil.RequiresCommand(t, "runc")
+	bin := findTool(t, "containerd")
+	findTool(t, "containerd-shim-runc-v2")
+	dir, err := os.MkdirTemp("", "nvb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &containerd{t: t, dir: dir, bin: bin, ctr: findTool(t, "ctr"), sock: filepath.Join(dir, "c.sock"), NRISock: filepath.Join(dir, "nri.sock")}
+	runc, _ := exec.LookPath("runc")
+	config := fmt.Sprintf(`version = 3
+root = %[1]q
+state = %[2]q
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = "%[3]s.ttrpc"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %[4]q
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  enable_cdi = true
+  cdi_spec_dirs = [%[5]q]
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = %[6]q
+[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = %[7]q
+  plugin_path = %[8]q
+  plugin_config_path = %[8]q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, pauseImage, filepath.Join(dir, "cdi"), runc, c.NRISock, filepath.Join(dir, "plugins"))
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c.start()
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+func (c *containerd) start() {
+	c.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(c.dir, "containerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.cmd = exec.Command(c.bin, "--config", filepath.Join(c.dir, "config.toml"))
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	c.cmd.Env = append(os.Environ(), "PATH=/var/cache/nvbind/bin:"+os.Getenv("PATH"))
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := c.cmd.Start(); err != nil {
+		c.t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("unix://"+c.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.conn, c.cri = conn, cri.NewRuntimeServiceClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.cri.Version(ctx, &cri.VersionRequest{})
+		cancel()
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("containerd did not come up: %v\n%s", err, c.log())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (c *containerd) stop() {
+	if c.cmd == nil || c.cmd.Process == nil {
+		return
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-done
+	}
+	_ = c.conn.Close()
+	c.cmd = nil
+}
+
+func (c *containerd) restart() {
+	c.stop()
+	c.start()
+}
+
+func (c *containerd) cleanup() {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if c.cmd != nil {
+		if pods, err := c.cri.ListPodSandbox(ctx, &cri.ListPodSandboxRequest{}); err == nil {
+			for _, p := range pods.Items {
+				_, _ = c.cri.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: p.Id})
+				_, _ = c.cri.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: p.Id})
+			}
+		}
+	}
+	c.stop()
+	// unmount what a killed containerd may have left, then remove the folder
+	if data, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
+		var mounts []string
+		sc := bufio.NewScanner(strings.NewReader(string(data)))
+		for sc.Scan() {
+			f := strings.Fields(sc.Text())
+			if len(f) > 4 && strings.HasPrefix(f[4], c.dir+"/") {
+				mounts = append(mounts, f[4])
+			}
+		}
+		for i := len(mounts) - 1; i >= 0; i-- {
+			_ = syscall.Unmount(mounts[i], syscall.MNT_DETACH)
+		}
+	}
+	if !c.t.Failed() {
+		_ = os.RemoveAll(c.dir)
+	} else {
+		c.t.Logf("containerd folder kept: %s", c.dir)
+	}
+}
+
+func (c *containerd) log() string {
+	data, _ := os.ReadFile(filepath.Join(c.dir, "containerd.log"))
+	lines := strings.Split(string(data), "\n")
+	if len(lines) > 40 {
+		lines = lines[len(lines)-40:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// importImages builds the busybox/glibc test image and a static pause image and imports
+// them into the k8s.io namespace.
+func (c *containerd) importImages() {
+	c.t.Helper()
+	work := c.t.TempDir()
+	rootfs := filepath.Join(work, "rootfs")
+	testutil.BuildRootfs(c.t, rootfs)
+	testutil.OCIImageTar(c.t, rootfs, busyboxImage, []string{"/bin/sh"}, filepath.Join(work, "busybox.tar"))
+	pauseRoot := filepath.Join(work, "pause")
+	if err := os.MkdirAll(pauseRoot, 0o755); err != nil {
+		c.t.Fatal(err)
+	}
+	src := filepath.Join(work, "pause.go")
+	if err := os.WriteFile(src, []byte(pauseSource), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(pauseRoot, "pause"), src)
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Dir = work
+	if out, err := build.CombinedOutput(); err != nil {
+		c.t.Fatalf("build pause: %v\n%s", err, out)
+	}
+	testutil.OCIImageTar(c.t, pauseRoot, pauseImage, []string{"/pause"}, filepath.Join(work, "pause.tar"))
+	for _, tarball := range []string{"busybox.tar", "pause.tar"} {
+		out, err := exec.Command(c.ctr, "--address", c.sock, "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs",
+			filepath.Join(work, tarball)).CombinedOutput()
+		if err != nil {
+			c.t.Fatalf("ctr images import %s: %v\n%s", tarball, err, out)
+		}
+	}
+}
+
+const pauseSource = `package main
+
+import (
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	<-c
+}
+`
+
+type pod struct {
+	id  string
+	cfg *cri.PodSandboxConfig
+}
+
+func (c *containerd) runPod(name, namespace string, annotations map[string]string) pod {
+	c.t.Helper()
+	cfg := &cri.PodSandboxConfig{
+		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: name + "-uid"},
+		Annotations:  annotations,
+		LogDirectory: filepath.Join(c.dir, "logs", name),
+		Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+			NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE}}},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := c.cri.RunPodSandbox(ctx, &cri.RunPodSandboxRequest{Config: cfg})
+	if err != nil {
+		c.t.Fatalf("RunPodSandbox %s: %v\n%s", name, err, c.log())
+	}
+	return pod{id: r.PodSandboxId, cfg: cfg}
+}
+
+func (c *containerd) stopPod(p pod) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = c.cri.StopPodSandbox(ctx, &cri.StopPodSandboxRequest{PodSandboxId: p.id})
+	_, _ = c.cri.RemovePodSandbox(ctx, &cri.RemovePodSandboxRequest{PodSandboxId: p.id})
+}
+
+// createStart creates and starts a container; it returns its id.
+func (c *containerd) createStart(p pod, name, script string, env map[string]string, annotations map[string]string) (string, error) {
+	cfg := &cri.ContainerConfig{
+		Metadata:    &cri.ContainerMetadata{Name: name},
+		Image:       &cri.ImageSpec{Image: busyboxImage},
+		Command:     []string{"/bin/sh", "-c", script},
+		LogPath:     name + ".log",
+		Annotations: annotations,
+	}
+	for k, v := range env {
+		cfg.Envs = append(cfg.Envs, &cri.KeyValue{Key: k, Value: []byte(v)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	r, err := c.cri.CreateContainer(ctx, &cri.CreateContainerRequest{PodSandboxId: p.id, Config: cfg, SandboxConfig: p.cfg})
+	if err != nil {
+		return "", err
+	}
+	if _, err := c.cri.StartContainer(ctx, &cri.StartContainerRequest{ContainerId: r.ContainerId}); err != nil {
+		return r.ContainerId, err
+	}
+	return r.ContainerId, nil
+}
+
+// run creates, starts and waits for a container, and returns what it printed.
+func (c *containerd) run(p pod, name, script string, env, annotations map[string]string) (string, error) {
+	id, err := c.createStart(p, name, script, env, annotations)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for {
+		st, err := c.cri.ContainerStatus(ctx, &cri.ContainerStatusRequest{ContainerId: id})
+		if err != nil {
+			return "", err
+		}
+		if st.Status.State == cri.ContainerState_CONTAINER_EXITED {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_, _ = c.cri.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id})
+	data, err := os.ReadFile(filepath.Join(p.cfg.LogDirectory, name+".log"))
+	if err != nil {
+		return "", err
+	}
+	// CRI log lines: "<time> <stream> <tag> <text>"
+	var out []string
+	for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+		if f := strings.SplitN(line, " ", 4); len(f) == 4 {
+			out = append(out, f[3])
+		}
+	}
+	return strings.Join(out, "\n"), nil
+}

@@ -1,0 +1,229 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// nriPlugin runs `nvbind nri` against a containerd's NRI socket.
+type nriPlugin struct {
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	out     bytes.Buffer
+	metrics string
+}
+
+func (p *nriPlugin) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.Write(b)
+}
+
+func (p *nriPlugin) logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
+}
+
+func startPlugin(t testing.TB, bin, nriSock, driverRoot string, extra ...string) *nriPlugin {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	p := &nriPlugin{metrics: addr}
+	args := append([]string{"nri", "--socket", nriSock, "--driver-root", driverRoot, "--dev-root", driverRoot, "--no-nvml",
+		"--hook-path", bin, "--metrics-address", addr, "--log-level", "debug"}, extra...)
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = p.cmd.Wait()
+		if t.Failed() {
+			t.Logf("nvbind nri log:\n%s", p.logs())
+		}
+	})
+	p.waitHealthy(t, 30*time.Second)
+	return p
+}
+
+// waitHealthy polls /healthz until the plugin is registered with the runtime.
+func (p *nriPlugin) waitHealthy(t testing.TB, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if r, err := http.Get("http://" + p.metrics + "/healthz"); err == nil {
+			_ = r.Body.Close()
+			if r.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("the plugin did not register within %s\n%s", d, p.logs())
+}
+
+func (p *nriPlugin) metricsText(t testing.TB) string {
+	r, err := http.Get("http://" + p.metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = r.Body.Close() }()
+	b, _ := io.ReadAll(r.Body)
+	return string(b)
+}
+
+const gpuScript = `ls /dev/ | grep nvidia | sort | tr '\n' ' '; echo;
+echo LINK=$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1);
+ldconfig -p | grep -c 'libcuda.so.1 ' ; cuda-probe; echo CAPS=$NVIDIA_DRIVER_CAPABILITIES VISIBLE=$NVIDIA_VISIBLE_DEVICES`
+
+func TestContainerdNRI(t *testing.T) {
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	c := startContainerd(t)
+	c.importImages()
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	plugin := startPlugin(t, bin, c.NRISock, driverRoot)
+
+	t.Run("annotation selects GPU 1", func(t *testing.T) {
+		p := c.runPod("gpu1", "default", map[string]string{"nvbind.io/gpus": "1"})
+		defer c.stopPod(p)
+		out, err := c.run(p, "cuda", gpuScript, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("container output:\n%s", out)
+		for _, want := range []string{"nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl", "LINK=nvidia/current/libcuda.so.535.261.03",
+			"cuda-probe: loaded libcuda.so.1, CUDA driver API 12020", "CAPS=compute,utility VISIBLE=void"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		if strings.Contains(out, "nvidia0") {
+			t.Error("GPU 0 was injected into a pod that asked for GPU 1")
+		}
+		if !strings.Contains(out, "\n2\n") { // two ld cache lines for libcuda.so.1
+			t.Error("ldconfig -p does not list libcuda.so.1")
+		}
+	})
+
+	t.Run("container env NVIDIA_VISIBLE_DEVICES=0", func(t *testing.T) {
+		p := c.runPod("env0", "default", nil)
+		defer c.stopPod(p)
+		out, err := c.run(p, "cuda", gpuScript, map[string]string{"NVIDIA_VISIBLE_DEVICES": "0", "NVIDIA_DRIVER_CAPABILITIES": "compute,utility,video"}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("container output:\n%s", out)
+		if !strings.Contains(out, "nvidia0 nvidiactl") || strings.Contains(out, "nvidia1") || !strings.Contains(out, "CAPS=compute,utility,video") {
+			t.Errorf("unexpected devices or capabilities:\n%s", out)
+		}
+	})
+
+	t.Run("unannotated pod gets nothing", func(t *testing.T) {
+		p := c.runPod("plain", "default", nil)
+		defer c.stopPod(p)
+		out, err := c.run(p, "plain", `ls /dev | grep -c nvidia; test -e /usr/lib/x86_64-linux-gnu/libcuda.so.1 && echo HAS-LIBCUDA; echo done`, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(out, "0\n") || strings.Contains(out, "HAS-LIBCUDA") || !strings.Contains(out, "done") {
+			t.Errorf("a plain container got GPU parts:\n%s", out)
+		}
+	})
+
+	t.Run("bad request fails with a clear message", func(t *testing.T) {
+		p := c.runPod("bad", "default", map[string]string{"nvbind.io/gpus/container.cuda": "7"})
+		defer c.stopPod(p)
+		_, err := c.run(p, "cuda", "true", nil, nil)
+		if err == nil {
+			t.Fatal("a request for a GPU the node lacks was accepted")
+		}
+		for _, want := range []string{`annotation "nvbind.io/gpus/container.cuda"`, `GPU "7" is not on this node`, "valid: all, none, 0, 1"} {
+			if !strings.Contains(err.Error(), want) {
+				t.Errorf("error lacks %q: %v", want, err)
+			}
+		}
+		_, err = c.run(p, "cuda2", "true", map[string]string{"NVIDIA_VISIBLE_DEVICES": "0", "NVIDIA_REQUIRE_CUDA": "cuda>=12.4"}, nil)
+		if err == nil || !strings.Contains(err.Error(), `unmet requirement NVIDIA_REQUIRE_CUDA="cuda>=12.4"`) || !strings.Contains(err.Error(), "12.2") {
+			t.Errorf("unmet requirement: %v", err)
+		}
+	})
+
+	t.Run("containerd restarts under the plugin", func(t *testing.T) {
+		c.restart()
+		plugin.waitHealthy(t, 30*time.Second)
+		p := c.runPod("after", "default", map[string]string{"nvbind.io/gpus": "gpu0"})
+		defer c.stopPod(p)
+		out, err := c.run(p, "cuda", gpuScript, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(out, "nvidia0 nvidiactl") || !strings.Contains(out, "cuda-probe: loaded") {
+			t.Errorf("after the restart:\n%s", out)
+		}
+		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_runtime_reconnects_total 1") ||
+			!strings.Contains(m, `nvbind_requests_total{outcome="refused",source="annotation"} 1`) {
+			t.Errorf("metrics:\n%s", m)
+		}
+	})
+}
+
+// TestContainerdGPUStartOverhead measures what injection adds to create+start through
+// containerd, GPU container against plain, and logs the medians.
+func TestContainerdGPUStartOverhead(t *testing.T) {
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	c := startContainerd(t)
+	c.importImages()
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	startPlugin(t, bin, c.NRISock, driverRoot)
+	p := c.runPod("timing", "default", nil)
+	defer c.stopPod(p)
+	measure := func(name string, env map[string]string) time.Duration {
+		var ds []time.Duration
+		for i := 0; i < 15; i++ {
+			start := time.Now()
+			id, err := c.createStart(p, fmt.Sprintf("%s%d", name, i), "true", env, nil)
+			d := time.Since(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, _ = c.cri.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: 0})
+			_, _ = c.cri.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id})
+			cancel()
+			if i >= 3 { // warm-up
+				ds = append(ds, d)
+			}
+		}
+		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+		return ds[len(ds)/2]
+	}
+	plain := measure("plain", nil)
+	gpuStart := measure("gpu", map[string]string{"NVIDIA_VISIBLE_DEVICES": "0"})
+	t.Logf("create+start through containerd (median of 12): plain %v, GPU %v, added %v", plain, gpuStart, gpuStart-plain)
+	if _, err := fmt.Fprintf(os.Stdout, "containerd create+start: plain %v, GPU %v, added %v\n", plain, gpuStart, gpuStart-plain); err != nil {
+		t.Fatal(err)
+	}
+}
