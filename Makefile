@@ -18,8 +18,11 @@ DEMO_OUT     := _output/demo
 
 all: build
 
+# nvbind, and nvbind-hook: the static, small binary that specs and adjustments run as
+# the hook on every container start
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvbind
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-hook ./cmd/nvbind-hook
 
 deps:
 	test/deps.sh
@@ -75,7 +78,7 @@ demo: build
 	mkdir -p $(DEMO_OUT); \
 	echo "+ nvbind info"; $(BIN) info --driver-root $$root --dev-root $$root; \
 	echo "+ nvbind cdi generate --output /var/run/cdi/nvidia.yaml"; \
-	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/$(BIN) --output /var/run/cdi/nvidia.yaml; \
+	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/bin/nvbind-hook --output /var/run/cdi/nvidia.yaml; \
 	$(BIN) cdi list --spec-dir /var/run/cdi; \
 	if command -v podman >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  rm -rf $(DEMO_OUT)/rootfs; NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run TestBuildDemoRootfs ./test/e2e -args -rootfs $(CURDIR)/$(DEMO_OUT)/rootfs >/dev/null; \

@@ -48,7 +48,7 @@ func hookBench(b *testing.B) (bin, state string, args []string) {
 		}
 	}
 	out, err := exec.Command(bin, "cdi", "generate", "--no-nvml", "--format", "json", "--driver-root", driverRoot,
-		"--dev-root", driverRoot, "--hook-path", bin).Output()
+		"--dev-root", driverRoot).Output()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -94,17 +94,23 @@ func BenchmarkHookStage(b *testing.B) {
 			i++
 		}
 	}
+	hookBin := testutil.HookBinary(bin)
 	b.Run("nvbind-hook-all", func(b *testing.B) {
+		for b.Loop() {
+			runHook(b, hookBin, state, args...)
+		}
+	})
+	b.Run("nvbind-full-binary-hook-all", func(b *testing.B) {
 		for b.Loop() {
 			runHook(b, bin, state, args...)
 		}
 	})
 	b.Run("one-process-per-action", func(b *testing.B) {
 		for b.Loop() {
-			runHook(b, bin, state, append([]string{"hook", "create-symlinks"}, links...)...)
-			runHook(b, bin, state, append([]string{"hook", "update-ldcache"}, folders...)...)
-			runHook(b, bin, state, "hook", "disable-device-node-modification", rest[0], rest[1])
-			runHook(b, bin, state, "hook", "enable-cuda-compat", rest[2], rest[3])
+			runHook(b, hookBin, state, append([]string{"hook", "create-symlinks"}, links...)...)
+			runHook(b, hookBin, state, append([]string{"hook", "update-ldcache"}, folders...)...)
+			runHook(b, hookBin, state, "hook", "disable-device-node-modification", rest[0], rest[1])
+			runHook(b, hookBin, state, "hook", "enable-cuda-compat", rest[2], rest[3])
 		}
 	})
 	b.Run("ldconfig-alone", func(b *testing.B) {

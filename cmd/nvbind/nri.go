@@ -62,7 +62,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.StringVar(&f.socket, "socket", envOr("NVBIND_NRI_SOCKET", api.DefaultSocketPath), "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")
-	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", selfPath()), "absolute path of the nvbind binary the injected hook runs")
+	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", defaultHookPath()), "absolute path of the nvbind binary the injected hook runs")
 	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a list); without create-symlinks the links become bind mounts")
 	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices (CDI annotations, --cdi-mode)")
 	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class of the devices")

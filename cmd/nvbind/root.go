@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/hookcli"
 )
 
 // version and commit are set by the Makefile's -ldflags.
@@ -36,7 +37,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("NVBIND_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("NVBIND_LOG_FORMAT", "text"), "log format: text, json")
-	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), newHookCommand(), newNRICommand(g))
+	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g))
 	return root
 }
 
@@ -116,7 +117,7 @@ func newVersionCommand() *cobra.Command {
 	}
 }
 
-// selfPath is the absolute path of the running binary, the default hook path.
+// selfPath is the absolute path of the running binary.
 func selfPath() string {
 	p, err := os.Executable()
 	if err != nil {
@@ -126,4 +127,18 @@ func selfPath() string {
 		p = r
 	}
 	return p
+}
+
+// defaultHookPath is the nvbind-hook binary beside this one when it is there (static,
+// small, fast to start: it runs on every container start), else this binary.
+func defaultHookPath() string {
+	self := selfPath()
+	if self == "" {
+		return ""
+	}
+	h := filepath.Join(filepath.Dir(self), "nvbind-hook")
+	if fi, err := os.Stat(h); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		return h
+	}
+	return self
 }

@@ -7,9 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
-	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,7 +49,7 @@ func startPlugin(t testing.TB, bin, nriSock, driverRoot string, extra ...string)
 	_ = ln.Close()
 	p := &nriPlugin{metrics: addr}
 	args := append([]string{"nri", "--socket", nriSock, "--driver-root", driverRoot, "--dev-root", driverRoot, "--no-nvml",
-		"--hook-path", bin, "--metrics-address", addr, "--log-level", "debug"}, extra...)
+		"--hook-path", testutil.HookBinary(bin), "--metrics-address", addr, "--log-level", "debug"}, extra...)
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -190,40 +188,36 @@ func TestContainerdNRI(t *testing.T) {
 	})
 }
 
-// TestContainerdGPUStartOverhead measures what injection adds to create+start through
-// containerd, GPU container against plain, and logs the medians.
-func TestContainerdGPUStartOverhead(t *testing.T) {
-	driverRoot := testutil.DriverRoot(t, "debian-535")
-	c := startContainerd(t)
+// BenchmarkContainerdCreateStart times create+start of a container through containerd's
+// CRI with the nvbind NRI plugin registered: a plain container against one that asks for
+// a GPU (NVIDIA_VISIBLE_DEVICES=0). The difference is what injection adds.
+func BenchmarkContainerdCreateStart(b *testing.B) {
+	driverRoot := testutil.DriverRoot(b, "debian-535")
+	c := startContainerd(b)
 	c.importImages()
-	bin := testutil.BuildNVBind(t, t.TempDir())
-	startPlugin(t, bin, c.NRISock, driverRoot)
+	bin := testutil.BuildNVBind(b, b.TempDir())
+	startPlugin(b, bin, c.NRISock, driverRoot)
 	p := c.runPod("timing", "default", nil)
 	defer c.stopPod(p)
-	measure := func(name string, env map[string]string) time.Duration {
-		var ds []time.Duration
-		for i := 0; i < 15; i++ {
-			start := time.Now()
-			id, err := c.createStart(p, fmt.Sprintf("%s%d", name, i), "true", env, nil)
-			d := time.Since(start)
-			if err != nil {
-				t.Fatal(err)
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+	}{{"plain", nil}, {"gpu", map[string]string{"NVIDIA_VISIBLE_DEVICES": "0"}}} {
+		b.Run(tc.name, func(b *testing.B) {
+			i := 0
+			for b.Loop() {
+				i++
+				id, err := c.createStart(p, fmt.Sprintf("%s%d", tc.name, i), "true", tc.env, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, _ = c.cri.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id})
+				_, _ = c.cri.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id})
+				cancel()
+				b.StartTimer()
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, _ = c.cri.StopContainer(ctx, &cri.StopContainerRequest{ContainerId: id, Timeout: 0})
-			_, _ = c.cri.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id})
-			cancel()
-			if i >= 3 { // warm-up
-				ds = append(ds, d)
-			}
-		}
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds[len(ds)/2]
-	}
-	plain := measure("plain", nil)
-	gpuStart := measure("gpu", map[string]string{"NVIDIA_VISIBLE_DEVICES": "0"})
-	t.Logf("create+start through containerd (median of 12): plain %v, GPU %v, added %v", plain, gpuStart, gpuStart-plain)
-	if _, err := fmt.Fprintf(os.Stdout, "containerd create+start: plain %v, GPU %v, added %v\n", plain, gpuStart, gpuStart-plain); err != nil {
-		t.Fatal(err)
+		})
 	}
 }

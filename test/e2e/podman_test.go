@@ -73,7 +73,7 @@ func TestPodmanWithGeneratedSpec(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tc.o.Vendor = vendor
-			written := writeSpec(t, driverRoot, dir, bin, tc.o)
+			written := writeSpec(t, driverRoot, dir, testutil.HookBinary(bin), tc.o)
 			dst := filepath.Join(podmanSpecDir, "nvbind-e2e-"+tc.name+".yaml")
 			data, err := os.ReadFile(written)
 			if err != nil {

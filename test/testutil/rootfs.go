@@ -69,15 +69,22 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	}
 }
 
-// BuildNVBind compiles cmd/nvbind into dir and returns the binary's path.
+// BuildNVBind compiles cmd/nvbind and the static cmd/nvbind-hook into dir and returns
+// the path of nvbind (nvbind-hook is beside it, where nvbind finds it).
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
-	out := filepath.Join(dir, "nvbind")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/nvbind")
-	cmd.Dir = RepoRoot(t)
-	cmd.Env = append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
+	for _, b := range []struct{ pkg, out, cgo string }{
+		{"./cmd/nvbind", "nvbind", "1"}, {"./cmd/nvbind-hook", "nvbind-hook", "0"},
+	} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd.Dir = RepoRoot(t)
+		cmd.Env = append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations", "CGO_ENABLED="+b.cgo)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
+		}
 	}
-	return out
+	return filepath.Join(dir, "nvbind")
 }
+
+// HookBinary is the nvbind-hook built by BuildNVBind next to nvbind.
+func HookBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-hook") }

@@ -1,4 +1,6 @@
-package main
+// Package hookcli builds the "hook" command shared by the nvbind binary and the small,
+// static nvbind-hook binary that specs and NRI adjustments name for speed.
+package hookcli
 
 import (
 	"github.com/spf13/cobra"
@@ -13,7 +15,8 @@ type hookFlags struct {
 	ldconfig, containerRoot   string
 }
 
-func newHookCommand() *cobra.Command {
+// NewCommand returns the "hook" command and its subcommands.
+func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "hook",
 		Short: "Run the OCI hooks that nvbind's specs and adjustments name",
