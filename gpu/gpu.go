@@ -63,18 +63,18 @@ type DeviceNode struct {
 
 // Device is one full GPU.
 type Device struct {
-	Index    int          `json:"index"`
-	Minor    int          `json:"minor"`
-	UUID     string       `json:"uuid"`
-	PCIBusID string       `json:"pciBusID"`
-	Model    string       `json:"model"`
+	Index    int    `json:"index"`
+	Minor    int    `json:"minor"`
+	UUID     string `json:"uuid"`
+	PCIBusID string `json:"pciBusID"`
+	Model    string `json:"model"`
 	// Arch is the CUDA compute capability ("8.0") and Brand the product brand ("tesla"),
 	// both from NVML; empty when NVML is unavailable.
-	Arch  string `json:"arch,omitempty"`
-	Brand string `json:"brand,omitempty"`
-	Node     DeviceNode   `json:"node"`
-	DRM      []DeviceNode `json:"drm,omitempty"`
-	MIG      []MIGDevice  `json:"mig,omitempty"`
+	Arch  string       `json:"arch,omitempty"`
+	Brand string       `json:"brand,omitempty"`
+	Node  DeviceNode   `json:"node"`
+	DRM   []DeviceNode `json:"drm,omitempty"`
+	MIG   []MIGDevice  `json:"mig,omitempty"`
 }
 
 // MIGDevice is one MIG device (a compute instance inside a GPU instance).

@@ -121,7 +121,15 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 // nriLogger sends the stub's logs to slog.
 type nriLogger struct{ l *slog.Logger }
 
-func (n nriLogger) Debugf(_ context.Context, f string, a ...interface{}) { n.l.Debug(fmt.Sprintf(f, a...)) }
-func (n nriLogger) Infof(_ context.Context, f string, a ...interface{})  { n.l.Debug(fmt.Sprintf(f, a...)) }
-func (n nriLogger) Warnf(_ context.Context, f string, a ...interface{})  { n.l.Warn(fmt.Sprintf(f, a...)) }
-func (n nriLogger) Errorf(_ context.Context, f string, a ...interface{}) { n.l.Error(fmt.Sprintf(f, a...)) }
+func (n nriLogger) Debugf(_ context.Context, f string, a ...interface{}) {
+	n.l.Debug(fmt.Sprintf(f, a...))
+}
+func (n nriLogger) Infof(_ context.Context, f string, a ...interface{}) {
+	n.l.Debug(fmt.Sprintf(f, a...))
+}
+func (n nriLogger) Warnf(_ context.Context, f string, a ...interface{}) {
+	n.l.Warn(fmt.Sprintf(f, a...))
+}
+func (n nriLogger) Errorf(_ context.Context, f string, a ...interface{}) {
+	n.l.Error(fmt.Sprintf(f, a...))
+}
