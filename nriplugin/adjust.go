@@ -64,7 +64,6 @@ type prepared struct {
 	kind    string
 	byName  map[string]*target
 	choices string
-	control []*api.LinuxDevice
 	common  sync.Map // gpu.Capabilities -> *commonParts
 }
 

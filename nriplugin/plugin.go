@@ -67,7 +67,7 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	return adj, nil, nil
 }
 
-// Options of a plugin run.
+// RunOptions configure a plugin run.
 type RunOptions struct {
 	Name, Index, Socket string
 	// Reconnect makes an external plugin dial again, with backoff, after the runtime

@@ -177,7 +177,7 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) cdispecs.
 
 // hookArgs builds the one createContainer hook that runs every enabled action.
 func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *cdispecs.Hook {
-	args := []string{"nvbind", "hook", "all"}
+	args := []string{path.Base(o.HookPath), "hook", "all"}
 	n := len(args)
 	if o.enabled(HookSymlinks) {
 		for _, l := range links {

@@ -61,7 +61,7 @@ func startContainerd(t testing.TB) *containerd {
 	testutil.RequiresCommand(t, "runc")
 	bin := findTool(t, "containerd")
 	findTool(t, "containerd-shim-runc-v2")
-	dir, err := os.MkdirTemp("", "nvb")
+	dir, err := os.MkdirTemp("", "nvb") //nolint:usetesting // unix socket paths under it must stay short
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -109,7 +109,7 @@ func tarDir(t testing.TB, dir string) []byte {
 			return err
 		}
 		if fi.Mode().IsRegular() {
-			f, err := os.Open(p) //nolint:gosec // test fixture files
+			f, err := os.Open(p)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,154 @@
+package nriplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/nvbind/nvbind/spec"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func newTestAdjuster(t testing.TB, cfg Config) *Adjuster {
+	t.Helper()
+	if cfg.Spec.HookPath == "" && len(cfg.Spec.DisabledHooks) == 0 {
+		cfg.Spec.HookPath = "/usr/local/bin/nvbind-hook"
+	}
+	a, err := NewAdjuster(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.SetInventory(testInventory())
+	return a
+}
+
+func goldenJSON(t *testing.T, name string, v any) {
+	t.Helper()
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data = append(data, '\n')
+	p := filepath.Join("testdata", "golden", name)
+	if *update {
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (go test ./nriplugin -update writes it)", err)
+	}
+	if string(want) != string(data) {
+		t.Fatalf("%s differs (go test ./nriplugin -update rewrites it); got:\n%s", p, data)
+	}
+}
+
+func TestAdjustGolden(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		golden string
+		cfg    Config
+		ns     string
+		podAnn map[string]string
+		env    []string
+	}{
+		{"annotation-gpu1.json", Config{}, "default", map[string]string{"nvbind.io/gpus": "1"}, nil},
+		{"env-gpu0-graphics.json", Config{EnvRequests: true}, "default", nil,
+			[]string{"NVIDIA_VISIBLE_DEVICES=GPU-aaaaaaaa-0000-0000-0000-000000000000", "NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics"}},
+		{"mig-0-1.json", Config{}, "default", map[string]string{"nvbind.io/gpus/container.c": "mig0:1"}, nil},
+		{"none-driver-only.json", Config{}, "default", map[string]string{"nvbind.io/gpus": "none"}, nil},
+		{"all-allowed-namespace.json", Config{AllNamespaces: []string{"admin"}}, "admin", map[string]string{"nvbind.io/gpus": "all"}, nil},
+		{"hookless.json", Config{Spec: spec.Options{DisabledHooks: spec.AllHooks}}, "default", map[string]string{"nvbind.io/gpus": "0"}, nil},
+		{"cdi-mode.json", Config{CDIMode: true}, "default", map[string]string{"nvbind.io/gpus": "gpu1,0:0"}, nil},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			t.Parallel()
+			a := newTestAdjuster(t, tc.cfg)
+			adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: tc.ns, Annotations: tc.podAnn}, ctrWith("c", tc.env, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if adj == nil || dec == nil || dec.Skipped != "" {
+				t.Fatalf("no adjustment: %+v", dec)
+			}
+			goldenJSON(t, tc.golden, map[string]any{"decision": map[string]any{"source": dec.Source, "devices": dec.Devices,
+				"capabilities": dec.Caps.String()}, "adjustment": adj})
+		})
+	}
+}
+
+func TestAdjustRefusals(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		cfg     Config
+		ns      string
+		podAnn  map[string]string
+		env     []string
+		wantErr []string
+		skipped string
+	}{
+		{name: "unknown GPU", podAnn: map[string]string{"nvbind.io/gpus": "0,7"},
+			wantErr: []string{`annotation "nvbind.io/gpus"`, `GPU "7" is not on this node`, "valid: all, none, 0, 0:0, 0:1, 1", "GPU-aaaaaaaa"}},
+		{name: "unknown UUID from env", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=GPU-ffff"},
+			wantErr: []string{"env NVIDIA_VISIBLE_DEVICES", `GPU "GPU-ffff" is not on this node`}},
+		{name: "all by annotation needs an allowed namespace", podAnn: map[string]string{"nvbind.io/gpus": "all"},
+			wantErr: []string{"request denied by policy", "asks for all GPUs", `namespace "default"`, "--all-namespaces: none"}},
+		{name: "namespace not allowed", cfg: Config{AllowedNamespaces: []string{"ml"}}, podAnn: map[string]string{"nvbind.io/gpus": "0"},
+			wantErr: []string{`namespace "default" may not request GPUs (allowed: ml)`}},
+		{name: "unmet requirement", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"},
+			wantErr: []string{`unmet requirement NVIDIA_REQUIRE_CUDA="cuda>=12.4"`, "CUDA version is 12.2"}},
+		{name: "image env all is ignored", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=all"},
+			skipped: "is not allowed every GPU"},
+		{name: "env in a namespace not allowed is ignored", cfg: Config{EnvRequests: true, AllowedNamespaces: []string{"ml"}}, env: []string{"NVIDIA_VISIBLE_DEVICES=0"},
+			skipped: "may not request GPUs"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a := newTestAdjuster(t, tc.cfg)
+			ns := tc.ns
+			if ns == "" {
+				ns = "default"
+			}
+			adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: ns, Annotations: tc.podAnn}, ctrWith("c", tc.env, nil))
+			if tc.skipped != "" {
+				if err != nil || adj != nil || dec == nil || !strings.Contains(dec.Skipped, tc.skipped) {
+					t.Fatalf("adj %v, dec %+v, err %v", adj, dec, err)
+				}
+				return
+			}
+			if err == nil || adj != nil {
+				t.Fatalf("accepted: %v", adj)
+			}
+			for _, w := range tc.wantErr {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestAdjustWithoutInventory(t *testing.T) {
+	t.Parallel()
+	a, err := NewAdjuster(Config{Spec: spec.Options{HookPath: "/x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"nvbind.io/gpus": "0"}}, ctrWith("c", nil, nil))
+	if !errors.Is(err, ErrNoInventory) {
+		t.Fatalf("err = %v", err)
+	}
+	if adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, ctrWith("c", nil, nil)); adj != nil || dec != nil || err != nil {
+		t.Fatal("a container without a request was touched")
+	}
+}

@@ -1,0 +1,165 @@
+package nriplugin
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/nvbind/nvbind/gpu"
+)
+
+const kind = "nvidia.com/gpu"
+
+func TestParseDeviceList(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in        string
+		all, none bool
+		devs      []string
+		wantErr   string
+	}{
+		{"all", true, false, nil, ""},
+		{" none ", false, true, nil, ""},
+		{"0,1", false, false, []string{"0", "1"}, ""},
+		{"gpu1, 0:1 ,MIG-1234-ab,GPU-abcd-ef01,gpu1", false, false, []string{"gpu1", "0:1", "MIG-1234-ab", "GPU-abcd-ef01"}, ""},
+		{"mig0:3", false, false, []string{"mig0:3"}, ""},
+		{"", false, false, nil, "empty GPU list"},
+		{",,", false, false, nil, "empty GPU list"},
+		{"0,all", false, false, nil, `"all" cannot be combined`},
+		{"gpu-1", false, false, nil, `bad GPU "gpu-1"`},
+		{"0;rm -rf", false, false, nil, "bad GPU"},
+	} {
+		all, none, devs, err := ParseDeviceList(tc.in)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), "valid:") && !strings.Contains(err.Error(), "combined") {
+				t.Errorf("ParseDeviceList(%q) error = %v, want %q", tc.in, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil || all != tc.all || none != tc.none || !slices.Equal(devs, tc.devs) {
+			t.Errorf("ParseDeviceList(%q) = %v %v %v %v", tc.in, all, none, devs, err)
+		}
+	}
+}
+
+func FuzzParseDeviceList(f *testing.F) {
+	for _, s := range []string{"all", "none", "0,1", "gpu0,GPU-abc", "0:1,mig1:2,MIG-x", "", ",", "all,0"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		all, none, devs, err := ParseDeviceList(s)
+		if err != nil {
+			return
+		}
+		if all && none || (all || none) && len(devs) > 0 || !all && !none && len(devs) == 0 {
+			t.Fatalf("%q: all=%v none=%v devs=%v", s, all, none, devs)
+		}
+		for _, d := range devs {
+			if !reSelector.MatchString(d) {
+				t.Fatalf("%q: accepted selector %q", s, d)
+			}
+		}
+	})
+}
+
+func ctrWith(name string, env []string, ann map[string]string) *api.Container {
+	return &api.Container{Name: name, Env: env, Annotations: ann}
+}
+
+func TestParseRequestPrecedence(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		podAnn  map[string]string
+		ctrAnn  map[string]string
+		env     []string
+		envReq  bool
+		source  string
+		devs    []string
+		all     bool
+		none    bool
+		caps    gpu.Capabilities
+		noReq   bool
+		wantErr string
+	}{
+		{name: "nothing", envReq: true, noReq: true},
+		{name: "container-scoped annotation wins", podAnn: map[string]string{"nvbind.io/gpus/container.c": "1", "nvbind.io/gpus/pod": "0", "nvbind.io/gpus": "all"},
+			source: `annotation "nvbind.io/gpus/container.c"`, devs: []string{"1"}, caps: gpu.CapsDefault},
+		{name: "pod annotation", podAnn: map[string]string{"nvbind.io/gpus/pod": "0", "nvbind.io/gpus": "all"},
+			source: `annotation "nvbind.io/gpus/pod"`, devs: []string{"0"}, caps: gpu.CapsDefault},
+		{name: "another container's annotation does not apply", podAnn: map[string]string{"nvbind.io/gpus/container.other": "1"}, noReq: true},
+		{name: "annotation beats env", podAnn: map[string]string{"nvbind.io/gpus": "none"}, env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: true,
+			source: `annotation "nvbind.io/gpus"`, none: true, caps: gpu.CapsDefault},
+		{name: "capabilities annotation", podAnn: map[string]string{"nvbind.io/gpus": "0", "nvbind.io/capabilities": "graphics,display"},
+			source: `annotation "nvbind.io/gpus"`, devs: []string{"0"}, caps: gpu.CapsOf(gpu.CapGraphics, gpu.CapDisplay)},
+		{name: "cdi annotation from a device plugin", ctrAnn: map[string]string{"cdi.k8s.io/nvidia-device-plugin_uuid": "nvidia.com/gpu=1,nvidia.com/gpu=GPU-bbbb"},
+			env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: true,
+			source: `annotation "cdi.k8s.io/nvidia-device-plugin_uuid"`, devs: []string{"1", "GPU-bbbb"}, caps: gpu.CapsDefault},
+		{name: "cdi annotation of another vendor is not ours", ctrAnn: map[string]string{"cdi.k8s.io/x": "vendor.com/fpga=0"}, noReq: true},
+		{name: "nvidia's NRI annotation", podAnn: map[string]string{"nvidia.cdi.k8s.io/container.c": "nvidia.com/gpu=all"},
+			source: `annotation "nvidia.cdi.k8s.io/container.c"`, all: true, caps: gpu.CapsDefault},
+		{name: "env", env: []string{"NVIDIA_VISIBLE_DEVICES=0,1", "NVIDIA_DRIVER_CAPABILITIES=all"}, envReq: true,
+			source: "env NVIDIA_VISIBLE_DEVICES", devs: []string{"0", "1"}, caps: gpu.CapsAll},
+		{name: "env last entry wins", env: []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_VISIBLE_DEVICES=1"}, envReq: true,
+			source: "env NVIDIA_VISIBLE_DEVICES", devs: []string{"1"}, caps: gpu.CapsDefault},
+		{name: "env void", env: []string{"NVIDIA_VISIBLE_DEVICES=void"}, envReq: true, noReq: true},
+		{name: "env empty", env: []string{"NVIDIA_VISIBLE_DEVICES="}, envReq: true, noReq: true},
+		{name: "env requests off", env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: false, noReq: true},
+		{name: "bad annotation", podAnn: map[string]string{"nvbind.io/gpus": "zero"}, wantErr: `annotation "nvbind.io/gpus": bad GPU "zero"`},
+		{name: "bad capability", podAnn: map[string]string{"nvbind.io/gpus": "0", "nvbind.io/capabilities/pod": "cuda"},
+			wantErr: `annotation "nvbind.io/capabilities/pod": unknown driver capability "cuda"`},
+		{name: "bad env", env: []string{"NVIDIA_VISIBLE_DEVICES=0 1"}, envReq: true, wantErr: "env NVIDIA_VISIBLE_DEVICES: bad GPU"},
+		{name: "bad requirement", env: []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda~12"}, envReq: true, wantErr: "NVIDIA_REQUIRE_CUDA"},
+		{name: "bad cdi device", podAnn: map[string]string{"nvidia.cdi.k8s.io/pod": "nvidia.com/gpu"}, wantErr: `annotation "nvidia.cdi.k8s.io/pod": bad CDI device`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			pod := &api.PodSandbox{Name: "p", Namespace: "ns", Annotations: tc.podAnn}
+			req, err := ParseRequest(pod, ctrWith("c", tc.env, tc.ctrAnn), kind, tc.envReq)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.noReq {
+				if req != nil {
+					t.Fatalf("request %+v, want none", req)
+				}
+				return
+			}
+			if req == nil {
+				t.Fatal("no request")
+			}
+			if req.Source != tc.source || req.All != tc.all || req.None != tc.none || !slices.Equal(req.Devices, tc.devs) || req.Caps != tc.caps {
+				t.Fatalf("got %+v", req)
+			}
+		})
+	}
+}
+
+func FuzzParseRequest(f *testing.F) {
+	f.Add("nvbind.io/gpus", "0,1", "NVIDIA_VISIBLE_DEVICES=all", "cdi.k8s.io/x", "nvidia.com/gpu=0")
+	f.Add("nvbind.io/gpus/container.c", "none", "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=470", "nvidia.cdi.k8s.io/pod", "nvidia.com/gpu=all")
+	f.Add("nvbind.io/capabilities", "all", "NVIDIA_DRIVER_CAPABILITIES=compute", "cdi.k8s.io/", "=")
+	f.Fuzz(func(t *testing.T, podKey, podVal, env, ctrKey, ctrVal string) {
+		pod := &api.PodSandbox{Namespace: "ns", Annotations: map[string]string{podKey: podVal}}
+		req, err := ParseRequest(pod, ctrWith("c", []string{env}, map[string]string{ctrKey: ctrVal}), kind, true)
+		if err != nil || req == nil {
+			return
+		}
+		if req.Source == "" || req.Caps == 0 {
+			t.Fatalf("request without source or capabilities: %+v", req)
+		}
+		for _, d := range req.Devices {
+			if !reSelector.MatchString(d) {
+				t.Fatalf("accepted selector %q", d)
+			}
+		}
+	})
+}
