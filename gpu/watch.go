@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
+	"path/filepath"
 	"time"
+
+	"github.com/fsnotify/fsnotify"
 )
 
 // Fingerprint is a digest of everything a container would get from an inventory: two
@@ -23,15 +26,30 @@ type Event struct {
 	Err       error
 }
 
-// Watch discovers at once and then every interval, and sends an event whenever the
-// result changes (driver loaded or upgraded, device nodes appearing, MIG layout changed)
-// or discovery fails. Failed rounds are retried with backoff, starting at one second, so
-// a driver still loading at boot is picked up as soon as it is ready. The channel closes
-// when ctx ends.
+// debounce is how long a watch waits after a file event before discovering again, so a
+// package upgrade that writes many files triggers one discovery.
+const debounce = 300 * time.Millisecond
+
+// Watch discovers at once, then again every interval and shortly after a change in /dev
+// (device nodes appearing) or in the driver's folders (a driver upgrade), and sends an
+// event whenever the result changes (driver loaded or upgraded, nodes appearing, MIG
+// layout changed) or discovery fails. Failed rounds are retried with backoff from one
+// second up to interval, so a driver still loading at boot is picked up as soon as it is
+// ready. The channel closes when ctx ends.
 func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan Event {
 	ch := make(chan Event, 1)
 	go func() {
 		defer close(ch)
+		fsw, _ := fsnotify.NewWatcher() // without inotify, polling alone still works
+		var fsEvents <-chan fsnotify.Event
+		if fsw != nil {
+			defer func() { _ = fsw.Close() }()
+			fsEvents = fsw.Events
+			for _, dir := range []string{filepath.Join(d.cfg.devRoot, "dev"), filepath.Join(d.cfg.devRoot, "dev/nvidia-caps")} {
+				_ = fsw.Add(dir)
+			}
+		}
+		watched := map[string]bool{}
 		var last [32]byte
 		var lastErr string
 		backoff := time.Second
@@ -58,17 +76,48 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 						return
 					}
 				}
+				if fsw != nil {
+					for _, f := range inv.Files {
+						dir := filepath.Dir(f.HostPath)
+						if !watched[dir] && fsw.Add(dir) == nil {
+							watched[dir] = true
+						}
+					}
+				}
 			}
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep(ctx, wait, fsEvents) {
 				return
-			case <-t.C:
 			}
 		}
 	}()
 	return ch
+}
+
+// sleep waits for d, or for a file event followed by a quiet debounce period. It
+// returns false when ctx ends.
+func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case _, ok := <-events:
+			if !ok {
+				events = nil
+				continue
+			}
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
+			t.Reset(debounce)
+		}
+	}
 }
 
 func send(ctx context.Context, ch chan<- Event, e Event) bool {

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
@@ -24,9 +27,11 @@ func newCDICommand(g *globalFlags) *cobra.Command {
 type generateFlags struct {
 	rootFlags
 	output, format, vendor, class, names, caps, hookPath, disableHooks string
+	watch                                                              bool
+	interval                                                           time.Duration
 }
 
-func newGenerateCommand(_ *globalFlags) *cobra.Command {
+func newGenerateCommand(g *globalFlags) *cobra.Command {
 	f := &generateFlags{}
 	cmd := &cobra.Command{
 		Use:   "generate",
@@ -46,6 +51,13 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 			d, err := f.discoverer()
 			if err != nil {
 				return err
+			}
+			if f.watch {
+				log, err := g.logger(cmd.ErrOrStderr())
+				if err != nil {
+					return err
+				}
+				return f.watchLoop(cmd.Context(), d, o, format, log)
 			}
 			inv, err := d.Discover(cmd.Context())
 			if err != nil {
@@ -90,6 +102,8 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 	fl.StringVar(&f.names, "device-name-strategy", "index,type-index,uuid", "device names to emit, comma list of: "+spec.ValidNameStrategies)
 	fl.StringVar(&f.caps, "capabilities", "all", "driver capabilities whose files the spec mounts: "+gpu.ValidCapabilities)
 	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", defaultHookPath()), "absolute path of the binary the spec's hook runs (default: nvbind-hook beside nvbind, else nvbind)")
+	fl.BoolVar(&f.watch, "watch", false, "keep running: write the spec again whenever the driver, its device nodes or the MIG layout change; a failed discovery keeps the old spec")
+	fl.DurationVar(&f.interval, "interval", 30*time.Second, "with --watch, how often discovery runs besides reacting to file events")
 	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
 	return cmd
 }
@@ -127,6 +141,38 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 		format = spec.FormatYAML
 	}
 	return o, format, o.Validate()
+}
+
+// watchLoop keeps the spec at --output in step with the host.
+func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec.Options, format spec.Format, log *slog.Logger) error {
+	if f.output == "" || f.output == "-" {
+		return errors.New("--watch needs --output: a spec file or folder to keep fresh")
+	}
+	for ev := range d.Watch(ctx, f.interval) {
+		if ev.Err != nil {
+			log.Error("discovery failed; the spec on disk stays as it is", "error", ev.Err.Error())
+			continue
+		}
+		s, err := spec.Generate(ev.Inventory, o)
+		if err != nil {
+			log.Error("spec not generated; the spec on disk stays as it is", "error", err.Error())
+			continue
+		}
+		dst := f.output
+		if isDirArg(dst) {
+			name, err := spec.FileName(s, format)
+			if err != nil {
+				return err
+			}
+			dst = filepath.Join(dst, name)
+		}
+		if err := spec.WriteFile(s, dst, format); err != nil {
+			log.Error("spec not written", "path", dst, "error", err.Error())
+			continue
+		}
+		log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
+	}
+	return nil
 }
 
 func isDirArg(p string) bool {

@@ -7,6 +7,7 @@
 # (char nodes made with mknod when run as root) so it serves as --driver-root and --dev-root.
 #   debian-535  Debian 12's own layout (nvidia/current + /etc/alternatives links), ld.so.cache by ldconfig -r
 #   flat-535    the .run installer's flat layout in /usr/lib/x86_64-linux-gnu, ld.so.cache by ldconfig -r
+#   debian-535-upgrade  debian-535 after Debian's security update to 535.309.01
 #   lib64-470   another branch (tesla-470) in a RHEL-style flat /usr/lib64 layout, no ld.so.cache
 # Packages are downloaded once into $NVBIND_CACHE (default /var/cache/nvbind) and never committed.
 set -euo pipefail
@@ -17,6 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 stamp_want=$(cat "$0" | sha256sum | cut -c1-16)
 
 v535=535.261.03
+v535u=535.309.01
 v470=470.256.02
 pkgs535="firmware-nvidia-gsp libcuda1 libcudadebugger1 libegl-nvidia0 libgl1-nvidia-glvnd-glx libgles-nvidia1
  libgles-nvidia2 libglx-nvidia0 libnvcuvid1 libnvidia-allocator1 libnvidia-api1 libnvidia-cfg1 libnvidia-eglcore
@@ -64,6 +66,7 @@ download() { # dir version pkg...
 }
 
 download "$cache/debs/$v535" "$v535-1" $pkgs535
+download "$cache/debs/$v535u" "$v535u-0+deb12u1" $pkgs535
 n470=(); for p in $pkgs470; do
   case $p in libegl-nvidia-0) n470+=(libegl-nvidia-tesla-470-0);; libglx-nvidia-0) n470+=(libglx-nvidia-tesla-470-0);;
     libgles-nvidia-1) n470+=(libgles-nvidia-tesla-470-1);; libgles-nvidia-2) n470+=(libgles-nvidia-tesla-470-2);;
@@ -75,6 +78,7 @@ download "$cache/debs/$v470" "$v470-1~deb12u1" "${n470[@]}"
 # nvidia-persistenced is its own source package in contrib with its own version
 ls "$cache/debs/$v535"/nvidia-persistenced_*.deb >/dev/null 2>&1 || {
   ensure_sources; (cd "$cache/debs/$v535" && apt-get download -qq nvidia-persistenced 2>&1 | grep -v '^W: ' || true); }
+ls "$cache/debs/$v535u"/nvidia-persistenced_*.deb >/dev/null 2>&1 || cp "$cache/debs/$v535"/nvidia-persistenced_*.deb "$cache/debs/$v535u/"
 
 rm -rf "$out.tmp"; mkdir -p "$out.tmp"
 
@@ -136,34 +140,38 @@ ldconf() { # root dirs...
 gpus2=("0000:3b:00.0|GPU-4c2a7a2f-6f2e-31d7-7a5c-0c7b2a1e9d01|NVIDIA H100 80GB HBM3" "0000:86:00.0|GPU-8b9d3c4e-1a2b-4c5d-8e9f-a0b1c2d3e4f5|NVIDIA H100 80GB HBM3")
 
 # --- debian-535: the packages' own layout, plus what their maintainer scripts make ------------
-r=$out.tmp/debian-535
-for f in "$cache/debs/$v535"/*.deb; do dpkg-deb -x "$f" "$r"; done
-rm -rf "$r/usr/share/doc" "$r/usr/share/bug" "$r/usr/share/lintian" "$r/usr/share/man"
-mkdir -p "$r/etc/alternatives"
-lib=/usr/lib/x86_64-linux-gnu
-alt() { # link name target  (what update-alternatives makes: link -> /etc/alternatives/name -> target)
-  [ -e "$r$3" ] || return 0
-  mkdir -p "$r$(dirname "$1")"
-  ln -sfn "$3" "$r/etc/alternatives/$2"; ln -sfn "/etc/alternatives/$2" "$r$1"
+debian_root() { # root version debdir
+  local r=$1 ver=$2 debs=$3 f n
+  for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$r"; done
+  rm -rf "$r/usr/share/doc" "$r/usr/share/bug" "$r/usr/share/lintian" "$r/usr/share/man"
+  mkdir -p "$r/etc/alternatives"
+  alt() { # link name target  (what update-alternatives makes: link -> /etc/alternatives/name -> target)
+    [ -e "$r$3" ] || return 0
+    mkdir -p "$r$(dirname "$1")"
+    ln -sfn "$3" "$r/etc/alternatives/$2"; ln -sfn "/etc/alternatives/$2" "$r$1"
+  }
+  for n in libGLX_nvidia.so.0 libEGL_nvidia.so.0 libGLESv1_CM_nvidia.so.1 libGLESv2_nvidia.so.2 libcuda.so.1 libcuda.so \
+    libcudadebugger.so.1 libnvcuvid.so.1 libnvcuvid.so libnvidia-allocator.so.1 libnvidia-api.so.1 libnvidia-encode.so.1 \
+    libnvidia-fbc.so.1 libnvidia-ml.so.1 libnvidia-ngx.so.1 libnvidia-nvvm.so.4 libnvidia-nvvm.so.$ver libnvidia-opencl.so.1 \
+    libnvidia-opticalflow.so.1 libnvidia-ptxjitcompiler.so.1 libnvoptix.so.1; do
+    alt "$lib/$n" "nvidia--$n-x86_64-linux-gnu" "$lib/nvidia/current/$n"
+  done
+  alt "$lib/vdpau/libvdpau_nvidia.so.1" nvidia--libvdpau_nvidia.so.1-x86_64-linux-gnu "$lib/nvidia/current/libvdpau_nvidia.so.1"
+  alt "$lib/gbm/nvidia-drm_gbm.so" nvidia--nvidia-drm_gbm.so-x86_64-linux-gnu "$lib/nvidia/current/nvidia-drm_gbm.so"
+  alt "$lib/nvidia/libnvidia-cfg.so.1" nvidia--libnvidia-cfg.so.1-x86_64-linux-gnu "$lib/nvidia/current/libnvidia-cfg.so.1"
+  alt /usr/share/nvidia/nvoptix.bin nvidia--nvoptix.bin "$lib/nvidia/current/nvoptix.bin"
+  alt /usr/bin/nvidia-smi nvidia--nvidia-smi /usr/lib/nvidia/current/nvidia-smi
+  alt /usr/bin/nvidia-debugdump nvidia--nvidia-debugdump /usr/lib/nvidia/current/nvidia-debugdump
+  alt /usr/lib/nvidia/nvidia_drv.so nvidia--nvidia_drv.so /usr/lib/nvidia/current/nvidia_drv.so
+  alt /usr/lib/nvidia/libglxserver_nvidia.so nvidia--libglxserver_nvidia.so /usr/lib/nvidia/current/libglxserver_nvidia.so
+  ln -sfn /usr/lib/nvidia/current "$r/etc/alternatives/nvidia"; ln -sfn /etc/alternatives/nvidia "$r/usr/lib/nvidia/nvidia"
+  ldconf "$r" /usr/local/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu
+  host_tree "$r" "$ver" open "${gpus2[@]}"
 }
-for n in libGLX_nvidia.so.0 libEGL_nvidia.so.0 libGLESv1_CM_nvidia.so.1 libGLESv2_nvidia.so.2 libcuda.so.1 libcuda.so \
-  libcudadebugger.so.1 libnvcuvid.so.1 libnvcuvid.so libnvidia-allocator.so.1 libnvidia-api.so.1 libnvidia-encode.so.1 \
-  libnvidia-fbc.so.1 libnvidia-ml.so.1 libnvidia-ngx.so.1 libnvidia-nvvm.so.4 libnvidia-nvvm.so.$v535 libnvidia-opencl.so.1 \
-  libnvidia-opticalflow.so.1 libnvidia-ptxjitcompiler.so.1 libnvoptix.so.1; do
-  alt "$lib/$n" "nvidia--$n-x86_64-linux-gnu" "$lib/nvidia/current/$n"
-done
-alt "$lib/vdpau/libvdpau_nvidia.so.1" nvidia--libvdpau_nvidia.so.1-x86_64-linux-gnu "$lib/nvidia/current/libvdpau_nvidia.so.1"
-alt "$lib/gbm/nvidia-drm_gbm.so" nvidia--nvidia-drm_gbm.so-x86_64-linux-gnu "$lib/nvidia/current/nvidia-drm_gbm.so"
-alt "$lib/nvidia/libnvidia-cfg.so.1" nvidia--libnvidia-cfg.so.1-x86_64-linux-gnu "$lib/nvidia/current/libnvidia-cfg.so.1"
-alt /usr/share/nvidia/nvoptix.bin nvidia--nvoptix.bin "$lib/nvidia/current/nvoptix.bin"
-alt /usr/bin/nvidia-smi nvidia--nvidia-smi /usr/lib/nvidia/current/nvidia-smi
-alt /usr/bin/nvidia-debugdump nvidia--nvidia-debugdump /usr/lib/nvidia/current/nvidia-debugdump
-alt /usr/lib/nvidia/nvidia_drv.so nvidia--nvidia_drv.so /usr/lib/nvidia/current/nvidia_drv.so
-alt /usr/lib/nvidia/libglxserver_nvidia.so nvidia--libglxserver_nvidia.so /usr/lib/nvidia/current/libglxserver_nvidia.so
-ln -sfn /usr/lib/nvidia/current "$r/etc/alternatives/nvidia"; ln -sfn /etc/alternatives/nvidia "$r/usr/lib/nvidia/nvidia"
-# nvidia-opencl-icd ships its ICD file under /etc/OpenCL/vendors
-ldconf "$r" /usr/local/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu
-host_tree "$r" "$v535" open "${gpus2[@]}"
+lib=/usr/lib/x86_64-linux-gnu
+debian_root "$out.tmp/debian-535" "$v535" "$cache/debs/$v535"
+# debian-535-upgrade: the same host after Debian's security update to $v535u (for refresh tests)
+debian_root "$out.tmp/debian-535-upgrade" "$v535u" "$cache/debs/$v535u"
 
 # --- flat-535: what NVIDIA's .run installer leaves on Ubuntu ----------------------------------
 d=$out.tmp/debian-535; r=$out.tmp/flat-535

@@ -1,0 +1,105 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGenerateWatchFollowsUpgrade runs generate --watch on a copy of the debian-535 root,
+// breaks it (the spec stays), then upgrades it in place to Debian's 535.309.01 packages
+// (the spec follows without a restart).
+func TestGenerateWatchFollowsUpgrade(t *testing.T) {
+	testutil.RequiresRoot(t) // copies device nodes
+	src := testutil.DriverRoot(t, "debian-535")
+	upgraded := testutil.DriverRoot(t, "debian-535-upgrade")
+	root := filepath.Join(t.TempDir(), "host")
+	copyTree := func(from string) {
+		t.Helper()
+		if err := os.RemoveAll(root); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("cp", "-a", from, root).CombinedOutput(); err != nil {
+			t.Fatalf("cp: %v\n%s", err, out)
+		}
+	}
+	copyTree(src)
+	out := filepath.Join(t.TempDir(), "cdi", "nvidia.yaml")
+	read := func() string { data, _ := os.ReadFile(out); return string(data) }
+
+	cmd := newRootCommand()
+	var logs syncBuffer
+	cmd.SetOut(&logs)
+	cmd.SetErr(&logs)
+	cmd.SetArgs([]string{"cdi", "generate", "--watch", "--interval", "100ms", "--no-nvml", "--driver-root", root, "--dev-root", root,
+		"--hook-path", "/usr/bin/nvbind-hook", "--output", out})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor(t, "the first spec", func() bool { return strings.Contains(read(), "libcuda.so.535.261.03") })
+
+	// a broken driver (module unloaded, libraries half removed): the spec stays
+	before := read()
+	if err := os.Remove(filepath.Join(root, "proc/driver/nvidia/version")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(filepath.Join(root, "usr/lib/x86_64-linux-gnu/nvidia/current")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the failure to be logged", func() bool { return strings.Contains(logs.String(), "the spec on disk stays") })
+	if read() != before {
+		t.Fatal("a failed discovery changed the spec")
+	}
+
+	// the upgrade lands
+	copyTree(upgraded)
+	waitFor(t, "the upgraded spec", func() bool { return strings.Contains(read(), "libcuda.so.535.309.01") })
+	if strings.Contains(read(), "535.261.03") {
+		t.Error("the upgraded spec still names the old driver")
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Errorf("spec folder holds %d entries: temp files left behind", len(ents))
+	}
+}

@@ -1,0 +1,106 @@
+package gpu
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+)
+
+func next(t *testing.T, ch <-chan Event) Event {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("watch closed")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	return Event{}
+}
+
+func TestWatchBootAndUpgrade(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	d, err := New(WithDriverRoot(root), WithDevRoot(root), WithDeviceStater(fakeStater{}), WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := d.Watch(ctx, 50*time.Millisecond)
+
+	// boot: the driver is not there yet
+	if ev := next(t, ch); !errors.Is(ev.Err, ErrNoDriver) {
+		t.Fatalf("first event = %+v, want ErrNoDriver", ev)
+	}
+	// the driver finishes loading
+	hostTree().with(tree{lib + "/libcuda.so." + v535: "elf:libcuda.so.1", lib + "/libcuda.so.1": "link:libcuda.so." + v535}).build(t, root)
+	ev := next(t, ch)
+	if ev.Err != nil || ev.Inventory.Driver.Version != v535 {
+		t.Fatalf("after load: %+v", ev)
+	}
+	// upgrade to 535.309.01: new libraries, new kernel module, old files gone
+	const v2 = "535.309.01"
+	tree{
+		lib + "/libcuda.so." + v2:    "elf:libcuda.so.1",
+		"/proc/driver/nvidia/version": "NVRM version: NVIDIA UNIX x86_64 Kernel Module  " + v2 + "  Thu Oct  2 2025\n",
+	}.build(t, root)
+	if err := os.Remove(filepath.Join(root, lib, "libcuda.so."+v535)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(root, lib, "libcuda.so.1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("libcuda.so."+v2, filepath.Join(root, lib, "libcuda.so.1")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev = next(t, ch)
+		if ev.Err == nil && ev.Inventory.Driver.Version == v2 {
+			break
+		}
+	}
+	if got := libPaths(ev.Inventory); len(got) != 1 || got[0] != lib+"/libcuda.so."+v2 {
+		t.Fatalf("libraries after the upgrade: %v", got)
+	}
+}
+
+func TestWatchMIGChange(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	dgxTree().build(t, root)
+	s := migServer()
+	var migs atomic.Int32
+	migs.Store(1)
+	dev := s.Devices[0].(*server.Device)
+	orig := dev.GetMigDeviceHandleByIndexFunc
+	dev.GetMigDeviceHandleByIndexFunc = func(i int) (nvml.Device, nvml.Return) {
+		if i >= int(migs.Load()) {
+			return nil, nvml.ERROR_NOT_FOUND
+		}
+		return orig(i)
+	}
+	d, err := New(WithDriverRoot(root), WithDevRoot(root), WithDeviceStater(fakeStater{}), WithNVML(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch := d.Watch(ctx, 50*time.Millisecond)
+	if ev := next(t, ch); ev.Err != nil || len(ev.Inventory.Devices[0].MIG) != 1 {
+		t.Fatalf("first: %+v", ev)
+	}
+	migs.Store(2) // an operator creates a second MIG device
+	if ev := next(t, ch); ev.Err != nil || len(ev.Inventory.Devices[0].MIG) != 2 {
+		t.Fatalf("after the MIG change: %+v", ev)
+	}
+}
