@@ -51,7 +51,7 @@ func TestWatchBootAndUpgrade(t *testing.T) {
 	// upgrade to 535.309.01: new libraries, new kernel module, old files gone
 	const v2 = "535.309.01"
 	tree{
-		lib + "/libcuda.so." + v2:    "elf:libcuda.so.1",
+		lib + "/libcuda.so." + v2:     "elf:libcuda.so.1",
 		"/proc/driver/nvidia/version": "NVRM version: NVIDIA UNIX x86_64 Kernel Module  " + v2 + "  Thu Oct  2 2025\n",
 	}.build(t, root)
 	if err := os.Remove(filepath.Join(root, lib, "libcuda.so."+v535)); err != nil {
