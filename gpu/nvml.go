@@ -36,6 +36,9 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 			inv.NVMLError = err.Error()
 		}
 	}
+	if d.cfg.noNVML {
+		inv.NVMLError = "not used (--no-nvml)"
+	}
 	inv.Source = SourceProcfs
 	gpus, err := procFiles{root: d.cfg.devRoot}.gpus()
 	if errors.Is(err, fs.ErrNotExist) {

@@ -37,7 +37,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("NVBIND_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("NVBIND_LOG_FORMAT", "text"), "log format: text, json")
-	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g))
+	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDoctorCommand())
 	return root
 }
 

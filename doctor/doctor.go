@@ -1,0 +1,472 @@
+package doctor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pelletier/go-toml/v2"
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+)
+
+// Status of a check.
+type Status string
+
+// Statuses, from good to bad. Fail means GPU containers cannot work until it is fixed.
+const (
+	OK   Status = "ok"
+	Info Status = "info"
+	Warn Status = "warn"
+	Fail Status = "fail"
+)
+
+// Result is one check's verdict.
+type Result struct {
+	Check   string `json:"check"`
+	Status  Status `json:"status"`
+	Message string `json:"message"`
+	Fix     string `json:"fix,omitempty"`
+}
+
+// Config says where to look. Zero values mean the usual host paths.
+type Config struct {
+	Discoverer       *gpu.Discoverer
+	SpecDirs         []string
+	Vendor, Class    string
+	ContainerdConfig string
+	CRIOConfigs      []string
+	DockerConfig     string
+	NRISocket        string
+	HealthURL        string
+	HTTPClient       *http.Client
+}
+
+func (c *Config) defaults() {
+	if len(c.SpecDirs) == 0 {
+		c.SpecDirs = []string{"/etc/cdi", "/var/run/cdi"}
+	}
+	if c.Vendor == "" {
+		c.Vendor = spec.DefaultVendor
+	}
+	if c.Class == "" {
+		c.Class = spec.DefaultClass
+	}
+	if c.ContainerdConfig == "" {
+		c.ContainerdConfig = "/etc/containerd/config.toml"
+	}
+	if c.CRIOConfigs == nil {
+		c.CRIOConfigs = []string{"/etc/crio/crio.conf"}
+		if m, _ := filepath.Glob("/etc/crio/crio.conf.d/*.conf"); len(m) > 0 {
+			c.CRIOConfigs = append(c.CRIOConfigs, m...)
+		}
+	}
+	if c.DockerConfig == "" {
+		c.DockerConfig = "/etc/docker/daemon.json"
+	}
+	if c.NRISocket == "" {
+		c.NRISocket = "/var/run/nri/nri.sock"
+	}
+	if c.HealthURL == "" {
+		c.HealthURL = "http://127.0.0.1:9402/healthz"
+	}
+	if c.HTTPClient == nil {
+		c.HTTPClient = &http.Client{Timeout: 2 * time.Second}
+	}
+}
+
+// Run runs every check. Checks that depend on a discovery are reported as failed when
+// the discovery fails.
+func Run(ctx context.Context, c Config) []Result {
+	c.defaults()
+	var out []Result
+	add := func(r ...Result) { out = append(out, r...) }
+	inv, err := c.Discoverer.Discover(ctx)
+	add(checkDriver(inv, err)...)
+	if inv != nil && inv.Driver.Version != "" {
+		add(checkNodes(inv, err))
+		add(checkNVML(inv))
+		add(checkLibraries(inv))
+	}
+	add(checkSpecs(c, inv)...)
+	add(checkContainerd(c)...)
+	add(checkCRIO(c)...)
+	add(checkDocker(c)...)
+	add(checkPlugin(ctx, c))
+	return out
+}
+
+// Failed reports whether any result blocks GPU containers.
+func Failed(rs []Result) bool {
+	return slices.ContainsFunc(rs, func(r Result) bool { return r.Status == Fail })
+}
+
+// Print writes one line per check, and the fix on the next.
+func Print(w io.Writer, rs []Result) {
+	for _, r := range rs {
+		fmt.Fprintf(w, "%-4s  %-18s %s\n", strings.ToUpper(string(r.Status)), r.Check, r.Message)
+		if r.Fix != "" && r.Status != OK {
+			fmt.Fprintf(w, "      %-18s fix: %s\n", "", r.Fix)
+		}
+	}
+	n := map[Status]int{}
+	for _, r := range rs {
+		n[r.Status]++
+	}
+	verdict := "GPU containers can run"
+	if Failed(rs) {
+		verdict = "GPU containers are blocked"
+	}
+	fmt.Fprintf(w, "%s: %d ok, %d warnings, %d failures\n", verdict, n[OK], n[Warn], n[Fail])
+}
+
+func checkDriver(inv *gpu.Inventory, err error) []Result {
+	switch {
+	case errors.Is(err, gpu.ErrNoDriver):
+		return []Result{{"driver", Fail, err.Error(), "install the NVIDIA driver, or point --driver-root at it (/run/nvidia/driver under the GPU Operator)"}}
+	case inv == nil:
+		return []Result{{"driver", Fail, err.Error(), "see the error above"}}
+	}
+	d := inv.Driver
+	r := Result{Check: "driver", Status: OK, Message: fmt.Sprintf("NVIDIA %s (%s kernel module", d.Version, d.Flavour)}
+	if d.CUDAVersion != "" {
+		r.Message += ", CUDA " + d.CUDAVersion
+	}
+	r.Message += "; version from " + d.VersionSource + ")"
+	if d.VersionSource != "proc/driver/nvidia/version" {
+		r.Status, r.Fix = Fail, "the kernel module is not loaded: modprobe nvidia (or check dmesg for why it failed)"
+		r.Message += ": the kernel module is not loaded"
+	}
+	out := []Result{r}
+	for _, w := range inv.Warnings {
+		if strings.Contains(w, "not the installed") || strings.Contains(w, "do not match") {
+			out = append(out, Result{"driver files", Warn, w, "remove the leftovers of the old driver (package manager or nvidia-uninstall)"})
+		}
+	}
+	return out
+}
+
+func checkNodes(inv *gpu.Inventory, err error) Result {
+	r := Result{Check: "device nodes", Status: OK}
+	var missing []string
+	have := map[string]bool{}
+	for _, n := range inv.ControlNodes {
+		have[n.Path] = true
+		if n.FileMode&0o006 != 0o006 {
+			missing = append(missing, fmt.Sprintf("%s is mode %o (containers' users cannot open it)", n.Path, n.FileMode.Perm()))
+		}
+	}
+	for _, want := range []string{"/dev/nvidiactl", "/dev/nvidia-uvm"} {
+		if !have[want] {
+			missing = append(missing, want+" is missing")
+		}
+	}
+	if err != nil && !errors.Is(err, gpu.ErrNoDevices) {
+		missing = append(missing, err.Error())
+	}
+	if errors.Is(err, gpu.ErrNoDevices) {
+		missing = append(missing, "no GPU is listed")
+	}
+	if len(missing) > 0 {
+		r.Status = Fail
+		r.Message = strings.Join(missing, "; ")
+		r.Fix = "load the modules and create the nodes: nvidia-modprobe -u -c=0 (or modprobe nvidia-uvm), or run nvidia-persistenced"
+		return r
+	}
+	var gpus []string
+	for _, d := range inv.Devices {
+		gpus = append(gpus, d.Node.Path)
+	}
+	r.Message = fmt.Sprintf("%d GPUs (%s) and %d control nodes", len(inv.Devices), strings.Join(gpus, ", "), len(inv.ControlNodes))
+	return r
+}
+
+func checkNVML(inv *gpu.Inventory) Result {
+	if inv.Source == gpu.SourceNVML {
+		return Result{"nvml", OK, fmt.Sprintf("NVML lists %d GPUs", len(inv.Devices)), ""}
+	}
+	return Result{"nvml", Warn, "NVML is unavailable (" + inv.NVMLError + "): GPUs were read from /proc/driver/nvidia; MIG devices and NVIDIA_REQUIRE_ARCH/BRAND cannot be checked",
+		"load the kernel module and check that libnvidia-ml.so.1 matches it"}
+}
+
+func checkLibraries(inv *gpu.Inventory) Result {
+	var parts, missing []string
+	for _, c := range []gpu.Capability{gpu.CapCompute, gpu.CapUtility, gpu.CapVideo, gpu.CapGraphics, gpu.CapDisplay, gpu.CapNGX} {
+		n := 0
+		for _, f := range inv.FilesFor(gpu.CapsOf(c)) {
+			if f.Kind == gpu.KindLibrary {
+				n++
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %d", c, n))
+		if n == 0 && (c == gpu.CapCompute || c == gpu.CapUtility) {
+			missing = append(missing, string(c))
+		}
+	}
+	hasCUDA := slices.ContainsFunc(inv.Files, func(f gpu.File) bool { return f.SONAME == "libcuda.so.1" })
+	r := Result{Check: "libraries", Status: OK, Message: "libraries per capability: " + strings.Join(parts, ", ")}
+	if !hasCUDA {
+		missing = append(missing, "libcuda.so.1")
+	}
+	if len(missing) > 0 {
+		r.Status = Fail
+		r.Message += "; missing: " + strings.Join(missing, ", ")
+		r.Fix = "install the driver's user-space libraries of version " + inv.Driver.Version + " (Debian: libcuda1 libnvidia-ml1)"
+	}
+	return r
+}
+
+// checkSpecs looks for our kind in the CDI spec folders and checks that every host path a
+// spec names still exists and that it names the running driver.
+func checkSpecs(c Config, inv *gpu.Inventory) []Result {
+	kind := c.Vendor + "/" + c.Class
+	cache, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(c.SpecDirs...))
+	if err != nil && cache == nil {
+		return []Result{{"cdi spec", Fail, err.Error(), ""}}
+	}
+	var out []Result
+	var bad []string
+	for p, errs := range cache.GetErrors() {
+		for _, e := range errs {
+			bad = append(bad, fmt.Sprintf("%s: %v", p, e))
+		}
+	}
+	sort.Strings(bad)
+	if len(bad) > 0 {
+		out = append(out, Result{"cdi spec", Fail, "invalid spec: " + strings.Join(bad, "; "), "regenerate it: nvbind cdi generate --output /var/run/cdi/"})
+	}
+	specs := cache.GetVendorSpecs(c.Vendor)
+	var ours []*cdi.Spec
+	for _, s := range specs {
+		if s.GetClass() == c.Class {
+			ours = append(ours, s)
+		}
+	}
+	if len(ours) == 0 {
+		return append(out, Result{"cdi spec", Warn, fmt.Sprintf("no %s spec in %s: Podman, Docker and nerdctl cannot use --device %s=...", kind, strings.Join(c.SpecDirs, ", "), kind),
+			"nvbind cdi generate --output /var/run/cdi/ (or run nvbind cdi generate --watch, or nvbind nri --cdi-mode)"})
+	}
+	for _, s := range ours {
+		var stale []string
+		for _, m := range s.ContainerEdits.Mounts {
+			if _, err := os.Stat(m.HostPath); err != nil {
+				stale = append(stale, m.HostPath)
+			}
+		}
+		r := Result{Check: "cdi spec", Status: OK, Message: fmt.Sprintf("%s: %d devices, cdiVersion %s", s.GetPath(), len(s.Devices), s.Version)}
+		switch {
+		case len(stale) > 0:
+			r.Status, r.Message = Fail, fmt.Sprintf("%s is stale: %d files it mounts are gone (first: %s)", s.GetPath(), len(stale), stale[0])
+			r.Fix = "regenerate it after every driver change: nvbind cdi generate --output " + s.GetPath() + " (or keep nvbind cdi generate --watch running)"
+		case inv != nil && inv.Driver.Version != "" && !mountsVersion(s, inv.Driver.Version):
+			r.Status, r.Message = Fail, fmt.Sprintf("%s does not mount the running driver %s", s.GetPath(), inv.Driver.Version)
+			r.Fix = "regenerate it: nvbind cdi generate --output " + s.GetPath()
+		case inv != nil && len(s.Devices) > 0 && !hasDevice(s, len(inv.Devices)-1):
+			r.Status, r.Message = Warn, fmt.Sprintf("%s lacks GPU %d of this host", s.GetPath(), len(inv.Devices)-1)
+			r.Fix = "regenerate it: nvbind cdi generate --output " + s.GetPath()
+		}
+		if v := s.Version; r.Status == OK && versionAbove(v, "0.5.0") {
+			r.Status = Warn
+			r.Message += ": newer than 0.5.0, which Podman 4.3 (Debian 12) and containerd 1.7.0 reject"
+			r.Fix = "let nvbind cdi generate write it: it uses the minimum version a spec needs"
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func mountsVersion(s *cdi.Spec, version string) bool {
+	for _, m := range s.ContainerEdits.Mounts {
+		if strings.Contains(filepath.Base(m.HostPath), ".so."+version) {
+			return true
+		}
+	}
+	return false
+}
+
+func hasDevice(s *cdi.Spec, index int) bool {
+	return s.GetDevice(fmt.Sprint(index)) != nil || s.GetDevice(fmt.Sprintf("gpu%d", index)) != nil
+}
+
+// versionAbove compares dotted versions numerically.
+func versionAbove(v, than string) bool {
+	a, b := strings.Split(v, "."), strings.Split(than, ".")
+	for i := 0; i < len(a) || i < len(b); i++ {
+		var x, y int
+		if i < len(a) {
+			_, _ = fmt.Sscan(a[i], &x)
+		}
+		if i < len(b) {
+			_, _ = fmt.Sscan(b[i], &y)
+		}
+		if x != y {
+			return x > y
+		}
+	}
+	return false
+}
+
+// readTOML decodes a TOML file into a generic map; a missing file is (nil, nil).
+func readTOML(p string) (map[string]any, error) {
+	data, err := os.ReadFile(p) //nolint:gosec // a runtime config path the user may override
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := toml.Unmarshal(data, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	return m, nil
+}
+
+// lookup walks nested tables.
+func lookup(m map[string]any, keys ...string) (any, bool) {
+	var cur any = m
+	for _, k := range keys {
+		t, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = t[k]; !ok {
+			return nil, false
+		}
+	}
+	return cur, true
+}
+
+func checkContainerd(c Config) []Result {
+	m, err := readTOML(c.ContainerdConfig)
+	if err != nil {
+		return []Result{{"containerd", Fail, err.Error(), "fix the TOML syntax"}}
+	}
+	if m == nil {
+		return []Result{{"containerd", Info, c.ContainerdConfig + " not found: containerd is not configured here (its defaults enable NRI from 2.0)", ""}}
+	}
+	var out []Result
+	version, _ := m["version"].(int64)
+	nri, hasNRI := lookup(m, "plugins", "io.containerd.nri.v1.nri")
+	if !hasNRI {
+		nri, hasNRI = lookup(m, "plugins", "nri")
+	}
+	disabled := version < 3 // containerd 1.7 (config version 2) disables NRI by default
+	socket := c.NRISocket
+	if t, ok := nri.(map[string]any); hasNRI && ok {
+		if d, ok := t["disable"].(bool); ok {
+			disabled = d
+		}
+		if s, ok := t["socket_path"].(string); ok && s != "" {
+			socket = s
+		}
+	}
+	r := Result{Check: "containerd nri", Status: OK, Message: fmt.Sprintf("NRI is enabled in %s (socket %s)", c.ContainerdConfig, socket)}
+	if disabled {
+		r.Status, r.Message = Fail, "NRI is disabled in "+c.ContainerdConfig
+		r.Fix = "set disable = false under [plugins.\"io.containerd.nri.v1.nri\"] and restart containerd (see manifests/runtime/)"
+	} else if _, err := os.Stat(socket); err != nil {
+		r.Status, r.Message = Warn, fmt.Sprintf("NRI is enabled in %s but %s does not exist: is containerd running?", c.ContainerdConfig, socket)
+		r.Fix = "systemctl restart containerd"
+	}
+	out = append(out, r)
+	if strings.Contains(fmt.Sprint(m), "nvidia-container-runtime") {
+		out = append(out, Result{"legacy runtime", Warn, c.ContainerdConfig + " still names nvidia-container-runtime: containers through it get GPUs twice (its hook and nvbind) or with a different driver set",
+			"remove the nvidia runtime from " + c.ContainerdConfig + " (nvidia-ctk runtime configure wrote it) and restart containerd"})
+	}
+	return out
+}
+
+func checkCRIO(c Config) []Result {
+	var out []Result
+	found, enabled := false, false
+	var legacy string
+	for _, p := range c.CRIOConfigs {
+		m, err := readTOML(p)
+		if err != nil {
+			out = append(out, Result{"cri-o", Fail, err.Error(), "fix the TOML syntax"})
+			continue
+		}
+		if m == nil {
+			continue
+		}
+		found = true
+		if v, ok := lookup(m, "crio", "nri", "enable_nri"); ok {
+			enabled, _ = v.(bool)
+		} else {
+			enabled = true // on by default since CRI-O 1.30
+		}
+		if strings.Contains(fmt.Sprint(m), "nvidia-container-runtime") {
+			legacy = p
+		}
+	}
+	if !found {
+		return out
+	}
+	if enabled {
+		out = append(out, Result{"cri-o nri", OK, "NRI is enabled in CRI-O's configuration", ""})
+	} else {
+		out = append(out, Result{"cri-o nri", Fail, "NRI is disabled in CRI-O's configuration", "set enable_nri = true under [crio.nri] and restart crio"})
+	}
+	if legacy != "" {
+		out = append(out, Result{"legacy runtime", Warn, legacy + " still names nvidia-container-runtime", "remove it and restart crio"})
+	}
+	return out
+}
+
+func checkDocker(c Config) []Result {
+	data, err := os.ReadFile(c.DockerConfig)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return []Result{{"docker", Warn, err.Error(), ""}}
+	}
+	var cfg struct {
+		Runtimes       map[string]any  `json:"runtimes"`
+		DefaultRuntime string          `json:"default-runtime"`
+		Features       map[string]bool `json:"features"`
+	}
+	if err := json.Unmarshal(data, &cfg); err != nil {
+		return []Result{{"docker", Fail, fmt.Sprintf("%s: %v", c.DockerConfig, err), "fix the JSON"}}
+	}
+	var out []Result
+	if _, ok := cfg.Runtimes["nvidia"]; ok || cfg.DefaultRuntime == "nvidia" {
+		out = append(out, Result{"legacy runtime", Warn, c.DockerConfig + " still configures the nvidia runtime" + map[bool]string{true: " as the default", false: ""}[cfg.DefaultRuntime == "nvidia"],
+			"remove \"nvidia\" from runtimes (and default-runtime) and use --device nvidia.com/gpu=... with CDI"})
+	}
+	if on, ok := cfg.Features["cdi"]; ok && !on {
+		out = append(out, Result{"docker cdi", Fail, "CDI is turned off in " + c.DockerConfig, "set \"features\": {\"cdi\": true} and restart docker"})
+	}
+	return out
+}
+
+func checkPlugin(ctx context.Context, c Config) Result {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.HealthURL, nil)
+	if err != nil {
+		return Result{"nvbind plugin", Fail, err.Error(), ""}
+	}
+	resp, err := c.HTTPClient.Do(req)
+	if err != nil {
+		return Result{"nvbind plugin", Warn, "nvbind nri is not running here (no answer at " + c.HealthURL + ")",
+			"start it: systemctl enable --now nvbind-nri (hosts) or kubectl apply -k manifests/base (clusters); or use static CDI specs"}
+	}
+	defer func() { _ = resp.Body.Close() }()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if resp.StatusCode != http.StatusOK {
+		return Result{"nvbind plugin", Fail, "nvbind nri runs but is not registered with the runtime: " + strings.TrimSpace(string(body)),
+			"check that the runtime has NRI enabled and that --socket names its NRI socket"}
+	}
+	return Result{"nvbind plugin", OK, "nvbind nri is registered with the runtime", ""}
+}

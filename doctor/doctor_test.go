@@ -1,0 +1,150 @@
+package doctor
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func writeSpecFrom(t *testing.T, driverRoot, dir string) {
+	t.Helper()
+	d, err := gpu.New(gpu.WithDriverRoot(driverRoot), gpu.WithDevRoot(driverRoot), gpu.WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := spec.Generate(inv, spec.Options{HookPath: "/usr/bin/nvbind-hook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.WriteFile(s, filepath.Join(dir, "nvidia.yaml"), spec.FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func runDoctor(t *testing.T, c Config, root string) string {
+	t.Helper()
+	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Discoverer = d
+	var buf bytes.Buffer
+	Print(&buf, Run(context.Background(), c))
+	return buf.String()
+}
+
+func golden(t *testing.T, name, got string, replace map[string]string) {
+	t.Helper()
+	for from, to := range replace {
+		got = strings.ReplaceAll(got, from, to)
+	}
+	p := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(p, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (go test ./doctor -update writes it)", err)
+	}
+	if string(want) != got {
+		t.Fatalf("%s differs (go test ./doctor -update rewrites it); got:\n%s", p, got)
+	}
+}
+
+func TestDoctorGoodHost(t *testing.T) {
+	root := testutil.DriverRoot(t, "debian-535")
+	dir := t.TempDir()
+	specs := filepath.Join(dir, "cdi")
+	writeSpecFrom(t, root, specs)
+	sock := filepath.Join(dir, "nri.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	conf := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(conf, []byte("version = 3\n[plugins.'io.containerd.nri.v1.nri']\n  disable = false\n  socket_path = \""+sock+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) }))
+	defer health.Close()
+	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
+		DockerConfig: filepath.Join(dir, "daemon.json"), NRISocket: sock, HealthURL: health.URL + "/healthz"}, root)
+	golden(t, "good.txt", out, map[string]string{dir: "/TMP", root: "/DRIVER_ROOT"})
+	if !strings.Contains(out, "GPU containers can run") {
+		t.Errorf("verdict:\n%s", out)
+	}
+}
+
+// TestDoctorBrokenHost breaks a copy of the debian-535 root in the ways users meet and
+// checks that each problem gets its own line and fix.
+func TestDoctorBrokenHost(t *testing.T) {
+	testutil.RequiresRoot(t) // copies device nodes
+	src := testutil.DriverRoot(t, "debian-535")
+	upgraded := testutil.DriverRoot(t, "debian-535-upgrade")
+	dir := t.TempDir()
+	root := filepath.Join(dir, "host")
+	if out, err := exec.Command("cp", "-a", src, root).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	// nvidia-uvm never loaded, libcuda removed, an old driver's leftover
+	for _, p := range []string{"dev/nvidia-uvm", "dev/nvidia-uvm-tools", "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.535.261.03"} {
+		if err := os.Remove(filepath.Join(root, p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(root, "usr/lib/x86_64-linux-gnu/libnvidia-ml.so.530.30.02"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// a spec written for another driver install that is gone since
+	other := filepath.Join(dir, "other")
+	if out, err := exec.Command("cp", "-a", upgraded, other).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	specs := filepath.Join(dir, "cdi")
+	writeSpecFrom(t, other, specs)
+	if err := os.RemoveAll(other); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(conf, []byte(`version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+  BinaryName = "/usr/bin/nvidia-container-runtime"
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	docker := filepath.Join(dir, "daemon.json")
+	if err := os.WriteFile(docker, []byte(`{"default-runtime":"nvidia","runtimes":{"nvidia":{"path":"nvidia-container-runtime"}},"features":{"cdi":false}}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
+		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz"}, root)
+	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
+	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
+		"FAIL  cdi spec", "is stale", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+}
