@@ -299,3 +299,29 @@ func TestDiscoverNVMLInitFailureFallsBack(t *testing.T) {
 		t.Fatalf("source %s, nvml error %q, %d devices", inv.Source, inv.NVMLError, len(inv.Devices))
 	}
 }
+
+// TestDiscoverMountedRoots reads the roots where a container mounts them and keeps the
+// host's paths in the inventory.
+func TestDiscoverMountedRoots(t *testing.T) {
+	t.Parallel()
+	mount := t.TempDir()
+	hostTree().with(tree{lib + "/libcuda.so." + v535: "elf:libcuda.so.1", lib + "/libcuda.so.1": "link:libcuda.so." + v535}).build(t, mount)
+	d, err := New(WithDriverRoot("/run/nvidia/driver"), WithDriverRootMount(mount), WithDevRoot("/"), WithDevRootMount(mount),
+		WithDeviceStater(fakeStater{}), WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := findFile(inv, lib+"/libcuda.so."+v535); f == nil || f.HostPath != "/run/nvidia/driver"+lib+"/libcuda.so."+v535 {
+		t.Fatalf("libcuda = %+v", f)
+	}
+	if n := inv.Devices[0].Node; n.HostPath != "/dev/nvidia0" || n.Major != 195 {
+		t.Fatalf("node = %+v", n)
+	}
+	if inv.DriverRoot != "/run/nvidia/driver" || inv.DevRoot != "/" {
+		t.Fatalf("roots = %s %s", inv.DriverRoot, inv.DevRoot)
+	}
+}

@@ -142,7 +142,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 			res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(real), err))
 			continue
 		}
-		f := File{Kind: KindLibrary, Path: real, HostPath: r.host(real), SONAME: soname, Bits: bits,
+		f := File{Kind: KindLibrary, Path: real, HostPath: r.emitPath(real), SONAME: soname, Bits: bits,
 			Capabilities: classifyLibrary(base)}
 		if bits == 32 {
 			f.Capabilities |= CapsOf(CapCompat32)
@@ -337,7 +337,7 @@ func findBinaries(r rootFS) []File {
 			if err != nil || !fi.Mode().IsRegular() {
 				continue
 			}
-			out = append(out, File{Kind: KindBinary, Path: p, HostPath: r.host(real), Capabilities: b.caps})
+			out = append(out, File{Kind: KindBinary, Path: p, HostPath: r.emitPath(real), Capabilities: b.caps})
 			break
 		}
 	}
@@ -354,7 +354,7 @@ func findFirmware(r rootFS, version string) []File {
 			if err != nil || !fi.Mode().IsRegular() || !strings.HasSuffix(e.Name(), ".bin") {
 				continue
 			}
-			out = append(out, File{Kind: KindFirmware, Path: p, HostPath: r.host(real), Capabilities: CapsOf(CapCompute, CapUtility)})
+			out = append(out, File{Kind: KindFirmware, Path: p, HostPath: r.emitPath(real), Capabilities: CapsOf(CapCompute, CapUtility)})
 		}
 		if len(out) > 0 {
 			break
@@ -399,7 +399,7 @@ func findConfigs(r rootFS, version string) []File {
 			if err != nil || !fi.Mode().IsRegular() {
 				continue
 			}
-			out = append(out, File{Kind: KindConfig, Path: p, HostPath: r.host(real), Capabilities: c.caps})
+			out = append(out, File{Kind: KindConfig, Path: p, HostPath: r.emitPath(real), Capabilities: c.caps})
 		}
 	}
 	return out
@@ -422,7 +422,7 @@ func findSockets(r rootFS) []File {
 			continue
 		}
 		if (s.dir && fi.IsDir()) || (!s.dir && fi.Mode()&fs.ModeSocket != 0) {
-			out = append(out, File{Kind: KindSocket, Path: s.p, HostPath: r.host(real), Capabilities: s.caps})
+			out = append(out, File{Kind: KindSocket, Path: s.p, HostPath: r.emitPath(real), Capabilities: s.caps})
 		}
 	}
 	return out

@@ -160,6 +160,9 @@ type DeviceStater interface {
 type config struct {
 	driverRoot string
 	devRoot    string
+	// where nvbind itself reads the two roots (a container that mounts them elsewhere)
+	driverRootMount string
+	devRootMount    string
 	nvml       nvml.Interface
 	stater     DeviceStater
 	noNVML     bool
@@ -188,6 +191,18 @@ func WithDevRoot(dir string) Option {
 		c.devRoot = dir
 		return nil
 	}
+}
+
+// WithDriverRootMount reads the driver root at dir while specs keep naming the host's
+// driver root: for nvbind running in a container that mounts the host's driver root there.
+func WithDriverRootMount(dir string) Option {
+	return func(c *config) error { c.driverRootMount = dir; return nil }
+}
+
+// WithDevRootMount reads /dev, /proc and /sys under dir while specs keep naming the
+// host's dev root.
+func WithDevRootMount(dir string) Option {
+	return func(c *config) error { c.devRootMount = dir; return nil }
 }
 
 // WithNVML uses the given NVML instead of loading libnvidia-ml.so.1 from the driver root.
@@ -223,6 +238,17 @@ func New(opts ...Option) (*Discoverer, error) {
 	if c.devRoot, err = filepath.Abs(c.devRoot); err != nil {
 		return nil, fmt.Errorf("dev root %q: %w", c.devRoot, err)
 	}
+	if c.driverRootMount == "" {
+		c.driverRootMount = c.driverRoot
+	}
+	if c.devRootMount == "" {
+		c.devRootMount = c.devRoot
+	}
+	for _, p := range []*string{&c.driverRootMount, &c.devRootMount} {
+		if *p, err = filepath.Abs(*p); err != nil {
+			return nil, err
+		}
+	}
 	if c.stater == nil {
 		c.stater = statDevice{}
 	}
@@ -233,8 +259,8 @@ func New(opts ...Option) (*Discoverer, error) {
 // driver, and ErrNoDevices when the driver is there but no GPU is.
 func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	inv := &Inventory{DriverRoot: d.cfg.driverRoot, DevRoot: d.cfg.devRoot}
-	dr := newRootFS(d.cfg.driverRoot)
-	proc := procFiles{root: d.cfg.devRoot}
+	dr := newRootFS(d.cfg.driverRootMount, d.cfg.driverRoot)
+	proc := procFiles{root: d.cfg.devRootMount}
 
 	// 1. Driver version: the loaded kernel module says it best; else the driver's files.
 	if v, fl, err := proc.version(); err == nil {

@@ -35,8 +35,7 @@ func (statDevice) Stat(path string) (DeviceNode, error) {
 
 // node stats /dev/<rel> under the dev root. A missing node is (zero, false, nil).
 func (d *Discoverer) node(rel string) (DeviceNode, bool, error) {
-	host := filepath.Join(d.cfg.devRoot, "dev", rel)
-	n, err := d.cfg.stater.Stat(host)
+	n, err := d.cfg.stater.Stat(filepath.Join(d.cfg.devRootMount, "dev", rel))
 	if errors.Is(err, fs.ErrNotExist) {
 		return DeviceNode{}, false, nil
 	}
@@ -44,7 +43,7 @@ func (d *Discoverer) node(rel string) (DeviceNode, bool, error) {
 		return DeviceNode{}, false, err
 	}
 	n.Path = "/dev/" + rel
-	n.HostPath = host
+	n.HostPath = filepath.Join(d.cfg.devRoot, "dev", rel)
 	return n, true, nil
 }
 
@@ -102,7 +101,7 @@ func (d *Discoverer) drmNodes(busID string) []DeviceNode {
 	if busID == "" {
 		return nil
 	}
-	ents, err := os.ReadDir(filepath.Join(d.cfg.devRoot, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
+	ents, err := os.ReadDir(filepath.Join(d.cfg.devRootMount, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
 	if err != nil {
 		return nil
 	}
@@ -169,7 +168,7 @@ func (d *Discoverer) discoverCaps(inv *Inventory, proc procFiles, majors map[str
 			}
 		}
 	}
-	for _, e := range readDirNames(filepath.Join(d.cfg.devRoot, "dev/nvidia-caps-imex-channels")) {
+	for _, e := range readDirNames(filepath.Join(d.cfg.devRootMount, "dev/nvidia-caps-imex-channels")) {
 		if n, ok, err := d.node("nvidia-caps-imex-channels/" + e); err == nil && ok {
 			inv.IMEXChannels = append(inv.IMEXChannels, n)
 		}

@@ -40,7 +40,7 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 		inv.NVMLError = "not used (--no-nvml)"
 	}
 	inv.Source = SourceProcfs
-	gpus, err := procFiles{root: d.cfg.devRoot}.gpus()
+	gpus, err := procFiles{root: d.cfg.devRootMount}.gpus()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // no GPU list at all: Discover reports ErrNoDevices
 	}

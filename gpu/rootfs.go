@@ -17,9 +17,19 @@ var errLinkLoop = errors.New("too many levels of symbolic links")
 
 // rootFS reads a tree as if it were mounted at "/": absolute links resolve under the root
 // and ".." never climbs above it. Debian's /etc/alternatives links need this.
-type rootFS struct{ root string }
+type rootFS struct {
+	root string // where the tree is read
+	emit string // where the host sees it (differs when nvbind runs in a container)
+}
 
-func newRootFS(root string) rootFS { return rootFS{root: filepath.Clean(root)} }
+func newRootFS(read, host string) rootFS {
+	return rootFS{root: filepath.Clean(read), emit: filepath.Clean(host)}
+}
+
+// emit turns a rooted path into the path the host sees, for specs and adjustments.
+func (r rootFS) emitPath(p string) string {
+	return rootFS{root: r.emit}.host(p)
+}
 
 // host turns a rooted path into a path on this host.
 func (r rootFS) host(p string) string {

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -45,7 +46,7 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 		if fsw != nil {
 			defer func() { _ = fsw.Close() }()
 			fsEvents = fsw.Events
-			for _, dir := range []string{filepath.Join(d.cfg.devRoot, "dev"), filepath.Join(d.cfg.devRoot, "dev/nvidia-caps")} {
+			for _, dir := range []string{filepath.Join(d.cfg.devRootMount, "dev"), filepath.Join(d.cfg.devRootMount, "dev/nvidia-caps")} {
 				_ = fsw.Add(dir)
 			}
 		}
@@ -78,7 +79,7 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 				}
 				if fsw != nil {
 					for _, f := range inv.Files {
-						dir := filepath.Dir(f.HostPath)
+						dir := filepath.Dir(d.mountPath(f.HostPath))
 						if !watched[dir] && fsw.Add(dir) == nil {
 							watched[dir] = true
 						}
@@ -118,6 +119,15 @@ func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event) b
 			t.Reset(debounce)
 		}
 	}
+}
+
+// mountPath maps a host path under the driver root to where nvbind reads it.
+func (d *Discoverer) mountPath(host string) string {
+	rel, err := filepath.Rel(d.cfg.driverRoot, host)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return host
+	}
+	return filepath.Join(d.cfg.driverRootMount, rel)
 }
 
 func send(ctx context.Context, ch chan<- Event, e Event) bool {

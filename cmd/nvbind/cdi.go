@@ -101,7 +101,7 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class")
 	fl.StringVar(&f.names, "device-name-strategy", "index,type-index,uuid", "device names to emit, comma list of: "+spec.ValidNameStrategies)
 	fl.StringVar(&f.caps, "capabilities", "all", "driver capabilities whose files the spec mounts: "+gpu.ValidCapabilities)
-	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", defaultHookPath()), "absolute path of the binary the spec's hook runs (default: nvbind-hook beside nvbind, else nvbind)")
+	fl.StringVar(&f.hookPath, "hook-path", defaultHookPath(), "absolute path of the binary the spec's hook runs (default: nvbind-hook beside nvbind, else nvbind)")
 	fl.BoolVar(&f.watch, "watch", false, "keep running: write the spec again whenever the driver, its device nodes or the MIG layout change; a failed discovery keeps the old spec")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "with --watch, how often discovery runs besides reacting to file events")
 	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")

@@ -59,10 +59,10 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	}
 	f.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&f.socket, "socket", envOr("NVBIND_NRI_SOCKET", api.DefaultSocketPath), "the runtime's NRI socket")
+	fl.StringVar(&f.socket, "socket", api.DefaultSocketPath, "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")
-	fl.StringVar(&f.hookPath, "hook-path", envOr("NVBIND_HOOK_PATH", defaultHookPath()), "absolute path of the nvbind binary the injected hook runs")
+	fl.StringVar(&f.hookPath, "hook-path", defaultHookPath(), "absolute path of the nvbind binary the injected hook runs")
 	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a list); without create-symlinks the links become bind mounts")
 	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices (CDI annotations, --cdi-mode)")
 	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class of the devices")
@@ -71,7 +71,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.BoolVar(&f.envRequests, "env-requests", true, "let NVIDIA_VISIBLE_DEVICES in a container's env request GPUs (any pod can set env)")
 	fl.StringSliceVar(&f.allowed, "allowed-namespaces", nil, "namespaces that may request GPUs (default: all)")
 	fl.StringSliceVar(&f.allNS, "all-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
-	fl.StringVar(&f.metricsAddr, "metrics-address", envOr("NVBIND_METRICS_ADDRESS", ":9402"), "address of /metrics and /healthz (empty: off)")
+	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
 	return cmd
 }

@@ -21,7 +21,7 @@ var (
 )
 
 type globalFlags struct {
-	logLevel, logFormat string
+	logLevel, logFormat, config string
 }
 
 func newRootCommand() *cobra.Command {
@@ -35,17 +35,18 @@ func newRootCommand() *cobra.Command {
   nvbind cdi generate --output /var/run/cdi/
   podman run --device nvidia.com/gpu=0 ...`,
 	}
-	root.PersistentFlags().StringVar(&g.logLevel, "log-level", envOr("NVBIND_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
-	root.PersistentFlags().StringVar(&g.logFormat, "log-format", envOr("NVBIND_LOG_FORMAT", "text"), "log format: text, json")
+	root.PersistentFlags().StringVar(&g.config, "config", defaultConfigFile, "config file: flags as keys, a table per command ([nri], [cdi.generate]); every flag is also $NVBIND_<FLAG>; flags win")
+	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		path, explicit := g.config, cmd.Flags().Changed("config")
+		if v, ok := os.LookupEnv("NVBIND_CONFIG"); ok && !explicit {
+			path, explicit = v, true
+		}
+		return applySettings(cmd, path, explicit)
+	}
+	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text, json")
 	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDoctorCommand())
 	return root
-}
-
-func envOr(key, def string) string {
-	if v, ok := os.LookupEnv(key); ok && v != "" {
-		return v
-	}
-	return def
 }
 
 func (g *globalFlags) logger(w io.Writer) (*slog.Logger, error) {
@@ -65,20 +66,32 @@ func (g *globalFlags) logger(w io.Writer) (*slog.Logger, error) {
 
 // rootFlags are the discovery flags shared by every command that looks at the host.
 type rootFlags struct {
-	driverRoot, devRoot string
-	noNVML              bool
+	driverRoot, devRoot           string
+	driverRootMount, devRootMount string
+	noNVML                        bool
 }
 
 func (r *rootFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&r.driverRoot, "driver-root", envOr("NVBIND_DRIVER_ROOT", "/"),
+	cmd.Flags().StringVar(&r.driverRoot, "driver-root", "/",
 		"where the driver's user-space files are (/run/nvidia/driver under the GPU Operator) [$NVBIND_DRIVER_ROOT]")
-	cmd.Flags().StringVar(&r.devRoot, "dev-root", envOr("NVBIND_DEV_ROOT", "/"),
+	cmd.Flags().StringVar(&r.devRoot, "dev-root", "/",
 		"where the host's /dev, /proc and /sys are seen [$NVBIND_DEV_ROOT]")
+	cmd.Flags().StringVar(&r.driverRootMount, "driver-root-mount", "",
+		"where nvbind reads the driver root when it runs in a container that mounts it elsewhere (default: --driver-root) [$NVBIND_DRIVER_ROOT_MOUNT]")
+	cmd.Flags().StringVar(&r.devRootMount, "dev-root-mount", "",
+		"where nvbind reads /dev, /proc and /sys when they are mounted elsewhere (default: --dev-root) [$NVBIND_DEV_ROOT_MOUNT]")
 	cmd.Flags().BoolVar(&r.noNVML, "no-nvml", false, "list GPUs from /proc/driver/nvidia instead of NVML")
 }
 
 func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
-	for _, d := range []struct{ flag, dir string }{{"--driver-root", r.driverRoot}, {"--dev-root", r.devRoot}} {
+	readDriver, readDev := r.driverRoot, r.devRoot
+	if r.driverRootMount != "" {
+		readDriver = r.driverRootMount
+	}
+	if r.devRootMount != "" {
+		readDev = r.devRootMount
+	}
+	for _, d := range []struct{ flag, dir string }{{"--driver-root", readDriver}, {"--dev-root", readDev}} {
 		fi, err := os.Stat(d.dir)
 		if err != nil {
 			return nil, fmt.Errorf("%s %s: %w", d.flag, d.dir, err)
@@ -87,7 +100,8 @@ func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
 			return nil, fmt.Errorf("%s %s: not a directory", d.flag, d.dir)
 		}
 	}
-	opts := []gpu.Option{gpu.WithDriverRoot(r.driverRoot), gpu.WithDevRoot(r.devRoot)}
+	opts := []gpu.Option{gpu.WithDriverRoot(r.driverRoot), gpu.WithDevRoot(r.devRoot),
+		gpu.WithDriverRootMount(readDriver), gpu.WithDevRootMount(readDev)}
 	if r.noNVML {
 		opts = append(opts, gpu.WithoutNVML())
 	}
