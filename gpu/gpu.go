@@ -163,9 +163,9 @@ type config struct {
 	// where nvbind itself reads the two roots (a container that mounts them elsewhere)
 	driverRootMount string
 	devRootMount    string
-	nvml       nvml.Interface
-	stater     DeviceStater
-	noNVML     bool
+	nvml            nvml.Interface
+	stater          DeviceStater
+	noNVML          bool
 }
 
 // Option configures a Discoverer.

@@ -157,10 +157,12 @@ func (f *nriFlags) writeSpec(inv *gpu.Inventory, log *slog.Logger) {
 	log.Info("CDI spec refreshed", "dir", f.cdiSpecDir, "devices", len(s.Devices))
 }
 
-// serveMetrics serves /metrics and /healthz (200 while registered with the runtime).
+// serveMetrics serves /metrics, /livez (the process answers) and /healthz (200 while
+// registered with the runtime).
 func serveMetrics(ctx context.Context, addr string, m *nriplugin.Metrics, p *nriplugin.Plugin, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Registered() {
 			http.Error(w, "not registered with the runtime", http.StatusServiceUnavailable)
