@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nvbind/nvbind/manifests"
+)
+
+var validComponents = []string{"binaries", "hook", "units"}
+
+type installFlags struct {
+	prefix, unitDir string
+	components      []string
+	enable          []string
+}
+
+func (f *installFlags) register(cmd *cobra.Command, verb string) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.prefix, "prefix", "/usr/local", "binaries go to PREFIX/bin")
+	fl.StringVar(&f.unitDir, "unit-dir", "/etc/systemd/system", "where the systemd units go")
+	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+": binaries (nvbind, nvbind-hook), hook (nvbind-hook only), units")
+}
+
+func (f *installFlags) check() error {
+	for _, c := range f.components {
+		if !slices.Contains(validComponents, c) {
+			return fmt.Errorf("--components: unknown %q (valid: %s)", c, strings.Join(validComponents, ", "))
+		}
+	}
+	for _, u := range f.enable {
+		if u != "nri" && u != "cdi-refresh" {
+			return fmt.Errorf("--enable: unknown unit %q (valid: nri, cdi-refresh)", u)
+		}
+	}
+	return nil
+}
+
+func newInstallCommand() *cobra.Command {
+	f := &installFlags{}
+	cmd := &cobra.Command{
+		Use:   "install",
+		Short: "Install nvbind's binaries and systemd units on this host, and print what changed",
+		Long: `Install nvbind, nvbind-hook and the systemd units nvbind-nri.service (the NRI plugin, for containerd
+and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.yaml in step with the driver, for Podman,
+Docker and nerdctl). Files that are already up to date are left alone.`,
+		Example: `  nvbind install --enable cdi-refresh          # Podman, Docker, nerdctl hosts
+  nvbind install --enable nri                  # containerd or CRI-O hosts without Kubernetes
+  nvbind install --components hook --prefix /host/opt/nvbind   # what the DaemonSet's init container runs`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
+			return f.install(cmd.OutOrStdout())
+		},
+	}
+	f.register(cmd, "install")
+	cmd.Flags().StringSliceVar(&f.enable, "enable", nil, "units to enable and start with systemctl: nri, cdi-refresh")
+	return cmd
+}
+
+func newUninstallCommand() *cobra.Command {
+	f := &installFlags{}
+	cmd := &cobra.Command{
+		Use:     "uninstall",
+		Short:   "Stop and remove what nvbind install placed, and print what changed",
+		Example: "  nvbind uninstall",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
+			return f.uninstall(cmd.OutOrStdout())
+		},
+	}
+	f.register(cmd, "remove")
+	return cmd
+}
+
+// placeFile writes data to dst atomically with mode, unless dst already holds it.
+func placeFile(w io.Writer, dst string, data []byte, mode fs.FileMode) error {
+	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, data) { //nolint:gosec // a path the user chose
+		fmt.Fprintf(w, "unchanged %s\n", dst)
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil { //nolint:gosec // bin and unit folders are world-readable
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(data)
+	if err == nil {
+		err = tmp.Chmod(mode)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dst)
+	}
+	if err != nil {
+		_ = os.Remove(tmp.Name())
+		return fmt.Errorf("install %s: %w", dst, err)
+	}
+	fmt.Fprintf(w, "installed %s\n", dst)
+	return nil
+}
+
+func (f *installFlags) binaries() []string {
+	var out []string
+	if slices.Contains(f.components, "binaries") {
+		out = append(out, "nvbind", "nvbind-hook")
+	} else if slices.Contains(f.components, "hook") {
+		out = append(out, "nvbind-hook")
+	}
+	return out
+}
+
+func (f *installFlags) install(w io.Writer) error {
+	self := selfPath()
+	bindir := filepath.Join(f.prefix, "bin")
+	for _, b := range f.binaries() {
+		src := filepath.Join(filepath.Dir(self), b)
+		if b == "nvbind" {
+			src = self
+		}
+		data, err := os.ReadFile(src) //nolint:gosec // our own binaries beside this one
+		if err != nil {
+			return fmt.Errorf("%s is not beside %s (build it with make build): %w", b, self, err)
+		}
+		if err := placeFile(w, filepath.Join(bindir, b), data, 0o755); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(f.components, "units") {
+		units, err := fs.Glob(manifests.Systemd, "systemd/*.service")
+		if err != nil {
+			return err
+		}
+		for _, u := range units {
+			data, err := manifests.Systemd.ReadFile(u)
+			if err != nil {
+				return err
+			}
+			data = bytes.ReplaceAll(data, []byte("@BINDIR@"), []byte(bindir))
+			if err := placeFile(w, filepath.Join(f.unitDir, filepath.Base(u)), data, 0o644); err != nil {
+				return err
+			}
+		}
+	}
+	if len(f.enable) == 0 {
+		if slices.Contains(f.components, "units") {
+			fmt.Fprintln(w, "enable with: systemctl daemon-reload && systemctl enable --now nvbind-cdi-refresh (Podman, Docker, nerdctl) or nvbind-nri (containerd, CRI-O)")
+		}
+		return nil
+	}
+	args := []string{"enable", "--now"}
+	for _, u := range f.enable {
+		args = append(args, "nvbind-"+u+".service")
+	}
+	for _, c := range [][]string{{"daemon-reload"}, args} {
+		out, err := exec.Command("systemctl", c...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(c, " "), err, bytes.TrimSpace(out))
+		}
+		fmt.Fprintf(w, "ran systemctl %s\n", strings.Join(c, " "))
+	}
+	return nil
+}
+
+func (f *installFlags) uninstall(w io.Writer) error {
+	var errs []error
+	if slices.Contains(f.components, "units") {
+		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service"}
+		if _, err := exec.LookPath("systemctl"); err == nil {
+			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil {
+				fmt.Fprintf(w, "ran systemctl disable --now %s\n", strings.Join(units, " "))
+			} else if !bytes.Contains(out, []byte("not loaded")) && !bytes.Contains(out, []byte("does not exist")) {
+				fmt.Fprintf(w, "systemctl disable: %s\n", bytes.TrimSpace(out))
+			}
+		}
+		for _, u := range units {
+			errs = append(errs, remove(w, filepath.Join(f.unitDir, u)))
+		}
+	}
+	for _, b := range f.binaries() {
+		errs = append(errs, remove(w, filepath.Join(f.prefix, "bin", b)))
+	}
+	return errors.Join(errs...)
+}
+
+func remove(w io.Writer, p string) error {
+	err := os.Remove(p)
+	switch {
+	case err == nil:
+		fmt.Fprintf(w, "removed %s\n", p)
+	case errors.Is(err, os.ErrNotExist):
+		fmt.Fprintf(w, "absent %s\n", p)
+	default:
+		return err
+	}
+	return nil
+}
