@@ -348,6 +348,12 @@ func lookup(m map[string]any, keys ...string) (any, bool) {
 	return cur, true
 }
 
+// RunContainerdCheck runs the containerd configuration checks alone.
+func RunContainerdCheck(c Config) []Result {
+	c.defaults()
+	return checkContainerd(c)
+}
+
 func checkContainerd(c Config) []Result {
 	m, err := readTOML(c.ContainerdConfig)
 	if err != nil {

@@ -148,3 +148,19 @@ func TestDoctorBrokenHost(t *testing.T) {
 		}
 	}
 }
+
+// TestRuntimeSnippetsEnableNRI checks that the containerd snippets in manifests/runtime
+// are what doctor calls enabled.
+func TestRuntimeSnippetsEnableNRI(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"../manifests/runtime/containerd-2.x-nri.toml", "../manifests/runtime/containerd-1.7-nri.toml"} {
+		rs := RunContainerdCheck(Config{ContainerdConfig: f, NRISocket: "/nonexistent"})
+		if len(rs) == 0 || rs[0].Status == Fail || !strings.Contains(rs[0].Message, "NRI is enabled") {
+			t.Errorf("%s: %+v", f, rs)
+		}
+	}
+	rs := checkCRIO(Config{CRIOConfigs: []string{"../manifests/runtime/crio-nri.conf"}})
+	if len(rs) != 1 || rs[0].Status != OK {
+		t.Errorf("crio-nri.conf: %+v", rs)
+	}
+}

@@ -1,11 +1,14 @@
 package nriplugin
 
 import (
+	"os"
 	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/nvbind/nvbind/gpu"
 )
@@ -162,4 +165,38 @@ func FuzzParseRequest(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestExamplePodRequests reads the example pods of manifests/examples as the plugin sees
+// them: their annotations and env must make the requests the examples describe.
+func TestExamplePodRequests(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		file string
+		devs []string
+		caps string
+	}{
+		{"../manifests/examples/pod-annotation.yaml", []string{"1"}, "compute,utility"},
+		{"../manifests/examples/pod-env.yaml", []string{"0"}, "compute,utility,video"},
+	} {
+		data, err := os.ReadFile(tc.file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var pod corev1.Pod
+		if err := yaml.UnmarshalStrict(data, &pod); err != nil {
+			t.Fatal(err)
+		}
+		ctr := &api.Container{Name: pod.Spec.Containers[0].Name}
+		for _, e := range pod.Spec.Containers[0].Env {
+			ctr.Env = append(ctr.Env, e.Name+"="+e.Value)
+		}
+		req, err := ParseRequest(&api.PodSandbox{Namespace: "default", Annotations: pod.Annotations}, ctr, kind, true)
+		if err != nil || req == nil {
+			t.Fatalf("%s: request %v, %v", tc.file, req, err)
+		}
+		if !slices.Equal(req.Devices, tc.devs) || req.Caps.String() != tc.caps {
+			t.Errorf("%s: devices %v caps %s", tc.file, req.Devices, req.Caps)
+		}
+	}
 }

@@ -175,7 +175,7 @@ func (f *installFlags) install(w io.Writer) error {
 		args = append(args, "nvbind-"+u+".service")
 	}
 	for _, c := range [][]string{{"daemon-reload"}, args} {
-		out, err := exec.Command("systemctl", c...).CombinedOutput()
+		out, err := exec.Command("systemctl", c...).CombinedOutput() //nolint:gosec // unit names are checked against a fixed list
 		if err != nil {
 			return fmt.Errorf("systemctl %s: %w: %s", strings.Join(c, " "), err, bytes.TrimSpace(out))
 		}
@@ -189,7 +189,7 @@ func (f *installFlags) uninstall(w io.Writer) error {
 	if slices.Contains(f.components, "units") {
 		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service"}
 		if _, err := exec.LookPath("systemctl"); err == nil {
-			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil {
+			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil { //nolint:gosec // fixed unit names
 				fmt.Fprintf(w, "ran systemctl disable --now %s\n", strings.Join(units, " "))
 			} else if !bytes.Contains(out, []byte("not loaded")) && !bytes.Contains(out, []byte("does not exist")) {
 				fmt.Fprintf(w, "systemctl disable: %s\n", bytes.TrimSpace(out))

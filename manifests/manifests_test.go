@@ -1,0 +1,213 @@
+package manifests
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pelletier/go-toml/v2"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
+	"sigs.k8s.io/yaml"
+	"tags.cncf.io/container-device-interface/pkg/parser"
+)
+
+// strict decodes YAML into a typed Kubernetes object, failing on unknown fields.
+func strict(t *testing.T, data []byte, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict(data, into); err != nil {
+		t.Fatalf("%v\n%s", err, data)
+	}
+}
+
+func build(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	k := krusty.MakeKustomizer(krusty.MakeDefaultOptions())
+	rm, err := k.Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		t.Fatalf("kustomize build %s: %v", dir, err)
+	}
+	out := map[string][]byte{}
+	for _, r := range rm.Resources() {
+		data, err := r.AsYAML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[r.GetKind()+"/"+r.GetName()] = data
+	}
+	return out
+}
+
+func TestKustomizeOverlays(t *testing.T) {
+	t.Parallel()
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/var/run/cdi", "/opt/nvbind/bin"}
+	for _, tc := range []struct {
+		dir, driverRoot string
+		selector        map[string]string
+	}{
+		{"base", "/", map[string]string{"nvbind.io/gpu": "true"}},
+		{"overlays/gpu-operator", "/run/nvidia/driver", map[string]string{"nvbind.io/gpu": "true", "nvidia.com/gpu.deploy.driver": "true"}},
+		{"overlays/crio", "/", map[string]string{"nvbind.io/gpu": "true", "nvbind.io/runtime": "cri-o"}},
+	} {
+		t.Run(tc.dir, func(t *testing.T) {
+			t.Parallel()
+			objs := build(t, tc.dir)
+			var kinds []string
+			for k, data := range objs {
+				kinds = append(kinds, k)
+				switch {
+				case strings.HasPrefix(k, "Namespace/"):
+					strict(t, data, &corev1.Namespace{})
+				case strings.HasPrefix(k, "ServiceAccount/"):
+					var sa corev1.ServiceAccount
+					strict(t, data, &sa)
+					if sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken {
+						t.Error("the service account mounts an API token nvbind never uses")
+					}
+				case strings.HasPrefix(k, "Service/"):
+					var svc corev1.Service
+					strict(t, data, &svc)
+					if svc.Spec.Ports[0].Name != "metrics" || svc.Spec.Selector["app.kubernetes.io/name"] != "nvbind" {
+						t.Errorf("metrics service: %+v", svc.Spec)
+					}
+				case strings.HasPrefix(k, "DaemonSet/"):
+					var ds appsv1.DaemonSet
+					strict(t, data, &ds)
+					checkDaemonSet(t, &ds, tc.driverRoot, tc.selector, allowedHostPaths)
+				default:
+					t.Errorf("unexpected object %s", k)
+				}
+			}
+			slices.Sort(kinds)
+			if strings.Join(kinds, " ") != "DaemonSet/nvbind Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind" {
+				t.Errorf("objects = %v", kinds)
+			}
+		})
+	}
+}
+
+func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selector map[string]string, allowed []string) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	if ds.Namespace != "nvbind-system" || spec.PriorityClassName != "system-node-critical" {
+		t.Errorf("namespace %q, priority class %q", ds.Namespace, spec.PriorityClassName)
+	}
+	for k, v := range selector {
+		if spec.NodeSelector[k] != v {
+			t.Errorf("node selector %s = %q, want %q", k, spec.NodeSelector[k], v)
+		}
+	}
+	if ds.Spec.Selector == nil || ds.Spec.Selector.MatchLabels["app.kubernetes.io/name"] != "nvbind" ||
+		ds.Spec.Template.Labels["app.kubernetes.io/name"] != "nvbind" {
+		t.Error("the selector does not match the pod labels")
+	}
+	for _, v := range spec.Volumes {
+		if v.HostPath == nil {
+			continue
+		}
+		if !slices.Contains(allowed, v.HostPath.Path) && v.HostPath.Path != driverRoot {
+			t.Errorf("host path %s is mounted: only the NRI socket, /dev, the driver root, /var/run/cdi and the hook folder may be", v.HostPath.Path)
+		}
+		if v.Name == "driver-root" && v.HostPath.Path != driverRoot {
+			t.Errorf("driver root volume %s, want %s", v.HostPath.Path, driverRoot)
+		}
+	}
+	c := spec.Containers[0]
+	if !slices.Contains(c.Args, "--driver-root="+driverRoot) || !slices.Contains(c.Args, "--hook-path=/opt/nvbind/bin/nvbind-hook") {
+		t.Errorf("args = %v", c.Args)
+	}
+	sc := c.SecurityContext
+	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
+		t.Errorf("the container has more privilege than it needs: %+v", sc)
+	}
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
+		t.Error("probes missing")
+	}
+	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {
+		t.Error("resource requests and a memory limit are required")
+	}
+	for _, m := range c.VolumeMounts {
+		if (m.Name == "dev" || m.Name == "driver-root") && !m.ReadOnly {
+			t.Errorf("%s is mounted writable", m.Name)
+		}
+	}
+	if len(spec.InitContainers) != 1 || !slices.Contains(spec.InitContainers[0].Command, "hook") {
+		t.Error("no init container installs the hook binary on the host")
+	}
+}
+
+// TestExamplePods decodes the example pods strictly; nriplugin's tests check the requests
+// they make.
+func TestExamplePods(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		strict(t, data, &corev1.Pod{})
+	}
+}
+
+// TestExampleCompose checks the Compose file's devices the way Docker reads them: an entry
+// without a host:container colon that is a qualified CDI name.
+func TestExampleCompose(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("examples/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Image   string   `json:"image"`
+			Command string   `json:"command"`
+			Devices []string `json:"devices"`
+		} `json:"services"`
+	}
+	strict(t, data, &compose)
+	n := 0
+	for name, s := range compose.Services {
+		for _, d := range s.Devices {
+			n++
+			if strings.Contains(d, ":") || !parser.IsQualifiedName(d) {
+				t.Errorf("service %s: device %q is not a CDI name Docker would inject", name, d)
+			}
+			if vendor, class, _, _ := parser.ParseQualifiedName(d); vendor+"/"+class != "nvidia.com/gpu" {
+				t.Errorf("device %q is not of kind nvidia.com/gpu", d)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no devices in the compose example")
+	}
+}
+
+func TestRuntimeSnippets(t *testing.T) {
+	t.Parallel()
+	for _, f := range []string{"runtime/containerd-2.x-nri.toml", "runtime/containerd-1.7-nri.toml", "runtime/containerd-cdi.toml", "runtime/crio-nri.conf"} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var m map[string]any
+		if err := toml.Unmarshal(data, &m); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	var daemon struct {
+		Features map[string]bool `json:"features"`
+		Dirs     []string        `json:"cdi-spec-dirs"`
+	}
+	data, err := os.ReadFile("runtime/docker-daemon.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &daemon); err != nil || !daemon.Features["cdi"] {
+		t.Errorf("docker-daemon.json: %v %+v", err, daemon)
+	}
+}
