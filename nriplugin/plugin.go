@@ -81,7 +81,13 @@ type RunOptions struct {
 func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 	backoff := 100 * time.Millisecond
 	for {
-		opts := []stub.Option{stub.WithPluginName(o.Name), stub.WithPluginIdx(o.Index), stub.WithLogger(nriLogger{p.log})}
+		opts := []stub.Option{stub.WithLogger(nriLogger{p.log})}
+		if o.Name != "" { // pre-registered plugins get name and index from the runtime
+			opts = append(opts, stub.WithPluginName(o.Name))
+		}
+		if o.Index != "" {
+			opts = append(opts, stub.WithPluginIdx(o.Index))
+		}
 		if o.Socket != "" {
 			opts = append(opts, stub.WithSocketPath(o.Socket))
 		}

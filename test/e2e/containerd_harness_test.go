@@ -57,6 +57,15 @@ type containerd struct {
 
 func startContainerd(t testing.TB) *containerd {
 	t.Helper()
+	c := newContainerd(t)
+	c.start()
+	return c
+}
+
+// newContainerd writes a containerd's configuration under a short temp folder; start
+// runs it.
+func newContainerd(t testing.TB) *containerd {
+	t.Helper()
 	testutil.RequiresRoot(t)
 	testutil.RequiresCommand(t, "runc")
 	bin := findTool(t, "containerd")
@@ -97,7 +106,6 @@ state = %[2]q
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.start()
 	t.Cleanup(c.cleanup)
 	return c
 }

@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -219,5 +221,54 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// TestContainerdPreRegisteredCDIMode has containerd start the plugin itself from its
+// plugin folder (NRI_PLUGIN_* set, a connected socket handed over) in CDI mode: the plugin
+// writes the spec into containerd's CDI folder and answers with CDI device names, which
+// containerd resolves.
+func TestContainerdPreRegisteredCDIMode(t *testing.T) {
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	c := newContainerd(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	logFile := filepath.Join(c.dir, "plugin.log")
+	script := fmt.Sprintf("#!/bin/sh\nexec %s nri --driver-root %s --dev-root %s --no-nvml --hook-path %s --cdi-mode --cdi-spec-dir %s --metrics-address %s --log-level debug 2>>%s\n",
+		bin, driverRoot, driverRoot, testutil.HookBinary(bin), filepath.Join(c.dir, "cdi"), addr, logFile)
+	if err := os.MkdirAll(filepath.Join(c.dir, "plugins"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(c.dir, "plugins", "10-nvbind"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c.start()
+	c.importImages()
+	plugin := &nriPlugin{metrics: addr}
+	plugin.waitHealthy(t, 30*time.Second)
+	defer func() {
+		if t.Failed() {
+			data, _ := os.ReadFile(logFile)
+			t.Logf("plugin log:\n%s", data)
+		}
+	}()
+	p := c.runPod("cdimode", "default", map[string]string{"nvbind.io/gpus": "1"})
+	defer c.stopPod(p)
+	out, err := c.run(p, "cuda", gpuScript, nil, nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.log())
+	}
+	t.Logf("container output:\n%s", out)
+	if !strings.Contains(out, "nvidia1 nvidiactl") || strings.Contains(out, "nvidia0") || !strings.Contains(out, "cuda-probe: loaded libcuda.so.1") {
+		t.Errorf("CDI-mode container:\n%s", out)
+	}
+	data, _ := os.ReadFile(logFile)
+	if !strings.Contains(string(data), "pre-registered=true") || !strings.Contains(string(data), "CDI spec refreshed") {
+		t.Errorf("plugin log:\n%s", data)
 	}
 }
