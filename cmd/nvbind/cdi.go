@@ -19,7 +19,8 @@ import (
 )
 
 func newCDICommand(g *globalFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "cdi", Short: "Generate, list and validate CDI specs"}
+	cmd := &cobra.Command{Use: "cdi", Short: "Generate, list and validate CDI specs",
+		Example: "  nvbind cdi generate --output /var/run/cdi/\n  nvbind cdi list\n  nvbind cdi validate /var/run/cdi/nvidia.com-gpu.yaml"}
 	cmd.AddCommand(newGenerateCommand(g), newListCommand(), newValidateCommand())
 	return cmd
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/spf13/cobra"
+
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -108,4 +110,20 @@ func TestGenerateAndValidateOnFixture(t *testing.T) {
 	if err != nil || !strings.Contains(out, "NVML unavailable") {
 		t.Fatalf("info with the real (unloadable) NVML: %q %v", out, err)
 	}
+}
+
+// TestEveryCommandHasExamples walks the command tree: every command shows examples in
+// its --help.
+func TestEveryCommandHasExamples(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Name() != "help" && c.Name() != "completion" && c.Parent() != nil && (c.Parent().Name() != "completion") && c.Example == "" {
+			t.Errorf("%q has no examples", c.CommandPath())
+		}
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(newRootCommand())
 }

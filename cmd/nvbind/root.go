@@ -110,9 +110,10 @@ func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
 
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print nvbind's version and build commit",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print nvbind's version and build commit",
+		Example: "  nvbind version",
+		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c := commit
 			if bi, ok := debug.ReadBuildInfo(); ok && c == "" {

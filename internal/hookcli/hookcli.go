@@ -18,8 +18,9 @@ type hookFlags struct {
 // NewCommand returns the "hook" command and its subcommands.
 func NewCommand() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "hook",
-		Short: "Run the OCI hooks that nvbind's specs and adjustments name",
+		Use:     "hook",
+		Example: "  nvbind hook all --link libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1 --folder /usr/lib/x86_64-linux-gnu < state.json",
+		Short:   "Run the OCI hooks that nvbind's specs and adjustments name",
 		Long: `Run the OCI createContainer hooks that nvbind's specs and NRI adjustments name. The runtime
 passes the container's OCI state on standard input. "all" runs every action its flags ask for in
 one process; the other subcommands run one action each.`,
