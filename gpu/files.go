@@ -263,33 +263,45 @@ func readBounded(p string, max int64) ([]byte, error) {
 	return data, nil
 }
 
-// fileMentions reports whether the file contains the version string: how the driver's
-// libraries without a version in their names (libnvidia-api.so.1, nvidia_drv.so) are told
-// from leftovers of another driver.
+// fileMentions reports whether the file's read-only data holds the version string: how
+// the driver's libraries without a version in their names (libnvidia-api.so.1,
+// nvidia_drv.so) are told from leftovers of another driver.
 func fileMentions(p, version string) bool {
-	f, err := os.Open(p) //nolint:gosec // a driver library under the driver root
+	f, err := elf.Open(p)
 	if err != nil {
 		return false
 	}
 	defer func() { _ = f.Close() }()
 	needle := []byte(version)
-	buf := make([]byte, 1<<20+len(needle))
+	for _, name := range []string{".rodata", ".data"} {
+		sec := f.Section(name)
+		if sec == nil || sec.Type == elf.SHT_NOBITS {
+			continue
+		}
+		if readerMentions(sec.Open(), needle) {
+			return true
+		}
+	}
+	return false
+}
+
+// readerMentions scans a stream for needle in 256 KiB windows that overlap by its length.
+func readerMentions(rd io.Reader, needle []byte) bool {
+	buf := make([]byte, 256<<10+len(needle))
 	keep := 0
-	var total int64
-	for total < 512<<20 {
-		n, err := f.Read(buf[keep:])
+	for {
+		n, err := io.ReadFull(rd, buf[keep:])
 		if n > 0 {
-			total += int64(n)
 			if bytes.Contains(buf[:keep+n], needle) {
 				return true
 			}
-			keep = copy(buf, buf[keep+n-min(keep+n, len(needle)-1):keep+n])
+			tail := min(keep+n, len(needle)-1)
+			keep = copy(buf, buf[keep+n-tail:keep+n])
 		}
 		if err != nil {
 			return false
 		}
 	}
-	return false
 }
 
 // elfInfo reads an ELF file's SONAME and class.

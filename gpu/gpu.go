@@ -166,6 +166,7 @@ type config struct {
 	nvml            nvml.Interface
 	stater          DeviceStater
 	noNVML          bool
+	noCUDA          bool
 }
 
 // Option configures a Discoverer.
@@ -213,6 +214,12 @@ func WithNVML(lib nvml.Interface) Option {
 // WithoutNVML skips NVML and reads the GPU list from procfs.
 func WithoutNVML() Option {
 	return func(c *config) error { c.noNVML = true; return nil }
+}
+
+// WithoutCUDAVersion skips asking libcuda for its CUDA version when NVML does not say
+// (loading libcuda costs milliseconds; specs do not need the version).
+func WithoutCUDAVersion() Option {
+	return func(c *config) error { c.noCUDA = true; return nil }
 }
 
 // WithDeviceStater replaces how device nodes are read (tests on trees without real nodes).
@@ -297,7 +304,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		return nil, err
 	}
 
-	if inv.Driver.CUDAVersion == "" && libs.cudaPath != "" {
+	if inv.Driver.CUDAVersion == "" && libs.cudaPath != "" && !d.cfg.noCUDA {
 		if v, err := cudaDriverVersion(libs.cudaPath); err == nil {
 			inv.Driver.CUDAVersion = v
 		} else {

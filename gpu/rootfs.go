@@ -16,17 +16,19 @@ const maxLinkHops = 40
 var errLinkLoop = errors.New("too many levels of symbolic links")
 
 // rootFS reads a tree as if it were mounted at "/": absolute links resolve under the root
-// and ".." never climbs above it. Debian's /etc/alternatives links need this.
+// and ".." never climbs above it. Debian's /etc/alternatives links need this. Resolved
+// folders are remembered for the life of the value (one discovery).
 type rootFS struct {
 	root string // where the tree is read
 	emit string // where the host sees it (differs when nvbind runs in a container)
+	dirs map[string]string
 }
 
 func newRootFS(read, host string) rootFS {
-	return rootFS{root: filepath.Clean(read), emit: filepath.Clean(host)}
+	return rootFS{root: filepath.Clean(read), emit: filepath.Clean(host), dirs: map[string]string{}}
 }
 
-// emit turns a rooted path into the path the host sees, for specs and adjustments.
+// emitPath turns a rooted path into the path the host sees, for specs and adjustments.
 func (r rootFS) emitPath(p string) string {
 	return rootFS{root: r.emit}.host(p)
 }
@@ -41,43 +43,54 @@ func (r rootFS) host(p string) string {
 
 // resolve follows every link in p (a rooted path) inside the root and returns the rooted
 // path of the final file.
-func (r rootFS) resolve(p string) (string, error) {
-	hops := 0
-	todo := strings.Split(strings.TrimPrefix(path.Clean("/"+p), "/"), "/")
-	cur := "/"
-	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			cur = path.Dir(cur)
-			continue
-		}
-		next := path.Join(cur, c)
-		fi, err := os.Lstat(r.host(next))
-		if err != nil {
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		hops++
-		if hops > maxLinkHops {
-			return "", fmt.Errorf("resolve %s: %w", p, errLinkLoop)
-		}
-		target, err := os.Readlink(r.host(next))
-		if err != nil {
-			return "", err
-		}
-		if strings.HasPrefix(target, "/") {
-			cur = "/"
-		}
-		todo = append(strings.Split(target, "/"), todo...)
+func (r rootFS) resolve(p string) (string, error) { return r.resolveN(p, 0) }
+
+func (r rootFS) resolveN(p string, hops int) (string, error) {
+	p = path.Clean("/" + p)
+	if p == "/" {
+		return "/", nil
 	}
-	return cur, nil
+	dir, err := r.resolveDir(path.Dir(p), hops)
+	if err != nil {
+		return "", err
+	}
+	next := path.Join(dir, path.Base(p))
+	fi, err := os.Lstat(r.host(next))
+	if err != nil {
+		return "", err
+	}
+	if fi.Mode()&fs.ModeSymlink == 0 {
+		return next, nil
+	}
+	if hops++; hops > maxLinkHops {
+		return "", fmt.Errorf("resolve %s: %w", p, errLinkLoop)
+	}
+	target, err := os.Readlink(r.host(next))
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(target, "/") {
+		// dir has no links left in it, so ".." can be cleaned lexically
+		target = path.Join(dir, target)
+	}
+	return r.resolveN(target, hops)
+}
+
+func (r rootFS) resolveDir(dir string, hops int) (string, error) {
+	if dir == "/" {
+		return "/", nil
+	}
+	if v, ok := r.dirs[dir]; ok {
+		return v, nil
+	}
+	v, err := r.resolveN(dir, hops)
+	if err != nil {
+		return "", err
+	}
+	if r.dirs != nil {
+		r.dirs[dir] = v
+	}
+	return v, nil
 }
 
 // stat resolves p inside the root and stats the result.

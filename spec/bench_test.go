@@ -17,7 +17,7 @@ func BenchmarkGenerate(b *testing.B) {
 	for _, name := range []string{"debian-535", "flat-535", "lib64-470"} {
 		b.Run(name, func(b *testing.B) {
 			root := testutil.DriverRoot(b, name)
-			d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+			d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML(), gpu.WithoutCUDAVersion())
 			if err != nil {
 				b.Fatal(err)
 			}

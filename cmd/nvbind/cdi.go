@@ -49,7 +49,7 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 			if err != nil {
 				return err
 			}
-			d, err := f.discoverer()
+			d, err := f.discoverer(gpu.WithoutCUDAVersion())
 			if err != nil {
 				return err
 			}

@@ -83,7 +83,7 @@ func (r *rootFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&r.noNVML, "no-nvml", false, "list GPUs from /proc/driver/nvidia instead of NVML")
 }
 
-func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
+func (r *rootFlags) discoverer(extra ...gpu.Option) (*gpu.Discoverer, error) {
 	readDriver, readDev := r.driverRoot, r.devRoot
 	if r.driverRootMount != "" {
 		readDriver = r.driverRootMount
@@ -105,7 +105,7 @@ func (r *rootFlags) discoverer() (*gpu.Discoverer, error) {
 	if r.noNVML {
 		opts = append(opts, gpu.WithoutNVML())
 	}
-	return gpu.New(opts...)
+	return gpu.New(append(opts, extra...)...)
 }
 
 func newVersionCommand() *cobra.Command {
