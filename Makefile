@@ -1,7 +1,8 @@
 # nvbind: see README.md. `sudo make deps demo` and `sudo make deps test` set up a fresh Debian 12.
 SHELL        := /bin/bash
 GO           ?= go
-CACHE        ?= /var/cache/nvbind
+CACHE        ?= $(or $(NVBIND_CACHE),/var/cache/nvbind)
+export NVBIND_CACHE := $(CACHE)
 ROOTS        ?= /var/tmp/nvbind-roots
 BIN          := bin/nvbind
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -43,7 +44,7 @@ test-root: fixtures
 	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -run 'Runc|Podman|Containerd|LDCache|Protect|CUDACompat' ./...
 
 test-gpu: build
-	NVBIND_TEST_GPU=1 NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run GPU -v ./test/...
+	NVBIND_TEST_GPU=1 NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run TestGPUHost -v ./test/e2e
 
 bench: fixtures
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
@@ -80,6 +81,7 @@ demo: build
 	echo "+ nvbind cdi generate --output /var/run/cdi/nvidia.yaml"; \
 	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/bin/nvbind-hook --output /var/run/cdi/nvidia.yaml; \
 	$(BIN) cdi list --spec-dir /var/run/cdi; \
+	echo "+ nvbind doctor"; $(BIN) doctor --driver-root $$root --dev-root $$root || true; \
 	if command -v podman >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	  rm -rf $(DEMO_OUT)/rootfs; NVBIND_TEST_ROOT=1 $(GO) test -count=1 -run TestBuildDemoRootfs ./test/e2e -args -rootfs $(CURDIR)/$(DEMO_OUT)/rootfs >/dev/null; \
 	  echo "+ podman run --device nvidia.com/gpu=0 ..."; \

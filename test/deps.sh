@@ -21,7 +21,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-export GOBIN=$bin GOFLAGS=-mod=mod
+export GOBIN=$bin
 export CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
 if ! "$bin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_LINT_VERSION#v}"; then
   echo "installing golangci-lint $GOLANGCI_LINT_VERSION"

@@ -30,7 +30,11 @@ func findTool(t testing.TB, name string) string {
 	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
-	p := filepath.Join("/var/cache/nvbind/bin", name)
+	cache := os.Getenv("NVBIND_CACHE")
+	if cache == "" {
+		cache = "/var/cache/nvbind"
+	}
+	p := filepath.Join(cache, "bin", name)
 	if _, err := os.Stat(p); err == nil {
 		return p
 	}
@@ -118,7 +122,7 @@ func (c *containerd) start() {
 	}
 	c.cmd = exec.Command(c.bin, "--config", filepath.Join(c.dir, "config.toml"))
 	c.cmd.Stdout, c.cmd.Stderr = logf, logf
-	c.cmd.Env = append(os.Environ(), "PATH=/var/cache/nvbind/bin:"+os.Getenv("PATH"))
+	c.cmd.Env = append(os.Environ(), "PATH="+filepath.Dir(c.bin)+":"+os.Getenv("PATH"))
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := c.cmd.Start(); err != nil {
 		c.t.Fatal(err)
