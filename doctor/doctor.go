@@ -18,6 +18,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/version"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -276,7 +277,7 @@ func checkSpecs(c Config, inv *gpu.Inventory) []Result {
 			r.Status, r.Message = Warn, fmt.Sprintf("%s lacks GPU %d of this host", s.GetPath(), len(inv.Devices)-1)
 			r.Fix = "regenerate it: nvbind cdi generate --output " + s.GetPath()
 		}
-		if v := s.Version; r.Status == OK && versionAbove(v, "0.5.0") {
+		if v := s.Version; r.Status == OK && version.Less("0.5.0", v) {
 			r.Status = Warn
 			r.Message += ": newer than 0.5.0, which Podman 4.3 (Debian 12) and containerd 1.7.0 reject"
 			r.Fix = "let nvbind cdi generate write it: it uses the minimum version a spec needs"
@@ -297,24 +298,6 @@ func mountsVersion(s *cdi.Spec, version string) bool {
 
 func hasDevice(s *cdi.Spec, index int) bool {
 	return s.GetDevice(fmt.Sprint(index)) != nil || s.GetDevice(fmt.Sprintf("gpu%d", index)) != nil
-}
-
-// versionAbove compares dotted versions numerically.
-func versionAbove(v, than string) bool {
-	a, b := strings.Split(v, "."), strings.Split(than, ".")
-	for i := 0; i < len(a) || i < len(b); i++ {
-		var x, y int
-		if i < len(a) {
-			_, _ = fmt.Sscan(a[i], &x)
-		}
-		if i < len(b) {
-			_, _ = fmt.Sscan(b[i], &y)
-		}
-		if x != y {
-			return x > y
-		}
-	}
-	return false
 }
 
 // readTOML decodes a TOML file into a generic map; a missing file is (nil, nil).

@@ -17,6 +17,8 @@ import (
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/internal/version"
 )
 
 // Link is one link to create: Link (a container path) points to Target.
@@ -297,7 +299,7 @@ var reCompatLib = regexp.MustCompile(`^libcuda\.so\.(\d+(?:\.\d+)+)$`)
 // cudaCompatFolder returns the image's CUDA forward-compat folder when its libcuda is
 // newer than the host driver, else "".
 func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
-	host, err := parseVersion(hostVersion)
+	host, err := version.Parse(hostVersion)
 	if err != nil {
 		return "", fmt.Errorf("host driver version %q: %w", hostVersion, err)
 	}
@@ -311,47 +313,16 @@ func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
 		if m == nil {
 			continue
 		}
-		v, err := parseVersion(m[1])
+		v, err := version.Parse(m[1])
 		if err != nil {
 			continue
 		}
-		if best == nil || compareVersions(v, best) > 0 {
+		if best == nil || version.Compare(v, best) > 0 {
 			best = v
 		}
 	}
-	if best == nil || compareVersions(best, host) <= 0 {
+	if best == nil || version.Compare(best, host) <= 0 {
 		return "", nil
 	}
 	return compatDir, nil
-}
-
-func parseVersion(v string) ([]int, error) {
-	var out []int
-	for _, p := range strings.Split(v, ".") {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 {
-			return nil, fmt.Errorf("not a dotted version number")
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-func compareVersions(a, b []int) int {
-	for i := 0; i < len(a) || i < len(b); i++ {
-		var x, y int
-		if i < len(a) {
-			x = a[i]
-		}
-		if i < len(b) {
-			y = b[i]
-		}
-		if x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
 }

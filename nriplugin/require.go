@@ -3,10 +3,10 @@ package nriplugin
 import (
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/version"
 )
 
 // Constraint is one condition such as cuda>=12.2 or brand=tesla.
@@ -69,7 +69,7 @@ func parseConstraint(term string) (Constraint, error) {
 				return c, fmt.Errorf("brand takes = or != (got %q)", term)
 			}
 			c.Value = strings.ToLower(c.Value)
-		} else if _, err := parseVersion(c.Value); err != nil {
+		} else if _, err := version.Parse(c.Value); err != nil {
 			return c, fmt.Errorf("%s wants a dotted version number (got %q)", c.Name, truncate(c.Value, 32))
 		}
 		return c, nil
@@ -99,41 +99,6 @@ func ParseRequirements(env map[string]string) ([]Requirement, error) {
 	return out, nil
 }
 
-func parseVersion(v string) ([]int, error) {
-	parts := strings.Split(v, ".")
-	if len(parts) > 4 {
-		return nil, fmt.Errorf("too many parts")
-	}
-	out := make([]int, 0, len(parts))
-	for _, p := range parts {
-		n, err := strconv.Atoi(p)
-		if err != nil || n < 0 || n > 1<<20 {
-			return nil, fmt.Errorf("bad number %q", p)
-		}
-		out = append(out, n)
-	}
-	return out, nil
-}
-
-func compareVersions(a, b []int) int {
-	for i := 0; i < len(a) || i < len(b); i++ {
-		var x, y int
-		if i < len(a) {
-			x = a[i]
-		}
-		if i < len(b) {
-			y = b[i]
-		}
-		if x != y {
-			if x < y {
-				return -1
-			}
-			return 1
-		}
-	}
-	return 0
-}
-
 func holds(op string, cmp int) bool {
 	switch op {
 	case ">=":
@@ -158,12 +123,12 @@ func (c Constraint) check(drv gpu.Driver, devs []gpu.Device) (bool, string) {
 		if have == "" {
 			return false, fmt.Sprintf("%s is unknown on this node (NVML unavailable)", what)
 		}
-		hv, err := parseVersion(have)
+		hv, err := version.Parse(have)
 		if err != nil {
 			return false, fmt.Sprintf("%s %q is not a version", what, have)
 		}
-		want, _ := parseVersion(c.Value)
-		if holds(c.Op, compareVersions(hv, want)) {
+		want, _ := version.Parse(c.Value)
+		if holds(c.Op, version.Compare(hv, want)) {
 			return true, ""
 		}
 		return false, fmt.Sprintf("%s is %s", what, have)

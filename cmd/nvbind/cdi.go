@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
@@ -79,15 +80,8 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 				_, err = cmd.OutOrStdout().Write(data)
 				return err
 			}
-			dst := f.output
-			if isDirArg(dst) {
-				name, err := spec.FileName(s, format)
-				if err != nil {
-					return err
-				}
-				dst = filepath.Join(dst, name)
-			}
-			if err := spec.WriteFile(s, dst, format); err != nil {
+			dst, err := f.write(s, format)
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", dst, len(s.Devices), s.Kind, s.Version)
@@ -159,21 +153,27 @@ func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec
 			log.Error("spec not generated; the spec on disk stays as it is", "error", err.Error())
 			continue
 		}
-		dst := f.output
-		if isDirArg(dst) {
-			name, err := spec.FileName(s, format)
-			if err != nil {
-				return err
-			}
-			dst = filepath.Join(dst, name)
-		}
-		if err := spec.WriteFile(s, dst, format); err != nil {
-			log.Error("spec not written", "path", dst, "error", err.Error())
+		dst, err := f.write(s, format)
+		if err != nil {
+			log.Error("spec not written", "error", err.Error())
 			continue
 		}
 		log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
 	}
 	return nil
+}
+
+// write writes the spec to --output: that file, or the conventional name in that folder.
+func (f *generateFlags) write(s *cdispecs.Spec, format spec.Format) (string, error) {
+	dst := f.output
+	if isDirArg(dst) {
+		name, err := spec.FileName(s, format)
+		if err != nil {
+			return "", err
+		}
+		dst = filepath.Join(dst, name)
+	}
+	return dst, spec.WriteFile(s, dst, format)
 }
 
 func isDirArg(p string) bool {
