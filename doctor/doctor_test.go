@@ -56,20 +56,7 @@ func golden(t *testing.T, name, got string, replace map[string]string) {
 	for from, to := range replace {
 		got = strings.ReplaceAll(got, from, to)
 	}
-	p := filepath.Join("testdata", name)
-	if *update {
-		if err := os.WriteFile(p, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (go test ./doctor -update writes it)", err)
-	}
-	if string(want) != got {
-		t.Fatalf("%s differs (go test ./doctor -update rewrites it); got:\n%s", p, got)
-	}
+	testutil.Golden(t, filepath.Join("testdata", name), []byte(got), *update)
 }
 
 func TestDoctorGoodHost(t *testing.T) {

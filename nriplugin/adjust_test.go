@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,6 +11,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -36,20 +36,7 @@ func goldenJSON(t *testing.T, name string, v any) {
 		t.Fatal(err)
 	}
 	data = append(data, '\n')
-	p := filepath.Join("testdata", "golden", name)
-	if *update {
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (go test ./nriplugin -update writes it)", err)
-	}
-	if string(want) != string(data) {
-		t.Fatalf("%s differs (go test ./nriplugin -update rewrites it); got:\n%s", p, data)
-	}
+	testutil.Golden(t, filepath.Join("testdata", "golden", name), data, *update)
 }
 
 func TestAdjustGolden(t *testing.T) {

@@ -43,20 +43,7 @@ func golden(t *testing.T, name string, data []byte, root string) {
 	if root != "" {
 		data = bytes.ReplaceAll(data, []byte(root), []byte("/DRIVER_ROOT"))
 	}
-	p := filepath.Join("testdata", "golden", name)
-	if *update {
-		if err := os.WriteFile(p, data, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatalf("%v (run go test ./spec -update)", err)
-	}
-	if !bytes.Equal(want, data) {
-		t.Fatalf("%s differs from the generated spec (go test ./spec -update rewrites it); generated:\n%s", p, data)
-	}
+	testutil.Golden(t, filepath.Join("testdata", "golden", name), data, *update)
 }
 
 func TestGoldenFixtureSpecs(t *testing.T) {

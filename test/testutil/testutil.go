@@ -107,3 +107,22 @@ func BuildSharedObject(t testing.TB, path, soname string, bits int, extra string
 		t.Fatalf("cc %v: %v\n%s", args, err, out)
 	}
 }
+
+// Golden compares data with the file at path, or rewrites the file when update is set
+// (each package's -update flag).
+func Golden(t testing.TB, path string, data []byte, update bool) {
+	t.Helper()
+	if update {
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run the package's tests with -update to write it)", err)
+	}
+	if string(want) != string(data) {
+		t.Fatalf("%s differs (the package's tests with -update rewrite it); got:\n%s", path, data)
+	}
+}
