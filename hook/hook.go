@@ -143,17 +143,19 @@ func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldco
 			return err
 		}
 	}
-	etc, err := r.mkdirAll("/etc")
-	if err != nil {
+	if _, err := r.dir("/etc", true); err != nil {
 		return err
 	}
-	_ = etc.Close()
-	if h, err := r.openDir("/etc/ld.so.conf.d"); err == nil {
-		_ = h.Close()
+	if r.isDir("/etc/ld.so.conf.d") {
 		conf := "# written by nvbind hook: NVIDIA driver libraries\n" + strings.Join(folders, "\n") + "\n"
 		if err := r.writeFile("/etc/ld.so.conf.d/00-nvbind.conf", []byte(conf)); err != nil {
 			return err
 		}
+	}
+	if data, err := mergeLDCache(r, folders); err == nil {
+		return r.writeFile("/etc/ld.so.cache", data)
+	} else if !errors.Is(err, errNeedLDConfig) {
+		return err
 	}
 	args := []string{"-r", r.path, "-X", "-C", "/etc/ld.so.cache"}
 	if r.exists("/etc/ld.so.conf") {

@@ -291,18 +291,40 @@ func lookup(entries []ldcache.Entry, name string) string {
 	return ""
 }
 
+// imageCache builds the image's own ld.so.cache, as an image build does.
+func imageCache(t *testing.T, root string) {
+	t.Helper()
+	if out, err := exec.Command("/sbin/ldconfig", "-r", root, "-X").CombinedOutput(); err != nil {
+		t.Fatalf("ldconfig: %v\n%s", err, out)
+	}
+}
+
 func TestUpdateLDCache(t *testing.T) {
 	testutil.RequiresRoot(t) // ldconfig -r chroots
 	for _, tc := range []struct {
-		name      string
-		multiarch bool
-		own       string
+		name       string
+		multiarch  bool
+		imageCache bool
+		own        string
 	}{
-		{"debian multiarch image", true, "/usr/lib/x86_64-linux-gnu/libown.so.1"},
-		{"lib64 image without ld.so.conf", false, "/usr/lib64/libown.so.1"},
+		{"debian multiarch image with its cache", true, true, "/usr/lib/x86_64-linux-gnu/libown.so.1"},
+		{"lib64 image with its cache", false, true, "/usr/lib64/libown.so.1"},
+		// no cache to keep: the loader finds the image's libraries in its default folders
+		{"image without ld.so.cache or ld.so.conf", false, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := ldRoot(t, tc.multiarch)
+			if tc.imageCache {
+				if !tc.multiarch { // a RHEL-style image: /usr/lib64 is its loader's default
+					if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(filepath.Join(root, "etc/ld.so.conf"), []byte("/usr/lib64\n"), 0o644); err != nil {
+						t.Fatal(err)
+					}
+				}
+				imageCache(t, root)
+			}
 			if err := RunInRoot(context.Background(), root, Options{Folders: []string{"/drv"}}); err != nil {
 				t.Fatal(err)
 			}
@@ -311,7 +333,7 @@ func TestUpdateLDCache(t *testing.T) {
 				t.Errorf("libcuda.so.1 => %q; cache %v", got, e)
 			}
 			if got := lookup(e, "libown.so.1"); got != tc.own {
-				t.Errorf("the image's own library: %q; cache %v", got, e)
+				t.Errorf("the image's own library: %q, want %q; cache %v", got, tc.own, e)
 			}
 			conf, err := os.ReadFile(filepath.Join(root, "etc/ld.so.conf.d/00-nvbind.conf"))
 			if tc.multiarch && (err != nil || !strings.Contains(string(conf), "/drv\n")) {
@@ -449,5 +471,77 @@ func TestProtectDeviceNodes(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(target); !strings.Contains(string(data), "ModifyDeviceFiles: 1") {
 		t.Fatal("the mount leaked out of the namespace")
+	}
+}
+
+// TestMergedCacheEqualsLDConfig proves the merged cache equal to what glibc's ldconfig
+// builds on the same tree: an image with its own cache, the debian-535 driver's libraries
+// mounted at their paths with the links the hook makes, and the CUDA compat folder.
+func TestMergedCacheEqualsLDConfig(t *testing.T) {
+	testutil.RequiresRoot(t)
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	root := filepath.Join(t.TempDir(), "rootfs")
+	testutil.BuildRootfs(t, root)
+	testutil.BuildSharedObject(t, filepath.Join(root, "usr/lib/x86_64-linux-gnu/libown.so.1.0"), "libown.so.1", 64, "")
+	if err := os.Symlink("libown.so.1.0", filepath.Join(root, "usr/lib/x86_64-linux-gnu/libown.so")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "etc/ld.so.conf.d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.WriteFile(filepath.Join(root, "etc/ld.so.conf"), []byte("include /etc/ld.so.conf.d/*.conf\n"), 0o644)
+	_ = os.WriteFile(filepath.Join(root, "etc/ld.so.conf.d/x86_64-linux-gnu.conf"), []byte("/lib/x86_64-linux-gnu\n/usr/lib/x86_64-linux-gnu\n"), 0o644)
+	imageCache(t, root)
+	// the driver's libraries where a spec mounts them, and the links the hook creates
+	var links []Link
+	lib := "/usr/lib/x86_64-linux-gnu"
+	for _, n := range []string{"libcuda.so.535.261.03", "libnvidia-ml.so.535.261.03", "libnvidia-ptxjitcompiler.so.535.261.03", "libnvidia-api.so.1"} {
+		dst := filepath.Join(root, lib, "nvidia/current", n)
+		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Link(filepath.Join(driverRoot, lib, "nvidia/current", n), dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, l := range [][2]string{{"libcuda.so.535.261.03", "nvidia/current/libcuda.so.1"}, {"nvidia/current/libcuda.so.535.261.03", "libcuda.so.1"},
+		{"nvidia/current/libcuda.so.535.261.03", "libcuda.so"}, {"libnvidia-ml.so.535.261.03", "nvidia/current/libnvidia-ml.so.1"},
+		{"nvidia/current/libnvidia-ml.so.535.261.03", "libnvidia-ml.so.1"}, {"libnvidia-ptxjitcompiler.so.535.261.03", "nvidia/current/libnvidia-ptxjitcompiler.so.1"},
+		{"nvidia/current/libnvidia-api.so.1", "libnvidia-api.so.1"}} {
+		links = append(links, Link{Target: l[0], Link: filepath.Join(lib, l[1])})
+	}
+	testutil.BuildSharedObject(t, filepath.Join(root, "usr/local/cuda/compat/libcuda.so.550.54.15"), "libcuda.so.1", 64, "")
+	_ = os.Symlink("libcuda.so.550.54.15", filepath.Join(root, "usr/local/cuda/compat/libcuda.so.1"))
+	folders := []string{lib, lib + "/nvidia/current"}
+	if err := RunInRoot(context.Background(), root, Options{Links: links, Folders: folders, HostDriverVersion: "535.261.03"}); err != nil {
+		t.Fatal(err)
+	}
+	got := cacheEntries(t, root)
+	args := append([]string{"-r", root, "-X", "-C", "/etc/ld.so.cache.ldconfig", "-f", "/etc/ld.so.conf", "/usr/local/cuda/compat"}, folders...)
+	if out, err := exec.Command("/sbin/ldconfig", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ldconfig: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(filepath.Join(root, "etc/ld.so.cache.ldconfig"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := ldcache.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("merged cache has %d entries, ldconfig's %d\nmerged: %v\nldconfig: %v", len(got), len(want), got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("entry %d: merged %+v, ldconfig %+v", i, got[i], want[i])
+		}
+	}
+	t.Logf("%d entries, equal to ldconfig's", len(got))
+	if len(got) < 10 {
+		t.Fatalf("too few entries to prove anything: %v", got)
+	}
+	if lookup(got, "libcuda.so.1") != "/usr/local/cuda/compat/libcuda.so.1" {
+		t.Error("the compat libcuda is not first")
 	}
 }

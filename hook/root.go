@@ -24,6 +24,9 @@ var ErrReadOnly = errors.New("container root is read-only")
 type containerRoot struct {
 	path string
 	fd   *os.File
+	// dirs caches O_PATH handles of folders, resolved inside the root: the links of one
+	// library folder share one lookup
+	dirs map[string]*os.File
 }
 
 func openRoot(p string) (*containerRoot, error) {
@@ -31,10 +34,27 @@ func openRoot(p string) (*containerRoot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open container root: %w", err)
 	}
-	return &containerRoot{path: p, fd: fd}, nil
+	return &containerRoot{path: p, fd: fd, dirs: map[string]*os.File{}}, nil
 }
 
-func (r *containerRoot) Close() error { return r.fd.Close() }
+func (r *containerRoot) Close() error {
+	for _, h := range r.dirs {
+		_ = h.Close()
+	}
+	return r.fd.Close()
+}
+
+// resolveHow resolves paths as if the container root were "/", refusing /proc magic links.
+const resolveHow uint64 = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
+
+// openat2 opens p inside the root; it reports ENOSYS on kernels before 5.6.
+func (r *containerRoot) openat2(p string, flags uint64) (*os.File, error) {
+	fd, err := unix.Openat2(int(r.fd.Fd()), p, &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolveHow})
+	if err != nil {
+		return nil, &fs.PathError{Op: "openat2", Path: p, Err: err}
+	}
+	return os.NewFile(uintptr(fd), p), nil
+}
 
 // cleanAbs checks a container path: absolute, no NUL, and not the root itself.
 func cleanAbs(p string) (dir, name string, err error) {
@@ -55,30 +75,36 @@ func wrapErr(op, p string, err error) error {
 	return fmt.Errorf("%s %s: %w", op, p, err)
 }
 
-// mkdirAll creates dir (mode 0755) inside the root and returns an O_PATH handle to it.
-func (r *containerRoot) mkdirAll(dir string) (*os.File, error) {
-	h, err := pathrs.MkdirAllHandle(r.fd, dir, 0o755)
-	if err != nil {
-		return nil, wrapErr("create folder", dir, err)
+// dir returns an O_PATH handle of a folder inside the root, creating it (mode 0755, with
+// its parents) when create is set. Handles are cached and owned by the root: callers do
+// not close them.
+func (r *containerRoot) dir(dir string, create bool) (*os.File, error) {
+	dir = path.Clean(dir)
+	if h, ok := r.dirs[dir]; ok {
+		return h, nil
 	}
-	return h, nil
-}
-
-// openDir opens an existing folder inside the root (O_PATH).
-func (r *containerRoot) openDir(dir string) (*os.File, error) {
-	h, err := pathrs.OpenatInRoot(r.fd, dir)
+	h, err := r.openat2(dir, unix.O_PATH|unix.O_DIRECTORY)
+	if errors.Is(err, unix.ENOSYS) || (create && errors.Is(err, fs.ErrNotExist)) {
+		if create {
+			h, err = pathrs.MkdirAllHandle(r.fd, dir, 0o755)
+		} else {
+			h, err = pathrs.OpenatInRoot(r.fd, dir)
+		}
+		if err == nil {
+			var st unix.Stat_t
+			if err = unix.Fstat(int(h.Fd()), &st); err == nil && st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				_ = h.Close()
+				err = &fs.PathError{Op: "open", Path: dir, Err: unix.ENOTDIR}
+			}
+		}
+	}
 	if err != nil {
+		if create {
+			return nil, wrapErr("create folder", dir, err)
+		}
 		return nil, err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
-		_ = h.Close()
-		return nil, err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		_ = h.Close()
-		return nil, fmt.Errorf("%s: %w", dir, unix.ENOTDIR)
-	}
+	r.dirs[dir] = h
 	return h, nil
 }
 
@@ -92,11 +118,10 @@ func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
 	if target == "" || strings.ContainsRune(target, 0) {
 		return false, fmt.Errorf("link %s: empty target", link)
 	}
-	parent, err := r.mkdirAll(dir)
+	parent, err := r.dir(dir, true)
 	if err != nil {
 		return false, err
 	}
-	defer func() { _ = parent.Close() }()
 	pfd := int(parent.Fd())
 	buf := make([]byte, unix.PathMax)
 	n, err := unix.Readlinkat(pfd, name, buf)
@@ -126,11 +151,10 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	parent, err := r.openDir(dir)
+	parent, err := r.dir(dir, false)
 	if err != nil {
 		return wrapErr("open folder", dir, err)
 	}
-	defer func() { _ = parent.Close() }()
 	pfd := int(parent.Fd())
 	var rnd [6]byte
 	_, _ = rand.Read(rnd[:])
@@ -157,6 +181,40 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 	return nil
 }
 
+// openRead opens p inside the root for reading: one openat2 with RESOLVE_IN_ROOT where
+// the kernel has it (5.6+), else filepath-securejoin's emulation. O_NONBLOCK keeps a FIFO
+// from blocking the hook; callers check the file type.
+func (r *containerRoot) openRead(p string) (*os.File, error) {
+	f, err := r.openat2(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
+	if !errors.Is(err, unix.ENOSYS) {
+		return f, err
+	}
+	h, err := pathrs.OpenatInRoot(r.fd, p)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = h.Close() }()
+	return pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+}
+
+// readFile reads a regular file inside the root, at most max bytes; a FIFO or device
+// there is refused, never opened for reading.
+func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
+	f, err := r.openRead(p)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	return readAllMax(f, max, p)
+}
+
 func readAllMax(rd io.Reader, max int64, name string) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(rd, max+1))
 	if err != nil {
@@ -170,38 +228,43 @@ func readAllMax(rd io.Reader, max int64, name string) ([]byte, error) {
 
 // readDirNames lists a folder inside the root; a missing folder is empty.
 func (r *containerRoot) readDirNames(dir string) ([]string, error) {
-	h, err := r.openDir(dir)
+	f, err := r.openRead(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = h.Close() }()
-	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = f.Close() }()
-	return f.Readdirnames(4096)
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("%s: %w", dir, unix.ENOTDIR)
+	}
+	names, err := f.Readdirnames(-1)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return names, err
 }
 
 // exists reports whether p resolves inside the root.
 func (r *containerRoot) exists(p string) bool {
-	h, err := pathrs.OpenatInRoot(r.fd, p)
+	f, err := r.openat2(p, unix.O_PATH)
+	if errors.Is(err, unix.ENOSYS) {
+		f, err = pathrs.OpenatInRoot(r.fd, p)
+	}
 	if err != nil {
 		return false
 	}
-	_ = h.Close()
+	_ = f.Close()
 	return true
 }
 
 // isDir reports whether p resolves to a folder inside the root.
 func (r *containerRoot) isDir(p string) bool {
-	h, err := r.openDir(p)
-	if err != nil {
-		return false
-	}
-	_ = h.Close()
-	return true
+	_, err := r.dir(p, false)
+	return err == nil
 }

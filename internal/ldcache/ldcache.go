@@ -14,6 +14,9 @@ type Entry struct {
 	Name  string // the SONAME or link name looked up by the loader
 	Path  string // where the loader finds it
 	Flags int32
+	// HWCap is the entry's hardware-capability word; glibc-hwcaps entries use it to
+	// point into the cache's extension section.
+	HWCap uint64
 }
 
 // Flag bits of an entry (glibc's FLAG_* constants).
@@ -87,7 +90,7 @@ func Parse(data []byte) ([]Entry, error) {
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, Entry{Name: name, Path: path, Flags: int32(le.Uint32(e[0:]) & 0x7fffffff)})
+		out = append(out, Entry{Name: name, Path: path, Flags: int32(le.Uint32(e[0:]) & 0x7fffffff), HWCap: le.Uint64(e[16:])})
 	}
 	return out, nil
 }
