@@ -215,7 +215,7 @@ func checkLibraries(inv *gpu.Inventory) Result {
 			missing = append(missing, string(c))
 		}
 	}
-	hasCUDA := slices.ContainsFunc(inv.Files, func(f gpu.File) bool { return f.SONAME == "libcuda.so.1" })
+	hasCUDA := slices.ContainsFunc(inv.Files, func(f gpu.File) bool { return f.SONAME == "libcuda.so.1" && f.Bits == 64 })
 	r := Result{Check: "libraries", Status: OK, Message: "libraries per capability: " + strings.Join(parts, ", ")}
 	if !hasCUDA {
 		missing = append(missing, "libcuda.so.1")

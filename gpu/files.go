@@ -119,7 +119,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		}
 	}
 	if version == "" {
-		version = versionFromLinks(byReal)
+		version = versionFromLinks(r, byReal)
 	}
 	res.version = version
 	if version == "" {
@@ -171,16 +171,22 @@ func looksLikeDriverVersion(v string) bool {
 	return len(major) >= 3
 }
 
-// versionFromLinks reads the version from the file libnvidia-ml.so.1 or libcuda.so.1 resolves to.
-func versionFromLinks(byReal map[string]*libCandidate) string {
+// versionFromLinks reads the version from the 64-bit file libnvidia-ml.so.1 or
+// libcuda.so.1 resolves to (32-bit libraries alone do not make a driver).
+func versionFromLinks(r rootFS, byReal map[string]*libCandidate) string {
 	for _, want := range []string{"libnvidia-ml.so.1", "libcuda.so.1"} {
 		var found []string
 		for real, c := range byReal {
 			for _, n := range c.names {
-				if path.Base(n) == want {
-					if m := reVersioned.FindStringSubmatch(path.Base(real)); m != nil && looksLikeDriverVersion(m[2]) {
-						found = append(found, m[2])
-					}
+				if path.Base(n) != want {
+					continue
+				}
+				m := reVersioned.FindStringSubmatch(path.Base(real))
+				if m == nil || !looksLikeDriverVersion(m[2]) {
+					continue
+				}
+				if _, bits, err := elfInfo(r.host(real)); err == nil && bits == 64 {
+					found = append(found, m[2])
 				}
 			}
 		}

@@ -220,3 +220,30 @@ func TestWriteFileInvalidLeavesNothing(t *testing.T) {
 		t.Fatalf("old file changed: %q", data)
 	}
 }
+
+// TestCompat32 checks that the 32-bit libraries of the debian-535 root (Debian's i386
+// packages) go with compat32 only.
+func TestCompat32(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	const lib32 = "/usr/lib/i386-linux-gnu/nvidia/current/libcuda.so.535.261.03"
+	for _, tc := range []struct {
+		caps gpu.Capabilities
+		want bool
+	}{
+		{gpu.CapsOf(gpu.CapCompute, gpu.CapUtility), false},
+		{gpu.CapsOf(gpu.CapCompute, gpu.CapUtility, gpu.CapCompat32), true},
+		{gpu.CapsAll, true},
+	} {
+		e, err := CommonEdits(inv, tc.caps, Options{HookPath: hookPath})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := slices.ContainsFunc(e.Mounts, func(m *cdispecs.Mount) bool { return m.ContainerPath == lib32 })
+		if got != tc.want {
+			t.Errorf("capabilities %s: 32-bit libcuda mounted %v, want %v", tc.caps, got, tc.want)
+		}
+		if tc.want && !slices.Contains(e.Hooks[0].Args, "/usr/lib/i386-linux-gnu/nvidia/current") {
+			t.Errorf("capabilities %s: the 32-bit folder is not in the ld cache", tc.caps)
+		}
+	}
+}

@@ -5,7 +5,8 @@
 #
 # Each root is a small "host": driver files in a real layout, plus proc/, sys/ and dev/ trees
 # (char nodes made with mknod when run as root) so it serves as --driver-root and --dev-root.
-#   debian-535  Debian 12's own layout (nvidia/current + /etc/alternatives links), ld.so.cache by ldconfig -r
+#   debian-535  Debian 12's own layout (nvidia/current + /etc/alternatives links), with i386 libraries
+#               for compat32, ld.so.cache by ldconfig -r
 #   flat-535    the .run installer's flat layout in /usr/lib/x86_64-linux-gnu, ld.so.cache by ldconfig -r
 #   debian-535-upgrade  debian-535 after Debian's security update to 535.309.01
 #   lib64-470   another branch (tesla-470) in a RHEL-style flat /usr/lib64 layout, no ld.so.cache
@@ -66,6 +67,19 @@ download() { # dir version pkg...
 }
 
 download "$cache/debs/$v535" "$v535-1" $pkgs535
+# 32-bit libraries (compat32), through a private i386 package index: the host's apt
+# configuration stays amd64 only
+pkgs535_i386="libcuda1 libnvidia-ml1 libnvidia-ptxjitcompiler1"
+mkdir -p "$cache/debs/$v535-i386"
+need32=(); for p in $pkgs535_i386; do ls "$cache/debs/$v535-i386/${p}_"*.deb >/dev/null 2>&1 || need32+=("$p:i386=$v535-1"); done
+if [ ${#need32[@]} -gt 0 ]; then
+  ensure_sources
+  mkdir -p "$cache/i386-lists/partial"
+  i386=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64,i386 "-oDir::State::Lists=$cache/i386-lists")
+  apt-get "${i386[@]}" update -qq >/dev/null 2>&1 || true
+  (cd "$cache/debs/$v535-i386" && apt-get "${i386[@]}" download -qq "${need32[@]}" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+  for p in $pkgs535_i386; do ls "$cache/debs/$v535-i386/${p}_"*.deb >/dev/null 2>&1 || { echo "missing package $p:i386=$v535-1" >&2; exit 1; }; done
+fi
 download "$cache/debs/$v535u" "$v535u-0+deb12u1" $pkgs535
 n470=(); for p in $pkgs470; do
   case $p in libegl-nvidia-0) n470+=(libegl-nvidia-tesla-470-0);; libglx-nvidia-0) n470+=(libglx-nvidia-tesla-470-0);;
@@ -140,9 +154,10 @@ ldconf() { # root dirs...
 gpus2=("0000:3b:00.0|GPU-4c2a7a2f-6f2e-31d7-7a5c-0c7b2a1e9d01|NVIDIA H100 80GB HBM3" "0000:86:00.0|GPU-8b9d3c4e-1a2b-4c5d-8e9f-a0b1c2d3e4f5|NVIDIA H100 80GB HBM3")
 
 # --- debian-535: the packages' own layout, plus what their maintainer scripts make ------------
-debian_root() { # root version debdir
-  local r=$1 ver=$2 debs=$3 f n
+debian_root() { # root version debdir [i386 debdir]
+  local r=$1 ver=$2 debs=$3 debs32=${4:-} f n
   for f in "$debs"/*.deb; do dpkg-deb -x "$f" "$r"; done
+  if [ -n "$debs32" ]; then for f in "$debs32"/*.deb; do dpkg-deb -x "$f" "$r"; done; fi
   rm -rf "$r/usr/share/doc" "$r/usr/share/bug" "$r/usr/share/lintian" "$r/usr/share/man"
   mkdir -p "$r/etc/alternatives"
   alt() { # link name target  (what update-alternatives makes: link -> /etc/alternatives/name -> target)
@@ -156,6 +171,9 @@ debian_root() { # root version debdir
     libnvidia-opticalflow.so.1 libnvidia-ptxjitcompiler.so.1 libnvoptix.so.1; do
     alt "$lib/$n" "nvidia--$n-x86_64-linux-gnu" "$lib/nvidia/current/$n"
   done
+  for n in libcuda.so.1 libcuda.so libnvidia-ml.so.1 libnvidia-ptxjitcompiler.so.1; do
+    alt "/usr/lib/i386-linux-gnu/$n" "nvidia--$n-i386-linux-gnu" "/usr/lib/i386-linux-gnu/nvidia/current/$n"
+  done
   alt "$lib/vdpau/libvdpau_nvidia.so.1" nvidia--libvdpau_nvidia.so.1-x86_64-linux-gnu "$lib/nvidia/current/libvdpau_nvidia.so.1"
   alt "$lib/gbm/nvidia-drm_gbm.so" nvidia--nvidia-drm_gbm.so-x86_64-linux-gnu "$lib/nvidia/current/nvidia-drm_gbm.so"
   alt "$lib/nvidia/libnvidia-cfg.so.1" nvidia--libnvidia-cfg.so.1-x86_64-linux-gnu "$lib/nvidia/current/libnvidia-cfg.so.1"
@@ -165,11 +183,11 @@ debian_root() { # root version debdir
   alt /usr/lib/nvidia/nvidia_drv.so nvidia--nvidia_drv.so /usr/lib/nvidia/current/nvidia_drv.so
   alt /usr/lib/nvidia/libglxserver_nvidia.so nvidia--libglxserver_nvidia.so /usr/lib/nvidia/current/libglxserver_nvidia.so
   ln -sfn /usr/lib/nvidia/current "$r/etc/alternatives/nvidia"; ln -sfn /etc/alternatives/nvidia "$r/usr/lib/nvidia/nvidia"
-  ldconf "$r" /usr/local/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu
+  ldconf "$r" /usr/local/lib/x86_64-linux-gnu /lib/x86_64-linux-gnu /usr/lib/x86_64-linux-gnu /usr/lib/i386-linux-gnu
   host_tree "$r" "$ver" open "${gpus2[@]}"
 }
 lib=/usr/lib/x86_64-linux-gnu
-debian_root "$out.tmp/debian-535" "$v535" "$cache/debs/$v535"
+debian_root "$out.tmp/debian-535" "$v535" "$cache/debs/$v535" "$cache/debs/$v535-i386"
 # debian-535-upgrade: the same host after Debian's security update to $v535u (for refresh tests)
 debian_root "$out.tmp/debian-535-upgrade" "$v535u" "$cache/debs/$v535u"
 
