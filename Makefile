@@ -50,10 +50,11 @@ bench: fixtures
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 ./...
 
 fuzz:
-	@for target in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/func //' | sort -u); do \
-	  pkg=$$(grep -rlE "^func $$target\(" --include='*_test.go' . | head -1 | xargs dirname); \
-	  echo "fuzz $$pkg $$target"; \
-	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime=$${FUZZTIME:-30s} $$pkg || exit 1; \
+	@for pkg in $$($(GO) list ./...); do \
+	  for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$target"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime=$${FUZZTIME:-30s} $$pkg || exit 1; \
+	  done; \
 	done
 
 lint:
