@@ -324,4 +324,8 @@ func TestDiscoverMountedRoots(t *testing.T) {
 	if inv.DriverRoot != "/run/nvidia/driver" || inv.DevRoot != "/" {
 		t.Fatalf("roots = %s %s", inv.DriverRoot, inv.DevRoot)
 	}
+	// the driver's libraries are loaded (libcuda for its CUDA version) from the mount
+	if strings.Contains(strings.Join(inv.Warnings, "\n"), "/run/nvidia/driver") {
+		t.Errorf("nvbind tried to load a library from the host path: %v", inv.Warnings)
+	}
 }

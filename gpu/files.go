@@ -154,10 +154,10 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		}
 		sort.Strings(f.Links)
 		if bits == 64 && strings.HasPrefix(base, "libnvidia-ml.so") {
-			res.nvmlPath = f.HostPath
+			res.nvmlPath = r.host(real) // where nvbind reads it, not where the host sees it
 		}
 		if bits == 64 && strings.HasPrefix(base, "libcuda.so") {
-			res.cudaPath = f.HostPath
+			res.cudaPath = r.host(real)
 		}
 		res.files = append(res.files, f)
 	}
