@@ -94,3 +94,35 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	s.Version = v
 	return s, nil
 }
+
+// IMEXClass is the CDI class of IMEX channels (nvidia.com/imex-channel=0), as NVIDIA's
+// multi-node NVLink tooling names them.
+const IMEXClass = "imex-channel"
+
+// GenerateIMEX builds the spec of the host's IMEX channels (/dev/nvidia-caps-imex-
+// channels/channelN), named by channel number. It returns nil when the host has none.
+func GenerateIMEX(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
+	if len(inv.IMEXChannels) == 0 {
+		return nil, nil
+	}
+	vendor := o.Vendor
+	if vendor == "" {
+		vendor = DefaultVendor
+	}
+	s := &cdispecs.Spec{Kind: vendor + "/" + IMEXClass}
+	chans := slices.Clone(inv.IMEXChannels)
+	slices.SortFunc(chans, func(a, b gpu.DeviceNode) int { return int(a.Minor - b.Minor) })
+	var all cdispecs.ContainerEdits
+	for _, c := range chans {
+		e := cdispecs.ContainerEdits{DeviceNodes: []*cdispecs.DeviceNode{deviceNode(c)}}
+		s.Devices = append(s.Devices, cdispecs.Device{Name: strconv.FormatInt(c.Minor, 10), ContainerEdits: e})
+		all.DeviceNodes = append(all.DeviceNodes, e.DeviceNodes...)
+	}
+	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all})
+	v, err := cdispecs.MinimumRequiredVersion(s)
+	if err != nil {
+		return nil, fmt.Errorf("compute CDI version: %w", err)
+	}
+	s.Version = v
+	return s, nil
+}

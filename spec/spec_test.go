@@ -247,3 +247,21 @@ func TestCompat32(t *testing.T) {
 		}
 	}
 }
+
+func TestGenerateIMEX(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	s, err := GenerateIMEX(inv, Options{})
+	if err != nil || s == nil {
+		t.Fatalf("spec %v, err %v", s, err)
+	}
+	if err := Validate(s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Kind != "nvidia.com/imex-channel" || s.Version != "0.5.0" || len(s.Devices) != 2 || s.Devices[0].Name != "0" ||
+		s.Devices[0].ContainerEdits.DeviceNodes[0].Path != "/dev/nvidia-caps-imex-channels/channel0" {
+		t.Fatalf("spec = %+v", s)
+	}
+	if s, err := GenerateIMEX(&gpu.Inventory{}, Options{}); s != nil || err != nil {
+		t.Fatal("a spec for a host without IMEX channels")
+	}
+}

@@ -39,7 +39,9 @@ func newGenerateCommand(g *globalFlags) *cobra.Command {
 		Use:   "generate",
 		Short: "Write a CDI spec for this host's GPUs",
 		Long: `Write a CDI spec for this host's GPUs. Podman, Docker (25+), containerd and CRI-O read it
-from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output.`,
+from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output. With --output
+naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yaml
+(--device nvidia.com/imex-channel=0).`,
 		Example: `  nvbind cdi generate --output /var/run/cdi/
   nvbind cdi generate --output /etc/cdi/nvidia.json --capabilities compute,utility
   nvbind cdi generate --driver-root /run/nvidia/driver --output /var/run/cdi/nvidia.yaml
@@ -80,12 +82,9 @@ from /etc/cdi or /var/run/cdi. Without --output the spec goes to standard output
 				_, err = cmd.OutOrStdout().Write(data)
 				return err
 			}
-			dst, err := f.write(s, format)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", dst, len(s.Devices), s.Kind, s.Version)
-			return nil
+			return f.writeAll(inv, s, o, format, func(dst string, s *cdispecs.Spec) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", dst, len(s.Devices), s.Kind, s.Version)
+			})
 		},
 	}
 	f.register(cmd)
@@ -153,12 +152,34 @@ func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec
 			log.Error("spec not generated; the spec on disk stays as it is", "error", err.Error())
 			continue
 		}
-		dst, err := f.write(s, format)
+		err = f.writeAll(ev.Inventory, s, o, format, func(dst string, s *cdispecs.Spec) {
+			log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
+		})
 		if err != nil {
 			log.Error("spec not written", "error", err.Error())
-			continue
 		}
-		log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
+	}
+	return nil
+}
+
+// writeAll writes the GPU spec and, into a folder, the IMEX channels' spec beside it.
+func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Options, format spec.Format, done func(string, *cdispecs.Spec)) error {
+	specs := []*cdispecs.Spec{s}
+	if isDirArg(f.output) {
+		imex, err := spec.GenerateIMEX(inv, o)
+		if err != nil {
+			return err
+		}
+		if imex != nil {
+			specs = append(specs, imex)
+		}
+	}
+	for _, s := range specs {
+		dst, err := f.write(s, format)
+		if err != nil {
+			return err
+		}
+		done(dst, s)
 	}
 	return nil
 }
