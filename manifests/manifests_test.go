@@ -48,10 +48,12 @@ func TestKustomizeOverlays(t *testing.T) {
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
+		privileged      bool
 	}{
-		{"base", "/", map[string]string{"nvbind.io/gpu": "true"}},
-		{"overlays/gpu-operator", "/run/nvidia/driver", map[string]string{"nvbind.io/gpu": "true", "nvidia.com/gpu.deploy.driver": "true"}},
-		{"overlays/crio", "/", map[string]string{"nvbind.io/gpu": "true", "nvbind.io/runtime": "cri-o"}},
+		{"base", "/", map[string]string{"nvbind.io/gpu": "true"}, false},
+		{"overlays/mig", "/", map[string]string{"nvbind.io/gpu": "true"}, true},
+		{"overlays/gpu-operator", "/run/nvidia/driver", map[string]string{"nvbind.io/gpu": "true", "nvidia.com/gpu.deploy.driver": "true"}, false},
+		{"overlays/crio", "/", map[string]string{"nvbind.io/gpu": "true", "nvbind.io/runtime": "cri-o"}, false},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			t.Parallel()
@@ -77,7 +79,7 @@ func TestKustomizeOverlays(t *testing.T) {
 				case strings.HasPrefix(k, "DaemonSet/"):
 					var ds appsv1.DaemonSet
 					strict(t, data, &ds)
-					checkDaemonSet(t, &ds, tc.driverRoot, tc.selector, allowedHostPaths)
+					checkDaemonSet(t, &ds, tc.driverRoot, tc.selector, allowedHostPaths, tc.privileged)
 				default:
 					t.Errorf("unexpected object %s", k)
 				}
@@ -90,7 +92,7 @@ func TestKustomizeOverlays(t *testing.T) {
 	}
 }
 
-func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selector map[string]string, allowed []string) {
+func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selector map[string]string, allowed []string, privileged bool) {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
 	if ds.Namespace != "nvbind-system" || spec.PriorityClassName != "system-node-critical" {
@@ -121,8 +123,14 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 		t.Errorf("args = %v", c.Args)
 	}
 	sc := c.SecurityContext
-	if sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
-		sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0 {
+	switch {
+	case privileged:
+		// the MIG overlay: privileged for NVML, nothing else added
+		if sc == nil || sc.Privileged == nil || !*sc.Privileged || sc.Capabilities != nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+			t.Errorf("MIG overlay security context: %+v", sc)
+		}
+	case sc == nil || (sc.Privileged != nil && *sc.Privileged) || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+		sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0:
 		t.Errorf("the container has more privilege than it needs: %+v", sc)
 	}
 	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
