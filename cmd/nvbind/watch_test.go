@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -80,8 +82,8 @@ func TestGenerateWatchFollowsUpgrade(t *testing.T) {
 	}()
 	waitFor(t, "the first spec", func() bool { return strings.Contains(read(), "libcuda.so.535.261.03") })
 
-	// a broken driver (module unloaded, libraries half removed): the spec stays
-	before := read()
+	// a broken driver (module unloaded, libraries removed): once discovery fails, the spec
+	// on disk stays as the last good one while the failure lasts
 	if err := os.Remove(filepath.Join(root, "proc/driver/nvidia/version")); err != nil {
 		t.Fatal(err)
 	}
@@ -89,8 +91,13 @@ func TestGenerateWatchFollowsUpgrade(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the failure to be logged", func() bool { return strings.Contains(logs.String(), "the spec on disk stays") })
+	before := read()
+	time.Sleep(500 * time.Millisecond) // several rounds of failing discovery
 	if read() != before {
 		t.Fatal("a failed discovery changed the spec")
+	}
+	if _, err := cdi.ReadSpec(out, 0); err != nil || !strings.Contains(before, "nvidia.com/gpu") {
+		t.Fatalf("the spec left in place is not a valid spec: %v", err)
 	}
 
 	// the upgrade lands
