@@ -135,6 +135,17 @@ func classifyLibrary(name string) Capabilities {
 	if i := strings.Index(base, ".so"); i >= 0 {
 		base = base[:i]
 	}
+	// a family with a version in its name (libnvidia-nvvm70) classifies as the family
+	if c := classifyBase(base); c != 0 {
+		return c
+	}
+	if c := classifyBase(strings.TrimRight(base, "0123456789")); c != 0 {
+		return c
+	}
+	return CapsOf(CapOther)
+}
+
+func classifyBase(base string) Capabilities {
 	switch base {
 	case "libnvidia-ml", "libnvidia-cfg", "libnvidia-api", "libnvidia-nscq":
 		return CapsOf(CapUtility)
@@ -153,6 +164,8 @@ func classifyLibrary(name string) Capabilities {
 		return CapsOf(CapNGX)
 	case "libglxserver_nvidia", "nvidia_drv":
 		return CapsOf(CapDisplay)
+	case "libnvidia-present", "libnvidia-gpucomp-vk":
+		return CapsOf(CapGraphics)
 	}
-	return CapsOf(CapOther)
+	return 0
 }

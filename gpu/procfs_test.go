@@ -177,3 +177,21 @@ func FuzzParseCapabilities(f *testing.F) {
 		}
 	})
 }
+
+func TestClassifyLibrary(t *testing.T) {
+	t.Parallel()
+	for name, want := range map[string]Capabilities{
+		"libcuda.so.535.261.03":           CapsOf(CapCompute),
+		"libnvidia-nvvm70.so.4":           CapsOf(CapCompute), // a versioned family name
+		"libnvidia-ml.so.1":               CapsOf(CapUtility),
+		"libnvidia-encode.so.550.54.15":   CapsOf(CapVideo),
+		"libGLX_nvidia.so.0":              CapsOf(CapGraphics),
+		"nvidia_drv.so":                   CapsOf(CapDisplay),
+		"libnvidia-something-new.so.1":    CapsOf(CapOther), // unknown: only in full specs
+		"libnvidia-vulkan-producer.so.53": CapsOf(CapGraphics),
+	} {
+		if got := classifyLibrary(name); got != want {
+			t.Errorf("%s: %v, want %v", name, got.List(), want.List())
+		}
+	}
+}
