@@ -136,6 +136,8 @@ func checkDriver(inv *gpu.Inventory, err error) []Result {
 	switch {
 	case errors.Is(err, gpu.ErrNoDriver):
 		return []Result{{"driver", Fail, err.Error(), "install the NVIDIA driver, or point --driver-root at it (/run/nvidia/driver under the GPU Operator)"}}
+	case errors.Is(err, gpu.ErrNoLibraries):
+		return []Result{{"driver", Fail, err.Error(), "install the user-space libraries of the loaded driver version, or reboot into the driver the libraries belong to"}}
 	case inv == nil:
 		return []Result{{"driver", Fail, err.Error(), "see the error above"}}
 	}

@@ -329,3 +329,13 @@ func TestDiscoverMountedRoots(t *testing.T) {
 		t.Errorf("nvbind tried to load a library from the host path: %v", inv.Warnings)
 	}
 }
+
+// TestDiscoverModuleWithoutLibraries: a loaded kernel module whose libraries are not (yet)
+// installed is an error, not an empty inventory a spec could be written from.
+func TestDiscoverModuleWithoutLibraries(t *testing.T) {
+	t.Parallel()
+	_, err := discover(t, hostTree().with(tree{lib + "/libcuda.so.530.30.02": "elf:libcuda.so.1"}))
+	if !errors.Is(err, ErrNoLibraries) || !strings.Contains(err.Error(), "driver "+v535+" is loaded") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -17,6 +17,9 @@ var (
 	ErrNoDriver = errors.New("no NVIDIA driver found")
 	// ErrNoDevices means a driver was found but no GPU.
 	ErrNoDevices = errors.New("no NVIDIA GPUs found")
+	// ErrNoLibraries means the driver's version is known (its kernel module is loaded) but
+	// its 64-bit user-space libraries are not there, as while a driver is being installed.
+	ErrNoLibraries = errors.New("NVIDIA driver libraries missing")
 )
 
 // Source says where the GPU list came from.
@@ -287,6 +290,11 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched)
 	}
 	inv.Warnings = append(inv.Warnings, libs.warnings...)
+	if libs.nvmlPath == "" && libs.cudaPath == "" {
+		// a spec without the driver's libraries would give containers devices they cannot use
+		return nil, fmt.Errorf("%w: driver %s is loaded but neither libcuda nor libnvidia-ml of that version (64-bit) is under %s (searched %s)",
+			ErrNoLibraries, inv.Driver.Version, d.cfg.driverRoot, libs.searched)
+	}
 	if mdf, err := proc.modifyDeviceFiles(); err == nil {
 		inv.Driver.ModifyDeviceFiles = &mdf
 	}
