@@ -18,6 +18,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/version"
 	"github.com/nvbind/nvbind/spec"
 )
@@ -302,9 +303,12 @@ func hasDevice(s *cdi.Spec, index int) bool {
 	return s.GetDevice(fmt.Sprint(index)) != nil || s.GetDevice(fmt.Sprintf("gpu%d", index)) != nil
 }
 
+// maxConfig bounds what is read of a runtime's configuration file.
+const maxConfig = 4 << 20
+
 // readTOML decodes a TOML file into a generic map; a missing file is (nil, nil).
 func readTOML(p string) (map[string]any, error) {
-	data, err := os.ReadFile(p) //nolint:gosec // a runtime config path the user may override
+	data, err := fileio.ReadFile(p, maxConfig)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -417,7 +421,7 @@ func checkCRIO(c Config) []Result {
 }
 
 func checkDocker(c Config) []Result {
-	data, err := os.ReadFile(c.DockerConfig)
+	data, err := fileio.ReadFile(c.DockerConfig, maxConfig)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}

@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
 	"regexp"
 	"sort"
 	"strings"
 
+	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/ldcache"
 )
 
@@ -227,7 +227,7 @@ func searchDirs(r rootFS) []string {
 			add(base)
 		}
 	}
-	if data, err := readBounded(r.host("/etc/ld.so.cache"), ldcache.MaxSize); err == nil {
+	if data, err := fileio.ReadFile(r.host("/etc/ld.so.cache"), ldcache.MaxSize); err == nil {
 		if entries, err := ldcache.Parse(data); err == nil {
 			for _, e := range entries {
 				if isDriverLibName(path.Base(e.Name)) {
@@ -251,22 +251,6 @@ func expandGlob(r rootFS, pattern string) []string {
 		out = append(out, path.Clean(path.Join(dir, e.Name())+after))
 	}
 	return out
-}
-
-func readBounded(p string, max int64) ([]byte, error) {
-	f, err := os.Open(p) //nolint:gosec // a path under the driver root the user named
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes", p, max)
-	}
-	return data, nil
 }
 
 // fileMentions reports whether the file's read-only data holds the version string: how

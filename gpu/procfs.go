@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // maxProcFile bounds what is read from any procfs file.
@@ -21,16 +22,7 @@ const maxProcFile = 1 << 20
 type procFiles struct{ root string }
 
 func (p procFiles) read(rel string) ([]byte, error) {
-	f, err := os.Open(filepath.Join(p.root, rel)) //nolint:gosec // a fixed procfs name under the dev root
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, maxProcFile))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", filepath.Join(p.root, rel), err)
-	}
-	return data, nil
+	return fileio.ReadFile(filepath.Join(p.root, rel), maxProcFile)
 }
 
 var (

@@ -18,6 +18,7 @@ import (
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/version"
 )
 
@@ -201,7 +202,7 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if err != nil {
 		return err
 	}
-	data, err := readAllMax(f, maxSmallFile, hostParams)
+	data, err := fileio.ReadAll(f, maxSmallFile, hostParams)
 	_ = f.Close()
 	if err != nil {
 		return err

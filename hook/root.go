@@ -13,6 +13,8 @@ import (
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // ErrReadOnly means the container root cannot be written.
@@ -212,18 +214,7 @@ func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", p)
 	}
-	return readAllMax(f, max, p)
-}
-
-func readAllMax(rd io.Reader, max int64, name string) ([]byte, error) {
-	data, err := io.ReadAll(io.LimitReader(rd, max+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > max {
-		return nil, fmt.Errorf("%s is larger than %d bytes", name, max)
-	}
-	return data, nil
+	return fileio.ReadAll(f, max, p)
 }
 
 // readDirNames lists a folder inside the root; a missing folder is empty.

@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // Bounds on what a hook reads.
@@ -27,12 +28,9 @@ type State struct {
 // ReadState decodes the OCI state a runtime writes to a hook's stdin.
 func ReadState(r io.Reader) (State, error) {
 	var s State
-	data, err := io.ReadAll(io.LimitReader(r, maxStateSize+1))
+	data, err := fileio.ReadAll(r, maxStateSize, "the OCI state on stdin")
 	if err != nil {
-		return s, fmt.Errorf("read OCI state from stdin: %w", err)
-	}
-	if len(data) > maxStateSize {
-		return s, fmt.Errorf("OCI state on stdin is larger than %d bytes", maxStateSize)
+		return s, err
 	}
 	if err := json.Unmarshal(data, &s); err != nil {
 		return s, fmt.Errorf("OCI state on stdin is not JSON: %w", err)
@@ -46,17 +44,9 @@ func ReadState(r io.Reader) (State, error) {
 // RootPath reads the bundle's config.json and returns the container root's host path.
 func RootPath(bundle string) (string, error) {
 	p := filepath.Join(bundle, "config.json")
-	f, err := os.Open(p) //nolint:gosec // config.json of the bundle the runtime names
+	data, err := fileio.ReadFile(p, maxConfigSize)
 	if err != nil {
-		return "", fmt.Errorf("open bundle config: %w", err)
-	}
-	defer func() { _ = f.Close() }()
-	data, err := io.ReadAll(io.LimitReader(f, maxConfigSize+1))
-	if err != nil {
-		return "", fmt.Errorf("read %s: %w", p, err)
-	}
-	if len(data) > maxConfigSize {
-		return "", fmt.Errorf("%s is larger than %d bytes", p, maxConfigSize)
+		return "", fmt.Errorf("bundle config: %w", err)
 	}
 	var cfg struct {
 		Root *struct {

@@ -2,7 +2,6 @@ package spec
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,6 +10,8 @@ import (
 	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // Format is a spec file encoding.
@@ -92,51 +93,18 @@ func Validate(s *cdispecs.Spec) error {
 	return err
 }
 
-// WriteFile validates the spec with the CDI library and writes it atomically: a temp file
-// in the same folder, fsync, rename, fsync of the folder. A reader sees the old file or
-// the new one, never a half-written one; on any error nothing is left behind.
-func WriteFile(s *cdispecs.Spec, dst string, f Format) (err error) {
+// WriteFile validates the spec with the CDI library and writes it atomically (temp file,
+// fsync, rename, fsync of the folder): a reader sees the old file or the new one, never a
+// half-written one, and an invalid spec leaves the old file as it was.
+func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 	data, err := Marshal(s, f)
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(dst)
-	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // spec folders must be readable by every runtime
-		return fmt.Errorf("create spec folder: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp"+filepath.Ext(dst))
-	if err != nil {
-		return fmt.Errorf("create temp file beside %s: %w", dst, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name())
+	return fileio.WriteAtomic(dst, data, 0o644, func(tmp string) error {
+		if _, err := cdi.ReadSpec(tmp, 0); err != nil {
+			return fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
 		}
-	}()
-	if _, err = tmp.Write(data); err == nil {
-		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if _, err = cdi.ReadSpec(tmp.Name(), 0); err != nil {
-		return fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
-	}
-	if err = os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("replace %s: %w", dst, err)
-	}
-	if d, derr := os.Open(dir); derr == nil { //nolint:gosec // the folder the user chose for the spec
-		derr = d.Sync()
-		_ = d.Close()
-		if derr != nil && !errors.Is(derr, os.ErrInvalid) {
-			return fmt.Errorf("sync %s: %w", dir, derr)
-		}
-	}
-	return nil
+		return nil
+	})
 }

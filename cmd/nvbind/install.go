@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/manifests"
 )
 
@@ -94,28 +95,7 @@ func placeFile(w io.Writer, dst string, data []byte, mode fs.FileMode) error {
 		fmt.Fprintf(w, "unchanged %s\n", dst)
 		return nil
 	}
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil { //nolint:gosec // bin and unit folders are world-readable
-		return err
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(data)
-	if err == nil {
-		err = tmp.Chmod(mode)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), dst)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
+	if err := fileio.WriteAtomic(dst, data, mode, nil); err != nil {
 		return fmt.Errorf("install %s: %w", dst, err)
 	}
 	fmt.Fprintf(w, "installed %s\n", dst)

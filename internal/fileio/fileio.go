@@ -1,0 +1,84 @@
+// Package fileio holds the two file primitives nvbind uses everywhere: reads bounded in
+// size, and writes that replace a file atomically.
+package fileio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// ReadAll reads r to the end, failing when it holds more than max bytes; name goes into
+// the error.
+func ReadAll(r io.Reader, max int64, name string) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", name, max)
+	}
+	return data, nil
+}
+
+// ReadFile reads a file of at most max bytes.
+func ReadFile(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path) //nolint:gosec // callers name their files
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	return ReadAll(f, max, path)
+}
+
+// WriteAtomic replaces dst with data: a temp file beside it (mode, fsync), check on the
+// temp file when given (its error leaves dst as it was), rename, fsync of the folder. A
+// reader sees the old file or the new one, never a half-written one, and on any error
+// nothing is left behind. Missing folders are created world-readable.
+func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp string) error) (err error) {
+	dir := filepath.Dir(dst)
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // spec, bin and unit folders are world-readable
+		return fmt.Errorf("create folder %s: %w", dir, err)
+	}
+	// the temp name keeps dst's extension, so checks that go by it (CDI) see the same
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp"+filepath.Ext(dst))
+	if err != nil {
+		return fmt.Errorf("create a temp file beside %s: %w", dst, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if _, err = tmp.Write(data); err == nil {
+		err = tmp.Chmod(mode) // the umask must not matter
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", tmp.Name(), err)
+	}
+	if check != nil {
+		if err = check(tmp.Name()); err != nil {
+			return err
+		}
+	}
+	if err = os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("replace %s: %w", dst, err)
+	}
+	if d, derr := os.Open(dir); derr == nil { //nolint:gosec // the folder of dst
+		derr = d.Sync()
+		_ = d.Close()
+		if derr != nil && !errors.Is(derr, os.ErrInvalid) {
+			return fmt.Errorf("sync %s: %w", dir, derr)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,49 @@
+package fileio
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestWriteAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "sub", "f.yaml")
+	if err := WriteAtomic(dst, []byte("one\n"), 0o640, nil); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Fatalf("%v %v", fi, err)
+	}
+	var seen string
+	refuse := errors.New("refused")
+	err := WriteAtomic(dst, []byte("two\n"), 0o644, func(tmp string) error {
+		seen = tmp
+		if filepath.Ext(tmp) != ".yaml" || filepath.Dir(tmp) != filepath.Dir(dst) {
+			t.Errorf("temp file %s", tmp)
+		}
+		return refuse
+	})
+	if !errors.Is(err, refuse) {
+		t.Fatalf("err = %v", err)
+	}
+	if data, _ := os.ReadFile(dst); string(data) != "one\n" {
+		t.Fatalf("a refused write changed the file: %q", data)
+	}
+	if _, err := os.Stat(seen); !os.IsNotExist(err) {
+		t.Fatal("the temp file was left behind")
+	}
+}
+
+func TestReadAll(t *testing.T) {
+	t.Parallel()
+	if d, err := ReadAll(strings.NewReader("12345"), 5, "x"); err != nil || string(d) != "12345" {
+		t.Fatalf("%q %v", d, err)
+	}
+	if _, err := ReadAll(strings.NewReader("123456"), 5, "x"); err == nil || !strings.Contains(err.Error(), "x is larger than 5 bytes") {
+		t.Fatalf("err = %v", err)
+	}
+}
