@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path"
 	"regexp"
 	"sort"
@@ -294,22 +295,23 @@ func readerMentions(rd io.Reader, needle []byte) bool {
 	}
 }
 
-// elfInfo reads an ELF file's SONAME and class.
+// elfInfo reads a shared library's SONAME and class through its program headers (a few
+// small reads, however large the library), as the hook's ld cache does.
 func elfInfo(p string) (string, int, error) {
-	f, err := elf.Open(p)
+	f, err := os.Open(p) //nolint:gosec // a driver library under the driver root
 	if err != nil {
-		return "", 0, fmt.Errorf("not an ELF file: %w", err)
+		return "", 0, err
 	}
 	defer func() { _ = f.Close() }()
+	lib, err := ldcache.ReadLibrary(f)
+	if err != nil {
+		return "", 0, err
+	}
 	bits := 64
-	if f.Class == elf.ELFCLASS32 {
+	if lib.Class == elf.ELFCLASS32 {
 		bits = 32
 	}
-	names, err := f.DynString(elf.DT_SONAME)
-	if err != nil || len(names) == 0 {
-		return "", bits, nil //nolint:nilerr // modules such as nvidia_drv.so have no SONAME
-	}
-	return names[0], bits, nil
+	return lib.SONAME, bits, nil
 }
 
 // binaries and the capability each serves.

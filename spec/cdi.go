@@ -87,12 +87,7 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 		}
 	}
 	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all})
-	v, err := cdispecs.MinimumRequiredVersion(s)
-	if err != nil {
-		return nil, fmt.Errorf("compute CDI version: %w", err)
-	}
-	s.Version = v
-	return s, nil
+	return withMinimumVersion(s)
 }
 
 // IMEXClass is the CDI class of IMEX channels (nvidia.com/imex-channel=0), as NVIDIA's
@@ -119,6 +114,12 @@ func GenerateIMEX(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 		all.DeviceNodes = append(all.DeviceNodes, e.DeviceNodes...)
 	}
 	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all})
+	return withMinimumVersion(s)
+}
+
+// withMinimumVersion sets the lowest cdiVersion that can express the spec, so the
+// oldest runtimes read it (Podman 4.3 stops at 0.5.0).
+func withMinimumVersion(s *cdispecs.Spec) (*cdispecs.Spec, error) {
 	v, err := cdispecs.MinimumRequiredVersion(s)
 	if err != nil {
 		return nil, fmt.Errorf("compute CDI version: %w", err)
