@@ -28,9 +28,10 @@ func newCDICommand(g *globalFlags) *cobra.Command {
 
 type generateFlags struct {
 	rootFlags
-	output, format, vendor, class, names, caps, hookPath, disableHooks string
-	watch                                                              bool
-	interval                                                           time.Duration
+	specFlags
+	output, format, names, caps string
+	watch                       bool
+	interval                    time.Duration
 }
 
 func newGenerateCommand(g *globalFlags) *cobra.Command {
@@ -87,33 +88,28 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 			})
 		},
 	}
-	f.register(cmd)
+	f.rootFlags.register(cmd)
+	f.specFlags.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVarP(&f.output, "output", "o", "", "spec file, or folder (ending in / or existing) to write the conventionally named spec in; default standard output")
 	fl.StringVar(&f.format, "format", "", "json or yaml; default from the output file's extension, else yaml")
-	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor")
-	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class")
 	fl.StringVar(&f.names, "device-name-strategy", "index,type-index,uuid", "device names to emit, comma list of: "+spec.ValidNameStrategies)
 	fl.StringVar(&f.caps, "capabilities", "all", "driver capabilities whose files the spec mounts: "+gpu.ValidCapabilities)
-	fl.StringVar(&f.hookPath, "hook-path", defaultHookPath(), "absolute path of the binary the spec's hook runs (default: nvbind-hook beside nvbind, else nvbind)")
 	fl.BoolVar(&f.watch, "watch", false, "keep running: write the spec again whenever the driver, its device nodes or the MIG layout change; a failed discovery keeps the old spec")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "with --watch, how often discovery runs besides reacting to file events")
-	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
 	return cmd
 }
 
 func (f *generateFlags) options() (spec.Options, spec.Format, error) {
-	var o spec.Options
-	var err error
-	o.Vendor, o.Class, o.HookPath = f.vendor, f.class, f.hookPath
+	o, err := f.specFlags.options()
+	if err != nil {
+		return o, "", err
+	}
 	if o.NameStrategies, err = spec.ParseNameStrategies(f.names); err != nil {
 		return o, "", fmt.Errorf("--device-name-strategy: %w", err)
 	}
 	if o.Capabilities, err = gpu.ParseCapabilities(f.caps); err != nil {
 		return o, "", fmt.Errorf("--capabilities: %w", err)
-	}
-	if o.DisabledHooks, err = spec.ParseHookNames(f.disableHooks); err != nil {
-		return o, "", fmt.Errorf("--disable-hooks: %w", err)
 	}
 	var format spec.Format
 	if f.format != "" {

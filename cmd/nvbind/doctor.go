@@ -1,9 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
-
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/doctor"
@@ -25,8 +22,8 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
   nvbind doctor --driver-root /run/nvidia/driver`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "text" && format != "json" {
-				return fmt.Errorf("--format %q: valid: text, json", format)
+			if err := checkFormat(format); err != nil {
+				return err
 			}
 			d, err := rf.discoverer()
 			if err != nil {
@@ -35,9 +32,7 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
 			c.Discoverer = d
 			rs := doctor.Run(cmd.Context(), c)
 			if format == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rs); err != nil {
+				if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {
 					return err
 				}
 			} else {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -23,8 +22,8 @@ func newInfoCommand(_ *globalFlags) *cobra.Command {
   nvbind info --driver-root /run/nvidia/driver`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if format != "text" && format != "json" {
-				return fmt.Errorf("--format %q: valid: text, json", format)
+			if err := checkFormat(format); err != nil {
+				return err
 			}
 			d, err := rf.discoverer()
 			if err != nil {
@@ -35,9 +34,7 @@ func newInfoCommand(_ *globalFlags) *cobra.Command {
 				return err
 			}
 			if format == "json" {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				if jerr := enc.Encode(inv); jerr != nil {
+				if jerr := writeJSON(cmd.OutOrStdout(), inv); jerr != nil {
 					return jerr
 				}
 				return err

@@ -22,11 +22,12 @@ import (
 
 type nriFlags struct {
 	rootFlags
-	socket, name, index, hookPath, disableHooks, vendor, class string
-	metricsAddr, cdiSpecDir                                    string
-	cdiMode, envRequests                                       bool
-	allowed, allNS                                             []string
-	rescan                                                     time.Duration
+	specFlags
+	socket, name, index     string
+	metricsAddr, cdiSpecDir string
+	cdiMode, envRequests    bool
+	allowed, allNS          []string
+	rescan                  time.Duration
 }
 
 func newNRICommand(g *globalFlags) *cobra.Command {
@@ -57,15 +58,12 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 			return f.run(cmd.Context(), log)
 		},
 	}
-	f.register(cmd)
+	f.rootFlags.register(cmd)
+	f.specFlags.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.socket, "socket", api.DefaultSocketPath, "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")
-	fl.StringVar(&f.hookPath, "hook-path", defaultHookPath(), "absolute path of the nvbind binary the injected hook runs")
-	fl.StringVar(&f.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a list); without create-symlinks the links become bind mounts")
-	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices (CDI annotations, --cdi-mode)")
-	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class of the devices")
 	fl.BoolVar(&f.cdiMode, "cdi-mode", false, "add CDI device names for the runtime to resolve, and keep the spec in --cdi-spec-dir fresh")
 	fl.StringVar(&f.cdiSpecDir, "cdi-spec-dir", "/var/run/cdi", "where --cdi-mode writes the spec")
 	fl.BoolVar(&f.envRequests, "env-requests", true, "let NVIDIA_VISIBLE_DEVICES in a container's env request GPUs (any pod can set env)")
@@ -77,12 +75,12 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 }
 
 func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
-	hooks, err := spec.ParseHookNames(f.disableHooks)
+	so, err := f.specFlags.options()
 	if err != nil {
-		return fmt.Errorf("--disable-hooks: %w", err)
+		return err
 	}
 	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
-		Spec:              spec.Options{Vendor: f.vendor, Class: f.class, HookPath: f.hookPath, DisabledHooks: hooks},
+		Spec:              so,
 		CDIMode:           f.cdiMode,
 		EnvRequests:       f.envRequests,
 		AllowedNamespaces: f.allowed,
@@ -114,7 +112,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 				log.Info("inventory", "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices),
 					"source", string(ev.Inventory.Source), "files", len(ev.Inventory.Files))
 				if f.cdiMode {
-					f.writeSpec(ev.Inventory, log)
+					writeCDIModeSpec(ev.Inventory, so, f.cdiSpecDir, log)
 				}
 			}
 			if first {
@@ -142,19 +140,21 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	return p.Run(ctx, o)
 }
 
-func (f *nriFlags) writeSpec(inv *gpu.Inventory, log *slog.Logger) {
-	s, err := spec.Generate(inv, spec.Options{Vendor: f.vendor, Class: f.class, HookPath: f.hookPath})
+// writeCDIModeSpec keeps the spec that --cdi-mode's device names refer to in step with
+// the inventory, with the same hook options as the direct edits.
+func writeCDIModeSpec(inv *gpu.Inventory, o spec.Options, dir string, log *slog.Logger) {
+	s, err := spec.Generate(inv, o)
 	if err == nil {
 		var name string
 		if name, err = spec.FileName(s, spec.FormatYAML); err == nil {
-			err = spec.WriteFile(s, filepath.Join(f.cdiSpecDir, name), spec.FormatYAML)
+			err = spec.WriteFile(s, filepath.Join(dir, name), spec.FormatYAML)
 		}
 	}
 	if err != nil {
 		log.Error("CDI spec not refreshed; the old one stays", "error", err.Error())
 		return
 	}
-	log.Info("CDI spec refreshed", "dir", f.cdiSpecDir, "devices", len(s.Devices))
+	log.Info("CDI spec refreshed", "dir", dir, "devices", len(s.Devices))
 }
 
 // serveMetrics serves /metrics, /livez (the process answers) and /healthz (200 while

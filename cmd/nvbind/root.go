@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookcli"
+	"github.com/nvbind/nvbind/spec"
 )
 
 // version and commit are set by the Makefile's -ldflags.
@@ -156,4 +158,41 @@ func defaultHookPath() string {
 		return h
 	}
 	return self
+}
+
+// specFlags are the flags of every command that builds container edits (cdi generate,
+// nri): the CDI kind, the hook binary and the hooks left out.
+type specFlags struct {
+	vendor, class, hookPath, disableHooks string
+}
+
+func (s *specFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&s.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices")
+	fl.StringVar(&s.class, "class", spec.DefaultClass, "CDI class of the devices")
+	fl.StringVar(&s.hookPath, "hook-path", defaultHookPath(), "absolute path of the binary the hook runs: nvbind-hook beside nvbind when it is there, else nvbind")
+	fl.StringVar(&s.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
+}
+
+func (s *specFlags) options() (spec.Options, error) {
+	o := spec.Options{Vendor: s.vendor, Class: s.class, HookPath: s.hookPath}
+	var err error
+	if o.DisabledHooks, err = spec.ParseHookNames(s.disableHooks); err != nil {
+		return o, fmt.Errorf("--disable-hooks: %w", err)
+	}
+	return o, nil
+}
+
+// checkFormat validates the --format of commands that print text or JSON.
+func checkFormat(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("--format %q: valid: text, json", format)
+	}
+	return nil
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
