@@ -75,7 +75,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 }
 
 func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
-	so, err := f.specFlags.options()
+	so, err := f.options()
 	if err != nil {
 		return err
 	}
