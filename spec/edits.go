@@ -2,9 +2,9 @@ package spec
 
 import (
 	"path"
+	"path/filepath"
 	"slices"
 	"sort"
-	"strings"
 
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
@@ -39,7 +39,8 @@ func libraryLinks(files []gpu.File) []Link {
 			return
 		}
 		seen[link] = true
-		target := relPath(path.Dir(link), f.Path)
+		// both are clean absolute container paths, so Rel cannot fail
+		target, _ := filepath.Rel(path.Dir(link), f.Path)
 		out = append(out, Link{Target: target, Link: link})
 	}
 	for _, f := range files {
@@ -54,31 +55,6 @@ func libraryLinks(files []gpu.File) []Link {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Link < out[j].Link })
-	return out
-}
-
-// relPath is filepath.Rel for clean absolute slash paths.
-func relPath(from, to string) string {
-	fp, tp := splitPath(from), splitPath(to)
-	i := 0
-	for i < len(fp) && i < len(tp) && fp[i] == tp[i] {
-		i++
-	}
-	var parts []string
-	for range fp[i:] {
-		parts = append(parts, "..")
-	}
-	parts = append(parts, tp[i:]...)
-	return path.Join(parts...)
-}
-
-func splitPath(p string) []string {
-	var out []string
-	for _, s := range strings.Split(p, "/") {
-		if s != "" {
-			out = append(out, s)
-		}
-	}
 	return out
 }
 
