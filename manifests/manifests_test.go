@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/parser"
+
+	"github.com/nvbind/nvbind/test/testutil"
 )
 
 // strict decodes YAML into a typed Kubernetes object, failing on unknown fields.
@@ -159,6 +161,50 @@ func TestExamplePods(t *testing.T) {
 			t.Fatal(err)
 		}
 		strict(t, data, &corev1.Pod{})
+		for _, bad := range testutil.ValidateKubeYAML(data) {
+			t.Errorf("%s: %s", f, bad)
+		}
+	}
+}
+
+// TestKubernetesAcceptsEveryKey runs Kubernetes' metadata validation on every object that
+// kustomize builds from the base and each overlay, and checks every annotation and label
+// key the README teaches. The cluster test (test/cluster) has the real API server accept
+// the same objects.
+func TestKubernetesAcceptsEveryKey(t *testing.T) {
+	t.Parallel()
+	for _, dir := range []string{"base", "overlays/mig", "overlays/gpu-operator", "overlays/crio"} {
+		for k, data := range build(t, dir) {
+			for _, bad := range testutil.ValidateKubeYAML(data) {
+				t.Errorf("%s %s: %s", dir, k, bad)
+			}
+		}
+	}
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := testutil.AnnotationKeysIn(string(readme))
+	for _, want := range []string{"gpus.nvbind.io/container.cuda", "gpus.nvbind.io/pod", "capabilities.nvbind.io"} {
+		if !slices.Contains(keys, want) {
+			t.Errorf("README does not document %s (found %v)", want, keys)
+		}
+	}
+	for _, bad := range testutil.InvalidKeys(keys) {
+		t.Errorf("README: %s", bad)
+	}
+}
+
+// TestValidationCatchesBadKeys shows the check above would fail on the keys nvbind
+// documented before: more than one '/' in an annotation key.
+func TestValidationCatchesBadKeys(t *testing.T) {
+	t.Parallel()
+	pod := []byte("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  annotations:\n    nvbind.io/gpus/container.cuda: \"1\"\n")
+	if errs := testutil.ValidateKubeYAML(pod); len(errs) != 1 || !strings.Contains(errs[0], "nvbind.io/gpus/container.cuda") {
+		t.Errorf("errors = %q", errs)
+	}
+	if bad := testutil.InvalidKeys(testutil.AnnotationKeysIn("use `nvbind.io/gpus/pod: all`")); len(bad) != 1 {
+		t.Errorf("bad keys = %q", bad)
 	}
 }
 

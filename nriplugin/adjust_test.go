@@ -48,14 +48,14 @@ func TestAdjustGolden(t *testing.T) {
 		podAnn map[string]string
 		env    []string
 	}{
-		{"annotation-gpu1.json", Config{}, "default", map[string]string{"nvbind.io/gpus": "1"}, nil},
+		{"annotation-gpu1.json", Config{}, "default", map[string]string{"gpus.nvbind.io": "1"}, nil},
 		{"env-gpu0-graphics.json", Config{EnvRequests: true}, "default", nil,
 			[]string{"NVIDIA_VISIBLE_DEVICES=GPU-aaaaaaaa-0000-0000-0000-000000000000", "NVIDIA_DRIVER_CAPABILITIES=compute,utility,graphics"}},
-		{"mig-0-1.json", Config{}, "default", map[string]string{"nvbind.io/gpus/container.c": "mig0:1"}, nil},
-		{"none-driver-only.json", Config{}, "default", map[string]string{"nvbind.io/gpus": "none"}, nil},
-		{"all-allowed-namespace.json", Config{AllNamespaces: []string{"admin"}}, "admin", map[string]string{"nvbind.io/gpus": "all"}, nil},
-		{"hookless.json", Config{Spec: spec.Options{DisabledHooks: spec.AllHooks}}, "default", map[string]string{"nvbind.io/gpus": "0"}, nil},
-		{"cdi-mode.json", Config{CDIMode: true}, "default", map[string]string{"nvbind.io/gpus": "gpu1,0:0"}, nil},
+		{"mig-0-1.json", Config{}, "default", map[string]string{"gpus.nvbind.io/container.c": "mig0:1"}, nil},
+		{"none-driver-only.json", Config{}, "default", map[string]string{"gpus.nvbind.io": "none"}, nil},
+		{"all-allowed-namespace.json", Config{AllNamespaces: []string{"admin"}}, "admin", map[string]string{"gpus.nvbind.io": "all"}, nil},
+		{"hookless.json", Config{Spec: spec.Options{DisabledHooks: spec.AllHooks}}, "default", map[string]string{"gpus.nvbind.io": "0"}, nil},
+		{"cdi-mode.json", Config{CDIMode: true}, "default", map[string]string{"gpus.nvbind.io": "gpu1,0:0"}, nil},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			t.Parallel()
@@ -84,13 +84,13 @@ func TestAdjustRefusals(t *testing.T) {
 		wantErr []string
 		skipped string
 	}{
-		{name: "unknown GPU", podAnn: map[string]string{"nvbind.io/gpus": "0,7"},
-			wantErr: []string{`annotation "nvbind.io/gpus"`, `GPU "7" is not on this node`, "valid: all, none, 0, 0:0, 0:1, 1", "GPU-aaaaaaaa"}},
+		{name: "unknown GPU", podAnn: map[string]string{"gpus.nvbind.io": "0,7"},
+			wantErr: []string{`annotation "gpus.nvbind.io"`, `GPU "7" is not on this node`, "valid: all, none, 0, 0:0, 0:1, 1", "GPU-aaaaaaaa"}},
 		{name: "unknown UUID from env", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=GPU-ffff"},
 			wantErr: []string{"env NVIDIA_VISIBLE_DEVICES", `GPU "GPU-ffff" is not on this node`}},
-		{name: "all by annotation needs an allowed namespace", podAnn: map[string]string{"nvbind.io/gpus": "all"},
+		{name: "all by annotation needs an allowed namespace", podAnn: map[string]string{"gpus.nvbind.io": "all"},
 			wantErr: []string{"request denied by policy", "asks for all GPUs", `namespace "default"`, "--all-namespaces: none"}},
-		{name: "namespace not allowed", cfg: Config{AllowedNamespaces: []string{"ml"}}, podAnn: map[string]string{"nvbind.io/gpus": "0"},
+		{name: "namespace not allowed", cfg: Config{AllowedNamespaces: []string{"ml"}}, podAnn: map[string]string{"gpus.nvbind.io": "0"},
 			wantErr: []string{`namespace "default" may not request GPUs (allowed: ml)`}},
 		{name: "unmet requirement", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"},
 			wantErr: []string{`unmet requirement NVIDIA_REQUIRE_CUDA="cuda>=12.4"`, "CUDA version is 12.2"}},
@@ -131,7 +131,7 @@ func TestAdjustWithoutInventory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"nvbind.io/gpus": "0"}}, ctrWith("c", nil, nil))
+	_, _, err = a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}, ctrWith("c", nil, nil))
 	if !errors.Is(err, ErrNoInventory) {
 		t.Fatalf("err = %v", err)
 	}

@@ -63,7 +63,7 @@ func BenchmarkCreateContainer(b *testing.B) {
 		ann  map[string]string
 		env  []string
 	}{
-		{"annotation-1-gpu", map[string]string{"nvbind.io/gpus": "3"}, nil},
+		{"annotation-1-gpu", map[string]string{"gpus.nvbind.io": "3"}, nil},
 		{"env-8-gpus-all-caps", nil, []string{"PATH=/usr/bin", "NVIDIA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7", "NVIDIA_DRIVER_CAPABILITIES=all",
 			"NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=470"}},
 		{"no-request", nil, []string{"PATH=/usr/bin", "HOME=/root"}},
@@ -107,7 +107,7 @@ func BenchmarkCreateContainer100k(b *testing.B) {
 	}
 	a.SetInventory(inv)
 	p := NewPlugin(a, nil, nil)
-	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"nvbind.io/gpus": "0,5"}}
+	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0,5"}}
 	ctr := &api.Container{Name: "c"}
 	ctx := context.Background()
 	_, _, _ = p.CreateContainer(ctx, pod, ctr) // build the per-capability cache first

@@ -45,7 +45,7 @@ func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, pro
 
 func sourceLabel(s string) string {
 	switch {
-	case strings.Contains(s, "nvbind.io/gpus"):
+	case strings.Contains(s, "gpus.nvbind.io"):
 		return "annotation"
 	case strings.HasPrefix(s, "env "):
 		return "env"

@@ -57,7 +57,7 @@ func TestPluginWithNRIRuntimeSide(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	pod := &api.PodSandbox{Id: "pod1", Name: "p", Uid: "u1", Namespace: "default", Annotations: map[string]string{"nvbind.io/gpus": "1"}}
+	pod := &api.PodSandbox{Id: "pod1", Name: "p", Uid: "u1", Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "1"}}
 	if err := rt.RunPodSandbox(ctx, &api.RunPodSandboxRequest{Pod: pod}); err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +77,7 @@ func TestPluginWithNRIRuntimeSide(t *testing.T) {
 		t.Errorf("adjustment = %v", resp.GetAdjust())
 	}
 
-	bad := &api.PodSandbox{Id: "pod2", Name: "q", Uid: "u2", Namespace: "default", Annotations: map[string]string{"nvbind.io/gpus": "9"}}
+	bad := &api.PodSandbox{Id: "pod2", Name: "q", Uid: "u2", Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "9"}}
 	if err := rt.RunPodSandbox(ctx, &api.RunPodSandboxRequest{Pod: bad}); err != nil {
 		t.Fatal(err)
 	}

@@ -16,8 +16,8 @@ import (
 
 // Annotation keys and environment variables that select GPUs.
 const (
-	AnnotationGPUs         = "nvbind.io/gpus"
-	AnnotationCapabilities = "nvbind.io/capabilities"
+	AnnotationGPUs         = "gpus.nvbind.io"
+	AnnotationCapabilities = "capabilities.nvbind.io"
 	AnnotationNVIDIACDI    = "nvidia.cdi.k8s.io"
 	EnvVisibleDevices      = "NVIDIA_VISIBLE_DEVICES"
 	EnvDriverCapabilities  = "NVIDIA_DRIVER_CAPABILITIES"
@@ -28,7 +28,7 @@ const (
 // Request is what a container asks for.
 type Request struct {
 	// Source names where the request came from, for logs and errors:
-	// `annotation "nvbind.io/gpus/pod"`, `env NVIDIA_VISIBLE_DEVICES`, ...
+	// `annotation "gpus.nvbind.io/pod"`, `env NVIDIA_VISIBLE_DEVICES`, ...
 	Source string
 	// All asks for every GPU; None for the driver without GPUs.
 	All, None bool
@@ -114,7 +114,7 @@ func envMap(env []string) map[string]string {
 }
 
 // ParseRequest reads a container's GPU request. It returns nil when nothing asks for GPUs.
-// Checked in order, the first that asks wins: the nvbind.io/gpus annotation, CDI
+// Checked in order, the first that asks wins: the gpus.nvbind.io annotation, CDI
 // annotations naming kind (vendor/class), then, with envRequests, NVIDIA_VISIBLE_DEVICES.
 func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envRequests bool) (*Request, error) {
 	name := ctr.GetName()

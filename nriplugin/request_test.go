@@ -88,15 +88,15 @@ func TestParseRequestPrecedence(t *testing.T) {
 		wantErr string
 	}{
 		{name: "nothing", envReq: true, noReq: true},
-		{name: "container-scoped annotation wins", podAnn: map[string]string{"nvbind.io/gpus/container.c": "1", "nvbind.io/gpus/pod": "0", "nvbind.io/gpus": "all"},
-			source: `annotation "nvbind.io/gpus/container.c"`, devs: []string{"1"}, caps: gpu.CapsDefault},
-		{name: "pod annotation", podAnn: map[string]string{"nvbind.io/gpus/pod": "0", "nvbind.io/gpus": "all"},
-			source: `annotation "nvbind.io/gpus/pod"`, devs: []string{"0"}, caps: gpu.CapsDefault},
-		{name: "another container's annotation does not apply", podAnn: map[string]string{"nvbind.io/gpus/container.other": "1"}, noReq: true},
-		{name: "annotation beats env", podAnn: map[string]string{"nvbind.io/gpus": "none"}, env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: true,
-			source: `annotation "nvbind.io/gpus"`, none: true, caps: gpu.CapsDefault},
-		{name: "capabilities annotation", podAnn: map[string]string{"nvbind.io/gpus": "0", "nvbind.io/capabilities": "graphics,display"},
-			source: `annotation "nvbind.io/gpus"`, devs: []string{"0"}, caps: gpu.CapsOf(gpu.CapGraphics, gpu.CapDisplay)},
+		{name: "container-scoped annotation wins", podAnn: map[string]string{"gpus.nvbind.io/container.c": "1", "gpus.nvbind.io/pod": "0", "gpus.nvbind.io": "all"},
+			source: `annotation "gpus.nvbind.io/container.c"`, devs: []string{"1"}, caps: gpu.CapsDefault},
+		{name: "pod annotation", podAnn: map[string]string{"gpus.nvbind.io/pod": "0", "gpus.nvbind.io": "all"},
+			source: `annotation "gpus.nvbind.io/pod"`, devs: []string{"0"}, caps: gpu.CapsDefault},
+		{name: "another container's annotation does not apply", podAnn: map[string]string{"gpus.nvbind.io/container.other": "1"}, noReq: true},
+		{name: "annotation beats env", podAnn: map[string]string{"gpus.nvbind.io": "none"}, env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: true,
+			source: `annotation "gpus.nvbind.io"`, none: true, caps: gpu.CapsDefault},
+		{name: "capabilities annotation", podAnn: map[string]string{"gpus.nvbind.io": "0", "capabilities.nvbind.io": "graphics,display"},
+			source: `annotation "gpus.nvbind.io"`, devs: []string{"0"}, caps: gpu.CapsOf(gpu.CapGraphics, gpu.CapDisplay)},
 		{name: "cdi annotation from a device plugin", ctrAnn: map[string]string{"cdi.k8s.io/nvidia-device-plugin_uuid": "nvidia.com/gpu=1,nvidia.com/gpu=GPU-bbbb"},
 			env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: true,
 			source: `annotation "cdi.k8s.io/nvidia-device-plugin_uuid"`, devs: []string{"1", "GPU-bbbb"}, caps: gpu.CapsDefault},
@@ -110,9 +110,9 @@ func TestParseRequestPrecedence(t *testing.T) {
 		{name: "env void", env: []string{"NVIDIA_VISIBLE_DEVICES=void"}, envReq: true, noReq: true},
 		{name: "env empty", env: []string{"NVIDIA_VISIBLE_DEVICES="}, envReq: true, noReq: true},
 		{name: "env requests off", env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, envReq: false, noReq: true},
-		{name: "bad annotation", podAnn: map[string]string{"nvbind.io/gpus": "zero"}, wantErr: `annotation "nvbind.io/gpus": bad GPU "zero"`},
-		{name: "bad capability", podAnn: map[string]string{"nvbind.io/gpus": "0", "nvbind.io/capabilities/pod": "cuda"},
-			wantErr: `annotation "nvbind.io/capabilities/pod": unknown driver capability "cuda"`},
+		{name: "bad annotation", podAnn: map[string]string{"gpus.nvbind.io": "zero"}, wantErr: `annotation "gpus.nvbind.io": bad GPU "zero"`},
+		{name: "bad capability", podAnn: map[string]string{"gpus.nvbind.io": "0", "capabilities.nvbind.io/pod": "cuda"},
+			wantErr: `annotation "capabilities.nvbind.io/pod": unknown driver capability "cuda"`},
 		{name: "bad env", env: []string{"NVIDIA_VISIBLE_DEVICES=0 1"}, envReq: true, wantErr: "env NVIDIA_VISIBLE_DEVICES: bad GPU"},
 		{name: "bad requirement", env: []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda~12"}, envReq: true, wantErr: "NVIDIA_REQUIRE_CUDA"},
 		{name: "bad cdi device", podAnn: map[string]string{"nvidia.cdi.k8s.io/pod": "nvidia.com/gpu"}, wantErr: `annotation "nvidia.cdi.k8s.io/pod": bad CDI device`},
@@ -147,9 +147,9 @@ func TestParseRequestPrecedence(t *testing.T) {
 }
 
 func FuzzParseRequest(f *testing.F) {
-	f.Add("nvbind.io/gpus", "0,1", "NVIDIA_VISIBLE_DEVICES=all", "cdi.k8s.io/x", "nvidia.com/gpu=0")
-	f.Add("nvbind.io/gpus/container.c", "none", "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=470", "nvidia.cdi.k8s.io/pod", "nvidia.com/gpu=all")
-	f.Add("nvbind.io/capabilities", "all", "NVIDIA_DRIVER_CAPABILITIES=compute", "cdi.k8s.io/", "=")
+	f.Add("gpus.nvbind.io", "0,1", "NVIDIA_VISIBLE_DEVICES=all", "cdi.k8s.io/x", "nvidia.com/gpu=0")
+	f.Add("gpus.nvbind.io/container.c", "none", "NVIDIA_REQUIRE_CUDA=cuda>=12.0 brand=tesla,driver>=470", "nvidia.cdi.k8s.io/pod", "nvidia.com/gpu=all")
+	f.Add("capabilities.nvbind.io", "all", "NVIDIA_DRIVER_CAPABILITIES=compute", "cdi.k8s.io/", "=")
 	f.Fuzz(func(t *testing.T, podKey, podVal, env, ctrKey, ctrVal string) {
 		pod := &api.PodSandbox{Namespace: "ns", Annotations: map[string]string{podKey: podVal}}
 		req, err := ParseRequest(pod, ctrWith("c", []string{env}, map[string]string{ctrKey: ctrVal}), kind, true)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -126,4 +127,26 @@ func TestEveryCommandHasExamples(t *testing.T) {
 		}
 	}
 	walk(newRootCommand())
+}
+
+// TestHelpAnnotationKeysAreValid checks every annotation or label key that a help text
+// teaches with Kubernetes' own validation: a key the API server rejects must never be
+// shown to users.
+func TestHelpAnnotationKeysAreValid(t *testing.T) {
+	t.Parallel()
+	var keys []string
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		keys = append(keys, testutil.AnnotationKeysIn(c.Long+"\n"+c.Example+"\n"+c.Flags().FlagUsages())...)
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(newRootCommand())
+	if !slices.Contains(keys, "gpus.nvbind.io/container.cuda") {
+		t.Errorf("the help no longer teaches the per-container key; keys found: %v", keys)
+	}
+	for _, bad := range testutil.InvalidKeys(keys) {
+		t.Error(bad)
+	}
 }

@@ -38,9 +38,9 @@ func newNRICommand(g *globalFlags) *cobra.Command {
 		Long: `Run the NRI plugin. It registers with containerd or CRI-O, sees every CreateContainer, and gives
 GPUs to containers that ask for them, in this order (the first that asks wins):
 
-  1. the pod annotation nvbind.io/gpus (also nvbind.io/gpus/container.<name> and nvbind.io/gpus/pod):
+  1. the pod annotation gpus.nvbind.io (also gpus.nvbind.io/container.<name> and gpus.nvbind.io/pod):
      all, none, or a list of 0, gpu0, GPU-<uuid>, 0:1 (MIG), MIG-<uuid>;
-     nvbind.io/capabilities picks the driver capabilities (default compute,utility)
+     capabilities.nvbind.io picks the driver capabilities (default compute,utility)
   2. CDI annotations: cdi.k8s.io/<key>: nvidia.com/gpu=0 on the container, nvidia.cdi.k8s.io/container.<name>
   3. the container's NVIDIA_VISIBLE_DEVICES, NVIDIA_DRIVER_CAPABILITIES and NVIDIA_REQUIRE_* (--env-requests)
 

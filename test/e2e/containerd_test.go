@@ -108,7 +108,7 @@ func TestContainerdNRI(t *testing.T) {
 	plugin := startPlugin(t, bin, c.NRISock, driverRoot)
 
 	t.Run("annotation selects GPU 1", func(t *testing.T) {
-		p := c.runPod("gpu1", "default", map[string]string{"nvbind.io/gpus": "1"})
+		p := c.runPod("gpu1", "default", map[string]string{"gpus.nvbind.io": "1"})
 		defer c.stopPod(p)
 		out, err := c.run(p, "cuda", gpuScript, nil, nil)
 		if err != nil {
@@ -155,13 +155,13 @@ func TestContainerdNRI(t *testing.T) {
 	})
 
 	t.Run("bad request fails with a clear message", func(t *testing.T) {
-		p := c.runPod("bad", "default", map[string]string{"nvbind.io/gpus/container.cuda": "7"})
+		p := c.runPod("bad", "default", map[string]string{"gpus.nvbind.io/container.cuda": "7"})
 		defer c.stopPod(p)
 		_, err := c.run(p, "cuda", "true", nil, nil)
 		if err == nil {
 			t.Fatal("a request for a GPU the node lacks was accepted")
 		}
-		for _, want := range []string{`annotation "nvbind.io/gpus/container.cuda"`, `GPU "7" is not on this node`, "valid: all, none, 0, 1"} {
+		for _, want := range []string{`annotation "gpus.nvbind.io/container.cuda"`, `GPU "7" is not on this node`, "valid: all, none, 0, 1"} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error lacks %q: %v", want, err)
 			}
@@ -175,7 +175,7 @@ func TestContainerdNRI(t *testing.T) {
 	t.Run("containerd restarts under the plugin", func(t *testing.T) {
 		c.restart()
 		plugin.waitHealthy(t, 30*time.Second)
-		p := c.runPod("after", "default", map[string]string{"nvbind.io/gpus": "gpu0"})
+		p := c.runPod("after", "default", map[string]string{"gpus.nvbind.io": "gpu0"})
 		defer c.stopPod(p)
 		out, err := c.run(p, "cuda", gpuScript, nil, nil)
 		if err != nil {
@@ -267,7 +267,7 @@ func TestContainerdPreRegisteredCDIMode(t *testing.T) {
 			t.Logf("plugin log:\n%s", data)
 		}
 	}()
-	p := c.runPod("cdimode", "default", map[string]string{"nvbind.io/gpus": "1"})
+	p := c.runPod("cdimode", "default", map[string]string{"gpus.nvbind.io": "1"})
 	defer c.stopPod(p)
 	out, err := c.run(p, "cuda", gpuScript, nil, nil)
 	if err != nil {
