@@ -14,8 +14,14 @@ GOLANGCI_LINT ?= $(CACHE)/bin/golangci-lint
 # root-only tests (mknod, mounts, runc, Podman, containerd) run when we are root
 TEST_ENV     := NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(if $(filter 0,$(shell id -u)),NVBIND_TEST_ROOT=1,)
 DEMO_OUT     := _output/demo
+# The image `make image` writes, and the one manifests/base names (a test keeps them equal).
+IMAGE_REPO   ?= ghcr.io/nvbind/nvbind
+IMAGE_TAG    ?= v0.1.0
+IMAGE        ?= $(IMAGE_REPO):$(IMAGE_TAG)
+ARCH         ?= amd64
+IMAGE_TAR    ?= _output/nvbind-image-$(ARCH).tar
 
-.PHONY: all build deps fixtures test test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps fixtures test test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -24,6 +30,13 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvbind
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-hook ./cmd/nvbind-hook
+
+# nvbind's container image as an OCI archive, from the local build and no registry:
+# nvbind, nvbind-hook and exactly the shared objects nvbind and the driver's NVML need.
+# Load it with `ctr -n k8s.io images import $(IMAGE_TAR)` or `podman load -i $(IMAGE_TAR)`.
+image: build
+	$(GO) run ./internal/cmd/mkimage -bin bin -arch $(ARCH) -name $(IMAGE) -version $(IMAGE_TAG) \
+	  -revision $(COMMIT) -created $$(git log -1 --format=%ct 2>/dev/null || date +%s) -out $(IMAGE_TAR)
 
 deps:
 	test/deps.sh

@@ -265,3 +265,43 @@ func TestRuntimeSnippets(t *testing.T) {
 		t.Errorf("docker-daemon.json: %v %+v", err, daemon)
 	}
 }
+
+// TestImageTagIsWhatMakeImageWrites keeps the image the manifests name equal to the one
+// `make image` writes and the Containerfile labels.
+func TestImageTagIsWhatMakeImageWrites(t *testing.T) {
+	t.Parallel()
+	mk, err := os.ReadFile("../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(string(mk), "\n") {
+		if k, v, ok := strings.Cut(line, "?="); ok {
+			vars[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	var k struct {
+		Images []struct {
+			Name    string `json:"name"`
+			NewName string `json:"newName"`
+			NewTag  string `json:"newTag"`
+		} `json:"images"`
+	}
+	data, err := os.ReadFile("base/kustomization.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(data, &k); err != nil || len(k.Images) != 1 {
+		t.Fatalf("images: %v %+v", err, k)
+	}
+	if got := k.Images[0].NewName + ":" + k.Images[0].NewTag; got != vars["IMAGE_REPO"]+":"+vars["IMAGE_TAG"] || vars["IMAGE_TAG"] == "" {
+		t.Errorf("manifests/base uses %s, make image writes %s:%s", got, vars["IMAGE_REPO"], vars["IMAGE_TAG"])
+	}
+	cf, err := os.ReadFile("../Containerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cf), `org.opencontainers.image.version="`+vars["IMAGE_TAG"]+`"`) {
+		t.Errorf("the Containerfile's version label is not %s", vars["IMAGE_TAG"])
+	}
+}
