@@ -119,7 +119,7 @@ func TestArchiveIsAValidLayout(t *testing.T) {
 		t.Errorf("index annotations %v", index.Manifests[0].Annotations)
 	}
 	var manifest struct {
-		Config      struct{ Digest string } `json:"config"`
+		Config      struct{ Digest string }   `json:"config"`
 		Layers      []struct{ Digest string } `json:"layers"`
 		Annotations map[string]string         `json:"annotations"`
 	}
