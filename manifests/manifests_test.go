@@ -155,7 +155,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 // they make.
 func TestExamplePods(t *testing.T) {
 	t.Parallel()
-	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml"} {
+	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml", "examples/pod-cdi.yaml"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

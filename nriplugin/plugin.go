@@ -24,6 +24,7 @@ type Plugin struct {
 
 var (
 	_ stub.ConfigureInterface       = (*Plugin)(nil)
+	_ stub.SynchronizeInterface     = (*Plugin)(nil)
 	_ stub.CreateContainerInterface = (*Plugin)(nil)
 )
 
@@ -41,11 +42,18 @@ func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
 // Registered reports whether the runtime has the plugin registered and configured.
 func (p *Plugin) Registered() bool { return p.registered.Load() }
 
-// Configure subscribes to CreateContainer; the runtime's timeouts are logged.
+// Configure subscribes to CreateContainer.
 func (p *Plugin) Configure(_ context.Context, _, runtime, version string) (stub.EventMask, error) {
-	p.registered.Store(true)
-	p.log.Info("registered with the runtime", "runtime", runtime, "version", version)
+	p.log.Info("configured by the runtime", "runtime", runtime, "version", version)
 	return api.MustParseEventMask("CreateContainer"), nil
+}
+
+// Synchronize is the last step of registration: from here on the runtime sends the
+// plugin every CreateContainer, so this is when the plugin reports itself registered.
+func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*api.Container) ([]*api.ContainerUpdate, error) {
+	p.registered.Store(true)
+	p.log.Info("registered with the runtime", "pods", len(pods), "containers", len(ctrs))
+	return nil, nil
 }
 
 // CreateContainer adjusts a container that asks for GPUs.

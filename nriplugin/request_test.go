@@ -178,6 +178,7 @@ func TestExamplePodRequests(t *testing.T) {
 	}{
 		{"../manifests/examples/pod-annotation.yaml", []string{"1"}, "compute,utility"},
 		{"../manifests/examples/pod-env.yaml", []string{"0"}, "compute,utility,video"},
+		{"../manifests/examples/pod-cdi.yaml", []string{"0"}, "compute,utility"},
 	} {
 		data, err := os.ReadFile(tc.file)
 		if err != nil {

@@ -219,21 +219,7 @@ func (c *containerd) importImages() {
 	rootfs := filepath.Join(work, "rootfs")
 	testutil.BuildRootfs(c.t, rootfs)
 	testutil.OCIImageTar(c.t, rootfs, busyboxImage, []string{"/bin/sh"}, filepath.Join(work, "busybox.tar"))
-	pauseRoot := filepath.Join(work, "pause")
-	if err := os.MkdirAll(pauseRoot, 0o755); err != nil {
-		c.t.Fatal(err)
-	}
-	src := filepath.Join(work, "pause.go")
-	if err := os.WriteFile(src, []byte(pauseSource), 0o644); err != nil {
-		c.t.Fatal(err)
-	}
-	build := exec.Command("go", "build", "-o", filepath.Join(pauseRoot, "pause"), src)
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	build.Dir = work
-	if out, err := build.CombinedOutput(); err != nil {
-		c.t.Fatalf("build pause: %v\n%s", err, out)
-	}
-	testutil.OCIImageTar(c.t, pauseRoot, pauseImage, []string{"/pause"}, filepath.Join(work, "pause.tar"))
+	testutil.PauseImageTar(c.t, pauseImage, filepath.Join(work, "pause.tar"))
 	for _, tarball := range []string{"busybox.tar", "pause.tar"} {
 		out, err := exec.Command(c.ctr, "--address", c.sock, "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs",
 			filepath.Join(work, tarball)).CombinedOutput()
@@ -242,21 +228,6 @@ func (c *containerd) importImages() {
 		}
 	}
 }
-
-const pauseSource = `package main
-
-import (
-	"os"
-	"os/signal"
-	"syscall"
-)
-
-func main() {
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
-	<-c
-}
-`
 
 type pod struct {
 	id  string
