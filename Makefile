@@ -21,7 +21,7 @@ IMAGE        ?= $(IMAGE_REPO):$(IMAGE_TAG)
 ARCH         ?= amd64
 IMAGE_TAR    ?= _output/nvbind-image-$(ARCH).tar
 
-.PHONY: all build image deps fixtures test test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps fixtures k8s test test-k8s test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -44,10 +44,20 @@ deps:
 fixtures:
 	test/driverroot/build.sh $(ROOTS)
 
+# etcd and Kubernetes (apiserver, controller-manager, scheduler, kubelet, kubectl) for the
+# cluster test, built from the Go module proxy into $(CACHE)/k8s (about 10 minutes, once)
+k8s:
+	test/k8s/build.sh
+
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.
-test: fixtures
-	$(TEST_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+# As root this includes the single-node Kubernetes cluster of test/cluster.
+test: fixtures $(if $(filter 0,$(shell id -u)),k8s,)
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout 40m ./...
+
+# Only the cluster scenarios, verbosely (as root).
+test-k8s: fixtures k8s
+	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -v -timeout 30m ./test/cluster
 
 # Hermetic: no fixtures, no root.
 test-unit:

@@ -145,6 +145,11 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 		if (m.Name == "dev" || m.Name == "driver-root") && !m.ReadOnly {
 			t.Errorf("%s is mounted writable", m.Name)
 		}
+		// a read-only mount over the container's /dev fails the container's start: the
+		// kubelet mounts /dev/termination-log into it
+		if m.MountPath == "/dev" || strings.HasPrefix(m.MountPath, "/dev/") {
+			t.Errorf("volume %s is mounted at %s, over the container's /dev", m.Name, m.MountPath)
+		}
 	}
 	if len(spec.InitContainers) != 1 || !slices.Contains(spec.InitContainers[0].Command, "hook") {
 		t.Error("no init container installs the hook binary on the host")

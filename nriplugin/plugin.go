@@ -65,7 +65,8 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	switch {
 	case err != nil:
 		p.log.Warn("GPU request refused", append(attrs, "error", err.Error())...)
-		return nil, nil, err
+		// the runtime shows this to users (kubectl describe pod): name who refused
+		return nil, nil, fmt.Errorf("nvbind: %w", err)
 	case dec != nil && dec.Skipped != "":
 		p.log.Info("GPU request ignored", append(attrs, "reason", dec.Skipped)...)
 	case dec != nil:

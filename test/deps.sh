@@ -12,7 +12,7 @@ CONTAINERD_VERSION=v2.4.2
 mkdir -p "$bin"
 
 need=()
-for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd; do
+for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -32,6 +32,8 @@ type Rootfs struct {
 	LibDir string
 	// Dirs are empty folders to create: mount points of a read-only root filesystem.
 	Dirs []string
+	// Links are symbolic links to create, path → target.
+	Links map[string]string
 }
 
 // Build lays the image out in dst and returns the paths it wrote, relative to dst, sorted.
@@ -99,6 +101,15 @@ func (r Rootfs) Build(dst string) ([]string, error) {
 		if err := os.MkdirAll(filepath.Join(dst, d), 0o755); err != nil { //nolint:gosec // mount points
 			return nil, err
 		}
+	}
+	for p, target := range r.Links {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dst, p)), 0o755); err != nil { //nolint:gosec // image folders
+			return nil, err
+		}
+		if err := os.Symlink(target, filepath.Join(dst, p)); err != nil {
+			return nil, err
+		}
+		wrote = append(wrote, p)
 	}
 	slices.Sort(wrote)
 	return wrote, nil

@@ -76,8 +76,11 @@ func run() error {
 		Needs:    ociimage.DriverNeeds,
 		LibDirs:  dirs,
 		LibDir:   "/lib/" + triplet,
-		// mount points the DaemonSet uses, so a read-only root needs no new folders
-		Dirs: []string{"host/driver-root", "host/opt/nvbind/bin", "var/run/nri", "var/run/cdi", "tmp"},
+		// mount points the DaemonSet uses, so a read-only root needs no new folders; the
+		// host's /dev is mounted at /host/dev, and /proc and /sys, the same kernel's, are
+		// the container's own: --dev-root-mount=/host reads all three
+		Dirs:  []string{"host/dev", "host/driver-root", "host/opt/nvbind/bin", "var/run/nri", "var/run/cdi", "tmp"},
+		Links: map[string]string{"host/proc": "/proc", "host/sys": "/sys"},
 	}.Build(dst)
 	if err != nil {
 		return err

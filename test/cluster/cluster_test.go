@@ -1,0 +1,221 @@
+package cluster
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCluster installs nvbind on a single-node cluster and runs each scenario users meet,
+// in order, on the same cluster.
+func TestCluster(t *testing.T) {
+	hook := "/opt/nvbind/bin/nvbind-hook"
+	if _, err := os.Stat("/opt/nvbind"); os.IsNotExist(err) {
+		// the init container installs the hook on the host, as on a real node; the
+		// test removes what it put there
+		t.Cleanup(func() { _ = os.RemoveAll("/opt/nvbind") })
+	}
+	s := newSetup(t)
+	// the harness reports to the running subtest, then to the test again
+	run := func(name string, f func(t *testing.T)) {
+		t.Run(name, func(st *testing.T) {
+			s.t = st
+			defer func() { s.t = t }()
+			f(st)
+		})
+	}
+	run("Install", func(t *testing.T) {
+		took := s.install()
+		t.Logf("kubectl apply -k to a Ready DaemonSet: %s", took.Round(100*time.Millisecond))
+		var ds struct {
+			Status struct{ NumberReady, DesiredNumberScheduled int }
+		}
+		s.getJSON(&ds, "-n", "nvbind-system", "ds", "nvbind")
+		if ds.Status.NumberReady != 1 || ds.Status.DesiredNumberScheduled != 1 {
+			t.Fatalf("DaemonSet status %+v", ds.Status)
+		}
+		// Ready means registered: the readiness probe is /healthz, 200 only once the
+		// runtime has synchronised the plugin, and containerd logs the registration
+		if !strings.Contains(s.logTail("containerd", 400), `plugin "10-nvbind" connected and synchronized`) &&
+			!strings.Contains(s.logTail("containerd", 400), "10-nvbind") {
+			t.Errorf("containerd never registered the plugin:\n%s", s.logTail("containerd", 20))
+		}
+		if fi, err := os.Stat(hook); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("the init container did not install %s: %v", hook, err)
+		}
+		// every overlay users apply passes the real API server's validation, too
+		for _, dir := range []string{"manifests/base", "manifests/overlays/gpu-operator", "manifests/overlays/crio", "manifests/overlays/mig"} {
+			s.kubectl("apply", "--dry-run=server", "-k", filepath.Join(s.repo, dir))
+		}
+	})
+
+	run("Examples", func(t *testing.T) {
+		for _, tc := range []struct {
+			file, pod string
+			nodes     []string
+		}{
+			{"pod-annotation.yaml", "cuda-gpu1", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia1", "/dev/nvidiactl"}},
+			{"pod-env.yaml", "cuda-env-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}},
+			{"pod-cdi.yaml", "cuda-cdi-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}},
+		} {
+			s.kubectl("apply", "-f", filepath.Join(s.repo, "manifests/examples", tc.file))
+			s.waitPhase("default", tc.pod, 2*time.Minute, "Succeeded", "Failed")
+			log := s.logs("default", tc.pod, "cuda")
+			if got := nvidiaNodes(log); !slices.Equal(got, tc.nodes) {
+				t.Errorf("%s: device nodes %v, want %v\n%s", tc.file, got, tc.nodes, log)
+			}
+			// nvidia-smi is the driver's own binary: without a GPU it says so
+			if !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => ") || !strings.Contains(log, "NVIDIA-SMI has failed") {
+				t.Errorf("%s: no libcuda.so.1 in ldconfig -p, or no nvidia-smi:\n%s", tc.file, log)
+			}
+			if p := s.pod("default", tc.pod); p.Status.Phase != "Succeeded" {
+				t.Errorf("%s: phase %s\n%s", tc.file, p.Status.Phase, log)
+			}
+		}
+		s.applyPod(gpuPod("default", "plain", "", "", "ls /dev/nvidia* ; ldconfig -p | grep -c libcuda; true"))
+		s.waitPhase("default", "plain", 2*time.Minute, "Succeeded", "Failed")
+		if log := s.logs("default", "plain", "cuda"); len(nvidiaNodes(log)) != 0 || !strings.Contains(log, "\n0") {
+			t.Errorf("a pod that asks for nothing got GPUs or driver files:\n%s", log)
+		}
+	})
+
+	run("BadRequests", func(t *testing.T) {
+		s.kubectl("create", "namespace", "no-gpus")
+		for _, tc := range []struct {
+			ns, name, annotations, env string
+			wants                      []string
+		}{
+			{"default", "bad-gpu", `gpus.nvbind.io/container.cuda: "7"`, "", []string{`gpus.nvbind.io/container.cuda`, `"7"`, "valid:", "gpu0"}},
+			{"default", "bad-caps", `gpus.nvbind.io: "0", capabilities.nvbind.io: "compute,warp"`, "", []string{"capabilities.nvbind.io", "warp", "compute", "utility"}},
+			{"default", "old-cuda", "", `{name: NVIDIA_VISIBLE_DEVICES, value: "0"}, {name: NVIDIA_REQUIRE_CUDA, value: "cuda>=99.0"}`, []string{"NVIDIA_REQUIRE_CUDA", "cuda>=99.0", "12.2"}},
+			{"no-gpus", "denied", `gpus.nvbind.io: "0"`, "", []string{`namespace "no-gpus"`, "may not request GPUs"}},
+		} {
+			s.applyPod(gpuPod(tc.ns, tc.name, tc.annotations, tc.env, "sleep 1"))
+			ev := s.waitEvent(tc.ns, tc.name, 90*time.Second, append([]string{"nvbind"}, tc.wants...)...)
+			t.Logf("%s/%s:\n%s", tc.ns, tc.name, lastLine(ev, "nvbind"))
+			if p := s.pod(tc.ns, tc.name); p.Status.Phase == "Running" || p.Status.Phase == "Succeeded" {
+				t.Errorf("%s/%s is %s", tc.ns, tc.name, p.Status.Phase)
+			}
+			describe := s.kubectl("-n", tc.ns, "describe", "pod", tc.name)
+			for _, w := range tc.wants {
+				if !strings.Contains(describe, w) {
+					t.Errorf("kubectl describe pod %s lacks %q:\n%s", tc.name, w, describe)
+				}
+			}
+			s.kubectl("-n", tc.ns, "delete", "pod", tc.name, "--wait=false")
+		}
+	})
+
+	run("Metrics", func(t *testing.T) {
+		m := s.metrics(t)
+		for _, series := range []string{`nvbind_requests_total{outcome="injected",source="annotation"}`,
+			`nvbind_requests_total{outcome="injected",source="env"}`, `nvbind_requests_total{outcome="injected",source="cdi"}`,
+			`nvbind_requests_total{outcome="refused",source="annotation"}`} {
+			if v := metricValue(m, series); v == "" || v == "0" {
+				t.Errorf("%s = %q", series, v)
+			}
+		}
+	})
+
+	run("NoCPUOnlyStart", func(t *testing.T) {
+		long := gpuPod("default", "long-gpu", `gpus.nvbind.io: "1", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "",
+			"ls /dev/nvidia*; sleep 3600")
+		s.applyPod(long)
+		s.waitPhase("default", "long-gpu", 2*time.Minute, "Running")
+
+		// the plugin away: the DaemonSet no longer matches the node
+		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
+			`-p=[{"op":"add","path":"/spec/template/spec/nodeSelector/nvbind.io~1paused","value":"true"}]`)
+		s.waitFor("the plugin's pod to go", 90*time.Second, func() error {
+			if out := s.kubectl("-n", "nvbind-system", "get", "pods", "-o", "name"); out != "" {
+				return errorf("still there: %s", out)
+			}
+			return nil
+		})
+		s.applyPod(gpuPod("default", "while-away", `gpus.nvbind.io: "0", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "", "ls /dev/nvidia*"))
+		ev := s.waitEvent("default", "while-away", 90*time.Second, `required plugin "nvbind" not present`)
+		t.Logf("while nvbind is away:\n%s", lastLine(ev, "required plugin"))
+		if p := s.pod("default", "while-away"); p.Status.Phase != "Pending" {
+			t.Errorf("a GPU pod started while nvbind was away: %s", p.Status.Phase)
+		}
+		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
+			`-p=[{"op":"remove","path":"/spec/template/spec/nodeSelector/nvbind.io~1paused"}]`)
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+		s.waitPhase("default", "while-away", 3*time.Minute, "Succeeded")
+		if got := nvidiaNodes(s.logs("default", "while-away", "cuda")); !slices.Contains(got, "/dev/nvidia0") {
+			t.Errorf("after nvbind came back the pod got %v", got)
+		}
+
+		// a rolling restart of the plugin, then a containerd restart: the running pod
+		// keeps running and new GPU pods work
+		s.kubectl("-n", "nvbind-system", "rollout", "restart", "ds/nvbind")
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+		s.gpuPodWorks(t, "after-rollout")
+		s.stop("containerd")
+		s.startContainerd()
+		s.gpuPodWorks(t, "after-containerd-restart")
+		p := s.pod("default", "long-gpu")
+		if p.Status.Phase != "Running" || p.Status.ContainerStatuses[0].RestartCount != 0 {
+			t.Errorf("the running GPU pod did not survive the restarts: %+v", p.Status)
+		}
+		s.kubectl("delete", "pod", "long-gpu", "--wait=false")
+	})
+
+	run("Validator", func(t *testing.T) {
+		// containerd's default validator rejecting OCI hooks: direct edits carry the hook,
+		// so they are refused; CDI mode passes
+		s.stop("containerd")
+		s.validator = "  [plugins.'io.containerd.nri.v1.nri'.default_validator]\n    enable = true\n    reject_oci_hook_adjustment = true\n"
+		s.startContainerd()
+		s.waitFor("the plugin to reconnect", 60*time.Second, func() error {
+			if !strings.Contains(s.kubectl("-n", "nvbind-system", "get", "pods", "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}"), "true") {
+				return errorf("not ready")
+			}
+			return nil
+		})
+		s.applyPod(gpuPod("default", "hooks-rejected", `gpus.nvbind.io: "0"`, "", "ls /dev/nvidia*"))
+		ev := s.waitEvent("default", "hooks-rejected", 90*time.Second, "OCI hook")
+		t.Logf("direct edits with hooks rejected:\n%s", lastLine(ev, "OCI hook"))
+		s.kubectl("delete", "pod", "hooks-rejected", "--wait=false")
+		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
+			`-p=[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--cdi-mode"}]`)
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+		s.gpuPodWorks(t, "cdi-mode")
+		specs, _ := filepath.Glob(filepath.Join(s.cdiDir, "*"))
+		if len(specs) == 0 {
+			t.Errorf("CDI mode wrote no spec into %s", s.cdiDir)
+		}
+	})
+
+	run("Uninstall", func(t *testing.T) {
+		s.kubectl("delete", "-k", s.overlay, "--timeout=120s")
+		s.waitFor("nvbind-system to go", 2*time.Minute, func() error {
+			if _, err := s.kubectlErr("get", "namespace", "nvbind-system"); err == nil {
+				return errorf("still there")
+			}
+			return nil
+		})
+		// as the README says: the hook binary stays in /opt/nvbind/bin (running GPU
+		// containers may still need it), and new GPU requests are no longer served
+		if _, err := os.Stat(hook); err != nil {
+			t.Errorf("%s: %v", hook, err)
+		}
+		s.applyPod(gpuPod("default", "after-uninstall", `gpus.nvbind.io: "0", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "", "ls /dev/nvidia*"))
+		s.waitEvent("default", "after-uninstall", 90*time.Second, `required plugin "nvbind" not present`)
+	})
+}
+
+// gpuPodWorks runs a pod that asks for GPU 1 and checks it got it.
+func (s *setup) gpuPodWorks(t *testing.T, name string) {
+	t.Helper()
+	s.applyPod(gpuPod("default", name, `gpus.nvbind.io: "1", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "",
+		"ls /dev/nvidia*; ldconfig -p | grep libcuda.so.1"))
+	s.waitPhase("default", name, 3*time.Minute, "Succeeded", "Failed")
+	log := s.logs("default", name, "cuda")
+	if got := nvidiaNodes(log); !slices.Contains(got, "/dev/nvidia1") || slices.Contains(got, "/dev/nvidia0") || !strings.Contains(log, "libcuda.so.1") {
+		t.Errorf("%s: got %v\n%s", name, got, log)
+	}
+}

@@ -1,0 +1,332 @@
+package cluster
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// setup is a cluster with the test images imported and the node labelled, ready for
+// `kubectl apply -k` of the test overlay.
+type setup struct {
+	*cluster
+	repo, driverRoot, overlay, image string
+}
+
+func newSetup(t testing.TB) *setup {
+	t.Helper()
+	c := newCluster(t)
+	s := &setup{cluster: c, repo: testutil.RepoRoot(t), driverRoot: testutil.DriverRoot(t, "debian-535")}
+	s.image = s.manifestImage()
+	images := s.buildImages()
+	c.validator = "  [plugins.'io.containerd.nri.v1.nri'.default_validator]\n    enable = true\n"
+	c.startContainerd()
+	for _, tarball := range images {
+		if out, err := c.ctr("images", "import", "--snapshotter", "overlayfs", tarball); err != nil {
+			t.Fatalf("ctr images import %s: %v\n%s", tarball, err, out)
+		}
+	}
+	c.startControlPlane()
+	c.startKubelet()
+	c.kubectl("label", "node", nodeName, "nvbind.io/gpu=true")
+	s.writeOverlay()
+	return s
+}
+
+// manifestImage is the image manifests/base names: `make image` writes the same.
+func (s *setup) manifestImage() string {
+	s.t.Helper()
+	data, err := os.ReadFile(filepath.Join(s.repo, "manifests/base/kustomization.yaml"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var k struct {
+		Images []struct{ NewName, NewTag string } `json:"images"`
+	}
+	if err := yaml.Unmarshal(data, &k); err != nil || len(k.Images) != 1 {
+		s.t.Fatalf("manifests/base images: %v", err)
+	}
+	return k.Images[0].NewName + ":" + k.Images[0].NewTag
+}
+
+// buildImages builds nvbind's image as `make image` does, the stand-in CUDA image and
+// the pause image, and returns their archives.
+func (s *setup) buildImages() []string {
+	s.t.Helper()
+	work := s.t.TempDir()
+	nvbind := testutil.BuildNVBind(s.t, filepath.Join(work, "bin"))
+	name, tag, _ := strings.Cut(s.image, ":")
+	mk := exec.Command("go", "run", "./internal/cmd/mkimage", "-bin", filepath.Dir(nvbind), "-name", name+":"+tag,
+		"-version", tag, "-out", filepath.Join(work, "nvbind.tar"))
+	mk.Dir = s.repo
+	if out, err := mk.CombinedOutput(); err != nil {
+		s.t.Fatalf("mkimage: %v\n%s", err, out)
+	}
+	rootfs := filepath.Join(work, "rootfs")
+	testutil.BuildRootfs(s.t, rootfs)
+	testutil.OCIImageTar(s.t, rootfs, cudaImage, []string{"/bin/sh"}, filepath.Join(work, "cuda.tar"))
+	testutil.PauseImageTar(s.t, pauseImage, filepath.Join(work, "pause.tar"))
+	return []string{filepath.Join(work, "nvbind.tar"), filepath.Join(work, "cuda.tar"), filepath.Join(work, "pause.tar")}
+}
+
+// writeOverlay writes the test's overlay of manifests/base: the fixture driver root (and
+// its device nodes), and the cluster's own NRI and CDI folders. The image, the hook folder
+// and everything else are the base's.
+func (s *setup) writeOverlay() {
+	s.t.Helper()
+	s.overlay = filepath.Join(s.dir, "overlay")
+	if err := os.MkdirAll(s.overlay, 0o755); err != nil {
+		s.t.Fatal(err)
+	}
+	base, err := filepath.Rel(s.overlay, filepath.Join(s.repo, "manifests/base"))
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - %s
+patches:
+  - target: {kind: DaemonSet, name: nvbind}
+    patch: |-
+      - {op: replace, path: /spec/template/spec/volumes/0/hostPath/path, value: %s}
+      - {op: replace, path: /spec/template/spec/volumes/2/hostPath/path, value: %s}
+      - {op: replace, path: /spec/template/spec/volumes/3/hostPath/path, value: %s}
+      - {op: replace, path: /spec/template/spec/containers/0/args/2, value: --driver-root=%s}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root=%s}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root-mount=/host/driver-root}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --allowed-namespaces=default}
+`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot)
+	if err := os.WriteFile(filepath.Join(s.overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+// install applies the overlay and waits for the DaemonSet to be Ready; it returns how
+// long that took.
+func (s *setup) install() time.Duration {
+	s.t.Helper()
+	start := time.Now()
+	s.kubectl("apply", "-k", s.overlay)
+	s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+	return time.Since(start)
+}
+
+type podStatus struct {
+	Metadata struct {
+		Name, Namespace, UID string
+	} `json:"metadata"`
+	Status struct {
+		Phase             string `json:"phase"`
+		PodIP             string `json:"podIP"`
+		ContainerStatuses []struct {
+			Name         string `json:"name"`
+			RestartCount int    `json:"restartCount"`
+			State        struct {
+				Running *struct {
+					StartedAt string `json:"startedAt"`
+				} `json:"running"`
+				Waiting *struct {
+					Reason, Message string
+				} `json:"waiting"`
+				Terminated *struct {
+					ExitCode int `json:"exitCode"`
+				} `json:"terminated"`
+			} `json:"state"`
+		} `json:"containerStatuses"`
+	} `json:"status"`
+}
+
+func (c *cluster) pod(ns, name string) podStatus {
+	c.t.Helper()
+	var p podStatus
+	c.getJSON(&p, "-n", ns, "pod", name)
+	return p
+}
+
+// waitPhase waits for a pod to reach one of the phases.
+func (c *cluster) waitPhase(ns, name string, d time.Duration, phases ...string) podStatus {
+	c.t.Helper()
+	var p podStatus
+	c.waitFor(fmt.Sprintf("pod %s/%s %v", ns, name, phases), d, func() error {
+		p = c.pod(ns, name)
+		for _, ph := range phases {
+			if p.Status.Phase == ph {
+				return nil
+			}
+		}
+		return fmt.Errorf("phase %s", p.Status.Phase)
+	})
+	return p
+}
+
+// logs reads a container's log from the kubelet's pod log folder: what the container
+// printed, without the CRI log prefixes.
+func (c *cluster) logs(ns, name, ctr string) string {
+	c.t.Helper()
+	p := c.pod(ns, name)
+	files, _ := filepath.Glob(filepath.Join(c.podLogs, fmt.Sprintf("%s_%s_%s", ns, name, p.Metadata.UID), ctr, "*.log"))
+	sort.Strings(files)
+	var out []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		for _, line := range strings.Split(strings.TrimRight(string(data), "\n"), "\n") {
+			if f := strings.SplitN(line, " ", 4); len(f) == 4 {
+				out = append(out, f[3])
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// events returns the messages of a pod's events.
+func (c *cluster) events(ns, name string) string {
+	c.t.Helper()
+	var list struct {
+		Items []struct {
+			Reason, Message string
+		} `json:"items"`
+	}
+	c.getJSON(&list, "-n", ns, "events", "--field-selector", "involvedObject.name="+name)
+	var msgs []string
+	for _, e := range list.Items {
+		msgs = append(msgs, e.Reason+": "+e.Message)
+	}
+	return strings.Join(msgs, "\n")
+}
+
+// waitEvent waits for an event of the pod whose message has every one of wants.
+func (c *cluster) waitEvent(ns, name string, d time.Duration, wants ...string) string {
+	c.t.Helper()
+	var got string
+	c.waitFor(fmt.Sprintf("event of %s/%s with %q", ns, name, wants), d, func() error {
+		got = c.events(ns, name)
+		for _, line := range strings.Split(got, "\n") {
+			ok := true
+			for _, w := range wants {
+				ok = ok && strings.Contains(line, w)
+			}
+			if ok {
+				return nil
+			}
+		}
+		return fmt.Errorf("events:\n%s", got)
+	})
+	return got
+}
+
+// applyPod applies a pod manifest given inline.
+func (c *cluster) applyPod(manifest string) {
+	c.t.Helper()
+	f := filepath.Join(c.dir, fmt.Sprintf("pod-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(f, []byte(manifest), 0o644); err != nil {
+		c.t.Fatal(err)
+	}
+	c.kubectl("apply", "-f", f)
+}
+
+// gpuPod is a pod of the stand-in CUDA image with the given annotations, env and script.
+func gpuPod(ns, name, annotations, env, script string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: %s
+  annotations: {%s}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: cuda
+      image: %s
+      command: ["sh", "-c", %q]
+      env: [%s]
+`, name, ns, annotations, cudaImage, script, env)
+}
+
+// devices returns the /dev/nvidia* nodes a probe printed.
+func nvidiaNodes(log string) []string {
+	var nodes []string
+	for _, f := range strings.Fields(log) {
+		if strings.HasPrefix(f, "/dev/nvidia") && !strings.ContainsAny(f, "*:") {
+			nodes = append(nodes, f)
+		}
+	}
+	sort.Strings(nodes)
+	return nodes
+}
+
+func (s *setup) metrics(t *testing.T) string {
+	t.Helper()
+	var slices struct {
+		Items []struct {
+			Endpoints []struct {
+				Addresses []string `json:"addresses"`
+			} `json:"endpoints"`
+			Ports []struct {
+				Name string `json:"name"`
+				Port int    `json:"port"`
+			} `json:"ports"`
+		} `json:"items"`
+	}
+	s.getJSON(&slices, "-n", "nvbind-system", "endpointslices", "-l", "kubernetes.io/service-name=nvbind-metrics")
+	if len(slices.Items) == 0 || len(slices.Items[0].Endpoints) == 0 || len(slices.Items[0].Ports) == 0 {
+		t.Fatalf("the nvbind-metrics Service has no endpoints: %+v", slices)
+	}
+	ep, port := slices.Items[0].Endpoints[0].Addresses[0], slices.Items[0].Ports[0].Port
+	if slices.Items[0].Ports[0].Name != "metrics" {
+		t.Errorf("endpoint port %q", slices.Items[0].Ports[0].Name)
+	}
+	cl := &http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get(fmt.Sprintf("http://%s:%d/metrics", ep, port))
+	if err != nil {
+		t.Fatalf("scrape %s: %v", ep, err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape %s: %d %v", ep, resp.StatusCode, err)
+	}
+	return string(data)
+}
+
+// metricValue returns the value of one series in Prometheus text, or "".
+func metricValue(text, series string) string {
+	for _, line := range strings.Split(text, "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			return strings.TrimSpace(strings.TrimPrefix(line, series))
+		}
+	}
+	return ""
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// lastLine returns the last line of text that has want.
+func lastLine(text, want string) string {
+	lines := strings.Split(text, "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.Contains(lines[i], want) {
+			return lines[i]
+		}
+	}
+	return ""
+}
