@@ -364,7 +364,7 @@ current-context: test
 	c.waitFor("kube-apiserver", 90*time.Second, func() error {
 		out, err := c.kubectlErr("get", "--raw", "/readyz")
 		if err != nil {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		return nil
 	})
@@ -413,8 +413,11 @@ nodeStatusUpdateFrequency: 5s
 		"--hostname-override", nodeName, "--v", "1")
 	c.waitFor("node "+nodeName+" Ready", 120*time.Second, func() error {
 		out, err := c.kubectlErr("get", "node", nodeName, "-o", `jsonpath={.status.conditions[?(@.type=="Ready")].status}`)
-		if err != nil || out != "True" {
-			return fmt.Errorf("Ready=%q %v", out, err)
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, out)
+		}
+		if out != "True" {
+			return fmt.Errorf("Ready=%q", out)
 		}
 		return nil
 	})

@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -313,11 +312,6 @@ func metricValue(text, series string) string {
 		}
 	}
 	return ""
-}
-
-func mustJSON(v any) string {
-	b, _ := json.Marshal(v)
-	return string(b)
 }
 
 // lastLine returns the last line of text that has want.
