@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -48,6 +49,11 @@ type Config struct {
 	SpecDirs         []string
 	Vendor, Class    string
 	ContainerdConfig string
+	// ContainerdSocket is the running containerd's API socket, which doctor asks first;
+	// ContainerdBinary is the containerd whose `config dump` gives the effective
+	// configuration (found in PATH when empty).
+	ContainerdSocket string
+	ContainerdBinary string
 	CRIOConfigs      []string
 	DockerConfig     string
 	NRISocket        string
@@ -67,6 +73,12 @@ func (c *Config) defaults() {
 	}
 	if c.ContainerdConfig == "" {
 		c.ContainerdConfig = "/etc/containerd/config.toml"
+	}
+	if c.ContainerdSocket == "" {
+		c.ContainerdSocket = "/run/containerd/containerd.sock"
+	}
+	if c.ContainerdBinary == "" {
+		c.ContainerdBinary, _ = exec.LookPath("containerd")
 	}
 	if c.CRIOConfigs == nil {
 		c.CRIOConfigs = []string{"/etc/crio/crio.conf"}
@@ -102,7 +114,7 @@ func Run(ctx context.Context, c Config) []Result {
 		add(checkLibraries(inv))
 	}
 	add(checkSpecs(c, inv)...)
-	add(checkContainerd(c)...)
+	add(checkContainerd(ctx, c)...)
 	add(checkCRIO(c)...)
 	add(checkDocker(c)...)
 	add(checkPlugin(ctx, c))
@@ -337,13 +349,39 @@ func lookup(m map[string]any, keys ...string) (any, bool) {
 	return cur, true
 }
 
-// RunContainerdCheck runs the containerd configuration checks alone.
-func RunContainerdCheck(c Config) []Result {
-	c.defaults()
-	return checkContainerd(c)
+// checkContainerd asks the running containerd when its socket answers, and reads its
+// configuration file otherwise.
+func checkContainerd(ctx context.Context, c Config) []Result {
+	if _, err := os.Stat(c.ContainerdSocket); err == nil {
+		config := c.ContainerdConfig
+		if _, err := os.Stat(config); err != nil {
+			config = "" // containerd's defaults
+		}
+		st, err := probeContainerd(ctx, c.ContainerdSocket, c.ContainerdBinary, config)
+		if err == nil {
+			return append(containerdResults(st, c.ContainerdSocket), legacyContainerd(c)...)
+		}
+		return append([]Result{{"containerd", Warn, err.Error(), "is containerd running? systemctl status containerd"}}, checkContainerdFile(c)...)
+	}
+	return checkContainerdFile(c)
 }
 
-func checkContainerd(c Config) []Result {
+func legacyContainerd(c Config) []Result {
+	m, err := readTOML(c.ContainerdConfig)
+	if err != nil || m == nil || !strings.Contains(fmt.Sprint(m), "nvidia-container-runtime") {
+		return nil
+	}
+	return []Result{legacyRuntime(c)}
+}
+
+func legacyRuntime(c Config) Result {
+	return Result{"legacy runtime", Warn, c.ContainerdConfig + " still names nvidia-container-runtime: containers through it get GPUs twice (its hook and nvbind) or with a different driver set",
+		"remove the nvidia runtime from " + c.ContainerdConfig + " (nvidia-ctk runtime configure wrote it) and restart containerd"}
+}
+
+// checkContainerdFile judges containerd's configuration file, for a containerd that is
+// not running.
+func checkContainerdFile(c Config) []Result {
 	m, err := readTOML(c.ContainerdConfig)
 	if err != nil {
 		return []Result{{"containerd", Fail, err.Error(), "fix the TOML syntax"}}
@@ -377,8 +415,7 @@ func checkContainerd(c Config) []Result {
 	}
 	out = append(out, r)
 	if strings.Contains(fmt.Sprint(m), "nvidia-container-runtime") {
-		out = append(out, Result{"legacy runtime", Warn, c.ContainerdConfig + " still names nvidia-container-runtime: containers through it get GPUs twice (its hook and nvbind) or with a different driver set",
-			"remove the nvidia runtime from " + c.ContainerdConfig + " (nvidia-ctk runtime configure wrote it) and restart containerd"})
+		out = append(out, legacyRuntime(c))
 	}
 	return out
 }

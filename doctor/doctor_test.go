@@ -76,7 +76,7 @@ func TestDoctorGoodHost(t *testing.T) {
 	}
 	health := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) }))
 	defer health.Close()
-	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
+	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, ContainerdSocket: "/nonexistent", CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
 		DockerConfig: filepath.Join(dir, "daemon.json"), NRISocket: sock, HealthURL: health.URL + "/healthz"}, root)
 	golden(t, "good.txt", out, map[string]string{dir: "/TMP", root: "/DRIVER_ROOT"})
 	if !strings.Contains(out, "GPU containers can run") {
@@ -125,7 +125,7 @@ func TestDoctorBrokenHost(t *testing.T) {
 	if err := os.WriteFile(docker, []byte(`{"default-runtime":"nvidia","runtimes":{"nvidia":{"path":"nvidia-container-runtime"}},"features":{"cdi":false}}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
+	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, ContainerdSocket: "/nonexistent", CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
 		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz"}, root)
 	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
 	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
@@ -141,7 +141,7 @@ func TestDoctorBrokenHost(t *testing.T) {
 func TestRuntimeSnippetsEnableNRI(t *testing.T) {
 	t.Parallel()
 	for _, f := range []string{"../manifests/runtime/containerd-2.x-nri.toml", "../manifests/runtime/containerd-1.7-nri.toml"} {
-		rs := RunContainerdCheck(Config{ContainerdConfig: f, NRISocket: "/nonexistent"})
+		rs := checkContainerdFile(Config{ContainerdConfig: f, NRISocket: "/nonexistent"})
 		if len(rs) == 0 || rs[0].Status == Fail || !strings.Contains(rs[0].Message, "NRI is enabled") {
 			t.Errorf("%s: %+v", f, rs)
 		}

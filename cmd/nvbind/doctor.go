@@ -51,6 +51,8 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
 	fl.StringVar(&c.Vendor, "vendor", spec.DefaultVendor, "CDI vendor of the GPU specs")
 	fl.StringVar(&c.Class, "class", spec.DefaultClass, "CDI class of the GPU specs")
 	fl.StringVar(&c.ContainerdConfig, "containerd-config", "/etc/containerd/config.toml", "containerd's configuration")
+	fl.StringVar(&c.ContainerdSocket, "containerd-address", "/run/containerd/containerd.sock", "the running containerd's API socket, asked for its version, plugins and CRI settings")
+	fl.StringVar(&c.ContainerdBinary, "containerd-binary", "", "the containerd whose `config dump` gives the effective configuration (default: containerd in PATH)")
 	fl.StringSliceVar(&c.CRIOConfigs, "crio-config", nil, "CRI-O configuration files (default /etc/crio/crio.conf and crio.conf.d/*.conf)")
 	fl.StringVar(&c.DockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
 	fl.StringVar(&c.NRISocket, "nri-socket", "/var/run/nri/nri.sock", "the runtime's NRI socket")

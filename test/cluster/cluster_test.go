@@ -165,6 +165,12 @@ func TestCluster(t *testing.T) {
 	})
 
 	run("Validator", func(t *testing.T) {
+		// nvbind doctor asks the running containerd: its version and NRI plugin, and the
+		// validator settings of its effective configuration
+		d := s.doctor(t)
+		if !strings.Contains(d["containerd"], "ok: containerd ") || !strings.Contains(d["containerd"], "2.4.2") || !strings.Contains(d["nri validator"], "ok: NRI's default validator is on") {
+			t.Errorf("doctor before: %v", d)
+		}
 		// containerd's default validator rejecting OCI hooks: direct edits carry the hook,
 		// so they are refused; CDI mode passes
 		s.stop("containerd")
@@ -176,6 +182,11 @@ func TestCluster(t *testing.T) {
 			}
 			return nil
 		})
+		d = s.doctor(t)
+		if v := d["nri validator"]; !strings.Contains(v, "warn: NRI's default validator rejects OCI hook adjustments") || !strings.Contains(v, "--cdi-mode") {
+			t.Errorf("doctor with hooks rejected: %v", d)
+		}
+		t.Logf("nvbind doctor: %s", d["nri validator"])
 		s.applyPod(gpuPod("default", "hooks-rejected", `gpus.nvbind.io: "0"`, "", "ls /dev/nvidia*"))
 		ev := s.waitEvent("default", "hooks-rejected", 90*time.Second, "OCI hook")
 		t.Logf("direct edits with hooks rejected:\n%s", lastLine(ev, "OCI hook"))

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,6 +23,7 @@ import (
 type setup struct {
 	*cluster
 	repo, driverRoot, overlay, image string
+	nvbind                           string // the binary in the image, built for the test
 }
 
 func newSetup(t testing.TB) *setup {
@@ -66,6 +68,7 @@ func (s *setup) buildImages() []string {
 	s.t.Helper()
 	work := s.t.TempDir()
 	nvbind := testutil.BuildNVBind(s.t, filepath.Join(work, "bin"))
+	s.nvbind = nvbind
 	name, tag, _ := strings.Cut(s.image, ":")
 	mk := exec.Command("go", "run", "./internal/cmd/mkimage", "-bin", filepath.Dir(nvbind), "-name", name+":"+tag,
 		"-version", tag, "-out", filepath.Join(work, "nvbind.tar"))
@@ -323,4 +326,23 @@ func lastLine(text, want string) string {
 		}
 	}
 	return ""
+}
+
+// doctor runs nvbind doctor on the host against the cluster's containerd and returns its
+// results by check (the last of each).
+func (s *setup) doctor(t *testing.T) map[string]string {
+	t.Helper()
+	out, _ := exec.Command(s.nvbind, "doctor", "--format", "json", "--driver-root", s.driverRoot, "--dev-root", s.driverRoot,
+		"--containerd-address", s.csock, "--containerd-config", filepath.Join(s.dir, "containerd.toml"),
+		"--containerd-binary", filepath.Join(s.cbin, "containerd"), "--nri-socket", filepath.Join(s.nriDir, "nri.sock"),
+		"--spec-dir", s.cdiDir).Output()
+	var rs []struct{ Check, Status, Message, Fix string }
+	if err := json.Unmarshal(out, &rs); err != nil {
+		t.Fatalf("nvbind doctor: %v\n%s", err, out)
+	}
+	m := map[string]string{}
+	for _, r := range rs {
+		m[r.Check] += r.Status + ": " + r.Message + " fix: " + r.Fix + "\n"
+	}
+	return m
 }
