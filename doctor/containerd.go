@@ -89,7 +89,7 @@ func probeContainerd(ctx context.Context, socket, binary, config string) (*conta
 			args = append([]string{"--config", config}, args...)
 		}
 		var out, errb bytes.Buffer
-		cmd := exec.CommandContext(ctx, binary, args...) //nolint:gosec // the host's containerd binary, found in PATH or named by --containerd-binary
+		cmd := exec.CommandContext(ctx, binary, args...)
 		cmd.Stdout, cmd.Stderr = &out, &errb
 		if err := cmd.Run(); err == nil {
 			if n, err := parseNRIConfig(out.Bytes()); err == nil {
