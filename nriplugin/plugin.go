@@ -106,7 +106,8 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 		}
 		started := time.Now()
 		err = s.Run(ctx)
-		p.registered.Store(false)
+		lost := p.registered.Swap(false) // a failed dial loses nothing
+
 		if ctx.Err() != nil {
 			s.Stop()
 			return nil
@@ -121,7 +122,9 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 			backoff = 100 * time.Millisecond
 		}
 		p.log.Warn("lost the runtime, reconnecting", "error", fmt.Sprint(err), "in", backoff.String())
-		p.metrics.reconnects.Inc()
+		if lost {
+			p.metrics.reconnects.Inc()
+		}
 		t := time.NewTimer(backoff)
 		select {
 		case <-ctx.Done():

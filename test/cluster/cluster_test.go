@@ -39,13 +39,33 @@ func TestCluster(t *testing.T) {
 		}
 		// Ready means registered: the readiness probe is /healthz, 200 only once the
 		// runtime has synchronised the plugin, and containerd logs the registration
-		if !strings.Contains(s.logTail("containerd", 400), `plugin "10-nvbind" connected and synchronized`) &&
-			!strings.Contains(s.logTail("containerd", 400), "10-nvbind") {
+		if !strings.Contains(s.logTail("containerd", 1000), `plugin \"10-nvbind\" connected and synchronized`) {
 			t.Errorf("containerd never registered the plugin:\n%s", s.logTail("containerd", 20))
 		}
 		if fi, err := os.Stat(hook); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("the init container did not install %s: %v", hook, err)
 		}
+		// Ready means registered, not merely running: pointed at a socket no runtime
+		// serves, the plugin runs and answers /livez, but never becomes Ready
+		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
+			`-p=[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--socket=/var/run/nri/nobody.sock"}]`)
+		var unready podList
+		s.waitFor("the unregistered plugin to run", 90*time.Second, func() error {
+			s.getJSON(&unready, "-n", "nvbind-system", "pods")
+			if len(unready.Items) != 1 || unready.Items[0].Status.Phase != "Running" || len(unready.Items[0].Status.ContainerStatuses) == 0 ||
+				!strings.Contains(strings.Join(unready.Items[0].Spec.Containers[0].Args, " "), "nobody.sock") {
+				return errorf("not yet")
+			}
+			return nil
+		})
+		time.Sleep(25 * time.Second) // two readiness periods and more
+		s.getJSON(&unready, "-n", "nvbind-system", "pods")
+		if st := unready.Items[0].Status.ContainerStatuses[0]; st.Ready || st.RestartCount != 0 {
+			t.Errorf("a plugin that never registered: ready %v, restarts %d", st.Ready, st.RestartCount)
+		}
+		s.kubectl("-n", "nvbind-system", "rollout", "undo", "ds/nvbind")
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+
 		// every overlay users apply passes the real API server's validation, too
 		for _, dir := range []string{"manifests/base", "manifests/overlays/gpu-operator", "manifests/overlays/crio", "manifests/overlays/mig"} {
 			s.kubectl("apply", "--dry-run=server", "-k", filepath.Join(s.repo, dir))

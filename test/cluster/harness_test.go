@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,7 +45,7 @@ type cluster struct {
 	bin        string // Kubernetes binaries
 	cbin       string // containerd's
 	kubeconfig string
-	procs      map[string]*exec.Cmd
+	procs      map[string]*proc
 	order      []string
 	csock      string
 	nriDir     string
@@ -111,7 +112,7 @@ func newCluster(t testing.TB) *cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, bin: bin, cbin: filepath.Dir(cacheBin(t, "containerd")), procs: map[string]*exec.Cmd{},
+	c := &cluster{t: t, dir: dir, bin: bin, cbin: filepath.Dir(cacheBin(t, "containerd")), procs: map[string]*proc{},
 		csock: filepath.Join(dir, "containerd.sock"), nriDir: filepath.Join(dir, "nri"), cdiDir: filepath.Join(dir, "cdi"),
 		podLogs: filepath.Join(dir, "pod-logs")}
 	for _, d := range []string{"logs", "nri", "cdi", "cni", "etcd", "kubelet", "pod-logs", "pki"} {
@@ -146,30 +147,32 @@ func (c *cluster) start(name string, args ...string) {
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", name, err)
 	}
-	go func() { _ = cmd.Wait(); _ = logf.Close() }()
-	if _, ok := c.procs[name]; !ok {
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	go func() { _ = cmd.Wait(); _ = logf.Close(); close(p.done) }()
+	if !slices.Contains(c.order, name) {
 		c.order = append(c.order, name)
 	}
-	c.procs[name] = cmd
+	c.procs[name] = p
+}
+
+// proc is a running component; done closes when it has exited.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
 // stop ends a component: SIGTERM, then SIGKILL after 15 s.
 func (c *cluster) stop(name string) {
-	cmd := c.procs[name]
-	if cmd == nil || cmd.Process == nil {
+	p := c.procs[name]
+	if p == nil {
 		return
 	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		if cmd.Process.Signal(syscall.Signal(0)) != nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	_ = cmd.Process.Kill()
-	for cmd.ProcessState == nil && time.Now().Before(deadline.Add(5*time.Second)) {
-		time.Sleep(20 * time.Millisecond)
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.done
 	}
 	delete(c.procs, name)
 }

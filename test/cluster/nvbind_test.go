@@ -126,6 +126,23 @@ func (s *setup) install() time.Duration {
 	return time.Since(start)
 }
 
+type podList struct {
+	Items []struct {
+		Spec struct {
+			Containers []struct {
+				Args []string `json:"args"`
+			} `json:"containers"`
+		} `json:"spec"`
+		Status struct {
+			Phase             string `json:"phase"`
+			ContainerStatuses []struct {
+				Ready        bool `json:"ready"`
+				RestartCount int  `json:"restartCount"`
+			} `json:"containerStatuses"`
+		} `json:"status"`
+	} `json:"items"`
+}
+
 type podStatus struct {
 	Metadata struct {
 		Name, Namespace, UID string
