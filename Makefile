@@ -28,7 +28,7 @@ all: build
 # nvbind, and nvbind-hook: the static, small binary that specs and adjustments run as
 # the hook on every container start
 build:
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/nvbind
+	$(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BIN) ./cmd/nvbind
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-hook ./cmd/nvbind-hook
 
 # nvbind's container image as an OCI archive, from the local build and no registry:
