@@ -87,6 +87,9 @@ type MIGDevice struct {
 	GI     int    `json:"gi"`
 	CI     int    `json:"ci"`
 	UUID   string `json:"uuid"`
+	// Profile is the MIG profile from NVML's device name ("1g.5gb"), which the device
+	// plugin's mixed strategy turns into a resource name.
+	Profile string `json:"profile,omitempty"`
 	// Caps are the GI and CI access capability nodes.
 	Caps []DeviceNode `json:"caps"`
 }

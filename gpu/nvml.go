@@ -144,6 +144,9 @@ func nvmlDevice(i int, dev nvml.Device) (Device, error) {
 		if m.CI, ret = mig.GetComputeInstanceId(); ret != nvml.SUCCESS {
 			return g, fmt.Errorf("get compute instance of MIG device %d:%d: %s", i, j, nvml.ErrorString(ret))
 		}
+		if name, ret := mig.GetName(); ret == nvml.SUCCESS {
+			m.Profile = MIGProfile(name)
+		}
 		g.MIG = append(g.MIG, m)
 	}
 	sort.Slice(g.MIG, func(a, b int) bool { return g.MIG[a].Index < g.MIG[b].Index })
@@ -203,4 +206,14 @@ func brandName(b nvml.BrandType) string {
 		return "titanrtx"
 	}
 	return "unknown"
+}
+
+// MIGProfile returns the profile of a MIG device's NVML name: "1g.5gb" of
+// "NVIDIA A100-SXM4-40GB MIG 1g.5gb", "" when the name has none.
+func MIGProfile(name string) string {
+	_, p, ok := strings.Cut(name, " MIG ")
+	if !ok {
+		return ""
+	}
+	return strings.TrimSpace(p)
 }

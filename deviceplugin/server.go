@@ -1,0 +1,288 @@
+package deviceplugin
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// resourceServer is the DevicePlugin service of one resource name.
+type resourceServer struct {
+	pluginapi.UnimplementedDevicePluginServer
+	resource string
+	cfg      Config
+	metrics  *Metrics
+
+	mu      sync.Mutex
+	units   map[string]Unit // by UUID, every unit ever seen
+	healthy map[string]bool
+	order   []string // UUIDs in index order
+	version uint64   // bumped on every change; ListAndWatch streams wait on it
+	changed chan struct{}
+}
+
+func newResourceServer(resource string, cfg Config, m *Metrics) *resourceServer {
+	return &resourceServer{resource: resource, cfg: cfg, metrics: m, units: map[string]Unit{}, healthy: map[string]bool{}, changed: make(chan struct{})}
+}
+
+// update sets the units discovery found now: new ones are added healthy, missing ones
+// turn Unhealthy (the kubelet stops allocating them), returning ones turn healthy again.
+// It reports whether anything changed.
+func (s *resourceServer) update(units []Unit) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	present := map[string]bool{}
+	changed := false
+	for _, u := range units {
+		present[u.UUID] = true
+		if old, ok := s.units[u.UUID]; !ok || old != u {
+			changed = true
+			if !ok {
+				s.order = append(s.order, u.UUID)
+			}
+		}
+		s.units[u.UUID] = u
+		if !s.healthy[u.UUID] {
+			changed = true
+		}
+		s.healthy[u.UUID] = true
+	}
+	for uuid, h := range s.healthy {
+		if h && !present[uuid] {
+			s.healthy[uuid], changed = false, true
+		}
+	}
+	if changed {
+		sort.SliceStable(s.order, func(i, j int) bool { return less(s.units[s.order[i]], s.units[s.order[j]]) })
+		s.version++
+		close(s.changed)
+		s.changed = make(chan struct{})
+	}
+	return changed
+}
+
+// less orders units by GPU index, then MIG index.
+func less(a, b Unit) bool {
+	if a.GPU != b.GPU {
+		return a.GPU < b.GPU
+	}
+	return migIndex(a.Index) < migIndex(b.Index)
+}
+
+func migIndex(index string) int {
+	_, m, ok := strings.Cut(index, ":")
+	if !ok {
+		return -1
+	}
+	n, _ := strconv.Atoi(m)
+	return n
+}
+
+// devices is the list the kubelet sees, and a channel that closes on the next change.
+func (s *resourceServer) devices() ([]*pluginapi.Device, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*pluginapi.Device, 0, len(s.order)*s.cfg.Replicas)
+	for _, uuid := range s.order {
+		health := pluginapi.Healthy
+		if !s.healthy[uuid] {
+			health = pluginapi.Unhealthy
+		}
+		for n := range s.cfg.Replicas {
+			out = append(out, &pluginapi.Device{ID: ReplicaID(uuid, n, s.cfg.Replicas), Health: health})
+		}
+	}
+	return out, s.changed
+}
+
+// GetDevicePluginOptions says the plugin ranks allocations.
+func (s *resourceServer) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, nil
+}
+
+// ListAndWatch sends the devices, then again on every change, until the kubelet or the
+// plugin ends the stream.
+func (s *resourceServer) ListAndWatch(_ *pluginapi.Empty, stream pluginapi.DevicePlugin_ListAndWatchServer) error {
+	for {
+		devs, changed := s.devices()
+		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: devs}); err != nil {
+			return err
+		}
+		s.metrics.listAndWatchSent(s.resource)
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+// GetPreferredAllocation picks, for each container, the must-include devices, then
+// from the available ones: for whole GPUs, those closest to the ones already picked (PCI
+// bus distance), then by index; for time-sliced replicas, a GPU not picked yet and with
+// the most free replicas first, so that load spreads over the GPUs.
+func (s *resourceServer) GetPreferredAllocation(_ context.Context, r *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, cr := range r.GetContainerRequests() {
+		ids, err := s.prefer(cr.GetAvailableDeviceIDs(), cr.GetMustIncludeDeviceIDs(), int(cr.GetAllocationSize()))
+		if err != nil {
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+func (s *resourceServer) prefer(available, must []string, size int) ([]string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if size > len(available) {
+		return nil, fmt.Errorf("%s: %d devices asked for, %d available", s.resource, size, len(available))
+	}
+	free := map[int]int{} // free replicas per GPU
+	for _, id := range available {
+		free[s.units[UnitOf(id)].GPU]++
+	}
+	chosen := slices.Clone(must)
+	gpus := map[int]bool{}
+	for _, id := range must {
+		gpus[s.units[UnitOf(id)].GPU] = true
+	}
+	rest := slices.DeleteFunc(slices.Clone(available), func(id string) bool { return slices.Contains(must, id) })
+	for len(chosen) < size && len(rest) > 0 {
+		best := 0
+		for i := 1; i < len(rest); i++ {
+			if s.better(rest[i], rest[best], gpus, free) {
+				best = i
+			}
+		}
+		chosen = append(chosen, rest[best])
+		gpus[s.units[UnitOf(rest[best])].GPU] = true
+		rest = slices.Delete(rest, best, best+1)
+	}
+	return chosen, nil
+}
+
+// better reports whether device a is a better next pick than b.
+func (s *resourceServer) better(a, b string, chosen map[int]bool, free map[int]int) bool {
+	ua, ub := s.units[UnitOf(a)], s.units[UnitOf(b)]
+	if s.cfg.Replicas > 1 {
+		if chosen[ua.GPU] != chosen[ub.GPU] {
+			return !chosen[ua.GPU]
+		}
+		if free[ua.GPU] != free[ub.GPU] {
+			return free[ua.GPU] > free[ub.GPU]
+		}
+	} else if len(chosen) > 0 {
+		da, db := distance(ua, chosen, s.units), distance(ub, chosen, s.units)
+		if da != db {
+			return da < db
+		}
+	}
+	if less(ua, ub) != less(ub, ua) {
+		return less(ua, ub)
+	}
+	return a < b
+}
+
+// distance is how far a unit's PCI bus is from the nearest chosen GPU's: GPUs on the
+// same PCI domain and nearby buses share switches and root complexes. NVML topology
+// levels would be finer; the bus distance needs no NVML and orders the same on the
+// common layouts.
+func distance(u Unit, chosen map[int]bool, units map[string]Unit) int {
+	best := 1 << 30
+	for _, c := range units {
+		if !chosen[c.GPU] {
+			continue
+		}
+		if d := busDistance(u.PCIBusID, c.PCIBusID); d < best {
+			best = d
+		}
+	}
+	return best
+}
+
+// busDistance compares two bus IDs (0000:07:00.0): a different domain is far; else the
+// difference of the bus numbers.
+func busDistance(a, b string) int {
+	ad, ab, ok1 := splitBus(a)
+	bd, bb, ok2 := splitBus(b)
+	if !ok1 || !ok2 {
+		return 1 << 20
+	}
+	if ad != bd {
+		return 1 << 16
+	}
+	if ab > bb {
+		return ab - bb
+	}
+	return bb - ab
+}
+
+func splitBus(id string) (string, int, bool) {
+	parts := strings.Split(id, ":")
+	if len(parts) != 3 {
+		return "", 0, false
+	}
+	n, err := strconv.ParseUint(parts[1], 16, 16)
+	if err != nil {
+		return "", 0, false
+	}
+	return strings.ToLower(parts[0]), int(n), true
+}
+
+// Allocate answers each container request with its units: CDI names in CDIDevices
+// (cdi-cri), and always the allocation annotation, plus the sharing env and annotation
+// when the units are time-sliced.
+func (s *resourceServer) Allocate(_ context.Context, r *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	defer s.metrics.allocateTimer(s.resource)()
+	resp := &pluginapi.AllocateResponse{}
+	for _, cr := range r.GetContainerRequests() {
+		c, err := s.allocate(cr.GetDevicesIds())
+		if err != nil {
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, c)
+	}
+	return resp, nil
+}
+
+func (s *resourceServer) allocate(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var uuids []string
+	for _, id := range ids {
+		u := UnitOf(id)
+		if _, ok := s.units[u]; !ok {
+			return nil, fmt.Errorf("%s: unknown device %q", s.resource, id)
+		}
+		if !s.healthy[u] {
+			return nil, fmt.Errorf("%s: device %q is unhealthy (no longer found on this node)", s.resource, id)
+		}
+		if !slices.Contains(uuids, u) {
+			uuids = append(uuids, u)
+		}
+	}
+	c := &pluginapi.ContainerAllocateResponse{Annotations: map[string]string{AnnotationAllocated: strings.Join(uuids, ",")}}
+	if s.cfg.ListStrategy == ListCDICRI {
+		for _, u := range uuids {
+			c.CdiDevices = append(c.CdiDevices, &pluginapi.CDIDevice{Name: CDIName(s.cfg.Kind, u)})
+		}
+	}
+	if s.cfg.Replicas > 1 {
+		c.Annotations[AnnotationReplicas] = strconv.Itoa(s.cfg.Replicas)
+		c.Envs = map[string]string{EnvReplicas: strconv.Itoa(s.cfg.Replicas)}
+	}
+	return c, nil
+}
+
+// PreStartContainer is not used (the options do not ask for it).
+func (s *resourceServer) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
+	return &pluginapi.PreStartContainerResponse{}, nil
+}
