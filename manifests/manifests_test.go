@@ -46,7 +46,7 @@ func build(t *testing.T, dir string) map[string][]byte {
 
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
-	allowedHostPaths := []string{"/var/run/nri", "/dev", "/var/run/cdi", "/opt/nvbind/bin"}
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -56,6 +56,7 @@ func TestKustomizeOverlays(t *testing.T) {
 		{"overlays/mig", "/", map[string]string{"nvbind.io/gpu": "true"}, true},
 		{"overlays/gpu-operator", "/run/nvidia/driver", map[string]string{"nvbind.io/gpu": "true", "nvidia.com/gpu.deploy.driver": "true"}, false},
 		{"overlays/crio", "/", map[string]string{"nvbind.io/gpu": "true", "nvbind.io/runtime": "cri-o"}, false},
+		{"overlays/device-plugin", "/", map[string]string{"nvbind.io/gpu": "true"}, false},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			t.Parallel()
@@ -160,7 +161,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 // they make.
 func TestExamplePods(t *testing.T) {
 	t.Parallel()
-	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml", "examples/pod-cdi.yaml"} {
+	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml", "examples/pod-cdi.yaml", "examples/pod-resource.yaml"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -178,7 +179,7 @@ func TestExamplePods(t *testing.T) {
 // the same objects.
 func TestKubernetesAcceptsEveryKey(t *testing.T) {
 	t.Parallel()
-	for _, dir := range []string{"base", "overlays/mig", "overlays/gpu-operator", "overlays/crio"} {
+	for _, dir := range []string{"base", "overlays/mig", "overlays/gpu-operator", "overlays/crio", "overlays/device-plugin"} {
 		for k, data := range build(t, dir) {
 			for _, bad := range testutil.ValidateKubeYAML(data) {
 				t.Errorf("%s %s: %s", dir, k, bad)

@@ -32,6 +32,9 @@ type Config struct {
 	AllowedNamespaces []string
 	// AllNamespaces may request every GPU ("all"); empty means none may.
 	AllNamespaces []string
+	// RequireAllocation gives a container exactly the GPUs the kubelet allocated to it
+	// through nvbind's device plugin, and refuses requests for others.
+	RequireAllocation bool
 }
 
 // Errors of the request policy.
@@ -208,8 +211,22 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, *Decision, error) {
 	p := a.state.Load()
 	req, err := ParseRequest(pod, ctr, a.cfg.Spec.Vendor+"/"+a.cfg.Spec.Class, a.cfg.EnvRequests)
-	if err != nil || req == nil {
+	if err != nil {
 		return nil, nil, err
+	}
+	if alloc := allocation(ctr); alloc != nil || a.cfg.RequireAllocation {
+		if a.cfg.RequireAllocation {
+			if err := checkAllocation(req, alloc, ctr.GetName()); err != nil {
+				return nil, &Decision{Source: "allocation"}, err
+			}
+		}
+		// the kubelet's allocation is what the scheduler accounted for: it wins
+		if req, err = fromAllocation(req, alloc, pod, ctr, a.cfg.EnvRequests); err != nil {
+			return nil, nil, err
+		}
+	}
+	if req == nil {
+		return nil, nil, nil
 	}
 	ns := pod.GetNamespace()
 	dec := &Decision{Source: req.Source, Caps: req.Caps}
@@ -247,6 +264,10 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 		if err := r.Check(p.inv.Driver, devs); err != nil {
 			return nil, dec, err
 		}
+	}
+	if injectedByRuntime(ctr, targets) {
+		dec.Skipped = "the runtime already injected these GPUs from nvbind's CDI spec (the kubelet's CDI devices)"
+		return nil, dec, nil
 	}
 	adj := &api.ContainerAdjustment{}
 	if a.cfg.CDIMode && len(targets) > 0 {

@@ -40,6 +40,10 @@ func NewMetrics() *Metrics {
 	return m
 }
 
+// Register adds collectors of other parts of the process (the device plugin) to the
+// registry /metrics serves.
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
 

@@ -20,6 +20,8 @@ type Plugin struct {
 	metrics *Metrics
 	// registered is true while the runtime has the plugin configured.
 	registered atomic.Bool
+	// alsoReady are further conditions of readiness (the device plugin's registration).
+	alsoReady []func() bool
 }
 
 var (
@@ -41,6 +43,22 @@ func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
 
 // Registered reports whether the runtime has the plugin registered and configured.
 func (p *Plugin) Registered() bool { return p.registered.Load() }
+
+// AlsoReady adds a condition to Ready; call it before serving.
+func (p *Plugin) AlsoReady(f func() bool) { p.alsoReady = append(p.alsoReady, f) }
+
+// Ready reports whether the plugin is registered and every further condition holds.
+func (p *Plugin) Ready() bool {
+	if !p.Registered() {
+		return false
+	}
+	for _, f := range p.alsoReady {
+		if !f() {
+			return false
+		}
+	}
+	return true
+}
 
 // Configure subscribes to CreateContainer.
 func (p *Plugin) Configure(_ context.Context, _, runtime, version string) (stub.EventMask, error) {

@@ -137,6 +137,11 @@ func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envReque
 	if req == nil && envRequests {
 		if v, ok := env[EnvVisibleDevices]; ok {
 			switch strings.TrimSpace(v) {
+			case NVIDIAVolumeMountsRoot:
+				// NVIDIA's device plugin, volume-mounts strategy: one mount per device
+				if devs := volumeMountDevices(ctr); len(devs) > 0 {
+					req = &Request{Source: "mounts under " + NVIDIAVolumeMountsRoot, Devices: devs, FromEnv: true}
+				}
 			case "", "void":
 			default:
 				all, none, devs, err := ParseDeviceList(v)
@@ -150,28 +155,35 @@ func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envReque
 	if req == nil {
 		return nil, nil
 	}
+	return req, req.readCaps(pod, ctr, env, envRequests)
+}
+
+// readCaps sets the request's capabilities (annotation, else env, else the default)
+// and requirements (env).
+func (req *Request) readCaps(pod *api.PodSandbox, ctr *api.Container, env map[string]string, envRequests bool) error {
+	name := ctr.GetName()
 	req.Caps, req.CapsSource = gpu.CapsDefault, "default"
 	if key, v, ok := effective(pod, AnnotationCapabilities, name); ok {
 		c, err := gpu.ParseCapabilities(v)
 		if err != nil {
-			return nil, fmt.Errorf("annotation %q: %w", key, err)
+			return fmt.Errorf("annotation %q: %w", key, err)
 		}
 		req.Caps, req.CapsSource = c, fmt.Sprintf("annotation %q", key)
 	} else if v, ok := env[EnvDriverCapabilities]; ok && envRequests && strings.TrimSpace(v) != "" {
 		c, err := gpu.ParseCapabilities(v)
 		if err != nil {
-			return nil, fmt.Errorf("env %s: %w", EnvDriverCapabilities, err)
+			return fmt.Errorf("env %s: %w", EnvDriverCapabilities, err)
 		}
 		req.Caps, req.CapsSource = c, "env "+EnvDriverCapabilities
 	}
 	if envRequests && !isTrue(env[EnvDisableRequire]) {
 		reqs, err := ParseRequirements(env)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		req.Require = reqs
 	}
-	return req, nil
+	return nil
 }
 
 func isTrue(v string) bool {
@@ -193,7 +205,7 @@ func cdiRequest(pod *api.PodSandbox, ctr *api.Container, kind string) (*Request,
 			return nil, fmt.Errorf("CDI annotations of container %q: %w", ctr.GetName(), err)
 		}
 		for _, d := range devices {
-			if n, ok := ofKind(d, kind); ok {
+			if n, ok := ofKinds(d, kind); ok {
 				names = append(names, n)
 			}
 		}
@@ -214,7 +226,7 @@ func cdiRequest(pod *api.PodSandbox, ctr *api.Container, kind string) (*Request,
 			if _, _, _, err := parser.ParseQualifiedName(d); err != nil {
 				return nil, fmt.Errorf("annotation %q: bad CDI device %q: %w", key, truncate(d, 64), err)
 			}
-			if n, ok := ofKind(d, kind); ok {
+			if n, ok := ofKinds(d, kind); ok {
 				names = append(names, n)
 				found = true
 			}
@@ -249,4 +261,13 @@ func ofKind(qualified, kind string) (string, bool) {
 		return "", false
 	}
 	return name, true
+}
+
+// ofKinds is ofKind for nvbind's kind and for NVIDIA's device plugin's
+// (k8s.device-plugin.nvidia.com/gpu), whose device names are nvbind's too.
+func ofKinds(qualified, kind string) (string, bool) {
+	if n, ok := ofKind(qualified, kind); ok {
+		return n, true
+	}
+	return ofKind(qualified, NVIDIADevicePluginKind)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
 
+	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/nriplugin"
 	"github.com/nvbind/nvbind/spec"
@@ -23,6 +24,8 @@ import (
 type nriFlags struct {
 	rootFlags
 	specFlags
+	dpFlags
+	devicePlugin, requireAllocation bool
 	socket, name, index     string
 	metricsAddr, cdiSpecDir string
 	cdiMode, envRequests    bool
@@ -60,7 +63,11 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	}
 	f.rootFlags.register(cmd)
 	f.specFlags.register(cmd)
+	f.dpFlags.register(cmd)
 	fl := cmd.Flags()
+	fl.BoolVar(&f.devicePlugin, "device-plugin", false, "also run the device plugin (the flags of nvbind device-plugin apply), so a node needs one pod")
+	fl.BoolVar(&f.requireAllocation, "require-allocation", false,
+		"give each container exactly the GPUs the kubelet allocated to it (nvbind's device plugin) and refuse other requests; a container without an allocation gets no GPU")
 	fl.StringVar(&f.socket, "socket", api.DefaultSocketPath, "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")
@@ -85,6 +92,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		EnvRequests:       f.envRequests,
 		AllowedNamespaces: f.allowed,
 		AllNamespaces:     f.allNS,
+		RequireAllocation: f.requireAllocation,
 	})
 	if err != nil {
 		return err
@@ -97,6 +105,15 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	p := nriplugin.NewPlugin(adj, log, metrics)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var dp *deviceplugin.Plugin
+	if f.devicePlugin {
+		dm := deviceplugin.NewMetrics()
+		metrics.Register(dm.Collectors()...)
+		if dp, err = f.plugin(so, log, dm); err != nil {
+			return err
+		}
+		p.AlsoReady(dp.Registered)
+	}
 
 	// Discovery: once before registering, then on every change.
 	events := d.Watch(ctx, f.rescan)
@@ -113,6 +130,13 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 					"source", string(ev.Inventory.Source), "files", len(ev.Inventory.Files))
 				if f.cdiMode {
 					writeCDIModeSpec(ev.Inventory, so, f.cdiSpecDir, log)
+				}
+				if dp != nil {
+					listStrategy := f.listStrategy
+					if f.cdiMode {
+						listStrategy = "" // the spec is written above
+					}
+					feedDevicePlugin(dp, listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
 				}
 			}
 			if first {
@@ -137,6 +161,13 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		o.Name, o.Index = f.name, f.index
 	}
 	log.Info("starting NRI plugin", "socket", f.socket, "pre-registered", preRegistered, "cdi-mode", f.cdiMode)
+	if dp != nil {
+		go func() {
+			if err := dp.Run(ctx); err != nil {
+				log.Error("device plugin stopped", "error", err)
+			}
+		}()
+	}
 	return p.Run(ctx, o)
 }
 
@@ -164,8 +195,8 @@ func serveMetrics(ctx context.Context, addr string, m *nriplugin.Metrics, p *nri
 	mux.Handle("/metrics", m.Handler())
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if !p.Registered() {
-			http.Error(w, "not registered with the runtime", http.StatusServiceUnavailable)
+		if !p.Ready() {
+			http.Error(w, "not registered with the runtime (or, with --device-plugin, the kubelet)", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")

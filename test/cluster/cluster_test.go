@@ -18,6 +18,10 @@ func TestCluster(t *testing.T) {
 		// test removes what it put there
 		t.Cleanup(func() { _ = os.RemoveAll("/opt/nvbind") })
 	}
+	if _, err := os.Stat("/var/lib/kubelet"); os.IsNotExist(err) {
+		// the kubelet's device-plugin folder is always /var/lib/kubelet/device-plugins
+		t.Cleanup(func() { _ = os.RemoveAll("/var/lib/kubelet") })
+	}
 	s := newSetup(t)
 	// the harness reports to the running subtest, then to the test again
 	run := func(name string, f func(t *testing.T)) {
@@ -236,6 +240,100 @@ func TestCluster(t *testing.T) {
 		}
 		s.applyPod(gpuPod("default", "after-uninstall", `gpus.nvbind.io: "0", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "", "ls /dev/nvidia*"))
 		s.waitEvent("default", "after-uninstall", 90*time.Second, `required plugin "nvbind" not present`)
+	})
+
+	run("DevicePlugin", func(t *testing.T) {
+		// the device-plugin overlay: nvidia.com/gpu through the kubelet, allocations
+		// enforced; a 5 s rescan so that a lost GPU shows quickly
+		// (the kubelet's device-plugin folder is /var/lib/kubelet/device-plugins whatever
+		// its --root-dir, so the overlay's host path stays)
+		dp := s.writeOverlayOf("overlay-dp", "manifests/overlays/device-plugin",
+			"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --rescan-interval=5s}\n")
+		s.kubectl("apply", "-k", dp)
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+		s.waitCapacity(t, "2")
+
+		// two pods of one GPU each get different GPUs; a third waits
+		for _, name := range []string{"res-a", "res-b"} {
+			s.applyPod(resourcePod(name, 1, "ls /dev/nvidia*; sleep 3600"))
+		}
+		var nodes []string
+		for _, name := range []string{"res-a", "res-b"} {
+			s.waitPhase("default", name, 2*time.Minute, "Running")
+			var got []string
+			s.waitFor("the device list of "+name, 30*time.Second, func() error {
+				if got = nvidiaNodes(s.logs("default", name, "cuda")); len(got) == 0 {
+					return errorf("no log yet")
+				}
+				return nil
+			})
+			gpus := slices.DeleteFunc(got, func(n string) bool { return !isGPUNode(n) })
+			if len(gpus) != 1 {
+				t.Errorf("%s got GPUs %v, want one", name, gpus)
+			}
+			nodes = append(nodes, gpus...)
+		}
+		if len(nodes) == 2 && nodes[0] == nodes[1] {
+			t.Errorf("both pods got %s", nodes[0])
+		}
+		t.Logf("res-a and res-b got %v", nodes)
+		s.applyPod(resourcePod("res-c", 1, "true"))
+		s.waitEvent("default", "res-c", 60*time.Second, "Insufficient nvidia.com/gpu")
+		if p := s.pod("default", "res-c"); p.Status.Phase != "Pending" {
+			t.Errorf("a third pod is %s", p.Status.Phase)
+		}
+		s.kubectl("delete", "pod", "res-a", "res-b", "res-c", "--grace-period=1")
+
+		// a pod that names a GPU without asking the scheduler for one
+		s.applyPod(gpuPod("default", "forged", `gpus.nvbind.io: "0"`, "", "ls /dev/nvidia*"))
+		ev := s.waitEvent("default", "forged", 90*time.Second, "nvbind", "the kubelet allocated none", "nvidia.com/gpu")
+		t.Logf("forged request:\n%s", lastLine(ev, "allocated none"))
+		s.kubectl("delete", "pod", "forged", "--wait=false")
+
+		// the kubelet restarts: the plugin registers again and capacity returns
+		s.stop("kubelet")
+		s.startKubelet()
+		s.waitCapacity(t, "2")
+		s.waitFor("a second registration", 60*time.Second, func() error {
+			if v := metricValue(s.metrics(t), `nvbind_device_plugin_registrations_total{resource="nvidia.com/gpu"}`); v != "2" {
+				return errorf("registrations %q", v)
+			}
+			return nil
+		})
+
+		// GPU 1 goes away: capacity drops within a rescan
+		for _, p := range []string{"proc/driver/nvidia/gpus/0000:86:00.0", "dev/nvidia1"} {
+			if err := os.RemoveAll(filepath.Join(s.driverRoot, p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		start := time.Now()
+		s.waitCapacity(t, "1")
+		t.Logf("capacity dropped to 1 in %s", time.Since(start).Round(100*time.Millisecond))
+
+		// time-slicing: two replicas of the one GPU left, shared by two pods
+		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
+			`-p=[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--replicas=2"}]`)
+		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
+		s.waitCapacity(t, "2")
+		for _, name := range []string{"shared-a", "shared-b"} {
+			s.applyPod(resourcePod(name, 1, "ls /dev/nvidia*; echo replicas=$NVBIND_GPU_REPLICAS; sleep 3600"))
+		}
+		for _, name := range []string{"shared-a", "shared-b"} {
+			s.waitPhase("default", name, 2*time.Minute, "Running")
+			var log string
+			s.waitFor("the log of "+name, 30*time.Second, func() error {
+				if log = s.logs("default", name, "cuda"); !strings.Contains(log, "replicas=") {
+					return errorf("no log yet")
+				}
+				return nil
+			})
+			if !slices.Contains(nvidiaNodes(log), "/dev/nvidia0") || !strings.Contains(log, "replicas=2") {
+				t.Errorf("%s: %s", name, log)
+			}
+		}
+		s.kubectl("delete", "pod", "shared-a", "shared-b", "--grace-period=1")
+		s.kubectl("delete", "-k", dp, "--timeout=120s")
 	})
 }
 

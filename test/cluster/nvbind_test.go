@@ -29,7 +29,12 @@ type setup struct {
 func newSetup(t testing.TB) *setup {
 	t.Helper()
 	c := newCluster(t)
-	s := &setup{cluster: c, repo: testutil.RepoRoot(t), driverRoot: testutil.DriverRoot(t, "debian-535")}
+	s := &setup{cluster: c, repo: testutil.RepoRoot(t), driverRoot: filepath.Join(c.dir, "driver-root")}
+	// a linked copy of the fixture root, so that a GPU can be taken away without touching
+	// the fixture other tests read
+	if out, err := exec.Command("cp", "-al", testutil.DriverRoot(t, "debian-535"), s.driverRoot).CombinedOutput(); err != nil {
+		t.Fatalf("copy the driver root: %v\n%s", err, out)
+	}
 	s.image = s.manifestImage()
 	images := s.buildImages()
 	c.validator = "  [plugins.'io.containerd.nri.v1.nri'.default_validator]\n    enable = true\n"
@@ -88,11 +93,18 @@ func (s *setup) buildImages() []string {
 // and everything else are the base's.
 func (s *setup) writeOverlay() {
 	s.t.Helper()
-	s.overlay = filepath.Join(s.dir, "overlay")
-	if err := os.MkdirAll(s.overlay, 0o755); err != nil {
+	s.overlay = s.writeOverlayOf("overlay", "manifests/base", "")
+}
+
+// writeOverlayOf writes an overlay of one of the repository's kustomizations with the
+// test's paths, plus extra JSON patch lines.
+func (s *setup) writeOverlayOf(name, of, extra string) string {
+	s.t.Helper()
+	dir := filepath.Join(s.dir, name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		s.t.Fatal(err)
 	}
-	base, err := filepath.Rel(s.overlay, filepath.Join(s.repo, "manifests/base"))
+	base, err := filepath.Rel(dir, filepath.Join(s.repo, of))
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -110,10 +122,11 @@ patches:
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root=%s}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root-mount=/host/driver-root}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --allowed-namespaces=default}
-`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot)
-	if err := os.WriteFile(filepath.Join(s.overlay, "kustomization.yaml"), []byte(k), 0o644); err != nil {
+%s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, extra)
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
+	return dir
 }
 
 // install applies the overlay and waits for the DaemonSet to be Ready; it returns how
@@ -362,4 +375,41 @@ func (s *setup) doctor(t *testing.T) map[string]string {
 		m[r.Check] += r.Status + ": " + r.Message + " fix: " + r.Fix + "\n"
 	}
 	return m
+}
+
+// resourcePod is a pod of the stand-in CUDA image that asks the scheduler for n GPUs.
+func resourcePod(name string, n int, script string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  annotations: {required-plugins.noderesource.dev/container.cuda: '["nvbind"]'}
+spec:
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: cuda
+      image: %s
+      command: ["sh", "-c", %q]
+      resources:
+        limits: {nvidia.com/gpu: %d}
+`, name, cudaImage, script, n)
+}
+
+// isGPUNode reports whether a device node is a GPU's (/dev/nvidia0), not a control node.
+func isGPUNode(n string) bool {
+	rest := strings.TrimPrefix(n, "/dev/nvidia")
+	return rest != n && rest != "" && strings.Trim(rest, "0123456789") == ""
+}
+
+// waitCapacity waits for the node's allocatable nvidia.com/gpu.
+func (s *setup) waitCapacity(t *testing.T, want string) {
+	t.Helper()
+	s.waitFor("nvidia.com/gpu allocatable "+want, 90*time.Second, func() error {
+		got := s.kubectl("get", "node", nodeName, "-o", `jsonpath={.status.allocatable.nvidia\.com/gpu}`)
+		if got != want {
+			return errorf("allocatable %q", got)
+		}
+		return nil
+	})
 }

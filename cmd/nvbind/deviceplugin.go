@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+)
+
+// dpFlags configure the device plugin, alone (nvbind device-plugin) or in nvbind nri
+// (--device-plugin).
+type dpFlags struct {
+	resource, migStrategy, listStrategy, kubeletDir string
+	replicas                                        int
+}
+
+func (d *dpFlags) register(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&d.resource, "resource-name", "nvidia.com/gpu", "resource name of full GPUs; MIG resources (mixed strategy) take its domain: nvidia.com/mig-1g.5gb")
+	fl.StringVar(&d.migStrategy, "mig-strategy", deviceplugin.MIGNone, "MIG strategy: none, single or mixed (as NVIDIA's device plugin)")
+	fl.IntVar(&d.replicas, "replicas", 1, "time-slicing: advertise each GPU or MIG device this many times")
+	fl.StringVar(&d.listStrategy, "device-list-strategy", deviceplugin.ListCDICRI,
+		"how Allocate hands devices to the runtime: cdi-cri (CDI names in the CRI; the plugin keeps nvbind's spec in --cdi-spec-dir) or annotations (for the nvbind NRI plugin)")
+	fl.StringVar(&d.kubeletDir, "kubelet-device-plugins-dir", deviceplugin.DefaultDir, "the kubelet's device-plugin folder (kubelet.sock)")
+}
+
+func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics) (*deviceplugin.Plugin, error) {
+	return deviceplugin.New(deviceplugin.Config{Resource: d.resource, MIGStrategy: d.migStrategy, Replicas: d.replicas,
+		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class}, d.kubeletDir, log, m)
+}
+
+type devicePluginFlags struct {
+	rootFlags
+	specFlags
+	dpFlags
+	cdiSpecDir, metricsAddr string
+	rescan                  time.Duration
+}
+
+func newDevicePluginCommand(g *globalFlags) *cobra.Command {
+	f := &devicePluginFlags{}
+	cmd := &cobra.Command{
+		Use:   "device-plugin",
+		Short: "Run the Kubernetes device plugin that advertises GPUs to the kubelet",
+		Long: `Run the device plugin: it registers nvidia.com/gpu (and, with --mig-strategy mixed, nvidia.com/mig-<profile>)
+with the kubelet, so the scheduler counts GPUs, and registers again when the kubelet restarts. A GPU that
+discovery no longer finds turns Unhealthy until it returns. Allocate answers with CDI device names
+(--device-list-strategy cdi-cri, the default: containerd 2.x and CRI-O resolve them from the spec this command
+keeps in --cdi-spec-dir) and always with the container annotation allocated.gpus.nvbind.io, which the nvbind NRI
+plugin reads (--device-list-strategy annotations) and enforces (nvbind nri --require-allocation).
+In a cluster, run it inside the NRI plugin's pod instead: nvbind nri --device-plugin.`,
+		Example: `  nvbind device-plugin
+  nvbind device-plugin --mig-strategy mixed
+  nvbind device-plugin --replicas 4      # time-slicing: each GPU shared by up to 4 containers`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := g.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return f.run(cmd.Context(), log)
+		},
+	}
+	f.rootFlags.register(cmd)
+	f.specFlags.register(cmd)
+	f.dpFlags.register(cmd)
+	fl := cmd.Flags()
+	fl.StringVar(&f.cdiSpecDir, "cdi-spec-dir", "/var/run/cdi", "where the spec that cdi-cri's names refer to is kept")
+	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again (GPU health, MIG changes)")
+	return cmd
+}
+
+func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
+	so, err := f.options()
+	if err != nil {
+		return err
+	}
+	p, err := f.plugin(so, log, nil)
+	if err != nil {
+		return err
+	}
+	d, err := f.discoverer()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	events := d.Watch(ctx, f.rescan)
+	go func() {
+		for ev := range events {
+			if ev.Err != nil {
+				log.Error("discovery failed; keeping the last devices", "error", ev.Err)
+				continue
+			}
+			feedDevicePlugin(p, f.listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
+		}
+	}()
+	return p.Run(ctx)
+}
+
+// feedDevicePlugin hands an inventory to the device plugin and, for cdi-cri, keeps the
+// spec its CDI names refer to.
+func feedDevicePlugin(p *deviceplugin.Plugin, listStrategy string, inv *gpu.Inventory, so spec.Options, dir string, log *slog.Logger) {
+	if err := p.Update(inv); err != nil {
+		log.Error("device plugin: devices not updated", "error", err)
+	}
+	if listStrategy == deviceplugin.ListCDICRI {
+		writeCDIModeSpec(inv, so, dir, log)
+	}
+}
