@@ -26,11 +26,11 @@ type nriFlags struct {
 	specFlags
 	dpFlags
 	devicePlugin, requireAllocation bool
-	socket, name, index     string
-	metricsAddr, cdiSpecDir string
-	cdiMode, envRequests    bool
-	allowed, allNS          []string
-	rescan                  time.Duration
+	socket, name, index             string
+	metricsAddr, cdiSpecDir         string
+	cdiMode, envRequests            bool
+	allowed, allNS                  []string
+	rescan                          time.Duration
 }
 
 func newNRICommand(g *globalFlags) *cobra.Command {
