@@ -289,7 +289,12 @@ func TestRegisterWatchAndReregister(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
 	waitUntil(t, "registration", p.Registered)
 	if got := k.registrations(); len(got) != 1 || got[0] != "nvidia.com/gpu@nvbind-nvidia.com-gpu.sock" {
 		t.Fatalf("registrations %v", got)
@@ -361,5 +366,7 @@ func TestNoKubeletKeepsTrying(t *testing.T) {
 	go func() { done <- p.Run(ctx2) }()
 	waitUntil(t, "registration once the kubelet is up", func() bool { return len(k.registrations()) == 1 })
 	cancel2()
-	<-done
+	if err := <-done; err != nil {
+		t.Error(err)
+	}
 }

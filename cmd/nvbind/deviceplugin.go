@@ -38,8 +38,8 @@ type devicePluginFlags struct {
 	rootFlags
 	specFlags
 	dpFlags
-	cdiSpecDir, metricsAddr string
-	rescan                  time.Duration
+	cdiSpecDir string
+	rescan     time.Duration
 }
 
 func newDevicePluginCommand(g *globalFlags) *cobra.Command {
