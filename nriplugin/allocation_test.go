@@ -116,3 +116,37 @@ func TestNVIDIADevicePluginStrategies(t *testing.T) {
 		})
 	}
 }
+
+// FuzzRequireAllocation: whatever the allocation annotation, the pod's annotation, the
+// env and the mounts say, a container under --require-allocation never gets a GPU outside
+// its allocation, and nothing panics.
+func FuzzRequireAllocation(f *testing.F) {
+	f.Add(uuid1, "0", "NVIDIA_VISIBLE_DEVICES=all", "/var/run/nvidia-container-devices/"+uuid0)
+	f.Add(uuid0+","+uuid1, uuid1, "NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices", "/var/run/nvidia-container-devices/1")
+	f.Add("", "all", "NVIDIA_VISIBLE_DEVICES=1", "/")
+	f.Add(" , ,"+uuid0, "", "", "/var/run/nvidia-container-devices/imex/0")
+	a := newTestAdjuster(f, Config{EnvRequests: true, RequireAllocation: true})
+	p := a.state.Load()
+	f.Fuzz(func(t *testing.T, alloc, podVal, env, mount string) {
+		pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": podVal}}
+		ctr := &api.Container{Name: "c", Env: []string{env}, Annotations: map[string]string{deviceplugin.AnnotationAllocated: alloc},
+			Mounts: []*api.Mount{{Destination: mount, Source: "/dev/null"}}}
+		adj, _, err := a.Adjust(pod, ctr)
+		if err != nil {
+			return
+		}
+		allowed := map[string]bool{}
+		for _, id := range allocation(ctr) {
+			if tg, ok := p.byName[id]; ok {
+				for _, n := range tg.nodes {
+					allowed[n.Path] = true
+				}
+			}
+		}
+		for _, d := range strings.Fields(devicePaths(adj)) {
+			if !allowed[d] {
+				t.Fatalf("allocation %q gave %s", alloc, d)
+			}
+		}
+	})
+}

@@ -265,3 +265,45 @@ func TestGenerateIMEX(t *testing.T) {
 		t.Fatal("a spec for a host without IMEX channels")
 	}
 }
+
+// TestNVIDIADevicePluginCDINames: NVIDIA's k8s-device-plugin, in its cdi-annotations and
+// cdi-cri strategies, names devices k8s.device-plugin.nvidia.com/gpu=<uuid> (or =<index>
+// with deviceIDStrategy index). A spec nvbind writes with that vendor resolves exactly
+// those names, through the CDI library the runtimes embed, to the allocated GPU only.
+func TestNVIDIADevicePluginCDINames(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	s, err := Generate(inv, Options{HookPath: hookPath, Vendor: "k8s.device-plugin.nvidia.com"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	name, err := FileName(s, FormatYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(s, filepath.Join(dir, name), FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	cache, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dev, want := range map[string]string{
+		"k8s.device-plugin.nvidia.com/gpu=GPU-8b9d3c4e-1a2b-4c5d-8e9f-a0b1c2d3e4f5": "/dev/nvidia1",
+		"k8s.device-plugin.nvidia.com/gpu=0":                                        "/dev/nvidia0",
+	} {
+		o := &oci.Spec{Process: &oci.Process{}, Linux: &oci.Linux{}}
+		if unresolved, err := cache.InjectDevices(o, dev); err != nil {
+			t.Fatalf("inject %s: %v (unresolved %v)", dev, err, unresolved)
+		}
+		var gpus []string
+		for _, d := range o.Linux.Devices {
+			if d.Path == "/dev/nvidia0" || d.Path == "/dev/nvidia1" {
+				gpus = append(gpus, d.Path)
+			}
+		}
+		if len(gpus) != 1 || gpus[0] != want {
+			t.Errorf("%s: GPU nodes %v, want %s", dev, gpus, want)
+		}
+	}
+}
