@@ -172,15 +172,35 @@ func TestPreferredAllocation(t *testing.T) {
 		{"index order", 1, all(1), nil, 2, "GPU-0000 GPU-0001"},
 		{"close to a must-include GPU", 1, all(1), []string{"GPU-0005"}, 2, "GPU-0005 GPU-0004"},
 		{"closest bus first", 1, []string{"GPU-0000", "GPU-0002", "GPU-0006", "GPU-0007"}, []string{"GPU-0006"}, 3, "GPU-0006 GPU-0007 GPU-0002"},
+		{"NVML topology over bus distance", -1, all(1), []string{"GPU-0000"}, 3, "GPU-0000 GPU-0003 GPU-0002"},
 		{"replicas spread over GPUs", 2, all(2), nil, 3, "GPU-0000::0 GPU-0001::0 GPU-0002::0"},
 		{"replicas on the least-used GPU", 2, slices.DeleteFunc(all(2), func(id string) bool { return id == "GPU-0000::0" }), nil, 1, "GPU-0001::0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			c := cfg()
-			c.Replicas = tc.replicas
+			inv := inventory(8, nil)
+			if c.Replicas = tc.replicas; tc.replicas < 0 {
+				// GPU 0 shares a PCIe switch with GPU 3 (not its bus neighbour); 1 and 2, one
+				// NUMA node away, tie, and the bus (2 is nearer 3) decides
+				c.Replicas = 1
+				for i := range inv.Devices {
+					for j := range 8 {
+						l := 50
+						switch {
+						case i == j:
+							l = 0
+						case i+j == 3 && i/4 == 0:
+							l = 10
+						case i/4 == j/4:
+							l = 40
+						}
+						inv.Devices[i].Topology = append(inv.Devices[i].Topology, l)
+					}
+				}
+			}
 			s := newResourceServer("nvidia.com/gpu", c, NewMetrics())
-			res, _ := Resources(inventory(8, nil), c)
+			res, _ := Resources(inv, c)
 			s.update(res["nvidia.com/gpu"])
 			resp, err := s.GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
 				{AvailableDeviceIDs: tc.available, MustIncludeDeviceIDs: tc.must, AllocationSize: int32(tc.size)}}})

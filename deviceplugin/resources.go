@@ -84,6 +84,14 @@ type Unit struct {
 	GPU int
 	// PCIBusID of the (parent) GPU.
 	PCIBusID string
+	// Pos is the (parent) GPU's position in the inventory, and Topology its NVML
+	// topology levels to each GPU by position (empty without NVML).
+	Pos      int
+	Topology []int
+}
+
+func sameUnit(a, b Unit) bool {
+	return a.UUID == b.UUID && a.Index == b.Index && a.GPU == b.GPU && a.PCIBusID == b.PCIBusID && a.Pos == b.Pos && slices.Equal(a.Topology, b.Topology)
 }
 
 // Resources returns the units of each resource name the inventory offers under the
@@ -91,11 +99,15 @@ type Unit struct {
 func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 	domain, _, _ := strings.Cut(c.Resource, "/")
 	out := map[string][]Unit{}
+	pos := map[int]int{}
+	for i, d := range inv.Devices {
+		pos[d.Index] = i
+	}
 	full := func(d gpu.Device) Unit {
-		return Unit{UUID: d.UUID, Index: strconv.Itoa(d.Index), GPU: d.Index, PCIBusID: d.PCIBusID}
+		return Unit{UUID: d.UUID, Index: strconv.Itoa(d.Index), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	mig := func(d gpu.Device, m gpu.MIGDevice) Unit {
-		return Unit{UUID: m.UUID, Index: fmt.Sprintf("%d:%d", m.Parent, m.Index), GPU: d.Index, PCIBusID: d.PCIBusID}
+		return Unit{UUID: m.UUID, Index: fmt.Sprintf("%d:%d", m.Parent, m.Index), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	switch c.MIGStrategy {
 	case MIGNone:

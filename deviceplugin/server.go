@@ -41,7 +41,7 @@ func (s *resourceServer) update(units []Unit) bool {
 	changed := false
 	for _, u := range units {
 		present[u.UUID] = true
-		if old, ok := s.units[u.UUID]; !ok || old != u {
+		if old, ok := s.units[u.UUID]; !ok || !sameUnit(old, u) {
 			changed = true
 			if !ok {
 				s.order = append(s.order, u.UUID)
@@ -191,17 +191,20 @@ func (s *resourceServer) better(a, b string, chosen map[int]bool, free map[int]i
 	return a < b
 }
 
-// distance is how far a unit's PCI bus is from the nearest chosen GPU's: GPUs on the
-// same PCI domain and nearby buses share switches and root complexes. NVML topology
-// levels would be finer; the bus distance needs no NVML and orders the same on the
-// common layouts.
+// distance is how far a unit is from the nearest chosen GPU: NVML's topology level when
+// discovery has it (same board, PCIe switch, host bridge, NUMA node, system), else the
+// PCI bus distance (GPUs on nearby buses share switches and root complexes).
 func distance(u Unit, chosen map[int]bool, units map[string]Unit) int {
 	best := 1 << 30
 	for _, c := range units {
 		if !chosen[c.GPU] {
 			continue
 		}
-		if d := busDistance(u.PCIBusID, c.PCIBusID); d < best {
+		d := busDistance(u.PCIBusID, c.PCIBusID)
+		if c.Pos < len(u.Topology) {
+			d = u.Topology[c.Pos]<<20 + d // the level decides; the bus breaks ties
+		}
+		if d < best {
 			best = d
 		}
 	}

@@ -3,6 +3,7 @@ package gpu
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path"
 	"slices"
 	"strings"
@@ -338,5 +339,54 @@ func TestDiscoverModuleWithoutLibraries(t *testing.T) {
 	_, err := discover(t, hostTree().with(tree{lib + "/libcuda.so.530.30.02": "elf:libcuda.so.1"}))
 	if !errors.Is(err, ErrNoLibraries) || !strings.Contains(err.Error(), "driver "+v535+" is loaded") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// TestDiscoverTopology: with NVML's topology calls, each GPU carries its level to every
+// GPU; a binding without them (the plain mock) gives no topology and no error.
+func TestDiscoverTopology(t *testing.T) {
+	t.Parallel()
+	root := t.TempDir()
+	dgxTree().build(t, root)
+	s := migServer()
+	// two halves of four GPUs: one NUMA node each, pairs behind one PCIe switch
+	level := func(i, j int) nvml.GpuTopologyLevel {
+		switch {
+		case i/2 == j/2:
+			return nvml.TOPOLOGY_SINGLE
+		case i/4 == j/4:
+			return nvml.TOPOLOGY_NODE
+		}
+		return nvml.TOPOLOGY_SYSTEM
+	}
+	for i := range s.Devices {
+		d := s.Devices[i].(*dgxa100.Device)
+		d.GetTopologyCommonAncestorFunc = func(other nvml.Device) (nvml.GpuTopologyLevel, nvml.Return) {
+			for j := range s.Devices {
+				if s.Devices[j] == other {
+					return level(i, j), nvml.SUCCESS
+				}
+			}
+			return 0, nvml.ERROR_INVALID_ARGUMENT
+		}
+	}
+	d, err := New(WithDriverRoot(root), WithDevRoot(root), WithDeviceStater(fakeStater{}), WithNVML(s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(inv.Devices[1].Topology); got != "[10 0 40 40 50 50 50 50]" {
+		t.Errorf("topology of GPU 1 = %s", got)
+	}
+	plain, err := New(WithDriverRoot(root), WithDevRoot(root), WithDeviceStater(fakeStater{}), WithNVML(migServer()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err = plain.Discover(context.Background())
+	if err != nil || inv.Source != SourceNVML || inv.Devices[0].Topology != nil {
+		t.Errorf("without topology calls: %v, source %s, topology %v", err, inv.Source, inv.Devices[0].Topology)
 	}
 }

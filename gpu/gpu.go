@@ -78,6 +78,9 @@ type Device struct {
 	Node  DeviceNode   `json:"node"`
 	DRM   []DeviceNode `json:"drm,omitempty"`
 	MIG   []MIGDevice  `json:"mig,omitempty"`
+	// Topology is NVML's topology level from this GPU to each GPU, by position in the
+	// inventory (0 for itself; lower is closer); empty without NVML.
+	Topology []int `json:"topology,omitempty"`
 }
 
 // MIGDevice is one MIG device (a compute instance inside a GPU instance).

@@ -75,6 +75,7 @@ func nvmlDevices(ctx context.Context, lib nvml.Interface) (devs []Device, versio
 		return nil, "", "", fmt.Errorf("NVML device count: %s", nvml.ErrorString(ret))
 	}
 	var errs []error
+	var handles []nvml.Device
 	for i := 0; i < n; i++ {
 		if err := ctx.Err(); err != nil {
 			return nil, "", "", err
@@ -90,11 +91,44 @@ func nvmlDevices(ctx context.Context, lib nvml.Interface) (devs []Device, versio
 			continue
 		}
 		devs = append(devs, g)
+		handles = append(handles, dev)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, "", "", err
 	}
+	if t := topology(handles); t != nil {
+		for i := range devs {
+			devs[i].Topology = t[i]
+		}
+	}
 	return devs, version, cuda, nil
+}
+
+// topology returns, for each GPU, NVML's topology level to every GPU (in the same
+// order): 0 the same board, 10 one PCIe switch, 20 several switches, 30 one host bridge,
+// 40 one NUMA node, 50 across the system interconnect. It is nil when NVML cannot tell,
+// which the device plugin's preferred allocation then does without.
+func topology(handles []nvml.Device) (levels [][]int) {
+	defer func() {
+		if recover() != nil {
+			levels = nil // a binding without the call: no topology
+		}
+	}()
+	levels = make([][]int, len(handles))
+	for i, a := range handles {
+		levels[i] = make([]int, len(handles))
+		for j, b := range handles {
+			if i == j {
+				continue
+			}
+			l, ret := a.GetTopologyCommonAncestor(b)
+			if ret != nvml.SUCCESS {
+				return nil
+			}
+			levels[i][j] = int(l)
+		}
+	}
+	return levels
 }
 
 func nvmlDevice(i int, dev nvml.Device) (Device, error) {

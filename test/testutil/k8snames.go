@@ -109,7 +109,7 @@ func AnnotationKeysIn(text string) []string {
 	var keys []string
 	for _, k := range reKey.FindAllString(text, -1) {
 		k = strings.TrimRight(k, ".")
-		k = strings.NewReplacer("<name>", "cuda", "<key>", "key", "<container>", "cuda").Replace(k)
+		k = strings.NewReplacer("<name>", "cuda", "<key>", "key", "<container>", "cuda", "<id>", "id").Replace(k)
 		if !slices.Contains(keys, k) {
 			keys = append(keys, k)
 		}
