@@ -10,11 +10,13 @@ import (
 	"os"
 	"path"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/ldcache"
+	"github.com/nvbind/nvbind/internal/version"
 )
 
 // libDirs are the library folders searched under the driver root, besides those the
@@ -192,7 +194,16 @@ func versionFromLinks(r rootFS, byReal map[string]*libCandidate) string {
 			}
 		}
 		if len(found) > 0 {
-			sort.Strings(found)
+			// numerically: 535.99.01 < 535.261.03
+			slices.SortFunc(found, func(a, b string) int {
+				switch {
+				case version.Less(a, b):
+					return -1
+				case version.Less(b, a):
+					return 1
+				}
+				return strings.Compare(a, b)
+			})
 			return found[len(found)-1]
 		}
 	}

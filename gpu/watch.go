@@ -43,9 +43,10 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 		defer close(ch)
 		fsw, _ := fsnotify.NewWatcher() // without inotify, polling alone still works
 		var fsEvents <-chan fsnotify.Event
+		var fsErrors <-chan error
 		if fsw != nil {
 			defer func() { _ = fsw.Close() }()
-			fsEvents = fsw.Events
+			fsEvents, fsErrors = fsw.Events, fsw.Errors
 			for _, dir := range []string{filepath.Join(d.cfg.devRootMount, "dev"), filepath.Join(d.cfg.devRootMount, "dev/nvidia-caps")} {
 				_ = fsw.Add(dir)
 			}
@@ -86,7 +87,7 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 					}
 				}
 			}
-			if !sleep(ctx, wait, fsEvents) {
+			if !sleep(ctx, wait, fsEvents, fsErrors) {
 				return
 			}
 		}
@@ -94,9 +95,11 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 	return ch
 }
 
-// sleep waits for d, or for a file event followed by a quiet debounce period. It
+// sleep waits for d, or for a file event followed by a quiet debounce period. An error
+// of the watcher (a queue overflow: events were lost) counts as an event, so discovery
+// runs again in full; reading the errors also keeps the watcher from blocking. It
 // returns false when ctx ends.
-func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event) bool {
+func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event, errs <-chan error) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
@@ -105,6 +108,18 @@ func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event) b
 			return false
 		case <-t.C:
 			return true
+		case _, ok := <-errs:
+			if !ok {
+				errs = nil
+				continue
+			}
+			if !t.Stop() {
+				select {
+				case <-t.C:
+				default:
+				}
+			}
+			t.Reset(debounce)
 		case _, ok := <-events:
 			if !ok {
 				events = nil

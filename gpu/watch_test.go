@@ -11,6 +11,7 @@ import (
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/fsnotify/fsnotify"
 )
 
 func next(t *testing.T, ch <-chan Event) Event {
@@ -114,5 +115,23 @@ func TestWatchMIGChange(t *testing.T) {
 	migs.Store(2) // an operator creates a second MIG device
 	if ev := nextInventory(t, ch); len(ev.Inventory.Devices[0].MIG) != 2 {
 		t.Fatalf("after the MIG change: %+v", ev)
+	}
+}
+
+// TestSleepWakesOnWatcherError: an inotify queue overflow arrives as an error, not an
+// event; it must wake the watch for a full rescan like an event would.
+func TestSleepWakesOnWatcherError(t *testing.T) {
+	t.Parallel()
+	errs := make(chan error, 1)
+	errs <- fsnotify.ErrEventOverflow
+	done := make(chan bool, 1)
+	go func() { done <- sleep(context.Background(), time.Hour, nil, errs) }()
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Error("sleep reported the context ended")
+		}
+	case <-time.After(10 * debounce):
+		t.Fatal("an overflow did not wake the watch")
 	}
 }

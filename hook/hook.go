@@ -307,7 +307,7 @@ func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
 		return "", fmt.Errorf("host driver version %q: %w", hostVersion, err)
 	}
 	names, err := r.readDirNames(compatDir)
-	if err != nil && !errors.Is(err, io.EOF) {
+	if err != nil {
 		return "", fmt.Errorf("list %s: %w", compatDir, err)
 	}
 	var best []int

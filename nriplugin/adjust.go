@@ -166,10 +166,7 @@ func describeChoices(inv *gpu.Inventory, names []string) string {
 	for _, d := range inv.Devices {
 		uuids = append(uuids, d.UUID)
 	}
-	s := "valid: all, none, " + strings.Join(names, ", ")
-	if len(inv.Devices) > 0 {
-		s += fmt.Sprintf(", gpu0-gpu%d", len(inv.Devices)-1)
-	}
+	s := "valid: all, none, " + strings.Join(names, ", ") + fmt.Sprintf(", gpu0-gpu%d", len(inv.Devices)-1)
 	if len(uuids) <= 4 {
 		s += ", " + strings.Join(uuids, ", ")
 	} else {

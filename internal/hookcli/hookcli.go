@@ -12,7 +12,7 @@ type hookFlags struct {
 	links, folders            []string
 	protect                   bool
 	hostParams, driverVersion string
-	ldconfig, containerRoot   string
+	ldconfig                  string
 }
 
 // NewCommand returns the "hook" command and its subcommands.
@@ -55,9 +55,6 @@ one process; the other subcommands run one action each.`,
 					}
 					o.Links = append(o.Links, pl)
 				}
-				if f.containerRoot != "" {
-					return hook.RunInRoot(cmd.Context(), f.containerRoot, o)
-				}
 				st, err := hook.ReadState(cmd.InOrStdin())
 				if err != nil {
 					return err
@@ -84,7 +81,6 @@ one process; the other subcommands run one action each.`,
 		if s.ldconfigFlag {
 			fl.StringVar(&f.ldconfig, "ldconfig", "", "the host's ldconfig (default /sbin/ldconfig.real, /sbin/ldconfig or /usr/sbin/ldconfig)")
 		}
-		fl.StringVar(&f.containerRoot, "container-root", "", "work on this root folder instead of reading the OCI state from stdin")
 		cmd.AddCommand(c)
 	}
 	return cmd
