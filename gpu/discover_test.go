@@ -360,7 +360,7 @@ func TestDiscoverTopology(t *testing.T) {
 		return nvml.TOPOLOGY_SYSTEM
 	}
 	for i := range s.Devices {
-		d := s.Devices[i].(*dgxa100.Device)
+		d := s.Devices[i].(*server.Device)
 		d.GetTopologyCommonAncestorFunc = func(other nvml.Device) (nvml.GpuTopologyLevel, nvml.Return) {
 			for j := range s.Devices {
 				if s.Devices[j] == other {

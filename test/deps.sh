@@ -27,7 +27,7 @@ if ! "$bin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_LINT_VERSION
   echo "installing golangci-lint $GOLANGCI_LINT_VERSION"
   go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION"
 fi
-if ! "$bin/containerd" --version 2>/dev/null | grep -q "$CONTAINERD_VERSION"; then
+if ! "$bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD_VERSION#v}"; then
   echo "building containerd $CONTAINERD_VERSION (a few minutes on 2 cores)"
   go install -tags no_btrfs "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
