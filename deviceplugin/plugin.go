@@ -140,7 +140,7 @@ func (p *Plugin) reconcile(ctx context.Context) {
 			continue
 		}
 		if err := p.serveAndRegister(ctx, name, s); err != nil {
-			p.log.Warn("not registered with the kubelet; retrying", "resource", name, "error", err)
+			p.log.Warn("not registered with the kubelet; retrying", "resource", name, slog.Any("error", err))
 		}
 	}
 }

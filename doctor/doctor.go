@@ -93,7 +93,7 @@ func (c *Config) defaults() {
 		c.NRISocket = "/var/run/nri/nri.sock"
 	}
 	if c.HealthURL == "" {
-		c.HealthURL = "http://127.0.0.1:9402/healthz"
+		c.HealthURL = "http://127.0.0.1:9402/readyz"
 	}
 	if c.HTTPClient == nil {
 		c.HTTPClient = &http.Client{Timeout: 2 * time.Second}

@@ -136,7 +136,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 		sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") || len(sc.Capabilities.Add) > 0:
 		t.Errorf("the container has more privilege than it needs: %+v", sc)
 	}
-	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" || c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/livez" {
 		t.Error("probes missing")
 	}
 	if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() || c.Resources.Limits.Memory().IsZero() {

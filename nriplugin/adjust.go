@@ -41,6 +41,10 @@ type Config struct {
 var (
 	ErrNoInventory = errors.New("no GPU inventory yet: discovery has not succeeded on this node")
 	ErrDenied      = errors.New("request denied by policy")
+	// ErrUnknownDevice is a request for a GPU the node does not have.
+	ErrUnknownDevice = errors.New("not on this node")
+	// ErrUnmetRequirement is an NVIDIA_REQUIRE_* the node does not meet.
+	ErrUnmetRequirement = errors.New("unmet requirement")
 )
 
 // Decision says what was injected, for logs and metrics.
@@ -343,7 +347,7 @@ func (p *prepared) resolve(req *Request) ([]*target, error) {
 		for _, s := range req.Devices {
 			t, ok := p.byName[s]
 			if !ok {
-				return nil, fmt.Errorf("%s: GPU %q is not on this node (%s)", req.Source, s, p.choices)
+				return nil, fmt.Errorf("%s: GPU %q is %w (%s)", req.Source, s, ErrUnknownDevice, p.choices)
 			}
 			if !slices.Contains(out, t) {
 				out = append(out, t)

@@ -3,40 +3,45 @@ package nriplugin
 import (
 	"errors"
 	"net/http"
+	"runtime"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// Metrics are the plugin's Prometheus metrics, in a registry of their own.
+// Metrics are the plugin's Prometheus metrics, in a registry of their own with the Go and
+// process collectors.
 type Metrics struct {
 	reg        *prometheus.Registry
 	requests   *prometheus.CounterVec
 	devices    prometheus.Counter
-	failures   *prometheus.CounterVec
 	latency    prometheus.Histogram
 	reconnects prometheus.Counter
 }
 
-// NewMetrics creates the metrics.
-func NewMetrics() *Metrics {
+// NewMetrics creates the metrics; version and commit label nvbind_build_info.
+func NewMetrics(version, commit string) *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nvbind_requests_total",
-			Help: "GPU requests seen in CreateContainer, by source (annotation, cdi, env) and outcome."}, []string{"source", "outcome"}),
+			Help: "GPU requests seen in CreateContainer, by source (annotation, cdi, env, allocation), outcome (injected, ignored, refused) and, when refused, reason."},
+			[]string{"source", "outcome", "reason"}),
 		devices: prometheus.NewCounter(prometheus.CounterOpts{Name: "nvbind_injected_devices_total",
 			Help: "GPUs and MIG devices injected into containers."}),
-		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "nvbind_failures_total",
-			Help: "Refused CreateContainer requests, by reason."}, []string{"reason"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nvbind_create_container_seconds",
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nvbind_create_container_duration_seconds",
 			Help:    "Time spent handling CreateContainer.",
 			Buckets: []float64{5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2}}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "nvbind_runtime_reconnects_total",
 			Help: "Times the plugin lost the runtime and dialled again."}),
 	}
-	m.reg.MustRegister(m.requests, m.devices, m.failures, m.latency, m.reconnects)
+	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "nvbind_build_info", Help: "nvbind's version, commit and Go version; always 1.",
+		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "goversion": runtime.Version()}})
+	info.Set(1)
+	m.reg.MustRegister(m.requests, m.devices, m.latency, m.reconnects, info,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -49,9 +54,11 @@ func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, pro
 
 func sourceLabel(s string) string {
 	switch {
-	case strings.Contains(s, "gpus.nvbind.io"):
+	case strings.Contains(s, AnnotationGPUs):
 		return "annotation"
-	case strings.HasPrefix(s, "env "):
+	case strings.HasPrefix(s, "kubelet allocation") || s == "allocation":
+		return "allocation"
+	case strings.HasPrefix(s, "env ") || strings.HasPrefix(s, "mounts "):
 		return "env"
 	case s == "":
 		return "none"
@@ -70,26 +77,27 @@ func (m *Metrics) observe(d time.Duration, dec *Decision, err error) {
 	}
 	switch {
 	case err != nil:
-		m.requests.WithLabelValues(sourceLabel(src), "refused").Inc()
-		m.failures.WithLabelValues(failureReason(err)).Inc()
+		m.requests.WithLabelValues(sourceLabel(src), "refused", failureReason(err)).Inc()
 	case dec.Skipped != "":
-		m.requests.WithLabelValues(sourceLabel(src), "ignored").Inc()
+		m.requests.WithLabelValues(sourceLabel(src), "ignored", "").Inc()
 	default:
-		m.requests.WithLabelValues(sourceLabel(src), "injected").Inc()
+		m.requests.WithLabelValues(sourceLabel(src), "injected", "").Inc()
 		m.devices.Add(float64(len(dec.Devices)))
 	}
 }
 
+// failureReason names a refusal by its sentinel error.
 func failureReason(err error) string {
-	msg := err.Error()
 	switch {
 	case errors.Is(err, ErrDenied):
 		return "denied"
+	case errors.Is(err, ErrNotAllocated):
+		return "not_allocated"
 	case errors.Is(err, ErrNoInventory):
 		return "no_inventory"
-	case strings.Contains(msg, "is not on this node"):
+	case errors.Is(err, ErrUnknownDevice):
 		return "unknown_device"
-	case strings.Contains(msg, "unmet requirement"):
+	case errors.Is(err, ErrUnmetRequirement):
 		return "unmet_requirement"
 	}
 	return "bad_request"

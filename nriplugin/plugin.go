@@ -36,7 +36,7 @@ func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if m == nil {
-		m = NewMetrics()
+		m = NewMetrics("", "")
 	}
 	return &Plugin{adj: adj, log: log, metrics: m}
 }
@@ -82,7 +82,7 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
 	switch {
 	case err != nil:
-		p.log.Warn("GPU request refused", append(attrs, "error", err.Error())...)
+		p.log.Warn("GPU request refused", append(attrs, slog.Any("error", err))...)
 		// the runtime shows this to users (kubectl describe pod): name who refused
 		return nil, nil, fmt.Errorf("nvbind: %w", err)
 	case dec != nil && dec.Skipped != "":
@@ -139,7 +139,7 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 		if time.Since(started) > 10*time.Second {
 			backoff = 100 * time.Millisecond
 		}
-		p.log.Warn("lost the runtime, reconnecting", "error", fmt.Sprint(err), "in", backoff.String())
+		p.log.Warn("lost the runtime, reconnecting", slog.Any("error", err), "in", backoff.String())
 		if lost {
 			p.metrics.reconnects.Inc()
 		}

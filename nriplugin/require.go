@@ -173,5 +173,5 @@ func (r Requirement) Check(drv gpu.Driver, devs []gpu.Device) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("unmet requirement %s=%q (%s)", r.Var, truncate(r.Raw, 128), strings.Join(why, "; "))
+	return fmt.Errorf("%w %s=%q (%s)", ErrUnmetRequirement, r.Var, truncate(r.Raw, 128), strings.Join(why, "; "))
 }

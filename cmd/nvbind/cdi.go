@@ -140,19 +140,19 @@ func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec
 	}
 	for ev := range d.Watch(ctx, f.interval) {
 		if ev.Err != nil {
-			log.Error("discovery failed; the spec on disk stays as it is", "error", ev.Err.Error())
+			log.Error("discovery failed; the spec on disk stays as it is", slog.Any("error", ev.Err))
 			continue
 		}
 		s, err := spec.Generate(ev.Inventory, o)
 		if err != nil {
-			log.Error("spec not generated; the spec on disk stays as it is", "error", err.Error())
+			log.Error("spec not generated; the spec on disk stays as it is", slog.Any("error", err))
 			continue
 		}
 		err = f.writeAll(ev.Inventory, s, o, format, func(dst string, s *cdispecs.Spec) {
 			log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
 		})
 		if err != nil {
-			log.Error("spec not written", "error", err.Error())
+			log.Error("spec not written", slog.Any("error", err))
 		}
 	}
 	return nil

@@ -94,7 +94,7 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 	go func() {
 		for ev := range events {
 			if ev.Err != nil {
-				log.Error("discovery failed; keeping the last devices", "error", ev.Err)
+				log.Error("discovery failed; keeping the last devices", slog.Any("error", ev.Err))
 				continue
 			}
 			feedDevicePlugin(p, f.listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
@@ -107,7 +107,7 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 // spec its CDI names refer to.
 func feedDevicePlugin(p *deviceplugin.Plugin, listStrategy string, inv *gpu.Inventory, so spec.Options, dir string, log *slog.Logger) {
 	if err := p.Update(inv); err != nil {
-		log.Error("device plugin: devices not updated", "error", err)
+		log.Error("device plugin: devices not updated", slog.Any("error", err))
 	}
 	if listStrategy == deviceplugin.ListCDICRI {
 		writeCDIModeSpec(inv, so, dir, log)

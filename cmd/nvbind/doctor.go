@@ -56,6 +56,6 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
 	fl.StringSliceVar(&c.CRIOConfigs, "crio-config", nil, "CRI-O configuration files (default /etc/crio/crio.conf and crio.conf.d/*.conf)")
 	fl.StringVar(&c.DockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
 	fl.StringVar(&c.NRISocket, "nri-socket", "/var/run/nri/nri.sock", "the runtime's NRI socket")
-	fl.StringVar(&c.HealthURL, "health-url", "http://127.0.0.1:9402/healthz", "nvbind nri's /healthz")
+	fl.StringVar(&c.HealthURL, "health-url", "http://127.0.0.1:9402/readyz", "nvbind nri's /readyz")
 	return cmd
 }

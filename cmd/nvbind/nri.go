@@ -76,7 +76,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.BoolVar(&f.envRequests, "env-requests", true, "let NVIDIA_VISIBLE_DEVICES in a container's env request GPUs (any pod can set env)")
 	fl.StringSliceVar(&f.allowed, "allowed-namespaces", nil, "namespaces that may request GPUs (default: all)")
 	fl.StringSliceVar(&f.allNS, "all-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
-	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics and /healthz (empty: off)")
+	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics, /readyz, /livez and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
 	return cmd
 }
@@ -101,7 +101,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	metrics := nriplugin.NewMetrics()
+	metrics := nriplugin.NewMetrics(version, commit)
 	p := nriplugin.NewPlugin(adj, log, metrics)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -123,7 +123,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		for ev := range events {
 			switch {
 			case ev.Err != nil:
-				log.Error("discovery failed; keeping the last inventory", "error", ev.Err.Error())
+				log.Error("discovery failed; keeping the last inventory", slog.Any("error", ev.Err))
 			default:
 				adj.SetInventory(ev.Inventory)
 				log.Info("inventory", "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices),
@@ -160,11 +160,11 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	if os.Getenv(api.PluginNameEnvVar) == "" {
 		o.Name, o.Index = f.name, f.index
 	}
-	log.Info("starting NRI plugin", "socket", f.socket, "pre-registered", preRegistered, "cdi-mode", f.cdiMode)
+	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode)
 	if dp != nil {
 		go func() {
 			if err := dp.Run(ctx); err != nil {
-				log.Error("device plugin stopped", "error", err)
+				log.Error("device plugin stopped", slog.Any("error", err))
 			}
 		}()
 	}
@@ -182,25 +182,28 @@ func writeCDIModeSpec(inv *gpu.Inventory, o spec.Options, dir string, log *slog.
 		}
 	}
 	if err != nil {
-		log.Error("CDI spec not refreshed; the old one stays", "error", err.Error())
+		log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
 		return
 	}
 	log.Info("CDI spec refreshed", "dir", dir, "devices", len(s.Devices))
 }
 
-// serveMetrics serves /metrics, /livez (the process answers) and /healthz (200 while
-// registered with the runtime).
+// serveMetrics serves /metrics, /livez (the process answers), and /readyz (200 while
+// registered with the runtime, and with --device-plugin with the kubelet), with /healthz
+// kept as the same check for older probes.
 func serveMetrics(ctx context.Context, addr string, m *nriplugin.Metrics, p *nriplugin.Plugin, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", m.Handler())
 	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+	ready := func(w http.ResponseWriter, _ *http.Request) {
 		if !p.Ready() {
 			http.Error(w, "not registered with the runtime (or, with --device-plugin, the kubelet)", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = io.WriteString(w, "ok\n")
-	})
+	}
+	mux.HandleFunc("/readyz", ready)
+	mux.HandleFunc("/healthz", ready)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("--metrics-address %s: %w", addr, err)
@@ -214,9 +217,9 @@ func serveMetrics(ctx context.Context, addr string, m *nriplugin.Metrics, p *nri
 	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", "error", err.Error())
+			log.Error("metrics server stopped", slog.Any("error", err))
 		}
 	}()
-	log.Info("serving /metrics and /healthz", "address", ln.Addr().String())
+	log.Info("serving /metrics, /readyz and /livez", "address", ln.Addr().String())
 	return nil
 }

@@ -135,9 +135,11 @@ func TestCluster(t *testing.T) {
 
 	run("Metrics", func(t *testing.T) {
 		m := s.metrics(t)
-		for _, series := range []string{`nvbind_requests_total{outcome="injected",source="annotation"}`,
-			`nvbind_requests_total{outcome="injected",source="env"}`, `nvbind_requests_total{outcome="injected",source="cdi"}`,
-			`nvbind_requests_total{outcome="refused",source="annotation"}`} {
+		for _, series := range []string{`nvbind_requests_total{outcome="injected",reason="",source="annotation"}`,
+			`nvbind_requests_total{outcome="injected",reason="",source="env"}`, `nvbind_requests_total{outcome="injected",reason="",source="cdi"}`,
+			`nvbind_requests_total{outcome="refused",reason="unknown_device",source="annotation"}`,
+			`nvbind_requests_total{outcome="refused",reason="unmet_requirement",source="env"}`,
+			`nvbind_requests_total{outcome="refused",reason="denied",source="annotation"}`} {
 			if v := metricValue(m, series); v == "" || v == "0" {
 				t.Errorf("%s = %q", series, v)
 			}

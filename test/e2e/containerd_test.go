@@ -70,12 +70,12 @@ func startPlugin(t testing.TB, bin, nriSock, driverRoot string, extra ...string)
 	return p
 }
 
-// waitHealthy polls /healthz until the plugin is registered with the runtime.
+// waitHealthy polls /readyz until the plugin is registered with the runtime.
 func (p *nriPlugin) waitHealthy(t testing.TB, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
-		if r, err := http.Get("http://" + p.metrics + "/healthz"); err == nil {
+		if r, err := http.Get("http://" + p.metrics + "/readyz"); err == nil {
 			_ = r.Body.Close()
 			if r.StatusCode == http.StatusOK {
 				return
@@ -185,7 +185,7 @@ func TestContainerdNRI(t *testing.T) {
 			t.Errorf("after the restart:\n%s", out)
 		}
 		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_runtime_reconnects_total 1") ||
-			!strings.Contains(m, `nvbind_requests_total{outcome="refused",source="annotation"} 1`) {
+			!strings.Contains(m, `nvbind_requests_total{outcome="refused",reason="unknown_device",source="annotation"} 1`) {
 			t.Errorf("metrics:\n%s", m)
 		}
 	})
@@ -278,7 +278,7 @@ func TestContainerdPreRegisteredCDIMode(t *testing.T) {
 		t.Errorf("CDI-mode container:\n%s", out)
 	}
 	data, _ := os.ReadFile(logFile)
-	if !strings.Contains(string(data), "pre-registered=true") || !strings.Contains(string(data), "CDI spec refreshed") {
+	if !strings.Contains(string(data), "pre_registered=true") || !strings.Contains(string(data), "CDI spec refreshed") {
 		t.Errorf("plugin log:\n%s", data)
 	}
 }
