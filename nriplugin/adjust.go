@@ -245,7 +245,7 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 			dec.Skipped = fmt.Sprintf("%s=all ignored: namespace %q is not allowed every GPU", req.Source, ns)
 			return nil, dec, nil
 		}
-		return nil, dec, fmt.Errorf("%w: %s asks for all GPUs, which namespace %q may not (--all-namespaces: %s)", ErrDenied, req.Source, ns, orNone(a.cfg.AllNamespaces))
+		return nil, dec, fmt.Errorf("%w: %s asks for all GPUs, which namespace %q may not (--all-gpus-namespaces: %s)", ErrDenied, req.Source, ns, orNone(a.cfg.AllNamespaces))
 	}
 	if p == nil {
 		return nil, dec, ErrNoInventory

@@ -89,7 +89,7 @@ func TestAdjustRefusals(t *testing.T) {
 		{name: "unknown UUID from env", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=GPU-ffff"},
 			wantErr: []string{"env NVIDIA_VISIBLE_DEVICES", `GPU "GPU-ffff" is not on this node`}},
 		{name: "all by annotation needs an allowed namespace", podAnn: map[string]string{"gpus.nvbind.io": "all"},
-			wantErr: []string{"request denied by policy", "asks for all GPUs", `namespace "default"`, "--all-namespaces: none"}},
+			wantErr: []string{"request denied by policy", "asks for all GPUs", `namespace "default"`, "--all-gpus-namespaces: none"}},
 		{name: "namespace not allowed", cfg: Config{AllowedNamespaces: []string{"ml"}}, podAnn: map[string]string{"gpus.nvbind.io": "0"},
 			wantErr: []string{`namespace "default" may not request GPUs (allowed: ml)`}},
 		{name: "unmet requirement", cfg: Config{EnvRequests: true}, env: []string{"NVIDIA_VISIBLE_DEVICES=1", "NVIDIA_REQUIRE_CUDA=cuda>=12.4"},

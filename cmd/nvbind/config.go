@@ -32,16 +32,26 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 		table = t
 	}
 	var errs []error
+	ambiguous := ambiguousFlags(cmd.Root())
+	scope := strings.ToUpper(strings.Join(strings.Fields(strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name())), "_"))
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Changed || f.Name == "config" || f.Name == "help" {
 			return
 		}
-		env := "NVBIND_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(env); ok {
-			if err := cmd.Flags().Set(f.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("$%s=%q: %w", env, v, err))
+		// $NVBIND_<COMMAND>_<FLAG> for this command (NVBIND_CDI_GENERATE_FORMAT), then
+		// $NVBIND_<FLAG> for a flag that means the same in every command
+		name := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		envs := []string{"NVBIND_" + scope + "_" + name}
+		if !ambiguous[f.Name] {
+			envs = append(envs, "NVBIND_"+name)
+		}
+		for _, env := range envs {
+			if v, ok := os.LookupEnv(env); ok {
+				if err := cmd.Flags().Set(f.Name, v); err != nil {
+					errs = append(errs, fmt.Errorf("$%s=%q: %w", env, v, err))
+				}
+				return
 			}
-			return
 		}
 		for _, src := range []struct {
 			where string
@@ -61,6 +71,28 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// ambiguousFlags are the flag names whose meaning (usage text) differs between commands,
+// such as --format (text or json for info and doctor, json or yaml for cdi generate):
+// they take only the command's own variable.
+func ambiguousFlags(root *cobra.Command) map[string]bool {
+	usage := map[string]string{}
+	out := map[string]bool{}
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
+			if u, ok := usage[f.Name]; ok && u != f.Usage {
+				out[f.Name] = true
+			}
+			usage[f.Name] = f.Usage
+		})
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	return out
 }
 
 func configValue(v any) string {

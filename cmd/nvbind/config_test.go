@@ -44,14 +44,14 @@ driver-root = "/from-config-table"
 format = "json"
 capabilities = ["compute", "utility"]
 `
-	got, err := settingsOf(t, config, map[string]string{"NVBIND_FORMAT": "yaml"}, "--vendor", "flag.example.com")
+	got, err := settingsOf(t, config, map[string]string{"NVBIND_CDI_GENERATE_FORMAT": "yaml", "NVBIND_CAPABILITIES": "video"}, "--vendor", "flag.example.com")
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := map[string]string{
 		"driver-root":  "/from-config-table", // the command's table beats the top level
 		"format":       "yaml",               // env beats the config file
-		"capabilities": "compute,utility",    // lists join
+		"capabilities": "video",              // an unscoped variable of an unambiguous flag applies
 		"vendor":       "flag.example.com",   // flags win
 	}
 	for k, v := range want {
@@ -72,5 +72,27 @@ func TestSettingsRejectUnknownKeys(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: err = %v, want %q", tc.config, err, tc.want)
 		}
+	}
+}
+
+// TestAmbiguousEnvIsScoped: --format means text|json for info and json|yaml for cdi
+// generate, so $NVBIND_FORMAT applies to neither; each command has its own variable.
+func TestAmbiguousEnvIsScoped(t *testing.T) {
+	t.Setenv("NVBIND_FORMAT", "yaml")
+	got, err := settingsOf(t, "", nil)
+	if err != nil || got["format"] != "" {
+		t.Errorf("cdi generate took $NVBIND_FORMAT: %q %v", got["format"], err)
+	}
+	t.Setenv("NVBIND_INFO_FORMAT", "json")
+	root := newRootCommand()
+	cmd, _, err := root.Find([]string{"info"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := applySettings(cmd, filepath.Join(t.TempDir(), "none.toml"), false); err != nil {
+		t.Fatalf("info with NVBIND_FORMAT=yaml set: %v", err)
+	}
+	if v := cmd.Flags().Lookup("format").Value.String(); v != "json" {
+		t.Errorf("info --format = %q, want json from $NVBIND_INFO_FORMAT", v)
 	}
 }

@@ -150,3 +150,19 @@ func TestHelpAnnotationKeysAreValid(t *testing.T) {
 		t.Error(bad)
 	}
 }
+
+// TestHelpShowsNoMachinePath: --hook-path's default is worked out when a spec is built,
+// so --help is the same on every machine.
+func TestHelpShowsNoMachinePath(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"cdi", "generate", "--help"}, {"nri", "--help"}, {"device-plugin", "--help"}} {
+		out, _, err := run(t, args...)
+		if err != nil || strings.Contains(out, filepath.Dir(exe)) || !strings.Contains(out, "--hook-path") {
+			t.Errorf("%v: %v\n%s", args, err, out)
+		}
+	}
+}

@@ -50,7 +50,7 @@ GPUs to containers that ask for them, in this order (the first that asks wins):
 Launched by the runtime from /opt/nri/plugins (NRI_PLUGIN_* set), it uses the connection it is given;
 otherwise it dials --socket and dials again whenever the runtime restarts.`,
 		Example: `  nvbind nri
-  nvbind nri --socket /var/run/nri/nri.sock --metrics-address :9402 --all-namespaces ml-admin
+  nvbind nri --socket /var/run/nri/nri.sock --metrics-address :9402 --all-gpus-namespaces ml-admin
   nvbind nri --cdi-mode --cdi-spec-dir /var/run/cdi     # containerd 2.1+, CRI-O 1.34+`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -75,7 +75,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.StringVar(&f.cdiSpecDir, "cdi-spec-dir", "/var/run/cdi", "where --cdi-mode writes the spec")
 	fl.BoolVar(&f.envRequests, "env-requests", true, "let NVIDIA_VISIBLE_DEVICES in a container's env request GPUs (any pod can set env)")
 	fl.StringSliceVar(&f.allowed, "allowed-namespaces", nil, "namespaces that may request GPUs (default: all)")
-	fl.StringSliceVar(&f.allNS, "all-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
+	fl.StringSliceVar(&f.allNS, "all-gpus-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
 	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics, /readyz, /livez and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
 	return cmd

@@ -170,12 +170,16 @@ func (s *specFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&s.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices")
 	fl.StringVar(&s.class, "class", spec.DefaultClass, "CDI class of the devices")
-	fl.StringVar(&s.hookPath, "hook-path", defaultHookPath(), "absolute path of the binary the hook runs: nvbind-hook beside nvbind when it is there, else nvbind")
+	fl.StringVar(&s.hookPath, "hook-path", "", "absolute path of the binary the hook runs (default: nvbind-hook beside nvbind when it is there, else nvbind)")
 	fl.StringVar(&s.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
 }
 
 func (s *specFlags) options() (spec.Options, error) {
-	o := spec.Options{Vendor: s.vendor, Class: s.class, HookPath: s.hookPath}
+	hookPath := s.hookPath
+	if hookPath == "" {
+		hookPath = defaultHookPath() // here, not at flag registration: --help shows no path of this machine
+	}
+	o := spec.Options{Vendor: s.vendor, Class: s.class, HookPath: hookPath}
 	var err error
 	if o.DisabledHooks, err = spec.ParseHookNames(s.disableHooks); err != nil {
 		return o, fmt.Errorf("--disable-hooks: %w", err)
