@@ -120,6 +120,9 @@ func findLDConfig(want string) (string, error) {
 		if !path.IsAbs(want) {
 			return "", fmt.Errorf("ldconfig %q is not an absolute path", want)
 		}
+		if fi, err := os.Stat(want); err != nil || !fi.Mode().IsRegular() {
+			return "", fmt.Errorf("no ldconfig at %s", want)
+		}
 		return want, nil
 	}
 	for _, p := range ldconfigs {
@@ -135,10 +138,6 @@ func findLDConfig(want string) (string, error) {
 // configuration and default folders. Where the image has /etc/ld.so.conf.d, the folders
 // are also written there, so an ldconfig run inside the container keeps them.
 func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldconfig string) error {
-	ldc, err := findLDConfig(ldconfig)
-	if err != nil {
-		return err
-	}
 	for _, f := range folders {
 		if _, _, err := cleanAbs(f); err != nil {
 			return err
@@ -157,6 +156,11 @@ func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldco
 		return r.writeFile("/etc/ld.so.cache", data)
 	} else if !errors.Is(err, errNeedLDConfig) {
 		return err
+	}
+	// only a cache nvbind cannot merge (hwcaps, the old format) needs the host's ldconfig
+	ldc, err := findLDConfig(ldconfig)
+	if err != nil {
+		return fmt.Errorf("the image's ld.so.cache cannot be merged and %w", err)
 	}
 	args := []string{"-r", r.path, "-X", "-C", "/etc/ld.so.cache"}
 	if r.exists("/etc/ld.so.conf") {

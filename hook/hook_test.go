@@ -545,3 +545,17 @@ func TestMergedCacheEqualsLDConfig(t *testing.T) {
 		t.Error("the compat libcuda is not first")
 	}
 }
+
+// TestUpdateLDCacheNeedsNoHostLDConfig: where the hook writes the cache itself (here an
+// image without one), the host's ldconfig is never looked for: this test names one that
+// does not exist, and runs without root.
+func TestUpdateLDCacheNeedsNoHostLDConfig(t *testing.T) {
+	t.Parallel()
+	root := ldRoot(t, false)
+	if err := RunInRoot(context.Background(), root, Options{Folders: []string{"/drv"}, LDConfig: "/nonexistent/ldconfig"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := lookup(cacheEntries(t, root), "libcuda.so.1"); got != "/drv/libcuda.so.1" {
+		t.Errorf("libcuda.so.1 => %q", got)
+	}
+}

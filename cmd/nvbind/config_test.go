@@ -96,3 +96,22 @@ func TestAmbiguousEnvIsScoped(t *testing.T) {
 		t.Errorf("info --format = %q, want json from $NVBIND_INFO_FORMAT", v)
 	}
 }
+
+// TestHookIgnoresConfig: the hook runs on every GPU container start; a broken config
+// file or $NVBIND_* must not reach it.
+func TestHookIgnoresConfig(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(bad, []byte("this is [not toml"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NVBIND_CONFIG", bad)
+	t.Setenv("NVBIND_LDCONFIG", "relative")
+	_, _, err := run(t, "info", "--driver-root", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "config file") {
+		t.Fatalf("info with a broken config file: %v", err)
+	}
+	_, _, err = run(t, "hook", "update-ldcache", "--folder", "/drv")
+	if err == nil || strings.Contains(err.Error(), "config file") || strings.Contains(err.Error(), "relative") {
+		t.Errorf("the hook read the config or env: %v", err)
+	}
+}

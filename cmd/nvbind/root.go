@@ -39,6 +39,11 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.config, "config", defaultConfigFile, "config file: flags as keys, a table per command ([nri], [cdi.generate]); every flag is also $NVBIND_<FLAG>; flags win")
 	root.PersistentPreRunE = func(cmd *cobra.Command, _ []string) error {
+		if isHook(cmd) {
+			// hooks run on every GPU container start: a bad config file or a stray
+			// $NVBIND_* must not break them, so they take their arguments alone
+			return nil
+		}
 		path, explicit := g.config, cmd.Flags().Changed("config")
 		if v, ok := os.LookupEnv("NVBIND_CONFIG"); ok && !explicit {
 			path, explicit = v, true
@@ -49,6 +54,16 @@ func newRootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text, json")
 	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDevicePluginCommand(g), newDoctorCommand(), newInstallCommand(), newUninstallCommand())
 	return root
+}
+
+// isHook reports whether cmd is "nvbind hook" or one of its subcommands.
+func isHook(cmd *cobra.Command) bool {
+	for c := cmd; c != nil; c = c.Parent() {
+		if c.Name() == "hook" && c.Parent() != nil && c.Parent().Parent() == nil {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *globalFlags) logger(w io.Writer) (*slog.Logger, error) {
