@@ -21,7 +21,7 @@ IMAGE        ?= $(IMAGE_REPO):$(IMAGE_TAG)
 ARCH         ?= amd64
 IMAGE_TAR    ?= _output/nvbind-image-$(ARCH).tar
 
-.PHONY: all build image deps fixtures k8s test test-k8s test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps tools-lint tools-containerd fixtures k8s test test-k8s test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -38,8 +38,16 @@ image: build
 	$(GO) run ./internal/cmd/mkimage -bin bin -arch $(ARCH) -name $(IMAGE) -version $(IMAGE_TAG) \
 	  -revision $(COMMIT) -created $$(git log -1 --format=%ct 2>/dev/null || date +%s) -out $(IMAGE_TAR)
 
+# Debian packages: what building and the demo need. Lint and the tests install their
+# own tools (golangci-lint; containerd built from source) on first use.
 deps:
-	test/deps.sh
+	test/deps.sh packages
+
+tools-lint:
+	test/deps.sh lint
+
+tools-containerd:
+	test/deps.sh containerd
 
 fixtures:
 	test/driverroot/build.sh $(ROOTS)
@@ -52,18 +60,18 @@ k8s:
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.
 # As root this includes the single-node Kubernetes cluster of test/cluster.
-test: fixtures $(if $(filter 0,$(shell id -u)),k8s,)
+test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd k8s,)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 40m ./...
 
 # Only the cluster scenarios, verbosely (as root).
-test-k8s: fixtures k8s
+test-k8s: fixtures tools-containerd k8s
 	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -v -timeout 30m ./test/cluster
 
 # Hermetic: no fixtures, no root.
 test-unit:
 	$(GO) test -race -count=1 ./...
 
-test-root: fixtures
+test-root: fixtures tools-containerd
 	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -run 'Runc|Podman|Containerd|LDCache|Protect|CUDACompat' ./...
 
 test-gpu: build
@@ -71,7 +79,7 @@ test-gpu: build
 
 # Benchmarks; containerd's create+start is timed over 40 container pairs to see through
 # the noise of a busy machine.
-bench: fixtures $(if $(filter 0,$(shell id -u)),k8s,)
+bench: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd k8s,)
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/test/e2e\|/test/cluster')
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 40x -count=1 ./test/e2e
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 10x -count=1 -timeout 20m ./test/cluster
@@ -84,7 +92,7 @@ fuzz:
 	  done; \
 	done
 
-lint:
+lint: tools-lint
 	$(GOLANGCI_LINT) run ./...
 
 vet:

@@ -1,4 +1,7 @@
 #!/usr/bin/env bash
+# Usage: test/deps.sh [packages] [lint] [containerd] (default: all three). `make deps`
+# installs the Debian packages only, which is all `make demo` needs; `make lint` and
+# `make test` ask for the rest.
 # Installs what building, the demo and the tests need on a fresh Debian 12 (as root):
 # Debian packages, a pinned golangci-lint, and containerd 2.x built from the Go module
 # proxy. Tools go to $NVBIND_CACHE/bin (default /var/cache/nvbind/bin); each step is
@@ -11,8 +14,12 @@ GOLANGCI_LINT_VERSION=v2.15.0
 CONTAINERD_VERSION=v2.4.2
 mkdir -p "$bin"
 
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(packages lint containerd)
+wants() { [[ " ${want[*]} " == *" $1 "* ]]; }
+
 need=()
-for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
+wants packages && for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -23,14 +30,14 @@ fi
 
 export GOBIN=$bin
 export CGO_CFLAGS="-O2 -g -Wno-deprecated-declarations"
-if ! "$bin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_LINT_VERSION#v}"; then
+if wants lint && ! "$bin/golangci-lint" version 2>/dev/null | grep -q "${GOLANGCI_LINT_VERSION#v}"; then
   echo "installing golangci-lint $GOLANGCI_LINT_VERSION"
   go install "github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$GOLANGCI_LINT_VERSION"
 fi
-if ! "$bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD_VERSION#v}"; then
+if wants containerd && ! "$bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD_VERSION#v}"; then
   echo "building containerd $CONTAINERD_VERSION (a few minutes on 2 cores)"
   go install -tags no_btrfs "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
 fi
-echo "dependencies ready in $bin"
+echo "dependencies ready (${want[*]}) in $bin"
