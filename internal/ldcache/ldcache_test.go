@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -91,4 +92,57 @@ func TestParseRejects(t *testing.T) {
 			t.Errorf("Parse(%q) accepted", bad)
 		}
 	}
+}
+
+// TestEncodeParseRoundTrip: entries put in the loader's order by Sort, Encode writes and
+// Parse reads back entry for entry.
+func TestEncodeParseRoundTrip(t *testing.T) {
+	t.Parallel()
+	x86 := int32(FlagELFLibc6 | FlagX8664Lib64)
+	in := []Entry{
+		{Name: "libcuda.so.1", Path: "/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.1", Flags: x86},
+		{Name: "libc.so.6", Path: "/lib/x86_64-linux-gnu/libc.so.6", Flags: x86},
+		{Name: "libcuda.so.1", Path: "/usr/lib32/libcuda.so.1", Flags: FlagELFLibc6},
+		{Name: "libnvidia-ml.so.1", Path: "/drv/libnvidia-ml.so.1", Flags: x86, HWCap: 0},
+	}
+	want := slices.Clone(in)
+	Sort(want)
+	if slices.Equal(want, in) {
+		t.Fatal("the input is already sorted: the test would not show the order")
+	}
+	got, err := Parse(Encode(want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("round trip:\n got %v\nwant %v", got, want)
+	}
+}
+
+// FuzzEncodeParse: any cache Parse accepts encodes to one that parses to the same
+// entries.
+func FuzzEncodeParse(f *testing.F) {
+	f.Add(Encode([]Entry{{Name: "libcuda.so.1", Path: "/drv/libcuda.so.1", Flags: FlagELFLibc6 | FlagX8664Lib64}}))
+	f.Add([]byte("glibc-ld.so.cache1.1"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		entries, err := Parse(data)
+		if err != nil {
+			return
+		}
+		var plain []Entry
+		for _, e := range entries {
+			if e.HWCap == 0 && !strings.ContainsRune(e.Name, 0) && !strings.ContainsRune(e.Path, 0) {
+				plain = append(plain, e)
+			}
+		}
+		want := slices.Clone(plain)
+		Sort(want)
+		again, err := Parse(Encode(want))
+		if err != nil {
+			t.Fatalf("re-parse: %v", err)
+		}
+		if !slices.Equal(again, want) {
+			t.Fatalf("round trip:\n got %v\nwant %v", again, want)
+		}
+	})
 }
