@@ -11,6 +11,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/fileio"
 )
 
@@ -107,4 +108,19 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 		}
 		return nil
 	})
+}
+
+// WriteInto generates the spec of an inventory and writes it into dir under its
+// conventional name, in YAML: the spec that CDI names from the NRI plugin's CDI mode or
+// the device plugin's cdi-cri strategy refer to. A failure leaves the old spec.
+func WriteInto(inv *gpu.Inventory, o Options, dir string) (*cdispecs.Spec, error) {
+	s, err := Generate(inv, o)
+	if err != nil {
+		return nil, err
+	}
+	name, err := FileName(s, FormatYAML)
+	if err != nil {
+		return nil, err
+	}
+	return s, WriteFile(s, filepath.Join(dir, name), FormatYAML)
 }

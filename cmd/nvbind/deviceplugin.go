@@ -110,6 +110,8 @@ func feedDevicePlugin(p *deviceplugin.Plugin, listStrategy string, inv *gpu.Inve
 		log.Error("device plugin: devices not updated", slog.Any("error", err))
 	}
 	if listStrategy == deviceplugin.ListCDICRI {
-		writeCDIModeSpec(inv, so, dir, log)
+		if _, err := spec.WriteInto(inv, so, dir); err != nil {
+			log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
+		}
 	}
 }

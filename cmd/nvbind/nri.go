@@ -2,23 +2,15 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/deviceplugin"
-	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/nriplugin"
-	"github.com/nvbind/nvbind/spec"
 )
 
 type nriFlags struct {
@@ -105,121 +97,28 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	p := nriplugin.NewPlugin(adj, log, metrics)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var dp *deviceplugin.Plugin
+	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
+	if f.cdiMode {
+		svc.CDISpecDir = f.cdiSpecDir
+	}
 	if f.devicePlugin {
 		dm := deviceplugin.NewMetrics()
 		metrics.Register(dm.Collectors()...)
-		if dp, err = f.plugin(so, log, dm); err != nil {
+		if svc.DevicePlugin, err = f.plugin(so, log, dm); err != nil {
 			return err
 		}
-		p.AlsoReady(dp.Registered)
-	}
-
-	// Discovery: once before registering, then on every change.
-	events := d.Watch(ctx, f.rescan)
-	ready := make(chan struct{})
-	go func() {
-		first := true
-		for ev := range events {
-			switch {
-			case ev.Err != nil:
-				log.Error("discovery failed; keeping the last inventory", slog.Any("error", ev.Err))
-			default:
-				adj.SetInventory(ev.Inventory)
-				log.Info("inventory", "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices),
-					"source", string(ev.Inventory.Source), "files", len(ev.Inventory.Files))
-				if f.cdiMode {
-					writeCDIModeSpec(ev.Inventory, so, f.cdiSpecDir, log)
-				}
-				if dp != nil {
-					listStrategy := f.listStrategy
-					if f.cdiMode {
-						listStrategy = "" // the spec is written above
-					}
-					feedDevicePlugin(dp, listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
-				}
-			}
-			if first {
-				first = false
-				close(ready)
-			}
-		}
-	}()
-	select {
-	case <-ready:
-	case <-ctx.Done():
-		return nil
-	}
-	if f.metricsAddr != "" {
-		if err := serveMetrics(ctx, f.metricsAddr, metrics, p, log); err != nil {
-			return err
+		p.AlsoReady(svc.DevicePlugin.Registered)
+		if f.listStrategy == deviceplugin.ListCDICRI {
+			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
 		}
 	}
 	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
-	o := nriplugin.RunOptions{Socket: f.socket, Reconnect: !preRegistered}
+	svc.Run = nriplugin.RunOptions{Socket: f.socket, Reconnect: !preRegistered}
 	if os.Getenv(api.PluginNameEnvVar) == "" {
-		o.Name, o.Index = f.name, f.index
+		svc.Run.Name, svc.Run.Index = f.name, f.index
 	}
-	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode)
-	if dp != nil {
-		go func() {
-			if err := dp.Run(ctx); err != nil {
-				log.Error("device plugin stopped", slog.Any("error", err))
-			}
-		}()
-	}
-	return p.Run(ctx, o)
-}
-
-// writeCDIModeSpec keeps the spec that --cdi-mode's device names refer to in step with
-// the inventory, with the same hook options as the direct edits.
-func writeCDIModeSpec(inv *gpu.Inventory, o spec.Options, dir string, log *slog.Logger) {
-	s, err := spec.Generate(inv, o)
-	if err == nil {
-		var name string
-		if name, err = spec.FileName(s, spec.FormatYAML); err == nil {
-			err = spec.WriteFile(s, filepath.Join(dir, name), spec.FormatYAML)
-		}
-	}
-	if err != nil {
-		log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
-		return
-	}
-	log.Info("CDI spec refreshed", "dir", dir, "devices", len(s.Devices))
-}
-
-// serveMetrics serves /metrics, /livez (the process answers), and /readyz (200 while
-// registered with the runtime, and with --device-plugin with the kubelet), with /healthz
-// kept as the same check for older probes.
-func serveMetrics(ctx context.Context, addr string, m *nriplugin.Metrics, p *nriplugin.Plugin, log *slog.Logger) error {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", m.Handler())
-	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
-	ready := func(w http.ResponseWriter, _ *http.Request) {
-		if !p.Ready() {
-			http.Error(w, "not registered with the runtime (or, with --device-plugin, the kubelet)", http.StatusServiceUnavailable)
-			return
-		}
-		_, _ = io.WriteString(w, "ok\n")
-	}
-	mux.HandleFunc("/readyz", ready)
-	mux.HandleFunc("/healthz", ready)
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("--metrics-address %s: %w", addr, err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server stopped", slog.Any("error", err))
-		}
-	}()
-	log.Info("serving /metrics, /readyz and /livez", "address", ln.Addr().String())
-	return nil
+	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode, "device_plugin", f.devicePlugin)
+	// discovery: once before registering, then on every change
+	svc.Events = d.Watch(ctx, f.rescan)
+	return svc.Serve(ctx)
 }

@@ -1,0 +1,157 @@
+package nriplugin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
+)
+
+// Service is `nvbind nri` as a whole: it feeds discovery's events to the adjuster (and
+// the device plugin), keeps nvbind's CDI spec where names in CRI or NRI refer to it,
+// serves /metrics, /readyz, /livez and /healthz, and runs the NRI plugin once the first
+// discovery has answered.
+type Service struct {
+	Plugin  *Plugin
+	Metrics *Metrics
+	// Events are discovery's events (gpu.Discoverer.Watch).
+	Events <-chan gpu.Event
+	// MetricsAddr is the address of the HTTP endpoints; empty: none.
+	MetricsAddr string
+	// Run says how the plugin connects to the runtime.
+	Run RunOptions
+	// CDISpecDir, when set, is where the service keeps nvbind's CDI spec, written with
+	// SpecOptions (CDI mode; the device plugin's cdi-cri strategy).
+	CDISpecDir  string
+	SpecOptions spec.Options
+	// DevicePlugin, when set, gets every inventory and runs beside the NRI plugin.
+	DevicePlugin *deviceplugin.Plugin
+	Log          *slog.Logger
+}
+
+// Serve runs until ctx ends or the plugin stops.
+func (s *Service) Serve(ctx context.Context) error {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make(chan struct{})
+	go s.consume(ready)
+	select {
+	case <-ready:
+	case <-ctx.Done():
+		return nil
+	}
+	if s.MetricsAddr != "" {
+		if err := s.serveHTTP(ctx); err != nil {
+			return err
+		}
+	}
+	if s.DevicePlugin != nil {
+		go func() {
+			if err := s.DevicePlugin.Run(ctx); err != nil {
+				s.Log.Error("device plugin stopped", slog.Any("error", err))
+			}
+		}()
+	}
+	return s.Plugin.Run(ctx, s.Run)
+}
+
+// consume applies discovery's events; ready closes after the first, failed or not, so
+// that the plugin registers only with an answer from discovery.
+func (s *Service) consume(ready chan<- struct{}) {
+	first := true
+	for ev := range s.Events {
+		s.Apply(ev)
+		if first {
+			first = false
+			close(ready)
+		}
+	}
+	if first {
+		close(ready)
+	}
+}
+
+// Apply takes one discovery event: a new inventory replaces the old one everywhere; a
+// failed discovery keeps the last good inventory and the spec on disk.
+func (s *Service) Apply(ev gpu.Event) {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if ev.Err != nil {
+		s.Log.Error("discovery failed; keeping the last inventory", slog.Any("error", ev.Err))
+		return
+	}
+	inv := ev.Inventory
+	s.Plugin.adj.SetInventory(inv)
+	s.Log.Info("inventory", "driver", inv.Driver.Version, "gpus", len(inv.Devices), "source", string(inv.Source), "files", len(inv.Files))
+	if s.CDISpecDir != "" {
+		s.writeSpec(inv)
+	}
+	if s.DevicePlugin != nil {
+		if err := s.DevicePlugin.Update(inv); err != nil {
+			s.Log.Error("device plugin: devices not updated", slog.Any("error", err))
+		}
+	}
+}
+
+// writeSpec keeps the spec that CDI names refer to in step with the inventory, with the
+// same hook options as the direct edits; a failure leaves the old spec.
+func (s *Service) writeSpec(inv *gpu.Inventory) {
+	cs, err := spec.WriteInto(inv, s.SpecOptions, s.CDISpecDir)
+	if err != nil {
+		s.Log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
+		return
+	}
+	s.Log.Info("CDI spec refreshed", "dir", s.CDISpecDir, "devices", len(cs.Devices))
+}
+
+// Handler serves /metrics, /livez (the process answers), and /readyz (200 while
+// registered with the runtime, and with the kubelet when the device plugin runs), with
+// /healthz kept as the same check for older probes.
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", s.Metrics.Handler())
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	ready := func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Plugin.Ready() {
+			http.Error(w, "not registered with the runtime (or, with the device plugin, the kubelet)", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	}
+	mux.HandleFunc("/readyz", ready)
+	mux.HandleFunc("/healthz", ready)
+	return mux
+}
+
+func (s *Service) serveHTTP(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("--metrics-address %s: %w", s.MetricsAddr, err)
+	}
+	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.Log.Error("metrics server stopped", slog.Any("error", err))
+		}
+	}()
+	s.Log.Info("serving /metrics, /readyz and /livez", "address", ln.Addr().String())
+	return nil
+}
