@@ -102,6 +102,15 @@ func (d *Discoverer) Watch(ctx context.Context, interval time.Duration) <-chan E
 func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event, errs <-chan error) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
+	soon := func() { // discover again after a quiet debounce period
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(debounce)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -113,25 +122,13 @@ func sleep(ctx context.Context, d time.Duration, events <-chan fsnotify.Event, e
 				errs = nil
 				continue
 			}
-			if !t.Stop() {
-				select {
-				case <-t.C:
-				default:
-				}
-			}
-			t.Reset(debounce)
+			soon()
 		case _, ok := <-events:
 			if !ok {
 				events = nil
 				continue
 			}
-			if !t.Stop() {
-				select {
-				case <-t.C:
-				default:
-				}
-			}
-			t.Reset(debounce)
+			soon()
 		}
 	}
 }
