@@ -43,7 +43,8 @@ Launched by the runtime from /opt/nri/plugins (NRI_PLUGIN_* set), it uses the co
 otherwise it dials --socket and dials again whenever the runtime restarts.`,
 		Example: `  nvbind nri
   nvbind nri --socket /var/run/nri/nri.sock --metrics-address :9402 --all-gpus-namespaces ml-admin
-  nvbind nri --cdi-mode --cdi-spec-dir /var/run/cdi     # containerd 2.1+, CRI-O 1.34+`,
+  nvbind nri --cdi-mode --cdi-spec-dir /var/run/cdi     # containerd 2.1+, CRI-O 1.34+
+  nvbind nri --device-plugin --require-allocation       # GPUs the scheduler accounts for`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(cmd.ErrOrStderr())
