@@ -71,7 +71,7 @@ func TestCluster(t *testing.T) {
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 
 		// every overlay users apply passes the real API server's validation, too
-		for _, dir := range []string{"manifests/base", "manifests/overlays/gpu-operator", "manifests/overlays/crio", "manifests/overlays/mig"} {
+		for _, dir := range []string{"manifests/base", "manifests/overlays/gpu-operator", "manifests/overlays/crio", "manifests/overlays/mig", "manifests/overlays/device-plugin"} {
 			s.kubectl("apply", "--dry-run=server", "-k", filepath.Join(s.repo, dir))
 		}
 	})
@@ -254,6 +254,15 @@ func TestCluster(t *testing.T) {
 		s.kubectl("apply", "-k", dp)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.waitCapacity(t, "2")
+
+		// the example, unchanged: one GPU, allocated by the kubelet
+		s.kubectl("apply", "-f", filepath.Join(s.repo, "manifests/examples/pod-resource.yaml"))
+		s.waitPhase("default", "cuda-resource", 2*time.Minute, "Succeeded", "Failed")
+		if log := s.logs("default", "cuda-resource", "cuda"); len(slices.DeleteFunc(nvidiaNodes(log), func(n string) bool { return !isGPUNode(n) })) != 1 ||
+			!strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => ") {
+			t.Errorf("pod-resource.yaml:\n%s", log)
+		}
+		s.kubectl("delete", "pod", "cuda-resource")
 
 		// two pods of one GPU each get different GPUs; a third waits
 		for _, name := range []string{"res-a", "res-b"} {
