@@ -19,26 +19,12 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/internal/fileio"
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/internal/version"
 )
 
 // Link is one link to create: Link (a container path) points to Target.
-type Link struct{ Target, Link string }
-
-// ParseLink parses the TARGET::LINK form of --link.
-func ParseLink(v string) (Link, error) {
-	t, l, ok := strings.Cut(v, "::")
-	if !ok || t == "" || l == "" {
-		return Link{}, fmt.Errorf("link %q: expected TARGET::LINK", v)
-	}
-	if !strings.HasPrefix(l, "/") {
-		return Link{}, fmt.Errorf("link %q: the link %q must be an absolute container path", v, l)
-	}
-	if strings.ContainsRune(v, 0) {
-		return Link{}, fmt.Errorf("link %q: contains NUL", v)
-	}
-	return Link{Target: t, Link: path.Clean(l)}, nil
-}
+type Link = hookargs.Link
 
 // Options selects the actions of one hook run. Empty fields turn actions off.
 type Options struct {

@@ -40,41 +40,6 @@ func readLink(t *testing.T, p string) string {
 	return s
 }
 
-func TestParseLink(t *testing.T) {
-	t.Parallel()
-	for _, tc := range []struct {
-		in      string
-		want    Link
-		wantErr bool
-	}{
-		{"libcuda.so.535::/usr/lib/libcuda.so.1", Link{"libcuda.so.535", "/usr/lib/libcuda.so.1"}, false},
-		{"a::/x/../y/./z", Link{"a", "/y/z"}, false},
-		{"a::relative", Link{}, true},
-		{"::/x", Link{}, true},
-		{"a:/x", Link{}, true},
-		{"a::", Link{}, true},
-	} {
-		got, err := ParseLink(tc.in)
-		if (err != nil) != tc.wantErr || got != tc.want {
-			t.Errorf("ParseLink(%q) = %v, %v", tc.in, got, err)
-		}
-	}
-}
-
-func FuzzParseLink(f *testing.F) {
-	f.Add("libcuda.so.535::/usr/lib/libcuda.so.1")
-	f.Add("a::b::/c")
-	f.Fuzz(func(t *testing.T, s string) {
-		l, err := ParseLink(s)
-		if err != nil {
-			return
-		}
-		if !strings.HasPrefix(l.Link, "/") || l.Target == "" || filepath.Clean(l.Link) != l.Link {
-			t.Fatalf("accepted %q as %+v", s, l)
-		}
-	})
-}
-
 func FuzzReadState(f *testing.F) {
 	f.Add([]byte(`{"ociVersion":"1.0.2","id":"x","status":"creating","pid":42,"bundle":"/run/x"}`))
 	f.Add([]byte(`{"bundle":"relative"}`))
@@ -128,11 +93,11 @@ func TestCreateSymlinks(t *testing.T) {
 	_ = os.WriteFile(filepath.Join(lib, "libown.so.1"), []byte("image's own"), 0o644)
 	var log bytes.Buffer
 	err := RunInRoot(context.Background(), root, Options{Log: &log, Links: []Link{
-		{"libcuda.so.535", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"},          // stale: replaced
-		{"libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so"},              // new
-		{"libcuda.so.1", "/usr/lib/x86_64-linux-gnu/libcuda.so"},              // identical: kept
-		{"x.so", "/usr/lib/x86_64-linux-gnu/libown.so.1"},                     // the image's file: left alone
-		{"../libcuda.so.535", "/usr/lib/x86_64-linux-gnu/new/dir/libcuda.so"}, // parents created
+		{Target: "libcuda.so.535", Link: "/usr/lib/x86_64-linux-gnu/libcuda.so.1"},          // stale: replaced
+		{Target: "libcuda.so.1", Link: "/usr/lib/x86_64-linux-gnu/libcuda.so"},              // new
+		{Target: "libcuda.so.1", Link: "/usr/lib/x86_64-linux-gnu/libcuda.so"},              // identical: kept
+		{Target: "x.so", Link: "/usr/lib/x86_64-linux-gnu/libown.so.1"},                     // the image's file: left alone
+		{Target: "../libcuda.so.535", Link: "/usr/lib/x86_64-linux-gnu/new/dir/libcuda.so"}, // parents created
 	}})
 	if err != nil {
 		t.Fatal(err)
@@ -167,7 +132,7 @@ func TestHostileRoots(t *testing.T) {
 	}{
 		{"absolute link to a host folder", func(root, outside string) error {
 			return os.Symlink(outside, filepath.Join(root, "usr/lib/x86_64-linux-gnu"))
-		}, Options{Links: []Link{{"libcuda.so.535", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"}}},
+		}, Options{Links: []Link{{Target: "libcuda.so.535", Link: "/usr/lib/x86_64-linux-gnu/libcuda.so.1"}}},
 			func(t *testing.T, root string, err error) {
 				// resolved inside the root the link dangles: a clear error, nothing written
 				if err == nil || !strings.Contains(err.Error(), "/usr/lib/x86_64-linux-gnu") || !strings.Contains(err.Error(), "not a directory") {
@@ -176,7 +141,7 @@ func TestHostileRoots(t *testing.T) {
 			}},
 		{"dot-dot chain", func(root, outside string) error {
 			return os.Symlink(strings.Repeat("../", 20)+strings.TrimPrefix(outside, "/"), filepath.Join(root, "usr/lib/x86_64-linux-gnu"))
-		}, Options{Links: []Link{{"libcuda.so.535", "/usr/lib/x86_64-linux-gnu/libcuda.so.1"}}},
+		}, Options{Links: []Link{{Target: "libcuda.so.535", Link: "/usr/lib/x86_64-linux-gnu/libcuda.so.1"}}},
 			func(t *testing.T, root string, err error) {
 				// resolved inside the root the link dangles: a clear error, nothing written
 				if err == nil || !strings.Contains(err.Error(), "/usr/lib/x86_64-linux-gnu") || !strings.Contains(err.Error(), "not a directory") {
@@ -188,7 +153,7 @@ func TestHostileRoots(t *testing.T) {
 				return err
 			}
 			return os.Symlink(filepath.Join(outside, "victim"), filepath.Join(root, "usr/lib/libcuda.so.1"))
-		}, Options{Links: []Link{{"libcuda.so.535", "/usr/lib/libcuda.so.1"}}},
+		}, Options{Links: []Link{{Target: "libcuda.so.535", Link: "/usr/lib/libcuda.so.1"}}},
 			func(t *testing.T, root string, err error) {
 				if err != nil {
 					t.Fatal(err)
@@ -202,7 +167,7 @@ func TestHostileRoots(t *testing.T) {
 				return err
 			}
 			return unix.Mkfifo(filepath.Join(root, "usr/lib/libcuda.so.1"), 0o644)
-		}, Options{Links: []Link{{"libcuda.so.535", "/usr/lib/libcuda.so.1"}}},
+		}, Options{Links: []Link{{Target: "libcuda.so.535", Link: "/usr/lib/libcuda.so.1"}}},
 			func(t *testing.T, root string, err error) {
 				if err != nil {
 					t.Fatal(err)
@@ -387,7 +352,7 @@ func TestUpdateLDCacheHostile(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = unix.Unmount(root, unix.MNT_DETACH) })
-		err := RunInRoot(context.Background(), root, Options{Folders: []string{"/drv"}, Links: []Link{{"a", "/usr/lib/b"}}})
+		err := RunInRoot(context.Background(), root, Options{Folders: []string{"/drv"}, Links: []Link{{Target: "a", Link: "/usr/lib/b"}}})
 		if !errors.Is(err, ErrReadOnly) {
 			t.Fatalf("err = %v, want ErrReadOnly", err)
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/internal/hookargs"
 )
 
 const (
@@ -149,4 +150,26 @@ func FuzzRequireAllocation(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestHookCommandLineDecodes: the hook command line an adjustment carries is hookargs'
+// encoding, which the hook decodes back to the links and folders the inventory gives.
+func TestHookCommandLineDecodes(t *testing.T) {
+	t.Parallel()
+	a := newTestAdjuster(t, Config{EnvRequests: true})
+	adj, _, err := a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}, &api.Container{Name: "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hooks := adj.GetHooks().GetCreateContainer()
+	if len(hooks) != 1 {
+		t.Fatalf("hooks %v", hooks)
+	}
+	args, err := hookargs.Decode(hooks[0].Args[1:])
+	if err != nil {
+		t.Fatalf("the hook cannot read %q: %v", hooks[0].Args, err)
+	}
+	if len(args.Links) == 0 || len(args.Folders) == 0 || args.HostDriverVersion == "" {
+		t.Errorf("decoded %+v from %q", args, hooks[0].Args)
+	}
 }

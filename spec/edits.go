@@ -9,6 +9,7 @@ import (
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/hookargs"
 )
 
 // Mount options of driver files and of IPC sockets.
@@ -22,7 +23,7 @@ var (
 var hookEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 
 // Link is one symbolic link to make in the container: Link points to Target (relative).
-type Link struct{ Target, Link string }
+type Link = hookargs.Link
 
 // libraryLinks returns the links that make the mounted libraries usable: each library's
 // SONAME link in its own folder, and the names the host gives it elsewhere (development
@@ -151,30 +152,26 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) cdispecs.
 	return e
 }
 
-// hookArgs builds the one createContainer hook that runs every enabled action.
+// hookArgs builds the one createContainer hook that runs every enabled action; its
+// command line is hookargs' encoding, which the hook decodes with the same definitions.
 func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *cdispecs.Hook {
-	args := []string{path.Base(o.HookPath), "hook", "all"}
-	n := len(args)
+	var a hookargs.Args
 	if o.enabled(HookSymlinks) {
-		for _, l := range links {
-			args = append(args, "--link", l.Target+"::"+l.Link)
-		}
+		a.Links = links
 	}
 	if o.enabled(HookLDCache) {
-		for _, d := range libraryFolders(files, links) {
-			args = append(args, "--folder", d)
-		}
+		a.Folders = libraryFolders(files, links)
 	}
 	if o.enabled(HookDeviceNodes) && inv.Driver.ModifyDeviceFiles != nil && *inv.Driver.ModifyDeviceFiles {
-		args = append(args, "--protect-device-nodes", "--host-params", path.Join(inv.DevRoot, "proc/driver/nvidia/params"))
+		a.ProtectDeviceNodes, a.HostParams = true, path.Join(inv.DevRoot, "proc/driver/nvidia/params")
 	}
 	if o.enabled(HookCUDACompat) && inv.Driver.Version != "" {
-		args = append(args, "--host-driver-version", inv.Driver.Version)
+		a.HostDriverVersion = inv.Driver.Version
 	}
-	if len(args) == n {
+	if a.Empty() {
 		return nil
 	}
-	return &cdispecs.Hook{HookName: "createContainer", Path: o.HookPath, Args: args, Env: slices.Clone(hookEnv)}
+	return &cdispecs.Hook{HookName: "createContainer", Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
 }
 
 // DeviceEdits are the edits of one full GPU: its node, and its DRM nodes when graphics

@@ -6,14 +6,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/internal/hookargs"
 )
-
-type hookFlags struct {
-	links, folders            []string
-	protect                   bool
-	hostParams, driverVersion string
-	ldconfig                  string
-}
 
 // NewCommand returns the "hook" command and its subcommands.
 func NewCommand() *cobra.Command {
@@ -26,17 +20,17 @@ passes the container's OCI state on standard input. "all" runs every action its 
 one process; the other subcommands run one action each.`,
 	}
 	type sub struct {
-		name, short                                    string
-		links, folders, protect, version, ldconfigFlag bool
+		name, short string
+		flags       hookargs.Which
 	}
 	for _, s := range []sub{
-		{"all", "Create links, update the ld cache, protect device nodes and enable CUDA compat in one process", true, true, true, true, true},
-		{"create-symlinks", "Create links inside the container root", true, false, false, false, false},
-		{"update-ldcache", "Add library folders to the container's ld cache", false, true, false, false, true},
-		{"disable-device-node-modification", "Hide ModifyDeviceFiles: 1 from NVML in the container", false, false, true, false, false},
-		{"enable-cuda-compat", "Put the image's newer CUDA forward-compat libraries first", false, false, false, true, true},
+		{"all", "Create links, update the ld cache, protect device nodes and enable CUDA compat in one process", hookargs.All},
+		{"create-symlinks", "Create links inside the container root", hookargs.Which{Links: true}},
+		{"update-ldcache", "Add library folders to the container's ld cache", hookargs.Which{Folders: true, LDConfig: true}},
+		{"disable-device-node-modification", "Hide ModifyDeviceFiles: 1 from NVML in the container", hookargs.Which{HostParams: true}},
+		{"enable-cuda-compat", "Put the image's newer CUDA forward-compat libraries first", hookargs.Which{Version: true, LDConfig: true}},
 	} {
-		f := &hookFlags{}
+		r := &hookargs.Raw{}
 		c := &cobra.Command{
 			Use:   s.name,
 			Short: s.short,
@@ -45,16 +39,13 @@ one process; the other subcommands run one action each.`,
     --folder /usr/lib/x86_64-linux-gnu --protect-device-nodes --host-driver-version 535.261.03`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				o := hook.Options{HostParams: f.hostParams, HostDriverVersion: f.driverVersion, LDConfig: f.ldconfig,
-					Folders: f.folders, Log: cmd.ErrOrStderr()}
-				o.ProtectDeviceNodes = f.protect || s.name == "disable-device-node-modification"
-				for _, l := range f.links {
-					pl, err := hook.ParseLink(l)
-					if err != nil {
-						return err
-					}
-					o.Links = append(o.Links, pl)
+				a, err := r.Args()
+				if err != nil {
+					return err
 				}
+				o := hook.Options{Links: a.Links, Folders: a.Folders, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
+					LDConfig: a.LDConfig, Log: cmd.ErrOrStderr(),
+					ProtectDeviceNodes: a.ProtectDeviceNodes || s.name == "disable-device-node-modification"}
 				st, err := hook.ReadState(cmd.InOrStdin())
 				if err != nil {
 					return err
@@ -62,25 +53,7 @@ one process; the other subcommands run one action each.`,
 				return hook.Run(cmd.Context(), st, o)
 			},
 		}
-		fl := c.Flags()
-		if s.links {
-			fl.StringArrayVar(&f.links, "link", nil, "TARGET::LINK: make container path LINK a link to TARGET (repeatable)")
-		}
-		if s.folders {
-			fl.StringArrayVar(&f.folders, "folder", nil, "container folder to add to the ld cache (repeatable)")
-		}
-		if s.protect {
-			if s.name == "all" {
-				fl.BoolVar(&f.protect, "protect-device-nodes", false, "hide ModifyDeviceFiles: 1 from NVML in the container")
-			}
-			fl.StringVar(&f.hostParams, "host-params", "/proc/driver/nvidia/params", "the host's NVIDIA params file")
-		}
-		if s.version {
-			fl.StringVar(&f.driverVersion, "host-driver-version", "", "host driver version; the image's /usr/local/cuda/compat libraries go first when newer")
-		}
-		if s.ldconfigFlag {
-			fl.StringVar(&f.ldconfig, "ldconfig", "", "the host's ldconfig (default /sbin/ldconfig.real, /sbin/ldconfig or /usr/sbin/ldconfig)")
-		}
+		hookargs.Register(c.Flags(), r, s.flags)
 		cmd.AddCommand(c)
 	}
 	return cmd
