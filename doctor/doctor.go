@@ -166,8 +166,8 @@ func checkDriver(inv *gpu.Inventory, err error) []Result {
 	}
 	out := []Result{r}
 	for _, w := range inv.Warnings {
-		if strings.Contains(w, "not the installed") || strings.Contains(w, "do not match") {
-			out = append(out, Result{"driver files", Warn, w, "remove the leftovers of the old driver (package manager or nvidia-uninstall)"})
+		if w.Kind == gpu.WarnLeftover || w.Kind == gpu.WarnVersionMismatch {
+			out = append(out, Result{"driver files", Warn, w.Message, "remove the leftovers of the old driver (package manager or nvidia-uninstall)"})
 		}
 	}
 	return out

@@ -139,8 +139,8 @@ func TestDiscoverLeftoversAndHostileLinks(t *testing.T) {
 	if got := libPaths(inv); !slices.Equal(got, []string{lib + "/libcuda.so." + v535}) {
 		t.Fatalf("libraries = %v", got)
 	}
-	joined := strings.Join(inv.Warnings, "\n")
-	if !strings.Contains(joined, "libcuda.so.530.30.02") || !strings.Contains(joined, "not the installed "+v535) {
+	joined := warningText(inv)
+	if !strings.Contains(joined, "leftover: skipped") || !strings.Contains(joined, "libcuda.so.530.30.02") || !strings.Contains(joined, "not the installed "+v535) {
 		t.Errorf("no warning about the leftover:\n%s", joined)
 	}
 	for _, f := range inv.Files {
@@ -184,7 +184,7 @@ func TestDiscoverStaleMajor(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(strings.Join(inv.Warnings, "\n"), "stale device node") {
+	if !strings.Contains(warningText(inv), "stale-node: ") {
 		t.Errorf("no stale-node warning: %v", inv.Warnings)
 	}
 }
@@ -268,7 +268,7 @@ func TestDiscoverNVMLMock(t *testing.T) {
 	}
 	// the mock's NVML reports 550.54.15 while the files are 535: the files decide what is
 	// mounted, and the mismatch is reported
-	if inv.Driver.Version != v535 || !strings.Contains(strings.Join(inv.Warnings, "\n"), "NVML reports driver 550.54.15") {
+	if inv.Driver.Version != v535 || !strings.Contains(warningText(inv), "version-mismatch: NVML reports driver 550.54.15") {
 		t.Errorf("driver = %+v, warnings %v", inv.Driver, inv.Warnings)
 	}
 	d0 := inv.Devices[0]
@@ -327,7 +327,7 @@ func TestDiscoverMountedRoots(t *testing.T) {
 		t.Fatalf("roots = %s %s", inv.DriverRoot, inv.DevRoot)
 	}
 	// the driver's libraries are loaded (libcuda for its CUDA version) from the mount
-	if strings.Contains(strings.Join(inv.Warnings, "\n"), "/run/nvidia/driver") {
+	if strings.Contains(warningText(inv), "/run/nvidia/driver") {
 		t.Errorf("nvbind tried to load a library from the host path: %v", inv.Warnings)
 	}
 }
@@ -389,4 +389,12 @@ func TestDiscoverTopology(t *testing.T) {
 	if err != nil || inv.Source != SourceNVML || inv.Devices[0].Topology != nil {
 		t.Errorf("without topology calls: %v, source %s, topology %v", err, inv.Source, inv.Devices[0].Topology)
 	}
+}
+
+func warningText(inv *Inventory) string {
+	var out []string
+	for _, w := range inv.Warnings {
+		out = append(out, string(w.Kind)+": "+w.Message)
+	}
+	return strings.Join(out, "\n")
 }

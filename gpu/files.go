@@ -71,7 +71,7 @@ type libResult struct {
 	nvmlPath string
 	cudaPath string
 	searched string
-	warnings []string
+	warnings []Warning
 }
 
 type libCandidate struct {
@@ -108,7 +108,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 			}
 			if err != nil || !fi.Mode().IsRegular() {
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
-					res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(p), err))
+					res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(p), err)})
 				}
 				continue
 			}
@@ -134,7 +134,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		base := path.Base(real)
 		if m := reVersioned.FindStringSubmatch(base); m != nil && m[2] != version {
 			if looksLikeDriverVersion(m[2]) {
-				res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version))
+				res.warnings = append(res.warnings, Warning{WarnLeftover, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version)})
 			}
 			continue
 		} else if m == nil && !fileMentions(r.host(real), version) {
@@ -142,7 +142,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		}
 		soname, bits, err := elfInfo(r.host(real))
 		if err != nil {
-			res.warnings = append(res.warnings, fmt.Sprintf("skipped %s: %v", r.host(real), err))
+			res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(real), err)})
 			continue
 		}
 		f := File{Kind: KindLibrary, Path: real, HostPath: r.emitPath(real), SONAME: soname, Bits: bits,

@@ -97,6 +97,31 @@ type MIGDevice struct {
 	Caps []DeviceNode `json:"caps"`
 }
 
+// WarningKind says what a warning is about, for those who act on it (doctor).
+type WarningKind string
+
+// Warning kinds.
+const (
+	// WarnLeftover: a library of another driver version, skipped.
+	WarnLeftover WarningKind = "leftover"
+	// WarnUnreadable: a driver file that could not be read, skipped.
+	WarnUnreadable WarningKind = "unreadable"
+	// WarnVersionMismatch: NVML's driver version is not the driver files'.
+	WarnVersionMismatch WarningKind = "version-mismatch"
+	// WarnStaleNode: a device node whose major number is not the loaded module's.
+	WarnStaleNode WarningKind = "stale-node"
+	// WarnCUDAUnknown: the CUDA version could not be read.
+	WarnCUDAUnknown WarningKind = "cuda-unknown"
+)
+
+// Warning is a problem that did not stop discovery.
+type Warning struct {
+	Kind    WarningKind `json:"kind"`
+	Message string      `json:"message"`
+}
+
+func (w Warning) String() string { return w.Message }
+
 // FileKind is the kind of a driver file.
 type FileKind string
 
@@ -142,7 +167,7 @@ type Inventory struct {
 	IMEXChannels []DeviceNode `json:"imexChannels,omitempty"`
 	Files        []File       `json:"files"`
 	// Warnings are problems that did not stop discovery (skipped leftovers, stale nodes).
-	Warnings []string `json:"warnings,omitempty"`
+	Warnings []Warning `json:"warnings,omitempty"`
 }
 
 // FilesFor returns the files that serve any capability in caps. A library that is 32-bit
@@ -322,7 +347,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		if v, err := cudaDriverVersion(libs.cudaPath); err == nil {
 			inv.Driver.CUDAVersion = v
 		} else {
-			inv.Warnings = append(inv.Warnings, "CUDA version unknown: "+err.Error())
+			inv.Warnings = append(inv.Warnings, Warning{WarnCUDAUnknown, "CUDA version unknown: " + err.Error()})
 		}
 	}
 

@@ -57,8 +57,8 @@ func (d *Discoverer) discoverNodes(inv *Inventory, proc procFiles) error {
 	}
 	check := func(n DeviceNode, name string) {
 		if m, ok := majors[name]; ok && m != n.Major {
-			inv.Warnings = append(inv.Warnings, fmt.Sprintf("%s has major %d but /proc/devices lists %s as %d: stale device node",
-				n.HostPath, n.Major, name, m))
+			inv.Warnings = append(inv.Warnings, Warning{WarnStaleNode, fmt.Sprintf("%s has major %d but /proc/devices lists %s as %d: stale device node",
+				n.HostPath, n.Major, name, m)})
 		}
 	}
 	for _, c := range []struct{ rel, major string }{
@@ -133,7 +133,7 @@ func (d *Discoverer) discoverCaps(inv *Inventory, proc procFiles, majors map[str
 		n, ok, err := d.node(fmt.Sprintf("nvidia-caps/nvidia-cap%d", m))
 		if err == nil && ok {
 			if mj, known := majors["nvidia-caps"]; known && mj != n.Major {
-				inv.Warnings = append(inv.Warnings, fmt.Sprintf("%s has major %d but /proc/devices lists nvidia-caps as %d", n.HostPath, n.Major, mj))
+				inv.Warnings = append(inv.Warnings, Warning{WarnStaleNode, fmt.Sprintf("%s has major %d but /proc/devices lists nvidia-caps as %d", n.HostPath, n.Major, mj)})
 			}
 		}
 		return n, ok, err

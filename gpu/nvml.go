@@ -27,8 +27,8 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 				inv.Source = SourceNVML
 				inv.Devices = devs
 				if ver != "" && ver != inv.Driver.Version {
-					inv.Warnings = append(inv.Warnings, fmt.Sprintf("NVML reports driver %s but the driver files under %s are %s: user-space and kernel module do not match",
-						ver, d.cfg.driverRoot, inv.Driver.Version))
+					inv.Warnings = append(inv.Warnings, Warning{WarnVersionMismatch, fmt.Sprintf("NVML reports driver %s but the driver files under %s are %s: user-space and kernel module do not match",
+						ver, d.cfg.driverRoot, inv.Driver.Version)})
 				}
 				inv.Driver.CUDAVersion = cuda
 				return nil
