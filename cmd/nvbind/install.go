@@ -29,7 +29,7 @@ type installFlags struct {
 func (f *installFlags) register(cmd *cobra.Command, verb string) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.prefix, "prefix", "/usr/local", "binaries go to PREFIX/bin")
-	fl.StringVar(&f.unitDir, "unit-dir", "/etc/systemd/system", "where the systemd units go")
+	fl.StringVar(&f.unitDir, "unit-dir", systemUnitDir, "where the systemd units go; systemctl is run only for "+systemUnitDir)
 	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+": binaries (nvbind, nvbind-hook), hook (nvbind-hook only), units")
 }
 
@@ -102,6 +102,13 @@ func placeFile(w io.Writer, dst string, data []byte, mode fs.FileMode) error {
 	return nil
 }
 
+// systemUnitDir is the folder systemd reads administrators' units from; units placed
+// anywhere else (a staging root, a test) are not systemd's, so systemctl is not run for
+// them.
+const systemUnitDir = "/etc/systemd/system"
+
+func (f *installFlags) systemd() bool { return filepath.Clean(f.unitDir) == systemUnitDir }
+
 func (f *installFlags) binaries() []string {
 	var out []string
 	if slices.Contains(f.components, "binaries") {
@@ -113,6 +120,9 @@ func (f *installFlags) binaries() []string {
 }
 
 func (f *installFlags) install(w io.Writer) error {
+	if len(f.enable) > 0 && !f.systemd() { // checked before anything is written
+		return fmt.Errorf("--enable runs systemctl, which reads %s, not --unit-dir %s", systemUnitDir, f.unitDir)
+	}
 	self := selfPath()
 	bindir := filepath.Join(f.prefix, "bin")
 	for _, b := range f.binaries() {
@@ -168,7 +178,7 @@ func (f *installFlags) uninstall(w io.Writer) error {
 	var errs []error
 	if slices.Contains(f.components, "units") {
 		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service"}
-		if _, err := exec.LookPath("systemctl"); err == nil {
+		if _, err := exec.LookPath("systemctl"); err == nil && f.systemd() {
 			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil { //nolint:gosec // fixed unit names
 				fmt.Fprintf(w, "ran systemctl disable --now %s\n", strings.Join(units, " "))
 			} else if !bytes.Contains(out, []byte("not loaded")) && !bytes.Contains(out, []byte("does not exist")) {

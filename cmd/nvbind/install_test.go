@@ -51,6 +51,14 @@ func TestInstallUninstall(t *testing.T) {
 			t.Errorf("uninstall output lacks %q:\n%s", want, out)
 		}
 	}
+	// units outside /etc/systemd/system are not systemd's: the host's systemctl is never run
+	if strings.Contains(out, "systemctl") {
+		t.Errorf("uninstall ran the host's systemctl for a staging folder:\n%s", out)
+	}
+	if out, err := exec.Command(bin, "install", "--prefix", prefix, "--unit-dir", units, "--enable", "nri").CombinedOutput(); err == nil ||
+		!strings.Contains(string(out), "--enable runs systemctl") {
+		t.Errorf("--enable with a staging unit folder: %v\n%s", err, out)
+	}
 	if _, err := exec.Command(bin, "install", "--components", "kernel").CombinedOutput(); err == nil {
 		t.Error("an unknown component was accepted")
 	}
