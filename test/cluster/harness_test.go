@@ -250,7 +250,6 @@ func (c *cluster) removeSandboxes() {
 // on nriDir/nri.sock with the default validator as c.validator says) and starts it.
 func (c *cluster) startContainerd() {
 	c.t.Helper()
-	runc, _ := exec.LookPath("runc")
 	conflist := fmt.Sprintf(`{"cniVersion": "1.0.0", "name": "nvbind-test", "plugins": [
   {"type": "bridge", "bridge": "nvbt0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q}]], "dataDir": %q}}]}
@@ -258,38 +257,9 @@ func (c *cluster) startContainerd() {
 	if err := os.WriteFile(filepath.Join(c.dir, "cni", "10-nvbind-test.conflist"), []byte(conflist), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	config := fmt.Sprintf(`version = 3
-root = %[1]q
-state = %[2]q
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = "%[3]s.ttrpc"
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = %[4]q
-[plugins.'io.containerd.cri.v1.runtime']
-  restrict_oom_score_adj = true
-  enable_cdi = true
-  cdi_spec_dirs = [%[5]q]
-  [plugins.'io.containerd.cri.v1.runtime'.cni]
-    bin_dirs = ["/usr/lib/cni"]
-    conf_dir = %[6]q
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "runc"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = %[7]q
-[plugins.'io.containerd.nri.v1.nri']
-  disable = false
-  socket_path = %[8]q
-  plugin_path = %[9]q
-  plugin_config_path = %[9]q
-%[10]s
-`, filepath.Join(c.dir, "containerd"), filepath.Join(c.dir, "containerd-state"), c.csock, pauseImage, c.cdiDir,
-		filepath.Join(c.dir, "cni"), runc, filepath.Join(c.nriDir, "nri.sock"), filepath.Join(c.dir, "nri-plugins"), c.validator)
+	config := testutil.ContainerdConfig{Dir: filepath.Join(c.dir, "containerd"), Socket: c.csock,
+		NRISocket: filepath.Join(c.nriDir, "nri.sock"), PluginDir: filepath.Join(c.dir, "nri-plugins"),
+		PauseImage: pauseImage, CDIDir: c.cdiDir, CNIConfDir: filepath.Join(c.dir, "cni"), Extra: c.validator}.TOML()
 	cfg := filepath.Join(c.dir, "containerd.toml")
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		c.t.Fatal(err)

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -79,34 +78,8 @@ func newContainerd(t testing.TB) *containerd {
 		t.Fatal(err)
 	}
 	c := &containerd{t: t, dir: dir, bin: bin, ctr: findTool(t, "ctr"), sock: filepath.Join(dir, "c.sock"), NRISock: filepath.Join(dir, "nri.sock")}
-	runc, _ := exec.LookPath("runc")
-	config := fmt.Sprintf(`version = 3
-root = %[1]q
-state = %[2]q
-[grpc]
-  address = %[3]q
-[ttrpc]
-  address = "%[3]s.ttrpc"
-[plugins.'io.containerd.cri.v1.images']
-  snapshotter = "overlayfs"
-  [plugins.'io.containerd.cri.v1.images'.pinned_images]
-    sandbox = %[4]q
-[plugins.'io.containerd.cri.v1.runtime']
-  restrict_oom_score_adj = true
-  enable_cdi = true
-  cdi_spec_dirs = [%[5]q]
-  [plugins.'io.containerd.cri.v1.runtime'.containerd]
-    default_runtime_name = "runc"
-    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
-        BinaryName = %[6]q
-[plugins.'io.containerd.nri.v1.nri']
-  disable = false
-  socket_path = %[7]q
-  plugin_path = %[8]q
-  plugin_config_path = %[8]q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, pauseImage, filepath.Join(dir, "cdi"), runc, c.NRISock, filepath.Join(dir, "plugins"))
+	config := testutil.ContainerdConfig{Dir: dir, Socket: c.sock, NRISocket: c.NRISock, PluginDir: filepath.Join(dir, "plugins"),
+		PauseImage: pauseImage, CDIDir: filepath.Join(dir, "cdi")}.TOML()
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}

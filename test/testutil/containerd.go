@@ -1,0 +1,61 @@
+package testutil
+
+import (
+	"fmt"
+	"os/exec"
+	"path/filepath"
+)
+
+// ContainerdConfig is what a test's private containerd differs in.
+type ContainerdConfig struct {
+	// Dir holds root/ and state/ of this containerd.
+	Dir string
+	// Socket is the API socket; NRISocket the NRI socket; PluginDir where pre-registered
+	// NRI plugins and their configuration live.
+	Socket, NRISocket, PluginDir string
+	// PauseImage is the pinned sandbox image; CDIDir the CDI spec folder.
+	PauseImage, CDIDir string
+	// CNIConfDir, when set, enables pod networking with Debian's CNI plugins; without it
+	// pods run in the host's network.
+	CNIConfDir string
+	// Extra is appended inside the NRI plugin's table (the default validator).
+	Extra string
+}
+
+// TOML is the configuration (version 3) of a private containerd with CRI, CDI, runc
+// (Debian's, from PATH) and NRI.
+func (c ContainerdConfig) TOML() string {
+	runc, _ := exec.LookPath("runc")
+	cni := ""
+	if c.CNIConfDir != "" {
+		cni = fmt.Sprintf("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n    bin_dirs = [\"/usr/lib/cni\"]\n    conf_dir = %q\n", c.CNIConfDir)
+	}
+	return fmt.Sprintf(`version = 3
+root = %[1]q
+state = %[2]q
+[grpc]
+  address = %[3]q
+[ttrpc]
+  address = "%[3]s.ttrpc"
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %[4]q
+[plugins.'io.containerd.cri.v1.runtime']
+  restrict_oom_score_adj = true
+  enable_cdi = true
+  cdi_spec_dirs = [%[5]q]
+%[6]s  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = %[7]q
+[plugins.'io.containerd.nri.v1.nri']
+  disable = false
+  socket_path = %[8]q
+  plugin_path = %[9]q
+  plugin_config_path = %[9]q
+%[10]s`, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Socket, c.PauseImage, c.CDIDir, cni,
+		runc, c.NRISocket, c.PluginDir, c.Extra)
+}
