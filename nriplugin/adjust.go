@@ -49,6 +49,7 @@ var (
 
 // Decision says what was injected, for logs and metrics.
 type Decision struct {
+	Kind    SourceKind
 	Source  string
 	Devices []string
 	Caps    gpu.Capabilities
@@ -218,7 +219,7 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	if alloc := allocation(ctr); alloc != nil || a.cfg.RequireAllocation {
 		if a.cfg.RequireAllocation {
 			if err := checkAllocation(req, alloc, ctr.GetName()); err != nil {
-				return nil, &Decision{Source: "allocation"}, err
+				return nil, &Decision{Kind: KindAllocation, Source: "allocation"}, err
 			}
 		}
 		// the kubelet's allocation is what the scheduler accounted for: it wins
@@ -230,7 +231,7 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 		return nil, nil, nil
 	}
 	ns := pod.GetNamespace()
-	dec := &Decision{Source: req.Source, Caps: req.Caps}
+	dec := &Decision{Kind: req.Kind, Source: req.Source, Caps: req.Caps}
 	if len(a.cfg.AllowedNamespaces) > 0 && !slices.Contains(a.cfg.AllowedNamespaces, ns) {
 		if req.FromEnv {
 			dec.Skipped = fmt.Sprintf("namespace %q may not request GPUs: %s ignored", ns, req.Source)

@@ -84,7 +84,7 @@ func fromAllocation(req *Request, alloc []string, pod *api.PodSandbox, ctr *api.
 	if len(alloc) == 0 {
 		return nil, nil
 	}
-	out := &Request{Source: fmt.Sprintf("kubelet allocation (annotation %q)", deviceplugin.AnnotationAllocated), Devices: alloc}
+	out := &Request{Kind: KindAllocation, Source: fmt.Sprintf("kubelet allocation (annotation %q)", deviceplugin.AnnotationAllocated), Devices: alloc}
 	if req != nil {
 		out.Caps, out.CapsSource, out.Require = req.Caps, req.CapsSource, req.Require
 		return out, nil

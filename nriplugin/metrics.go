@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"runtime"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,36 +51,22 @@ func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs..
 // Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler { return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}) }
 
-func sourceLabel(s string) string {
-	switch {
-	case strings.Contains(s, AnnotationGPUs):
-		return "annotation"
-	case strings.HasPrefix(s, "kubelet allocation") || s == "allocation":
-		return "allocation"
-	case strings.HasPrefix(s, "env ") || strings.HasPrefix(s, "mounts "):
-		return "env"
-	case s == "":
-		return "none"
-	}
-	return "cdi"
-}
-
 func (m *Metrics) observe(d time.Duration, dec *Decision, err error) {
 	m.latency.Observe(d.Seconds())
 	if dec == nil && err == nil {
 		return
 	}
-	src := ""
-	if dec != nil {
-		src = dec.Source
+	src := "none"
+	if dec != nil && dec.Kind != "" {
+		src = string(dec.Kind)
 	}
 	switch {
 	case err != nil:
-		m.requests.WithLabelValues(sourceLabel(src), "refused", failureReason(err)).Inc()
+		m.requests.WithLabelValues(src, "refused", failureReason(err)).Inc()
 	case dec.Skipped != "":
-		m.requests.WithLabelValues(sourceLabel(src), "ignored", "").Inc()
+		m.requests.WithLabelValues(src, "ignored", "").Inc()
 	default:
-		m.requests.WithLabelValues(sourceLabel(src), "injected", "").Inc()
+		m.requests.WithLabelValues(src, "injected", "").Inc()
 		m.devices.Add(float64(len(dec.Devices)))
 	}
 }

@@ -25,8 +25,21 @@ const (
 	EnvDisableRequire      = "NVIDIA_DISABLE_REQUIRE"
 )
 
+// SourceKind is the kind of source a request came from.
+type SourceKind string
+
+// Source kinds, the values of the metrics' source label.
+const (
+	KindAnnotation SourceKind = "annotation"
+	KindCDI        SourceKind = "cdi"
+	KindEnv        SourceKind = "env"
+	KindAllocation SourceKind = "allocation"
+)
+
 // Request is what a container asks for.
 type Request struct {
+	// Kind is the kind of source, for metrics: annotation, cdi, env or allocation.
+	Kind SourceKind
 	// Source names where the request came from, for logs and errors:
 	// `annotation "gpus.nvbind.io/pod"`, `env NVIDIA_VISIBLE_DEVICES`, ...
 	Source string
@@ -125,7 +138,7 @@ func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envReque
 		if err != nil {
 			return nil, fmt.Errorf("annotation %q: %w", key, err)
 		}
-		req = &Request{Source: fmt.Sprintf("annotation %q", key), All: all, None: none, Devices: devs}
+		req = &Request{Kind: KindAnnotation, Source: fmt.Sprintf("annotation %q", key), All: all, None: none, Devices: devs}
 	}
 	if req == nil {
 		r, err := cdiRequest(pod, ctr, kind)
@@ -140,7 +153,7 @@ func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envReque
 			case NVIDIAVolumeMountsRoot:
 				// NVIDIA's device plugin, volume-mounts strategy: one mount per device
 				if devs := volumeMountDevices(ctr); len(devs) > 0 {
-					req = &Request{Source: "mounts under " + NVIDIAVolumeMountsRoot, Devices: devs, FromEnv: true}
+					req = &Request{Kind: KindEnv, Source: "mounts under " + NVIDIAVolumeMountsRoot, Devices: devs, FromEnv: true}
 				}
 			case "", "void":
 			default:
@@ -148,7 +161,7 @@ func ParseRequest(pod *api.PodSandbox, ctr *api.Container, kind string, envReque
 				if err != nil {
 					return nil, fmt.Errorf("env %s: %w", EnvVisibleDevices, err)
 				}
-				req = &Request{Source: "env " + EnvVisibleDevices, All: all, None: none, Devices: devs, FromEnv: true}
+				req = &Request{Kind: KindEnv, Source: "env " + EnvVisibleDevices, All: all, None: none, Devices: devs, FromEnv: true}
 			}
 		}
 	}
@@ -238,7 +251,7 @@ func cdiRequest(pod *api.PodSandbox, ctr *api.Container, kind string) (*Request,
 	if len(names) == 0 {
 		return nil, nil
 	}
-	req := &Request{Source: strings.Join(sources, ", ")}
+	req := &Request{Kind: KindCDI, Source: strings.Join(sources, ", ")}
 	for _, n := range names {
 		if n == "all" {
 			req.All, req.Devices = true, nil
