@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
 )
 
 // MIG strategies, as NVIDIA's device plugin names them.
@@ -104,10 +105,10 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 		pos[d.Index] = i
 	}
 	full := func(d gpu.Device) Unit {
-		return Unit{UUID: d.UUID, Index: strconv.Itoa(d.Index), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
+		return Unit{UUID: d.UUID, Index: spec.Name(d, nil, spec.NameIndex), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	mig := func(d gpu.Device, m gpu.MIGDevice) Unit {
-		return Unit{UUID: m.UUID, Index: fmt.Sprintf("%d:%d", m.Parent, m.Index), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
+		return Unit{UUID: m.UUID, Index: spec.Name(d, &m, spec.NameIndex), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	switch c.MIGStrategy {
 	case MIGNone:

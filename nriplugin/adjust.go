@@ -5,13 +5,11 @@ import (
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 
 	"github.com/containerd/nri/pkg/api"
-	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
@@ -76,11 +74,8 @@ type prepared struct {
 }
 
 type commonParts struct {
-	mounts []*api.Mount
-	hooks  *api.Hooks
-	nodes  []*api.LinuxDevice // control nodes for these capabilities
-	env    []*api.KeyValue
-	err    error
+	nriEdits
+	err error
 }
 
 // Adjuster turns container requests into NRI adjustments against the current inventory.
@@ -111,27 +106,8 @@ func (a *Adjuster) Inventory() *gpu.Inventory {
 	return nil
 }
 
-func linuxDevice(n *cdispecs.DeviceNode) *api.LinuxDevice {
-	d := &api.LinuxDevice{Path: n.Path, Type: n.Type, Major: n.Major, Minor: n.Minor}
-	if n.FileMode != nil {
-		d.FileMode = &api.OptionalFileMode{Value: uint32(*n.FileMode)}
-	}
-	if n.UID != nil {
-		d.Uid = &api.OptionalUInt32{Value: *n.UID}
-	}
-	if n.GID != nil {
-		d.Gid = &api.OptionalUInt32{Value: *n.GID}
-	}
-	return d
-}
-
-func linuxDevices(nodes []*cdispecs.DeviceNode) []*api.LinuxDevice {
-	out := make([]*api.LinuxDevice, 0, len(nodes))
-	for _, n := range nodes {
-		out = append(out, linuxDevice(n))
-	}
-	return out
-}
+// selectorNames are the names a request may use for a device; the first is canonical.
+var selectorNames = []spec.NameStrategy{spec.NameIndex, spec.NameTypeIndex, spec.NameUUID}
 
 // SetInventory prepares a new inventory and switches to it atomically.
 func (a *Adjuster) SetInventory(inv *gpu.Inventory) {
@@ -148,14 +124,14 @@ func (a *Adjuster) SetInventory(inv *gpu.Inventory) {
 	}
 	for _, d := range inv.Devices {
 		e := spec.DeviceEdits(d, gpu.CapsOf(gpu.CapCompute))
-		t := &target{canonical: strconv.Itoa(d.Index), order: order, nodes: linuxDevices(e.DeviceNodes), dev: d}
+		t := &target{canonical: spec.Name(d, nil, spec.NameIndex), order: order, nodes: nriDevices(e.Nodes), dev: d}
 		order++
-		add(t, strconv.Itoa(d.Index), "gpu"+strconv.Itoa(d.Index), d.UUID)
+		add(t, spec.Names(d, nil, selectorNames)...)
 		for _, m := range d.MIG {
 			me := spec.MIGEdits(d, m)
-			mt := &target{canonical: fmt.Sprintf("%d:%d", m.Parent, m.Index), order: order, nodes: linuxDevices(me.DeviceNodes), dev: d}
+			mt := &target{canonical: spec.Name(d, &m, spec.NameIndex), order: order, nodes: nriDevices(me.Nodes), dev: d}
 			order++
-			add(mt, mt.canonical, "mig"+mt.canonical, m.UUID)
+			add(mt, spec.Names(d, &m, selectorNames)...)
 		}
 	}
 	p.choices = describeChoices(inv, names)
@@ -191,17 +167,8 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	if err != nil {
 		cp.err = err
 	} else {
-		cp.nodes = linuxDevices(e.DeviceNodes)
-		for _, m := range e.Mounts {
-			cp.mounts = append(cp.mounts, &api.Mount{Destination: m.ContainerPath, Source: m.HostPath, Type: m.Type, Options: slices.Clone(m.Options)})
-		}
-		for _, h := range e.Hooks {
-			if cp.hooks == nil {
-				cp.hooks = &api.Hooks{}
-			}
-			cp.hooks.CreateContainer = append(cp.hooks.CreateContainer, &api.Hook{Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
-		}
-		cp.env = []*api.KeyValue{{Key: EnvVisibleDevices, Value: "void"}, {Key: EnvDriverCapabilities, Value: caps.String()}}
+		e.Env = append(e.Env, EnvDriverCapabilities+"="+caps.String())
+		cp.nriEdits = toNRI(e)
 	}
 	actual, _ := p.common.LoadOrStore(caps, cp)
 	return actual.(*commonParts)
@@ -267,23 +234,21 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 			return nil, dec, err
 		}
 	}
-	if injectedByRuntime(ctr, targets) {
+	injected := injectedByRuntime(ctr, targets)
+	if a.cfg.CDIMode {
+		return a.cdiAdjustment(p, req, targets, injected), dec, nil
+	}
+	if injected {
 		dec.Skipped = "the runtime already injected these GPUs from nvbind's CDI spec (the kubelet's CDI devices)"
 		return nil, dec, nil
-	}
-	adj := &api.ContainerAdjustment{}
-	if a.cfg.CDIMode && len(targets) > 0 {
-		for _, t := range targets {
-			adj.AddCDIDevice(&api.CDIDevice{Name: p.kind + "=" + t.canonical})
-		}
-		return adj, dec, nil
 	}
 	cp := a.commonFor(p, req.Caps)
 	if cp.err != nil {
 		return nil, dec, cp.err
 	}
+	adj := &api.ContainerAdjustment{}
 	seen := make(map[string]bool, 8)
-	for _, n := range cp.nodes {
+	for _, n := range cp.devices {
 		adj.AddDevice(n)
 		seen[n.Path] = true
 	}
@@ -294,12 +259,10 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 				adj.AddDevice(n)
 			}
 		}
-		if req.Caps.Has(gpu.CapGraphics) || req.Caps.Has(gpu.CapDisplay) {
-			for _, n := range t.dev.DRM {
-				if !seen[n.Path] {
-					seen[n.Path] = true
-					adj.AddDevice(linuxDevice(cdiNode(n)))
-				}
+		for _, n := range drmNodes(t, req.Caps) {
+			if !seen[n.Path] {
+				seen[n.Path] = true
+				adj.AddDevice(nriDevice(n))
 			}
 		}
 	}
@@ -311,16 +274,39 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	return adj, dec, nil
 }
 
-func cdiNode(n gpu.DeviceNode) *cdispecs.DeviceNode {
-	mode := n.FileMode
-	d := &cdispecs.DeviceNode{Path: n.Path, Type: "c", Major: n.Major, Minor: n.Minor, FileMode: &mode}
-	if n.UID != 0 {
-		d.UID = &n.UID
+// drmNodes are the GPU's DRM nodes when the capabilities need them.
+func drmNodes(t *target, caps gpu.Capabilities) []gpu.DeviceNode {
+	if caps.Has(gpu.CapGraphics) || caps.Has(gpu.CapDisplay) {
+		return t.dev.DRM
 	}
-	if n.GID != 0 {
-		d.GID = &n.GID
+	return nil
+}
+
+// cdiAdjustment names, for the runtime to resolve in nvbind's spec (written with
+// spec.Options.CapabilityDevices), the GPUs (unless the runtime already injected them from
+// the kubelet's CDI devices) and one device per capability asked for; the DRM nodes of
+// graphics and display, which are per GPU and per request, are added directly.
+func (a *Adjuster) cdiAdjustment(p *prepared, req *Request, targets []*target, injected bool) *api.ContainerAdjustment {
+	adj := &api.ContainerAdjustment{}
+	if !injected {
+		for _, t := range targets {
+			adj.AddCDIDevice(&api.CDIDevice{Name: p.kind + "=" + t.canonical})
+		}
 	}
-	return d
+	for _, n := range spec.CapabilityNames(req.Caps) {
+		adj.AddCDIDevice(&api.CDIDevice{Name: p.kind + "=" + n})
+	}
+	seen := map[string]bool{}
+	for _, t := range targets {
+		for _, n := range drmNodes(t, req.Caps) {
+			if !seen[n.Path] {
+				seen[n.Path] = true
+				adj.AddDevice(nriDevice(n))
+			}
+		}
+	}
+	adj.AddEnv(EnvDriverCapabilities, req.Caps.String())
+	return adj
 }
 
 func orNone(s []string) string {

@@ -2,7 +2,6 @@ package nriplugin
 
 import (
 	"fmt"
-	"regexp"
 	"slices"
 	"strings"
 
@@ -12,6 +11,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/parser"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
 )
 
 // Annotation keys and environment variables that select GPUs.
@@ -56,8 +56,6 @@ type Request struct {
 	Require []Requirement
 }
 
-var reSelector = regexp.MustCompile(`^(?:[0-9]{1,4}|gpu[0-9]{1,4}|[0-9]{1,4}:[0-9]{1,4}|mig[0-9]{1,4}:[0-9]{1,4}|(?:GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/_.-]{0,127})$`)
-
 // ValidSelectors describes the accepted GPU selectors.
 const ValidSelectors = "all, none, or a comma list of indexes (0), gpuN, GPU-<uuid>, MIG N:M, migN:M or MIG-<uuid>"
 
@@ -80,7 +78,7 @@ func ParseDeviceList(v string) (all, none bool, devices []string, err error) {
 			continue
 		case item == "all" || item == "none":
 			return false, false, nil, fmt.Errorf("%q cannot be combined with other GPUs in %q", item, v)
-		case !reSelector.MatchString(item):
+		case !spec.IsName(item):
 			return false, false, nil, fmt.Errorf("bad GPU %q in %q (valid: %s)", truncate(item, 64), truncate(v, 128), ValidSelectors)
 		}
 		if !slices.Contains(devices, item) {
@@ -257,7 +255,7 @@ func cdiRequest(pod *api.PodSandbox, ctr *api.Container, kind string) (*Request,
 			req.All, req.Devices = true, nil
 			break
 		}
-		if !reSelector.MatchString(n) {
+		if !spec.IsName(n) {
 			return nil, fmt.Errorf("%s: CDI device %s=%s is not a device nvbind knows (valid: %s)", req.Source, kind, truncate(n, 64), ValidSelectors)
 		}
 		if !slices.Contains(req.Devices, n) {

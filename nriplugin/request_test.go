@@ -11,6 +11,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
 )
 
 const kind = "nvidia.com/gpu"
@@ -60,7 +61,7 @@ func FuzzParseDeviceList(f *testing.F) {
 			t.Fatalf("%q: all=%v none=%v devs=%v", s, all, none, devs)
 		}
 		for _, d := range devs {
-			if !reSelector.MatchString(d) {
+			if !spec.IsName(d) {
 				t.Fatalf("%q: accepted selector %q", s, d)
 			}
 		}
@@ -160,7 +161,7 @@ func FuzzParseRequest(f *testing.F) {
 			t.Fatalf("request without source or capabilities: %+v", req)
 		}
 		for _, d := range req.Devices {
-			if !reSelector.MatchString(d) {
+			if !spec.IsName(d) {
 				t.Fatalf("accepted selector %q", d)
 			}
 		}

@@ -108,12 +108,14 @@ func (s *Service) Apply(ev gpu.Event) {
 // writeSpec keeps the spec that CDI names refer to in step with the inventory, with the
 // same hook options as the direct edits; a failure leaves the old spec.
 func (s *Service) writeSpec(inv *gpu.Inventory) {
-	cs, err := spec.WriteInto(inv, s.SpecOptions, s.CDISpecDir)
+	written, err := spec.WriteDir(inv, s.SpecOptions, s.CDISpecDir, spec.FormatYAML)
 	if err != nil {
 		s.Log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
 		return
 	}
-	s.Log.Info("CDI spec refreshed", "dir", s.CDISpecDir, "devices", len(cs.Devices))
+	for _, w := range written {
+		s.Log.Info("CDI spec refreshed", "path", w.Path, "kind", w.Spec.Kind, "devices", len(w.Spec.Devices))
+	}
 }
 
 // Handler serves /metrics, /livez (the process answers), and /readyz (200 while

@@ -10,44 +10,46 @@ import (
 	"github.com/nvbind/nvbind/gpu"
 )
 
-// DeviceNames returns the names a full GPU gets under the strategies.
-func DeviceNames(d gpu.Device, strategies []NameStrategy) []string {
-	var out []string
-	for _, s := range strategies {
-		switch s {
-		case NameIndex:
-			out = append(out, strconv.Itoa(d.Index))
-		case NameTypeIndex:
-			out = append(out, "gpu"+strconv.Itoa(d.Index))
-		case NameUUID:
-			if d.UUID != "" {
-				out = append(out, d.UUID)
-			}
-		}
+// ToCDI converts the edits for a CDI spec: the one place CDI types are built.
+func (e Edits) ToCDI() cdispecs.ContainerEdits {
+	var c cdispecs.ContainerEdits
+	c.Env = slices.Clone(e.Env)
+	for _, n := range e.Nodes {
+		c.DeviceNodes = append(c.DeviceNodes, cdiNode(n))
 	}
-	return out
+	for _, m := range e.Mounts {
+		c.Mounts = append(c.Mounts, &cdispecs.Mount{HostPath: m.HostPath, ContainerPath: m.Path, Type: "bind", Options: slices.Clone(m.Options)})
+	}
+	for _, h := range e.Hooks {
+		c.Hooks = append(c.Hooks, &cdispecs.Hook{HookName: "createContainer", Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
+	}
+	return c
 }
 
-// MIGNames returns the names a MIG device gets under the strategies.
-func MIGNames(m gpu.MIGDevice, strategies []NameStrategy) []string {
-	var out []string
-	for _, s := range strategies {
-		switch s {
-		case NameIndex:
-			out = append(out, fmt.Sprintf("%d:%d", m.Parent, m.Index))
-		case NameTypeIndex:
-			out = append(out, fmt.Sprintf("mig%d:%d", m.Parent, m.Index))
-		case NameUUID:
-			if m.UUID != "" {
-				out = append(out, m.UUID)
-			}
-		}
+func cdiNode(n gpu.DeviceNode) *cdispecs.DeviceNode {
+	mode := n.FileMode
+	d := &cdispecs.DeviceNode{Path: n.Path, Type: "c", Major: n.Major, Minor: n.Minor, FileMode: &mode, Permissions: "rw"}
+	if n.HostPath != n.Path {
+		d.HostPath = n.HostPath
 	}
-	return out
+	if n.UID != 0 {
+		uid := n.UID
+		d.UID = &uid
+	}
+	if n.GID != 0 {
+		gid := n.GID
+		d.GID = &gid
+	}
+	return d
 }
 
 // Generate builds a CDI spec for every GPU and MIG device of the inventory, plus "all".
 // The output is deterministic and carries the minimum cdiVersion its contents need.
+//
+// By default every device brings the driver files of o.Capabilities (the spec's own
+// edits). With o.CapabilityDevices the GPU devices bring only their nodes, and the driver
+// files come from one device per capability (capability-compute, capability-graphics,
+// ...), so that a container names exactly the capabilities it gets.
 func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -59,34 +61,37 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	if len(inv.Devices) == 0 {
 		return nil, fmt.Errorf("%w: nothing to put in a spec", gpu.ErrNoDevices)
 	}
-	s := &cdispecs.Spec{Kind: o.Vendor + "/" + o.Class, ContainerEdits: commonEdits(inv, o.Capabilities, o)}
-	var all cdispecs.ContainerEdits
-	seen := map[string]bool{}
-	addNodes := func(dst *cdispecs.ContainerEdits, e cdispecs.ContainerEdits) {
-		for _, n := range e.DeviceNodes {
-			if !seen[n.Path] {
-				seen[n.Path] = true
-				dst.DeviceNodes = append(dst.DeviceNodes, n)
-			}
-		}
+	s := &cdispecs.Spec{Kind: o.Vendor + "/" + o.Class}
+	nodeCaps := o.Capabilities
+	if o.CapabilityDevices {
+		nodeCaps = gpu.CapsOf(gpu.CapCompute) // DRM nodes are per GPU and per request
+	} else {
+		s.ContainerEdits = commonEdits(inv, o.Capabilities, o).ToCDI()
 	}
+	var all Edits
 	devs := slices.Clone(inv.Devices)
 	slices.SortFunc(devs, func(a, b gpu.Device) int { return a.Index - b.Index })
 	for _, d := range devs {
-		e := DeviceEdits(d, o.Capabilities)
-		for _, name := range DeviceNames(d, o.NameStrategies) {
-			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: e})
+		e := DeviceEdits(d, nodeCaps)
+		for _, name := range Names(d, nil, o.NameStrategies) {
+			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: e.ToCDI()})
 		}
-		addNodes(&all, e)
+		all.addNodes(e.Nodes...)
 		for _, m := range d.MIG {
 			me := MIGEdits(d, m)
-			for _, name := range MIGNames(m, o.NameStrategies) {
-				s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: me})
+			for _, name := range Names(d, &m, o.NameStrategies) {
+				s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: me.ToCDI()})
 			}
-			addNodes(&all, me)
+			all.addNodes(me.Nodes...)
 		}
 	}
-	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all})
+	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all.ToCDI()})
+	if o.CapabilityDevices {
+		for _, c := range gpu.CapsAll.List() {
+			e := commonEdits(inv, gpu.CapsOf(c), o)
+			s.Devices = append(s.Devices, cdispecs.Device{Name: CapabilityPrefix + string(c), ContainerEdits: e.ToCDI()})
+		}
+	}
 	return withMinimumVersion(s)
 }
 
@@ -107,13 +112,13 @@ func GenerateIMEX(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	s := &cdispecs.Spec{Kind: vendor + "/" + IMEXClass}
 	chans := slices.Clone(inv.IMEXChannels)
 	slices.SortFunc(chans, func(a, b gpu.DeviceNode) int { return int(a.Minor - b.Minor) })
-	var all cdispecs.ContainerEdits
+	var all Edits
 	for _, c := range chans {
-		e := cdispecs.ContainerEdits{DeviceNodes: []*cdispecs.DeviceNode{deviceNode(c)}}
-		s.Devices = append(s.Devices, cdispecs.Device{Name: strconv.FormatInt(c.Minor, 10), ContainerEdits: e})
-		all.DeviceNodes = append(all.DeviceNodes, e.DeviceNodes...)
+		e := Edits{Nodes: []gpu.DeviceNode{c}}
+		s.Devices = append(s.Devices, cdispecs.Device{Name: strconv.FormatInt(c.Minor, 10), ContainerEdits: e.ToCDI()})
+		all.addNodes(c)
 	}
-	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all})
+	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all.ToCDI()})
 	return withMinimumVersion(s)
 }
 

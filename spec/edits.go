@@ -6,11 +6,41 @@ import (
 	"slices"
 	"sort"
 
-	cdispecs "tags.cncf.io/container-device-interface/specs-go"
-
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookargs"
 )
+
+// Edits are what a container gets, in nvbind's own terms. CDI specs get them through
+// ToCDI and the NRI plugin through its one conversion; nothing else builds runtime types.
+type Edits struct {
+	// Env holds KEY=VALUE entries.
+	Env    []string
+	Nodes  []gpu.DeviceNode
+	Mounts []Mount
+	// Hooks run at createContainer, in order.
+	Hooks []Hook
+}
+
+// Mount is a bind mount of a host file into the container.
+type Mount struct {
+	HostPath, Path string
+	Options        []string
+}
+
+// Hook is one OCI hook: the runtime runs Path with exactly Args and Env.
+type Hook struct {
+	Path      string
+	Args, Env []string
+}
+
+// addNodes appends nodes whose container path is not there yet.
+func (e *Edits) addNodes(nodes ...gpu.DeviceNode) {
+	for _, n := range nodes {
+		if !slices.ContainsFunc(e.Nodes, func(o gpu.DeviceNode) bool { return o.Path == n.Path }) {
+			e.Nodes = append(e.Nodes, n)
+		}
+	}
+}
 
 // Mount options of driver files and of IPC sockets.
 var (
@@ -87,43 +117,25 @@ func libraryFolders(files []gpu.File, links []Link) []string {
 	return out
 }
 
-func deviceNode(n gpu.DeviceNode) *cdispecs.DeviceNode {
-	major, minor := n.Major, n.Minor
-	mode := n.FileMode
-	d := &cdispecs.DeviceNode{Path: n.Path, Type: "c", Major: major, Minor: minor, FileMode: &mode, Permissions: "rw"}
-	if n.HostPath != n.Path {
-		d.HostPath = n.HostPath
-	}
-	if n.UID != 0 {
-		uid := n.UID
-		d.UID = &uid
-	}
-	if n.GID != 0 {
-		gid := n.GID
-		d.GID = &gid
-	}
-	return d
-}
-
 // CommonEdits are the edits every GPU container gets, whatever GPUs it has: control
 // nodes, the driver files of the chosen capabilities, the env and the hook.
-func CommonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) (cdispecs.ContainerEdits, error) {
+func CommonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) (Edits, error) {
 	o, err := o.withDefaults()
 	if err != nil {
-		return cdispecs.ContainerEdits{}, err
+		return Edits{}, err
 	}
 	return commonEdits(inv, caps, o), nil
 }
 
-func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) cdispecs.ContainerEdits {
-	var e cdispecs.ContainerEdits
+func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) Edits {
+	var e Edits
 	e.Env = []string{"NVIDIA_VISIBLE_DEVICES=void"}
 	for _, n := range inv.ControlNodes {
 		if n.Path == "/dev/nvidia-modeset" && !caps.Has(gpu.CapGraphics) && !caps.Has(gpu.CapDisplay) && caps != gpu.CapsAll {
 			// modeset serves display and graphics only
 			continue
 		}
-		e.DeviceNodes = append(e.DeviceNodes, deviceNode(n))
+		e.Nodes = append(e.Nodes, n)
 	}
 	files := inv.FilesFor(caps)
 	for _, f := range files {
@@ -131,7 +143,7 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) cdispecs.
 		if f.Kind == gpu.KindSocket {
 			opts = socketMountOptions
 		}
-		e.Mounts = append(e.Mounts, &cdispecs.Mount{HostPath: f.HostPath, ContainerPath: f.Path, Type: "bind", Options: opts})
+		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: opts})
 	}
 	links := libraryLinks(files)
 	if !o.enabled(HookSymlinks) {
@@ -143,18 +155,18 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) cdispecs.
 		}
 		for _, l := range links {
 			host := byPath[path.Join(path.Dir(l.Link), l.Target)]
-			e.Mounts = append(e.Mounts, &cdispecs.Mount{HostPath: host, ContainerPath: l.Link, Type: "bind", Options: fileMountOptions})
+			e.Mounts = append(e.Mounts, Mount{HostPath: host, Path: l.Link, Options: fileMountOptions})
 		}
 	}
 	if h := hookArgs(inv, files, links, o); h != nil {
-		e.Hooks = []*cdispecs.Hook{h}
+		e.Hooks = []Hook{*h}
 	}
 	return e
 }
 
 // hookArgs builds the one createContainer hook that runs every enabled action; its
 // command line is hookargs' encoding, which the hook decodes with the same definitions.
-func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *cdispecs.Hook {
+func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Hook {
 	var a hookargs.Args
 	if o.enabled(HookSymlinks) {
 		a.Links = links
@@ -171,29 +183,25 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *cd
 	if a.Empty() {
 		return nil
 	}
-	return &cdispecs.Hook{HookName: "createContainer", Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
+	return &Hook{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
 }
 
 // DeviceEdits are the edits of one full GPU: its node, and its DRM nodes when graphics
 // or display is asked for.
-func DeviceEdits(d gpu.Device, caps gpu.Capabilities) cdispecs.ContainerEdits {
-	var e cdispecs.ContainerEdits
-	e.DeviceNodes = append(e.DeviceNodes, deviceNode(d.Node))
+func DeviceEdits(d gpu.Device, caps gpu.Capabilities) Edits {
+	var e Edits
+	e.addNodes(d.Node)
 	if caps.Has(gpu.CapGraphics) || caps.Has(gpu.CapDisplay) {
-		for _, n := range d.DRM {
-			e.DeviceNodes = append(e.DeviceNodes, deviceNode(n))
-		}
+		e.addNodes(d.DRM...)
 	}
 	return e
 }
 
 // MIGEdits are the edits of one MIG device: the parent GPU's node and the GI and CI
 // access capabilities.
-func MIGEdits(parent gpu.Device, m gpu.MIGDevice) cdispecs.ContainerEdits {
-	var e cdispecs.ContainerEdits
-	e.DeviceNodes = append(e.DeviceNodes, deviceNode(parent.Node))
-	for _, c := range m.Caps {
-		e.DeviceNodes = append(e.DeviceNodes, deviceNode(c))
-	}
+func MIGEdits(parent gpu.Device, m gpu.MIGDevice) Edits {
+	var e Edits
+	e.addNodes(parent.Node)
+	e.addNodes(m.Caps...)
 	return e
 }

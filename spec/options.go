@@ -54,6 +54,9 @@ type Options struct {
 	Capabilities gpu.Capabilities
 	// HookPath is the absolute path of the nvbind binary that hooks call.
 	HookPath string
+	// CapabilityDevices puts the driver files in one device per capability instead of in
+	// the spec's own edits (see Generate): the layout of the NRI plugin's CDI mode.
+	CapabilityDevices bool
 	// DisabledHooks turns hook actions off. With every action off the edits are hookless:
 	// library links become extra bind mounts.
 	DisabledHooks []HookName

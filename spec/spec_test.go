@@ -238,7 +238,7 @@ func TestCompat32(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := slices.ContainsFunc(e.Mounts, func(m *cdispecs.Mount) bool { return m.ContainerPath == lib32 })
+		got := slices.ContainsFunc(e.Mounts, func(m Mount) bool { return m.Path == lib32 })
 		if got != tc.want {
 			t.Errorf("capabilities %s: 32-bit libcuda mounted %v, want %v", tc.caps, got, tc.want)
 		}

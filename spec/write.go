@@ -110,17 +110,42 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 	})
 }
 
-// WriteInto generates the spec of an inventory and writes it into dir under its
-// conventional name, in YAML: the spec that CDI names from the NRI plugin's CDI mode or
-// the device plugin's cdi-cri strategy refer to. A failure leaves the old spec.
-func WriteInto(inv *gpu.Inventory, o Options, dir string) (*cdispecs.Spec, error) {
+// Written is one spec file that WriteDir wrote.
+type Written struct {
+	Path string
+	Spec *cdispecs.Spec
+}
+
+// WriteDir generates every spec of the inventory and writes each into dir under its
+// conventional name: the GPU spec and, on a host with IMEX channels, the IMEX channels'
+// spec. It is the writer of `cdi generate --output DIR/`, of the NRI plugin's CDI mode and
+// of the device plugin's cdi-cri strategy. A failure leaves the old files.
+func WriteDir(inv *gpu.Inventory, o Options, dir string, f Format) ([]Written, error) {
 	s, err := Generate(inv, o)
 	if err != nil {
 		return nil, err
 	}
-	name, err := FileName(s, FormatYAML)
+	specs := []*cdispecs.Spec{s}
+	imex, err := GenerateIMEX(inv, o)
 	if err != nil {
 		return nil, err
 	}
-	return s, WriteFile(s, filepath.Join(dir, name), FormatYAML)
+	if imex != nil {
+		specs = append(specs, imex)
+	}
+	// generate and name every spec before writing any, so that one bad spec writes none
+	out := make([]Written, 0, len(specs))
+	for _, s := range specs {
+		name, err := FileName(s, f)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, Written{Path: filepath.Join(dir, name), Spec: s})
+	}
+	for _, w := range out {
+		if err := WriteFile(w.Spec, w.Path, f); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"time"
@@ -30,7 +29,7 @@ type generateFlags struct {
 	rootFlags
 	specFlags
 	output, format, names, caps string
-	watch                       bool
+	watch, capDevices           bool
 	interval                    time.Duration
 }
 
@@ -95,6 +94,8 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 	fl.StringVar(&f.format, "format", "", "json or yaml; default from the output file's extension, else yaml")
 	fl.StringVar(&f.names, "device-name-strategy", "index,type-index,uuid", "device names to emit, comma list of: "+spec.ValidNameStrategies)
 	fl.StringVar(&f.caps, "capabilities", "all", "driver capabilities whose files the spec mounts: "+gpu.ValidCapabilities)
+	fl.BoolVar(&f.capDevices, "capability-devices", false,
+		"GPU devices bring only their nodes; the driver files come from one device per capability (nvidia.com/gpu=capability-compute, ...), the layout nvbind nri --cdi-mode writes")
 	fl.BoolVar(&f.watch, "watch", false, "keep running: write the spec again whenever the driver, its device nodes or the MIG layout change; a failed discovery keeps the old spec")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "with --watch, how often discovery runs besides reacting to file events")
 	return cmd
@@ -111,6 +112,10 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 	if o.Capabilities, err = gpu.ParseCapabilities(f.caps); err != nil {
 		return o, "", fmt.Errorf("--capabilities: %w", err)
 	}
+	if f.capDevices && o.Capabilities != gpu.CapsAll {
+		return o, "", fmt.Errorf("--capabilities %s conflicts with --capability-devices, which puts every capability in a device of its own", f.caps)
+	}
+	o.CapabilityDevices = f.capDevices
 	var format spec.Format
 	if f.format != "" {
 		if format, err = spec.ParseFormat(f.format); err != nil {
@@ -158,39 +163,24 @@ func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec
 	return nil
 }
 
-// writeAll writes the GPU spec and, into a folder, the IMEX channels' spec beside it.
+// writeAll writes the GPU spec to the --output file, or every spec (the IMEX channels'
+// beside the GPUs') into the --output folder.
 func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Options, format spec.Format, done func(string, *cdispecs.Spec)) error {
-	specs := []*cdispecs.Spec{s}
-	if isDirArg(f.output) {
-		imex, err := spec.GenerateIMEX(inv, o)
-		if err != nil {
+	if !isDirArg(f.output) {
+		if err := spec.WriteFile(s, f.output, format); err != nil {
 			return err
 		}
-		if imex != nil {
-			specs = append(specs, imex)
-		}
+		done(f.output, s)
+		return nil
 	}
-	for _, s := range specs {
-		dst, err := f.write(s, format)
-		if err != nil {
-			return err
-		}
-		done(dst, s)
+	written, err := spec.WriteDir(inv, o, f.output, format)
+	if err != nil {
+		return err
+	}
+	for _, w := range written {
+		done(w.Path, w.Spec)
 	}
 	return nil
-}
-
-// write writes the spec to --output: that file, or the conventional name in that folder.
-func (f *generateFlags) write(s *cdispecs.Spec, format spec.Format) (string, error) {
-	dst := f.output
-	if isDirArg(dst) {
-		name, err := spec.FileName(s, format)
-		if err != nil {
-			return "", err
-		}
-		dst = filepath.Join(dst, name)
-	}
-	return dst, spec.WriteFile(s, dst, format)
 }
 
 func isDirArg(p string) bool {

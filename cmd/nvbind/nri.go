@@ -100,7 +100,8 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	defer cancel()
 	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
 	if f.cdiMode {
-		svc.CDISpecDir = f.cdiSpecDir
+		// the plugin names GPUs and capabilities separately, so the spec holds both
+		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true
 	}
 	if f.devicePlugin {
 		dm := deviceplugin.NewMetrics()
