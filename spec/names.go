@@ -1,8 +1,8 @@
 package spec
 
 import (
-	"regexp"
 	"strconv"
+	"strings"
 
 	"github.com/nvbind/nvbind/gpu"
 )
@@ -45,13 +45,51 @@ func Names(d gpu.Device, m *gpu.MIGDevice, strategies []NameStrategy) []string {
 	return out
 }
 
-// reName matches every form Name produces, bounded so that a request cannot make a
-// lookup key of any size.
-var reName = regexp.MustCompile(`^(?:[0-9]{1,4}|gpu[0-9]{1,4}|[0-9]{1,4}:[0-9]{1,4}|mig[0-9]{1,4}:[0-9]{1,4}|(?:GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/_.-]{0,127})$`)
-
 // IsName reports whether v has the form of a name that Name makes, before any inventory
-// says whether such a device exists.
-func IsName(v string) bool { return reName.MatchString(v) }
+// says whether such a device exists: N, gpuN, N:M, migN:M (N and M of 1 to 4 digits),
+// or GPU-/MIG- and up to 128 characters of [0-9A-Za-z/_.-] starting alphanumeric. The
+// bounds keep a request from making lookup keys of any size.
+func IsName(v string) bool {
+	switch {
+	case strings.HasPrefix(v, "GPU-"), strings.HasPrefix(v, "MIG-"):
+		id := v[4:]
+		if len(id) == 0 || len(id) > 128 || !isAlnum(id[0]) {
+			return false
+		}
+		for i := 1; i < len(id); i++ {
+			if c := id[i]; !isAlnum(c) && c != '/' && c != '_' && c != '.' && c != '-' {
+				return false
+			}
+		}
+		return true
+	case strings.HasPrefix(v, "gpu"):
+		return isIndex(v[3:])
+	case strings.HasPrefix(v, "mig"):
+		v = v[3:]
+		a, b, ok := strings.Cut(v, ":")
+		return ok && isIndex(a) && isIndex(b)
+	}
+	if a, b, ok := strings.Cut(v, ":"); ok {
+		return isIndex(a) && isIndex(b)
+	}
+	return isIndex(v)
+}
+
+func isIndex(s string) bool {
+	if len(s) == 0 || len(s) > 4 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
 
 // CapabilityPrefix starts the names of the capability devices of a spec made with
 // Options.CapabilityDevices: nvidia.com/gpu=capability-compute and so on.

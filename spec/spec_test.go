@@ -22,7 +22,7 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 const hookPath = "/usr/bin/nvbind"
 
-func discoverRoot(t *testing.T, name string) *gpu.Inventory {
+func discoverRoot(t testing.TB, name string) *gpu.Inventory {
 	t.Helper()
 	root := testutil.DriverRoot(t, name)
 	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
@@ -56,7 +55,7 @@ func Marshal(s *cdispecs.Spec, f Format) ([]byte, error) {
 		}
 		return append(b, '\n'), nil
 	case FormatYAML:
-		b, err := yaml.Marshal(s)
+		b, err := marshalYAML(s)
 		if err != nil {
 			return nil, err
 		}
