@@ -7,6 +7,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -397,4 +398,42 @@ func warningText(inv *Inventory) string {
 		out = append(out, string(w.Kind)+": "+w.Message)
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestDiscoverNVMLOnlyForMIG: with WithNVMLOnlyForMIG, NVML is not started when procfs
+// lists every GPU and none has MIG instances, and is when one has.
+func TestDiscoverNVMLOnlyForMIG(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		extra   tree
+		useNVML bool
+	}{
+		{"no MIG", tree{}, false},
+		{"MIG instance on GPU 1", tree{"/proc/driver/nvidia/capabilities/gpu1/mig/gi3/access": "DeviceFileMinor: 30\nDeviceFileMode: 292\nDeviceFileModify: 1\n"}, true},
+		{"MIG enabled, no instance", tree{"/proc/driver/nvidia/capabilities/gpu0/mig/config": "DeviceFileMinor: 1\n"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var inits atomic.Int32
+			s := dgxa100.New()
+			s.InitFunc = func() nvml.Return { inits.Add(1); return nvml.ERROR_DRIVER_NOT_LOADED }
+			root := t.TempDir()
+			hostTree().with(tree{lib + "/libcuda.so." + v535: "elf:libcuda.so.1"}).with(tc.extra).build(t, root)
+			d, err := New(WithDriverRoot(root), WithDevRoot(root), WithDeviceStater(fakeStater{}), WithNVML(s), WithNVMLOnlyForMIG())
+			if err != nil {
+				t.Fatal(err)
+			}
+			inv, err := d.Discover(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := inits.Load() > 0; got != tc.useNVML {
+				t.Errorf("NVML started: %v, want %v (nvml error %q)", got, tc.useNVML, inv.NVMLError)
+			}
+			if inv.Source != SourceProcfs || len(inv.Devices) != 2 || inv.Devices[1].UUID != "GPU-bbbb" {
+				t.Errorf("source %s, devices %+v", inv.Source, inv.Devices)
+			}
+		})
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/ldcache"
@@ -287,9 +288,18 @@ func fileMentions(p, version string) bool {
 	return false
 }
 
-// readerMentions scans a stream for needle in 256 KiB windows that overlap by its length.
+// scanBuffers holds readerMentions' windows: one discovery scans a few libraries, and a
+// fresh 64 KiB each time is most of what discovery allocates.
+var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// readerMentions scans a stream for needle in 64 KiB windows that overlap by its length.
 func readerMentions(rd io.Reader, needle []byte) bool {
-	buf := make([]byte, 256<<10+len(needle))
+	bp := scanBuffers.Get().(*[]byte)
+	defer scanBuffers.Put(bp)
+	buf := *bp
+	if len(buf) < 2*len(needle) {
+		buf = make([]byte, 2*len(needle))
+	}
 	keep := 0
 	for {
 		n, err := io.ReadFull(rd, buf[keep:])

@@ -198,6 +198,7 @@ type config struct {
 	driverRootMount string
 	devRootMount    string
 	nvml            nvml.Interface
+	nvmlForMIG      bool
 	stater          DeviceStater
 	noNVML          bool
 	noCUDA          bool
@@ -254,6 +255,15 @@ func WithoutNVML() Option {
 // (loading libcuda costs milliseconds; specs do not need the version).
 func WithoutCUDAVersion() Option {
 	return func(c *config) error { c.noCUDA = true; return nil }
+}
+
+// WithNVMLOnlyForMIG starts NVML only when /proc/driver/nvidia cannot answer: when it lists
+// no GPU, or when a GPU has MIG instances (/proc/driver/nvidia/capabilities/gpuN/mig/gi*),
+// whose UUIDs only NVML knows. Index, minor, UUID, PCI bus and model come from procfs
+// alone; architecture, brand, topology and the CUDA version are left out. For commands
+// that need no more, such as cdi generate: NVML's init costs far more than procfs.
+func WithNVMLOnlyForMIG() Option {
+	return func(c *config) error { c.nvmlForMIG = true; return nil }
 }
 
 // WithDeviceStater replaces how device nodes are read (tests on trees without real nodes).

@@ -14,7 +14,15 @@ import (
 // discoverDevices fills inv.Devices from NVML, or from procfs when NVML is absent or
 // fails to start ("driver not loaded", missing library). It records which source was used.
 func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPath string) error {
-	if !d.cfg.noNVML {
+	proc := procFiles{root: d.cfg.devRootMount}
+	skipNVML := d.cfg.noNVML
+	if !skipNVML && d.cfg.nvmlForMIG {
+		if gpus, err := proc.gpus(); err == nil && len(gpus) > 0 && !proc.hasMIGInstances(gpus) {
+			skipNVML = true
+			inv.NVMLError = "not started: /proc/driver/nvidia lists every GPU and no MIG instance"
+		}
+	}
+	if !skipNVML {
 		lib := d.cfg.nvml
 		if lib == nil && nvmlPath != "" {
 			lib = nvml.New(nvml.WithLibraryPath(nvmlPath))
@@ -40,7 +48,7 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 		inv.NVMLError = "not used (--no-nvml)"
 	}
 	inv.Source = SourceProcfs
-	gpus, err := procFiles{root: d.cfg.devRootMount}.gpus()
+	gpus, err := proc.gpus()
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // no GPU list at all: Discover reports ErrNoDevices
 	}

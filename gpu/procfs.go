@@ -116,6 +116,23 @@ func (p procFiles) gpus() ([]procGPU, error) {
 	return out, nil
 }
 
+// hasMIGInstances reports whether any of the GPUs has a MIG GPU instance: the driver
+// lists each under /proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<N>.
+func (p procFiles) hasMIGInstances(gpus []procGPU) bool {
+	for _, g := range gpus {
+		ents, err := os.ReadDir(filepath.Join(p.root, "proc/driver/nvidia/capabilities", fmt.Sprintf("gpu%d", g.Minor), "mig"))
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "gi") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func parseInformation(data []byte) (procGPU, error) {
 	kv := ParseKeyValues(data)
 	g := procGPU{BusID: strings.ToLower(kv["Bus Location"]), UUID: kv["GPU UUID"], Model: kv["Model"]}

@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"bytes"
 	"testing"
 )
 
@@ -193,5 +194,22 @@ func TestClassifyLibrary(t *testing.T) {
 		if got := classifyLibrary(name); got != want {
 			t.Errorf("%s: %v, want %v", name, got.List(), want.List())
 		}
+	}
+}
+
+// TestReaderMentionsAcrossWindows finds the version wherever it lies, across the
+// boundaries of the scan windows too.
+func TestReaderMentionsAcrossWindows(t *testing.T) {
+	t.Parallel()
+	needle := []byte("535.261.03")
+	for _, at := range []int{0, 1, 64<<10 - 5, 64 << 10, 64<<10 - len(needle), 3*64<<10 - 3, 200000} {
+		data := bytes.Repeat([]byte{'x'}, 210000)
+		copy(data[at:], needle)
+		if !readerMentions(bytes.NewReader(data), needle) {
+			t.Errorf("needle at %d not found", at)
+		}
+	}
+	if readerMentions(bytes.NewReader(bytes.Repeat([]byte("535.261.0"), 30000)), needle) {
+		t.Error("found a needle that is not there")
 	}
 }

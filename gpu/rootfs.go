@@ -19,13 +19,13 @@ var errLinkLoop = errors.New("too many levels of symbolic links")
 // and ".." never climbs above it. Debian's /etc/alternatives links need this. Resolved
 // folders are remembered for the life of the value (one discovery).
 type rootFS struct {
-	root string // where the tree is read
-	emit string // where the host sees it (differs when nvbind runs in a container)
-	dirs map[string]string
+	root string              // where the tree is read
+	emit string              // where the host sees it (differs when nvbind runs in a container)
+	dirs map[string]resolved // resolutions so far (nil: none kept)
 }
 
 func newRootFS(read, host string) rootFS {
-	return rootFS{root: filepath.Clean(read), emit: filepath.Clean(host), dirs: map[string]string{}}
+	return rootFS{root: filepath.Clean(read), emit: filepath.Clean(host), dirs: map[string]resolved{}}
 }
 
 // emitPath turns a rooted path into the path the host sees, for specs and adjustments.
@@ -43,64 +43,74 @@ func (r rootFS) host(p string) string {
 
 // resolve follows every link in p (a rooted path) inside the root and returns the rooted
 // path of the final file.
-func (r rootFS) resolve(p string) (string, error) { return r.resolveN(p, 0) }
+func (r rootFS) resolve(p string) (string, error) {
+	real, _, err := r.resolveN(p, 0)
+	return real, err
+}
 
-func (r rootFS) resolveN(p string, hops int) (string, error) {
+// resolved is a path's resolution: the rooted real path and its Lstat, which is its Stat
+// since it is no link.
+type resolved struct {
+	real string
+	fi   fs.FileInfo
+}
+
+func (r rootFS) resolveN(p string, hops int) (string, fs.FileInfo, error) {
 	p = path.Clean("/" + p)
 	if p == "/" {
-		return "/", nil
+		fi, err := os.Stat(r.host("/"))
+		return "/", fi, err
+	}
+	if v, ok := r.dirs[p]; ok {
+		return v.real, v.fi, nil
 	}
 	dir, err := r.resolveDir(path.Dir(p), hops)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	next := path.Join(dir, path.Base(p))
 	fi, err := os.Lstat(r.host(next))
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if fi.Mode()&fs.ModeSymlink == 0 {
-		return next, nil
+		r.remember(p, next, fi)
+		return next, fi, nil
 	}
 	if hops++; hops > maxLinkHops {
-		return "", fmt.Errorf("resolve %s: %w", p, errLinkLoop)
+		return "", nil, fmt.Errorf("resolve %s: %w", p, errLinkLoop)
 	}
 	target, err := os.Readlink(r.host(next))
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if !strings.HasPrefix(target, "/") {
 		// dir has no links left in it, so ".." can be cleaned lexically
 		target = path.Join(dir, target)
 	}
-	return r.resolveN(target, hops)
+	real, rfi, err := r.resolveN(target, hops)
+	if err == nil {
+		r.remember(p, real, rfi)
+	}
+	return real, rfi, err
+}
+
+// remember caches a resolution for the rest of one discovery: drivers link many names
+// through the same folders and alternatives.
+func (r rootFS) remember(p, real string, fi fs.FileInfo) {
+	if r.dirs != nil {
+		r.dirs[p] = resolved{real, fi}
+	}
 }
 
 func (r rootFS) resolveDir(dir string, hops int) (string, error) {
-	if dir == "/" {
-		return "/", nil
-	}
-	if v, ok := r.dirs[dir]; ok {
-		return v, nil
-	}
-	v, err := r.resolveN(dir, hops)
-	if err != nil {
-		return "", err
-	}
-	if r.dirs != nil {
-		r.dirs[dir] = v
-	}
-	return v, nil
+	real, _, err := r.resolveN(dir, hops)
+	return real, err
 }
 
 // stat resolves p inside the root and stats the result.
 func (r rootFS) stat(p string) (string, fs.FileInfo, error) {
-	real, err := r.resolve(p)
-	if err != nil {
-		return "", nil, err
-	}
-	fi, err := os.Stat(r.host(real))
-	return real, fi, err
+	return r.resolveN(p, 0)
 }
 
 // readDir lists a rooted directory; a missing directory is empty.
