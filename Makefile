@@ -27,8 +27,12 @@ all: build
 
 # nvbind, and nvbind-hook: the static, small binary that specs and adjustments run as
 # the hook on every container start
+# bin/nvbind is the lean CLI (cdi, info, hook, install): it links no NRI, gRPC, Prometheus
+# or kubelet code, so it starts fast. bin/nvbind-node is the full build, which nvbind runs
+# for nri, device-plugin and doctor.
 build:
-	$(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BIN) ./cmd/nvbind
+	$(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BIN) ./cmd/nvbind
+	$(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-node ./cmd/nvbind
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-hook ./cmd/nvbind-hook
 
 # nvbind's container image as an OCI archive, from the local build and no registry:
@@ -94,9 +98,11 @@ fuzz:
 
 lint: tools-lint
 	$(GOLANGCI_LINT) run ./...
+	$(GOLANGCI_LINT) run --build-tags nvbind_lean ./cmd/nvbind/...
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags nvbind_lean ./cmd/nvbind
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')

@@ -52,7 +52,7 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 			if err != nil {
 				return err
 			}
-			d, err := f.discoverer(gpu.WithoutCUDAVersion())
+			d, err := f.discoverer(gpu.WithoutCUDAVersion(), gpu.WithNVMLOnlyForMIG())
 			if err != nil {
 				return err
 			}

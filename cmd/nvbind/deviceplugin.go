@@ -1,15 +1,17 @@
 package main
 
 import (
-	"context"
-	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
+)
 
-	"github.com/nvbind/nvbind/deviceplugin"
-	"github.com/nvbind/nvbind/gpu"
-	"github.com/nvbind/nvbind/spec"
+// Defaults of the device plugin's flags, as package deviceplugin names them (a test of
+// the full build compares): this file is also in the lean build, which links no kubelet API.
+const (
+	dpDefaultMIGStrategy  = "none"
+	dpDefaultListStrategy = "cdi-cri"
+	dpDefaultKubeletDir   = "/var/lib/kubelet/device-plugins/"
 )
 
 // dpFlags configure the device plugin, alone (nvbind device-plugin) or in nvbind nri
@@ -22,16 +24,11 @@ type dpFlags struct {
 func (d *dpFlags) register(cmd *cobra.Command) {
 	fl := cmd.Flags()
 	fl.StringVar(&d.resource, "resource-name", "nvidia.com/gpu", "resource name of full GPUs; MIG resources (mixed strategy) take its domain: nvidia.com/mig-1g.5gb")
-	fl.StringVar(&d.migStrategy, "mig-strategy", deviceplugin.MIGNone, "MIG strategy: none, single or mixed (as NVIDIA's device plugin)")
+	fl.StringVar(&d.migStrategy, "mig-strategy", dpDefaultMIGStrategy, "MIG strategy: none, single or mixed (as NVIDIA's device plugin)")
 	fl.IntVar(&d.replicas, "replicas", 1, "time-slicing: advertise each GPU or MIG device this many times")
-	fl.StringVar(&d.listStrategy, "device-list-strategy", deviceplugin.ListCDICRI,
+	fl.StringVar(&d.listStrategy, "device-list-strategy", dpDefaultListStrategy,
 		"how Allocate hands devices to the runtime: cdi-cri (CDI names in the CRI; the plugin keeps nvbind's spec in --cdi-spec-dir) or annotations (for the nvbind NRI plugin)")
-	fl.StringVar(&d.kubeletDir, "kubelet-device-plugins-dir", deviceplugin.DefaultDir, "the kubelet's device-plugin folder (kubelet.sock)")
-}
-
-func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics) (*deviceplugin.Plugin, error) {
-	return deviceplugin.New(deviceplugin.Config{Resource: d.resource, MIGStrategy: d.migStrategy, Replicas: d.replicas,
-		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class}, d.kubeletDir, log, m)
+	fl.StringVar(&d.kubeletDir, "kubelet-device-plugins-dir", dpDefaultKubeletDir, "the kubelet's device-plugin folder (kubelet.sock)")
 }
 
 type devicePluginFlags struct {
@@ -73,45 +70,4 @@ In a cluster, run it inside the NRI plugin's pod instead: nvbind nri --device-pl
 	fl.StringVar(&f.cdiSpecDir, "cdi-spec-dir", "/var/run/cdi", "where the spec that cdi-cri's names refer to is kept")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again (GPU health, MIG changes)")
 	return cmd
-}
-
-func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
-	so, err := f.options()
-	if err != nil {
-		return err
-	}
-	p, err := f.plugin(so, log, nil)
-	if err != nil {
-		return err
-	}
-	d, err := f.discoverer()
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	events := d.Watch(ctx, f.rescan)
-	go func() {
-		for ev := range events {
-			if ev.Err != nil {
-				log.Error("discovery failed; keeping the last devices", slog.Any("error", ev.Err))
-				continue
-			}
-			feedDevicePlugin(p, f.listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
-		}
-	}()
-	return p.Run(ctx)
-}
-
-// feedDevicePlugin hands an inventory to the device plugin and, for cdi-cri, keeps the
-// spec its CDI names refer to.
-func feedDevicePlugin(p *deviceplugin.Plugin, listStrategy string, inv *gpu.Inventory, so spec.Options, dir string, log *slog.Logger) {
-	if err := p.Update(inv); err != nil {
-		log.Error("device plugin: devices not updated", slog.Any("error", err))
-	}
-	if listStrategy == deviceplugin.ListCDICRI {
-		if _, err := spec.WriteDir(inv, so, dir, spec.FormatYAML); err != nil {
-			log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
-		}
-	}
 }

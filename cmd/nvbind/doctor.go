@@ -3,14 +3,21 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"github.com/nvbind/nvbind/doctor"
 	"github.com/nvbind/nvbind/spec"
 )
 
+// doctorFlags are doctor's settings; the full build turns them into a doctor.Config.
+type doctorFlags struct {
+	rootFlags
+	format                                            string
+	specDirs, crioConfigs                             []string
+	vendor, class                                     string
+	containerdConfig, containerdSocket, containerdBin string
+	dockerConfig, nriSocket, healthURL                string
+}
+
 func newDoctorCommand() *cobra.Command {
-	var rf rootFlags
-	var format string
-	c := doctor.Config{}
+	f := &doctorFlags{}
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check this host for what GPU containers need, with a fix for each problem",
@@ -22,40 +29,24 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
   nvbind doctor --driver-root /run/nvidia/driver`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := checkFormat(format); err != nil {
+			if err := checkFormat(f.format); err != nil {
 				return err
 			}
-			d, err := rf.discoverer()
-			if err != nil {
-				return err
-			}
-			c.Discoverer = d
-			rs := doctor.Run(cmd.Context(), c)
-			if format == "json" {
-				if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {
-					return err
-				}
-			} else {
-				doctor.Print(cmd.OutOrStdout(), rs)
-			}
-			if doctor.Failed(rs) {
-				return exitError{code: 1}
-			}
-			return nil
+			return f.run(cmd)
 		},
 	}
-	rf.register(cmd)
+	f.register(cmd)
 	fl := cmd.Flags()
-	fl.StringVar(&format, "format", "text", "output format: text, json")
-	fl.StringSliceVar(&c.SpecDirs, "spec-dir", []string{"/etc/cdi", "/var/run/cdi"}, "CDI spec folders to check")
-	fl.StringVar(&c.Vendor, "vendor", spec.DefaultVendor, "CDI vendor of the GPU specs")
-	fl.StringVar(&c.Class, "class", spec.DefaultClass, "CDI class of the GPU specs")
-	fl.StringVar(&c.ContainerdConfig, "containerd-config", "/etc/containerd/config.toml", "containerd's configuration")
-	fl.StringVar(&c.ContainerdSocket, "containerd-address", "/run/containerd/containerd.sock", "the running containerd's API socket, asked for its version, plugins and CRI settings")
-	fl.StringVar(&c.ContainerdBinary, "containerd-binary", "", "the containerd whose `config dump` gives the effective configuration (default: containerd in PATH)")
-	fl.StringSliceVar(&c.CRIOConfigs, "crio-config", nil, "CRI-O configuration files (default /etc/crio/crio.conf and crio.conf.d/*.conf)")
-	fl.StringVar(&c.DockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
-	fl.StringVar(&c.NRISocket, "nri-socket", "/var/run/nri/nri.sock", "the runtime's NRI socket")
-	fl.StringVar(&c.HealthURL, "health-url", "http://127.0.0.1:9402/readyz", "nvbind nri's /readyz")
+	fl.StringVar(&f.format, "format", "text", "output format: text, json")
+	fl.StringSliceVar(&f.specDirs, "spec-dir", []string{"/etc/cdi", "/var/run/cdi"}, "CDI spec folders to check")
+	fl.StringVar(&f.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the GPU specs")
+	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class of the GPU specs")
+	fl.StringVar(&f.containerdConfig, "containerd-config", "/etc/containerd/config.toml", "containerd's configuration")
+	fl.StringVar(&f.containerdSocket, "containerd-address", "/run/containerd/containerd.sock", "the running containerd's API socket, asked for its version, plugins and CRI settings")
+	fl.StringVar(&f.containerdBin, "containerd-binary", "", "the containerd whose `config dump` gives the effective configuration (default: containerd in PATH)")
+	fl.StringSliceVar(&f.crioConfigs, "crio-config", nil, "CRI-O configuration files (default /etc/crio/crio.conf and crio.conf.d/*.conf)")
+	fl.StringVar(&f.dockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
+	fl.StringVar(&f.nriSocket, "nri-socket", nriDefaultSocket, "the runtime's NRI socket")
+	fl.StringVar(&f.healthURL, "health-url", "http://127.0.0.1:9402/readyz", "nvbind nri's /readyz")
 	return cmd
 }

@@ -30,7 +30,7 @@ func (f *installFlags) register(cmd *cobra.Command, verb string) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.prefix, "prefix", "/usr/local", "binaries go to PREFIX/bin")
 	fl.StringVar(&f.unitDir, "unit-dir", systemUnitDir, "where the systemd units go; systemctl is run only for "+systemUnitDir)
-	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+": binaries (nvbind, nvbind-hook), hook (nvbind-hook only), units")
+	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+": binaries (nvbind, nvbind-node, nvbind-hook), hook (nvbind-hook only), units")
 }
 
 func (f *installFlags) check() error {
@@ -112,7 +112,7 @@ func (f *installFlags) systemd() bool { return filepath.Clean(f.unitDir) == syst
 func (f *installFlags) binaries() []string {
 	var out []string
 	if slices.Contains(f.components, "binaries") {
-		out = append(out, "nvbind", "nvbind-hook")
+		out = append(out, "nvbind", nodeBinaryName, "nvbind-hook")
 	} else if slices.Contains(f.components, "hook") {
 		out = append(out, "nvbind-hook")
 	}
@@ -128,7 +128,7 @@ func (f *installFlags) install(w io.Writer) error {
 	for _, b := range f.binaries() {
 		src := filepath.Join(filepath.Dir(self), b)
 		if b == "nvbind" {
-			src = self
+			src = self // the lean CLI, or the full build standing in for it
 		}
 		data, err := os.ReadFile(src) //nolint:gosec // our own binaries beside this one
 		if err != nil {

@@ -1,17 +1,14 @@
 package main
 
 import (
-	"context"
-	"log/slog"
-	"os"
 	"time"
 
-	"github.com/containerd/nri/pkg/api"
 	"github.com/spf13/cobra"
-
-	"github.com/nvbind/nvbind/deviceplugin"
-	"github.com/nvbind/nvbind/nriplugin"
 )
+
+// nriDefaultSocket is NRI's default socket (api.DefaultSocketPath, which a test of the
+// full build compares): this file is also in the lean build, which links no NRI.
+const nriDefaultSocket = "/var/run/nri/nri.sock"
 
 type nriFlags struct {
 	rootFlags
@@ -61,7 +58,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.BoolVar(&f.devicePlugin, "device-plugin", false, "also run the device plugin (the flags of nvbind device-plugin apply), so a node needs one pod")
 	fl.BoolVar(&f.requireAllocation, "require-allocation", false,
 		"give each container exactly the GPUs the kubelet allocated to it (nvbind's device plugin) and refuse other requests; a container without an allocation gets no GPU")
-	fl.StringVar(&f.socket, "socket", api.DefaultSocketPath, "the runtime's NRI socket")
+	fl.StringVar(&f.socket, "socket", nriDefaultSocket, "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")
 	fl.BoolVar(&f.cdiMode, "cdi-mode", false, "add CDI device names for the runtime to resolve, and keep the spec in --cdi-spec-dir fresh")
@@ -72,55 +69,4 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics, /readyz, /livez and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
 	return cmd
-}
-
-func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
-	so, err := f.options()
-	if err != nil {
-		return err
-	}
-	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
-		Spec:              so,
-		CDIMode:           f.cdiMode,
-		EnvRequests:       f.envRequests,
-		AllowedNamespaces: f.allowed,
-		AllNamespaces:     f.allNS,
-		RequireAllocation: f.requireAllocation,
-	})
-	if err != nil {
-		return err
-	}
-	d, err := f.discoverer()
-	if err != nil {
-		return err
-	}
-	metrics := nriplugin.NewMetrics(version, commit)
-	p := nriplugin.NewPlugin(adj, log, metrics)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
-	if f.cdiMode {
-		// the plugin names GPUs and capabilities separately, so the spec holds both
-		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true
-	}
-	if f.devicePlugin {
-		dm := deviceplugin.NewMetrics()
-		metrics.Register(dm.Collectors()...)
-		if svc.DevicePlugin, err = f.plugin(so, log, dm); err != nil {
-			return err
-		}
-		p.AlsoReady(svc.DevicePlugin.Registered)
-		if f.listStrategy == deviceplugin.ListCDICRI {
-			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
-		}
-	}
-	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
-	svc.Run = nriplugin.RunOptions{Socket: f.socket, Reconnect: !preRegistered}
-	if os.Getenv(api.PluginNameEnvVar) == "" {
-		svc.Run.Name, svc.Run.Index = f.name, f.index
-	}
-	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode, "device_plugin", f.devicePlugin)
-	// discovery: once before registering, then on every change
-	svc.Events = d.Watch(ctx, f.rescan)
-	return svc.Serve(ctx)
 }

@@ -69,14 +69,15 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	}
 }
 
-// BuildNVBind compiles cmd/nvbind and the static cmd/nvbind-hook into dir and returns
-// the path of nvbind (nvbind-hook is beside it, where nvbind finds it).
+// BuildNVBind compiles the three binaries of make build into dir and returns the path of
+// nvbind: the lean CLI, the full build nvbind-node (which nvbind runs for nri,
+// device-plugin and doctor) and the static nvbind-hook, beside it where nvbind finds them.
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
-	for _, b := range []struct{ pkg, out, cgo string }{
-		{"./cmd/nvbind", "nvbind", "1"}, {"./cmd/nvbind-hook", "nvbind-hook", "0"},
+	for _, b := range []struct{ pkg, out, cgo, tags string }{
+		{"./cmd/nvbind", "nvbind", "1", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook", "nvbind-hook", "0", ""},
 	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Dir = RepoRoot(t)
 		cmd.Env = append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations", "CGO_ENABLED="+b.cgo)
 		if out, err := cmd.CombinedOutput(); err != nil {

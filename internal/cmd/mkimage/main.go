@@ -33,7 +33,7 @@ func run() error {
 		only     = flag.Bool("rootfs-only", false, "lay out -rootfs and write no archive (for the Containerfile)")
 		name     = flag.String("name", "", "image reference, e.g. ghcr.io/nvbind/nvbind:v0.1.0")
 		arch     = flag.String("arch", "amd64", "platform architecture: amd64 or arm64")
-		bindir   = flag.String("bin", "bin", "folder with nvbind and nvbind-hook")
+		bindir   = flag.String("bin", "bin", "folder with nvbind-node and nvbind-hook (make build)")
 		libdirs  = flag.String("libdirs", "", "colon-separated folders to find shared objects in (default: the host's, or the cross toolchain's for another arch)")
 		version  = flag.String("version", "dev", "org.opencontainers.image.version")
 		revision = flag.String("revision", "", "org.opencontainers.image.revision (the git commit)")
@@ -72,7 +72,9 @@ func run() error {
 		dst = tmp
 	}
 	files, err := ociimage.Rootfs{
-		Binaries: []string{filepath.Join(*bindir, "nvbind"), filepath.Join(*bindir, "nvbind-hook")},
+		// the full build answers every command, so nvbind is a link to it: one Go binary
+		// besides the static hook
+		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook")},
 		Needs:    ociimage.DriverNeeds,
 		LibDirs:  dirs,
 		LibDir:   "/lib/" + triplet,
@@ -80,7 +82,7 @@ func run() error {
 		// host's /dev is mounted at /host/dev, and /proc and /sys, the same kernel's, are
 		// the container's own: --dev-root-mount=/host reads all three
 		Dirs:  []string{"host/dev", "host/driver-root", "host/opt/nvbind/bin", "var/run/nri", "var/run/cdi", "tmp"},
-		Links: map[string]string{"host/proc": "/proc", "host/sys": "/sys"},
+		Links: map[string]string{"host/proc": "/proc", "host/sys": "/sys", "usr/local/bin/nvbind": "nvbind-node"},
 	}.Build(dst)
 	if err != nil {
 		return err

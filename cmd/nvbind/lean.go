@@ -1,0 +1,56 @@
+//go:build nvbind_lean
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// The lean nvbind (cdi, info, hook, install) links none of the NRI, gRPC, Prometheus
+// and kubelet packages, so its commands start fast; the commands that need them run
+// the full build, nvbind-node, with the same arguments.
+
+func (f *nriFlags) run(context.Context, *slog.Logger) error { return execNode() }
+
+func (f *devicePluginFlags) run(context.Context, *slog.Logger) error { return execNode() }
+
+func (f *doctorFlags) run(*cobra.Command) error { return execNode() }
+
+// nodeBinary finds nvbind-node beside this binary, else in PATH.
+func nodeBinary() (string, error) {
+	if self := selfPath(); self != "" {
+		p := filepath.Join(filepath.Dir(self), nodeBinaryName)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	p, err := exec.LookPath(nodeBinaryName)
+	if err != nil {
+		where := "beside this nvbind"
+		if self := selfPath(); self != "" {
+			where = "in " + filepath.Dir(self)
+		}
+		return "", fmt.Errorf("this command runs %s, which is neither %s nor in PATH: install both binaries (make build puts them in bin/; nvbind install copies both)", nodeBinaryName, where)
+	}
+	return p, nil
+}
+
+// execNode replaces this process with nvbind-node and the same arguments and
+// environment; it returns only on failure.
+func execNode() error {
+	p, err := nodeBinary()
+	if err != nil {
+		return err
+	}
+	err = syscall.Exec(p, append([]string{p}, os.Args[1:]...), os.Environ()) //nolint:gosec // nvbind's own binary, found above
+	return errors.Join(fmt.Errorf("run %s", p), err)
+}

@@ -1,0 +1,65 @@
+//go:build !nvbind_lean
+
+package main
+
+import (
+	"context"
+	"log/slog"
+	"os"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/nriplugin"
+)
+
+func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
+	so, err := f.options()
+	if err != nil {
+		return err
+	}
+	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
+		Spec:              so,
+		CDIMode:           f.cdiMode,
+		EnvRequests:       f.envRequests,
+		AllowedNamespaces: f.allowed,
+		AllNamespaces:     f.allNS,
+		RequireAllocation: f.requireAllocation,
+	})
+	if err != nil {
+		return err
+	}
+	d, err := f.discoverer()
+	if err != nil {
+		return err
+	}
+	metrics := nriplugin.NewMetrics(version, commit)
+	p := nriplugin.NewPlugin(adj, log, metrics)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
+	if f.cdiMode {
+		// the plugin names GPUs and capabilities separately, so the spec holds both
+		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true
+	}
+	if f.devicePlugin {
+		dm := deviceplugin.NewMetrics()
+		metrics.Register(dm.Collectors()...)
+		if svc.DevicePlugin, err = f.plugin(so, log, dm); err != nil {
+			return err
+		}
+		p.AlsoReady(svc.DevicePlugin.Registered)
+		if f.listStrategy == deviceplugin.ListCDICRI {
+			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
+		}
+	}
+	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
+	svc.Run = nriplugin.RunOptions{Socket: f.socket, Reconnect: !preRegistered}
+	if os.Getenv(api.PluginNameEnvVar) == "" {
+		svc.Run.Name, svc.Run.Index = f.name, f.index
+	}
+	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode, "device_plugin", f.devicePlugin)
+	// discovery: once before registering, then on every change
+	svc.Events = d.Watch(ctx, f.rescan)
+	return svc.Serve(ctx)
+}
