@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -435,5 +436,48 @@ func TestDiscoverNVMLOnlyForMIG(t *testing.T) {
 				t.Errorf("source %s, devices %+v", inv.Source, inv.Devices)
 			}
 		})
+	}
+}
+
+// TestDiscoverUnversionedLibraries: a driver library without the driver version in its
+// name or contents (the 470 branch's libnvidia-nvvm.so.4.0.0) is recognised by a link of
+// the driver's version or by the CUDA release it was built for, which libcuda's own build
+// stamp gives; one with neither is left out with the reason.
+func TestDiscoverUnversionedLibraries(t *testing.T) {
+	t.Parallel()
+	stamp := func(rel string) string { return "Cuda compilation tools, release " + rel + ", V" + rel + ".557" }
+	inv, err := discover(t, hostTree().with(tree{
+		lib + "/libcuda.so." + v535:              "elf:libcuda.so.1:" + stamp("12.2"),
+		lib + "/libcuda.so.1":                    "link:libcuda.so." + v535,
+		lib + "/libnvidia-nvvm.so.4.0.0":         "elf:libnvidia-nvvm.so.4:" + stamp("12.2"),
+		lib + "/libnvidia-nvvm.so.4":             "link:libnvidia-nvvm.so.4.0.0",
+		lib + "/libnvidia-linked.so.1":           "elf:libnvidia-linked.so.1",
+		lib + "/libnvidia-linked.so." + v535:     "link:libnvidia-linked.so.1",
+		lib + "/libnvidia-oldcuda.so.1":          "elf:libnvidia-oldcuda.so.1:" + stamp("11.4"),
+		lib + "/libnvidia-stranger.so.1":         "elf:libnvidia-stranger.so.1",
+		lib + "/libnvidia-container.so.1.17.8":   "elf:libnvidia-container.so.1",
+		lib + "/libnvidia-egl-wayland.so.1.1.13": "elf:libnvidia-egl-wayland.so.1",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{lib + "/libcuda.so." + v535, lib + "/libnvidia-linked.so.1", lib + "/libnvidia-nvvm.so.4.0.0"}
+	if got := libPaths(inv); !slices.Equal(got, want) {
+		t.Fatalf("libraries = %v\nwant %v", got, want)
+	}
+	if f := findFile(inv, lib+"/libnvidia-nvvm.so.4.0.0"); f.SONAME != "libnvidia-nvvm.so.4" || !f.Capabilities.Has(CapCompute) || !slices.Equal(f.Links, []string{lib + "/libnvidia-nvvm.so.4"}) {
+		t.Errorf("nvvm = %+v", f)
+	}
+	w := warningText(inv)
+	for _, s := range []string{
+		"unrecognised: skipped " + filepath.Join(inv.DriverRoot, lib, "libnvidia-oldcuda.so.1") + ": no driver version in its name, links or contents, and it was built for CUDA 11.4, but this driver's libcuda is CUDA 12.2",
+		"unrecognised: skipped " + filepath.Join(inv.DriverRoot, lib, "libnvidia-stranger.so.1") + ": neither its name, its links nor its contents carry driver " + v535 + " or a CUDA release",
+	} {
+		if !strings.Contains(w, s) {
+			t.Errorf("warnings lack %q:\n%s", s, w)
+		}
+	}
+	if strings.Contains(w, "libnvidia-container") || strings.Contains(w, "egl-wayland") {
+		t.Errorf("projects with versions of their own are reported:\n%s", w)
 	}
 }

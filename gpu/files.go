@@ -68,6 +68,7 @@ func isDriverLibName(name string) bool {
 
 type libResult struct {
 	files    []File
+	pending  []pendingLib
 	version  string
 	nvmlPath string
 	cudaPath string
@@ -133,39 +134,95 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 	for _, real := range order {
 		c := byReal[real]
 		base := path.Base(real)
-		if m := reVersioned.FindStringSubmatch(base); m != nil && m[2] != version {
-			if looksLikeDriverVersion(m[2]) {
-				res.warnings = append(res.warnings, Warning{WarnLeftover, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version)})
+		m := reVersioned.FindStringSubmatch(base)
+		switch {
+		case m != nil && m[2] == version:
+		case m != nil && looksLikeDriverVersion(m[2]):
+			res.warnings = append(res.warnings, Warning{WarnLeftover, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version)})
+			continue
+		case c.linkedAs(version):
+			// no version in its name (or a version of its own: libnvidia-nvvm.so.4.0.0),
+			// but a name of the driver's version links to it
+		case fileMentions(r.host(real), version):
+		default:
+			// the last evidence, the CUDA release it was built for, is weighed once the
+			// install's CUDA version is known (Discover)
+			if rel := cudaRelease(r.host(real)); rel != "" {
+				res.pending = append(res.pending, pendingLib{c, rel})
+			} else {
+				res.warnings = append(res.warnings, Warning{WarnUnrecognised, fmt.Sprintf("skipped %s: neither its name, its links nor its contents carry driver %s or a CUDA release", r.host(real), version)})
 			}
 			continue
-		} else if m == nil && !fileMentions(r.host(real), version) {
-			continue
 		}
-		soname, bits, err := elfInfo(r.host(real))
-		if err != nil {
-			res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(real), err)})
-			continue
-		}
-		f := File{Kind: KindLibrary, Path: real, HostPath: r.emitPath(real), SONAME: soname, Bits: bits,
-			Capabilities: classifyLibrary(base)}
-		if bits == 32 {
-			f.Capabilities |= CapsOf(CapCompat32)
-		}
-		for _, n := range c.names {
-			if n != real {
-				f.Links = append(f.Links, n)
-			}
-		}
-		sort.Strings(f.Links)
-		if bits == 64 && strings.HasPrefix(base, "libnvidia-ml.so") {
-			res.nvmlPath = r.host(real) // where nvbind reads it, not where the host sees it
-		}
-		if bits == 64 && strings.HasPrefix(base, "libcuda.so") {
-			res.cudaPath = r.host(real)
-		}
-		res.files = append(res.files, f)
+		res.accept(r, c)
 	}
 	return res, nil
+}
+
+// pendingLib is a driver-named library whose only evidence is the CUDA release it was
+// built for ("Cuda compilation tools, release 11.4" in its data), as libnvidia-nvvm.so.4.0.0
+// of the 470 branch.
+type pendingLib struct {
+	c       *libCandidate
+	release string
+}
+
+// linkedAs reports whether one of the names that resolve to the file carries the
+// driver version (libnvidia-nvvm.so.535.261.03 -> libnvidia-nvvm.so.4).
+func (c *libCandidate) linkedAs(version string) bool {
+	for _, n := range c.names {
+		if m := reVersioned.FindStringSubmatch(path.Base(n)); m != nil && m[2] == version {
+			return true
+		}
+	}
+	return false
+}
+
+// settle accepts the pending libraries built for the install's CUDA release cuda
+// ("11.4"; empty when unknown) and reports the others with the reason.
+func (res *libResult) settle(r rootFS, cuda string) {
+	for _, p := range res.pending {
+		if cuda != "" && p.release == cuda {
+			res.accept(r, p.c)
+			continue
+		}
+		why := "the CUDA version of this driver's libcuda is unknown"
+		if cuda != "" {
+			why = "this driver's libcuda is CUDA " + cuda
+		}
+		res.warnings = append(res.warnings, Warning{WarnUnrecognised, fmt.Sprintf("skipped %s: no driver version in its name, links or contents, and it was built for CUDA %s, but %s",
+			r.host(p.c.real), p.release, why)})
+	}
+	res.pending = nil
+	sort.SliceStable(res.files, func(i, j int) bool { return res.files[i].Path < res.files[j].Path })
+}
+
+// accept adds a library of the installed driver.
+func (res *libResult) accept(r rootFS, c *libCandidate) {
+	real, base := c.real, path.Base(c.real)
+	soname, bits, err := elfInfo(r.host(real))
+	if err != nil {
+		res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(real), err)})
+		return
+	}
+	f := File{Kind: KindLibrary, Path: real, HostPath: r.emitPath(real), SONAME: soname, Bits: bits,
+		Capabilities: classifyLibrary(base)}
+	if bits == 32 {
+		f.Capabilities |= CapsOf(CapCompat32)
+	}
+	for _, n := range c.names {
+		if n != real {
+			f.Links = append(f.Links, n)
+		}
+	}
+	sort.Strings(f.Links)
+	if bits == 64 && strings.HasPrefix(base, "libnvidia-ml.so") {
+		res.nvmlPath = r.host(real) // where nvbind reads it, not where the host sees it
+	}
+	if bits == 64 && strings.HasPrefix(base, "libcuda.so") {
+		res.cudaPath = r.host(real)
+	}
+	res.files = append(res.files, f)
 }
 
 // looksLikeDriverVersion tells driver versions (535.261.03, 470.57.02) from library
@@ -288,32 +345,90 @@ func fileMentions(p, version string) bool {
 	return false
 }
 
-// scanBuffers holds readerMentions' windows: one discovery scans a few libraries, and a
-// fresh 64 KiB each time is most of what discovery allocates.
+// scanBuffers holds the scan windows: one discovery scans a few libraries, and a fresh
+// window each time was most of what discovery allocated.
 var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // readerMentions scans a stream for needle in 64 KiB windows that overlap by its length.
 func readerMentions(rd io.Reader, needle []byte) bool {
+	_, ok := readerFind(rd, needle, 0)
+	return ok
+}
+
+// readerFind scans a stream for needle and returns up to tail bytes that follow it (fewer
+// at the end of the stream).
+func readerFind(rd io.Reader, needle []byte, tail int) ([]byte, bool) {
 	bp := scanBuffers.Get().(*[]byte)
 	defer scanBuffers.Put(bp)
 	buf := *bp
-	if len(buf) < 2*len(needle) {
-		buf = make([]byte, 2*len(needle))
+	if len(buf) < 2*(len(needle)+tail) {
+		buf = make([]byte, 2*(len(needle)+tail))
 	}
+	span := len(needle) + tail // a match and its tail always fit in what is kept
 	keep := 0
 	for {
 		n, err := io.ReadFull(rd, buf[keep:])
 		if n > 0 {
-			if bytes.Contains(buf[:keep+n], needle) {
-				return true
+			window := buf[:keep+n]
+			if i := bytes.Index(window, needle); i >= 0 {
+				rest := window[i+len(needle):]
+				if len(rest) >= tail || err != nil {
+					return bytes.Clone(rest[:min(tail, len(rest))]), true
+				}
+				// the tail goes on in the next read: keep from the match on
+				keep = copy(buf, window[i:])
+				continue
 			}
-			tail := min(keep+n, len(needle)-1)
-			keep = copy(buf, buf[keep+n-tail:keep+n])
+			k := min(len(window), span-1)
+			keep = copy(buf, window[len(window)-k:])
 		}
 		if err != nil {
-			return false
+			return nil, false
 		}
 	}
+}
+
+// cudaStampPrefix starts the build stamp NVIDIA's CUDA compilers leave in what they build.
+var cudaStampPrefix = []byte("Cuda compilation tools, release ")
+
+// cudaRelease returns the CUDA release ("11.4") of the build stamp in a library's data,
+// or "".
+func cudaRelease(p string) string {
+	f, err := elf.Open(p)
+	if err != nil {
+		return ""
+	}
+	defer func() { _ = f.Close() }()
+	for _, name := range []string{".rodata", ".data"} {
+		sec := f.Section(name)
+		if sec == nil || sec.Type == elf.SHT_NOBITS {
+			continue
+		}
+		if after, ok := readerFind(sec.Open(), cudaStampPrefix, 16); ok {
+			// "11.4, V11.4.557": the release runs up to the comma
+			if rel, _, ok := bytes.Cut(after, []byte(",")); ok && isRelease(rel) {
+				return string(rel)
+			}
+		}
+	}
+	return ""
+}
+
+// isRelease matches "11.4": 1-3 digits, a dot, 1-3 digits.
+func isRelease(b []byte) bool {
+	maj, mnr, ok := bytes.Cut(b, []byte("."))
+	digits := func(x []byte) bool {
+		if len(x) == 0 || len(x) > 3 {
+			return false
+		}
+		for _, c := range x {
+			if c < '0' || c > '9' {
+				return false
+			}
+		}
+		return true
+	}
+	return ok && digits(maj) && digits(mnr)
 }
 
 // elfInfo reads a shared library's SONAME and class through its program headers (a few

@@ -104,6 +104,9 @@ type WarningKind string
 const (
 	// WarnLeftover: a library of another driver version, skipped.
 	WarnLeftover WarningKind = "leftover"
+	// WarnUnrecognised: a file named like a driver library that nothing ties to the
+	// installed driver (version in name, links or contents, or its CUDA release), skipped.
+	WarnUnrecognised WarningKind = "unrecognised"
 	// WarnUnreadable: a driver file that could not be read, skipped.
 	WarnUnreadable WarningKind = "unreadable"
 	// WarnVersionMismatch: NVML's driver version is not the driver files'.
@@ -359,6 +362,20 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		} else {
 			inv.Warnings = append(inv.Warnings, Warning{WarnCUDAUnknown, "CUDA version unknown: " + err.Error()})
 		}
+	}
+
+	// Libraries whose only tie to the driver is the CUDA release they were built for.
+	if len(libs.pending) > 0 {
+		cuda := inv.Driver.CUDAVersion
+		if cuda == "" && libs.cudaPath != "" {
+			// libcuda's own build stamp, else libcuda asked (only on such installs)
+			if cuda = cudaRelease(libs.cudaPath); cuda == "" {
+				cuda, _ = cudaDriverVersion(libs.cudaPath)
+			}
+		}
+		n := len(libs.warnings)
+		libs.settle(dr, cuda)
+		inv.Warnings = append(inv.Warnings, libs.warnings[n:]...)
 	}
 
 	// 4. Driver files.

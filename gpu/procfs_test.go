@@ -213,3 +213,22 @@ func TestReaderMentionsAcrossWindows(t *testing.T) {
 		t.Error("found a needle that is not there")
 	}
 }
+
+// TestReaderFindTailAcrossWindows returns what follows the needle when it continues in
+// the next read.
+func TestReaderFindTailAcrossWindows(t *testing.T) {
+	t.Parallel()
+	needle, after := []byte("release "), []byte("11.4, V11.4.557\x00")
+	for _, at := range []int{0, 64<<10 - len(needle) - 3, 64<<10 - len(needle), 64<<10 - 2, 130000, 150000 - len(needle) - len(after)} {
+		data := bytes.Repeat([]byte{'x'}, 150000)
+		copy(data[at:], append(append([]byte{}, needle...), after...))
+		got, ok := readerFind(bytes.NewReader(data), needle, 16)
+		if !ok || !bytes.Equal(got, after[:16]) {
+			t.Errorf("needle at %d: %q, %v", at, got, ok)
+		}
+	}
+	data := append(bytes.Repeat([]byte{'x'}, 100), []byte("release 11")...)
+	if got, ok := readerFind(bytes.NewReader(data), needle, 16); !ok || string(got) != "11" {
+		t.Errorf("at the end: %q, %v", got, ok)
+	}
+}

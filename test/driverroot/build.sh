@@ -9,7 +9,8 @@
 #               for compat32, ld.so.cache by ldconfig -r
 #   flat-535    the .run installer's flat layout in /usr/lib/x86_64-linux-gnu, ld.so.cache by ldconfig -r
 #   debian-535-upgrade  debian-535 after Debian's security update to 535.309.01
-#   lib64-470   another branch (tesla-470) in a RHEL-style flat /usr/lib64 layout, no ld.so.cache
+#   lib64-470   another branch (tesla-470) in a RHEL-style flat /usr/lib64 layout, no ld.so.cache, with every
+#               library of the packages (libnvidia-nvvm.so.4.0.0 has no driver version in its name or contents)
 # Packages are downloaded once into $NVBIND_CACHE (default /var/cache/nvbind) and never committed.
 set -euo pipefail
 
@@ -224,8 +225,13 @@ host_tree "$r" "$v535" proprietary "${gpus2[@]}"
 x=$out.tmp/x470; r=$out.tmp/lib64-470
 for f in "$cache/debs/$v470"/*.deb; do dpkg-deb -x "$f" "$x"; done
 mkdir -p "$r/usr/lib64/vdpau" "$r/usr/bin" "$r/usr/share"
-find "$x" -path '*/tesla-470/*' -name "*.so.$v470" -type f -exec cp -l {} "$r/usr/lib64/" \;
-find "$x/usr/lib/x86_64-linux-gnu" -maxdepth 1 -name "*.so.$v470" -type f -exec cp -l {} "$r/usr/lib64/" \;
+# the packages' whole library folders, not only the files named after the driver version:
+# libnvidia-nvvm.so.4.0.0 (and its link libnvidia-nvvm.so.4) carries no driver version
+find "$x" -path '*/tesla-470/*' -name "*.so*" -type f -exec cp -l {} "$r/usr/lib64/" \;
+find "$x" -path '*/tesla-470/*' -name "*.so*" -type l | while read -r l; do
+  t=$(readlink "$l"); case $t in */*) ;; *) ln -sfn "$t" "$r/usr/lib64/$(basename "$l")";; esac
+done
+find "$x/usr/lib/x86_64-linux-gnu" -maxdepth 1 -name "*.so*" -type f -exec cp -l {} "$r/usr/lib64/" \;
 for f in "$r/usr/lib64"/*.so.$v470; do
   b=$(basename "$f"); so=$(readelf -d "$f" 2>/dev/null | sed -n 's/.*Library soname: \[\(.*\)\]/\1/p')
   if [ -n "$so" ] && [ "$so" != "$b" ]; then ln -sfn "$b" "$r/usr/lib64/$so"; fi
