@@ -8,21 +8,21 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
 
-func writeSpecFrom(t *testing.T, driverRoot, dir string) {
+func writeSpecFrom(t *testing.T, r driverroot.Root, dir string) {
 	t.Helper()
-	d, err := gpu.New(gpu.WithDriverRoot(driverRoot), gpu.WithDevRoot(driverRoot), gpu.WithoutNVML())
+	d, err := gpu.New(r.Options()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,9 +39,9 @@ func writeSpecFrom(t *testing.T, driverRoot, dir string) {
 	}
 }
 
-func runDoctor(t *testing.T, c Config, root string) string {
+func runDoctor(t *testing.T, c Config, r driverroot.Root) string {
 	t.Helper()
-	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+	d, err := gpu.New(r.Options()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func golden(t *testing.T, name, got string, replace map[string]string) {
 }
 
 func TestDoctorGoodHost(t *testing.T) {
-	root := testutil.DriverRoot(t, "debian-535")
+	root := driverroot.Open(t, "debian-535")
 	dir := t.TempDir()
 	specs := filepath.Join(dir, "cdi")
 	writeSpecFrom(t, root, specs)
@@ -78,7 +78,7 @@ func TestDoctorGoodHost(t *testing.T) {
 	defer health.Close()
 	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, ContainerdSocket: "/nonexistent", CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
 		DockerConfig: filepath.Join(dir, "daemon.json"), NRISocket: sock, HealthURL: health.URL + "/healthz"}, root)
-	golden(t, "good.txt", out, map[string]string{dir: "/TMP", root: "/DRIVER_ROOT"})
+	golden(t, "good.txt", out, map[string]string{dir: "/TMP", root.Path: "/DRIVER_ROOT"})
 	if !strings.Contains(out, "GPU containers can run") {
 		t.Errorf("verdict:\n%s", out)
 	}
@@ -87,14 +87,9 @@ func TestDoctorGoodHost(t *testing.T) {
 // TestDoctorBrokenHost breaks a copy of the debian-535 root in the ways users meet and
 // checks that each problem gets its own line and fix.
 func TestDoctorBrokenHost(t *testing.T) {
-	testutil.RequiresRoot(t) // copies device nodes
-	src := testutil.DriverRoot(t, "debian-535")
-	upgraded := testutil.DriverRoot(t, "debian-535-upgrade")
 	dir := t.TempDir()
-	root := filepath.Join(dir, "host")
-	if out, err := exec.Command("cp", "-a", src, root).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v\n%s", err, out)
-	}
+	host := driverroot.Copy(t, driverroot.Open(t, "debian-535"), filepath.Join(dir, "host"))
+	root := host.Path
 	// nvidia-uvm never loaded, libcuda removed, an old driver's leftover
 	for _, p := range []string{"dev/nvidia-uvm", "dev/nvidia-uvm-tools", "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.535.261.03"} {
 		if err := os.Remove(filepath.Join(root, p)); err != nil {
@@ -105,13 +100,10 @@ func TestDoctorBrokenHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	// a spec written for another driver install that is gone since
-	other := filepath.Join(dir, "other")
-	if out, err := exec.Command("cp", "-a", upgraded, other).CombinedOutput(); err != nil {
-		t.Fatalf("cp: %v\n%s", err, out)
-	}
+	other := driverroot.Copy(t, driverroot.Open(t, "debian-535-upgrade"), filepath.Join(dir, "other"))
 	specs := filepath.Join(dir, "cdi")
 	writeSpecFrom(t, other, specs)
-	if err := os.RemoveAll(other); err != nil {
+	if err := os.RemoveAll(other.Path); err != nil {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "config.toml")
@@ -126,7 +118,7 @@ func TestDoctorBrokenHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, ContainerdSocket: "/nonexistent", CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
-		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz"}, root)
+		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz"}, host)
 	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
 	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
 		"FAIL  cdi spec", "is stale", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {

@@ -351,40 +351,49 @@ var scanBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return 
 
 // readerMentions scans a stream for needle in 64 KiB windows that overlap by its length.
 func readerMentions(rd io.Reader, needle []byte) bool {
-	_, ok := readerFind(rd, needle, 0)
+	_, ok := readerFind(rd, needle, 0, nil)
 	return ok
 }
 
 // readerFind scans a stream for needle and returns up to tail bytes that follow it (fewer
-// at the end of the stream).
-func readerFind(rd io.Reader, needle []byte, tail int) ([]byte, bool) {
+// at the end of the stream): the first match whose tail accept takes (nil: any).
+func readerFind(rd io.Reader, needle []byte, tail int, accept func([]byte) bool) ([]byte, bool) {
 	bp := scanBuffers.Get().(*[]byte)
 	defer scanBuffers.Put(bp)
 	buf := *bp
-	if len(buf) < 2*(len(needle)+tail) {
-		buf = make([]byte, 2*(len(needle)+tail))
-	}
 	span := len(needle) + tail // a match and its tail always fit in what is kept
+	if len(buf) < 2*span {
+		buf = make([]byte, 2*span)
+	}
 	keep := 0
 	for {
 		n, err := io.ReadFull(rd, buf[keep:])
-		if n > 0 {
-			window := buf[:keep+n]
-			if i := bytes.Index(window, needle); i >= 0 {
-				rest := window[i+len(needle):]
-				if len(rest) >= tail || err != nil {
-					return bytes.Clone(rest[:min(tail, len(rest))]), true
-				}
-				// the tail goes on in the next read: keep from the match on
-				keep = copy(buf, window[i:])
-				continue
+		window, eof := buf[:keep+n], err != nil
+		carry := -1 // where the bytes kept for the next read start
+		for from := 0; ; {
+			i := bytes.Index(window[from:], needle)
+			if i < 0 {
+				break
 			}
-			k := min(len(window), span-1)
-			keep = copy(buf, window[len(window)-k:])
+			i += from
+			rest := window[i+len(needle):]
+			if len(rest) < tail && !eof {
+				carry = i // the tail goes on in the next read
+				break
+			}
+			if got := rest[:min(tail, len(rest))]; accept == nil || accept(got) {
+				return bytes.Clone(got), true
+			}
+			from = i + 1
 		}
-		if err != nil {
+		if eof {
 			return nil, false
 		}
+		if carry < 0 {
+			// no whole match fits in fewer bytes than the needle: none is seen twice
+			carry = len(window) - min(len(window), len(needle)-1)
+		}
+		keep = copy(buf, window[carry:])
 	}
 }
 
@@ -404,11 +413,16 @@ func cudaRelease(p string) string {
 		if sec == nil || sec.Type == elf.SHT_NOBITS {
 			continue
 		}
-		if after, ok := readerFind(sec.Open(), cudaStampPrefix, 16); ok {
-			// "11.4, V11.4.557": the release runs up to the comma
+		// "11.4, V11.4.557": the release runs up to the comma; format strings
+		// ("release %d.%d,") are passed over
+		release := func(after []byte) []byte {
 			if rel, _, ok := bytes.Cut(after, []byte(",")); ok && isRelease(rel) {
-				return string(rel)
+				return rel
 			}
+			return nil
+		}
+		if after, ok := readerFind(sec.Open(), cudaStampPrefix, 16, func(b []byte) bool { return release(b) != nil }); ok {
+			return string(release(after))
 		}
 	}
 	return ""

@@ -254,8 +254,10 @@ func WithoutNVML() Option {
 	return func(c *config) error { c.noNVML = true; return nil }
 }
 
-// WithoutCUDAVersion skips asking libcuda for its CUDA version when NVML does not say
-// (loading libcuda costs milliseconds; specs do not need the version).
+// WithoutCUDAVersion never loads libcuda to ask its CUDA version when NVML does not say
+// (loading libcuda costs milliseconds; specs do not need the version). Libraries whose
+// only tie to the driver is their CUDA release are then matched against libcuda's build
+// stamp alone.
 func WithoutCUDAVersion() Option {
 	return func(c *config) error { c.noCUDA = true; return nil }
 }
@@ -368,8 +370,9 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	if len(libs.pending) > 0 {
 		cuda := inv.Driver.CUDAVersion
 		if cuda == "" && libs.cudaPath != "" {
-			// libcuda's own build stamp, else libcuda asked (only on such installs)
-			if cuda = cudaRelease(libs.cudaPath); cuda == "" {
+			// libcuda's own build stamp, else libcuda asked (only on such installs, and
+			// not with WithoutCUDAVersion, which never loads it)
+			if cuda = cudaRelease(libs.cudaPath); cuda == "" && !d.cfg.noCUDA {
 				cuda, _ = cudaDriverVersion(libs.cudaPath)
 			}
 		}

@@ -222,13 +222,27 @@ func TestReaderFindTailAcrossWindows(t *testing.T) {
 	for _, at := range []int{0, 64<<10 - len(needle) - 3, 64<<10 - len(needle), 64<<10 - 2, 130000, 150000 - len(needle) - len(after)} {
 		data := bytes.Repeat([]byte{'x'}, 150000)
 		copy(data[at:], append(append([]byte{}, needle...), after...))
-		got, ok := readerFind(bytes.NewReader(data), needle, 16)
+		got, ok := readerFind(bytes.NewReader(data), needle, 16, nil)
 		if !ok || !bytes.Equal(got, after[:16]) {
 			t.Errorf("needle at %d: %q, %v", at, got, ok)
 		}
 	}
 	data := append(bytes.Repeat([]byte{'x'}, 100), []byte("release 11")...)
-	if got, ok := readerFind(bytes.NewReader(data), needle, 16); !ok || string(got) != "11" {
+	if got, ok := readerFind(bytes.NewReader(data), needle, 16, nil); !ok || string(got) != "11" {
 		t.Errorf("at the end: %q, %v", got, ok)
+	}
+}
+
+// TestCUDAReleasePassesFormatStrings: the first build stamp in libcuda can be a format
+// string ("release %d.%d,"); the release is the first stamp that has one.
+func TestCUDAReleasePassesFormatStrings(t *testing.T) {
+	t.Parallel()
+	data := append(bytes.Repeat([]byte{'x'}, 70000), []byte("Cuda compilation tools, release %d.%d, V%d\x00")...)
+	data = append(data, bytes.Repeat([]byte{'y'}, 65530)...)
+	data = append(data, []byte("Cuda compilation tools, release 11.4, V11.4.557\x00")...)
+	ok := func(b []byte) bool { rel, _, found := bytes.Cut(b, []byte(",")); return found && isRelease(rel) }
+	got, found := readerFind(bytes.NewReader(data), cudaStampPrefix, 16, ok)
+	if !found || !bytes.HasPrefix(got, []byte("11.4, V11.4")) {
+		t.Fatalf("got %q, %v", got, found)
 	}
 }

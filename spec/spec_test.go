@@ -15,6 +15,7 @@ import (
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -24,8 +25,7 @@ const hookPath = "/usr/bin/nvbind"
 
 func discoverRoot(t testing.TB, name string) *gpu.Inventory {
 	t.Helper()
-	root := testutil.DriverRoot(t, name)
-	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+	d, err := gpu.New(driverroot.Open(t, name).Options()...)
 	if err != nil {
 		t.Fatal(err)
 	}

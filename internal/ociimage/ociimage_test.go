@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nvbind/nvbind/internal/ociimage"
+	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -171,7 +172,7 @@ func TestArchiveIsAValidLayout(t *testing.T) {
 func TestDriverNeedsCoverDriverLibraries(t *testing.T) {
 	t.Parallel()
 	for _, name := range []string{"debian-535", "flat-535", "lib64-470"} {
-		root := testutil.DriverRoot(t, name)
+		root := driverroot.Open(t, name).Path
 		n := 0
 		err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
 			if err != nil || d.Type()&os.ModeSymlink != 0 || d.IsDir() || strings.Contains(p, "i386") || strings.Contains(p, "/lib32/") {
