@@ -21,7 +21,7 @@ IMAGE        ?= $(IMAGE_REPO):$(IMAGE_TAG)
 ARCH         ?= amd64
 IMAGE_TAR    ?= _output/nvbind-image-$(ARCH).tar
 
-.PHONY: all build image deps tools-lint tools-containerd fixtures k8s test test-k8s test-unit test-root test-gpu bench fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps tools-lint tools-containerd fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -83,6 +83,13 @@ test-gpu: build
 
 # Benchmarks; containerd's create+start is timed over 40 container pairs to see through
 # the noise of a busy machine.
+# whole-command start-up side by side with NVIDIA's nvidia-ctk (installed once from the
+# Go module proxy into $(CACHE)/ctk-$(CTK_VERSION))
+CTK_VERSION ?= v1.20.2
+bench-startup: fixtures
+	@test -x $(CACHE)/ctk-$(CTK_VERSION)/nvidia-ctk || GOBIN=$(CACHE)/ctk-$(CTK_VERSION) $(GO) install github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-ctk@$(CTK_VERSION)
+	$(TEST_ENV) NVBIND_NVIDIA_CTK=$(CACHE)/ctk-$(CTK_VERSION)/nvidia-ctk $(GO) test -run '^$$' -bench StartupVsToolkit -benchtime 40x -count=1 ./cmd/nvbind
+
 bench: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd k8s,)
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/test/e2e\|/test/cluster')
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 40x -count=1 ./test/e2e

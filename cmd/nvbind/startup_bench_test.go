@@ -1,0 +1,60 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// BenchmarkStartupVsToolkit runs whole commands side by side, one of each per iteration
+// so that the machine's load weighs on all alike, and reports their medians: the lean
+// nvbind's version and cdi generate (NVML left to the command: it is not started when
+// procfs answers), the full build's cdi generate, and, with $NVBIND_NVIDIA_CTK naming
+// NVIDIA's nvidia-ctk, its cdi generate --mode=management on the same root (make
+// bench-startup installs it), with the ratio.
+func BenchmarkStartupVsToolkit(b *testing.B) {
+	root := testutil.DriverRoot(b, "debian-535")
+	bin := testutil.BuildNVBind(b, b.TempDir())
+	out := b.TempDir()
+	cmds := []struct {
+		name string
+		argv []string
+	}{
+		{"nvbind-version", []string{bin, "version"}},
+		{"nvbind-cdi-generate", []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "a.yaml")}},
+		{"nvbind-node-cdi-generate", []string{filepath.Join(filepath.Dir(bin), nodeBinaryName), "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "b.yaml")}},
+	}
+	if ctk := os.Getenv("NVBIND_NVIDIA_CTK"); ctk != "" {
+		cmds = append(cmds, struct {
+			name string
+			argv []string
+		}{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "c.yaml")}})
+	}
+	times := make([][]time.Duration, len(cmds))
+	for b.Loop() {
+		for i, c := range cmds {
+			start := time.Now()
+			if o, err := exec.Command(c.argv[0], c.argv[1:]...).CombinedOutput(); err != nil {
+				b.Fatalf("%v: %v\n%s", c.argv, err, o)
+			}
+			times[i] = append(times[i], time.Since(start))
+		}
+	}
+	median := func(d []time.Duration) float64 {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return float64(s[len(s)/2]) / float64(time.Millisecond)
+	}
+	for i, c := range cmds {
+		b.ReportMetric(median(times[i]), "ms-median/"+c.name)
+	}
+	if len(cmds) == 4 {
+		b.ReportMetric(median(times[1])/median(times[3]), "ratio/cdi-generate-vs-ctk")
+	}
+	b.ReportMetric(0, "ns/op")
+}
