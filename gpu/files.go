@@ -79,6 +79,31 @@ type libResult struct {
 type libCandidate struct {
 	real  string   // rooted real path
 	names []string // rooted paths that resolve to real
+	// what elfInfo read of it (readELFs)
+	soname string
+	bits   int
+	err    error
+}
+
+// readELFs reads every candidate's SONAME and class on two goroutines: dozens of small
+// reads, each a system call, which is most of discovery on a VM.
+func readELFs(r rootFS, byReal map[string]*libCandidate) {
+	cands := make([]*libCandidate, 0, len(byReal))
+	for _, c := range byReal {
+		cands = append(cands, c)
+	}
+	var wg sync.WaitGroup
+	for w := range 2 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(cands); i += 2 {
+				c := cands[i]
+				c.soname, c.bits, c.err = elfInfo(r.host(c.real))
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // findLibraries finds every library of the installed driver. version may be empty: then
@@ -98,17 +123,14 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 				continue
 			}
 			p := path.Join(dir, name)
-			var real string
-			var fi fs.FileInfo
+			real, regular := p, e.Type().IsRegular() // dirs are canonical: a plain file needs no resolution
 			var err error
-			if e.Type().IsRegular() {
-				// dirs are canonical: a plain file needs no link resolution
-				real = p
-				fi, err = e.Info()
-			} else {
+			if !regular {
+				var fi fs.FileInfo
 				real, fi, err = r.stat(p)
+				regular = err == nil && fi.Mode().IsRegular()
 			}
-			if err != nil || !fi.Mode().IsRegular() {
+			if err != nil || !regular {
 				if err != nil && !errors.Is(err, fs.ErrNotExist) {
 					res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(p), err)})
 				}
@@ -131,6 +153,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		return res, nil
 	}
 	sort.Strings(order)
+	readELFs(r, byReal)
 	for _, real := range order {
 		c := byReal[real]
 		base := path.Base(real)
@@ -200,7 +223,7 @@ func (res *libResult) settle(r rootFS, cuda string) {
 // accept adds a library of the installed driver.
 func (res *libResult) accept(r rootFS, c *libCandidate) {
 	real, base := c.real, path.Base(c.real)
-	soname, bits, err := elfInfo(r.host(real))
+	soname, bits, err := c.soname, c.bits, c.err
 	if err != nil {
 		res.warnings = append(res.warnings, Warning{WarnUnreadable, fmt.Sprintf("skipped %s: %v", r.host(real), err)})
 		return

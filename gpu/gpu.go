@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"sort"
+	"sync"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
@@ -316,6 +317,23 @@ func New(opts ...Option) (*Discoverer, error) {
 func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	inv := &Inventory{DriverRoot: d.cfg.driverRoot, DevRoot: d.cfg.devRoot}
 	dr := newRootFS(d.cfg.driverRootMount, d.cfg.driverRoot)
+	// The driver's other files (programs, firmware, configs, sockets) need only its
+	// version: they are looked for beside the libraries, on the second core, with a rootFS
+	// of their own (its cache is not shared).
+	var others []File
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	findOthers := func(version string) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			or := newRootFS(d.cfg.driverRootMount, d.cfg.driverRoot)
+			others = append(others, findBinaries(or)...)
+			others = append(others, findFirmware(or, version)...)
+			others = append(others, findConfigs(or, version)...)
+			others = append(others, findSockets(or)...)
+		}()
+	}
 	proc := procFiles{root: d.cfg.devRootMount}
 
 	// 1. Driver version: the loaded kernel module says it best; else the driver's files.
@@ -324,12 +342,18 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
+	if inv.Driver.Version != "" {
+		findOthers(inv.Driver.Version)
+	}
 	libs, err := findLibraries(dr, inv.Driver.Version)
 	if err != nil {
 		return nil, err
 	}
 	if inv.Driver.Version == "" {
 		inv.Driver = Driver{Version: libs.version, Flavour: FlavourUnknown, VersionSource: "library file names"}
+		if libs.version != "" {
+			findOthers(libs.version)
+		}
 	}
 	if inv.Driver.Version == "" {
 		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s and no libcuda.so or libnvidia-ml.so in %s",
@@ -383,10 +407,8 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 
 	// 4. Driver files.
 	inv.Files = libs.files
-	inv.Files = append(inv.Files, findBinaries(dr)...)
-	inv.Files = append(inv.Files, findFirmware(dr, inv.Driver.Version)...)
-	inv.Files = append(inv.Files, findConfigs(dr, inv.Driver.Version)...)
-	inv.Files = append(inv.Files, findSockets(dr)...)
+	wg.Wait()
+	inv.Files = append(inv.Files, others...)
 	for i := range inv.Files {
 		inv.Files[i].Caps = inv.Files[i].Capabilities.List()
 	}

@@ -16,9 +16,10 @@ import (
 func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPath string) error {
 	proc := procFiles{root: d.cfg.devRootMount}
 	skipNVML := d.cfg.noNVML
+	var procGPUs []procGPU
 	if !skipNVML && d.cfg.nvmlForMIG {
 		if gpus, err := proc.gpus(); err == nil && len(gpus) > 0 && !proc.hasMIGInstances(gpus) {
-			skipNVML = true
+			skipNVML, procGPUs = true, gpus
 			inv.NVMLError = "not started: /proc/driver/nvidia lists every GPU and no MIG instance"
 		}
 	}
@@ -48,7 +49,10 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 		inv.NVMLError = "not used (--no-nvml)"
 	}
 	inv.Source = SourceProcfs
-	gpus, err := proc.gpus()
+	gpus, err := procGPUs, error(nil)
+	if gpus == nil {
+		gpus, err = proc.gpus()
+	}
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil // no GPU list at all: Discover reports ErrNoDevices
 	}

@@ -3,7 +3,6 @@ package spec
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"sort"
 	"strings"
 
@@ -11,7 +10,7 @@ import (
 )
 
 // marshalYAML writes exactly what sigs.k8s.io/yaml writes for v (its JSON form in
-// yaml.v2's block style, keys sorted), several times faster: the JSON tokens are
+// yaml.v2's block style, keys sorted), several times faster: the decoded JSON is
 // written as YAML directly, with yaml.v2 asked only how to write scalars whose plain form
 // it could read as something other than a string. A value outside the shapes of a CDI
 // spec (a key that is not a letters-only JSON field name, a scalar yaml.v2 writes over
@@ -24,81 +23,16 @@ func marshalYAML(v any) ([]byte, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(j))
 	dec.UseNumber()
-	tree, err := jsonValue(dec)
-	if err != nil {
+	var tree any
+	if err := dec.Decode(&tree); err != nil {
 		return nil, err
 	}
 	e := yamlEmitter{quoted: map[string]string{}}
 	if e.value(tree, 0, false) {
 		return e.buf.Bytes(), nil
 	}
-	return yaml.Marshal(tree)
+	return yaml.Marshal(tree) // yaml.v2 orders map keys itself
 }
-
-// object is a JSON object with its keys in yaml.v2's order.
-type object struct {
-	keys []string
-	vals map[string]any
-}
-
-// jsonValue reads one JSON value: objects as *object, arrays as []any, numbers as
-// json.Number, strings, bools and nil as themselves. yaml.v2 writes *object through
-// MarshalYAML.
-func jsonValue(dec *json.Decoder) (any, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
-	}
-	switch t := tok.(type) {
-	case json.Delim:
-		switch t {
-		case '{':
-			o := &object{vals: map[string]any{}}
-			for dec.More() {
-				k, err := dec.Token()
-				if err != nil {
-					return nil, err
-				}
-				key, ok := k.(string)
-				if !ok {
-					return nil, fmt.Errorf("JSON object key %v is not a string", k)
-				}
-				val, err := jsonValue(dec)
-				if err != nil {
-					return nil, err
-				}
-				if _, dup := o.vals[key]; !dup {
-					o.keys = append(o.keys, key)
-				}
-				o.vals[key] = val
-			}
-			if _, err := dec.Token(); err != nil {
-				return nil, err
-			}
-			sort.Strings(o.keys)
-			return o, nil
-		case '[':
-			out := []any{}
-			for dec.More() {
-				val, err := jsonValue(dec)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, val)
-			}
-			if _, err := dec.Token(); err != nil {
-				return nil, err
-			}
-			return out, nil
-		}
-		return nil, fmt.Errorf("unexpected JSON delimiter %v", t)
-	default: // json.Number, string, bool, nil
-		return t, nil
-	}
-}
-
-// MarshalYAML hands yaml.v2 (the fallback) the object as a map; it orders the keys itself.
-func (o *object) MarshalYAML() (any, error) { return o.vals, nil }
 
 type yamlEmitter struct {
 	buf    bytes.Buffer
@@ -115,12 +49,17 @@ func (e *yamlEmitter) indent(n int) {
 // "- "). It reports false when v needs the fallback.
 func (e *yamlEmitter) value(v any, ind int, inline bool) bool {
 	switch t := v.(type) {
-	case *object:
-		if len(t.keys) == 0 {
+	case map[string]any:
+		if len(t) == 0 {
 			e.buf.WriteString("{}\n")
 			return true
 		}
-		for i, k := range t.keys {
+		keys := make([]string, 0, len(t))
+		for k := range t {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys) // yaml.v2's order for letters-only keys, checked below
+		for i, k := range keys {
 			if !lettersOnly(k) {
 				return false
 			}
@@ -129,9 +68,9 @@ func (e *yamlEmitter) value(v any, ind int, inline bool) bool {
 			}
 			e.buf.WriteString(k)
 			e.buf.WriteByte(':')
-			switch c := t.vals[k].(type) {
-			case *object:
-				if len(c.keys) == 0 {
+			switch c := t[k].(type) {
+			case map[string]any:
+				if len(c) == 0 {
 					e.buf.WriteString(" {}\n")
 					continue
 				}

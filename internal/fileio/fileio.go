@@ -35,7 +35,8 @@ func ReadFile(path string, max int64) ([]byte, error) {
 }
 
 // WriteAtomic replaces dst with data: a temp file beside it (mode, fsync), check on the
-// temp file when given (its error leaves dst as it was), rename, fsync of the folder. A
+// temp file when given (its error leaves dst as it was; it runs during the fsync), rename,
+// fsync of the folder. A
 // reader sees the old file or the new one, never a half-written one, and on any error
 // nothing is left behind. Missing folders are created world-readable.
 func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp string) error) (err error) {
@@ -56,19 +57,26 @@ func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	if _, err = tmp.Write(data); err == nil {
 		err = tmp.Chmod(mode) // the umask must not matter
 	}
+	// the check reads what the page cache holds, so it runs while the data goes to disk;
+	// the rename waits for both
+	checked := make(chan error, 1)
+	if err == nil && check != nil {
+		go func() { checked <- check(tmp.Name()) }()
+	} else {
+		checked <- nil
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
+	cerr := <-checked
 	if err != nil {
 		return fmt.Errorf("write %s: %w", tmp.Name(), err)
 	}
-	if check != nil {
-		if err = check(tmp.Name()); err != nil {
-			return err
-		}
+	if err = cerr; err != nil {
+		return err
 	}
 	if err = os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("replace %s: %w", dst, err)

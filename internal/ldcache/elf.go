@@ -23,6 +23,7 @@ var ErrNotLibrary = errors.New("not an ELF shared library")
 // loader does, through the program headers and the dynamic segment: a handful of small
 // reads, however large the library (libcuda is 30 MB).
 func ReadLibrary(r io.ReaderAt) (Library, error) {
+	r = withHead(r)
 	var lib Library
 	var ident [elf.EI_NIDENT]byte
 	if _, err := r.ReadAt(ident[:], 0); err != nil {
@@ -135,4 +136,27 @@ func ReadLibrary(r io.ReaderAt) (Library, error) {
 		}
 	}
 	return lib, fmt.Errorf("%w: string table outside the loadable segments", ErrNotLibrary)
+}
+
+// headReader serves reads within a file's first 4 KiB, where the ELF header and program
+// headers lie, from one read of them: on a VM every read is a costly system call.
+type headReader struct {
+	r    io.ReaderAt
+	head []byte
+}
+
+func withHead(r io.ReaderAt) io.ReaderAt {
+	head := make([]byte, 4096)
+	n, err := r.ReadAt(head, 0)
+	if n == 0 && err != nil {
+		return r
+	}
+	return headReader{r, head[:n]}
+}
+
+func (h headReader) ReadAt(p []byte, off int64) (int, error) {
+	if off >= 0 && off+int64(len(p)) <= int64(len(h.head)) {
+		return copy(p, h.head[off:]), nil
+	}
+	return h.r.ReadAt(p, off)
 }
