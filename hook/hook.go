@@ -40,17 +40,26 @@ type Options struct {
 	// LDConfig is the host's ldconfig (default: the first of /sbin/ldconfig.real,
 	// /sbin/ldconfig, /usr/sbin/ldconfig).
 	LDConfig string
+	// AppProfile writes the application profile that shows EGL and Vulkan only the
+	// GPUs of GPUMinors.
+	AppProfile bool
+	// GPUMinors are the minors of the container's /dev/nvidiaN nodes (Run reads them from
+	// the bundle's config.json).
+	GPUMinors []int
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
 
 // Run applies the actions to the container of the OCI state.
 func Run(ctx context.Context, st State, o Options) error {
-	rootPath, err := RootPath(st.Bundle)
+	cfg, err := readBundle(st.Bundle)
 	if err != nil {
 		return err
 	}
-	return RunInRoot(ctx, rootPath, o)
+	if o.AppProfile {
+		o.GPUMinors = cfg.gpuMinors()
+	}
+	return RunInRoot(ctx, cfg.root, o)
 }
 
 // RunInRoot applies the actions to a container root.
@@ -90,6 +99,11 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	if o.ProtectDeviceNodes {
 		if err := protectDeviceNodes(r, o.HostParams, o.Log); err != nil {
 			return fmt.Errorf("disable-device-node-modification: %w", err)
+		}
+	}
+	if o.AppProfile {
+		if err := writeAppProfile(r, o.GPUMinors, o.Log); err != nil {
+			return fmt.Errorf("update-application-profile: %w", err)
 		}
 	}
 	return nil

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 )
@@ -43,25 +45,67 @@ func ReadState(r io.Reader) (State, error) {
 
 // RootPath reads the bundle's config.json and returns the container root's host path.
 func RootPath(bundle string) (string, error) {
+	cfg, err := readBundle(bundle)
+	return cfg.root, err
+}
+
+// bundleConfig is what hooks read of a bundle's config.json.
+type bundleConfig struct {
+	root    string
+	devices []struct {
+		Path  string `json:"path"`
+		Type  string `json:"type"`
+		Minor int64  `json:"minor"`
+	}
+}
+
+func readBundle(bundle string) (bundleConfig, error) {
+	var out bundleConfig
 	p := filepath.Join(bundle, "config.json")
 	data, err := fileio.ReadFile(p, maxConfigSize)
 	if err != nil {
-		return "", fmt.Errorf("bundle config: %w", err)
+		return out, fmt.Errorf("bundle config: %w", err)
 	}
 	var cfg struct {
 		Root *struct {
 			Path string `json:"path"`
 		} `json:"root"`
+		Linux *struct {
+			Devices json.RawMessage `json:"devices"`
+		} `json:"linux"`
 	}
 	if err := json.Unmarshal(data, &cfg); err != nil {
-		return "", fmt.Errorf("%s: %w", p, err)
+		return out, fmt.Errorf("%s: %w", p, err)
 	}
 	if cfg.Root == nil || cfg.Root.Path == "" {
-		return "", errors.New(p + " has no root.path")
+		return out, errors.New(p + " has no root.path")
 	}
-	root := cfg.Root.Path
-	if !filepath.IsAbs(root) {
-		root = filepath.Join(bundle, root)
+	out.root = cfg.Root.Path
+	if !filepath.IsAbs(out.root) {
+		out.root = filepath.Join(bundle, out.root)
 	}
-	return filepath.Clean(root), nil
+	out.root = filepath.Clean(out.root)
+	if cfg.Linux != nil && len(cfg.Linux.Devices) > 0 {
+		if err := json.Unmarshal(cfg.Linux.Devices, &out.devices); err != nil {
+			return out, fmt.Errorf("%s: linux.devices: %w", p, err)
+		}
+	}
+	return out, nil
+}
+
+// gpuMinors are the minors of the container's GPU nodes: character devices named
+// /dev/nvidiaN.
+func (c bundleConfig) gpuMinors() []int {
+	var out []int
+	for _, d := range c.devices {
+		n, ok := strings.CutPrefix(d.Path, "/dev/nvidia")
+		if !ok || d.Type != "c" || n == "" || strings.Trim(n, "0123456789") != "" {
+			continue
+		}
+		if !slices.Contains(out, int(d.Minor)) {
+			out = append(out, int(d.Minor))
+		}
+	}
+	slices.Sort(out)
+	return out
 }

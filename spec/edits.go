@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strings"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookargs"
@@ -180,10 +181,21 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Ho
 	if o.enabled(HookCUDACompat) && inv.Driver.Version != "" {
 		a.HostDriverVersion = inv.Driver.Version
 	}
+	if o.enabled(HookAppProfile) && slices.ContainsFunc(files, isAppProfileDB) {
+		// with the driver's EGL (graphics), EGL and Vulkan see only the container's GPUs
+		a.AppProfile = true
+	}
 	if a.Empty() {
 		return nil
 	}
 	return &Hook{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
+}
+
+// isAppProfileDB reports the driver's application-profile database
+// (/usr/share/nvidia/nvidia-application-profiles-VERSION-rc), mounted with graphics.
+func isAppProfileDB(f gpu.File) bool {
+	b := path.Base(f.Path)
+	return strings.HasPrefix(b, "nvidia-application-profiles-") && strings.HasSuffix(b, "-rc")
 }
 
 // DeviceEdits are the edits of one full GPU: its node, and its DRM nodes when graphics

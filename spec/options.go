@@ -20,10 +20,11 @@ const (
 	HookLDCache     HookName = "update-ldcache"
 	HookDeviceNodes HookName = "disable-device-node-modification"
 	HookCUDACompat  HookName = "enable-cuda-compat"
+	HookAppProfile  HookName = "update-application-profile"
 )
 
 // AllHooks lists the hook actions in the order they run.
-var AllHooks = []HookName{HookSymlinks, HookLDCache, HookDeviceNodes, HookCUDACompat}
+var AllHooks = []HookName{HookSymlinks, HookLDCache, HookDeviceNodes, HookCUDACompat, HookAppProfile}
 
 // NameStrategy picks how devices are named in a CDI spec.
 type NameStrategy string
@@ -99,7 +100,7 @@ func ParseHookNames(v string) ([]HookName, error) {
 				out = append(out, HookName(s))
 			}
 		default:
-			return nil, fmt.Errorf("unknown hook %q (valid: all, %s, %s, %s, %s)", s, HookSymlinks, HookLDCache, HookDeviceNodes, HookCUDACompat)
+			return nil, fmt.Errorf("unknown hook %q (valid: all, %s, %s, %s, %s, %s)", s, HookSymlinks, HookLDCache, HookDeviceNodes, HookCUDACompat, HookAppProfile)
 		}
 	}
 	return out, nil

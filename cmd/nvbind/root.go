@@ -186,7 +186,7 @@ func (s *specFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&s.vendor, "vendor", spec.DefaultVendor, "CDI vendor of the devices")
 	fl.StringVar(&s.class, "class", spec.DefaultClass, "CDI class of the devices")
 	fl.StringVar(&s.hookPath, "hook-path", "", "absolute path of the binary the hook runs (default: nvbind-hook beside nvbind when it is there, else nvbind)")
-	fl.StringVar(&s.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat); without create-symlinks the library links become bind mounts")
+	fl.StringVar(&s.disableHooks, "disable-hooks", "", "hook actions to leave out (all, or a comma list of: create-symlinks, update-ldcache, disable-device-node-modification, enable-cuda-compat, update-application-profile); without create-symlinks the library links become bind mounts")
 }
 
 func (s *specFlags) options() (spec.Options, error) {

@@ -21,6 +21,7 @@ const (
 	FlagHostParams    = "host-params"
 	FlagDriverVersion = "host-driver-version"
 	FlagLDConfig      = "ldconfig"
+	FlagAppProfile    = "app-profile"
 )
 
 // DefaultHostParams is where the host's NVIDIA params file is.
@@ -58,11 +59,14 @@ type Args struct {
 	HostDriverVersion string
 	// LDConfig is the host's ldconfig, for caches the hook cannot merge.
 	LDConfig string
+	// AppProfile writes a driver application profile that shows EGL and Vulkan only the
+	// container's GPUs (EGLVisibleDGPUDevices).
+	AppProfile bool
 }
 
 // Empty reports whether the arguments ask for no action.
 func (a Args) Empty() bool {
-	return len(a.Links) == 0 && len(a.Folders) == 0 && !a.ProtectDeviceNodes && a.HostDriverVersion == ""
+	return len(a.Links) == 0 && len(a.Folders) == 0 && !a.ProtectDeviceNodes && a.HostDriverVersion == "" && !a.AppProfile
 }
 
 // Encode returns the command line after the program name: "hook", "all" and the flags,
@@ -87,21 +91,24 @@ func (a Args) Encode() []string {
 	if a.LDConfig != "" {
 		out = append(out, "--"+FlagLDConfig, a.LDConfig)
 	}
+	if a.AppProfile {
+		out = append(out, "--"+FlagAppProfile)
+	}
 	return out
 }
 
 // Raw holds the flags as parsed, before links are checked.
 type Raw struct {
 	Links, Folders                      []string
-	Protect                             bool
+	Protect, AppProfile                 bool
 	HostParams, DriverVersion, LDConfig string
 }
 
 // Which flags a subcommand has.
-type Which struct{ Links, Folders, Protect, HostParams, Version, LDConfig bool }
+type Which struct{ Links, Folders, Protect, HostParams, Version, LDConfig, AppProfile bool }
 
 // All is what "hook all" takes.
-var All = Which{true, true, true, true, true, true}
+var All = Which{true, true, true, true, true, true, true}
 
 // Register defines the flags w selects on fs, into r: the one definition the hook's
 // command line and Decode share.
@@ -121,6 +128,9 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 	if w.Version {
 		fs.StringVar(&r.DriverVersion, FlagDriverVersion, "", "host driver version; the image's /usr/local/cuda/compat libraries go first when newer")
 	}
+	if w.AppProfile {
+		fs.BoolVar(&r.AppProfile, FlagAppProfile, false, "write an application profile that shows EGL and Vulkan only the container's GPUs (EGLVisibleDGPUDevices)")
+	}
 	if w.LDConfig {
 		fs.StringVar(&r.LDConfig, FlagLDConfig, "", "the host's ldconfig, only for image caches the hook cannot merge (default /sbin/ldconfig.real, /sbin/ldconfig or /usr/sbin/ldconfig)")
 	}
@@ -128,7 +138,8 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 
 // Args checks the parsed flags.
 func (r Raw) Args() (Args, error) {
-	a := Args{Folders: r.Folders, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion, LDConfig: r.LDConfig}
+	a := Args{Folders: r.Folders, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion, LDConfig: r.LDConfig,
+		AppProfile: r.AppProfile}
 	var errs []error
 	for _, l := range r.Links {
 		pl, err := ParseLink(l)

@@ -53,6 +53,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{Folders: []string{"/drv"}},
 		{ProtectDeviceNodes: true},
 		{HostDriverVersion: "470.256.02", LDConfig: "/sbin/ldconfig.real"},
+		{AppProfile: true},
 	} {
 		got, err := Decode(a.Encode())
 		if err != nil {
@@ -62,7 +63,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			t.Errorf("round trip of %q:\n got %+v\nwant %+v", a.Encode(), got, a)
 		}
 	}
-	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() {
+	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() || (Args{AppProfile: true}).Empty() {
 		t.Error("Empty")
 	}
 	for _, bad := range [][]string{{"hook", "create-symlinks"}, {"hook", "all", "--link", "a::relative"}, {"hook", "all", "extra"}, {"hook", "all", "--nope"}} {
@@ -74,7 +75,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 
 func equal(a, b Args) bool {
 	return slices.Equal(a.Links, b.Links) && slices.Equal(a.Folders, b.Folders) && a.ProtectDeviceNodes == b.ProtectDeviceNodes &&
-		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.LDConfig == b.LDConfig
+		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.LDConfig == b.LDConfig && a.AppProfile == b.AppProfile
 }
 
 // FuzzEncodeDecode: any arguments whose links are valid survive the round trip.
@@ -87,7 +88,7 @@ func FuzzEncodeDecode(f *testing.F) {
 		if err != nil {
 			return
 		}
-		a := Args{Links: []Link{l}, ProtectDeviceNodes: protect, HostDriverVersion: version}
+		a := Args{Links: []Link{l}, ProtectDeviceNodes: protect, HostDriverVersion: version, AppProfile: !protect}
 		if folder != "" {
 			a.Folders = []string{folder}
 		}

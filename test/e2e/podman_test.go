@@ -62,10 +62,10 @@ func TestPodmanWithGeneratedSpec(t *testing.T) {
 		script string
 		want   []string
 	}{
-		{"hooks", spec.Options{}, "gpu=0",
-			`ls -l /dev/nvidia0; test -e /dev/nvidia1 && echo HAS-NVIDIA1; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cuda-probe`,
-			[]string{"195,   0 ", "nvidia/current/libcuda.so.535.261.03", "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
-				"/usr/bin/nvidia-smi", "cuda-probe: loaded libcuda.so.1"}},
+		{"hooks", spec.Options{}, "gpu=1",
+			`ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cat /etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf; cuda-probe`,
+			[]string{"195,   1 ", "nvidia/current/libcuda.so.535.261.03", "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+				"/usr/bin/nvidia-smi", `"settings":["EGLVisibleDGPUDevices",2]`, "cuda-probe: loaded libcuda.so.1"}},
 		{"hookless", spec.Options{DisabledHooks: spec.AllHooks}, "gpu1",
 			`ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; cuda-probe`,
 			[]string{"195,   1 ", "cuda-probe: loaded libcuda.so.1"}},

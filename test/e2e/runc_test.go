@@ -112,6 +112,7 @@ echo LINK=$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1);
 ldconfig -p | grep 'libcuda.so.1 ';
 grep ModifyDeviceFiles /proc/driver/nvidia/params || echo NO-DRIVER-PROCFS;
 ls -l /usr/bin/nvidia-smi;
+cat /etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf;
 cuda-probe`
 
 func TestRuncWithGeneratedSpec(t *testing.T) {
@@ -129,6 +130,8 @@ func TestRuncWithGeneratedSpec(t *testing.T) {
 		"libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/",
 		"/usr/bin/nvidia-smi",
 		"cuda-probe: loaded libcuda.so.1, CUDA driver API 12020",
+		// EGL and Vulkan see GPU 0 only (minor 0: bit 0)
+		`"settings":["EGLVisibleDGPUDevices",1]`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("container output lacks %q", want)
