@@ -4,7 +4,7 @@ GO           ?= go
 CACHE        ?= $(or $(NVBIND_CACHE),/var/cache/nvbind)
 export NVBIND_CACHE := $(CACHE)
 ROOTS        ?= /var/tmp/nvbind-roots
-BIN          := bin/nvbind
+BIN          = $(BINDIR)/nvbind
 VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT       ?= $(shell git rev-parse HEAD 2>/dev/null)
 LDFLAGS      := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
@@ -18,10 +18,17 @@ DEMO_OUT     := _output/demo
 IMAGE_REPO   ?= ghcr.io/nvbind/nvbind
 IMAGE_TAG    ?= v0.1.0
 IMAGE        ?= $(IMAGE_REPO):$(IMAGE_TAG)
-ARCH         ?= amd64
+HOST_ARCH    := $(shell $(GO) env GOARCH)
+ARCH         ?= $(HOST_ARCH)
 IMAGE_TAR    ?= _output/nvbind-image-$(ARCH).tar
+# another ARCH cross-compiles into bin/linux-ARCH, the cgo part with Debian's cross gcc
+# (make tools-cross installs gcc-aarch64-linux-gnu)
+BINDIR       := $(if $(filter $(HOST_ARCH),$(ARCH)),bin,bin/linux-$(ARCH))
+CROSS_CC_arm64 := aarch64-linux-gnu-gcc
+CROSS_CC_amd64 := x86_64-linux-gnu-gcc
+BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_CC_$(ARCH)))
 
-.PHONY: all build image deps tools-lint tools-containerd fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps tools-lint tools-containerd tools-cross fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -31,15 +38,15 @@ all: build
 # or kubelet code, so it starts fast. bin/nvbind-node is the full build, which nvbind runs
 # for nri, device-plugin and doctor.
 build:
-	$(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BIN) ./cmd/nvbind
-	$(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-node ./cmd/nvbind
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o bin/nvbind-hook ./cmd/nvbind-hook
+	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind ./cmd/nvbind
+	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-node ./cmd/nvbind
+	$(BUILD_ENV) CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-hook ./cmd/nvbind-hook
 
 # nvbind's container image as an OCI archive, from the local build and no registry:
 # nvbind, nvbind-hook and exactly the shared objects nvbind and the driver's NVML need.
 # Load it with `ctr -n k8s.io images import $(IMAGE_TAR)` or `podman load -i $(IMAGE_TAR)`.
 image: build
-	$(GO) run ./internal/cmd/mkimage -bin bin -arch $(ARCH) -name $(IMAGE) -version $(IMAGE_TAG) \
+	$(GO) run ./internal/cmd/mkimage -bin $(BINDIR) -arch $(ARCH) -name $(IMAGE) -version $(IMAGE_TAG) \
 	  -revision $(COMMIT) -created $$(git log -1 --format=%ct 2>/dev/null || date +%s) -out $(IMAGE_TAR)
 
 # Debian packages: what building and the demo need. Lint and the tests install their
@@ -53,6 +60,9 @@ tools-lint:
 tools-containerd:
 	test/deps.sh containerd
 
+tools-cross:
+	test/deps.sh cross
+
 fixtures:
 	test/driverroot/build.sh $(ROOTS)
 
@@ -64,7 +74,7 @@ k8s:
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.
 # As root this includes the single-node Kubernetes cluster of test/cluster.
-test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd k8s,)
+test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd tools-cross k8s,)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 40m ./...
 
 # Only the cluster scenarios, verbosely (as root).

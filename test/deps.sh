@@ -22,6 +22,10 @@ need=()
 wants packages && for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
+# arm64: Debian's cross compiler for the cgo part, and qemu-user to run the result
+wants cross && for p in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need[*]}"
   apt-get update -qq

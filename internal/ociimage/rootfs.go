@@ -68,7 +68,14 @@ func (r Rootfs) Build(dst string) ([]string, error) {
 		}
 		queue = append(queue, needed...)
 		if interp != "" && !slices.Contains(wrote, strings.TrimPrefix(interp, "/")) {
-			if err := put(strings.TrimPrefix(interp, "/"), interp, 0o755); err != nil {
+			// the host's own loader, or, for another architecture, the cross toolchain's
+			src := interp
+			if _, err := os.Stat(src); err != nil {
+				if src, err = r.find(path.Base(interp)); err != nil {
+					return nil, fmt.Errorf("program interpreter of %s: %w", b, err)
+				}
+			}
+			if err := put(strings.TrimPrefix(interp, "/"), src, 0o755); err != nil {
 				return nil, fmt.Errorf("program interpreter of %s: %w", b, err)
 			}
 		}

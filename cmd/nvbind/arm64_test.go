@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"debug/elf"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// TestARM64UnderQEMU cross-compiles the lean nvbind (cgo, with Debian's aarch64 gcc) and
+// the hook for arm64, as make build ARCH=arm64 does, and runs them under qemu-user: info
+// and cdi generate on a driver root (the spec must be the amd64 build's, byte for byte),
+// and a hook stage on a container bundle.
+func TestARM64UnderQEMU(t *testing.T) {
+	cc := testutil.RequiresCommand(t, "aarch64-linux-gnu-gcc")
+	qemu := testutil.RequiresCommand(t, "qemu-aarch64")
+	root := testutil.DriverRoot(t, "debian-535")
+	dir := t.TempDir()
+	build := func(out string, cgo bool, args ...string) {
+		t.Helper()
+		cmd := exec.Command("go", append([]string{"build", "-trimpath", "-o", filepath.Join(dir, out)}, args...)...)
+		cmd.Dir = testutil.RepoRoot(t)
+		cmd.Env = append(os.Environ(), "GOARCH=arm64", "CC="+cc, "CGO_CFLAGS=-O2 -Wno-deprecated-declarations", "CGO_ENABLED=0")
+		if cgo {
+			cmd.Env = append(cmd.Env, "CGO_ENABLED=1")
+		}
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build %v: %v\n%s", args, err, out)
+		}
+		f, err := elf.Open(filepath.Join(dir, out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = f.Close() }()
+		if f.Machine != elf.EM_AARCH64 {
+			t.Fatalf("%s is for %v", out, f.Machine)
+		}
+	}
+	build("nvbind", true, "-tags", "nvbind_lean", "./cmd/nvbind")
+	build("nvbind-hook", false, "./cmd/nvbind-hook")
+	run := func(stdin []byte, args ...string) []byte {
+		t.Helper()
+		cmd := exec.Command(qemu, append([]string{"-L", "/usr/aarch64-linux-gnu"}, args...)...)
+		cmd.Stdin = bytes.NewReader(stdin)
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("qemu-aarch64 %v: %v\n%s", args, err, stderr.String())
+		}
+		return out
+	}
+
+	var info struct {
+		Driver  struct{ Version string } `json:"driver"`
+		Devices []struct{ UUID string }  `json:"devices"`
+	}
+	if err := json.Unmarshal(run(nil, filepath.Join(dir, "nvbind"), "info", "--no-nvml", "--format", "json", "--driver-root", root, "--dev-root", root), &info); err != nil {
+		t.Fatal(err)
+	}
+	if info.Driver.Version != "535.261.03" || len(info.Devices) != 2 {
+		t.Errorf("info under qemu: %+v", info)
+	}
+	args := []string{"cdi", "generate", "--no-nvml", "--driver-root", root, "--dev-root", root, "--hook-path", "/usr/bin/nvbind-hook"}
+	arm := run(nil, append([]string{filepath.Join(dir, "nvbind")}, args...)...)
+	host := testutil.BuildNVBind(t, t.TempDir())
+	amd, err := exec.Command(host, args...).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(arm, amd) || !bytes.Contains(arm, []byte("cdiVersion: 0.5.0")) {
+		t.Errorf("the arm64 build's spec differs from the amd64 build's:\n%s", arm)
+	}
+
+	// the image's layout for arm64 (make image ARCH=arm64): the binaries with the cross
+	// toolchain's loader and libraries (the lean build stands in for nvbind-node: same needs)
+	data, err := os.ReadFile(filepath.Join(dir, "nvbind"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, nodeBinaryName), data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rootfs := filepath.Join(t.TempDir(), "rootfs")
+	mk := exec.Command("go", "run", "./internal/cmd/mkimage", "-rootfs-only", "-rootfs", rootfs, "-arch", "arm64", "-bin", dir)
+	mk.Dir = testutil.RepoRoot(t)
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("mkimage -arch arm64: %v\n%s", err, out)
+	}
+	for _, p := range []string{"lib/ld-linux-aarch64.so.1", "lib/aarch64-linux-gnu/libc.so.6", "usr/local/bin/nvbind-hook", "usr/local/bin/nvbind"} {
+		if _, err := os.Stat(filepath.Join(rootfs, p)); err != nil {
+			t.Errorf("the arm64 image lacks /%s: %v", p, err)
+		}
+	}
+	if f, err := elf.Open(filepath.Join(rootfs, "lib/aarch64-linux-gnu/libc.so.6")); err != nil || f.Machine != elf.EM_AARCH64 {
+		t.Errorf("the arm64 image's libc: %v", err)
+	}
+
+	// a hook stage: links and the EGL profile in a bundle's root
+	bundle := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(bundle, "rootfs/usr/lib"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := `{"root":{"path":"rootfs"},"linux":{"devices":[{"path":"/dev/nvidia1","type":"c","major":195,"minor":1}]}}`
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	state := []byte(`{"ociVersion":"1.0.2","id":"arm64","status":"creating","pid":1,"bundle":"` + bundle + `"}`)
+	run(state, filepath.Join(dir, "nvbind-hook"), "hook", "all", "--link", "libcuda.so.535.261.03::/usr/lib/libcuda.so.1", "--app-profile")
+	if target, err := os.Readlink(filepath.Join(bundle, "rootfs/usr/lib/libcuda.so.1")); err != nil || target != "libcuda.so.535.261.03" {
+		t.Errorf("link: %q, %v", target, err)
+	}
+	profile, err := os.ReadFile(filepath.Join(bundle, "rootfs/etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf"))
+	if err != nil || !strings.Contains(string(profile), `"settings":["EGLVisibleDGPUDevices",2]`) {
+		t.Errorf("profile: %s, %v", profile, err)
+	}
+}
