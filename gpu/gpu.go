@@ -30,6 +30,8 @@ type Source string
 const (
 	SourceNVML   Source = "nvml"
 	SourceProcfs Source = "procfs"
+	// SourceCSV: a Jetson's integrated GPU alone, from L4T's CSV files.
+	SourceCSV Source = "l4t-csv"
 )
 
 // Flavour is the kernel module flavour.
@@ -40,6 +42,8 @@ const (
 	FlavourOpen        Flavour = "open"
 	FlavourProprietary Flavour = "proprietary"
 	FlavourUnknown     Flavour = "unknown"
+	// FlavourTegra: L4T's integrated GPU driver (nvgpu), no discrete-GPU driver.
+	FlavourTegra Flavour = "tegra"
 )
 
 // Driver describes the installed driver.
@@ -170,6 +174,8 @@ type Inventory struct {
 	MIGControl   []DeviceNode `json:"migControl,omitempty"`
 	IMEXChannels []DeviceNode `json:"imexChannels,omitempty"`
 	Files        []File       `json:"files"`
+	// IGPU is a Jetson's integrated GPU (L4T CSV files), alone or beside discrete GPUs.
+	IGPU *IGPU `json:"igpu,omitempty"`
 	// Warnings are problems that did not stop discovery (skipped leftovers, stale nodes).
 	Warnings []Warning `json:"warnings,omitempty"`
 }
@@ -355,10 +361,25 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 			findOthers(libs.version)
 		}
 	}
-	if inv.Driver.Version == "" {
-		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s and no libcuda.so or libnvidia-ml.so in %s",
-			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched)
+	// A Jetson's integrated GPU, from L4T's CSV files: alone, or beside discrete GPUs.
+	ig, igWarnings, err := d.discoverIGPU(dr)
+	if err != nil {
+		return nil, err
 	}
+	if inv.Driver.Version == "" && ig != nil {
+		inv.Driver = Driver{Flavour: FlavourTegra, VersionSource: "L4T CSV files in " + CSVDir}
+		if ig.Release != "" {
+			inv.Driver.Version, inv.Driver.VersionSource = "L4T "+ig.Release, "/etc/nv_tegra_release"
+		}
+		inv.Source, inv.IGPU, inv.Warnings = SourceCSV, ig, igWarnings
+		return inv, nil
+	}
+	if inv.Driver.Version == "" {
+		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s, no libcuda.so or libnvidia-ml.so in %s, and no L4T CSV files in %s",
+			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched, CSVDir)
+	}
+	inv.IGPU = ig
+	inv.Warnings = append(inv.Warnings, igWarnings...)
 	inv.Warnings = append(inv.Warnings, libs.warnings...)
 	if libs.nvmlPath == "" && libs.cudaPath == "" {
 		// a spec without the driver's libraries would give containers devices they cannot use
@@ -413,7 +434,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		inv.Files[i].Caps = inv.Files[i].Capabilities.List()
 	}
 	sort.SliceStable(inv.Files, func(i, j int) bool { return inv.Files[i].Path < inv.Files[j].Path })
-	if len(inv.Devices) == 0 {
+	if len(inv.Devices) == 0 && inv.IGPU == nil {
 		return inv, fmt.Errorf("%w: driver %s is installed under %s but no GPU is listed by %s", ErrNoDevices,
 			inv.Driver.Version, d.cfg.driverRoot, inv.Source)
 	}

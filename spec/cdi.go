@@ -58,7 +58,7 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(inv.Devices) == 0 {
+	if len(inv.Devices) == 0 && inv.IGPU == nil {
 		return nil, fmt.Errorf("%w: nothing to put in a spec", gpu.ErrNoDevices)
 	}
 	s := &cdispecs.Spec{Kind: o.Vendor + "/" + o.Class}
@@ -83,6 +83,29 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 				s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: me.ToCDI()})
 			}
 			all.addNodes(me.Nodes...)
+		}
+	}
+	if inv.IGPU != nil {
+		ie := IGPUEdits(inv, o)
+		names := []string{IGPUName}
+		if len(inv.Devices) == 0 {
+			// alone on the board it is also GPU 0, as NVIDIA's CSV mode names it
+			var idx []NameStrategy
+			for _, st := range o.NameStrategies {
+				if st != NameUUID {
+					idx = append(idx, st)
+				}
+			}
+			names = append(Names(gpu.Device{Index: 0}, nil, idx), IGPUName)
+		}
+		for _, name := range names {
+			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: ie.ToCDI()})
+		}
+		all.addNodes(ie.Nodes...)
+		all.Mounts = append(all.Mounts, ie.Mounts...)
+		all.Hooks = append(all.Hooks, ie.Hooks...)
+		if len(all.Env) == 0 {
+			all.Env = ie.Env
 		}
 	}
 	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all.ToCDI()})

@@ -178,7 +178,7 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Ho
 	if o.enabled(HookDeviceNodes) && inv.Driver.ModifyDeviceFiles != nil && *inv.Driver.ModifyDeviceFiles {
 		a.ProtectDeviceNodes, a.HostParams = true, path.Join(inv.DevRoot, "proc/driver/nvidia/params")
 	}
-	if o.enabled(HookCUDACompat) && inv.Driver.Version != "" {
+	if o.enabled(HookCUDACompat) && inv.Driver.Version != "" && inv.Driver.Flavour != gpu.FlavourTegra {
 		a.HostDriverVersion = inv.Driver.Version
 	}
 	if o.enabled(HookAppProfile) && slices.ContainsFunc(files, isAppProfileDB) {
@@ -215,5 +215,49 @@ func MIGEdits(parent gpu.Device, m gpu.MIGDevice) Edits {
 	var e Edits
 	e.addNodes(parent.Node)
 	e.addNodes(m.Caps...)
+	return e
+}
+
+// IGPUName names a Jetson's integrated GPU in specs and requests; alone on the board it
+// is also GPU 0.
+const IGPUName = "igpu"
+
+// IGPUEdits are the edits of a Jetson's integrated GPU, as L4T's CSV files list them:
+// its device nodes, its libraries and folders mounted where they are listed, and one hook
+// for the listed links and the libraries' folders in the ld cache. Hookless, the links
+// become bind mounts of the files they resolve to.
+func IGPUEdits(inv *gpu.Inventory, o Options) Edits {
+	ig := inv.IGPU
+	var e Edits
+	if ig == nil {
+		return e
+	}
+	e.Env = []string{"NVIDIA_VISIBLE_DEVICES=void"}
+	e.addNodes(ig.Nodes...)
+	set := map[string]bool{}
+	for _, f := range ig.Files {
+		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: fileMountOptions})
+		if f.Kind == gpu.KindLibrary && f.SONAME != "" {
+			set[path.Dir(f.Path)] = true
+		}
+	}
+	var a hookargs.Args
+	for _, l := range ig.Links {
+		if o.enabled(HookSymlinks) {
+			a.Links = append(a.Links, Link{Target: l.Target, Link: l.Path})
+			set[path.Dir(l.Path)] = true
+		} else {
+			e.Mounts = append(e.Mounts, Mount{HostPath: l.HostPath, Path: l.Path, Options: fileMountOptions})
+		}
+	}
+	if o.enabled(HookLDCache) {
+		for d := range set {
+			a.Folders = append(a.Folders, d)
+		}
+		sort.Strings(a.Folders)
+	}
+	if !a.Empty() {
+		e.Hooks = []Hook{{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}}
+	}
 	return e
 }

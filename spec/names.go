@@ -47,10 +47,13 @@ func Names(d gpu.Device, m *gpu.MIGDevice, strategies []NameStrategy) []string {
 
 // IsName reports whether v has the form of a name that Name makes, before any inventory
 // says whether such a device exists: N, gpuN, N:M, migN:M (N and M of 1 to 4 digits),
-// or GPU-/MIG- and up to 128 characters of [0-9A-Za-z/_.-] starting alphanumeric. The
+// or GPU-/MIG- and up to 128 characters of [0-9A-Za-z/_.-] starting alphanumeric, or igpu
+// (a Jetson's integrated GPU). The
 // bounds keep a request from making lookup keys of any size.
 func IsName(v string) bool {
 	switch {
+	case v == IGPUName:
+		return true
 	case strings.HasPrefix(v, "GPU-"), strings.HasPrefix(v, "MIG-"):
 		id := v[4:]
 		if len(id) == 0 || len(id) > 128 || !isAlnum(id[0]) {

@@ -9,7 +9,7 @@ import (
 
 // nameGrammar is IsName's grammar written as a regular expression, the reference the
 // hand-written matcher is checked against.
-var nameGrammar = regexp.MustCompile(`^(?:[0-9]{1,4}|gpu[0-9]{1,4}|[0-9]{1,4}:[0-9]{1,4}|mig[0-9]{1,4}:[0-9]{1,4}|(?:GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/_.-]{0,127})$`)
+var nameGrammar = regexp.MustCompile(`^(?:igpu|[0-9]{1,4}|gpu[0-9]{1,4}|[0-9]{1,4}:[0-9]{1,4}|mig[0-9]{1,4}:[0-9]{1,4}|(?:GPU|MIG)-[0-9A-Za-z][0-9A-Za-z/_.-]{0,127})$`)
 
 func TestNamesAreNames(t *testing.T) {
 	t.Parallel()

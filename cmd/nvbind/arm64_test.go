@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -76,6 +77,21 @@ func TestARM64UnderQEMU(t *testing.T) {
 	}
 	if !bytes.Equal(arm, amd) || !bytes.Contains(arm, []byte("cdiVersion: 0.5.0")) {
 		t.Errorf("the arm64 build's spec differs from the amd64 build's:\n%s", arm)
+	}
+
+	// a Jetson (tegra-l4t: L4T's CSV files, aarch64 libraries); its device nodes are real
+	// only when root makes them
+	if os.Geteuid() == 0 {
+		tegra := driverroot.Synthetic(t, "tegra-l4t")
+		out := string(run(nil, filepath.Join(dir, "nvbind"), "cdi", "generate", "--driver-root", tegra.Path, "--dev-root", tegra.Path, "--hook-path", "/usr/bin/nvbind-hook"))
+		for _, want := range []string{"name: igpu", "name: \"0\"", "path: /dev/nvmap", "containerPath: /usr/lib/aarch64-linux-gnu/nvidia/libcuda.so.1.1", "libcuda.so.1.1::/usr/lib/aarch64-linux-gnu/nvidia/libcuda.so"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the arm64 build's spec on the Jetson root lacks %q:\n%s", want, out)
+			}
+		}
+		if info := string(run(nil, filepath.Join(dir, "nvbind"), "info", "--driver-root", tegra.Path, "--dev-root", tegra.Path)); !strings.Contains(info, "iGPU:        igpu (L4T R36.4.3; 10 nodes") {
+			t.Errorf("info on the Jetson root:\n%s", info)
+		}
 	}
 
 	// the image's layout for arm64 (make image ARCH=arm64): the binaries with the cross

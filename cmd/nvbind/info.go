@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
 )
 
 func newInfoCommand(_ *globalFlags) *cobra.Command {
@@ -66,6 +67,18 @@ func printInfo(w io.Writer, inv *gpu.Inventory) {
 			fmt.Fprintf(w, "     MIG %d:%d  %s  gi %d ci %d\n", m.Parent, m.Index, m.UUID, m.GI, m.CI)
 		}
 	}
+	if ig := inv.IGPU; ig != nil {
+		var nodes []string
+		for _, n := range ig.Nodes {
+			nodes = append(nodes, n.Path)
+		}
+		fmt.Fprintf(w, "iGPU:        %s (L4T %s; %d nodes, %d files, %d links from %s)\n", spec.IGPUName, orUnknown(ig.Release),
+			len(ig.Nodes), len(ig.Files), len(ig.Links), strings.Join(ig.CSVFiles, ", "))
+		fmt.Fprintf(w, "  nodes: %s\n", strings.Join(nodes, ", "))
+		for _, f := range ig.Files {
+			fmt.Fprintf(w, "  %-9s %s\n", f.Kind, f.Path)
+		}
+	}
 	var nodes []string
 	for _, n := range inv.ControlNodes {
 		nodes = append(nodes, fmt.Sprintf("%s (%d:%d)", n.Path, n.Major, n.Minor))
@@ -87,4 +100,11 @@ func printInfo(w io.Writer, inv *gpu.Inventory) {
 	for _, warn := range inv.Warnings {
 		fmt.Fprintf(w, "warning: %s\n", warn)
 	}
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "release unknown"
+	}
+	return s
 }

@@ -37,6 +37,10 @@ import (
 // Names are the roots build.sh makes.
 var Names = []string{"debian-535", "debian-535-upgrade", "flat-535", "lib64-470"}
 
+// SyntheticOnly are roots whose manifests were written by hand: tegra-l4t is a Jetson Orin
+// on L4T R36.4.3 (aarch64 libraries, L4T's CSV files, nvhost and nvmap nodes).
+var SyntheticOnly = []string{"tegra-l4t"}
+
 // EnvSynthetic set to 1 makes Open give synthetic roots even where the fixtures exist.
 const EnvSynthetic = "NVBIND_SYNTHETIC_ROOTS"
 
@@ -102,6 +106,21 @@ func syntheticAt(t testing.TB, name, dir string) Root {
 		t.Fatalf("synthetic root %s: %v", name, err)
 	}
 	return Root{Name: name, Path: dir, Synthetic: true, stater: st}
+}
+
+// Combine lays several synthetic roots out in one folder: a host with a Jetson's iGPU
+// (tegra-l4t) and a discrete GPU's driver (debian-535), for one.
+func Combine(t testing.TB, names ...string) Root {
+	t.Helper()
+	dir := t.TempDir()
+	all := stater{}
+	for _, n := range names {
+		r := syntheticAt(t, n, dir)
+		for k, v := range r.stater.(stater) {
+			all[k] = v
+		}
+	}
+	return Root{Name: strings.Join(names, "+"), Path: dir, Synthetic: true, stater: all}
 }
 
 // Copy gives a copy of r at dst (which must not exist) for a test to break: a fixture is
@@ -300,7 +319,13 @@ func (m manifest) build(dir string) (stater, error) {
 				err = os.WriteFile(p, e.elf.Bytes(), e.mode.Perm())
 			}
 		case "c":
-			err = os.WriteFile(p, nil, 0o600)
+			// root makes the real node, so that programs run on the root (not only this
+			// process, through the stater) see it; others a stand-in file
+			if os.Geteuid() == 0 {
+				err = mknod(p, e)
+			} else {
+				err = os.WriteFile(p, nil, 0o600)
+			}
 			st[filepath.Clean(p)] = gpu.DeviceNode{HostPath: p, Major: e.major, Minor: e.minor, FileMode: e.mode, UID: e.uid, GID: e.gid}
 		case "s":
 			var ln *net.UnixListener
