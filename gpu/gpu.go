@@ -32,6 +32,8 @@ const (
 	SourceProcfs Source = "procfs"
 	// SourceCSV: a Jetson's integrated GPU alone, from L4T's CSV files.
 	SourceCSV Source = "l4t-csv"
+	// SourceWSL: WSL2's paravirtual GPU, without NVML to list the GPUs.
+	SourceWSL Source = "wsl"
 )
 
 // Flavour is the kernel module flavour.
@@ -44,6 +46,8 @@ const (
 	FlavourUnknown     Flavour = "unknown"
 	// FlavourTegra: L4T's integrated GPU driver (nvgpu), no discrete-GPU driver.
 	FlavourTegra Flavour = "tegra"
+	// FlavourWSL: the Windows host's driver, through WSL2's /dev/dxg.
+	FlavourWSL Flavour = "wsl"
 )
 
 // Driver describes the installed driver.
@@ -176,6 +180,8 @@ type Inventory struct {
 	Files        []File       `json:"files"`
 	// IGPU is a Jetson's integrated GPU (L4T CSV files), alone or beside discrete GPUs.
 	IGPU *IGPU `json:"igpu,omitempty"`
+	// WSL is a WSL2 host's paravirtual GPU access; Devices are then the GPUs NVML names.
+	WSL *WSL `json:"wsl,omitempty"`
 	// Warnings are problems that did not stop discovery (skipped leftovers, stale nodes).
 	Warnings []Warning `json:"warnings,omitempty"`
 }
@@ -366,6 +372,13 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	if err != nil {
 		return nil, err
 	}
+	if inv.Driver.Version == "" && ig == nil {
+		if ok, err := d.discoverWSL(ctx, dr, inv); err != nil {
+			return nil, err
+		} else if ok {
+			return inv, nil
+		}
+	}
 	if inv.Driver.Version == "" && ig != nil {
 		inv.Driver = Driver{Flavour: FlavourTegra, VersionSource: "L4T CSV files in " + CSVDir}
 		if ig.Release != "" {
@@ -375,8 +388,8 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		return inv, nil
 	}
 	if inv.Driver.Version == "" {
-		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s, no libcuda.so or libnvidia-ml.so in %s, and no L4T CSV files in %s",
-			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched, CSVDir)
+		return nil, fmt.Errorf("%w: driver root %s has no proc/driver/nvidia/version under dev root %s, no libcuda.so or libnvidia-ml.so in %s, no L4T CSV files in %s, and no WSL2 %s with %s",
+			ErrNoDriver, d.cfg.driverRoot, d.cfg.devRoot, libs.searched, CSVDir, WSLDevice, WSLLibDir)
 	}
 	inv.IGPU = ig
 	inv.Warnings = append(inv.Warnings, igWarnings...)

@@ -58,8 +58,11 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(inv.Devices) == 0 && inv.IGPU == nil {
+	if len(inv.Devices) == 0 && inv.IGPU == nil && inv.WSL == nil {
 		return nil, fmt.Errorf("%w: nothing to put in a spec", gpu.ErrNoDevices)
+	}
+	if inv.WSL != nil {
+		return generateWSL(inv, o)
 	}
 	s := &cdispecs.Spec{Kind: o.Vendor + "/" + o.Class}
 	nodeCaps := o.Capabilities
@@ -115,6 +118,27 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 			s.Devices = append(s.Devices, cdispecs.Device{Name: CapabilityPrefix + string(c), ContainerEdits: e.ToCDI()})
 		}
 	}
+	return withMinimumVersion(s)
+}
+
+// generateWSL builds a WSL2 host's spec: "all" always, and the GPUs NVML names, each
+// the whole paravirtual access (/dev/dxg is shared), limited for CUDA to that GPU by
+// CUDA_VISIBLE_DEVICES when the host has more than one.
+func generateWSL(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
+	s := &cdispecs.Spec{Kind: o.Vendor + "/" + o.Class}
+	e := WSLEdits(inv, o)
+	devs := slices.Clone(inv.Devices)
+	slices.SortFunc(devs, func(a, b gpu.Device) int { return a.Index - b.Index })
+	for _, d := range devs {
+		de := e
+		if len(devs) > 1 && d.UUID != "" {
+			de.Env = append(slices.Clone(e.Env), "CUDA_VISIBLE_DEVICES="+d.UUID)
+		}
+		for _, name := range Names(d, nil, o.NameStrategies) {
+			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: de.ToCDI()})
+		}
+	}
+	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: e.ToCDI()})
 	return withMinimumVersion(s)
 }
 

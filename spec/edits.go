@@ -218,6 +218,37 @@ func MIGEdits(parent gpu.Device, m gpu.MIGDevice) Edits {
 	return e
 }
 
+// WSLEdits are what a container on a WSL2 host gets for its GPUs: the shared /dev/dxg,
+// WSL's GPU libraries and NVIDIA's driver store mounted at their own paths, and one hook
+// for the SONAME links they lack, /usr/bin/nvidia-smi and the ld cache.
+func WSLEdits(inv *gpu.Inventory, o Options) Edits {
+	w := inv.WSL
+	var e Edits
+	if w == nil {
+		return e
+	}
+	e.Env = []string{"NVIDIA_VISIBLE_DEVICES=void"}
+	e.addNodes(w.Node)
+	for _, f := range w.Files {
+		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: fileMountOptions})
+	}
+	var a hookargs.Args
+	for _, l := range w.Links {
+		if o.enabled(HookSymlinks) {
+			a.Links = append(a.Links, Link{Target: l.Target, Link: l.Path})
+		} else {
+			e.Mounts = append(e.Mounts, Mount{HostPath: l.HostPath, Path: l.Path, Options: fileMountOptions})
+		}
+	}
+	if o.enabled(HookLDCache) {
+		a.Folders = append([]string{gpu.WSLLibDir}, w.DriverStores...)
+	}
+	if !a.Empty() {
+		e.Hooks = []Hook{{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}}
+	}
+	return e
+}
+
 // IGPUName names a Jetson's integrated GPU in specs and requests; alone on the board it
 // is also GPU 0.
 const IGPUName = "igpu"

@@ -67,6 +67,13 @@ func printInfo(w io.Writer, inv *gpu.Inventory) {
 			fmt.Fprintf(w, "     MIG %d:%d  %s  gi %d ci %d\n", m.Parent, m.Index, m.UUID, m.GI, m.CI)
 		}
 	}
+	if wsl := inv.WSL; wsl != nil {
+		fmt.Fprintf(w, "WSL2:        %s (%d:%d), driver store %s, %d files, %d links\n", wsl.Node.Path, wsl.Node.Major, wsl.Node.Minor,
+			strings.Join(wsl.DriverStores, ", "), len(wsl.Files), len(wsl.Links))
+		for _, f := range wsl.Files {
+			fmt.Fprintf(w, "  %-9s %s\n", f.Kind, f.Path)
+		}
+	}
 	if ig := inv.IGPU; ig != nil {
 		var nodes []string
 		for _, n := range ig.Nodes {

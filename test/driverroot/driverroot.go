@@ -38,8 +38,9 @@ import (
 var Names = []string{"debian-535", "debian-535-upgrade", "flat-535", "lib64-470"}
 
 // SyntheticOnly are roots whose manifests were written by hand: tegra-l4t is a Jetson Orin
-// on L4T R36.4.3 (aarch64 libraries, L4T's CSV files, nvhost and nvmap nodes).
-var SyntheticOnly = []string{"tegra-l4t"}
+// on L4T R36.4.3 (aarch64 libraries, L4T's CSV files, nvhost and nvmap nodes); wsl2 a WSL2 host
+// (/dev/dxg, /usr/lib/wsl/lib and an NVIDIA driver store).
+var SyntheticOnly = []string{"tegra-l4t", "wsl2"}
 
 // EnvSynthetic set to 1 makes Open give synthetic roots even where the fixtures exist.
 const EnvSynthetic = "NVBIND_SYNTHETIC_ROOTS"

@@ -150,3 +150,17 @@ func TestTegraWithDiscreteGPU(t *testing.T) {
 		t.Errorf("GPU 0 is the discrete one, not the iGPU: devices %v\n%s", paths, data)
 	}
 }
+
+func readSpecNames(dir string) ([]string, error) {
+	cache, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(dir))
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, d := range cache.ListDevices() {
+		if strings.HasPrefix(d, "nvidia.com/gpu=") {
+			out = append(out, strings.TrimPrefix(d, "nvidia.com/gpu="))
+		}
+	}
+	return out, nil
+}
