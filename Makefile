@@ -28,7 +28,7 @@ CROSS_CC_arm64 := aarch64-linux-gnu-gcc
 CROSS_CC_amd64 := x86_64-linux-gnu-gcc
 BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_CC_$(ARCH)))
 
-.PHONY: all build image deps tools-lint tools-containerd tools-cross fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
+.PHONY: all build image deps tools-lint tools-containerd tools-cross tools-docker fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -63,6 +63,9 @@ tools-containerd:
 tools-cross:
 	test/deps.sh cross
 
+tools-docker:
+	test/deps.sh docker
+
 fixtures:
 	test/driverroot/build.sh $(ROOTS)
 
@@ -74,7 +77,7 @@ k8s:
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.
 # As root this includes the single-node Kubernetes cluster of test/cluster.
-test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd tools-cross k8s,)
+test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd tools-cross tools-docker k8s,)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 40m ./...
 
 # Only the cluster scenarios, verbosely (as root).

@@ -12,6 +12,8 @@ cache=${NVBIND_CACHE:-/var/cache/nvbind}
 bin=$cache/bin
 GOLANGCI_LINT_VERSION=v2.15.0
 CONTAINERD_VERSION=v2.4.2
+DOCKER_VERSION=v2.0.0-beta.24 # Docker Engine 29
+RUNC_VERSION=v1.2.6
 mkdir -p "$bin"
 
 want=("$@")
@@ -20,6 +22,10 @@ wants() { [[ " ${want[*]} " == *" $1 "* ]]; }
 
 need=()
 wants packages && for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
+  dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+done
+# Docker Engine: runc with seccomp needs libseccomp's headers
+wants docker && for p in libseccomp-dev pkg-config; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # arm64: Debian's cross compiler for the cgo part, and qemu-user to run the result
@@ -43,5 +49,15 @@ if wants containerd && ! "$bin/containerd" --version 2>/dev/null | grep -q " ${C
   go install -tags no_btrfs "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+fi
+# Docker Engine 29 (moby's dockerd) and a runc that knows time namespaces, into their own
+# folder so that Debian's runc stays the default everywhere else
+docker_bin=$cache/docker
+if wants docker && [ "$(cat "$docker_bin/.versions" 2>/dev/null)" != "$DOCKER_VERSION $RUNC_VERSION" ]; then
+  echo "building dockerd $DOCKER_VERSION and runc $RUNC_VERSION (several minutes on 2 cores)"
+  mkdir -p "$docker_bin"
+  (cd "$(mktemp -d)" && GOBIN=$docker_bin GOFLAGS=-mod=mod go install "github.com/moby/moby/v2/cmd/dockerd@$DOCKER_VERSION")
+  (cd "$(mktemp -d)" && GOBIN=$docker_bin go install -tags seccomp "github.com/opencontainers/runc@$RUNC_VERSION")
+  echo "$DOCKER_VERSION $RUNC_VERSION" > "$docker_bin/.versions"
 fi
 echo "dependencies ready (${want[*]}) in $bin"

@@ -19,7 +19,7 @@ import (
 )
 
 // writeSpec discovers a test driver root and writes its CDI spec into dir.
-func writeSpec(t *testing.T, driverRoot, dir, hookPath string, o spec.Options) string {
+func writeSpec(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) string {
 	t.Helper()
 	d, err := gpu.New(gpu.WithDriverRoot(driverRoot), gpu.WithDevRoot(driverRoot), gpu.WithoutNVML())
 	if err != nil {
