@@ -58,10 +58,7 @@ func startDockerd(t testing.TB, bin, driverRoot string) *dockerd {
 	t.Helper()
 	tools := dockerTools(t)
 	containerdDir := filepath.Dir(findTool(t, "containerd"))
-	dir, err := os.MkdirTemp("", "nvbd")
-	if err != nil {
-		t.Fatal(err)
-	}
+	dir := t.TempDir()
 	d := &dockerd{t: t, dir: dir, sock: filepath.Join(dir, "docker.sock")}
 	specDir := filepath.Join(dir, "cdi")
 	writeSpec(t, driverRoot, specDir, testutil.HookBinary(bin), spec.Options{})
@@ -132,8 +129,8 @@ func (d *dockerd) stop() {
 	if d.t.Failed() {
 		d.t.Logf("dockerd log:\n%s", d.log.String())
 	}
+	// the engine's mounts must go before the test removes its folder
 	_ = exec.Command("umount", "-R", d.dir).Run()
-	_ = os.RemoveAll(d.dir)
 }
 
 // api calls the Engine API; out, when set, receives the JSON answer.
