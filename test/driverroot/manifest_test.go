@@ -30,13 +30,7 @@ func encode(m manifest) []byte {
 func TestManifestsMatchFixtures(t *testing.T) {
 	for _, name := range Names {
 		t.Run(name, func(t *testing.T) {
-			p, ok := fixture(name)
-			if !ok {
-				if os.Getenv(testutil.EnvRequireFixtures) == "1" {
-					t.Fatalf("driver root %s is missing: run make fixtures", name)
-				}
-				t.Skipf("driver root %s is missing: run make fixtures", name)
-			}
+			p := requireFixture(t, name)
 			m, err := record(p)
 			if err != nil {
 				t.Fatal(err)
@@ -52,6 +46,20 @@ func TestManifestsMatchFixtures(t *testing.T) {
 			testutil.Golden(t, manifestPath(name), data, *update)
 		})
 	}
+}
+
+// requireFixture is the fixture's path; without it the test is skipped (failed under
+// make test).
+func requireFixture(t *testing.T, name string) string {
+	t.Helper()
+	p, ok := fixture(name)
+	if !ok {
+		if os.Getenv(testutil.EnvRequireFixtures) == "1" {
+			t.Fatalf("driver root %s is missing: run make fixtures", name)
+		}
+		t.Skipf("driver root %s is missing: run make fixtures", name)
+	}
+	return p
 }
 
 // inventoryJSON discovers a root and renders the inventory with the root's path replaced.
@@ -78,13 +86,7 @@ func inventoryJSON(t *testing.T, r Root) string {
 func TestSyntheticMatchesFixture(t *testing.T) {
 	for _, name := range Names {
 		t.Run(name, func(t *testing.T) {
-			p, ok := fixture(name)
-			if !ok {
-				if os.Getenv(testutil.EnvRequireFixtures) == "1" {
-					t.Fatalf("driver root %s is missing: run make fixtures", name)
-				}
-				t.Skipf("driver root %s is missing: run make fixtures", name)
-			}
+			p := requireFixture(t, name)
 			real := inventoryJSON(t, Root{Path: p})
 			synth := inventoryJSON(t, Synthetic(t, name))
 			if real != synth {

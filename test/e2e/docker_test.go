@@ -157,6 +157,16 @@ func (d *dockerd) api(method, path string, body io.Reader, out any) error {
 	return nil
 }
 
+// loadBusybox loads the tests' busybox image (with ldconfig and cuda-probe).
+func (d *dockerd) loadBusybox() {
+	d.t.Helper()
+	work := d.t.TempDir()
+	rootfs := filepath.Join(work, "rootfs")
+	testutil.BuildRootfs(d.t, rootfs)
+	testutil.OCIImageTar(d.t, rootfs, busyboxImage, []string{"/bin/sh"}, filepath.Join(work, "busybox.tar"))
+	d.loadImage(filepath.Join(work, "busybox.tar"))
+}
+
 func (d *dockerd) loadImage(tarball string) {
 	d.t.Helper()
 	f, err := os.Open(tarball)
@@ -221,6 +231,18 @@ func (d *dockerd) run(script string, reqs []deviceRequest, devices []map[string]
 	return strings.ReplaceAll(string(out), "\r\n", "\n"), took, nil
 }
 
+// dockerWithBusybox is a private engine with nvbind's spec for the debian-535 root and the
+// busybox image (root only).
+func dockerWithBusybox(t testing.TB) *dockerd {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	d := startDockerd(t, bin, driverRoot)
+	d.loadBusybox()
+	return d
+}
+
 const dockerInside = `for d in /dev/nvidia0 /dev/nvidia1; do test -c $d && echo $d; done; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cuda-probe`
 
 // TestDockerEngine runs Docker Engine with nvbind's CDI spec: --device nvidia.com/gpu=1,
@@ -228,15 +250,7 @@ const dockerInside = `for d in /dev/nvidia0 /dev/nvidia1; do test -c $d && echo 
 // Compose's device reservations, each giving exactly the GPUs asked for with the driver
 // libraries, the ld cache and nvidia-smi.
 func TestDockerEngine(t *testing.T) {
-	testutil.RequiresRoot(t)
-	driverRoot := testutil.DriverRoot(t, "debian-535")
-	bin := testutil.BuildNVBind(t, t.TempDir())
-	d := startDockerd(t, bin, driverRoot)
-	work := t.TempDir()
-	rootfs := filepath.Join(work, "rootfs")
-	testutil.BuildRootfs(t, rootfs)
-	testutil.OCIImageTar(t, rootfs, busyboxImage, []string{"/bin/sh"}, filepath.Join(work, "busybox.tar"))
-	d.loadImage(filepath.Join(work, "busybox.tar"))
+	d := dockerWithBusybox(t)
 
 	for _, tc := range []struct {
 		name    string
@@ -278,15 +292,7 @@ func TestDockerEngine(t *testing.T) {
 // BenchmarkDockerDeviceStart measures what --device nvidia.com/gpu=0 adds to a
 // container's create and start, against a plain one, interleaved; it reports medians.
 func BenchmarkDockerDeviceStart(b *testing.B) {
-	testutil.RequiresRoot(b)
-	driverRoot := testutil.DriverRoot(b, "debian-535")
-	bin := testutil.BuildNVBind(b, b.TempDir())
-	d := startDockerd(b, bin, driverRoot)
-	work := b.TempDir()
-	rootfs := filepath.Join(work, "rootfs")
-	testutil.BuildRootfs(b, rootfs)
-	testutil.OCIImageTar(b, rootfs, busyboxImage, []string{"/bin/sh"}, filepath.Join(work, "busybox.tar"))
-	d.loadImage(filepath.Join(work, "busybox.tar"))
+	d := dockerWithBusybox(b)
 	var plain, gpu []time.Duration
 	for b.Loop() {
 		_, t1, err := d.run("true", nil, nil)
