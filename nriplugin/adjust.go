@@ -43,6 +43,8 @@ var (
 	ErrUnknownDevice = errors.New("not on this node")
 	// ErrUnmetRequirement is an NVIDIA_REQUIRE_* the node does not meet.
 	ErrUnmetRequirement = errors.New("unmet requirement")
+	// ErrUnsupportedHost is a request on a host whose GPUs only the CDI spec serves.
+	ErrUnsupportedHost = errors.New("not served on this host")
 )
 
 // Decision says what was injected, for logs and metrics.
@@ -217,6 +219,10 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	}
 	if p == nil {
 		return nil, dec, ErrNoInventory
+	}
+	if p.inv.WSL != nil || (p.inv.IGPU != nil && len(p.inv.Devices) == 0) {
+		return nil, dec, fmt.Errorf("%w: %s: the NRI plugin does not serve WSL2's or a Jetson iGPU's GPUs yet; use the CDI spec of nvbind cdi generate",
+			ErrUnsupportedHost, req.Source)
 	}
 	targets, err := p.resolve(req)
 	if err != nil {

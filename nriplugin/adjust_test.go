@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -137,5 +138,26 @@ func TestAdjustWithoutInventory(t *testing.T) {
 	}
 	if adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, ctrWith("c", nil, nil)); adj != nil || dec != nil || err != nil {
 		t.Fatal("a container without a request was touched")
+	}
+}
+
+// TestAdjustRefusesCDIOnlyHosts: on a WSL2 host or a Jetson without a discrete GPU the
+// plugin refuses GPU requests with the way out, rather than give a container nodes
+// without the driver's files.
+func TestAdjustRefusesCDIOnlyHosts(t *testing.T) {
+	t.Parallel()
+	for name, inv := range map[string]*gpu.Inventory{
+		"wsl2":   {WSL: &gpu.WSL{}, Devices: []gpu.Device{{Index: 0, Node: node("/dev/dxg", 10, 125)}}},
+		"jetson": {IGPU: &gpu.IGPU{}},
+	} {
+		a, err := NewAdjuster(Config{Spec: spec.Options{HookPath: "/usr/local/bin/nvbind-hook"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.SetInventory(inv)
+		_, _, err = a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}, ctrWith("c", nil, nil))
+		if !errors.Is(err, ErrUnsupportedHost) || !strings.Contains(err.Error(), "nvbind cdi generate") || failureReason(err) != "unsupported_host" {
+			t.Errorf("%s: %v", name, err)
+		}
 	}
 }

@@ -84,6 +84,8 @@ func failureReason(err error) string {
 		return "unknown_device"
 	case errors.Is(err, ErrUnmetRequirement):
 		return "unmet_requirement"
+	case errors.Is(err, ErrUnsupportedHost):
+		return "unsupported_host"
 	}
 	return "bad_request"
 }
