@@ -185,10 +185,38 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Ho
 		// with the driver's EGL (graphics), EGL and Vulkan see only the container's GPUs
 		a.AppProfile = true
 	}
+	return hookOf(a, o)
+}
+
+// hookOf is the one createContainer hook that runs the actions a asks for (nil: none);
+// its command line is hookargs' encoding, which the hook decodes with the same definitions.
+func hookOf(a hookargs.Args, o Options) *Hook {
 	if a.Empty() {
 		return nil
 	}
 	return &Hook{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
+}
+
+// addHook appends the hook of a, if it asks for anything.
+func (e *Edits) addHook(a hookargs.Args, o Options) {
+	if h := hookOf(a, o); h != nil {
+		e.Hooks = append(e.Hooks, *h)
+	}
+}
+
+// addLinks makes host links in the container: by the hook, or, hookless, as bind mounts
+// of the files they resolve to. It returns the folders the links are in.
+func (e *Edits) addLinks(links []gpu.SymLink, a *hookargs.Args, o Options) []string {
+	var dirs []string
+	for _, l := range links {
+		if o.enabled(HookSymlinks) {
+			a.Links = append(a.Links, Link{Target: l.Target, Link: l.Path})
+			dirs = append(dirs, path.Dir(l.Path))
+		} else {
+			e.Mounts = append(e.Mounts, Mount{HostPath: l.HostPath, Path: l.Path, Options: fileMountOptions})
+		}
+	}
+	return dirs
 }
 
 // isAppProfileDB reports the driver's application-profile database
@@ -233,19 +261,11 @@ func WSLEdits(inv *gpu.Inventory, o Options) Edits {
 		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: fileMountOptions})
 	}
 	var a hookargs.Args
-	for _, l := range w.Links {
-		if o.enabled(HookSymlinks) {
-			a.Links = append(a.Links, Link{Target: l.Target, Link: l.Path})
-		} else {
-			e.Mounts = append(e.Mounts, Mount{HostPath: l.HostPath, Path: l.Path, Options: fileMountOptions})
-		}
-	}
+	e.addLinks(w.Links, &a, o)
 	if o.enabled(HookLDCache) {
 		a.Folders = append([]string{gpu.WSLLibDir}, w.DriverStores...)
 	}
-	if !a.Empty() {
-		e.Hooks = []Hook{{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}}
-	}
+	e.addHook(a, o)
 	return e
 }
 
@@ -273,13 +293,8 @@ func IGPUEdits(inv *gpu.Inventory, o Options) Edits {
 		}
 	}
 	var a hookargs.Args
-	for _, l := range ig.Links {
-		if o.enabled(HookSymlinks) {
-			a.Links = append(a.Links, Link{Target: l.Target, Link: l.Path})
-			set[path.Dir(l.Path)] = true
-		} else {
-			e.Mounts = append(e.Mounts, Mount{HostPath: l.HostPath, Path: l.Path, Options: fileMountOptions})
-		}
+	for _, d := range e.addLinks(ig.Links, &a, o) {
+		set[d] = true
 	}
 	if o.enabled(HookLDCache) {
 		for d := range set {
@@ -287,8 +302,6 @@ func IGPUEdits(inv *gpu.Inventory, o Options) Edits {
 		}
 		sort.Strings(a.Folders)
 	}
-	if !a.Empty() {
-		e.Hooks = []Hook{{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}}
-	}
+	e.addHook(a, o)
 	return e
 }
