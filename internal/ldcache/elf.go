@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 )
 
 // Library is what ldconfig needs to know of a shared library.
@@ -19,22 +20,44 @@ type Library struct {
 // ErrNotLibrary means the file is not a little-endian ELF shared object.
 var ErrNotLibrary = errors.New("not an ELF shared library")
 
+// Budgets of ReadLibrary, whose input an image controls completely. With them it reads at
+// most HeadSize + MaxProgramHeaders*128 + MaxDynamicSize + MaxNameLen+1 bytes, and holds
+// under 64 KiB at a time, whatever the file says.
+const (
+	// HeadSize is the part of a library read at once, ahead of anything else: the ELF
+	// header and the program headers of every real library lie within it.
+	HeadSize = 4096
+	// MaxProgramHeaders bounds the program headers: libraries have about ten.
+	MaxProgramHeaders = 256
+	// MaxDynamicSize bounds the dynamic segment, read in pieces of HeadSize up to its
+	// DT_NULL: libraries have a few hundred bytes of it.
+	MaxDynamicSize = 1 << 20
+)
+
+const (
+	phdr64Size = 56 // Elf64_Phdr
+	phdr32Size = 32 // Elf32_Phdr
+	// maxPhentsize: no ABI pads its program headers this far.
+	maxPhentsize = 128
+)
+
 // ReadLibrary reads a shared library's class, machine and SONAME the way the dynamic
 // loader does, through the program headers and the dynamic segment: a handful of small
-// reads, however large the library (libcuda is 30 MB).
+// reads, however large the library (libcuda is 30 MB). A file it cannot make sense of
+// gives ErrNotLibrary.
 func ReadLibrary(r io.ReaderAt) (Library, error) {
 	r = withHead(r)
 	var lib Library
 	var ident [elf.EI_NIDENT]byte
-	if _, err := r.ReadAt(ident[:], 0); err != nil {
-		return lib, ErrNotLibrary
+	if err := readFull(r, ident[:], 0); err != nil {
+		return lib, err
 	}
 	if !bytes.Equal(ident[:4], []byte(elf.ELFMAG)) || elf.Data(ident[elf.EI_DATA]) != elf.ELFDATA2LSB {
 		return lib, ErrNotLibrary
 	}
 	lib.Class = elf.Class(ident[elf.EI_CLASS])
 	le := binary.LittleEndian
-	var phoff, phentsize, phnum uint64
+	var phoff, phentsize, phnum, minPhentsize uint64
 	switch lib.Class {
 	case elf.ELFCLASS64:
 		var h elf.Header64
@@ -45,6 +68,7 @@ func ReadLibrary(r io.ReaderAt) (Library, error) {
 			return lib, ErrNotLibrary
 		}
 		lib.Machine, phoff, phentsize, phnum = elf.Machine(h.Machine), h.Phoff, uint64(h.Phentsize), uint64(h.Phnum)
+		minPhentsize = phdr64Size
 	case elf.ELFCLASS32:
 		var h elf.Header32
 		if err := binary.Read(io.NewSectionReader(r, 0, 52), le, &h); err != nil {
@@ -54,20 +78,20 @@ func ReadLibrary(r io.ReaderAt) (Library, error) {
 			return lib, ErrNotLibrary
 		}
 		lib.Machine, phoff, phentsize, phnum = elf.Machine(h.Machine), uint64(h.Phoff), uint64(h.Phentsize), uint64(h.Phnum)
+		minPhentsize = phdr32Size
 	default:
 		return lib, ErrNotLibrary
 	}
-	if phnum == 0 || phnum > 256 || phentsize < 32 || phentsize > 128 {
+	if phnum == 0 || phnum > MaxProgramHeaders || phentsize < minPhentsize || phentsize > maxPhentsize {
 		return lib, fmt.Errorf("%w: %d program headers of %d bytes", ErrNotLibrary, phnum, phentsize)
 	}
 	ph := make([]byte, phnum*phentsize)
-	if _, err := r.ReadAt(ph, int64(phoff)); err != nil { //nolint:gosec // bounded above
-		return lib, ErrNotLibrary
+	if err := readFull(r, ph, phoff); err != nil {
+		return lib, err
 	}
 	type seg struct {
-		typ        uint32
-		off, vaddr uint64
-		filesz     uint64
+		typ              uint32
+		off, vaddr, size uint64 // size: p_filesz
 	}
 	segs := make([]seg, 0, phnum)
 	for i := uint64(0); i < phnum; i++ {
@@ -81,72 +105,107 @@ func ReadLibrary(r io.ReaderAt) (Library, error) {
 	var dyn *seg
 	for i := range segs {
 		if segs[i].typ == uint32(elf.PT_DYNAMIC) {
-			dyn = &segs[i]
+			dyn = &segs[i] // as in the loader, the last one counts
 		}
 	}
 	if dyn == nil {
 		return lib, nil // a shared object without a dynamic segment has no SONAME
 	}
-	if dyn.filesz > 1<<20 {
-		return lib, fmt.Errorf("%w: dynamic segment of %d bytes", ErrNotLibrary, dyn.filesz)
+	if dyn.size > MaxDynamicSize {
+		return lib, fmt.Errorf("%w: dynamic segment of %d bytes", ErrNotLibrary, dyn.size)
 	}
-	d := make([]byte, dyn.filesz)
-	if _, err := r.ReadAt(d, int64(dyn.off)); err != nil { //nolint:gosec // bounded above
-		return lib, ErrNotLibrary
-	}
-	var soname, strtab uint64
-	const tagSONAME, tagSTRTAB, tagNULL = uint64(elf.DT_SONAME), uint64(elf.DT_STRTAB), uint64(elf.DT_NULL)
-	haveSoname := false
-	step := uint64(16)
-	if lib.Class == elf.ELFCLASS32 {
-		step = 8
-	}
-	for i := uint64(0); i+step <= uint64(len(d)); i += step {
-		var tag, val uint64
-		if step == 16 {
-			tag, val = le.Uint64(d[i:]), le.Uint64(d[i+8:])
-		} else {
-			tag, val = uint64(le.Uint32(d[i:])), uint64(le.Uint32(d[i+4:]))
-		}
-		switch tag {
-		case tagNULL:
-			i = uint64(len(d))
-		case tagSONAME:
-			soname, haveSoname = val, true
-		case tagSTRTAB:
-			strtab = val
-		}
-	}
-	if !haveSoname {
-		return lib, nil
+	soname, strtab, ok, err := readDynamic(r, lib.Class, dyn.off, dyn.size)
+	if err != nil || !ok {
+		return lib, err
 	}
 	// DT_STRTAB is an address: find the file offset through the loadable segments
+	addr := strtab + soname
+	if addr < strtab {
+		return lib, fmt.Errorf("%w: SONAME address out of range", ErrNotLibrary)
+	}
 	for _, s := range segs {
-		if s.typ == uint32(elf.PT_LOAD) && strtab >= s.vaddr && strtab < s.vaddr+s.filesz {
-			buf := make([]byte, 256)
-			n, err := r.ReadAt(buf, int64(s.off+strtab-s.vaddr+soname)) //nolint:gosec // file offsets
-			if n == 0 && err != nil {
-				return lib, ErrNotLibrary
-			}
-			if end := bytes.IndexByte(buf[:n], 0); end >= 0 {
-				lib.SONAME = string(buf[:end])
-				return lib, nil
-			}
-			return lib, fmt.Errorf("%w: SONAME longer than 255 bytes", ErrNotLibrary)
+		if s.typ != uint32(elf.PT_LOAD) || addr < s.vaddr || addr-s.vaddr >= s.size {
+			continue
 		}
+		buf := make([]byte, min(MaxNameLen+1, s.size-(addr-s.vaddr)))
+		if err := readFull(r, buf, s.off+(addr-s.vaddr)); err != nil {
+			return lib, err
+		}
+		end := bytes.IndexByte(buf, 0)
+		if end < 0 {
+			return lib, fmt.Errorf("%w: SONAME unterminated or longer than %d bytes", ErrNotLibrary, MaxNameLen)
+		}
+		lib.SONAME = string(buf[:end])
+		return lib, nil
 	}
 	return lib, fmt.Errorf("%w: string table outside the loadable segments", ErrNotLibrary)
 }
 
-// headReader serves reads within a file's first 4 KiB, where the ELF header and program
-// headers lie, from one read of them: on a VM every read is a costly system call.
+// readDynamic reads the dynamic segment at off, size bytes, in pieces of at most HeadSize
+// up to its DT_NULL: the DT_SONAME and DT_STRTAB values (the last of each counts, as in
+// the loader) and whether there is a DT_SONAME.
+func readDynamic(r io.ReaderAt, class elf.Class, off, size uint64) (soname, strtab uint64, ok bool, err error) {
+	le := binary.LittleEndian
+	step := uint64(16)
+	if class == elf.ELFCLASS32 {
+		step = 8
+	}
+	size -= size % step
+	buf := make([]byte, min(size, HeadSize))
+	for done := uint64(0); done < size; {
+		d := buf[:min(size-done, uint64(len(buf)))]
+		if off+done < off {
+			return 0, 0, false, ErrNotLibrary
+		}
+		if err := readFull(r, d, off+done); err != nil {
+			return 0, 0, false, err
+		}
+		done += uint64(len(d))
+		for i := uint64(0); i < uint64(len(d)); i += step {
+			var tag, val uint64
+			if step == 16 {
+				tag, val = le.Uint64(d[i:]), le.Uint64(d[i+8:])
+			} else {
+				tag, val = uint64(le.Uint32(d[i:])), uint64(le.Uint32(d[i+4:]))
+			}
+			switch elf.DynTag(tag) { //nolint:gosec // compared, not converted back
+			case elf.DT_NULL:
+				return soname, strtab, ok, nil
+			case elf.DT_SONAME:
+				soname, ok = val, true
+			case elf.DT_STRTAB:
+				strtab = val
+			}
+		}
+	}
+	return soname, strtab, ok, nil
+}
+
+// readFull reads len(p) bytes at off; a short read or an offset past what an io.ReaderAt
+// takes gives ErrNotLibrary, another read error is wrapped.
+func readFull(r io.ReaderAt, p []byte, off uint64) error {
+	if off > math.MaxInt64-uint64(len(p)) {
+		return fmt.Errorf("%w: offset %d out of range", ErrNotLibrary, off)
+	}
+	n, err := r.ReadAt(p, int64(off)) //nolint:gosec // checked above
+	switch {
+	case n == len(p):
+		return nil
+	case err == nil, errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("%w: truncated", ErrNotLibrary)
+	}
+	return fmt.Errorf("%w: %w", ErrNotLibrary, err)
+}
+
+// headReader serves reads within a file's first HeadSize bytes, where the ELF header and
+// program headers lie, from one read of them: on a VM every read is a costly system call.
 type headReader struct {
 	r    io.ReaderAt
 	head []byte
 }
 
 func withHead(r io.ReaderAt) io.ReaderAt {
-	head := make([]byte, 4096)
+	head := make([]byte, HeadSize)
 	n, err := r.ReadAt(head, 0)
 	if n == 0 && err != nil {
 		return r
@@ -155,7 +214,7 @@ func withHead(r io.ReaderAt) io.ReaderAt {
 }
 
 func (h headReader) ReadAt(p []byte, off int64) (int, error) {
-	if off >= 0 && off+int64(len(p)) <= int64(len(h.head)) {
+	if off >= 0 && off <= int64(len(h.head)) && int64(len(p)) <= int64(len(h.head))-off {
 		return copy(p, h.head[off:]), nil
 	}
 	return h.r.ReadAt(p, off)
