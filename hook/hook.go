@@ -1,19 +1,13 @@
 package hook
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path"
 	"regexp"
-	"slices"
 	"strconv"
-	"strings"
-	"time"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -37,9 +31,6 @@ type Options struct {
 	// HostDriverVersion enables CUDA forward compatibility when the image's compat
 	// libraries are newer.
 	HostDriverVersion string
-	// LDConfig is the host's ldconfig (default: the first of /sbin/ldconfig.real,
-	// /sbin/ldconfig, /usr/sbin/ldconfig).
-	LDConfig string
 	// AppProfile writes the application profile that shows EGL and Vulkan only the
 	// GPUs of GPUMinors.
 	AppProfile bool
@@ -92,7 +83,7 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		}
 	}
 	if len(folders) > 0 {
-		if err := updateLDCache(ctx, r, folders, o.LDConfig); err != nil {
+		if err := updateLDCache(r, folders, o.Log); err != nil {
 			return fmt.Errorf("update-ldcache: %w", err)
 		}
 	}
@@ -112,83 +103,6 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 // imageLibDirs are the loader's default folders across distributions.
 var imageLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib/aarch64-linux-gnu",
 	"/usr/lib/aarch64-linux-gnu", "/lib64", "/usr/lib64", "/lib", "/usr/lib"}
-
-var ldconfigs = []string{"/sbin/ldconfig.real", "/sbin/ldconfig", "/usr/sbin/ldconfig"}
-
-func findLDConfig(want string) (string, error) {
-	if want != "" {
-		if !path.IsAbs(want) {
-			return "", fmt.Errorf("ldconfig %q is not an absolute path", want)
-		}
-		if fi, err := os.Stat(want); err != nil || !fi.Mode().IsRegular() {
-			return "", fmt.Errorf("no ldconfig at %s", want)
-		}
-		return want, nil
-	}
-	for _, p := range ldconfigs {
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("no ldconfig on the host (looked for %s)", strings.Join(ldconfigs, ", "))
-}
-
-// updateLDCache rebuilds the container's /etc/ld.so.cache with the host's ldconfig,
-// chrooted into the container root: the injected folders first, then the image's own
-// configuration and default folders. Where the image has /etc/ld.so.conf.d, the folders
-// are also written there, so an ldconfig run inside the container keeps them.
-func updateLDCache(ctx context.Context, r *containerRoot, folders []string, ldconfig string) error {
-	for _, f := range folders {
-		if _, _, err := cleanAbs(f); err != nil {
-			return err
-		}
-	}
-	if _, err := r.dir("/etc", true); err != nil {
-		return err
-	}
-	if r.isDir("/etc/ld.so.conf.d") {
-		conf := "# written by nvbind hook: NVIDIA driver libraries\n" + strings.Join(folders, "\n") + "\n"
-		if err := r.writeFile("/etc/ld.so.conf.d/00-nvbind.conf", []byte(conf)); err != nil {
-			return err
-		}
-	}
-	if data, err := mergeLDCache(r, folders); err == nil {
-		return r.writeFile("/etc/ld.so.cache", data)
-	} else if !errors.Is(err, errNeedLDConfig) {
-		return err
-	}
-	// only a cache nvbind cannot merge (hwcaps, the old format) needs the host's ldconfig
-	ldc, err := findLDConfig(ldconfig)
-	if err != nil {
-		return fmt.Errorf("the image's ld.so.cache cannot be merged and %w", err)
-	}
-	args := []string{"-r", r.path, "-X", "-C", "/etc/ld.so.cache"}
-	if r.exists("/etc/ld.so.conf") {
-		args = append(args, "-f", "/etc/ld.so.conf")
-	}
-	args = append(args, folders...)
-	// the image's own default folders: the host's ldconfig only knows its own distribution's
-	for _, d := range imageLibDirs {
-		if r.isDir(d) && !slices.Contains(folders, d) {
-			args = append(args, d)
-		}
-	}
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, ldc, args...) //nolint:gosec // the host's ldconfig from a fixed list or --ldconfig
-	cmd.Env = []string{}                          // nothing from the container or the runtime
-	cmd.Dir = "/"
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(out.String())
-		if strings.Contains(msg, "Read-only file system") {
-			return fmt.Errorf("%s: %w", msg, ErrReadOnly)
-		}
-		return fmt.Errorf("%s %s: %w: %s", ldc, strings.Join(args, " "), err, msg)
-	}
-	return nil
-}
 
 // protectDeviceNodes bind-mounts a read-only copy of the host's params file, with
 // ModifyDeviceFiles: 0, over the container's /proc/driver/nvidia/params, so NVML in the
@@ -310,7 +224,7 @@ func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("host driver version %q: %w", hostVersion, err)
 	}
-	names, err := r.readDirNames(compatDir)
+	names, err := r.readDirNames(compatDir, maxFolderEntries)
 	if err != nil {
 		return "", fmt.Errorf("list %s: %w", compatDir, err)
 	}

@@ -3,61 +3,135 @@ package hook
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"path"
 	"slices"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/internal/ldcache"
 )
 
-// errNeedLDConfig means the image's cache uses features the merge does not reproduce
-// (an old-format-only cache, glibc-hwcaps entries): ldconfig has to rebuild it.
-var errNeedLDConfig = errors.New("the image's ld cache needs ldconfig")
+// Budgets of the ld cache update, whose inputs (the image's cache, its ld.so.conf files
+// and library folders) the image controls. Beyond them the hook stops with a short error
+// (the container does not start) rather than spend memory or time on the host.
+const (
+	// maxFolderEntries bounds the names read from one library folder.
+	maxFolderEntries = 1 << 16
+	// maxLibraries bounds the libraries a fresh cache files (ldcache.MaxEntries bounds
+	// the image's own cache).
+	maxLibraries = ldcache.MaxEntries
+)
 
-// mergeLDCache builds the container's new ld.so.cache without running a program: the
+// updateLDCache writes the container's /etc/ld.so.cache without running any program: the
 // entries ldconfig would file for the injected folders (scanned inside the root), ahead of
-// the image's own cache entries, in the loader's order. It returns errNeedLDConfig when
-// the image's cache cannot be merged faithfully.
-func mergeLDCache(r *containerRoot, folders []string) ([]byte, error) {
-	var image []ldcache.Entry
-	data, err := r.readFile("/etc/ld.so.cache", ldcache.MaxSize)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-	case err != nil:
-		return nil, errors.Join(errNeedLDConfig, err)
-	default:
-		if image, err = ldcache.Parse(data); err != nil {
-			return nil, errors.Join(errNeedLDConfig, err)
-		}
-		for _, e := range image {
-			if e.HWCap != 0 {
-				return nil, fmt.Errorf("%w: hwcap entries", errNeedLDConfig)
-			}
+// the image's own cache entries, in the loader's order. An image cache that cannot be read
+// (not a regular file, too large, not a cache glibc writes) is replaced by a fresh cache of
+// the injected folders, the folders the image's ld.so.conf names and the loader's default
+// folders, all scanned by the hook inside the root; the log says so. Where the image has
+// /etc/ld.so.conf.d, the folders are also written there, so an ldconfig run inside the
+// container keeps them.
+func updateLDCache(r *containerRoot, folders []string, log io.Writer) error {
+	for _, f := range folders {
+		if _, _, err := cleanAbs(f); err != nil {
+			return err
 		}
 	}
-	var ours []ldcache.Entry
-	for _, dir := range folders {
-		es, err := scanFolder(r, dir)
+	if _, err := r.dir("/etc", true); err != nil {
+		return err
+	}
+	if r.isDir("/etc/ld.so.conf.d") {
+		conf := "# written by nvbind hook: NVIDIA driver libraries\n" + strings.Join(folders, "\n") + "\n"
+		if err := r.writeFile("/etc/ld.so.conf.d/00-nvbind.conf", []byte(conf)); err != nil {
+			return err
+		}
+	}
+	image, err := readImageCache(r)
+	if err != nil {
+		// the image's cache is unusable, so the loader ignored it: a fresh cache loses
+		// nothing the image had working
+		fmt.Fprintf(log, "update-ldcache: the image's /etc/ld.so.cache is unusable (%v): writing a fresh cache of the image's folders\n", err)
+		image, err = freshCache(r, folders)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		ours = append(ours, es...)
 	}
-	merged := ours
+	ours, err := scanFolders(r, folders)
+	if err != nil {
+		return err
+	}
+	return r.writeFile("/etc/ld.so.cache", ldcache.Encode(merge(ours, image)))
+}
+
+// readImageCache reads the image's own cache; a missing cache is empty.
+func readImageCache(r *containerRoot) ([]ldcache.Entry, error) {
+	data, err := r.readFile("/etc/ld.so.cache", ldcache.MaxSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return ldcache.Parse(data)
+}
+
+// merge puts ours ahead of the image's entries (an entry of both is kept once) in the
+// loader's order: entries that tie keep their order, which is their priority.
+func merge(ours, image []ldcache.Entry) []ldcache.Entry {
+	type key struct{ name, path, hwcaps string }
+	have := make(map[key]bool, len(ours))
+	for _, e := range ours {
+		have[key{e.Name, e.Path, e.HWCaps}] = true
+	}
+	merged := slices.Grow(slices.Clip(ours), len(image))
 	for _, e := range image {
-		if !slices.ContainsFunc(ours, func(o ldcache.Entry) bool { return o.Name == e.Name && o.Path == e.Path }) {
+		if !have[key{e.Name, e.Path, e.HWCaps}] {
 			merged = append(merged, e)
 		}
 	}
 	ldcache.Sort(merged)
-	return ldcache.Encode(merged), nil
+	return merged
+}
+
+// freshCache builds the cache ldconfig would build from the image's configuration, by the
+// hook's own code: the folders its ld.so.conf names (read inside the root, within
+// ldSoConfBudget) and the loader's default folders. The injected folders are left to the
+// caller.
+func freshCache(r *containerRoot, injected []string) ([]ldcache.Entry, error) {
+	conf, err := readLDSoConf(r)
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, d := range append(conf, imageLibDirs...) {
+		if !slices.Contains(injected, d) && !slices.Contains(dirs, d) && r.isDir(d) {
+			dirs = append(dirs, d)
+		}
+	}
+	return scanFolders(r, dirs)
+}
+
+// scanFolders lists the libraries ldconfig would file from the folders, in order.
+func scanFolders(r *containerRoot, dirs []string) ([]ldcache.Entry, error) {
+	var out []ldcache.Entry
+	for _, dir := range dirs {
+		es, err := scanFolder(r, dir)
+		if err != nil {
+			return nil, err
+		}
+		if len(out)+len(es) > maxLibraries {
+			return nil, fmt.Errorf("more than %d libraries in the ld cache's folders", maxLibraries)
+		}
+		out = append(out, es...)
+	}
+	return out, nil
 }
 
 // scanFolder lists the libraries ldconfig would file from one folder of the root.
 func scanFolder(r *containerRoot, dir string) ([]ldcache.Entry, error) {
-	names, err := r.readDirNames(dir)
+	names, err := r.readDirNames(dir, maxFolderEntries)
 	if err != nil {
 		return nil, fmt.Errorf("list %s: %w", dir, err)
 	}

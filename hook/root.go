@@ -217,8 +217,9 @@ func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
 	return fileio.ReadAll(f, max, p)
 }
 
-// readDirNames lists a folder inside the root; a missing folder is empty.
-func (r *containerRoot) readDirNames(dir string) ([]string, error) {
+// readDirNames lists a folder inside the root, at most max names; a missing folder is
+// empty, a larger one an error.
+func (r *containerRoot) readDirNames(dir string, max int) ([]string, error) {
 	f, err := r.openRead(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -234,11 +235,20 @@ func (r *containerRoot) readDirNames(dir string) ([]string, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("%s: %w", dir, unix.ENOTDIR)
 	}
-	names, err := f.Readdirnames(-1)
-	if errors.Is(err, io.EOF) {
-		err = nil
+	var names []string
+	for {
+		batch, err := f.Readdirnames(256)
+		names = append(names, batch...)
+		if len(names) > max {
+			return nil, fmt.Errorf("%s holds more than %d entries", dir, max)
+		}
+		if errors.Is(err, io.EOF) || (err == nil && len(batch) == 0) {
+			return names, nil
+		}
+		if err != nil {
+			return nil, err
+		}
 	}
-	return names, err
 }
 
 // exists reports whether p resolves inside the root.

@@ -20,7 +20,6 @@ const (
 	FlagProtect       = "protect-device-nodes"
 	FlagHostParams    = "host-params"
 	FlagDriverVersion = "host-driver-version"
-	FlagLDConfig      = "ldconfig"
 	FlagAppProfile    = "app-profile"
 )
 
@@ -57,8 +56,6 @@ type Args struct {
 	HostParams         string
 	// HostDriverVersion turns on CUDA forward compat against this version.
 	HostDriverVersion string
-	// LDConfig is the host's ldconfig, for caches the hook cannot merge.
-	LDConfig string
 	// AppProfile writes a driver application profile that shows EGL and Vulkan only the
 	// container's GPUs (EGLVisibleDGPUDevices).
 	AppProfile bool
@@ -88,9 +85,6 @@ func (a Args) Encode() []string {
 	if a.HostDriverVersion != "" {
 		out = append(out, "--"+FlagDriverVersion, a.HostDriverVersion)
 	}
-	if a.LDConfig != "" {
-		out = append(out, "--"+FlagLDConfig, a.LDConfig)
-	}
 	if a.AppProfile {
 		out = append(out, "--"+FlagAppProfile)
 	}
@@ -99,16 +93,16 @@ func (a Args) Encode() []string {
 
 // Raw holds the flags as parsed, before links are checked.
 type Raw struct {
-	Links, Folders                      []string
-	Protect, AppProfile                 bool
-	HostParams, DriverVersion, LDConfig string
+	Links, Folders            []string
+	Protect, AppProfile       bool
+	HostParams, DriverVersion string
 }
 
 // Which flags a subcommand has.
-type Which struct{ Links, Folders, Protect, HostParams, Version, LDConfig, AppProfile bool }
+type Which struct{ Links, Folders, Protect, HostParams, Version, AppProfile bool }
 
 // All is what "hook all" takes.
-var All = Which{true, true, true, true, true, true, true}
+var All = Which{true, true, true, true, true, true}
 
 // Register defines the flags w selects on fs, into r: the one definition the hook's
 // command line and Decode share.
@@ -131,14 +125,11 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 	if w.AppProfile {
 		fs.BoolVar(&r.AppProfile, FlagAppProfile, false, "write an application profile that shows EGL and Vulkan only the container's GPUs (EGLVisibleDGPUDevices)")
 	}
-	if w.LDConfig {
-		fs.StringVar(&r.LDConfig, FlagLDConfig, "", "the host's ldconfig, only for image caches the hook cannot merge (default /sbin/ldconfig.real, /sbin/ldconfig or /usr/sbin/ldconfig)")
-	}
 }
 
 // Args checks the parsed flags.
 func (r Raw) Args() (Args, error) {
-	a := Args{Folders: r.Folders, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion, LDConfig: r.LDConfig,
+	a := Args{Folders: r.Folders, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion,
 		AppProfile: r.AppProfile}
 	var errs []error
 	for _, l := range r.Links {

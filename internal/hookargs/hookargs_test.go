@@ -52,7 +52,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			HostParams: "/run/nvidia/driver/proc/driver/nvidia/params", HostDriverVersion: "535.261.03"},
 		{Folders: []string{"/drv"}},
 		{ProtectDeviceNodes: true},
-		{HostDriverVersion: "470.256.02", LDConfig: "/sbin/ldconfig.real"},
+		{HostDriverVersion: "470.256.02"},
 		{AppProfile: true},
 	} {
 		got, err := Decode(a.Encode())
@@ -75,7 +75,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 
 func equal(a, b Args) bool {
 	return slices.Equal(a.Links, b.Links) && slices.Equal(a.Folders, b.Folders) && a.ProtectDeviceNodes == b.ProtectDeviceNodes &&
-		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.LDConfig == b.LDConfig && a.AppProfile == b.AppProfile
+		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.AppProfile == b.AppProfile
 }
 
 // FuzzEncodeDecode: any arguments whose links are valid survive the round trip.

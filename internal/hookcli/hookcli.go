@@ -26,9 +26,9 @@ one process; the other subcommands run one action each.`,
 	for _, s := range []sub{
 		{"all", "Create links, update the ld cache, protect device nodes, enable CUDA compat and limit EGL to the container's GPUs in one process", hookargs.All},
 		{"create-symlinks", "Create links inside the container root", hookargs.Which{Links: true}},
-		{"update-ldcache", "Add library folders to the container's ld cache", hookargs.Which{Folders: true, LDConfig: true}},
+		{"update-ldcache", "Add library folders to the container's ld cache", hookargs.Which{Folders: true}},
 		{"disable-device-node-modification", "Hide ModifyDeviceFiles: 1 from NVML in the container", hookargs.Which{HostParams: true}},
-		{"enable-cuda-compat", "Put the image's newer CUDA forward-compat libraries first", hookargs.Which{Version: true, LDConfig: true}},
+		{"enable-cuda-compat", "Put the image's newer CUDA forward-compat libraries first", hookargs.Which{Version: true}},
 		{"update-application-profile", "Show EGL and Vulkan only the container's GPUs (a driver application profile)", hookargs.Which{}},
 	} {
 		r := &hookargs.Raw{}
@@ -45,7 +45,7 @@ one process; the other subcommands run one action each.`,
 					return err
 				}
 				o := hook.Options{Links: a.Links, Folders: a.Folders, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
-					LDConfig: a.LDConfig, Log: cmd.ErrOrStderr(),
+					Log:                cmd.ErrOrStderr(),
 					ProtectDeviceNodes: a.ProtectDeviceNodes || s.name == "disable-device-node-modification",
 					AppProfile:         a.AppProfile || s.name == "update-application-profile"}
 				st, err := hook.ReadState(cmd.InOrStdin())
