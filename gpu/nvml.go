@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"sort"
 	"strings"
 
@@ -25,12 +26,18 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 	}
 	if !skipNVML {
 		lib := d.cfg.nvml
-		if lib == nil && nvmlPath != "" {
+		switch {
+		case lib != nil:
+		case nvmlPath == "":
+			inv.NVMLError = "libnvidia-ml.so.1 not found under the driver root"
+		case !kernelModuleLoaded():
+			// NVML talks to this kernel's driver whatever the roots say; without one it
+			// fails, and on its way creates /dev/nvidiactl on the host
+			inv.NVMLError = "not started: no NVIDIA kernel module is loaded (" + hostModuleVersion + " is missing)"
+		default:
 			lib = nvml.New(nvml.WithLibraryPath(nvmlPath))
 		}
-		if lib == nil {
-			inv.NVMLError = "libnvidia-ml.so.1 not found under the driver root"
-		} else {
+		if lib != nil {
 			devs, ver, cuda, err := nvmlDevices(ctx, lib)
 			if err == nil {
 				inv.Source = SourceNVML
@@ -63,6 +70,16 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 		inv.Devices = append(inv.Devices, Device{Index: i, Minor: g.Minor, UUID: g.UUID, PCIBusID: g.BusID, Model: g.Model})
 	}
 	return nil
+}
+
+// hostModuleVersion is this kernel's NVIDIA module version file, where NVML looks: not
+// under the dev root, which may be a sample or another host's tree.
+const hostModuleVersion = "/proc/driver/nvidia/version"
+
+// kernelModuleLoaded reports whether this kernel runs an NVIDIA driver NVML can talk to.
+func kernelModuleLoaded() bool {
+	_, err := os.Stat(hostModuleVersion)
+	return err == nil
 }
 
 // nvmlDevices lists GPUs and MIG devices through NVML. All NVML calls live here.

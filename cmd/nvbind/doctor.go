@@ -43,7 +43,7 @@ runtime. One line per check, a fix under each problem; exit status 1 when someth
 	fl.StringVar(&f.class, "class", spec.DefaultClass, "CDI class of the GPU specs")
 	fl.StringVar(&f.containerdConfig, "containerd-config", "/etc/containerd/config.toml", "containerd's configuration")
 	fl.StringVar(&f.containerdSocket, "containerd-address", "/run/containerd/containerd.sock", "the running containerd's API socket, asked for its version, plugins and CRI settings")
-	fl.StringVar(&f.containerdBin, "containerd-binary", "", "the containerd whose `config dump` gives the effective configuration (default: containerd in PATH)")
+	fl.StringVar(&f.containerdBin, "containerd-binary", "", "the containerd program whose config dump (drop-ins and defaults merged) gives the effective configuration (default: containerd in PATH)")
 	fl.StringSliceVar(&f.crioConfigs, "crio-config", nil, "CRI-O configuration files (default /etc/crio/crio.conf and crio.conf.d/*.conf)")
 	fl.StringVar(&f.dockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json")
 	fl.StringVar(&f.nriSocket, "nri-socket", nriDefaultSocket, "the runtime's NRI socket")

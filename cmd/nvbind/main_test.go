@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -107,9 +108,21 @@ func TestGenerateAndValidateOnFixture(t *testing.T) {
 	if err != nil || !strings.Contains(out, "GPU source:  procfs") || !strings.Contains(out, "535.261.03 (proprietary kernel module") {
 		t.Fatalf("info: %q %v", out, err)
 	}
+	// without a kernel module NVML is not started: it would fail, and on its way create
+	// /dev/nvidiactl on the host (as root), which a demo on a sample root must not do
+	_, noModule := os.Stat("/proc/driver/nvidia/version")
+	_, noCtl := os.Stat("/dev/nvidiactl")
 	out, _, err = run(t, "info", "--driver-root", root, "--dev-root", root)
 	if err != nil || !strings.Contains(out, "NVML unavailable") {
 		t.Fatalf("info with the real (unloadable) NVML: %q %v", out, err)
+	}
+	if noModule != nil {
+		if !strings.Contains(out, "no NVIDIA kernel module is loaded") {
+			t.Errorf("info does not say why NVML was not started: %q", out)
+		}
+		if _, err := os.Stat("/dev/nvidiactl"); noCtl != nil && err == nil {
+			t.Error("info created /dev/nvidiactl on the host")
+		}
 	}
 }
 
@@ -165,4 +178,24 @@ func TestHelpShowsNoMachinePath(t *testing.T) {
 			t.Errorf("%v: %v\n%s", args, err, out)
 		}
 	}
+}
+
+// TestFlagPlaceholders: pflag turns `backquoted` words of a flag's usage into its
+// placeholder in --help (--containerd-binary config dump), so a usage text may only
+// backquote a single word that reads as the value's name.
+func TestFlagPlaceholders(t *testing.T) {
+	t.Parallel()
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		c.Flags().VisitAll(func(f *pflag.Flag) {
+			name, _ := pflag.UnquoteUsage(f)
+			if strings.ContainsAny(name, " \t") {
+				t.Errorf("%s --%s shows the placeholder %q in --help", c.CommandPath(), f.Name, name)
+			}
+		})
+		for _, s := range c.Commands() {
+			walk(s)
+		}
+	}
+	walk(newRootCommand())
 }
