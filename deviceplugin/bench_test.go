@@ -3,7 +3,6 @@ package deviceplugin
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -16,11 +15,7 @@ import (
 // returns a client on its socket, as the kubelet holds one.
 func runPlugin(b *testing.B, replicas int) (*Plugin, pluginapi.DevicePluginClient) {
 	b.Helper()
-	dir, err := os.MkdirTemp("", "nvbdp") //nolint:usetesting // unix socket paths must stay short
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(b)
 	startKubelet(b, dir)
 	c := cfg()
 	c.Replicas = replicas

@@ -31,8 +31,10 @@ type Plugin struct {
 	dir     string
 	log     *slog.Logger
 	metrics *Metrics
-	// poll is how often the plugin checks that the kubelet still knows it.
+	// poll is how often the plugin checks that the kubelet still knows it, and forgets
+	// the devices gone for ForgetAfter.
 	poll time.Duration
+	now  func() time.Time
 
 	mu      sync.Mutex
 	servers map[string]*served
@@ -56,35 +58,58 @@ func New(cfg Config, dir string, log *slog.Logger, m *Metrics) (*Plugin, error) 
 	if m == nil {
 		m = NewMetrics()
 	}
-	return &Plugin{cfg: cfg, dir: dir, log: log, metrics: m, poll: time.Second, servers: map[string]*served{}}, nil
+	return &Plugin{cfg: cfg, dir: dir, log: log, metrics: m, poll: time.Second, now: time.Now, servers: map[string]*served{}}, nil
 }
 
 // Update takes a new inventory: new resources get a server, known ones their new unit
-// list; a resource the inventory no longer offers keeps its server with every unit
-// Unhealthy, so the kubelet's capacity drops and comes back with the devices.
+// list. A device whose GPU is still there but which the inventory no longer offers (MIG
+// repartitioned) is dropped at once; one whose GPU vanished is advertised Unhealthy, so
+// the kubelet's capacity drops, and dropped when it stays away for ForgetAfter. A resource
+// left without devices keeps its server, with an empty device list.
 func (p *Plugin) Update(inv *gpu.Inventory) error {
 	res, err := Resources(inv, p.cfg)
 	if err != nil {
 		return err
 	}
+	gpus := make(map[string]bool, len(inv.Devices))
+	for _, d := range inv.Devices {
+		gpus[d.UUID] = true
+	}
+	now := p.now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for name, units := range res {
-		s, ok := p.servers[name]
-		if !ok {
-			s = &served{rs: newResourceServer(name, p.cfg, p.metrics), socket: filepath.Join(p.dir, socketName(name))}
-			p.servers[name] = s
-		}
-		if s.rs.update(units) {
-			p.log.Info("devices", "resource", name, "units", len(units), "replicas", p.cfg.Replicas)
+	for name := range res {
+		if _, ok := p.servers[name]; !ok {
+			p.servers[name] = &served{rs: newResourceServer(name, p.cfg, p.metrics), socket: filepath.Join(p.dir, socketName(name))}
 		}
 	}
 	for name, s := range p.servers {
-		if _, ok := res[name]; !ok && s.rs.update(nil) {
-			p.log.Warn("every device of a resource is gone; advertised Unhealthy", "resource", name)
+		if s.rs.update(res[name], gpus, now) {
+			p.logCount(name, s.rs)
 		}
 	}
 	return nil
+}
+
+// forget drops the devices gone for ForgetAfter.
+func (p *Plugin) forget() {
+	now := p.now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name, s := range p.servers {
+		if s.rs.forget(now) {
+			p.logCount(name, s.rs)
+		}
+	}
+}
+
+func (p *Plugin) logCount(name string, rs *resourceServer) {
+	all, healthy := rs.count()
+	if all == 0 {
+		p.log.Warn("every device of a resource is gone; advertised with none", "resource", name)
+		return
+	}
+	p.log.Info("devices", "resource", name, "units", all, "healthy", healthy, "replicas", p.cfg.Replicas)
 }
 
 // socketName is the plugin's socket for a resource: nvbind-nvidia.com-gpu.sock.
@@ -109,13 +134,15 @@ func (p *Plugin) Registered() bool {
 
 // Run serves and registers every resource until ctx ends. The kubelet removes the
 // plugins' sockets when it restarts, so a missing socket means serve again and register
-// again.
+// again. It also drops the devices gone for ForgetAfter, which no new inventory may come
+// to do.
 func (p *Plugin) Run(ctx context.Context) error {
 	t := time.NewTicker(p.poll)
 	defer t.Stop()
 	defer p.stopAll()
 	for {
 		p.reconcile(ctx)
+		p.forget()
 		select {
 		case <-ctx.Done():
 			return nil

@@ -2,6 +2,7 @@ package deviceplugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -122,7 +123,7 @@ func TestAllocate(t *testing.T) {
 			c.ListStrategy, c.Replicas = tc.list, tc.replicas
 			s := newResourceServer("nvidia.com/gpu", c, NewMetrics())
 			res, _ := Resources(inventory(4, nil), c)
-			s.update(res["nvidia.com/gpu"])
+			s.update(res["nvidia.com/gpu"], nil, time.Time{})
 			resp, err := s.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{{DevicesIds: tc.ids}}})
 			if err != nil {
 				t.Fatal(err)
@@ -132,7 +133,7 @@ func TestAllocate(t *testing.T) {
 			for _, d := range cr.CdiDevices {
 				cdi = append(cdi, d.Name)
 			}
-			if strings.Join(cdi, " ") != tc.cdi || cr.Annotations[AnnotationAllocated] != tc.ann || cr.Envs[EnvReplicas] != tc.env {
+			if strings.Join(cdi, " ") != tc.cdi || cr.Annotations[AllocationKey("nvidia.com/gpu")] != tc.ann || cr.Envs[EnvReplicas] != tc.env {
 				t.Errorf("response %+v", cr)
 			}
 			if tc.env != "" && cr.Annotations[AnnotationReplicas] != tc.env {
@@ -141,11 +142,11 @@ func TestAllocate(t *testing.T) {
 		})
 	}
 	s := newResourceServer("nvidia.com/gpu", cfg(), NewMetrics())
-	s.update([]Unit{{UUID: "GPU-0000"}, {UUID: "GPU-0001", GPU: 1}})
-	s.update([]Unit{{UUID: "GPU-0000"}})
-	for id, want := range map[string]string{"GPU-9999": "unknown device", "GPU-0001": "unhealthy"} {
-		if _, err := s.allocate([]string{id}); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("allocate %s: %v, want %q", id, err, want)
+	s.update([]Unit{{UUID: "GPU-0000", Parent: "GPU-0000"}, {UUID: "GPU-0001", GPU: 1, Parent: "GPU-0001"}}, nil, time.Time{})
+	s.update([]Unit{{UUID: "GPU-0000", Parent: "GPU-0000"}}, map[string]bool{"GPU-0000": true}, time.Time{})
+	for id, want := range map[string]error{"GPU-9999": ErrNotAdvertised, "GPU-0001": ErrUnhealthy} {
+		if _, err := s.allocate([]string{id}); !errors.Is(err, want) || !strings.Contains(err.Error(), `"`+id+`"`) {
+			t.Errorf("allocate %s: %v, want %v", id, err, want)
 		}
 	}
 }
@@ -201,7 +202,7 @@ func TestPreferredAllocation(t *testing.T) {
 			}
 			s := newResourceServer("nvidia.com/gpu", c, NewMetrics())
 			res, _ := Resources(inv, c)
-			s.update(res["nvidia.com/gpu"])
+			s.update(res["nvidia.com/gpu"], nil, time.Time{})
 			resp, err := s.GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
 				{AvailableDeviceIDs: tc.available, MustIncludeDeviceIDs: tc.must, AllocationSize: int32(tc.size)}}})
 			if err != nil {
@@ -257,6 +258,18 @@ func (k *fakeKubelet) registrations() []string {
 	return out
 }
 
+// socketDir is a folder for unix sockets, whose paths must stay short (108 bytes): a
+// test's t.TempDir() is named after the test.
+func socketDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nvbdp") //nolint:usetesting // unix socket paths must stay short
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
+}
+
 func waitUntil(t testing.TB, what string, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -292,11 +305,7 @@ func health(devs []*pluginapi.Device) string {
 // back, and registering again after a kubelet restart removes the plugin's socket.
 func TestRegisterWatchAndReregister(t *testing.T) {
 	t.Parallel()
-	dir, err := os.MkdirTemp("", "nvbdp") //nolint:usetesting // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t)
 	k := startKubelet(t, dir)
 	p, err := New(cfg(), dir, nil, nil)
 	if err != nil {
@@ -362,11 +371,7 @@ func TestRegisterWatchAndReregister(t *testing.T) {
 // does not fail.
 func TestNoKubeletKeepsTrying(t *testing.T) {
 	t.Parallel()
-	dir, err := os.MkdirTemp("", "nvbdp") //nolint:usetesting // unix socket paths must stay short
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	dir := socketDir(t)
 	p, err := New(cfg(), dir, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
@@ -28,14 +29,40 @@ const (
 	ListAnnotations = "annotations"
 )
 
-// AnnotationAllocated is the container annotation Allocate sets in every mode: the
-// allocated GPUs and MIG devices by UUID. The kubelet sets container annotations from
-// device plugins only, so a pod cannot forge it; the NRI plugin injects from it and
-// enforces it.
+// AnnotationAllocated is the prefix of the container annotations Allocate sets in every
+// mode, one per resource (AllocationKey): the allocated GPUs and MIG devices by UUID,
+// comma-separated. The kubelet sets container annotations from device plugins only, so a
+// pod cannot forge them; the NRI plugin injects from them and enforces them. Bare, it is
+// the single key of earlier versions, which the NRI plugin still reads.
 const AnnotationAllocated = "allocated.gpus.nvbind.io"
 
+// AllocationKey is the container annotation of one resource's allocation:
+// AnnotationAllocated, a slash and the resource name without its domain
+// (allocated.gpus.nvbind.io/gpu, allocated.gpus.nvbind.io/mig-1g.5gb), a Kubernetes
+// qualified name. The kubelet merges the annotations of every resource of a container and
+// keeps one value per key, so each resource needs its own key; the resources of one plugin
+// share their domain, so the name alone tells them apart.
+func AllocationKey(resource string) string {
+	return AnnotationAllocated + "/" + resource[strings.LastIndex(resource, "/")+1:]
+}
+
+// IsAllocationKey reports whether a container annotation carries an allocation: the
+// AllocationKey of a resource, or the bare AnnotationAllocated of earlier versions.
+func IsAllocationKey(key string) bool {
+	rest, ok := strings.CutPrefix(key, AnnotationAllocated)
+	if !ok {
+		return false
+	}
+	if rest == "" {
+		return true
+	}
+	name, ok := strings.CutPrefix(rest, "/")
+	return ok && name != "" && !strings.Contains(name, "/")
+}
+
 // AnnotationReplicas and EnvReplicas tell a container it shares its GPUs by
-// time-slicing, and with how many others per GPU.
+// time-slicing, and with how many others per GPU. Every resource of a plugin has the same
+// replicas, so one key for all of them loses nothing when the kubelet merges them.
 const (
 	AnnotationReplicas = "replicas.gpus.nvbind.io"
 	EnvReplicas        = "NVBIND_GPU_REPLICAS"
@@ -54,6 +81,25 @@ type Config struct {
 	ListStrategy string
 	// Kind is the CDI kind of nvbind's spec (nvidia.com/gpu).
 	Kind string
+	// ForgetAfter is how long a unit whose GPU vanished from discovery stays advertised
+	// Unhealthy before it is dropped from the device list: a GPU that fell off the bus may
+	// come back. Zero means DefaultForgetAfter, a negative value at once. A MIG device
+	// gone while its GPU stays (MIG repartitioned) is dropped at once.
+	ForgetAfter time.Duration
+}
+
+// DefaultForgetAfter is ForgetAfter's default.
+const DefaultForgetAfter = 5 * time.Minute
+
+// forgetAfter resolves ForgetAfter.
+func (c Config) forgetAfter() time.Duration {
+	switch {
+	case c.ForgetAfter == 0:
+		return DefaultForgetAfter
+	case c.ForgetAfter < 0:
+		return 0
+	}
+	return c.ForgetAfter
 }
 
 // Validate checks the configuration and names the valid choices.
@@ -83,6 +129,8 @@ type Unit struct {
 	Index string
 	// GPU is the index of the (parent) GPU, for topology.
 	GPU int
+	// Parent is the UUID of the (parent) GPU: a full GPU's own.
+	Parent string
 	// PCIBusID of the (parent) GPU.
 	PCIBusID string
 	// Pos is the (parent) GPU's position in the inventory, and Topology its NVML
@@ -92,7 +140,7 @@ type Unit struct {
 }
 
 func sameUnit(a, b Unit) bool {
-	return a.UUID == b.UUID && a.Index == b.Index && a.GPU == b.GPU && a.PCIBusID == b.PCIBusID && a.Pos == b.Pos && slices.Equal(a.Topology, b.Topology)
+	return a.UUID == b.UUID && a.Index == b.Index && a.GPU == b.GPU && a.Parent == b.Parent && a.PCIBusID == b.PCIBusID && a.Pos == b.Pos && slices.Equal(a.Topology, b.Topology)
 }
 
 // Resources returns the units of each resource name the inventory offers under the
@@ -105,10 +153,10 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 		pos[d.Index] = i
 	}
 	full := func(d gpu.Device) Unit {
-		return Unit{UUID: d.UUID, Index: spec.Name(d, nil, spec.NameIndex), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
+		return Unit{UUID: d.UUID, Index: spec.Name(d, nil, spec.NameIndex), GPU: d.Index, Parent: d.UUID, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	mig := func(d gpu.Device, m gpu.MIGDevice) Unit {
-		return Unit{UUID: m.UUID, Index: spec.Name(d, &m, spec.NameIndex), GPU: d.Index, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
+		return Unit{UUID: m.UUID, Index: spec.Name(d, &m, spec.NameIndex), GPU: d.Index, Parent: d.UUID, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
 	switch c.MIGStrategy {
 	case MIGNone:
@@ -177,10 +225,33 @@ func ReplicaID(uuid string, n, replicas int) string {
 	return uuid + "::" + strconv.Itoa(n)
 }
 
-// UnitOf returns the UUID of a device ID, with or without a replica suffix.
-func UnitOf(id string) string {
-	u, _, _ := strings.Cut(id, "::")
-	return u
+// ParseReplicaID is ReplicaID's inverse: the UUID of a device ID as the plugin advertises
+// it with that many replicas, and false for an ID of any other form (a replica suffix on
+// an unshared unit is part of the ID, so no unit has it; a replica number out of range or
+// not as ReplicaID writes it). Whether the UUID is a unit is the caller's to check.
+func ParseReplicaID(id string, replicas int) (string, bool) {
+	if replicas <= 1 {
+		return id, id != ""
+	}
+	i := strings.LastIndex(id, "::")
+	if i <= 0 {
+		return "", false
+	}
+	n, err := strconv.Atoi(id[i+2:])
+	if err != nil || n < 0 || n >= replicas || strconv.Itoa(n) != id[i+2:] {
+		return "", false
+	}
+	return id[:i], true
+}
+
+// quoteID quotes a device ID for an error message, cut short: IDs come from the kubelet's
+// request.
+func quoteID(id string) string {
+	const limit = 64
+	if len(id) <= limit {
+		return strconv.Quote(id)
+	}
+	return strconv.Quote(id[:limit]) + fmt.Sprintf("... (%d bytes)", len(id))
 }
 
 // CDIName is the qualified CDI name of a unit in nvbind's spec (kind=UUID).

@@ -2,14 +2,24 @@ package deviceplugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+)
+
+// Failures of the kubelet's requests, which name the resource and the device ID.
+var (
+	// ErrNotAdvertised is a device ID the plugin does not advertise (now).
+	ErrNotAdvertised = errors.New("device ID not advertised")
+	// ErrUnhealthy is a device advertised Unhealthy: discovery no longer finds its GPU.
+	ErrUnhealthy = errors.New("device unhealthy (its GPU is no longer found on this node)")
 )
 
 // resourceServer is the DevicePlugin service of one resource name.
@@ -20,21 +30,25 @@ type resourceServer struct {
 	metrics  *Metrics
 
 	mu      sync.Mutex
-	units   map[string]Unit // by UUID, every unit ever seen
-	healthy map[string]bool
-	order   []string // UUIDs in index order
-	version uint64   // bumped on every change; ListAndWatch streams wait on it
+	units   map[string]Unit      // by UUID, the units advertised
+	healthy map[string]bool      // by UUID
+	gone    map[string]time.Time // by UUID, the Unhealthy units: since when
+	order   []string             // UUIDs in index order
+	version uint64               // bumped on every change; ListAndWatch streams wait on it
 	changed chan struct{}
 }
 
 func newResourceServer(resource string, cfg Config, m *Metrics) *resourceServer {
-	return &resourceServer{resource: resource, cfg: cfg, metrics: m, units: map[string]Unit{}, healthy: map[string]bool{}, changed: make(chan struct{})}
+	return &resourceServer{resource: resource, cfg: cfg, metrics: m, units: map[string]Unit{}, healthy: map[string]bool{},
+		gone: map[string]time.Time{}, changed: make(chan struct{})}
 }
 
-// update sets the units discovery found now: new ones are added healthy, missing ones
-// turn Unhealthy (the kubelet stops allocating them), returning ones turn healthy again.
-// It reports whether anything changed.
-func (s *resourceServer) update(units []Unit) bool {
+// update sets the units discovery found now, with gpus the UUIDs of every GPU found: new
+// units are added healthy, returning ones turn healthy again. A missing unit whose GPU is
+// still there (MIG repartitioned, or MIG turned on or off) is dropped; one whose GPU
+// vanished turns Unhealthy (the kubelet stops allocating it) and is dropped when it stays
+// away for ForgetAfter. It reports whether anything changed.
+func (s *resourceServer) update(units []Unit, gpus map[string]bool, now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	present := map[string]bool{}
@@ -52,19 +66,83 @@ func (s *resourceServer) update(units []Unit) bool {
 			changed = true
 		}
 		s.healthy[u.UUID] = true
+		delete(s.gone, u.UUID)
 	}
-	for uuid, h := range s.healthy {
-		if h && !present[uuid] {
-			s.healthy[uuid], changed = false, true
+	for uuid, u := range s.units {
+		switch {
+		case present[uuid]:
+		case gpus[u.Parent]:
+			s.drop(uuid)
+			changed = true
+		case s.healthy[uuid]:
+			s.healthy[uuid], s.gone[uuid], changed = false, now, true
 		}
 	}
+	changed = s.forgetLocked(now) || changed
 	if changed {
 		sort.SliceStable(s.order, func(i, j int) bool { return less(s.units[s.order[i]], s.units[s.order[j]]) })
-		s.version++
-		close(s.changed)
-		s.changed = make(chan struct{})
+		s.notify()
 	}
 	return changed
+}
+
+// forget drops the units that have been Unhealthy for ForgetAfter, and reports whether
+// there were any.
+func (s *resourceServer) forget(now time.Time) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.forgetLocked(now) {
+		return false
+	}
+	s.notify()
+	return true
+}
+
+func (s *resourceServer) forgetLocked(now time.Time) bool {
+	changed := false
+	for uuid, since := range s.gone {
+		if now.Sub(since) >= s.cfg.forgetAfter() {
+			s.drop(uuid)
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (s *resourceServer) drop(uuid string) {
+	delete(s.units, uuid)
+	delete(s.healthy, uuid)
+	delete(s.gone, uuid)
+	s.order = slices.DeleteFunc(s.order, func(u string) bool { return u == uuid })
+}
+
+// notify wakes the ListAndWatch streams.
+func (s *resourceServer) notify() {
+	s.version++
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// count returns how many units are advertised, and how many of them are healthy.
+func (s *resourceServer) count() (all, healthy int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, h := range s.healthy {
+		if h {
+			healthy++
+		}
+	}
+	return len(s.units), healthy
+}
+
+// unit returns the unit of a device ID the plugin advertises.
+func (s *resourceServer) unit(id string) (Unit, error) {
+	if uuid, ok := ParseReplicaID(id, s.cfg.Replicas); ok {
+		if u, ok := s.units[uuid]; ok {
+			return u, nil
+		}
+	}
+	return Unit{}, fmt.Errorf("%s: %w: %s", s.resource, ErrNotAdvertised, quoteID(id))
 }
 
 // less orders units by GPU index, then MIG index.
@@ -145,33 +223,42 @@ func (s *resourceServer) prefer(available, must []string, size int) ([]string, e
 	if size > len(available) {
 		return nil, fmt.Errorf("%s: %d devices asked for, %d available", s.resource, size, len(available))
 	}
+	units := make(map[string]Unit, len(available)+len(must))
+	for _, id := range slices.Concat(available, must) {
+		u, err := s.unit(id)
+		if err != nil {
+			return nil, err
+		}
+		units[id] = u
+	}
 	free := map[int]int{} // free replicas per GPU
 	for _, id := range available {
-		free[s.units[UnitOf(id)].GPU]++
+		free[units[id].GPU]++
 	}
 	chosen := slices.Clone(must)
 	gpus := map[int]bool{}
 	for _, id := range must {
-		gpus[s.units[UnitOf(id)].GPU] = true
+		gpus[units[id].GPU] = true
 	}
 	rest := slices.DeleteFunc(slices.Clone(available), func(id string) bool { return slices.Contains(must, id) })
 	for len(chosen) < size && len(rest) > 0 {
 		best := 0
 		for i := 1; i < len(rest); i++ {
-			if s.better(rest[i], rest[best], gpus, free) {
+			if s.better(rest[i], rest[best], units, gpus, free) {
 				best = i
 			}
 		}
 		chosen = append(chosen, rest[best])
-		gpus[s.units[UnitOf(rest[best])].GPU] = true
+		gpus[units[rest[best]].GPU] = true
 		rest = slices.Delete(rest, best, best+1)
 	}
 	return chosen, nil
 }
 
-// better reports whether device a is a better next pick than b.
-func (s *resourceServer) better(a, b string, chosen map[int]bool, free map[int]int) bool {
-	ua, ub := s.units[UnitOf(a)], s.units[UnitOf(b)]
+// better reports whether device a is a better next pick than b; units has the unit of
+// each.
+func (s *resourceServer) better(a, b string, units map[string]Unit, chosen map[int]bool, free map[int]int) bool {
+	ua, ub := units[a], units[b]
 	if s.cfg.Replicas > 1 {
 		if chosen[ua.GPU] != chosen[ub.GPU] {
 			return !chosen[ua.GPU]
@@ -241,8 +328,9 @@ func splitBus(id string) (string, int, bool) {
 }
 
 // Allocate answers each container request with its units: CDI names in CDIDevices
-// (cdi-cri), and always the allocation annotation, plus the sharing env and annotation
-// when the units are time-sliced.
+// (cdi-cri), and always the resource's allocation annotation (AllocationKey), plus the
+// sharing env and annotation when the units are time-sliced. An ID the plugin does not
+// advertise, or advertises Unhealthy, fails the request.
 func (s *resourceServer) Allocate(_ context.Context, r *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	defer s.metrics.allocateTimer(s.resource)()
 	resp := &pluginapi.AllocateResponse{}
@@ -261,18 +349,18 @@ func (s *resourceServer) allocate(ids []string) (*pluginapi.ContainerAllocateRes
 	defer s.mu.Unlock()
 	var uuids []string
 	for _, id := range ids {
-		u := UnitOf(id)
-		if _, ok := s.units[u]; !ok {
-			return nil, fmt.Errorf("%s: unknown device %q", s.resource, id)
+		u, err := s.unit(id)
+		if err != nil {
+			return nil, err
 		}
-		if !s.healthy[u] {
-			return nil, fmt.Errorf("%s: device %q is unhealthy (no longer found on this node)", s.resource, id)
+		if !s.healthy[u.UUID] {
+			return nil, fmt.Errorf("%s: %w: %s", s.resource, ErrUnhealthy, quoteID(id))
 		}
-		if !slices.Contains(uuids, u) {
-			uuids = append(uuids, u)
+		if !slices.Contains(uuids, u.UUID) {
+			uuids = append(uuids, u.UUID)
 		}
 	}
-	c := &pluginapi.ContainerAllocateResponse{Annotations: map[string]string{AnnotationAllocated: strings.Join(uuids, ",")}}
+	c := &pluginapi.ContainerAllocateResponse{Annotations: map[string]string{AllocationKey(s.resource): strings.Join(uuids, ",")}}
 	if s.cfg.ListStrategy == ListCDICRI {
 		for _, u := range uuids {
 			c.CdiDevices = append(c.CdiDevices, &pluginapi.CDIDevice{Name: CDIName(s.cfg.Kind, u)})
