@@ -5,12 +5,14 @@ import (
 	"errors"
 	"flag"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -109,7 +111,7 @@ func TestAdjustRefusals(t *testing.T) {
 			}
 			adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: ns, Annotations: tc.podAnn}, ctrWith("c", tc.env, nil))
 			if tc.skipped != "" {
-				if err != nil || adj != nil || dec == nil || !strings.Contains(dec.Skipped, tc.skipped) {
+				if err != nil || !onlyMarked(adj, "ignored") || dec == nil || !strings.Contains(dec.Skipped, tc.skipped) {
 					t.Fatalf("adj %v, dec %+v, err %v", adj, dec, err)
 				}
 				return
@@ -156,8 +158,62 @@ func TestAdjustRefusesCDIOnlyHosts(t *testing.T) {
 		}
 		a.SetInventory(inv)
 		_, _, err = a.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}, ctrWith("c", nil, nil))
-		if !errors.Is(err, ErrUnsupportedHost) || !strings.Contains(err.Error(), "nvbind cdi generate") || failureReason(err) != "unsupported_host" {
+		if !errors.Is(err, request.ErrUnsupportedHost) || !strings.Contains(err.Error(), "nvbind cdi generate") || failureReason(err) != "unsupported_host" {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+func ctrWith(name string, env []string, ann map[string]string) *api.Container {
+	return &api.Container{Name: name, Env: env, Annotations: ann}
+}
+
+// TestAdjustmentIsTheEditModel: the direct adjustment is request.Edits (the edits the
+// runtime wrapper applies to config.json) in NRI's types, whatever the request.
+func TestAdjustmentIsTheEditModel(t *testing.T) {
+	t.Parallel()
+	a := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}})
+	for _, ann := range []map[string]string{
+		{"gpus.nvbind.io": "1"}, {"gpus.nvbind.io": "all", "capabilities.nvbind.io": "all"}, {"gpus.nvbind.io": "mig0:1"},
+		{"gpus.nvbind.io": "none"}, {"gpus.nvbind.io": "0", "capabilities.nvbind.io": "graphics,display"},
+	} {
+		pod := &api.PodSandbox{Namespace: "default", Annotations: ann}
+		ctr := ctrWith("c", nil, nil)
+		adj, _, err := a.Adjust(pod, ctr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := a.state.Load()
+		req, err := request.Parse(input(pod, ctr), request.Options{Kind: "nvidia.com/gpu", EnvRequests: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets, err := p.Resolve(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := request.Edits(p.Inventory(), targets, req.Caps, a.cfg.Spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := toNRI(e)
+		norm := func(v any) string {
+			data, _ := json.Marshal(v)
+			return string(data)
+		}
+		sortDevs := func(ds []*api.LinuxDevice) []string {
+			var out []string
+			for _, d := range ds {
+				out = append(out, norm(d))
+			}
+			slices.Sort(out)
+			return out
+		}
+		if got, w := sortDevs(adj.GetLinux().GetDevices()), sortDevs(want.devices); !slices.Equal(got, w) {
+			t.Errorf("%v: devices\n got %v\nwant %v", ann, got, w)
+		}
+		if norm(adj.GetMounts()) != norm(want.mounts) || norm(adj.GetEnv()) != norm(want.env) || norm(adj.GetHooks().GetCreateContainer()) != norm(want.hooks.GetCreateContainer()) {
+			t.Errorf("%v: mounts, env or hooks differ from the edit model's", ann)
 		}
 	}
 }

@@ -3,62 +3,58 @@ package nriplugin
 import (
 	"errors"
 	"fmt"
-	"path"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/request"
 )
 
 // ErrNotAllocated is a GPU request outside what the kubelet allocated (with
 // --require-allocation).
 var ErrNotAllocated = errors.New("GPUs not allocated by the kubelet")
 
-// NVIDIA's k8s-device-plugin conventions that nvbind reads.
-const (
-	// NVIDIADevicePluginKind is the CDI kind NVIDIA's device plugin names devices with
-	// in its cdi-annotations and cdi-cri strategies.
-	NVIDIADevicePluginKind = "k8s.device-plugin.nvidia.com/gpu"
-	// NVIDIAVolumeMountsRoot is where its volume-mounts strategy mounts /dev/null once per
-	// device ID, with NVIDIA_VISIBLE_DEVICES set to this folder.
-	NVIDIAVolumeMountsRoot = "/var/run/nvidia-container-devices"
-)
-
 // allocation returns the GPUs the kubelet allocated to the container through nvbind's
-// device plugin (the container annotation only device plugins can set), or nil.
+// device plugin (the container annotations only device plugins can set), or nil: the
+// UUIDs of every resource's annotation (allocated.gpus.nvbind.io/<resource>) and of the
+// single annotation of earlier versions (allocated.gpus.nvbind.io), merged.
 func allocation(ctr *api.Container) []string {
-	v, ok := ctr.GetAnnotations()[deviceplugin.AnnotationAllocated]
-	if !ok {
-		return nil
-	}
+	anns := ctr.GetAnnotations()
 	var out []string
-	for _, id := range strings.Split(v, ",") {
-		if id = strings.TrimSpace(id); id != "" && !slices.Contains(out, id) {
-			out = append(out, id)
+	seen := map[string]bool{}
+	for _, k := range allocationKeys(ctr) {
+		for rest := anns[k]; rest != "" && len(out) < request.MaxDevices; {
+			var id string
+			id, rest, _ = strings.Cut(rest, ",")
+			if id = strings.TrimSpace(id); id != "" && !seen[id] {
+				seen[id] = true
+				out = append(out, id)
+			}
 		}
 	}
 	return out
 }
 
-// volumeMountDevices returns the device IDs of NVIDIA's volume-mounts strategy: the
-// names of the mounts under /var/run/nvidia-container-devices.
-func volumeMountDevices(ctr *api.Container) []string {
-	var out []string
-	for _, m := range ctr.GetMounts() {
-		dir, id := path.Split(path.Clean(m.GetDestination()))
-		if path.Clean(dir) == NVIDIAVolumeMountsRoot && id != "" && id != "imex" && !slices.Contains(out, id) {
-			out = append(out, id)
+// allocationKeys returns the container's allocation annotations, sorted: the earlier
+// versions' one first, then by resource.
+func allocationKeys(ctr *api.Container) []string {
+	var keys []string
+	for k := range ctr.GetAnnotations() {
+		if deviceplugin.IsAllocationKey(k) {
+			keys = append(keys, k)
 		}
 	}
-	return out
+	slices.Sort(keys)
+	return keys
 }
 
 // checkAllocation applies --require-allocation to a parsed request: req (nil: nothing
 // asked) may only name GPUs of the allocation alloc (nil: none). An image's own
 // NVIDIA_VISIBLE_DEVICES=all is no request and passes; it gets the allocation, or nothing.
-func checkAllocation(req *Request, alloc []string, ctrName string) error {
+func checkAllocation(req *request.Request, alloc []string, ctrName string) error {
 	if req == nil || req.FromEnv && (req.All || req.None) {
 		return nil
 	}
@@ -69,8 +65,12 @@ func checkAllocation(req *Request, alloc []string, ctrName string) error {
 	if req.All {
 		return fmt.Errorf("%w: %s asks for every GPU, but the kubelet allocated %s to container %q", ErrNotAllocated, req.Source, strings.Join(alloc, ","), ctrName)
 	}
+	allocated := make(map[string]bool, len(alloc))
+	for _, id := range alloc {
+		allocated[id] = true
+	}
 	for _, d := range req.Devices {
-		if !slices.Contains(alloc, d) {
+		if !allocated[d] {
 			return fmt.Errorf("%w: %s asks for GPU %q, but the kubelet allocated %s to container %q",
 				ErrNotAllocated, req.Source, d, strings.Join(alloc, ","), ctrName)
 		}
@@ -80,22 +80,30 @@ func checkAllocation(req *Request, alloc []string, ctrName string) error {
 
 // fromAllocation is the request to serve for a container with an allocation: its GPUs,
 // with the capabilities and requirements the container asks for. No allocation: nothing.
-func fromAllocation(req *Request, alloc []string, pod *api.PodSandbox, ctr *api.Container, envRequests bool) (*Request, error) {
+func fromAllocation(req *request.Request, alloc []string, in request.Input, o request.Options, ctr *api.Container) (*request.Request, error) {
 	if len(alloc) == 0 {
 		return nil, nil
 	}
-	out := &Request{Kind: KindAllocation, Source: fmt.Sprintf("kubelet allocation (annotation %q)", deviceplugin.AnnotationAllocated), Devices: alloc}
+	keys := allocationKeys(ctr)
+	label := "annotation"
+	if len(keys) > 1 {
+		label += "s"
+	}
+	for i, k := range keys {
+		keys[i] = strconv.Quote(k)
+	}
+	out := &request.Request{Kind: request.KindAllocation, Source: fmt.Sprintf("kubelet allocation (%s %s)", label, strings.Join(keys, ", ")), Devices: alloc}
 	if req != nil {
 		out.Caps, out.CapsSource, out.Require = req.Caps, req.CapsSource, req.Require
 		return out, nil
 	}
-	return out, out.readCaps(pod, ctr, envMap(ctr.GetEnv()), envRequests)
+	return out, out.WithCaps(in, o)
 }
 
-// injectedByRuntime reports whether the container already has the device nodes of every
-// target: the runtime applied the CDI devices of the kubelet's allocation (cdi-cri), so
-// nvbind adds nothing.
-func injectedByRuntime(ctr *api.Container, targets []*target) bool {
+// nodesInjected reports whether the container already has the device nodes of every
+// target: the runtime applied the CDI devices of the kubelet's allocation (cdi-cri), or
+// the container is privileged and has every host device.
+func nodesInjected(ctr *api.Container, p *prepared, targets []*request.Target) bool {
 	if len(targets) == 0 {
 		return false
 	}
@@ -104,11 +112,24 @@ func injectedByRuntime(ctr *api.Container, targets []*target) bool {
 		have[d.GetPath()] = true
 	}
 	for _, t := range targets {
-		for _, n := range t.nodes {
+		for _, n := range p.nodes[t] {
 			if !have[n.GetPath()] {
 				return false
 			}
 		}
 	}
 	return true
+}
+
+// mountsInjected reports whether the container already has every driver file of the
+// request mounted: with the nodes, the runtime applied nvbind's CDI spec. A privileged
+// container has the nodes but not the files.
+func mountsInjected(ctr *api.Container, cp *commonParts) bool {
+	have := make(map[string]bool, len(cp.paths))
+	for _, m := range ctr.GetMounts() {
+		if d := m.GetDestination(); cp.paths[d] {
+			have[d] = true
+		}
+	}
+	return len(have) == len(cp.paths)
 }

@@ -8,13 +8,19 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/internal/hookargs"
 )
 
 const (
 	uuid0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 	uuid1 = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+	mig0  = "MIG-11111111-0000-0000-0000-000000000000"
+	mig1  = "MIG-22222222-0000-0000-0000-000000000000"
 )
+
+// gpuKey is the allocation annotation of nvidia.com/gpu.
+var gpuKey = deviceplugin.AllocationKey("nvidia.com/gpu")
 
 func devicePaths(adj *api.ContainerAdjustment) string {
 	var out []string
@@ -39,14 +45,20 @@ func TestRequireAllocation(t *testing.T) {
 		devices string
 		err     string
 	}{
-		{"the allocation", nil, map[string]string{deviceplugin.AnnotationAllocated: uuid1}, nil, "/dev/nvidia1", ""},
-		{"an image's all gets the allocation", nil, map[string]string{deviceplugin.AnnotationAllocated: uuid1},
+		{"the allocation", nil, map[string]string{gpuKey: uuid1}, nil, "/dev/nvidia1", ""},
+		{"an image's all gets the allocation", nil, map[string]string{gpuKey: uuid1},
 			[]string{"NVIDIA_VISIBLE_DEVICES=all"}, "/dev/nvidia1", ""},
-		{"an annotation inside the allocation", map[string]string{"gpus.nvbind.io": uuid1}, map[string]string{deviceplugin.AnnotationAllocated: uuid1}, nil, "/dev/nvidia1", ""},
-		{"a forged annotation", map[string]string{"gpus.nvbind.io": "0"}, map[string]string{deviceplugin.AnnotationAllocated: uuid1}, nil, "",
+		{"an annotation inside the allocation", map[string]string{"gpus.nvbind.io": uuid1}, map[string]string{gpuKey: uuid1}, nil, "/dev/nvidia1", ""},
+		{"a forged annotation", map[string]string{"gpus.nvbind.io": "0"}, map[string]string{gpuKey: uuid1}, nil, "",
 			`annotation "gpus.nvbind.io" asks for GPU "0", but the kubelet allocated ` + uuid1},
-		{"env for another GPU", nil, map[string]string{deviceplugin.AnnotationAllocated: uuid1}, []string{"NVIDIA_VISIBLE_DEVICES=" + uuid0}, "",
+		{"env for another GPU", nil, map[string]string{gpuKey: uuid1}, []string{"NVIDIA_VISIBLE_DEVICES=" + uuid0}, "",
 			"env NVIDIA_VISIBLE_DEVICES asks for GPU"},
+		{"two resources", nil, map[string]string{deviceplugin.AllocationKey("nvidia.com/mig-1g.5gb"): mig0,
+			deviceplugin.AllocationKey("nvidia.com/mig-2g.10gb"): mig1}, nil, "/dev/nvidia0 /dev/nvidia-caps/nvidia-cap12 /dev/nvidia-caps/nvidia-cap13 /dev/nvidia-caps/nvidia-cap21 /dev/nvidia-caps/nvidia-cap22", ""},
+		{"an annotation inside the second resource's allocation", map[string]string{"gpus.nvbind.io": mig1}, map[string]string{
+			deviceplugin.AllocationKey("nvidia.com/mig-1g.5gb"): mig0, deviceplugin.AllocationKey("nvidia.com/mig-2g.10gb"): mig1}, nil,
+			"/dev/nvidia0 /dev/nvidia-caps/nvidia-cap12 /dev/nvidia-caps/nvidia-cap13 /dev/nvidia-caps/nvidia-cap21 /dev/nvidia-caps/nvidia-cap22", ""},
+		{"an earlier version's annotation", nil, map[string]string{deviceplugin.AnnotationAllocated: uuid1}, nil, "/dev/nvidia1", ""},
 		{"no allocation, image env all", nil, nil, []string{"NVIDIA_VISIBLE_DEVICES=all"}, "", ""},
 		{"no allocation, annotation", map[string]string{"gpus.nvbind.io/container.cuda": "1"}, nil, nil, "",
 			"the kubelet allocated none to container \"cuda\": ask for nvidia.com/gpu"},
@@ -72,20 +84,86 @@ func TestRequireAllocation(t *testing.T) {
 	}
 }
 
+// TestAllocationMergesResources: the kubelet merges the annotations of every resource of
+// a container, so each resource has its own key and the allocation is all of them.
+func TestAllocationMergesResources(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		ann  map[string]string
+		want string
+	}{
+		{"none", map[string]string{"allocated.gpus.nvbind.io.other/gpu": uuid0, "cdi.k8s.io/x": "nvidia.com/gpu=0"}, ""},
+		{"one resource", map[string]string{gpuKey: uuid1 + ", " + uuid0}, uuid1 + " " + uuid0},
+		{"empty", map[string]string{gpuKey: ""}, ""},
+		{"earlier version", map[string]string{deviceplugin.AnnotationAllocated: uuid0}, uuid0},
+		{"two profiles and a GPU", map[string]string{
+			deviceplugin.AllocationKey("nvidia.com/mig-2g.10gb"): mig1,
+			deviceplugin.AllocationKey("nvidia.com/mig-1g.5gb"):  mig0,
+			gpuKey: uuid1,
+		}, uuid1 + " " + mig0 + " " + mig1},
+		{"both versions, repeats", map[string]string{deviceplugin.AnnotationAllocated: uuid0 + "," + uuid1, gpuKey: uuid1}, uuid0 + " " + uuid1},
+		{"not an allocation key", map[string]string{"allocated.gpus.nvbind.io/a/b": uuid0, "allocated.gpus.nvbind.io/": uuid1}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := strings.Join(allocation(&api.Container{Annotations: tc.ann}), " "); got != tc.want {
+				t.Errorf("allocation %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
 // TestAllocationWinsWithoutRequire: without the flag the allocation still decides, and
 // a GPU the runtime already injected from CDI (cdi-cri) is not injected twice.
 func TestAllocationWinsWithoutRequire(t *testing.T) {
 	t.Parallel()
 	a := newTestAdjuster(t, Config{EnvRequests: true})
-	ctr := &api.Container{Name: "cuda", Annotations: map[string]string{deviceplugin.AnnotationAllocated: uuid0}, Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}}
+	ctr := &api.Container{Name: "cuda", Annotations: map[string]string{gpuKey: uuid0}, Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}}
 	adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, ctr)
 	if err != nil || devicePaths(adj) != "/dev/nvidia0" || !strings.Contains(dec.Source, "kubelet allocation") {
 		t.Fatalf("adjustment %v decision %+v err %v", devicePaths(adj), dec, err)
 	}
+	// what a runtime leaves after applying nvbind's CDI spec: the nodes and the mounts
 	ctr.Linux = &api.LinuxContainer{Devices: adj.GetLinux().GetDevices()}
+	ctr.Mounts = adj.GetMounts()
 	adj, dec, err = a.Adjust(&api.PodSandbox{Namespace: "default"}, ctr)
-	if err != nil || adj != nil || !strings.Contains(dec.Skipped, "already injected") {
-		t.Errorf("with the devices in place: %v %+v %v", adj, dec, err)
+	if err != nil || !onlyMarked(adj, "injected") || !strings.Contains(dec.Skipped, "already injected") {
+		t.Errorf("with the devices and mounts in place: %v %+v %v", adj, dec, err)
+	}
+}
+
+// onlyMarked reports whether an adjustment only marks the container handled.
+func onlyMarked(adj *api.ContainerAdjustment, what string) bool {
+	return adj != nil && len(adj.GetLinux().GetDevices()) == 0 && len(adj.GetMounts()) == 0 && len(adj.GetEnv()) == 0 &&
+		len(adj.GetHooks().GetCreateContainer()) == 0 && len(adj.GetCDIDevices()) == 0 &&
+		len(adj.GetAnnotations()) == 1 && adj.GetAnnotations()[request.AnnotationHandled] == what
+}
+
+// TestPrivilegedGetsDriverFiles: a privileged container has every host device, the GPUs'
+// among them, but no driver file: it gets the files, the hook and the env of its request.
+func TestPrivilegedGetsDriverFiles(t *testing.T) {
+	t.Parallel()
+	host := []*api.LinuxDevice{{Path: "/dev/nvidia0", Type: "c", Major: 195}, {Path: "/dev/nvidia1", Type: "c", Major: 195, Minor: 1},
+		{Path: "/dev/nvidiactl", Type: "c", Major: 195, Minor: 255}, {Path: "/dev/nvidia-uvm", Type: "c", Major: 508},
+		{Path: "/dev/nvidia-uvm-tools", Type: "c", Major: 508, Minor: 1}, {Path: "/dev/null", Type: "c", Major: 1, Minor: 3}}
+	ctr := &api.Container{Name: "dcgm", Env: []string{"NVIDIA_VISIBLE_DEVICES=1"}, Linux: &api.LinuxContainer{Devices: host}}
+	for _, cdi := range []bool{false, true} {
+		a := newTestAdjuster(t, Config{EnvRequests: true, CDIMode: cdi})
+		adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, ctr)
+		if err != nil || dec.Skipped != "" {
+			t.Fatalf("cdi mode %v: %v %+v", cdi, err, dec)
+		}
+		if cdi {
+			// the nodes are there: only the capabilities are named
+			if names := adj.GetCDIDevices(); len(names) != 2 || names[0].Name != "nvidia.com/gpu=capability-compute" {
+				t.Errorf("CDI mode: %v", names)
+			}
+			continue
+		}
+		if len(adj.GetMounts()) < 3 || len(adj.GetHooks().GetCreateContainer()) != 1 || devicePaths(adj) != "/dev/nvidia1" {
+			t.Errorf("a privileged container did not get the driver's files: %v", adj)
+		}
 	}
 }
 
@@ -118,19 +196,22 @@ func TestNVIDIADevicePluginStrategies(t *testing.T) {
 	}
 }
 
-// FuzzRequireAllocation: whatever the allocation annotation, the pod's annotation, the
-// env and the mounts say, a container under --require-allocation never gets a GPU outside
+// FuzzRequireAllocation: whatever the allocation annotations (alloc: the earlier
+// versions' key, then after a ";" nvidia.com/gpu's), the pod's annotation, the env and
+// the mounts say, a container under --require-allocation never gets a GPU outside
 // its allocation, and nothing panics.
 func FuzzRequireAllocation(f *testing.F) {
 	f.Add(uuid1, "0", "NVIDIA_VISIBLE_DEVICES=all", "/var/run/nvidia-container-devices/"+uuid0)
 	f.Add(uuid0+","+uuid1, uuid1, "NVIDIA_VISIBLE_DEVICES=/var/run/nvidia-container-devices", "/var/run/nvidia-container-devices/1")
 	f.Add("", "all", "NVIDIA_VISIBLE_DEVICES=1", "/")
 	f.Add(" , ,"+uuid0, "", "", "/var/run/nvidia-container-devices/imex/0")
+	f.Add(uuid0+";"+mig1, mig1, "", "")
 	a := newTestAdjuster(f, Config{EnvRequests: true, RequireAllocation: true})
 	p := a.state.Load()
 	f.Fuzz(func(t *testing.T, alloc, podVal, env, mount string) {
 		pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": podVal}}
-		ctr := &api.Container{Name: "c", Env: []string{env}, Annotations: map[string]string{deviceplugin.AnnotationAllocated: alloc},
+		legacy, perResource, _ := strings.Cut(alloc, ";")
+		ctr := &api.Container{Name: "c", Env: []string{env}, Annotations: map[string]string{deviceplugin.AnnotationAllocated: legacy, gpuKey: perResource},
 			Mounts: []*api.Mount{{Destination: mount, Source: "/dev/null"}}}
 		adj, _, err := a.Adjust(pod, ctr)
 		if err != nil {
@@ -138,8 +219,8 @@ func FuzzRequireAllocation(f *testing.F) {
 		}
 		allowed := map[string]bool{}
 		for _, id := range allocation(ctr) {
-			if tg, ok := p.byName[id]; ok {
-				for _, n := range tg.nodes {
+			if tgs, err := p.Resolve(&request.Request{Source: "test", Devices: []string{id}}); err == nil {
+				for _, n := range p.nodes[tgs[0]] {
 					allowed[n.Path] = true
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -126,4 +127,71 @@ func BenchmarkCreateContainer100k(b *testing.B) {
 		growth = int64(after.HeapAlloc) - int64(before.HeapAlloc)
 	}
 	b.ReportMetric(float64(growth), "heap-growth-bytes")
+}
+
+// BenchmarkWorstRequest sends the largest requests an image or a pod author can build
+// through NRI's own runtime side (pkg/adaptation, over the socket, as containerd embeds
+// it) and reports the 99th percentile of the round trips: each must come back far within
+// the runtime's 2 s request timeout, whatever its size.
+func BenchmarkWorstRequest(b *testing.B) {
+	inv := benchInventory(b)
+	huge := strings.Repeat("0,", 150_000)
+	uuids := make([]string, request.MaxDevices)
+	for i := range uuids {
+		uuids[i] = fmt.Sprintf("GPU-%08d-0000-0000-0000-000000000000", i)
+	}
+	manyEnv := make([]string, 0, 100_001)
+	for i := range 100_000 {
+		manyEnv = append(manyEnv, fmt.Sprintf("VAR_%d=%d", i, i))
+	}
+	manyAnn := map[string]string{"gpus.nvbind.io/pod": strings.Join(uuids[:8], ",")}
+	for i := range 200 {
+		manyAnn[fmt.Sprintf("example.com/a%d", i)] = strings.Repeat("x", 1000)
+	}
+	for _, tc := range []struct {
+		name string
+		ns   string
+		ann  map[string]string
+		env  []string
+	}{
+		{"env-150000-entries", "default", nil, []string{"NVIDIA_VISIBLE_DEVICES=" + huge}},
+		{"env-150000-entries-namespace-not-allowed", "other", nil, []string{"NVIDIA_VISIBLE_DEVICES=" + huge}},
+		{"annotation-150000-entries", "default", map[string]string{"gpus.nvbind.io": huge}, nil},
+		{"annotation-1024-unknown-uuids", "default", map[string]string{"gpus.nvbind.io": strings.Join(uuids, ",")}, nil},
+		{"100000-env-vars-1-gpu", "default", nil, append(manyEnv, "NVIDIA_VISIBLE_DEVICES=0")},
+		{"200-annotations-of-1kb", "default", manyAnn, nil},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			a, err := NewAdjuster(Config{EnvRequests: true, AllowedNamespaces: []string{"default"}, Spec: spec.Options{HookPath: "/usr/local/bin/nvbind-hook"}})
+			if err != nil {
+				b.Fatal(err)
+			}
+			a.SetInventory(inv)
+			rt, _ := startRuntimeSide(b, NewPlugin(a, nil, nil))
+			ctx := context.Background()
+			pod := &api.PodSandbox{Id: "pod", Name: "p", Uid: "u", Namespace: tc.ns, Annotations: tc.ann}
+			if err := rt.RunPodSandbox(ctx, &api.RunPodSandboxRequest{Pod: pod}); err != nil {
+				b.Fatal(err)
+			}
+			lat := make([]time.Duration, 0, 1<<16)
+			n := 0
+			for b.Loop() {
+				n++
+				ctr := &api.Container{Id: fmt.Sprint("c", n), PodSandboxId: "pod", Name: "c", Env: tc.env}
+				start := time.Now()
+				_, err := rt.CreateContainer(ctx, &api.CreateContainerRequest{Pod: pod, Container: ctr})
+				took := time.Since(start)
+				if err != nil && len(err.Error()) > 1000 {
+					b.Fatalf("an error of %d bytes", len(err.Error()))
+				}
+				if len(lat) < cap(lat) {
+					lat = append(lat, took)
+				}
+			}
+			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+			if len(lat) > 0 {
+				b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+			}
+		})
+	}
 }

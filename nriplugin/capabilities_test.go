@@ -12,6 +12,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/spec"
 )
@@ -132,7 +133,7 @@ func TestCapabilitiesInBothModes(t *testing.T) {
 				addHook(&got, t, h.Args)
 			}
 			for _, kv := range adj.GetEnv() {
-				if kv.Key == EnvDriverCapabilities {
+				if kv.Key == request.EnvDriverCapabilities {
 					got.caps = kv.Value
 				}
 			}
@@ -166,23 +167,28 @@ func TestCapabilitiesInBothModes(t *testing.T) {
 				}
 			}
 			for _, kv := range cadj.GetEnv() {
-				if kv.Key == EnvDriverCapabilities {
+				if kv.Key == request.EnvDriverCapabilities {
 					viaSpec.caps = kv.Value
 				}
 			}
-			if !slices.Contains(o.Process.Env, EnvVisibleDevices+"=void") {
-				t.Errorf("CDI mode: env %v lacks %s=void", o.Process.Env, EnvVisibleDevices)
+			if !slices.Contains(o.Process.Env, request.EnvVisibleDevices+"=void") {
+				t.Errorf("CDI mode: env %v lacks %s=void", o.Process.Env, request.EnvVisibleDevices)
 			}
 
 			// the GPUs' own nodes, for both
 			targets := map[string]bool{}
 			if tc.gpus != "none" {
+				p := direct.state.Load()
 				for _, sel := range strings.Split(tc.gpus, ",") {
-					for _, n := range direct.state.Load().byName[sel].nodes {
+					tgs, err := p.Resolve(&request.Request{Source: "test", Devices: []string{sel}})
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, n := range p.nodes[tgs[0]] {
 						targets[n.Path] = true
 					}
 					if caps.Has(gpu.CapGraphics) || caps.Has(gpu.CapDisplay) {
-						for _, n := range direct.state.Load().byName[sel].dev.DRM {
+						for _, n := range tgs[0].Device.DRM {
 							targets[n.Path] = true
 						}
 					}
@@ -207,7 +213,7 @@ func TestCapabilitiesInBothModes(t *testing.T) {
 					t.Errorf("%s: ld cache folders\n got %v\nwant %v", mode, g.folders, want.folders)
 				}
 				if g.caps != want.caps {
-					t.Errorf("%s: %s=%q, want %q", mode, EnvDriverCapabilities, g.caps, want.caps)
+					t.Errorf("%s: %s=%q, want %q", mode, request.EnvDriverCapabilities, g.caps, want.caps)
 				}
 			}
 		})

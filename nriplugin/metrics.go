@@ -9,6 +9,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/nvbind/nvbind/request"
 )
 
 // Metrics are the plugin's Prometheus metrics, in a registry of their own with the Go and
@@ -78,13 +80,15 @@ func failureReason(err error) string {
 		return "denied"
 	case errors.Is(err, ErrNotAllocated):
 		return "not_allocated"
+	case errors.Is(err, ErrStopping):
+		return "stopping"
 	case errors.Is(err, ErrNoInventory):
 		return "no_inventory"
-	case errors.Is(err, ErrUnknownDevice):
+	case errors.Is(err, request.ErrUnknownDevice):
 		return "unknown_device"
-	case errors.Is(err, ErrUnmetRequirement):
+	case errors.Is(err, request.ErrUnmetRequirement):
 		return "unmet_requirement"
-	case errors.Is(err, ErrUnsupportedHost):
+	case errors.Is(err, request.ErrUnsupportedHost):
 		return "unsupported_host"
 	}
 	return "bad_request"

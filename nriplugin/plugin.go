@@ -22,6 +22,12 @@ type Plugin struct {
 	registered atomic.Bool
 	// alsoReady are further conditions of readiness (the device plugin's registration).
 	alsoReady []func() bool
+	// inflight counts CreateContainer calls being answered; draining is set once the
+	// plugin is told to stop, from when it refuses new GPU requests.
+	inflight atomic.Int64
+	draining atomic.Bool
+	// drainTimeout bounds how long a stop waits for calls in flight.
+	drainTimeout time.Duration
 }
 
 var (
@@ -38,7 +44,7 @@ func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
 	if m == nil {
 		m = NewMetrics("", "")
 	}
-	return &Plugin{adj: adj, log: log, metrics: m}
+	return &Plugin{adj: adj, log: log, metrics: m, drainTimeout: 5 * time.Second}
 }
 
 // Registered reports whether the runtime has the plugin registered and configured.
@@ -74,10 +80,21 @@ func (p *Plugin) Synchronize(_ context.Context, pods []*api.PodSandbox, ctrs []*
 	return nil, nil
 }
 
-// CreateContainer adjusts a container that asks for GPUs.
+// CreateContainer adjusts a container that asks for GPUs. While the plugin drains before
+// it stops, a container that asks is refused, so that the runtime does not create it
+// without its GPUs; the kubelet creates it again, once nvbind is back.
 func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *api.Container) (*api.ContainerAdjustment, []*api.ContainerUpdate, error) {
+	p.inflight.Add(1)
+	defer p.inflight.Add(-1)
 	start := time.Now()
-	adj, dec, err := p.adj.Adjust(pod, ctr)
+	var adj *api.ContainerAdjustment
+	var dec *Decision
+	var err error
+	if p.draining.Load() && p.adj.Asks(pod, ctr) {
+		err = fmt.Errorf("%w (a rollout or restart): the container is refused rather than created without its GPUs, and is created again once nvbind is back", ErrStopping)
+	} else {
+		adj, dec, err = p.adj.Adjust(pod, ctr)
+	}
 	p.metrics.observe(time.Since(start), dec, err)
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
 	switch {
@@ -123,7 +140,7 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 			return fmt.Errorf("create NRI stub: %w", err)
 		}
 		started := time.Now()
-		err = s.Run(ctx)
+		err = p.runStub(ctx, s)
 		lost := p.registered.Swap(false) // a failed dial loses nothing
 
 		if ctx.Err() != nil {
@@ -151,6 +168,40 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 		case <-t.C:
 		}
 		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// runStub serves one connection until the runtime closes it or ctx ends; then it drains:
+// new GPU requests are refused while those in flight are answered (at most drainTimeout),
+// and only then is the connection closed. Cancelling the stub's own context at once
+// would drop requests in flight, which the runtime then completes without nvbind's edits.
+func (p *Plugin) runStub(ctx context.Context, s stub.Stub) error {
+	stubCtx, stopStub := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopStub()
+	served := make(chan struct{})
+	defer close(served)
+	go func() {
+		select {
+		case <-ctx.Done():
+			p.drain()
+			stopStub()
+		case <-served:
+		}
+	}()
+	return s.Run(stubCtx)
+}
+
+// drain refuses new GPU requests and waits for the calls in flight.
+func (p *Plugin) drain() {
+	p.draining.Store(true)
+	n := p.inflight.Load()
+	p.log.Info("stopping: refusing new GPU requests, answering those in flight", "in_flight", n)
+	deadline := time.Now().Add(p.drainTimeout)
+	for p.inflight.Load() > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if left := p.inflight.Load(); left > 0 {
+		p.log.Warn("stopping with requests still in flight", "in_flight", left)
 	}
 }
 

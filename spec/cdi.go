@@ -79,13 +79,13 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 		for _, name := range Names(d, nil, o.NameStrategies) {
 			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: e.ToCDI()})
 		}
-		all.addNodes(e.Nodes...)
+		all.AddNodes(e.Nodes...)
 		for _, m := range d.MIG {
 			me := MIGEdits(d, m)
 			for _, name := range Names(d, &m, o.NameStrategies) {
 				s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: me.ToCDI()})
 			}
-			all.addNodes(me.Nodes...)
+			all.AddNodes(me.Nodes...)
 		}
 	}
 	if inv.IGPU != nil {
@@ -104,7 +104,7 @@ func Generate(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 		for _, name := range names {
 			s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: ie.ToCDI()})
 		}
-		all.addNodes(ie.Nodes...)
+		all.AddNodes(ie.Nodes...)
 		all.Mounts = append(all.Mounts, ie.Mounts...)
 		all.Hooks = append(all.Hooks, ie.Hooks...)
 		if len(all.Env) == 0 {
@@ -163,7 +163,7 @@ func GenerateIMEX(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	for _, c := range chans {
 		e := Edits{Nodes: []gpu.DeviceNode{c}}
 		s.Devices = append(s.Devices, cdispecs.Device{Name: strconv.FormatInt(c.Minor, 10), ContainerEdits: e.ToCDI()})
-		all.addNodes(c)
+		all.AddNodes(c)
 	}
 	s.Devices = append(s.Devices, cdispecs.Device{Name: "all", ContainerEdits: all.ToCDI()})
 	return withMinimumVersion(s)

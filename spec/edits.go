@@ -34,8 +34,8 @@ type Hook struct {
 	Args, Env []string
 }
 
-// addNodes appends nodes whose container path is not there yet.
-func (e *Edits) addNodes(nodes ...gpu.DeviceNode) {
+// AddNodes appends nodes whose container path is not there yet.
+func (e *Edits) AddNodes(nodes ...gpu.DeviceNode) {
 	for _, n := range nodes {
 		if !slices.ContainsFunc(e.Nodes, func(o gpu.DeviceNode) bool { return o.Path == n.Path }) {
 			e.Nodes = append(e.Nodes, n)
@@ -230,9 +230,9 @@ func isAppProfileDB(f gpu.File) bool {
 // or display is asked for.
 func DeviceEdits(d gpu.Device, caps gpu.Capabilities) Edits {
 	var e Edits
-	e.addNodes(d.Node)
+	e.AddNodes(d.Node)
 	if caps.Has(gpu.CapGraphics) || caps.Has(gpu.CapDisplay) {
-		e.addNodes(d.DRM...)
+		e.AddNodes(d.DRM...)
 	}
 	return e
 }
@@ -241,8 +241,8 @@ func DeviceEdits(d gpu.Device, caps gpu.Capabilities) Edits {
 // access capabilities.
 func MIGEdits(parent gpu.Device, m gpu.MIGDevice) Edits {
 	var e Edits
-	e.addNodes(parent.Node)
-	e.addNodes(m.Caps...)
+	e.AddNodes(parent.Node)
+	e.AddNodes(m.Caps...)
 	return e
 }
 
@@ -256,7 +256,7 @@ func WSLEdits(inv *gpu.Inventory, o Options) Edits {
 		return e
 	}
 	e.Env = []string{"NVIDIA_VISIBLE_DEVICES=void"}
-	e.addNodes(w.Node)
+	e.AddNodes(w.Node)
 	for _, f := range w.Files {
 		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: fileMountOptions})
 	}
@@ -284,7 +284,7 @@ func IGPUEdits(inv *gpu.Inventory, o Options) Edits {
 		return e
 	}
 	e.Env = []string{"NVIDIA_VISIBLE_DEVICES=void"}
-	e.addNodes(ig.Nodes...)
+	e.AddNodes(ig.Nodes...)
 	set := map[string]bool{}
 	for _, f := range ig.Files {
 		e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: fileMountOptions})
