@@ -49,9 +49,7 @@ func parseLDSoConf(data []byte) ldSoConf {
 		switch {
 		case len(line) == 0:
 		case isDirective(line, "include"):
-			for _, p := range strings.FieldsFunc(string(line[len("include"):]), isBlank) {
-				c.includes = append(c.includes, p)
-			}
+			c.includes = append(c.includes, strings.FieldsFunc(string(line[len("include"):]), isBlank)...)
 		case isDirective(bytes.ToLower(line), "hwcap"):
 		default:
 			d, _, _ := strings.Cut(string(line), "=")

@@ -251,19 +251,6 @@ func (r *containerRoot) readDirNames(dir string, max int) ([]string, error) {
 	}
 }
 
-// exists reports whether p resolves inside the root.
-func (r *containerRoot) exists(p string) bool {
-	f, err := r.openat2(p, unix.O_PATH)
-	if errors.Is(err, unix.ENOSYS) {
-		f, err = pathrs.OpenatInRoot(r.fd, p)
-	}
-	if err != nil {
-		return false
-	}
-	_ = f.Close()
-	return true
-}
-
 // isDir reports whether p resolves to a folder inside the root.
 func (r *containerRoot) isDir(p string) bool {
 	_, err := r.dir(p, false)

@@ -8,8 +8,8 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
-	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/internal/hookargs"
+	"github.com/nvbind/nvbind/request"
 )
 
 const (

@@ -12,8 +12,8 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
-	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/internal/hookargs"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 )
 
