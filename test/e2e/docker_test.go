@@ -54,7 +54,7 @@ func dockerTools(t testing.TB) string {
 // startDockerd starts the engine with nvbind's CDI spec for driverRoot in its CDI
 // folder. hookDir holds nvidia-cdi-hook, the name Docker looks for before it maps --gpus
 // to CDI devices.
-func startDockerd(t testing.TB, bin, driverRoot string) *dockerd {
+func startDockerd(t testing.TB, bin, driverRoot string, opts ...func(conf string, env *[]string)) *dockerd {
 	t.Helper()
 	tools := dockerTools(t)
 	containerdDir := filepath.Dir(findTool(t, "containerd"))
@@ -87,8 +87,12 @@ func startDockerd(t testing.TB, bin, driverRoot string) *dockerd {
 	if err := os.WriteFile(conf, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	env := []string{"PATH=" + strings.Join([]string{tools, containerdDir, hookDir, "/usr/sbin:/usr/bin:/sbin:/bin"}, ":"), "HOME=" + dir}
+	for _, o := range opts {
+		o(conf, &env)
+	}
 	d.cmd = exec.Command(filepath.Join(tools, "dockerd"), "--config-file", conf)
-	d.cmd.Env = []string{"PATH=" + strings.Join([]string{tools, containerdDir, hookDir, "/usr/sbin:/usr/bin:/sbin:/bin"}, ":"), "HOME=" + dir}
+	d.cmd.Env = env
 	d.cmd.Stdout, d.cmd.Stderr = &d.log, &d.log
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -199,9 +203,30 @@ type deviceRequest struct {
 // run creates, starts and waits for a container and returns its output (a TTY, so one
 // stream) and how long create and start took.
 func (d *dockerd) run(script string, reqs []deviceRequest, devices []map[string]string) (string, time.Duration, error) {
+	return d.runContainer(container{script: script, reqs: reqs, devices: devices})
+}
+
+// container is what a test asks the Engine for: the script, device requests and
+// devices, the runtime (--runtime), the env (-e) and --privileged.
+type container struct {
+	script     string
+	reqs       []deviceRequest
+	devices    []map[string]string
+	runtime    string
+	env        []string
+	privileged bool
+}
+
+// runContainer creates, starts and waits for a container and returns its output and how
+// long create and start took.
+func (d *dockerd) runContainer(c container) (string, time.Duration, error) {
+	host := map[string]any{"NetworkMode": "none", "DeviceRequests": c.reqs, "Devices": c.devices, "Privileged": c.privileged}
+	if c.runtime != "" {
+		host["Runtime"] = c.runtime
+	}
 	body := map[string]any{
-		"Image": busyboxImage, "Entrypoint": []string{"/bin/sh", "-c"}, "Cmd": []string{script}, "Tty": true,
-		"HostConfig": map[string]any{"NetworkMode": "none", "DeviceRequests": reqs, "Devices": devices},
+		"Image": busyboxImage, "Entrypoint": []string{"/bin/sh", "-c"}, "Cmd": []string{c.script}, "Tty": true, "Env": c.env,
+		"HostConfig": host,
 	}
 	data, _ := json.Marshal(body)
 	var created struct{ ID string }

@@ -47,7 +47,7 @@ func writeSpec(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) s
 
 // runcBundle makes an OCI bundle whose config.json is runc's default spec with the CDI
 // device applied by the CDI library, as a CDI-aware runtime does.
-func runcBundle(t *testing.T, runc, specDir string, device string, script string) string {
+func runcBundle(t testing.TB, runc, specDir string, device string, script string) string {
 	t.Helper()
 	bundle := t.TempDir()
 	rootfs := filepath.Join(bundle, "rootfs")

@@ -69,13 +69,15 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 	}
 }
 
-// BuildNVBind compiles the three binaries of make build into dir and returns the path of
+// BuildNVBind compiles the binaries of make build into dir and returns the path of
 // nvbind: the lean CLI, the full build nvbind-node (which nvbind runs for nri,
-// device-plugin and doctor) and the static nvbind-hook, beside it where nvbind finds them.
+// device-plugin and doctor), the static nvbind-hook and the runtime wrapper (the C front
+// nvbind-runtime and nvbind-runtime-edit), beside it where nvbind finds them.
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
 	for _, b := range []struct{ pkg, out, cgo, tags string }{
 		{"./cmd/nvbind", "nvbind", "1", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook", "nvbind-hook", "0", ""},
+		{"./cmd/nvbind-runtime-edit", "nvbind-runtime-edit", "1", ""},
 	} {
 		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Dir = RepoRoot(t)
@@ -84,8 +86,16 @@ func BuildNVBind(t testing.TB, dir string) string {
 			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
 		}
 	}
+	cc := exec.Command("cc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(dir, "nvbind-runtime"), "cmd/nvbind-runtime/nvbind-runtime.c")
+	cc.Dir = RepoRoot(t)
+	if out, err := cc.CombinedOutput(); err != nil {
+		t.Fatalf("cc nvbind-runtime: %v\n%s", err, out)
+	}
 	return filepath.Join(dir, "nvbind")
 }
 
 // HookBinary is the nvbind-hook built by BuildNVBind next to nvbind.
 func HookBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-hook") }
+
+// RuntimeBinary is the nvbind-runtime built by BuildNVBind next to nvbind.
+func RuntimeBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-runtime") }

@@ -1,0 +1,289 @@
+/*
+ * nvbind-runtime: the front of nvbind's OCI runtime wrapper.
+ *
+ * Runtimes' callers (containerd's shim, dockerd) run the OCI runtime once per command:
+ * create, start, state, kill, delete. Almost every call needs nothing from nvbind, so
+ * this front, a small static C program, costs one exec: it reads the real runtime from
+ * /etc/nvbind/runtime.toml (or $NVBIND_RUNTIME_CONFIG) and replaces itself with it. Only
+ * for create and run, and only when the bundle's config.json names a key a GPU request
+ * uses (NVIDIA_VISIBLE_DEVICES, gpus.nvbind.io, cdi.k8s.io/, required-plugins), does it
+ * run nvbind-runtime-edit beside it (Go: nvbind's request parser and edit model), which
+ * edits config.json and then runs the real runtime. A Go program costs ~5 ms more to
+ * start than this one on the VMs nvbind is tested on, on every container command.
+ *
+ * It reads config.json read-only with a bounded mapping and a substring search; it
+ * parses only the `runtime` key of the configuration, and leaves every other key to
+ * nvbind-runtime-edit, which checks the whole file.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_CONFIG "/etc/nvbind/runtime.toml"
+#define ENV_CONFIG "NVBIND_RUNTIME_CONFIG"
+#define EDIT_BINARY "nvbind-runtime-edit"
+#define MAX_CONFIG (64 << 10)    /* the configuration file */
+#define MAX_SPEC (32 << 20)      /* config.json */
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+static const char *log_file, *log_format;
+
+/* fail reports an error where the runtime's caller looks (stderr, and the --log file in
+ * runc's JSON format, which containerd's shim and Docker show users) and exits 1. */
+static void fail(const char *fmt, ...) {
+	char msg[1024];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "nvbind-runtime: %s\n", msg);
+	if (log_file) {
+		int fd = open(log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+		if (fd >= 0) {
+			char line[4096], esc[2048];
+			size_t j = 0;
+			for (size_t i = 0; msg[i] && j < sizeof esc - 7; i++) {
+				unsigned char c = (unsigned char)msg[i];
+				if (c == '"' || c == '\\') {
+					esc[j++] = '\\';
+					esc[j++] = (char)c;
+				} else if (c < 0x20) {
+					j += (size_t)snprintf(esc + j, sizeof esc - j, "\\u%04x", c);
+				} else {
+					esc[j++] = (char)c;
+				}
+			}
+			esc[j] = 0;
+			char when[64];
+			time_t now = time(NULL);
+			struct tm tm;
+			strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tm));
+			int n;
+			if (log_format && strcmp(log_format, "json") == 0)
+				n = snprintf(line, sizeof line, "{\"level\":\"error\",\"msg\":\"nvbind-runtime: %s\",\"time\":\"%s\"}\n", esc, when);
+			else
+				n = snprintf(line, sizeof line, "time=\"%s\" level=error msg=\"nvbind-runtime: %s\"\n", when, esc);
+			if (n > 0 && write(fd, line, (size_t)n) < 0) {
+				/* nothing more to do: stderr has it */
+			}
+			close(fd);
+		}
+	}
+	exit(1);
+}
+
+/* flag_name returns the name of a flag argument (-b, --bundle, --bundle=x, -bundle) and
+ * sets *value to an inline value; NULL for a non-flag. */
+static const char *flag_name(const char *arg, char *name, size_t size, const char **value) {
+	*value = NULL;
+	if (arg[0] != '-' || arg[1] == 0 || strcmp(arg, "--") == 0)
+		return NULL;
+	while (*arg == '-')
+		arg++;
+	const char *eq = strchr(arg, '=');
+	size_t n = eq ? (size_t)(eq - arg) : strlen(arg);
+	if (n >= size)
+		n = size - 1;
+	memcpy(name, arg, n);
+	name[n] = 0;
+	if (eq)
+		*value = eq + 1;
+	return name;
+}
+
+static int in_list(const char *name, const char *const *list) {
+	for (; *list; list++)
+		if (strcmp(name, *list) == 0)
+			return 1;
+	return 0;
+}
+
+/* runc's flags that take a value, global and of create/run (the same as package wrapper). */
+static const char *const global_value_flags[] = {"log", "log-format", "root", "criu", "rootless", NULL};
+static const char *const command_value_flags[] = {"bundle", "b", "console-socket", "pidfd-socket", "pid-file", "preserve-fds", NULL};
+
+/* config_runtime reads the `runtime` key of the configuration into out ("" when the file
+ * or the key is absent and the file was not named explicitly). */
+static void config_runtime(char *out, size_t size) {
+	out[0] = 0;
+	const char *path = getenv(ENV_CONFIG);
+	int explicit = path != NULL;
+	if (!path)
+		path = DEFAULT_CONFIG;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0) {
+		if (errno == ENOENT && !explicit)
+			return;
+		fail("configuration %s: %s", path, strerror(errno));
+	}
+	static char buf[MAX_CONFIG + 1];
+	ssize_t n = 0, r;
+	while ((r = read(fd, buf + n, sizeof buf - 1 - (size_t)n)) > 0)
+		n += r;
+	close(fd);
+	if (r < 0)
+		fail("configuration %s: %s", path, strerror(errno));
+	if (n >= MAX_CONFIG)
+		fail("configuration %s is larger than %d bytes", path, MAX_CONFIG);
+	buf[n] = 0;
+	for (char *line = buf, *next; line; line = next) {
+		next = strchr(line, '\n');
+		if (next)
+			*next++ = 0;
+		while (*line == ' ' || *line == '\t')
+			line++;
+		if (*line == '[')
+			return; /* a table: the wrapper's keys are top-level only */
+		if (strncmp(line, "runtime", 7) != 0)
+			continue;
+		char *p = line + 7;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		if (*p++ != '=')
+			continue;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		char quote = *p;
+		if (quote != '"' && quote != '\'')
+			fail("%s: runtime must be a quoted path or name", path);
+		char *end = strchr(p + 1, quote);
+		if (!end || (size_t)(end - p - 1) >= size || memchr(p + 1, '\\', (size_t)(end - p - 1)))
+			fail("%s: runtime must be a quoted path or name without escapes", path);
+		memcpy(out, p + 1, (size_t)(end - p - 1));
+		out[end - p - 1] = 0;
+		return;
+	}
+}
+
+/* self is this program's real path. */
+static char self[PATH_MAX];
+
+/* find_runtime resolves name (a path, or a name looked up in PATH) to an executable that
+ * is not this program. */
+static int find_runtime(const char *name, char *out) {
+	char real[PATH_MAX];
+	if (strchr(name, '/')) {
+		if (access(name, X_OK) != 0 || !realpath(name, real) || strcmp(real, self) == 0)
+			return 0;
+		snprintf(out, PATH_MAX, "%s", name);
+		return 1;
+	}
+	const char *path = getenv("PATH");
+	if (!path || !*path)
+		path = DEFAULT_PATH;
+	while (*path) {
+		const char *colon = strchr(path, ':');
+		size_t n = colon ? (size_t)(colon - path) : strlen(path);
+		char cand[PATH_MAX];
+		if (n > 0 && (size_t)snprintf(cand, sizeof cand, "%.*s/%s", (int)n, path, name) < sizeof cand) {
+			struct stat st;
+			if (stat(cand, &st) == 0 && S_ISREG(st.st_mode) && access(cand, X_OK) == 0 && realpath(cand, real) &&
+			    strcmp(real, self) != 0) {
+				snprintf(out, PATH_MAX, "%s", cand);
+				return 1;
+			}
+		}
+		path += n;
+		if (*path == ':')
+			path++;
+	}
+	return 0;
+}
+
+/* may_ask reports whether the bundle's config.json names a key a GPU request uses. A
+ * config.json that cannot be read is left to nvbind-runtime-edit, which says why. */
+static int may_ask(const char *bundle) {
+	char p[PATH_MAX];
+	if ((size_t)snprintf(p, sizeof p, "%s/config.json", bundle ? bundle : ".") >= sizeof p)
+		return 1;
+	int fd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0)
+		return 1;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > MAX_SPEC) {
+		close(fd);
+		return 1;
+	}
+	if (st.st_size == 0) {
+		close(fd);
+		return 1;
+	}
+	void *data = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (data == MAP_FAILED)
+		return 1;
+	static const char *const keys[] = {"NVIDIA_VISIBLE_DEVICES", "gpus.nvbind.io", "cdi.k8s.io/", "required-plugins.noderesource.dev", NULL};
+	int found = 0;
+	for (const char *const *k = keys; *k && !found; k++)
+		found = memmem(data, (size_t)st.st_size, *k, strlen(*k)) != NULL;
+	munmap(data, (size_t)st.st_size);
+	return found;
+}
+
+int main(int argc, char **argv, char **envp) {
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0)
+		fail("cannot find its own path: %s", strerror(errno));
+	self[n] = 0;
+
+	/* the command line: global flags, the command, its flags */
+	const char *command = NULL, *bundle = NULL;
+	char name[64];
+	const char *value;
+	int i = 1;
+	for (; i < argc; i++) {
+		if (!flag_name(argv[i], name, sizeof name, &value))
+			break;
+		if (in_list(name, global_value_flags) && !value && i + 1 < argc)
+			value = argv[++i];
+		if (strcmp(name, "log") == 0)
+			log_file = value;
+		else if (strcmp(name, "log-format") == 0)
+			log_format = value;
+	}
+	if (i < argc)
+		command = argv[i];
+	int edits = command && (strcmp(command, "create") == 0 || strcmp(command, "run") == 0);
+	if (edits) {
+		for (i++; i < argc; i++) {
+			if (!flag_name(argv[i], name, sizeof name, &value))
+				continue;
+			if (in_list(name, command_value_flags) && !value && i + 1 < argc)
+				value = argv[++i];
+			if (strcmp(name, "bundle") == 0 || strcmp(name, "b") == 0)
+				bundle = value;
+		}
+	}
+
+	if (edits && may_ask(bundle)) {
+		char edit[PATH_MAX];
+		char *slash = strrchr(self, '/');
+		if ((size_t)snprintf(edit, sizeof edit, "%.*s/%s", (int)(slash - self), self, EDIT_BINARY) >= sizeof edit)
+			fail("path too long");
+		/* argv[0] stays: nvbind-runtime-edit reads the guard mode from the name it was run as */
+		execve(edit, argv, envp);
+		fail("run %s: %s", edit, strerror(errno));
+	}
+
+	char configured[PATH_MAX], runtime[PATH_MAX];
+	config_runtime(configured, sizeof configured);
+	if (configured[0]) {
+		if (!find_runtime(configured, runtime))
+			fail("runtime \"%s\": not found, or it is nvbind-runtime itself", configured);
+	} else if (!find_runtime("runc", runtime) && !find_runtime("crun", runtime)) {
+		fail("no OCI runtime found in PATH (looked for runc, crun): set runtime in %s", DEFAULT_CONFIG);
+	}
+	argv[0] = runtime;
+	execve(runtime, argv, envp);
+	fail("run %s: %s", runtime, strerror(errno));
+	return 1;
+}

@@ -1,0 +1,150 @@
+package wrapper
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2"
+
+	"github.com/nvbind/nvbind/internal/fileio"
+)
+
+// DefaultConfigFile is the wrapper's configuration; $NVBIND_RUNTIME_CONFIG names another.
+const DefaultConfigFile = "/etc/nvbind/runtime.toml"
+
+// EnvConfig names another configuration file.
+const EnvConfig = "NVBIND_RUNTIME_CONFIG"
+
+// Modes of the wrapper.
+const (
+	// ModeInject adds the GPUs a container asks for (Docker, a RuntimeClass without NRI).
+	ModeInject = "inject"
+	// ModeGuard refuses a container that asks for GPUs which nvbind's NRI plugin did not
+	// handle (the plugin was not running, or died while the runtime asked it), so that no
+	// GPU container starts without its GPU; the kubelet retries. It never edits.
+	ModeGuard = "guard"
+)
+
+// Config is the wrapper's configuration.
+type Config struct {
+	// Runtime is the OCI runtime to run: a path, or a name looked up in PATH. Default:
+	// runc, then crun.
+	Runtime string `toml:"runtime"`
+	// Mode is ModeInject (default) or ModeGuard.
+	Mode string `toml:"mode"`
+	// DriverRoot and DevRoot are discovery's roots (default "/").
+	DriverRoot string `toml:"driver-root"`
+	DevRoot    string `toml:"dev-root"`
+	// HookPath is the nvbind-hook the edits name (default: nvbind-hook beside the wrapper).
+	HookPath string `toml:"hook-path"`
+	// DisableHooks turns hook actions off, as --disable-hooks does.
+	DisableHooks string `toml:"disable-hooks"`
+	// EnvRequests lets NVIDIA_VISIBLE_DEVICES ask for GPUs (default true).
+	EnvRequests *bool `toml:"env-requests"`
+	// NoNVML lists GPUs from /proc/driver/nvidia only.
+	NoNVML bool `toml:"no-nvml"`
+}
+
+// maxConfigSize bounds the configuration file.
+const maxConfigSize = 64 << 10
+
+// LoadConfig reads the configuration: $NVBIND_RUNTIME_CONFIG, else DefaultConfigFile when
+// it exists, else the defaults. Unknown keys and values are errors that list the valid
+// ones.
+func LoadConfig() (Config, string, error) {
+	path, explicit := os.LookupEnv(EnvConfig)
+	if !explicit {
+		path = DefaultConfigFile
+	}
+	var c Config
+	data, err := fileio.ReadFile(path, maxConfigSize)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && !explicit:
+		return c, path, c.check()
+	case err != nil:
+		return c, path, fmt.Errorf("configuration: %w", err)
+	}
+	dec := toml.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		var sme *toml.StrictMissingError
+		if errors.As(err, &sme) {
+			return c, path, fmt.Errorf("%s: unknown key %s (valid: %s)", path, strings.TrimSpace(sme.String()), strings.Join(configKeys(), ", "))
+		}
+		return c, path, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := c.check(); err != nil {
+		return c, path, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, path, nil
+}
+
+func configKeys() []string {
+	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml"}
+	sort.Strings(keys)
+	return keys
+}
+
+func (c *Config) check() error {
+	if c.Mode == "" {
+		c.Mode = ModeInject
+	}
+	if !slices.Contains([]string{ModeInject, ModeGuard}, c.Mode) {
+		return fmt.Errorf("mode %q: valid: %s, %s", c.Mode, ModeInject, ModeGuard)
+	}
+	for _, d := range []struct{ key, v string }{{"driver-root", c.DriverRoot}, {"dev-root", c.DevRoot}, {"hook-path", c.HookPath}} {
+		if d.v != "" && !filepath.IsAbs(d.v) {
+			return fmt.Errorf("%s %q is not an absolute path", d.key, d.v)
+		}
+	}
+	if c.DriverRoot == "" {
+		c.DriverRoot = "/"
+	}
+	if c.DevRoot == "" {
+		c.DevRoot = "/"
+	}
+	if c.EnvRequests == nil {
+		t := true
+		c.EnvRequests = &t
+	}
+	return nil
+}
+
+// defaultRuntimes are looked up in PATH, in order, when the configuration names none.
+var defaultRuntimes = []string{"runc", "crun"}
+
+// RealRuntime finds the OCI runtime to run, never the wrapper itself.
+func (c Config) RealRuntime() (string, error) {
+	self, _ := os.Executable()
+	if self != "" {
+		if r, err := filepath.EvalSymlinks(self); err == nil {
+			self = r
+		}
+	}
+	want := defaultRuntimes
+	if c.Runtime != "" {
+		want = []string{c.Runtime}
+	}
+	for _, name := range want {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			continue
+		}
+		if r, err := filepath.EvalSymlinks(p); err == nil && r == self {
+			continue // a runtime named like ours that is ours
+		}
+		return p, nil
+	}
+	if c.Runtime != "" {
+		return "", fmt.Errorf("runtime %q: not found, or it is nvbind-runtime itself", c.Runtime)
+	}
+	return "", fmt.Errorf("no OCI runtime found in PATH (looked for %s): set runtime in %s", strings.Join(defaultRuntimes, ", "), DefaultConfigFile)
+}

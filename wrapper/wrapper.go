@@ -1,0 +1,250 @@
+package wrapper
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/fileio"
+	"github.com/nvbind/nvbind/request"
+	"github.com/nvbind/nvbind/spec"
+)
+
+// criContainerName is the CRI's annotation that names a container in config.json.
+const criContainerName = "io.kubernetes.cri.container-name"
+
+// maxSpecSize bounds config.json.
+const maxSpecSize = 32 << 20
+
+// discoveryTimeout bounds discovery on create: the runtime's caller waits for it.
+const discoveryTimeout = 20 * time.Second
+
+// ErrUnhandled is a container that asks for GPUs which nvbind's NRI plugin did not handle.
+var ErrUnhandled = errors.New("nvbind's NRI plugin did not handle this container")
+
+// GuardName is the wrapper's name in guard mode, whatever the configuration says: a
+// runtime handler whose BinaryName is nvbind-guard (a link to nvbind-runtime) guards,
+// while another handler of the same node injects.
+const GuardName = "nvbind-guard"
+
+// Main runs the wrapper on a runtime command line: name is the program name it was run as
+// (nvbind-guard guards), args the rest. For create and run it edits the bundle's
+// config.json as the container asks, then it replaces itself with the real runtime. It
+// returns only on failure, with the exit code.
+func Main(name string, args []string, stderr io.Writer) int {
+	call := ParseCall(args)
+	cfg, err := configFor(name)
+	if err == nil {
+		var rt string
+		if rt, err = cfg.RealRuntime(); err == nil {
+			if call.Command == "create" || call.Command == "run" {
+				err = Prepare(context.Background(), call, cfg)
+			}
+			if err == nil {
+				err = syscall.Exec(rt, append([]string{rt}, args...), os.Environ()) //nolint:gosec // the configured runtime
+				err = fmt.Errorf("run %s: %w", rt, err)
+			}
+		}
+	}
+	report(call, stderr, err)
+	return 1
+}
+
+// configFor is the configuration of the wrapper run as name: nvbind-guard guards.
+func configFor(name string) (Config, error) {
+	cfg, _, err := LoadConfig()
+	if filepath.Base(name) == GuardName {
+		cfg.Mode = ModeGuard
+	}
+	return cfg, err
+}
+
+// report writes the error where the runtime's caller looks: standard error, and the
+// --log file in runc's JSON format, which containerd's shim and Docker show to users.
+func report(call Call, stderr io.Writer, err error) {
+	msg := "nvbind-runtime: " + err.Error()
+	fmt.Fprintln(stderr, msg)
+	if call.Log == "" {
+		return
+	}
+	f, oerr := os.OpenFile(call.Log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if oerr != nil {
+		return
+	}
+	defer func() { _ = f.Close() }()
+	if call.LogFormat == "json" {
+		line, _ := json.Marshal(map[string]string{"level": "error", "msg": msg, "time": time.Now().Format(time.RFC3339Nano)})
+		_, _ = f.Write(append(line, '\n'))
+		return
+	}
+	fmt.Fprintf(f, "time=%q level=error msg=%q\n", time.Now().Format(time.RFC3339Nano), msg)
+}
+
+// mayAsk is the cheap test every container passes first: config.json names none of the
+// keys a GPU request uses. Most containers end here, with one read of config.json.
+func mayAsk(data []byte) bool {
+	for _, k := range [][]byte{[]byte(request.EnvVisibleDevices), []byte(request.AnnotationGPUs), []byte("cdi.k8s.io/"),
+		[]byte(request.AnnotationRequiredPlugins)} {
+		if bytes.Contains(data, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// container is what the wrapper reads of config.json to find a request.
+type container struct {
+	Process *struct {
+		Env []string `json:"env"`
+	} `json:"process"`
+	Annotations map[string]string `json:"annotations"`
+	Mounts      []struct {
+		Destination string `json:"destination"`
+	} `json:"mounts"`
+}
+
+func (c container) input() request.Input {
+	in := request.Input{Container: c.Annotations[criContainerName], PodAnnotations: c.Annotations, Annotations: c.Annotations}
+	if c.Process != nil {
+		in.Env = c.Process.Env
+	}
+	for _, m := range c.Mounts {
+		in.Mounts = append(in.Mounts, m.Destination)
+	}
+	return in
+}
+
+// Prepare edits the bundle's config.json for the container's request (inject mode), or
+// refuses a request nvbind's NRI plugin did not handle (guard mode). A container that
+// asks for nothing is left as it is; a failure leaves config.json untouched. Extra
+// discovery options come after the configuration's (tests read synthetic roots).
+func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) error {
+	bundle := call.Bundle
+	if bundle == "" {
+		bundle = "."
+	}
+	p := filepath.Join(bundle, "config.json")
+	data, err := fileio.ReadFile(p, maxSpecSize)
+	if err != nil {
+		return fmt.Errorf("bundle config: %w", err)
+	}
+	if !mayAsk(data) {
+		return nil
+	}
+	var c container
+	if err := json.Unmarshal(data, &c); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	in := c.input()
+	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}
+	kind, _ := request.Which(in, opts)
+	if kind == "" && (cfg.Mode != ModeGuard || !request.RequiresPlugin(in, "nvbind")) {
+		return nil
+	}
+	if _, handled := c.Annotations[request.AnnotationHandled]; handled {
+		return nil
+	}
+	if cfg.Mode == ModeGuard {
+		what := "names nvbind a required plugin"
+		if kind != "" {
+			what = "asks for GPUs (" + string(kind) + ")"
+		}
+		return fmt.Errorf("%w: the container %s, but the plugin was not running or lost the request; it is refused so that it does not start without its GPUs, and is created again once the plugin is back",
+			ErrUnhandled, what)
+	}
+	req, err := request.Parse(in, opts)
+	if err != nil || req == nil {
+		return err
+	}
+	return inject(ctx, p, data, req, cfg, extra)
+}
+
+// inject discovers the host's GPUs, resolves the request and applies its edits to
+// config.json, replacing the file atomically.
+func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, extra []gpu.Option) error {
+	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+	defer cancel()
+	gopts := []gpu.Option{gpu.WithDriverRoot(cfg.DriverRoot), gpu.WithDevRoot(cfg.DevRoot), gpu.WithNVMLOnlyForMIG()}
+	if cfg.NoNVML {
+		gopts = append(gopts, gpu.WithoutNVML())
+	}
+	if !needsCUDAVersion(req) {
+		gopts = append(gopts, gpu.WithoutCUDAVersion())
+	}
+	d, err := gpu.New(append(gopts, extra...)...)
+	if err != nil {
+		return err
+	}
+	inv, err := d.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", req.Source, err)
+	}
+	r := request.NewResolver(inv)
+	if err := r.Supported(req); err != nil {
+		return err
+	}
+	targets, err := r.Resolve(req)
+	if err != nil {
+		return err
+	}
+	so, err := cfg.specOptions()
+	if err != nil {
+		return err
+	}
+	edits, err := request.Edits(inv, targets, req.Caps, so)
+	if err != nil {
+		return err
+	}
+	out, changed, err := applyEdits(data, edits)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if !changed {
+		return nil
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(p); err == nil {
+		mode = fi.Mode().Perm()
+	}
+	return fileio.WriteAtomic(p, out, mode, nil)
+}
+
+// needsCUDAVersion reports whether a requirement asks for the driver's CUDA version,
+// which costs discovery a read of libcuda.
+func needsCUDAVersion(req *request.Request) bool {
+	for _, r := range req.Require {
+		for _, all := range r.Any {
+			for _, c := range all {
+				if c.Name == "cuda" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+func (c Config) specOptions() (spec.Options, error) {
+	o := spec.Options{HookPath: c.HookPath}
+	if o.HookPath == "" {
+		if self, err := os.Executable(); err == nil {
+			if r, err := filepath.EvalSymlinks(self); err == nil {
+				self = r
+			}
+			o.HookPath = filepath.Join(filepath.Dir(self), "nvbind-hook")
+		}
+	}
+	var err error
+	if o.DisabledHooks, err = spec.ParseHookNames(c.DisableHooks); err != nil {
+		return o, fmt.Errorf("disable-hooks: %w", err)
+	}
+	return o, o.Validate()
+}

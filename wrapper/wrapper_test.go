@@ -1,0 +1,422 @@
+package wrapper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	oci "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/request"
+	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/driverroot"
+)
+
+func TestParseCall(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		args []string
+		want Call
+	}{
+		{"containerd's shim", []string{"--root", "/run/containerd/runc/k8s.io", "--log", "/b/log.json", "--log-format", "json", "--systemd-cgroup",
+			"create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--no-pivot", "abc"}, Call{Command: "create", Bundle: "/b", Log: "/b/log.json", LogFormat: "json"}},
+		{"docker", []string{"--root", "/var/run/docker/runtime-runc/moby", "--log", "/l", "--log-format", "json", "create", "--bundle", "/x",
+			"--pid-file", "/x/init.pid", "--console-socket", "/tmp/c.sock", "id"}, Call{Command: "create", Bundle: "/x", Log: "/l", LogFormat: "json"}},
+		{"short and inline flags", []string{"--log=/l", "run", "-b", "/y", "--detach", "id"}, Call{Command: "run", Bundle: "/y", Log: "/l"}},
+		{"inline bundle", []string{"create", "--bundle=/z", "--preserve-fds", "2", "id"}, Call{Command: "create", Bundle: "/z"}},
+		{"single-dash long flag", []string{"create", "-bundle", "/w", "id"}, Call{Command: "create", Bundle: "/w"}},
+		{"bundle defaults to the current folder", []string{"create", "id"}, Call{Command: "create"}},
+		{"other commands are not read", []string{"--root", "/r", "delete", "--force", "-b", "/nope", "id"}, Call{Command: "delete"}},
+		{"no command", []string{"--version"}, Call{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if got := ParseCall(tc.args); got != tc.want {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// bundle writes a config.json like the one containerd's CRI writes, with the env and
+// annotations given, and returns the bundle folder.
+func bundle(t testing.TB, env []string, ann map[string]string, mutate ...func(*oci.Spec)) string {
+	t.Helper()
+	dir := t.TempDir()
+	s := oci.Spec{Version: oci.Version, Root: &oci.Root{Path: "rootfs"}, Annotations: ann,
+		Process: &oci.Process{Args: []string{"sh"}, Cwd: "/", Env: append([]string{"PATH=/usr/bin:/bin"}, env...)},
+		Mounts:  []oci.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}},
+		Linux:   &oci.Linux{Resources: &oci.LinuxResources{Devices: []oci.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}}}}
+	for _, m := range mutate {
+		m(&s)
+	}
+	data, err := json.MarshalIndent(&s, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+func readSpec(t *testing.T, dir string) oci.Spec {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var s oci.Spec
+	if err := json.Unmarshal(data, &s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func testConfig(root driverroot.Root, mode string) Config {
+	c := Config{Mode: mode, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true}
+	_ = c.check()
+	return c
+}
+
+func envOf(s oci.Spec, key string) string {
+	for _, e := range s.Process.Env {
+		if k, v, _ := strings.Cut(e, "="); k == key {
+			return v
+		}
+	}
+	return ""
+}
+
+func devicePaths(s oci.Spec) []string {
+	var out []string
+	for _, d := range s.Linux.Devices {
+		out = append(out, d.Path)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestInject: a container that asks with the env contract gets exactly the edits of the
+// one edit model (request.Edits), applied to config.json.
+func TestInject(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		ann   map[string]string
+		nodes []string
+		caps  string
+	}{
+		{"GPU by index", []string{"NVIDIA_VISIBLE_DEVICES=1"}, nil,
+			[]string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia1", "/dev/nvidiactl"}, "compute,utility"},
+		{"all, every capability", []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}, nil,
+			[]string{"/dev/dri/card0", "/dev/dri/card1", "/dev/dri/renderD128", "/dev/dri/renderD129", "/dev/nvidia-modeset", "/dev/nvidia-uvm",
+				"/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl"}, "all"},
+		{"none: the driver without GPUs", []string{"NVIDIA_VISIBLE_DEVICES=none"}, nil,
+			[]string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidiactl"}, "compute,utility"},
+		{"a pod annotation passed through by the runtime handler", nil,
+			map[string]string{criContainerName: "cuda", "gpus.nvbind.io/container.cuda": "0", "capabilities.nvbind.io/pod": "utility"},
+			[]string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}, "utility"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := bundle(t, tc.env, tc.ann)
+			cfg := testConfig(root, ModeInject)
+			if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, cfg, root.Options()...); err != nil {
+				t.Fatal(err)
+			}
+			s := readSpec(t, dir)
+			if got := devicePaths(s); !slices.Equal(got, tc.nodes) {
+				t.Errorf("devices %v, want %v", got, tc.nodes)
+			}
+			if got := envOf(s, request.EnvDriverCapabilities); got != tc.caps {
+				t.Errorf("NVIDIA_DRIVER_CAPABILITIES=%q, want %q", got, tc.caps)
+			}
+			if envOf(s, request.EnvVisibleDevices) != "void" && len(tc.env) > 0 {
+				t.Errorf("NVIDIA_VISIBLE_DEVICES=%q: a second runtime would inject again", envOf(s, request.EnvVisibleDevices))
+			}
+			// exactly the one edit model's mounts and hook
+			want := editsFor(t, root, tc.env, tc.ann, cfg)
+			var mounts []string
+			for _, m := range s.Mounts[1:] {
+				mounts = append(mounts, m.Destination+"<-"+m.Source)
+			}
+			var wantMounts []string
+			for _, m := range want.Mounts {
+				wantMounts = append(wantMounts, m.Path+"<-"+m.HostPath)
+			}
+			slices.Sort(mounts)
+			slices.Sort(wantMounts)
+			if !slices.Equal(mounts, wantMounts) || len(mounts) < 5 {
+				t.Errorf("mounts differ from the edit model's:\ngot  %v\nwant %v", mounts, wantMounts)
+			}
+			if s.Hooks == nil || len(s.Hooks.CreateContainer) != 1 || s.Hooks.CreateContainer[0].Path != cfg.HookPath ||
+				!slices.Equal(s.Hooks.CreateContainer[0].Args, want.Hooks[0].Args) {
+				t.Errorf("hooks %+v", s.Hooks)
+			}
+			for _, d := range s.Linux.Devices {
+				if !slices.ContainsFunc(s.Linux.Resources.Devices, func(r oci.LinuxDeviceCgroup) bool {
+					return r.Allow && r.Major != nil && *r.Major == d.Major && r.Minor != nil && *r.Minor == d.Minor
+				}) {
+					t.Errorf("no device cgroup rule for %s", d.Path)
+				}
+			}
+		})
+	}
+}
+
+func editsFor(t *testing.T, root driverroot.Root, env []string, ann map[string]string, cfg Config) spec.Edits {
+	t.Helper()
+	d, err := gpu.New(root.Options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := request.Input{Container: ann[criContainerName], PodAnnotations: ann, Annotations: ann, Env: env}
+	req, err := request.Parse(in, request.Options{Kind: "nvidia.com/gpu", EnvRequests: true})
+	if err != nil || req == nil {
+		t.Fatal(req, err)
+	}
+	r := request.NewResolver(inv)
+	targets, err := r.Resolve(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	so, err := cfg.specOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := request.Edits(inv, targets, req.Caps, so)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// TestLeftAlone: containers that ask for nothing, or that nvbind's NRI plugin or a CDI
+// runtime already served, keep config.json byte for byte.
+func TestLeftAlone(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	for _, tc := range []struct {
+		name string
+		env  []string
+		ann  map[string]string
+		mode string
+	}{
+		{"plain container", nil, nil, ModeInject},
+		{"void", []string{"NVIDIA_VISIBLE_DEVICES=void"}, nil, ModeInject},
+		{"empty", []string{"NVIDIA_VISIBLE_DEVICES="}, nil, ModeInject},
+		{"handled by the NRI plugin", []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationHandled: "injected"}, ModeInject},
+		{"guard: handled by the NRI plugin", []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationHandled: "injected"}, ModeGuard},
+		{"guard: plain container", nil, map[string]string{criContainerName: "c"}, ModeGuard},
+		{"another vendor's CDI annotation", nil, map[string]string{"cdi.k8s.io/x": "vendor.com/fpga=0"}, ModeInject},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := bundle(t, tc.env, tc.ann)
+			before, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+			if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, testConfig(root, tc.mode), root.Options()...); err != nil {
+				t.Fatal(err)
+			}
+			if after, _ := os.ReadFile(filepath.Join(dir, "config.json")); string(after) != string(before) {
+				t.Fatal("config.json changed")
+			}
+		})
+	}
+	t.Run("already injected from nvbind's CDI spec", func(t *testing.T) {
+		t.Parallel()
+		env := []string{"NVIDIA_VISIBLE_DEVICES=0"}
+		dir := bundle(t, env, nil)
+		cfg := testConfig(root, ModeInject)
+		if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, cfg, root.Options()...); err != nil {
+			t.Fatal(err)
+		}
+		// what a CDI runtime leaves: every node and mount, and the request still in env
+		s := readSpec(t, dir)
+		s.Process.Env = append(s.Process.Env, "NVIDIA_VISIBLE_DEVICES=0")
+		data, _ := json.Marshal(&s)
+		_ = os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600)
+		if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, cfg, root.Options()...); err != nil {
+			t.Fatal(err)
+		}
+		if after, _ := os.ReadFile(filepath.Join(dir, "config.json")); string(after) != string(data) {
+			t.Fatal("config.json changed")
+		}
+	})
+}
+
+// TestPrivileged: a privileged container has every host device already, but not the
+// driver's files: it gets them.
+func TestPrivileged(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	dir := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil, func(s *oci.Spec) {
+		for _, p := range []string{"/dev/nvidia0", "/dev/nvidia1", "/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"} {
+			s.Linux.Devices = append(s.Linux.Devices, oci.LinuxDevice{Path: p, Type: "c", Major: 195, Minor: 1})
+		}
+	})
+	if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, testConfig(root, ModeInject), root.Options()...); err != nil {
+		t.Fatal(err)
+	}
+	s := readSpec(t, dir)
+	if !slices.ContainsFunc(s.Mounts, func(m oci.Mount) bool { return strings.HasSuffix(m.Destination, "/libcuda.so.535.261.03") }) {
+		t.Fatalf("no libcuda mount: %+v", s.Mounts)
+	}
+	if s.Hooks == nil || len(s.Hooks.CreateContainer) != 1 {
+		t.Fatalf("no hook: %+v", s.Hooks)
+	}
+}
+
+// TestErrorsLeaveConfigUntouched: a bad request fails create with a message naming the
+// variable, the value and the choices, and config.json stays as it was.
+func TestErrorsLeaveConfigUntouched(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	for _, tc := range []struct {
+		name  string
+		env   []string
+		mode  string
+		wants []string
+		is    error
+	}{
+		{"GPU the node lacks", []string{"NVIDIA_VISIBLE_DEVICES=7"}, ModeInject, []string{"env NVIDIA_VISIBLE_DEVICES", `"7"`, "valid: all, none, 0, 1"}, request.ErrUnknownDevice},
+		{"bad selector", []string{"NVIDIA_VISIBLE_DEVICES=zero"}, ModeInject, []string{"NVIDIA_VISIBLE_DEVICES", `"zero"`, "valid:"}, nil},
+		{"bad capability", []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_DRIVER_CAPABILITIES=compute,warp"}, ModeInject,
+			[]string{"NVIDIA_DRIVER_CAPABILITIES", "warp", "compute"}, nil},
+		{"unmet requirement", []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_DRIVER=driver>=999"}, ModeInject,
+			[]string{"NVIDIA_REQUIRE_DRIVER", "driver>=999", "535.261.03"}, request.ErrUnmetRequirement},
+		{"guard: the NRI plugin did not handle it", []string{"NVIDIA_VISIBLE_DEVICES=0"}, ModeGuard, []string{"asks for GPUs (env)", "refused"}, ErrUnhandled},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := bundle(t, tc.env, nil)
+			before, _ := os.ReadFile(filepath.Join(dir, "config.json"))
+			err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, testConfig(root, tc.mode), root.Options()...)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			for _, w := range tc.wants {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("error %v is not %v", err, tc.is)
+			}
+			if after, _ := os.ReadFile(filepath.Join(dir, "config.json")); string(after) != string(before) {
+				t.Fatal("config.json changed")
+			}
+			entries, _ := os.ReadDir(dir)
+			if len(entries) != 1 {
+				t.Fatalf("the bundle holds %d files: a temp file was left", len(entries))
+			}
+		})
+	}
+	t.Run("guard: required plugin", func(t *testing.T) {
+		t.Parallel()
+		dir := bundle(t, nil, map[string]string{criContainerName: "c", request.AnnotationRequiredPlugins + "/container.c": `["nvbind"]`})
+		err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, testConfig(root, ModeGuard), root.Options()...)
+		if !errors.Is(err, ErrUnhandled) || !strings.Contains(err.Error(), "required plugin") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("a field this build does not know", func(t *testing.T) {
+		t.Parallel()
+		dir := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+		p := filepath.Join(dir, "config.json")
+		data, _ := os.ReadFile(p)
+		data = []byte(strings.Replace(string(data), `"ociVersion"`, `"futureField": {"x": 1}, "ociVersion"`, 1))
+		_ = os.WriteFile(p, data, 0o600)
+		err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, testConfig(root, ModeInject), root.Options()...)
+		if err == nil || !strings.Contains(err.Error(), "futureField") || !strings.Contains(err.Error(), "not rewritten") {
+			t.Fatalf("err = %v", err)
+		}
+		if after, _ := os.ReadFile(p); string(after) != string(data) {
+			t.Fatal("config.json changed")
+		}
+	})
+}
+
+func TestLoadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, file, wantErr string
+	}{
+		{"defaults", "", ""},
+		{"guard", "mode = \"guard\"\nruntime = \"/usr/bin/runc\"\n", ""},
+		{"unknown key", "moed = \"guard\"\n", "unknown key"},
+		{"bad mode", "mode = \"inject-all\"\n", `mode "inject-all": valid: inject, guard`},
+		{"relative root", "driver-root = \"run/nvidia\"\n", "not an absolute path"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "runtime.toml")
+			if err := os.WriteFile(p, []byte(tc.file), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			t.Setenv(EnvConfig, p)
+			c, _, err := LoadConfig()
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Mode == "" || c.DriverRoot != "/" || c.EnvRequests == nil || !*c.EnvRequests {
+				t.Fatalf("defaults not filled: %+v", c)
+			}
+		})
+	}
+}
+
+// TestGuardName: run as nvbind-guard the wrapper guards, whatever the configuration says.
+func TestGuardName(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "runtime.toml")
+	if err := os.WriteFile(p, []byte("mode = \"inject\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(EnvConfig, p)
+	for name, want := range map[string]string{"/opt/nvbind/bin/nvbind-guard": ModeGuard, "nvbind-runtime": ModeInject,
+		"/usr/bin/nvidia-container-runtime": ModeInject} {
+		c, err := configFor(name)
+		if err != nil || c.Mode != want {
+			t.Errorf("%s: mode %q, %v; want %q", name, c.Mode, err, want)
+		}
+	}
+}
+
+// BenchmarkPrepare times the edit of one config.json in process (discovery, request,
+// edits, the write), without the process start around it: a GPU container asking for
+// every GPU and capability.
+func BenchmarkPrepare(b *testing.B) {
+	root := driverroot.Open(b, "debian-535")
+	cfg := Config{Mode: ModeInject, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true}
+	_ = cfg.check()
+	dir := b.TempDir()
+	s := oci.Spec{Version: oci.Version, Root: &oci.Root{Path: "rootfs"}, Process: &oci.Process{Args: []string{"sh"}, Cwd: "/",
+		Env: []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}}, Linux: &oci.Linux{}}
+	data, _ := json.Marshal(&s)
+	p := filepath.Join(dir, "config.json")
+	for b.Loop() {
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			b.Fatal(err)
+		}
+		if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, cfg, root.Options()...); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
