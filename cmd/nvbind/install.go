@@ -18,19 +18,37 @@ import (
 	"github.com/nvbind/nvbind/manifests"
 )
 
-var validComponents = []string{"binaries", "hook", "units"}
+var validComponents = []string{"binaries", "hook", "runtime", "units", "dev-char"}
+
+// validEnable are what --enable turns on: systemd units, and Docker's runtime.
+var validEnable = []string{"nri", "cdi-refresh", "docker-runtime"}
+
+// Names of the runtime wrapper: nvbind-runtime, its guard name (mode guard whatever the
+// configuration says), and NVIDIA's name, for configurations written for NVIDIA's runtime.
+const (
+	runtimeBinary = "nvbind-runtime"
+	runtimeEdit   = "nvbind-runtime-edit"
+	guardLink     = "nvbind-guard"
+	nvidiaRuntime = "nvidia-container-runtime"
+)
 
 type installFlags struct {
-	prefix, unitDir string
-	components      []string
-	enable          []string
+	rootFlags
+	prefix, unitDir, dockerConfig string
+	components                    []string
+	enable                        []string
+	asNVIDIA, dockerDefault       bool
 }
 
 func (f *installFlags) register(cmd *cobra.Command, verb string) {
 	fl := cmd.Flags()
 	fl.StringVar(&f.prefix, "prefix", "/usr/local", "binaries go to PREFIX/bin")
 	fl.StringVar(&f.unitDir, "unit-dir", systemUnitDir, "where the systemd units go; systemctl is run only for "+systemUnitDir)
-	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+": binaries (nvbind, nvbind-node, nvbind-hook), hook (nvbind-hook only), units")
+	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+
+		": binaries (nvbind, nvbind-node, nvbind-hook, nvbind-runtime with nvbind-runtime-edit), hook (nvbind-hook only), runtime (nvbind-runtime, nvbind-runtime-edit, nvbind-hook), units, dev-char (/dev/char links of NVIDIA's device nodes)")
+	fl.StringVar(&f.dockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json, for --enable docker-runtime")
+	fl.BoolVar(&f.asNVIDIA, "as-nvidia", false, "also as NVIDIA's runtime: PREFIX/bin/nvidia-container-runtime, and Docker's runtime name nvidia")
+	f.rootFlags.register(cmd)
 }
 
 func (f *installFlags) check() error {
@@ -40,11 +58,22 @@ func (f *installFlags) check() error {
 		}
 	}
 	for _, u := range f.enable {
-		if u != "nri" && u != "cdi-refresh" {
-			return fmt.Errorf("--enable: unknown unit %q (valid: nri, cdi-refresh)", u)
+		if !slices.Contains(validEnable, u) {
+			return fmt.Errorf("--enable: unknown %q (valid: %s)", u, strings.Join(validEnable, ", "))
 		}
 	}
 	return nil
+}
+
+// units are the systemd units among --enable.
+func (f *installFlags) units() []string {
+	var out []string
+	for _, u := range f.enable {
+		if u != "docker-runtime" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
 
 func newInstallCommand() *cobra.Command {
@@ -52,12 +81,16 @@ func newInstallCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "install",
 		Short: "Install nvbind's binaries and systemd units on this host, and print what changed",
-		Long: `Install nvbind, nvbind-hook and the systemd units nvbind-nri.service (the NRI plugin, for containerd
-and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.yaml in step with the driver, for Podman,
-Docker and nerdctl). Files that are already up to date are left alone.`,
+		Long: `Install nvbind, nvbind-hook, nvbind-runtime and the systemd units nvbind-nri.service (the NRI plugin, for
+containerd and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.yaml in step with the driver, for
+Podman, Docker and nerdctl). --enable docker-runtime adds nvbind-runtime to Docker's daemon.json (every other
+key kept), so docker run --runtime=nvbind -e NVIDIA_VISIBLE_DEVICES=0 works; with --as-nvidia also under NVIDIA's
+names. dev-char makes the /dev/char links of NVIDIA's device nodes, without which systemd drops GPUs from
+running containers on daemon-reload. Files that are already up to date are left alone.`,
 		Example: `  nvbind install --enable cdi-refresh          # Podman, Docker, nerdctl hosts
   nvbind install --enable nri                  # containerd or CRI-O hosts without Kubernetes
-  nvbind install --components hook --prefix /host/opt/nvbind   # what the DaemonSet's init container runs`,
+  nvbind install --enable docker-runtime --as-nvidia --default   # docker run --runtime=nvidia, and the default
+  nvbind install --components hook,runtime --prefix /host/opt/nvbind   # what the DaemonSet's init container runs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
@@ -67,7 +100,8 @@ Docker and nerdctl). Files that are already up to date are left alone.`,
 		},
 	}
 	f.register(cmd, "install")
-	cmd.Flags().StringSliceVar(&f.enable, "enable", nil, "units to enable and start with systemctl: nri, cdi-refresh")
+	cmd.Flags().StringSliceVar(&f.enable, "enable", nil, "turn on: nri and cdi-refresh (systemd units, enabled and started), docker-runtime (Docker's daemon.json)")
+	cmd.Flags().BoolVar(&f.dockerDefault, "default", false, "with --enable docker-runtime: make nvbind-runtime Docker's default runtime")
 	return cmd
 }
 
@@ -111,17 +145,63 @@ func (f *installFlags) systemd() bool { return filepath.Clean(f.unitDir) == syst
 
 func (f *installFlags) binaries() []string {
 	var out []string
-	if slices.Contains(f.components, "binaries") {
-		out = append(out, "nvbind", nodeBinaryName, "nvbind-hook")
-	} else if slices.Contains(f.components, "hook") {
-		out = append(out, "nvbind-hook")
+	add := func(names ...string) {
+		for _, n := range names {
+			if !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	}
+	for _, c := range f.components {
+		switch c {
+		case "binaries":
+			add("nvbind", nodeBinaryName, "nvbind-hook", runtimeBinary, runtimeEdit)
+		case "hook":
+			add("nvbind-hook")
+		case "runtime":
+			add(runtimeBinary, runtimeEdit, "nvbind-hook")
+		}
 	}
 	return out
 }
 
+// links are the other names of installed binaries: name -> the binary it runs.
+func (f *installFlags) links() map[string]string {
+	out := map[string]string{}
+	if slices.Contains(f.binaries(), runtimeBinary) {
+		out[guardLink] = runtimeBinary
+		if f.asNVIDIA {
+			out[nvidiaRuntime] = runtimeBinary
+		}
+	}
+	return out
+}
+
+// placeLink makes dst a link to target (a name in the same folder), unless it is one.
+func placeLink(w io.Writer, dst, target string) error {
+	if got, err := os.Readlink(dst); err == nil && got == target {
+		fmt.Fprintf(w, "unchanged %s\n", dst)
+		return nil
+	}
+	tmp := dst + ".nvbind-tmp"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return fmt.Errorf("install %s: %w", dst, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.Remove(tmp)
+		return fmt.Errorf("install %s: %w", dst, err)
+	}
+	fmt.Fprintf(w, "installed %s -> %s\n", dst, target)
+	return nil
+}
+
 func (f *installFlags) install(w io.Writer) error {
-	if len(f.enable) > 0 && !f.systemd() { // checked before anything is written
+	if len(f.units()) > 0 && !f.systemd() { // checked before anything is written
 		return fmt.Errorf("--enable runs systemctl, which reads %s, not --unit-dir %s", systemUnitDir, f.unitDir)
+	}
+	if f.dockerDefault && !slices.Contains(f.enable, "docker-runtime") {
+		return errors.New("--default makes nvbind-runtime Docker's default runtime: use it with --enable docker-runtime")
 	}
 	self := selfPath()
 	bindir := filepath.Join(f.prefix, "bin")
@@ -135,6 +215,21 @@ func (f *installFlags) install(w io.Writer) error {
 			return fmt.Errorf("%s is not beside %s (build it with make build): %w", b, self, err)
 		}
 		if err := placeFile(w, filepath.Join(bindir, b), data, 0o755); err != nil {
+			return err
+		}
+	}
+	for name, target := range f.links() {
+		if err := placeLink(w, filepath.Join(bindir, name), target); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(f.components, "dev-char") {
+		if err := f.devChar(w); err != nil {
+			return err
+		}
+	}
+	if slices.Contains(f.enable, "docker-runtime") {
+		if err := f.dockerRuntime(w, bindir); err != nil {
 			return err
 		}
 	}
@@ -154,14 +249,14 @@ func (f *installFlags) install(w io.Writer) error {
 			}
 		}
 	}
-	if len(f.enable) == 0 {
+	if len(f.units()) == 0 {
 		if slices.Contains(f.components, "units") {
 			fmt.Fprintln(w, "enable with: systemctl daemon-reload && systemctl enable --now nvbind-cdi-refresh (Podman, Docker, nerdctl) or nvbind-nri (containerd, CRI-O)")
 		}
 		return nil
 	}
 	args := []string{"enable", "--now"}
-	for _, u := range f.enable {
+	for _, u := range f.units() {
 		args = append(args, "nvbind-"+u+".service")
 	}
 	for _, c := range [][]string{{"daemon-reload"}, args} {
@@ -189,8 +284,14 @@ func (f *installFlags) uninstall(w io.Writer) error {
 			errs = append(errs, remove(w, filepath.Join(f.unitDir, u)))
 		}
 	}
+	for name := range f.links() {
+		errs = append(errs, remove(w, filepath.Join(f.prefix, "bin", name)))
+	}
 	for _, b := range f.binaries() {
 		errs = append(errs, remove(w, filepath.Join(f.prefix, "bin", b)))
+	}
+	if slices.Contains(f.binaries(), runtimeBinary) {
+		errs = append(errs, f.removeDockerRuntime(w, filepath.Join(f.prefix, "bin")))
 	}
 	return errors.Join(errs...)
 }

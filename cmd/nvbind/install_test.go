@@ -1,12 +1,14 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -24,6 +26,7 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	out := run("install")
 	for _, want := range []string{"installed " + prefix + "/bin/nvbind\n", "installed " + prefix + "/bin/nvbind-hook\n",
+		"installed " + prefix + "/bin/nvbind-runtime\n", "installed " + prefix + "/bin/nvbind-guard -> nvbind-runtime\n",
 		"installed " + units + "/nvbind-nri.service\n", "installed " + units + "/nvbind-cdi-refresh.service\n", "enable with: systemctl"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("install output lacks %q:\n%s", want, out)
@@ -46,7 +49,8 @@ func TestInstallUninstall(t *testing.T) {
 		t.Error("systemd-analyze is not installed (make deps installs systemd)")
 	}
 	out = run("uninstall")
-	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n"} {
+	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n",
+		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("uninstall output lacks %q:\n%s", want, out)
 		}
@@ -61,5 +65,95 @@ func TestInstallUninstall(t *testing.T) {
 	}
 	if _, err := exec.Command(bin, "install", "--components", "kernel").CombinedOutput(); err == nil {
 		t.Error("an unknown component was accepted")
+	}
+}
+
+// TestInstallDockerRuntime: --enable docker-runtime adds nvbind-runtime to daemon.json,
+// keeping every other key; invalid JSON is refused with nothing written; uninstall takes
+// out only what install put in.
+func TestInstallDockerRuntime(t *testing.T) {
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	dir := t.TempDir()
+	prefix, daemon := filepath.Join(dir, "usr"), filepath.Join(dir, "daemon.json")
+	run := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append(args, "--prefix", prefix, "--docker-config", daemon, "--components", "runtime")...).CombinedOutput()
+		return string(out), err
+	}
+	orig := `{"features": {"cdi": true}, "log-driver": "journald", "runtimes": {"crun": {"path": "/usr/bin/crun", "runtimeArgs": ["--debug"]}}}`
+	if err := os.WriteFile(daemon, []byte(orig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := run("install", "--enable", "docker-runtime", "--as-nvidia", "--default")
+	if err != nil || !strings.Contains(out, "restart dockerd") || !strings.Contains(out, "installed "+prefix+"/bin/nvidia-container-runtime -> nvbind-runtime") {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	var got struct {
+		Features       map[string]bool `json:"features"`
+		LogDriver      string          `json:"log-driver"`
+		DefaultRuntime string          `json:"default-runtime"`
+		Runtimes       map[string]struct {
+			Path        string   `json:"path"`
+			RuntimeArgs []string `json:"runtimeArgs"`
+		} `json:"runtimes"`
+	}
+	data, _ := os.ReadFile(daemon)
+	if err := json.Unmarshal(data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if !got.Features["cdi"] || got.LogDriver != "journald" || got.Runtimes["crun"].Path != "/usr/bin/crun" || len(got.Runtimes["crun"].RuntimeArgs) != 1 {
+		t.Errorf("other keys lost: %s", data)
+	}
+	if got.Runtimes["nvbind"].Path != prefix+"/bin/nvbind-runtime" || got.Runtimes["nvidia"].Path != prefix+"/bin/nvidia-container-runtime" || got.DefaultRuntime != "nvbind" {
+		t.Errorf("runtimes not added: %s", data)
+	}
+	if fi, err := os.Stat(daemon); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("daemon.json mode changed: %v %v", fi.Mode(), err)
+	}
+	if out, err := run("install", "--enable", "docker-runtime", "--as-nvidia", "--default"); err != nil || !strings.Contains(out, "unchanged "+daemon) {
+		t.Errorf("second install: %v\n%s", err, out)
+	}
+	out, err = run("uninstall")
+	if err != nil || !strings.Contains(out, "removed runtimes nvbind, nvidia") {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	data, _ = os.ReadFile(daemon)
+	got.Runtimes, got.DefaultRuntime = nil, ""
+	if err := json.Unmarshal(data, &got); err != nil || len(got.Runtimes) != 1 || got.DefaultRuntime != "" || got.LogDriver != "journald" {
+		t.Errorf("after uninstall: %s", data)
+	}
+	bad := `{"features": {"cdi": true},}`
+	_ = os.WriteFile(daemon, []byte(bad), 0o600)
+	if out, err := run("install", "--enable", "docker-runtime"); err == nil || !strings.Contains(out, daemon+" is not valid JSON (line 1") {
+		t.Errorf("invalid JSON: %v\n%s", err, out)
+	}
+	if data, _ := os.ReadFile(daemon); string(data) != bad {
+		t.Error("invalid daemon.json was changed")
+	}
+	if out, err := run("install", "--default"); err == nil || !strings.Contains(out, "use it with --enable docker-runtime") {
+		t.Errorf("--default alone: %v\n%s", err, out)
+	}
+}
+
+// TestInstallDevChar: install makes a /dev/char link for every NVIDIA device node of the
+// driver root's /dev, and doctor finds none missing after it.
+func TestInstallDevChar(t *testing.T) {
+	testutil.RequiresRoot(t) // the fixture's device nodes are copied
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	root := driverroot.Copy(t, driverroot.Open(t, "debian-535"), filepath.Join(t.TempDir(), "root"))
+	args := []string{"install", "--components", "dev-char", "--driver-root", root.Path, "--dev-root", root.Path, "--no-nvml"}
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, want := range []string{"dev/char/195:0 -> ../nvidia0", "dev/char/195:255 -> ../nvidiactl"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %s:\n%s", want, out)
+		}
+	}
+	if target, err := os.Readlink(filepath.Join(root.Path, "dev/char/195:1")); err != nil || target != "../nvidia1" {
+		t.Errorf("/dev/char/195:1 -> %q, %v", target, err)
+	}
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil || !strings.Contains(string(out), "unchanged") {
+		t.Errorf("second run: %v\n%s", err, out)
 	}
 }
