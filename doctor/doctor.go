@@ -19,6 +19,7 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/version"
 	"github.com/nvbind/nvbind/spec"
@@ -59,6 +60,9 @@ type Config struct {
 	NRISocket        string
 	HealthURL        string
 	HTTPClient       *http.Client
+	// DevRoot is where doctor reads the host's /dev, for the /dev/char links (empty: not
+	// checked).
+	DevRoot string
 }
 
 func (c *Config) defaults() {
@@ -110,6 +114,7 @@ func Run(ctx context.Context, c Config) []Result {
 	add(checkDriver(inv, err)...)
 	if inv != nil && inv.Driver.Version != "" {
 		add(checkNodes(inv, err))
+		add(checkDevChar(c, inv)...)
 		add(checkNVML(inv))
 		add(checkLibraries(inv))
 	}
@@ -366,17 +371,74 @@ func checkContainerd(ctx context.Context, c Config) []Result {
 	return checkContainerdFile(c)
 }
 
-func legacyContainerd(c Config) []Result {
-	m, err := readTOML(c.ContainerdConfig)
-	if err != nil || m == nil || !strings.Contains(fmt.Sprint(m), "nvidia-container-runtime") {
+// checkDevChar reports NVIDIA device nodes without a /dev/char link.
+func checkDevChar(c Config, inv *gpu.Inventory) []Result {
+	if c.DevRoot == "" {
 		return nil
 	}
-	return []Result{legacyRuntime(c)}
+	links := devchar.Links(inv)
+	var missing []string
+	for i, st := range devchar.Check(c.DevRoot, links) {
+		if st != devchar.OK {
+			missing = append(missing, links[i].Path)
+		}
+	}
+	if len(missing) == 0 {
+		return []Result{{"dev char links", OK, fmt.Sprintf("every NVIDIA device node has its /dev/char link (%d)", len(links)), ""}}
+	}
+	return []Result{{"dev char links", Warn, fmt.Sprintf("%d NVIDIA device nodes have no /dev/char link (%s): with systemd's cgroup driver, systemctl daemon-reload takes them from running containers (\"Failed to initialize NVML: Unknown Error\")",
+		len(missing), strings.Join(missing, ", ")), "nvbind install --components dev-char (the nvbind-nri and nvbind-cdi-refresh services and the DaemonSet keep them)"}}
+}
+
+// isNVBindRuntime reports whether a runtime path configured under NVIDIA's name runs
+// nvbind-runtime (nvbind install --as-nvidia links it).
+func isNVBindRuntime(p string) bool {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		p = r
+	}
+	return filepath.Base(p) == "nvbind-runtime"
+}
+
+// nvidiaRuntimePaths finds the paths of nvidia-container-runtime a configuration names.
+func nvidiaRuntimePaths(v any) []string {
+	var out []string
+	switch t := v.(type) {
+	case map[string]any:
+		for _, x := range t {
+			out = append(out, nvidiaRuntimePaths(x)...)
+		}
+	case []any:
+		for _, x := range t {
+			out = append(out, nvidiaRuntimePaths(x)...)
+		}
+	case string:
+		if strings.Contains(t, "nvidia-container-runtime") {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func legacyContainerd(c Config) []Result {
+	m, err := readTOML(c.ContainerdConfig)
+	if err != nil || m == nil {
+		return nil
+	}
+	paths := nvidiaRuntimePaths(m)
+	if len(paths) == 0 {
+		return nil
+	}
+	for _, p := range paths {
+		if !isNVBindRuntime(p) {
+			return []Result{legacyRuntime(c)}
+		}
+	}
+	return []Result{{"nvidia runtime", OK, c.ContainerdConfig + " names nvidia-container-runtime, which is nvbind-runtime here", ""}}
 }
 
 func legacyRuntime(c Config) Result {
-	return Result{"legacy runtime", Warn, c.ContainerdConfig + " still names nvidia-container-runtime: containers through it get GPUs twice (its hook and nvbind) or with a different driver set",
-		"remove the nvidia runtime from " + c.ContainerdConfig + " (nvidia-ctk runtime configure wrote it) and restart containerd"}
+	return Result{"legacy runtime", Warn, c.ContainerdConfig + " still names NVIDIA's nvidia-container-runtime: containers through it get GPUs twice (its hook and nvbind) or with a different driver set",
+		"nvbind install --components runtime --as-nvidia --prefix /usr (nvidia-container-runtime becomes nvbind-runtime), or remove the nvidia runtime from " + c.ContainerdConfig + "; restart containerd"}
 }
 
 // checkContainerdFile judges containerd's configuration file, for a containerd that is
@@ -474,9 +536,15 @@ func checkDocker(c Config) []Result {
 		return []Result{{"docker", Fail, fmt.Sprintf("%s: %v", c.DockerConfig, err), "fix the JSON"}}
 	}
 	var out []Result
-	if _, ok := cfg.Runtimes["nvidia"]; ok || cfg.DefaultRuntime == "nvidia" {
-		out = append(out, Result{"legacy runtime", Warn, c.DockerConfig + " still configures the nvidia runtime" + map[bool]string{true: " as the default", false: ""}[cfg.DefaultRuntime == "nvidia"],
-			"remove \"nvidia\" from runtimes (and default-runtime) and use --device nvidia.com/gpu=... with CDI"})
+	if rt, ok := cfg.Runtimes["nvidia"]; ok || cfg.DefaultRuntime == "nvidia" {
+		entry, _ := rt.(map[string]any)
+		path, _ := entry["path"].(string)
+		if isNVBindRuntime(path) {
+			out = append(out, Result{"nvidia runtime", OK, c.DockerConfig + ": the nvidia runtime is nvbind-runtime (" + path + ")", ""})
+		} else {
+			out = append(out, Result{"legacy runtime", Warn, c.DockerConfig + " still configures NVIDIA's nvidia runtime" + map[bool]string{true: " as the default", false: ""}[cfg.DefaultRuntime == "nvidia"],
+				"nvbind install --enable docker-runtime --as-nvidia (the nvidia runtime becomes nvbind-runtime: --runtime=nvidia keeps working), or remove it and use --device nvidia.com/gpu=... with CDI"})
+		}
 	}
 	if on, ok := cfg.Features["cdi"]; ok && !on {
 		out = append(out, Result{"docker cdi", Fail, "CDI is turned off in " + c.DockerConfig, "set \"features\": {\"cdi\": true} and restart docker"})

@@ -118,9 +118,10 @@ func TestDoctorBrokenHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := runDoctor(t, Config{SpecDirs: []string{specs}, ContainerdConfig: conf, ContainerdSocket: "/nonexistent", CRIOConfigs: []string{filepath.Join(dir, "none.conf")},
-		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz"}, host)
+		DockerConfig: docker, NRISocket: filepath.Join(dir, "nri.sock"), HealthURL: "http://127.0.0.1:1/healthz", DevRoot: root}, host)
 	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
 	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
+		"WARN  dev char links", "/dev/char/195:0", "daemon-reload", "nvbind install --components dev-char",
 		"FAIL  cdi spec", "is stale", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
@@ -141,5 +142,50 @@ func TestRuntimeSnippetsEnableNRI(t *testing.T) {
 	rs := checkCRIO(Config{CRIOConfigs: []string{"../manifests/runtime/crio-nri.conf"}})
 	if len(rs) != 1 || rs[0].Status != OK {
 		t.Errorf("crio-nri.conf: %+v", rs)
+	}
+}
+
+// TestNVIDIARuntimeIsNVBind: a Docker or containerd configuration whose nvidia runtime is
+// nvbind-runtime (nvbind install --as-nvidia) is no legacy runtime; NVIDIA's own is.
+func TestNVIDIARuntimeIsNVBind(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ours := filepath.Join(dir, "nvbind-runtime")
+	if err := os.WriteFile(ours, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "nvidia-container-runtime")
+	if err := os.Symlink("nvbind-runtime", link); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		path   string
+		status Status
+	}{{link, OK}, {ours, OK}, {"/usr/bin/nvidia-container-runtime", Warn}} {
+		docker := filepath.Join(t.TempDir(), "daemon.json")
+		if err := os.WriteFile(docker, []byte(`{"default-runtime":"nvidia","runtimes":{"nvidia":{"path":"`+tc.path+`"}}}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rs := checkDocker(Config{DockerConfig: docker})
+		if len(rs) != 1 || rs[0].Status != tc.status {
+			t.Errorf("docker, nvidia runtime %s: %+v", tc.path, rs)
+		}
+		conf := filepath.Join(t.TempDir(), "config.toml")
+		if err := os.WriteFile(conf, []byte("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.nvidia.options]\n  BinaryName = \""+tc.path+"\"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rs = legacyContainerd(Config{ContainerdConfig: conf})
+		if !strings.Contains(tc.path, "nvidia-container-runtime") {
+			if len(rs) != 0 {
+				t.Errorf("containerd, runtime %s: %+v", tc.path, rs)
+			}
+			continue
+		}
+		if len(rs) != 1 || rs[0].Status != tc.status {
+			t.Errorf("containerd, nvidia runtime %s: %+v", tc.path, rs)
+		}
+	}
+	if rs := checkDocker(Config{DockerConfig: filepath.Join(dir, "none.json")}); len(rs) != 0 {
+		t.Errorf("no daemon.json: %+v", rs)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -34,7 +35,10 @@ type Service struct {
 	SpecOptions spec.Options
 	// DevicePlugin, when set, gets every inventory and runs beside the NRI plugin.
 	DevicePlugin *deviceplugin.Plugin
-	Log          *slog.Logger
+	// DevCharRoot, when set, is where the service keeps the /dev/char links of NVIDIA's
+	// device nodes (the host's "/", or where it is mounted), after every inventory.
+	DevCharRoot string
+	Log         *slog.Logger
 }
 
 // Serve runs until ctx ends or the plugin stops.
@@ -97,6 +101,15 @@ func (s *Service) Apply(ev gpu.Event) {
 	s.Log.Info("inventory", "driver", inv.Driver.Version, "gpus", len(inv.Devices), "source", string(inv.Source), "files", len(inv.Files))
 	if s.CDISpecDir != "" {
 		s.writeSpec(inv)
+	}
+	if s.DevCharRoot != "" {
+		made, err := devchar.Ensure(s.DevCharRoot, devchar.Links(inv))
+		for _, l := range made {
+			s.Log.Info("/dev/char link made", "link", l.Path, "target", l.Target)
+		}
+		if err != nil {
+			s.Log.Warn("/dev/char links not all made: systemctl daemon-reload may take GPUs from running containers", slog.Any("error", err))
+		}
 	}
 	if s.DevicePlugin != nil {
 		if err := s.DevicePlugin.Update(inv); err != nil {

@@ -15,6 +15,7 @@ import (
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -29,7 +30,7 @@ type generateFlags struct {
 	rootFlags
 	specFlags
 	output, format, names, caps string
-	watch, capDevices           bool
+	watch, capDevices, devChar  bool
 	interval                    time.Duration
 }
 
@@ -98,6 +99,7 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 		"GPU devices bring only their nodes; the driver files come from one device per capability (nvidia.com/gpu=capability-compute, ...), the layout nvbind nri --cdi-mode writes")
 	fl.BoolVar(&f.watch, "watch", false, "keep running: write the spec again whenever the driver, its device nodes or the MIG layout change; a failed discovery keeps the old spec")
 	fl.DurationVar(&f.interval, "interval", 30*time.Second, "with --watch, how often discovery runs besides reacting to file events")
+	fl.BoolVar(&f.devChar, "dev-char-links", true, "with --watch, also keep /dev/char/<major>:<minor> links for NVIDIA's device nodes under the dev root (without them systemctl daemon-reload takes GPUs from running containers)")
 	return cmd
 }
 
@@ -158,6 +160,15 @@ func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec
 		})
 		if err != nil {
 			log.Error("spec not written", slog.Any("error", err))
+		}
+		if f.devChar {
+			made, err := devchar.Ensure(f.readDevRoot(), devchar.Links(ev.Inventory))
+			for _, l := range made {
+				log.Info("/dev/char link made", "link", l.Path, "target", l.Target)
+			}
+			if err != nil {
+				log.Warn("/dev/char links not all made: systemctl daemon-reload may take GPUs from running containers", slog.Any("error", err))
+			}
 		}
 	}
 	return nil

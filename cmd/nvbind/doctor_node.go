@@ -15,7 +15,7 @@ func (f *doctorFlags) run(cmd *cobra.Command) error {
 	}
 	c := doctor.Config{Discoverer: d, SpecDirs: f.specDirs, Vendor: f.vendor, Class: f.class,
 		ContainerdConfig: f.containerdConfig, ContainerdSocket: f.containerdSocket, ContainerdBinary: f.containerdBin,
-		CRIOConfigs: f.crioConfigs, DockerConfig: f.dockerConfig, NRISocket: f.nriSocket, HealthURL: f.healthURL}
+		CRIOConfigs: f.crioConfigs, DockerConfig: f.dockerConfig, NRISocket: f.nriSocket, HealthURL: f.healthURL, DevRoot: f.readDevRoot()}
 	rs := doctor.Run(cmd.Context(), c)
 	if f.format == "json" {
 		if err := writeJSON(cmd.OutOrStdout(), rs); err != nil {

@@ -202,10 +202,7 @@ func (f *installFlags) devChar(w io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("dev-char: %w", err)
 	}
-	root := f.devRoot
-	if f.devRootMount != "" {
-		root = f.devRootMount
-	}
+	root := f.readDevRoot()
 	links := devchar.Links(inv)
 	made, err := devchar.Ensure(root, links)
 	for _, l := range made {

@@ -17,7 +17,7 @@ type nriFlags struct {
 	devicePlugin, requireAllocation bool
 	socket, name, index             string
 	metricsAddr, cdiSpecDir         string
-	cdiMode, envRequests            bool
+	cdiMode, envRequests, devChar   bool
 	allowed, allNS                  []string
 	rescan                          time.Duration
 }
@@ -68,5 +68,6 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.StringSliceVar(&f.allNS, "all-gpus-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
 	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics, /readyz, /livez and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
+	fl.BoolVar(&f.devChar, "dev-char-links", true, "keep /dev/char/<major>:<minor> links for NVIDIA's device nodes under the dev root (without them systemctl daemon-reload takes GPUs from running containers)")
 	return cmd
 }

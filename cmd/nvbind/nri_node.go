@@ -38,6 +38,9 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
+	if f.devChar {
+		svc.DevCharRoot = f.readDevRoot()
+	}
 	if f.cdiMode {
 		// the plugin names GPUs and capabilities separately, so the spec holds both
 		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true

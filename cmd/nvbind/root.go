@@ -100,6 +100,14 @@ func (r *rootFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&r.noNVML, "no-nvml", false, "list GPUs from /proc/driver/nvidia instead of NVML")
 }
 
+// readDevRoot is where this process reads the dev root: --dev-root-mount, else --dev-root.
+func (r *rootFlags) readDevRoot() string {
+	if r.devRootMount != "" {
+		return r.devRootMount
+	}
+	return r.devRoot
+}
+
 func (r *rootFlags) discoverer(extra ...gpu.Option) (*gpu.Discoverer, error) {
 	readDriver, readDev := r.driverRoot, r.devRoot
 	if r.driverRootMount != "" {

@@ -81,6 +81,8 @@ func TestGenerateWatchFollowsUpgrade(t *testing.T) {
 		}
 	}()
 	waitFor(t, "the first spec", func() bool { return strings.Contains(read(), "libcuda.so.535.261.03") })
+	// and the /dev/char links of the driver's device nodes
+	waitFor(t, "/dev/char/195:1", func() bool { l, _ := os.Readlink(filepath.Join(root, "dev/char/195:1")); return l == "../nvidia1" })
 
 	// a broken driver (module unloaded, libraries removed): once discovery fails, the spec
 	// on disk stays as the last good one while the failure lasts
