@@ -98,4 +98,6 @@ func BuildNVBind(t testing.TB, dir string) string {
 func HookBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-hook") }
 
 // RuntimeBinary is the nvbind-runtime built by BuildNVBind next to nvbind.
-func RuntimeBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-runtime") }
+func RuntimeBinary(nvbind string) string {
+	return filepath.Join(filepath.Dir(nvbind), "nvbind-runtime")
+}
