@@ -10,6 +10,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	nodev1 "k8s.io/api/node/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -46,7 +47,7 @@ func build(t *testing.T, dir string) map[string][]byte {
 
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
-	allowedHostPaths := []string{"/var/run/nri", "/dev", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins"}
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -152,8 +153,8 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 			t.Errorf("volume %s is mounted at %s, over the container's /dev", m.Name, m.MountPath)
 		}
 	}
-	if len(spec.InitContainers) != 1 || !slices.Contains(spec.InitContainers[0].Command, "hook") {
-		t.Error("no init container installs the hook binary on the host")
+	if len(spec.InitContainers) != 1 || !slices.Contains(spec.InitContainers[0].Command, "hook,runtime") {
+		t.Error("no init container installs the hook and runtime binaries on the host")
 	}
 }
 
@@ -161,7 +162,8 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 // they make.
 func TestExamplePods(t *testing.T) {
 	t.Parallel()
-	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml", "examples/pod-cdi.yaml", "examples/pod-resource.yaml"} {
+	for _, f := range []string{"examples/pod-annotation.yaml", "examples/pod-env.yaml", "examples/pod-cdi.yaml", "examples/pod-resource.yaml",
+		"examples/pod-runtime-class.yaml"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -249,7 +251,8 @@ func TestExampleCompose(t *testing.T) {
 
 func TestRuntimeSnippets(t *testing.T) {
 	t.Parallel()
-	for _, f := range []string{"runtime/containerd-2.x-nri.toml", "runtime/containerd-1.7-nri.toml", "runtime/containerd-cdi.toml", "runtime/crio-nri.conf"} {
+	for _, f := range []string{"runtime/containerd-2.x-nri.toml", "runtime/containerd-1.7-nri.toml", "runtime/containerd-cdi.toml", "runtime/crio-nri.conf",
+		"runtime/containerd-2.x-guard.toml", "runtime/containerd-runtime-class.toml", "runtime/crio-runtime-class.conf"} {
 		data, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)
@@ -309,5 +312,24 @@ func TestImageTagIsWhatMakeImageWrites(t *testing.T) {
 	}
 	if !strings.Contains(string(cf), `org.opencontainers.image.version="`+vars["IMAGE_TAG"]+`"`) {
 		t.Errorf("the Containerfile's version label is not %s", vars["IMAGE_TAG"])
+	}
+}
+
+// TestRuntimeClass: the RuntimeClass names the handler of the runtime snippets.
+func TestRuntimeClass(t *testing.T) {
+	t.Parallel()
+	objs := build(t, "runtime-class")
+	data, ok := objs["RuntimeClass/nvbind"]
+	if !ok || len(objs) != 1 {
+		t.Fatalf("objects %v", objs)
+	}
+	var rc nodev1.RuntimeClass
+	strict(t, data, &rc)
+	snippet, err := os.ReadFile("runtime/containerd-runtime-class.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Handler != "nvbind" || !strings.Contains(string(snippet), "containerd.runtimes.nvbind]") || !strings.Contains(string(snippet), "nvbind-runtime") {
+		t.Errorf("handler %q does not match the snippet", rc.Handler)
 	}
 }

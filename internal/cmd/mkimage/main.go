@@ -73,8 +73,10 @@ func run() error {
 	}
 	files, err := ociimage.Rootfs{
 		// the full build answers every command, so nvbind is a link to it: one Go binary
-		// besides the static hook
-		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook")},
+		// besides the static hook, and the runtime wrapper the init container installs on
+		// the host (its static C front and its editor)
+		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook"),
+			filepath.Join(*bindir, "nvbind-runtime"), filepath.Join(*bindir, "nvbind-runtime-edit")},
 		Needs:    ociimage.DriverNeeds,
 		LibDirs:  dirs,
 		LibDir:   "/lib/" + triplet,
