@@ -18,8 +18,13 @@ import (
 	"github.com/nvbind/nvbind/spec"
 )
 
-// criContainerName is the CRI's annotation that names a container in config.json.
-const criContainerName = "io.kubernetes.cri.container-name"
+// Annotations of the CRI in config.json: the container's name, and the container type
+// that marks a pod's sandbox (pause) container, in containerd's and CRI-O's spelling.
+const (
+	criContainerName  = "io.kubernetes.cri.container-name"
+	criContainerType  = "io.kubernetes.cri.container-type"
+	crioContainerType = "io.kubernetes.cri-o.ContainerType"
+)
 
 // maxSpecSize bounds config.json.
 const maxSpecSize = 32 << 20
@@ -142,6 +147,11 @@ func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) er
 	var c container
 	if err := json.Unmarshal(data, &c); err != nil {
 		return fmt.Errorf("%s: %w", p, err)
+	}
+	if c.Annotations[criContainerType] == "sandbox" || c.Annotations[crioContainerType] == "sandbox" {
+		// a pod's sandbox carries the pod's annotations, but it is no container of the pod:
+		// NRI does not ask plugins about it, and it never gets GPUs
+		return nil
 	}
 	in := c.input()
 	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}

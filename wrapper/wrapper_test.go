@@ -223,6 +223,8 @@ func TestLeftAlone(t *testing.T) {
 		{"guard: handled by the NRI plugin", []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationHandled: "injected"}, ModeGuard},
 		{"guard: plain container", nil, map[string]string{criContainerName: "c"}, ModeGuard},
 		{"another vendor's CDI annotation", nil, map[string]string{"cdi.k8s.io/x": "vendor.com/fpga=0"}, ModeInject},
+		{"guard: a pod's sandbox with the pod's annotations", nil, map[string]string{criContainerType: "sandbox", "gpus.nvbind.io": "0"}, ModeGuard},
+		{"a pod's sandbox (CRI-O)", nil, map[string]string{crioContainerType: "sandbox", "gpus.nvbind.io": "0"}, ModeInject},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
