@@ -12,6 +12,7 @@ const (
 	dpDefaultMIGStrategy  = "none"
 	dpDefaultListStrategy = "cdi-cri"
 	dpDefaultKubeletDir   = "/var/lib/kubelet/device-plugins/"
+	dpDefaultForgetAfter  = 5 * time.Minute
 )
 
 // dpFlags configure the device plugin, alone (nvbind device-plugin) or in nvbind nri
@@ -19,6 +20,7 @@ const (
 type dpFlags struct {
 	resource, migStrategy, listStrategy, kubeletDir string
 	replicas                                        int
+	forgetAfter                                     time.Duration
 }
 
 func (d *dpFlags) register(cmd *cobra.Command) {
@@ -29,6 +31,8 @@ func (d *dpFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&d.listStrategy, "device-list-strategy", dpDefaultListStrategy,
 		"how Allocate hands devices to the runtime: cdi-cri (CDI names in the CRI; the plugin keeps nvbind's spec in --cdi-spec-dir) or annotations (for the nvbind NRI plugin)")
 	fl.StringVar(&d.kubeletDir, "kubelet-device-plugins-dir", dpDefaultKubeletDir, "the kubelet's device-plugin folder (kubelet.sock)")
+	fl.DurationVar(&d.forgetAfter, "forget-after", dpDefaultForgetAfter,
+		"how long a GPU that vanished stays advertised Unhealthy (it may come back) before it is dropped and capacity falls; 0 drops it at once")
 }
 
 type devicePluginFlags struct {

@@ -12,8 +12,12 @@ import (
 )
 
 func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics) (*deviceplugin.Plugin, error) {
+	forget := d.forgetAfter
+	if forget == 0 {
+		forget = -1 // the package's zero is its default; the flag's 0 means at once
+	}
 	return deviceplugin.New(deviceplugin.Config{Resource: d.resource, MIGStrategy: d.migStrategy, Replicas: d.replicas,
-		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class}, d.kubeletDir, log, m)
+		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class, ForgetAfter: forget}, d.kubeletDir, log, m)
 }
 
 func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {

@@ -27,6 +27,9 @@ func TestLeanDefaultsMatchPackages(t *testing.T) {
 			t.Errorf("lean default %q, package says %q", c.lean, c.pkg)
 		}
 	}
+	if dpDefaultForgetAfter != deviceplugin.DefaultForgetAfter {
+		t.Errorf("lean --forget-after default %s, package says %s", dpDefaultForgetAfter, deviceplugin.DefaultForgetAfter)
+	}
 }
 
 // TestLeanBuildLinksNoPluginStack: cdi generate, info and the hook must not pay, at every
