@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"os"
+	"strconv"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -49,6 +50,16 @@ func TestCluster(t *testing.T) {
 		if fi, err := os.Stat(hook); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("the init container did not install %s: %v", hook, err)
 		}
+		if fi, err := os.Stat("/opt/nvbind/bin/nvbind-runtime"); err != nil || fi.Mode()&0o111 == 0 {
+			t.Errorf("the init container did not install nvbind-runtime: %v", err)
+		}
+		// the plugin keeps the /dev/char links of the (fixture's) device nodes
+		s.waitFor("/dev/char links", 30*time.Second, func() error {
+			if l, err := os.Readlink(filepath.Join(s.driverRoot, "dev/char/195:1")); err != nil || l != "../nvidia1" {
+				return errorf("dev/char/195:1 -> %q, %v", l, err)
+			}
+			return nil
+		})
 		// Ready means registered, not merely running: pointed at a socket no runtime
 		// serves, the plugin runs and answers /livez, but never becomes Ready
 		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
@@ -167,13 +178,30 @@ func TestCluster(t *testing.T) {
 		if p := s.pod("default", "while-away"); p.Status.Phase != "Pending" {
 			t.Errorf("a GPU pod started while nvbind was away: %s", p.Status.Phase)
 		}
+		// without the annotation the validator lets a GPU pod through: nvbind-guard, the
+		// runc handler's binary, refuses to start it (runc create never runs, so the
+		// kubelet restarts it: restartPolicy OnFailure); a plain pod starts meanwhile
+		s.applyPod(restartOnFailure(gpuPod("default", "guarded", "", `{name: NVIDIA_VISIBLE_DEVICES, value: "0"}`,
+			"test -c /dev/nvidia0 && ldconfig -p | grep -q 'libcuda.so.1 ' && echo HAS-GPU || { echo NO-GPU; exit 3; }")))
+		s.applyPod(gpuPod("default", "plain-while-away", "", "", "ls /dev/nvidia* 2>&1; true"))
+		ev = s.waitEvent("default", "guarded", 90*time.Second, "nvbind's NRI plugin did not handle this container")
+		t.Logf("nvbind-guard, while nvbind is away:\n%s", lastLine(ev, "did not handle"))
+		s.waitPhase("default", "plain-while-away", 2*time.Minute, "Succeeded")
+		if p := s.pod("default", "guarded"); p.Status.Phase == "Succeeded" || strings.Contains(s.logs("default", "guarded", "cuda"), "NO-GPU") {
+			t.Errorf("a GPU pod started without nvbind: %s\n%s", p.Status.Phase, s.logs("default", "guarded", "cuda"))
+		}
 		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
 			`-p=[{"op":"remove","path":"/spec/template/spec/nodeSelector/nvbind.io~1paused"}]`)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.waitPhase("default", "while-away", 3*time.Minute, "Succeeded")
-		if got := nvidiaNodes(s.logs("default", "while-away", "cuda")); !slices.Contains(got, "/dev/nvidia0") {
-			t.Errorf("after nvbind came back the pod got %v", got)
+		if log := s.logs("default", "while-away", "cuda"); !slices.Contains(nvidiaNodes(log), "/dev/nvidia0") {
+			t.Errorf("after nvbind came back while-away got %v:\n%s", nvidiaNodes(log), log)
 		}
+		s.waitPhase("default", "guarded", 4*time.Minute, "Succeeded")
+		if log := s.logs("default", "guarded", "cuda"); !strings.Contains(log, "HAS-GPU") || strings.Contains(log, "NO-GPU") {
+			t.Errorf("after nvbind came back the guarded pod printed:\n%s", log)
+		}
+		s.kubectl("delete", "pod", "while-away", "guarded", "plain-while-away", "--wait=false")
 
 		// a rolling restart of the plugin, then a containerd restart: the running pod
 		// keeps running and new GPU pods work
@@ -188,6 +216,16 @@ func TestCluster(t *testing.T) {
 			t.Errorf("the running GPU pod did not survive the restarts: %+v", p.Status)
 		}
 		s.kubectl("delete", "pod", "long-gpu", "--wait=false")
+	})
+
+	run("BurstWithKills", func(t *testing.T) {
+		runs := 1
+		if n, err := strconv.Atoi(os.Getenv("NVBIND_BURST_RUNS")); err == nil && n > 0 {
+			runs = n
+		}
+		for i := range runs {
+			s.burstWithKills(t, uint64(20261201+i), 24, 6, 3)
+		}
 	})
 
 	run("Validator", func(t *testing.T) {
@@ -244,13 +282,44 @@ func TestCluster(t *testing.T) {
 		s.waitEvent("default", "after-uninstall", 90*time.Second, `required plugin "nvbind" not present`)
 	})
 
+	run("RuntimeClass", func(t *testing.T) {
+		// a node without nvbind's NRI plugin: the RuntimeClass nvbind runs pods through
+		// nvbind-runtime (the test's containerd has the handler of
+		// manifests/runtime/containerd-runtime-class.toml), which reads NVIDIA's env contract
+		s.kubectl("apply", "-k", filepath.Join(s.repo, "manifests/runtime-class"))
+		s.kubectl("apply", "-f", filepath.Join(s.repo, "manifests/examples/pod-runtime-class.yaml"))
+		s.waitPhase("default", "cuda-runtime-class-gpu1", 2*time.Minute, "Succeeded", "Failed")
+		log := s.logs("default", "cuda-runtime-class-gpu1", "cuda")
+		want := []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia1", "/dev/nvidiactl"}
+		if got := nvidiaNodes(log); !slices.Equal(got, want) || !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => ") ||
+			!strings.Contains(log, "NVIDIA-SMI has failed") {
+			t.Errorf("pod-runtime-class.yaml: nodes %v, want %v:\n%s", got, want, log)
+		}
+		s.applyPod(`apiVersion: v1
+kind: Pod
+metadata: {name: runtime-class-plain}
+spec:
+  runtimeClassName: nvbind
+  restartPolicy: Never
+  containers:
+    - {name: cuda, image: ` + cudaImage + `, command: ["sh", "-c", "ls /dev/nvidia* 2>&1; true"]}
+`)
+		s.waitPhase("default", "runtime-class-plain", 2*time.Minute, "Succeeded")
+		if got := nvidiaNodes(s.logs("default", "runtime-class-plain", "cuda")); len(got) != 0 {
+			t.Errorf("a pod of the RuntimeClass that asks for nothing got %v", got)
+		}
+		s.kubectl("delete", "pod", "cuda-runtime-class-gpu1", "runtime-class-plain", "--wait=false")
+		s.kubectl("delete", "-k", filepath.Join(s.repo, "manifests/runtime-class"))
+	})
+
 	run("DevicePlugin", func(t *testing.T) {
 		// the device-plugin overlay: nvidia.com/gpu through the kubelet, allocations
 		// enforced; a 5 s rescan so that a lost GPU shows quickly
 		// (the kubelet's device-plugin folder is /var/lib/kubelet/device-plugins whatever
 		// its --root-dir, so the overlay's host path stays)
 		dp := s.writeOverlayOf("overlay-dp", "manifests/overlays/device-plugin",
-			"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --rescan-interval=5s}\n")
+			"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --rescan-interval=5s}\n"+
+				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --forget-after=15s}\n")
 		s.kubectl("apply", "-k", dp)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.waitCapacity(t, "2")
@@ -320,6 +389,15 @@ func TestCluster(t *testing.T) {
 		}
 		start := time.Now()
 		s.waitCapacity(t, "1")
+		t.Logf("allocatable dropped to 1 in %s", time.Since(start).Round(100*time.Millisecond))
+		// gone for good (--forget-after): the kubelet's capacity drops too, rather than
+		// counting a device that will not return
+		s.waitFor("capacity 1", 90*time.Second, func() error {
+			if got := s.kubectl("get", "node", nodeName, "-o", `jsonpath={.status.capacity.nvidia\.com/gpu}`); got != "1" {
+				return errorf("capacity %q", got)
+			}
+			return nil
+		})
 		t.Logf("capacity dropped to 1 in %s", time.Since(start).Round(100*time.Millisecond))
 
 		// time-slicing: two replicas of the one GPU left, shared by two pods

@@ -54,6 +54,10 @@ type cluster struct {
 	pki        pki
 	apiPort    int
 	validator  string // containerd's NRI default-validator table
+	// runtimeBin holds nvbind's runtime wrapper, installed by nvbind install before
+	// containerd starts: nvbind-guard is the runc handler's binary, nvbind-runtime the
+	// handler of the RuntimeClass nvbind; runtimeConfig is their configuration
+	runtimeBin, runtimeConfig string
 }
 
 func k8sBin(t testing.TB) string {
@@ -143,6 +147,10 @@ func (c *cluster) start(name string, args ...string) {
 	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = append(os.Environ(), "PATH="+c.cbin+":"+os.Getenv("PATH"))
+	if name == "containerd" && c.runtimeConfig != "" {
+		// the shims, and so nvbind's runtime wrapper, inherit containerd's environment
+		cmd.Env = append(cmd.Env, "NVBIND_RUNTIME_CONFIG="+c.runtimeConfig)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", name, err)
@@ -259,9 +267,23 @@ func (c *cluster) startContainerd() {
 	}
 	config := testutil.ContainerdConfig{Dir: filepath.Join(c.dir, "containerd"), Socket: c.csock,
 		NRISocket: filepath.Join(c.nriDir, "nri.sock"), PluginDir: filepath.Join(c.dir, "nri-plugins"),
-		PauseImage: pauseImage, CDIDir: c.cdiDir, CNIConfDir: filepath.Join(c.dir, "cni"), Extra: c.validator}.TOML()
+		PauseImage: pauseImage, CDIDir: c.cdiDir, CNIConfDir: filepath.Join(c.dir, "cni"), Extra: c.validator}
+	if c.runtimeBin != "" {
+		// as manifests/runtime/containerd-2.x-guard.toml and containerd-runtime-class.toml
+		// configure a node
+		config.RuncBinary = filepath.Join(c.runtimeBin, "nvbind-guard")
+		config.RuncOptions = guardAnnotations
+		config.Runtimes = fmt.Sprintf(`    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvbind]
+      runtime_type = "io.containerd.runc.v2"
+      pod_annotations = ["gpus.nvbind.io", "gpus.nvbind.io/*", "capabilities.nvbind.io", "capabilities.nvbind.io/*"]
+      container_annotations = ["cdi.k8s.io/*"]
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.nvbind.options]
+        BinaryName = %q
+`, filepath.Join(c.runtimeBin, "nvbind-runtime"))
+	}
+	config.Dir = filepath.Join(c.dir, "containerd")
 	cfg := filepath.Join(c.dir, "containerd.toml")
-	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
+	if err := os.WriteFile(cfg, []byte(config.TOML()), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
 	c.start("containerd", "--config", cfg)
@@ -429,3 +451,10 @@ func (c *cluster) getJSON(v any, args ...string) {
 }
 
 func errorf(format string, a ...any) error { return fmt.Errorf(format, a...) }
+
+// guardAnnotations are the runc handler's annotation lines of
+// manifests/runtime/containerd-2.x-guard.toml.
+const guardAnnotations = `      pod_annotations = ["gpus.nvbind.io", "gpus.nvbind.io/*", "nvidia.cdi.k8s.io", "nvidia.cdi.k8s.io/*",
+        "required-plugins.noderesource.dev", "required-plugins.noderesource.dev/*"]
+      container_annotations = ["cdi.k8s.io/*", "allocated.gpus.nvbind.io", "allocated.gpus.nvbind.io/*"]
+`

@@ -37,6 +37,7 @@ func newSetup(t testing.TB) *setup {
 	}
 	s.image = s.manifestImage()
 	images := s.buildImages()
+	s.installRuntime()
 	c.validator = "  [plugins.'io.containerd.nri.v1.nri'.default_validator]\n    enable = true\n"
 	c.startContainerd()
 	for _, tarball := range images {
@@ -49,6 +50,28 @@ func newSetup(t testing.TB) *setup {
 	c.kubectl("label", "node", nodeName, "nvbind.io/gpu=true")
 	s.writeOverlay()
 	return s
+}
+
+// installRuntime puts nvbind's runtime wrapper on the node with nvbind install, as an
+// administrator does before pointing containerd at it, and writes its configuration for
+// the test's driver root.
+func (s *setup) installRuntime() {
+	s.t.Helper()
+	prefix := filepath.Join(s.dir, "nvbind-runtime")
+	out, err := exec.Command(s.nvbind, "install", "--components", "runtime", "--prefix", prefix).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "nvbind-guard -> nvbind-runtime") {
+		s.t.Fatalf("nvbind install --components runtime: %v\n%s", err, out)
+	}
+	s.runtimeBin = filepath.Join(prefix, "bin")
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.runtimeConfig = filepath.Join(s.dir, "runtime.toml")
+	conf := fmt.Sprintf("runtime = %q\ndriver-root = %q\ndev-root = %q\nno-nvml = true\n", runc, s.driverRoot, s.driverRoot)
+	if err := os.WriteFile(s.runtimeConfig, []byte(conf), 0o644); err != nil {
+		s.t.Fatal(err)
+	}
 }
 
 // manifestImage is the image manifests/base names: `make image` writes the same.
@@ -122,7 +145,9 @@ patches:
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root=%s}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dev-root-mount=/host/driver-root}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --allowed-namespaces=default}
-%s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, extra)
+      - {op: replace, path: /spec/template/spec/volumes/5/hostPath/path, value: %s/dev/char}
+      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/4/mountPath, value: /host/driver-root/dev/char}
+%s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, s.driverRoot, extra)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
@@ -289,6 +314,13 @@ spec:
       command: ["sh", "-c", %q]
       env: [%s]
 `, name, ns, annotations, cudaImage, script, env)
+}
+
+// restartOnFailure makes a pod manifest restart its container when it fails: a container
+// nvbind-guard refuses never ran, and the kubelet starts it again (a new container, which
+// nvbind's NRI plugin is asked about again).
+func restartOnFailure(manifest string) string {
+	return strings.Replace(manifest, "restartPolicy: Never", "restartPolicy: OnFailure", 1)
 }
 
 // devices returns the /dev/nvidia* nodes a probe printed.

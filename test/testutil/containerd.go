@@ -20,12 +20,20 @@ type ContainerdConfig struct {
 	CNIConfDir string
 	// Extra is appended inside the NRI plugin's table (the default validator).
 	Extra string
+	// RuncBinary is the runc handler's BinaryName (default: runc in PATH); RuncOptions
+	// are extra lines of the handler's own table (pod_annotations, ...).
+	RuncBinary, RuncOptions string
+	// Runtimes are further runtime handlers, as TOML tables.
+	Runtimes string
 }
 
 // TOML is the configuration (version 3) of a private containerd with CRI, CDI, runc
 // (Debian's, from PATH) and NRI.
 func (c ContainerdConfig) TOML() string {
-	runc, _ := exec.LookPath("runc")
+	runc := c.RuncBinary
+	if runc == "" {
+		runc, _ = exec.LookPath("runc")
+	}
 	cni := ""
 	if c.CNIConfDir != "" {
 		cni = fmt.Sprintf("  [plugins.'io.containerd.cri.v1.runtime'.cni]\n    bin_dirs = [\"/usr/lib/cni\"]\n    conf_dir = %q\n", c.CNIConfDir)
@@ -49,13 +57,13 @@ state = %[2]q
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+%[11]s      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
         BinaryName = %[7]q
-[plugins.'io.containerd.nri.v1.nri']
+%[12]s[plugins.'io.containerd.nri.v1.nri']
   disable = false
   socket_path = %[8]q
   plugin_path = %[9]q
   plugin_config_path = %[9]q
 %[10]s`, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Socket, c.PauseImage, c.CDIDir, cni,
-		runc, c.NRISocket, c.PluginDir, c.Extra)
+		runc, c.NRISocket, c.PluginDir, c.Extra, c.RuncOptions, c.Runtimes)
 }
