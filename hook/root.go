@@ -49,13 +49,23 @@ func (r *containerRoot) Close() error {
 // resolveHow resolves paths as if the container root were "/", refusing /proc magic links.
 const resolveHow uint64 = unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS
 
+// openat2Retries bounds the retries of a lookup the kernel asks to retry: RESOLVE_IN_ROOT
+// through ".." answers EAGAIN whenever a rename or a mount anywhere on the host races it.
+const openat2Retries = 128
+
 // openat2 opens p inside the root; it reports ENOSYS on kernels before 5.6.
 func (r *containerRoot) openat2(p string, flags uint64) (*os.File, error) {
-	fd, err := unix.Openat2(int(r.fd.Fd()), p, &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolveHow})
-	if err != nil {
-		return nil, &fs.PathError{Op: "openat2", Path: p, Err: err}
+	how := &unix.OpenHow{Flags: flags | unix.O_CLOEXEC, Resolve: resolveHow}
+	for range openat2Retries {
+		fd, err := unix.Openat2(int(r.fd.Fd()), p, how)
+		if err == nil {
+			return os.NewFile(uintptr(fd), p), nil
+		}
+		if !errors.Is(err, unix.EAGAIN) && !errors.Is(err, unix.EINTR) {
+			return nil, &fs.PathError{Op: "openat2", Path: p, Err: err}
+		}
 	}
-	return os.NewFile(uintptr(fd), p), nil
+	return nil, &fs.PathError{Op: "openat2", Path: p, Err: unix.EAGAIN}
 }
 
 // cleanAbs checks a container path: absolute, no NUL, and not the root itself.
@@ -183,24 +193,38 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 	return nil
 }
 
-// openRead opens p inside the root for reading: one openat2 with RESOLVE_IN_ROOT where
-// the kernel has it (5.6+), else filepath-securejoin's emulation. O_NONBLOCK keeps a FIFO
-// from blocking the hook; callers check the file type.
+// errNotFile refuses to open what is neither a regular file nor a folder for reading.
+var errNotFile = errors.New("not a regular file or folder")
+
+// openRead opens a regular file or a folder p inside the root for reading. p is resolved
+// to an O_PATH handle first (openat2 with RESOLVE_IN_ROOT where the kernel has it, 5.6+,
+// else filepath-securejoin's emulation), which opens nothing: a device node's driver is
+// never called and a FIFO never blocks. Only a regular file or a folder is then opened,
+// through that handle, so swapping the path after the check changes nothing.
 func (r *containerRoot) openRead(p string) (*os.File, error) {
-	f, err := r.openat2(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY)
-	if !errors.Is(err, unix.ENOSYS) {
-		return f, err
+	h, err := r.openat2(p, unix.O_PATH)
+	if errors.Is(err, unix.ENOSYS) {
+		h, err = pathrs.OpenatInRoot(r.fd, p)
 	}
-	h, err := pathrs.OpenatInRoot(r.fd, p)
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = h.Close() }()
-	return pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(h.Fd()), &st); err != nil {
+		return nil, &fs.PathError{Op: "stat", Path: p, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG:
+		return pathrs.Reopen(h, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	case unix.S_IFDIR:
+		return pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	}
+	return nil, &fs.PathError{Op: "open", Path: p, Err: errNotFile}
 }
 
 // readFile reads a regular file inside the root, at most max bytes; a FIFO or device
-// there is refused, never opened for reading.
+// there is refused, never opened.
 func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
 	f, err := r.openRead(p)
 	if err != nil {
@@ -213,6 +237,9 @@ func (r *containerRoot) readFile(p string, max int64) ([]byte, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	if fi.Size() > max {
+		return nil, fmt.Errorf("%s is larger than %d bytes", p, max) // ReadAll bounds a file still growing
 	}
 	return fileio.ReadAll(f, max, p)
 }
