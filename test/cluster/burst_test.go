@@ -89,7 +89,7 @@ func (s *setup) burstWithKills(t *testing.T, seed uint64, gpuPods, plainPods, ki
 	s.waitFor("every burst pod to finish", 10*time.Minute, func() error {
 		var list struct {
 			Items []struct {
-				Metadata struct{ Name string } `json:"metadata"`
+				Metadata struct{ Name string }  `json:"metadata"`
 				Status   struct{ Phase string } `json:"status"`
 			} `json:"items"`
 		}
