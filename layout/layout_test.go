@@ -1,0 +1,257 @@
+package layout
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/test/driverroot"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+func inventory(t testing.TB, r driverroot.Root) *gpu.Inventory {
+	t.Helper()
+	d, err := gpu.New(r.Options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return inv
+}
+
+func TestPlan(t *testing.T) {
+	t.Parallel()
+	inv := inventory(t, driverroot.Open(t, "debian-535"))
+	all := For(inv, gpu.CapsAll)
+	if all.Name != "all" || all.Mount() != "/usr/local/nvbind/all" || !strings.HasPrefix(all.ID, "535.261.03-all-") {
+		t.Fatalf("plan %s %s %s", all.Name, all.Mount(), all.ID)
+	}
+	byPath := map[string]Entry{}
+	for _, e := range all.Entries {
+		byPath[e.Path] = e
+	}
+	lib := "/usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.535.261.03"
+	if e := byPath[lib]; !strings.HasSuffix(e.Host, lib) {
+		t.Errorf("libcuda: %+v", e)
+	}
+	if e := byPath["/usr/lib/x86_64-linux-gnu/libcuda.so.1"]; e.Target != "nvidia/current/libcuda.so.535.261.03" {
+		t.Errorf("libcuda.so.1 link: %+v", e)
+	}
+	if _, ok := byPath["/run/nvidia-persistenced/socket"]; ok {
+		t.Error("a socket is in the layout")
+	}
+	if !slices.Contains(all.Folders, "/usr/local/nvbind/all/usr/lib/x86_64-linux-gnu/nvidia/current") {
+		t.Errorf("folders %v", all.Folders)
+	}
+	def := For(inv, gpu.CapsDefault)
+	if def.Name != "compute+utility" || def.ID == all.ID || len(def.Entries) >= len(all.Entries) {
+		t.Errorf("default plan %s (%d entries), all %d", def.ID, len(def.Entries), len(all.Entries))
+	}
+	if again := For(inv, gpu.CapsAll); again.ID != all.ID {
+		t.Error("the same inventory plans another layout")
+	}
+	up := inventory(t, driverroot.Open(t, "debian-535-upgrade"))
+	if For(up, gpu.CapsAll).ID == all.ID {
+		t.Error("a driver upgrade keeps the layout's ID")
+	}
+}
+
+func TestReached(t *testing.T) {
+	t.Parallel()
+	lib := &gpu.File{Kind: gpu.KindLibrary, SONAME: "libcuda.so.1"}
+	for _, tc := range []struct {
+		path string
+		f    *gpu.File
+		want bool
+	}{
+		{"/usr/lib/x86_64-linux-gnu/libcuda.so.535", lib, true},
+		{"/usr/lib/x86_64-linux-gnu/libcuda.so.1", nil, true},
+		{"/usr/lib/x86_64-linux-gnu/vdpau/libvdpau_nvidia.so.1", nil, false},
+		{"/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so", nil, false},
+		{"/usr/bin/nvidia-smi", &gpu.File{Kind: gpu.KindBinary}, false},
+		{"/usr/lib/nvidia/current/nvidia_drv.so", &gpu.File{Kind: gpu.KindLibrary}, false},
+		{"/usr/share/vulkan/icd.d/nvidia_icd.json", &gpu.File{Kind: gpu.KindConfig}, false},
+	} {
+		if got := Reached(tc.path, tc.f); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.path, got, tc.want)
+		}
+	}
+}
+
+func TestWanted(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	for _, caps := range []gpu.Capabilities{gpu.CapsAll, gpu.CapsOf(gpu.CapVideo, gpu.CapCompute)} {
+		if err := Want(base, caps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, junk := range []string{"../x", "compute,utility", "utility+compute", "warp"} {
+		_ = os.WriteFile(filepath.Join(base, wantDir, strings.ReplaceAll(junk, "/", "_")), nil, 0o644)
+	}
+	got := Wanted(base)
+	if len(got) != 2 || !slices.Contains(got, gpu.CapsAll) || !slices.Contains(got, gpu.CapsOf(gpu.CapVideo, gpu.CapCompute)) {
+		t.Fatalf("wanted %v", got)
+	}
+	ClearWanted(base, []Plan{{Name: "all"}})
+	if got := Wanted(base); len(got) != 1 {
+		t.Fatalf("after clearing: %v", got)
+	}
+}
+
+// TestEnsure builds a layout of the debian-535 fixture in a private mount namespace
+// (unshare re-runs this test there) and checks it from inside.
+func TestEnsure(t *testing.T) {
+	if os.Getenv("NVBIND_LAYOUT_HELPER") == "1" {
+		ensureHelper(t)
+		return
+	}
+	testutil.RequiresRoot(t)
+	testutil.DriverRoot(t, "debian-535")
+	unshare := testutil.RequiresCommand(t, "unshare")
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], "-test.run=^TestEnsure$", "-test.v")
+	cmd.Env = append(os.Environ(), "NVBIND_LAYOUT_HELPER=1", "NVBIND_LAYOUT_BASE="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestEnsure")) {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	t.Logf("%s", bytes.TrimSpace(out))
+}
+
+func ensureHelper(t *testing.T) {
+	root := testutil.DriverRoot(t, "debian-535")
+	base := os.Getenv("NVBIND_LAYOUT_BASE")
+	d, err := gpu.New(gpu.WithDriverRoot(root), gpu.WithDevRoot(root), gpu.WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := For(inv, gpu.CapsAll)
+	if err := Ensure(base, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !Complete(base, p) {
+		t.Fatal("not complete")
+	}
+	dir := p.HostPath(base)
+	files := 0
+	for _, e := range p.Entries {
+		got := filepath.Join(dir, e.Path)
+		if e.Host == "" {
+			if target, err := os.Readlink(got); err != nil || target != e.Target {
+				t.Errorf("%s -> %q, %v; want %q", e.Path, target, err, e.Target)
+			}
+			continue
+		}
+		files++
+		want, err := os.ReadFile(e.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(got)
+		if err != nil || !bytes.Equal(data, want) {
+			t.Errorf("%s: not the host's file (%v)", e.Path, err)
+		}
+		if err := os.WriteFile(got, []byte("x"), 0o644); !errors.Is(err, unix.EROFS) {
+			t.Errorf("%s is writable: %v", e.Path, err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("the layout's tmpfs is writable: %v", err)
+	}
+	// the libcuda.so.1 link resolves inside the layout to the host's file
+	if data, err := os.ReadFile(filepath.Join(dir, "usr/lib/x86_64-linux-gnu/libcuda.so.1")); err != nil || len(data) == 0 {
+		t.Errorf("libcuda.so.1 in the layout: %v", err)
+	}
+	if err := Ensure(base, p, nil); err != nil {
+		t.Fatalf("a second Ensure: %v", err)
+	}
+	gone, err := Collect(base, nil)
+	if err != nil || len(gone) != 1 || gone[0] != p.ID {
+		t.Fatalf("collect: %v %v", gone, err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the layout folder stays: %v", err)
+	}
+	for _, e := range p.Entries {
+		if e.Host != "" {
+			if _, err := os.Stat(e.Host); err != nil {
+				t.Fatalf("a driver file is gone after Collect: %v", err)
+			}
+		}
+	}
+	t.Logf("layout %s: %d files, %d entries", p.ID, files, len(p.Entries))
+}
+
+// TestRetirer: a layout this process used is detached a grace period after it leaves use,
+// one of another driver version a grace period after it is first seen, and one of the
+// current driver that another process built is left alone.
+func TestRetirer(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	for _, id := range []string{"550.1-all-aaa", "550.1-all-bbb", "550.1-compute-ccc", "535.9-all-ddd", ".want"} {
+		if err := os.Mkdir(filepath.Join(base, id), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	clock := time.Unix(1e9, 0)
+	r := NewRetirer(base, time.Minute)
+	r.now = func() time.Time { return clock }
+	var detached []string
+	r.detach = func(dir string) error {
+		detached = append(detached, filepath.Base(dir))
+		return os.Remove(dir)
+	}
+	use := func(ids ...string) []string {
+		t.Helper()
+		var plans []Plan
+		for _, id := range ids {
+			plans = append(plans, Plan{ID: id})
+		}
+		gone, err := r.Use("550.1", plans)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slices.Sort(gone)
+		return gone
+	}
+	if gone := use("550.1-all-aaa"); len(gone) != 0 {
+		t.Fatalf("detached at once: %v", gone)
+	}
+	clock = clock.Add(30 * time.Second)
+	if gone := use("550.1-all-bbb"); len(gone) != 0 { // aaa leaves use now
+		t.Fatalf("detached within the grace period: %v", gone)
+	}
+	clock = clock.Add(40 * time.Second)
+	if gone := use("550.1-all-bbb"); !slices.Equal(gone, []string{"535.9-all-ddd"}) {
+		t.Fatalf("after 70s: %v, want the other driver's layout", gone)
+	}
+	if gone := use("550.1-all-aaa"); len(gone) != 0 { // aaa back in use before its grace ended
+		t.Fatalf("detached a layout in use: %v", gone)
+	}
+	clock = clock.Add(2 * time.Minute)
+	if gone := use("550.1-all-aaa"); !slices.Equal(gone, []string{"550.1-all-bbb"}) {
+		t.Fatalf("after 190s: %v, want bbb", gone)
+	}
+	for _, id := range []string{"550.1-all-aaa", "550.1-compute-ccc", ".want"} {
+		if _, err := os.Stat(filepath.Join(base, id)); err != nil {
+			t.Errorf("%s: %v (detached: %v)", id, err, detached)
+		}
+	}
+}
