@@ -8,6 +8,7 @@ import (
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 )
 
 // ToCDI converts the edits for a CDI spec: the one place CDI types are built.
@@ -178,4 +179,28 @@ func withMinimumVersion(s *cdispecs.Spec) (*cdispecs.Spec, error) {
 	}
 	s.Version = v
 	return s, nil
+}
+
+// Layouts are the driver layouts the spec of Generate mounts (o.LayoutBase set): the one
+// of o.Capabilities, or, with o.CapabilityDevices, one per capability. The caller builds
+// them (layout.Ensure) before a runtime reads the spec.
+func Layouts(inv *gpu.Inventory, o Options) ([]layout.Plan, error) {
+	o, err := o.withDefaults()
+	if err != nil || o.LayoutBase == "" || inv.WSL != nil || len(inv.Files) == 0 {
+		return nil, err
+	}
+	sets := []gpu.Capabilities{o.Capabilities}
+	if o.CapabilityDevices {
+		sets = nil
+		for _, c := range gpu.CapsAll.List() {
+			sets = append(sets, gpu.CapsOf(c))
+		}
+	}
+	var out []layout.Plan
+	for _, caps := range sets {
+		if p := layout.For(inv, caps); len(p.Entries) > 0 {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }

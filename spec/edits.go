@@ -2,13 +2,13 @@ package spec
 
 import (
 	"path"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookargs"
+	"github.com/nvbind/nvbind/layout"
 )
 
 // Edits are what a container gets, in nvbind's own terms. CDI specs get them through
@@ -56,66 +56,13 @@ var hookEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/
 // Link is one symbolic link to make in the container: Link points to Target (relative).
 type Link = hookargs.Link
 
-// libraryLinks returns the links that make the mounted libraries usable: each library's
-// SONAME link in its own folder, and the names the host gives it elsewhere (development
-// links, Debian's alternatives), each pointing straight at the mounted file.
-func libraryLinks(files []gpu.File) []Link {
-	mounted := map[string]bool{}
-	for _, f := range files {
-		mounted[f.Path] = true
-	}
-	seen := map[string]bool{}
-	var out []Link
-	add := func(f gpu.File, link string) {
-		if link == f.Path || mounted[link] || seen[link] {
-			return
-		}
-		seen[link] = true
-		// both are clean absolute container paths, so Rel cannot fail
-		target, _ := filepath.Rel(path.Dir(link), f.Path)
-		out = append(out, Link{Target: target, Link: link})
-	}
-	for _, f := range files {
-		if f.Kind != gpu.KindLibrary {
-			continue
-		}
-		if f.SONAME != "" && f.SONAME != path.Base(f.Path) {
-			add(f, path.Join(path.Dir(f.Path), f.SONAME))
-		}
-		for _, l := range f.Links {
-			add(f, l)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Link < out[j].Link })
-	return out
-}
+// libraryLinks are the links that make the mounted libraries usable (layout.LibraryLinks).
+func libraryLinks(files []gpu.File) []Link { return layout.LibraryLinks(files) }
 
-// libraryFolders returns the container folders that hold libraries with a SONAME or their
-// links, for the ld cache.
+// libraryFolders are the folders of the libraries and their links, for the ld cache
+// (layout.LibraryFolders).
 func libraryFolders(files []gpu.File, links []Link) []string {
-	set := map[string]bool{}
-	display := map[string]bool{}
-	for _, f := range files {
-		switch {
-		case f.Kind != gpu.KindLibrary:
-		case f.Capabilities.Has(gpu.CapDisplay) || f.SONAME == "":
-			// X server modules are loaded by path, not through the ld cache
-			display[f.Path] = true
-		default:
-			set[path.Dir(f.Path)] = true
-		}
-	}
-	for _, l := range links {
-		if !display[path.Join(path.Dir(l.Link), l.Target)] {
-			set[path.Dir(l.Link)] = true
-		}
-	}
-	out := make([]string, 0, len(set))
-	for d := range set {
-		out = append(out, d)
-	}
-	sort.Strings(out)
-	return out
+	return layout.LibraryFolders(files, links)
 }
 
 // CommonEdits are the edits every GPU container gets, whatever GPUs it has: control
@@ -139,6 +86,9 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) Edits {
 		e.Nodes = append(e.Nodes, n)
 	}
 	files := inv.FilesFor(caps)
+	if o.LayoutBase != "" {
+		return layoutEdits(inv, caps, files, e, o)
+	}
 	for _, f := range files {
 		opts := fileMountOptions
 		if f.Kind == gpu.KindSocket {
@@ -165,6 +115,35 @@ func commonEdits(inv *gpu.Inventory, caps gpu.Capabilities, o Options) Edits {
 	return e
 }
 
+// layoutEdits give the driver's files of caps in one mount, the layout of package layout
+// under o.LayoutBase (which the caller builds), and the hook makes the links that programs
+// look for by path (binaries, config files, modules loaded by path) and adds the layout's
+// library folders to the ld cache. Sockets are mounted on their own.
+func layoutEdits(inv *gpu.Inventory, caps gpu.Capabilities, files []gpu.File, e Edits, o Options) Edits {
+	for _, f := range files {
+		if !layout.Mountable(f) {
+			e.Mounts = append(e.Mounts, Mount{HostPath: f.HostPath, Path: f.Path, Options: socketMountOptions})
+		}
+	}
+	plan := layout.For(inv, caps)
+	if len(plan.Entries) > 0 {
+		e.Mounts = append(e.Mounts, Mount{HostPath: plan.HostPath(o.LayoutBase), Path: plan.Mount(), Options: slices.Clone(layout.MountOptions)})
+	}
+	byPath := make(map[string]*gpu.File, len(files))
+	for i := range files {
+		byPath[files[i].Path] = &files[i]
+	}
+	a := hookargs.Args{Folders: plan.Folders}
+	for _, en := range plan.Entries {
+		if !layout.Reached(en.Path, byPath[en.Path]) {
+			a.Links = append(a.Links, Link{Target: path.Join(plan.Mount(), en.Path), Link: en.Path})
+		}
+	}
+	withDriverActions(&a, inv, files, o)
+	e.addHook(a, o)
+	return e
+}
+
 // hookArgs builds the one createContainer hook that runs every enabled action; its
 // command line is hookargs' encoding, which the hook decodes with the same definitions.
 func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Hook {
@@ -175,6 +154,13 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Ho
 	if o.enabled(HookLDCache) {
 		a.Folders = libraryFolders(files, links)
 	}
+	withDriverActions(&a, inv, files, o)
+	return hookOf(a, o)
+}
+
+// withDriverActions adds the hook actions every driver's edits carry: the params
+// protection, CUDA forward compatibility and the application profile.
+func withDriverActions(a *hookargs.Args, inv *gpu.Inventory, files []gpu.File, o Options) {
 	if o.enabled(HookDeviceNodes) && inv.Driver.ModifyDeviceFiles != nil && *inv.Driver.ModifyDeviceFiles {
 		a.ProtectDeviceNodes, a.HostParams = true, path.Join(inv.DevRoot, "proc/driver/nvidia/params")
 	}
@@ -185,7 +171,6 @@ func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Ho
 		// with the driver's EGL (graphics), EGL and Vulkan see only the container's GPUs
 		a.AppProfile = true
 	}
-	return hookOf(a, o)
 }
 
 // hookOf is the one createContainer hook that runs the actions a asks for (nil: none);

@@ -61,6 +61,10 @@ type Options struct {
 	// DisabledHooks turns hook actions off. With every action off the edits are hookless:
 	// library links become extra bind mounts.
 	DisabledHooks []HookName
+	// LayoutBase, when set, gives a container the driver's files of a capability set in one
+	// mount: the layout (package layout) under this host folder, which the caller builds
+	// (layout.Ensure) before the edits are used. Empty: one bind mount per file.
+	LayoutBase string
 }
 
 // ParseNameStrategies parses a comma list of naming strategies.
@@ -124,6 +128,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.HookPath != "" && !strings.HasPrefix(o.HookPath, "/") {
 		return o, fmt.Errorf("hook path %q is not absolute: runtimes run hooks without PATH", o.HookPath)
+	}
+	if o.LayoutBase != "" && (!o.enabled(HookSymlinks) || !o.enabled(HookLDCache)) {
+		return o, fmt.Errorf("the one-mount driver layout needs the hook's %s and %s actions: use --layout files with them off", HookSymlinks, HookLDCache)
+	}
+	if o.LayoutBase != "" && !strings.HasPrefix(o.LayoutBase, "/") {
+		return o, fmt.Errorf("layout folder %q is not absolute", o.LayoutBase)
 	}
 	return o, nil
 }

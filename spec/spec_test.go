@@ -6,6 +6,7 @@ import (
 	"flag"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -56,6 +57,9 @@ func TestGoldenFixtureSpecs(t *testing.T) {
 		{"lib64-470", "lib64-470.yaml", Options{HookPath: hookPath}},
 		{"debian-535", "debian-535-compute-hookless.yaml", Options{Capabilities: gpu.CapsOf(gpu.CapCompute, gpu.CapUtility),
 			DisabledHooks: AllHooks, NameStrategies: []NameStrategy{NameTypeIndex}}},
+		// the driver in one mount of its layout; the hook links what is found by path
+		{"debian-535", "debian-535-layout.yaml", Options{HookPath: hookPath, LayoutBase: "/run/nvbind/driver"}},
+		{"lib64-470", "lib64-470-layout.yaml", Options{HookPath: hookPath, LayoutBase: "/run/nvbind/driver"}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
 			inv := discoverRoot(t, tc.root)
@@ -73,10 +77,16 @@ func TestGoldenFixtureSpecs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.o.LayoutBase != "" {
+				// a layout's ID hashes the host paths of its files: the fixture's folder
+				data = layoutID.ReplaceAll(data, []byte("$1-HASH"))
+			}
 			golden(t, tc.golden, data, inv.DriverRoot)
 		})
 	}
 }
+
+var layoutID = regexp.MustCompile(`(/run/nvbind/driver/[0-9.]+-[a-z+]+)-[0-9a-f]{12}`)
 
 // mountedNames returns the base names of the spec's mounts and the paths of its nodes.
 func mounted(s *cdispecs.Spec) (names map[string]bool, paths map[string]bool) {
