@@ -47,7 +47,7 @@ func build(t *testing.T, dir string) map[string][]byte {
 
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
-	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins"}
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -116,7 +116,7 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 			continue
 		}
 		if !slices.Contains(allowed, v.HostPath.Path) && v.HostPath.Path != driverRoot {
-			t.Errorf("host path %s is mounted: only the NRI socket, /dev, the driver root, /var/run/cdi and the hook folder may be", v.HostPath.Path)
+			t.Errorf("host path %s is mounted: only the NRI socket, /dev, the driver root, /var/run/cdi, the hook folder and /run/nvbind may be", v.HostPath.Path)
 		}
 		if v.Name == "driver-root" && v.HostPath.Path != driverRoot {
 			t.Errorf("driver root volume %s, want %s", v.HostPath.Path, driverRoot)
@@ -155,6 +155,35 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 	}
 	if len(spec.InitContainers) != 1 || !slices.Contains(spec.InitContainers[0].Command, "hook,runtime") {
 		t.Error("no init container installs the hook and runtime binaries on the host")
+	}
+	checkLayoutBuilder(t, spec.Containers, driverRoot)
+}
+
+// checkLayoutBuilder: the one privileged container of the base runs only nvbind layout
+// build, on the same driver root as the plugin, and is the only one whose mounts reach the
+// host (/run/nvbind, Bidirectional); the plugin sees its layouts (HostToContainer).
+func checkLayoutBuilder(t *testing.T, containers []corev1.Container, driverRoot string) {
+	t.Helper()
+	if len(containers) != 2 || containers[1].Name != "layouts" {
+		t.Fatalf("containers: want nvbind and layouts, got %d", len(containers))
+	}
+	b := containers[1]
+	if strings.Join(b.Args[:3], " ") != "layout build --watch" || !slices.Contains(b.Args, "--driver-root="+driverRoot) {
+		t.Errorf("layout builder args = %v", b.Args)
+	}
+	if b.Resources.Limits.Memory().IsZero() || b.SecurityContext == nil || b.SecurityContext.ReadOnlyRootFilesystem == nil || !*b.SecurityContext.ReadOnlyRootFilesystem {
+		t.Error("the layout builder needs a memory limit and a read-only root")
+	}
+	for i, c := range containers {
+		for _, m := range c.VolumeMounts {
+			bidi := m.MountPropagation != nil && *m.MountPropagation == corev1.MountPropagationBidirectional
+			if bidi != (i == 1 && m.Name == "layouts") {
+				t.Errorf("container %s mounts %s with propagation %v", c.Name, m.Name, m.MountPropagation)
+			}
+			if m.Name == "layouts" && (m.MountPath != "/run/nvbind" || m.MountPropagation == nil) {
+				t.Errorf("container %s mounts the layouts at %s (%v): they must be at the host's path, propagated", c.Name, m.MountPath, m.MountPropagation)
+			}
+		}
 	}
 }
 

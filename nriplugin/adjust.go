@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 )
@@ -33,6 +34,9 @@ type Config struct {
 	// RequireAllocation gives a container exactly the GPUs the kubelet allocated to it
 	// through nvbind's device plugin, and refuses requests for others.
 	RequireAllocation bool
+	// Layouts, when set, gives containers the driver's files in one mount of a layout
+	// (package layout) once it is complete, and one mount per file until then.
+	Layouts *layout.Provider
 }
 
 // Errors of the request policy; request.ErrUnknownDevice, request.ErrUnmetRequirement
@@ -85,6 +89,9 @@ func NewAdjuster(cfg Config) (*Adjuster, error) {
 	if cfg.Spec.Class == "" {
 		cfg.Spec.Class = spec.DefaultClass
 	}
+	if cfg.Layouts != nil {
+		cfg.Spec.LayoutBase = cfg.Layouts.Base
+	}
 	if err := cfg.Spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -115,7 +122,11 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 		return c.(*commonParts)
 	}
 	cp := &commonParts{paths: map[string]bool{}}
-	e, err := request.Edits(p.Inventory(), nil, caps, a.cfg.Spec)
+	so := a.cfg.Spec
+	if so.LayoutBase != "" && !a.cfg.Layouts.Ready(p.Inventory(), caps) {
+		so.LayoutBase = "" // one mount per file until the layout is complete
+	}
+	e, err := request.Edits(p.Inventory(), nil, caps, so)
 	if err != nil {
 		cp.err = err
 	} else {

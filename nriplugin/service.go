@@ -13,6 +13,7 @@ import (
 	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/devchar"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -38,7 +39,11 @@ type Service struct {
 	// DevCharRoot, when set, is where the service keeps the /dev/char links of NVIDIA's
 	// device nodes (the host's "/", or where it is mounted), after every inventory.
 	DevCharRoot string
-	Log         *slog.Logger
+	// Layouts, when set, are the driver layouts of the plugin's edits (Config.Layouts).
+	Layouts *layout.Provider
+	Log     *slog.Logger
+
+	inventories chan *gpu.Inventory
 }
 
 // Serve runs until ctx ends or the plugin stops.
@@ -48,6 +53,10 @@ func (s *Service) Serve(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.Layouts != nil {
+		s.inventories = make(chan *gpu.Inventory, 1)
+		go s.Layouts.Run(ctx, s.inventories, s.layoutsChanged)
+	}
 	ready := make(chan struct{})
 	go s.consume(ready)
 	select {
@@ -97,10 +106,22 @@ func (s *Service) Apply(ev gpu.Event) {
 		return
 	}
 	inv := ev.Inventory
+	if s.Layouts != nil {
+		// where this process builds them, the usual layouts are there before the
+		// inventory serves a container, which then gets them at once
+		s.Layouts.Prepare(inv)
+	}
 	s.Plugin.adj.SetInventory(inv)
 	s.Log.Info("inventory", "driver", inv.Driver.Version, "gpus", len(inv.Devices), "source", string(inv.Source), "files", len(inv.Files))
 	if s.CDISpecDir != "" {
 		s.writeSpec(inv)
+	}
+	if s.inventories != nil {
+		select { // the latest inventory replaces one not yet taken
+		case <-s.inventories:
+		default:
+		}
+		s.inventories <- inv
 	}
 	if s.DevCharRoot != "" {
 		made, err := devchar.Ensure(s.DevCharRoot, devchar.Links(inv))
@@ -118,10 +139,34 @@ func (s *Service) Apply(ev gpu.Event) {
 	}
 }
 
+// layoutsChanged makes the edits of an inventory again once its layouts are complete.
+func (s *Service) layoutsChanged(inv *gpu.Inventory) {
+	if s.Plugin.adj.Inventory() != inv {
+		return // a newer inventory came meanwhile
+	}
+	s.Plugin.adj.SetInventory(inv)
+	if s.CDISpecDir != "" {
+		s.writeSpec(inv)
+	}
+}
+
 // writeSpec keeps the spec that CDI names refer to in step with the inventory, with the
-// same hook options as the direct edits; a failure leaves the old spec.
+// same hook options as the direct edits; a failure leaves the old spec. It names the
+// driver layouts once they are complete, and one mount per file until then.
 func (s *Service) writeSpec(inv *gpu.Inventory) {
-	written, err := spec.WriteDir(inv, s.SpecOptions, s.CDISpecDir, spec.FormatYAML)
+	so := s.SpecOptions
+	if s.Layouts != nil && layout.Volatile(s.CDISpecDir) {
+		so.LayoutBase = s.Layouts.Base
+		plans, err := spec.Layouts(inv, so)
+		if err != nil {
+			s.Log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
+			return
+		}
+		if !s.Layouts.ReadyAll(inv, plans) {
+			so.LayoutBase = ""
+		}
+	}
+	written, err := spec.WriteDir(inv, so, s.CDISpecDir, spec.FormatYAML)
 	if err != nil {
 		s.Log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
 		return

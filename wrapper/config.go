@@ -15,6 +15,7 @@ import (
 	"github.com/pelletier/go-toml/v2"
 
 	"github.com/nvbind/nvbind/internal/fileio"
+	"github.com/nvbind/nvbind/layout"
 )
 
 // DefaultConfigFile is the wrapper's configuration; $NVBIND_RUNTIME_CONFIG names another.
@@ -51,6 +52,10 @@ type Config struct {
 	EnvRequests *bool `toml:"env-requests"`
 	// NoNVML lists GPUs from /proc/driver/nvidia only.
 	NoNVML bool `toml:"no-nvml"`
+	// Layout is "auto" (default: the driver's files in one mount of a layout, which the
+	// wrapper builds) or "files" (one mount per file); LayoutDir is the layouts' folder.
+	Layout    string `toml:"layout"`
+	LayoutDir string `toml:"layout-dir"`
 }
 
 // maxConfigSize bounds the configuration file.
@@ -88,7 +93,7 @@ func LoadConfig() (Config, string, error) {
 }
 
 func configKeys() []string {
-	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml"}
+	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml", "layout", "layout-dir"}
 	sort.Strings(keys)
 	return keys
 }
@@ -100,7 +105,16 @@ func (c *Config) check() error {
 	if !slices.Contains([]string{ModeInject, ModeGuard}, c.Mode) {
 		return fmt.Errorf("mode %q: valid: %s, %s", c.Mode, ModeInject, ModeGuard)
 	}
-	for _, d := range []struct{ key, v string }{{"driver-root", c.DriverRoot}, {"dev-root", c.DevRoot}, {"hook-path", c.HookPath}} {
+	if c.Layout == "" {
+		c.Layout = "auto"
+	}
+	if c.Layout != "auto" && c.Layout != "files" {
+		return fmt.Errorf("layout %q: valid: auto, files", c.Layout)
+	}
+	if c.LayoutDir == "" {
+		c.LayoutDir = layout.DefaultBase
+	}
+	for _, d := range []struct{ key, v string }{{"driver-root", c.DriverRoot}, {"dev-root", c.DevRoot}, {"hook-path", c.HookPath}, {"layout-dir", c.LayoutDir}} {
 		if d.v != "" && !filepath.IsAbs(d.v) {
 			return fmt.Errorf("%s %q is not an absolute path", d.key, d.v)
 		}

@@ -9,11 +9,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/fileio"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 )
@@ -209,6 +211,16 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	if err != nil {
 		return err
 	}
+	if so.LayoutBase != "" {
+		plan := layout.For(inv, req.Caps)
+		if err := layout.Ensure(so.LayoutBase, plan, nil); err != nil {
+			// the files one by one, still right, only slower to start
+			fmt.Fprintf(os.Stderr, "nvbind-runtime: driver layout %s not built, one mount per file: %v\n", plan.ID, err)
+			so.LayoutBase = ""
+		} else {
+			_, _ = layout.CollectOtherVersions(so.LayoutBase, inv.Driver.Version, 10*time.Minute)
+		}
+	}
 	edits, err := request.Edits(inv, targets, req.Caps, so)
 	if err != nil {
 		return err
@@ -255,6 +267,9 @@ func (c Config) specOptions() (spec.Options, error) {
 	var err error
 	if o.DisabledHooks, err = spec.ParseHookNames(c.DisableHooks); err != nil {
 		return o, fmt.Errorf("disable-hooks: %w", err)
+	}
+	if c.Layout != "files" && !slices.Contains(o.DisabledHooks, spec.HookSymlinks) && !slices.Contains(o.DisabledHooks, spec.HookLDCache) {
+		o.LayoutBase = c.LayoutDir
 	}
 	return o, o.Validate()
 }

@@ -81,7 +81,8 @@ func readSpec(t *testing.T, dir string) oci.Spec {
 }
 
 func testConfig(root driverroot.Root, mode string) Config {
-	c := Config{Mode: mode, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true}
+	// one mount per file: unit tests mount nothing (the layouts are tested end to end)
+	c := Config{Mode: mode, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true, Layout: "files"}
 	_ = c.check()
 	return c
 }
@@ -406,7 +407,7 @@ func TestGuardName(t *testing.T) {
 // every GPU and capability.
 func BenchmarkPrepare(b *testing.B) {
 	root := driverroot.Open(b, "debian-535")
-	cfg := Config{Mode: ModeInject, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true}
+	cfg := Config{Mode: ModeInject, DriverRoot: root.Path, DevRoot: root.Path, HookPath: "/usr/local/bin/nvbind-hook", NoNVML: true, Layout: "files"}
 	_ = cfg.check()
 	dir := b.TempDir()
 	s := oci.Spec{Version: oci.Version, Root: &oci.Root{Path: "rootfs"}, Process: &oci.Process{Args: []string{"sh"}, Cwd: "/",

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/devchar"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -29,6 +30,7 @@ func newCDICommand(g *globalFlags) *cobra.Command {
 type generateFlags struct {
 	rootFlags
 	specFlags
+	layoutFlags
 	output, format, names, caps string
 	watch, capDevices, devChar  bool
 	interval                    time.Duration
@@ -72,6 +74,9 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 			if err != nil {
 				return err
 			}
+			if _, err := f.ensureLayouts(inv, o); err != nil {
+				return err
+			}
 			if f.output == "" || f.output == "-" {
 				if err := spec.Validate(s); err != nil {
 					return fmt.Errorf("generated spec is invalid: %w", err)
@@ -90,6 +95,7 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 	}
 	f.rootFlags.register(cmd)
 	f.specFlags.register(cmd)
+	f.layoutFlags.register(cmd, "mount for a spec under /run (it goes at reboot with the layouts) when the layouts get built: here if nvbind may mount (root), else, with --watch, by nvbind layout build --watch")
 	fl := cmd.Flags()
 	fl.StringVarP(&f.output, "output", "o", "", "spec file, or folder (ending in / or existing) to write the conventionally named spec in; default standard output")
 	fl.StringVar(&f.format, "format", "", "json or yaml; default from the output file's extension, else yaml")
@@ -137,41 +143,100 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 	if format == "" {
 		format = spec.FormatYAML
 	}
+	// a layout lives in /run: a spec that outlives it (in /etc/cdi, or printed) gets one
+	// mount per file
+	if o.LayoutBase, err = f.layoutFlags.base(o, !layout.Volatile(f.output), f.watch); err != nil {
+		return o, "", err
+	}
 	return o, format, o.Validate()
 }
 
-// watchLoop keeps the spec at --output in step with the host.
+// watchLoop keeps the spec at --output in step with the host. With driver layouts, the
+// spec names them once they are complete (built here, or by nvbind layout build --watch),
+// and one mount per file until then.
 func (f *generateFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, o spec.Options, format spec.Format, log *slog.Logger) error {
 	if f.output == "" || f.output == "-" {
 		return errors.New("--watch needs --output: a spec file or folder to keep fresh")
 	}
-	for ev := range d.Watch(ctx, f.interval) {
-		if ev.Err != nil {
-			log.Error("discovery failed; the spec on disk stays as it is", slog.Any("error", ev.Err))
-			continue
-		}
-		s, err := spec.Generate(ev.Inventory, o)
-		if err != nil {
-			log.Error("spec not generated; the spec on disk stays as it is", slog.Any("error", err))
-			continue
-		}
-		err = f.writeAll(ev.Inventory, s, o, format, func(dst string, s *cdispecs.Spec) {
-			log.Info("spec written", "path", dst, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices), "devices", len(s.Devices))
-		})
-		if err != nil {
-			log.Error("spec not written", slog.Any("error", err))
-		}
-		if f.devChar {
-			made, err := devchar.Ensure(f.readDevRoot(), devchar.Links(ev.Inventory))
-			for _, l := range made {
-				log.Info("/dev/char link made", "link", l.Path, "target", l.Target)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var layouts *layout.Provider
+	inventories := make(chan *gpu.Inventory, 1)
+	completed := make(chan *gpu.Inventory, 1)
+	if o.LayoutBase != "" {
+		layouts = &layout.Provider{Base: o.LayoutBase, Read: f.readPath, Build: layout.CanBuild(), Log: log}
+		go layouts.Run(ctx, inventories, func(inv *gpu.Inventory) { latest(completed, inv) })
+	}
+	var current *gpu.Inventory
+	events := d.Watch(ctx, f.interval)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case inv := <-completed:
+			if inv == current {
+				f.refresh(inv, o, format, layouts, log)
 			}
-			if err != nil {
-				log.Warn("/dev/char links not all made: systemctl daemon-reload may take GPUs from running containers", slog.Any("error", err))
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			if ev.Err != nil {
+				log.Error("discovery failed; the spec on disk stays as it is", slog.Any("error", ev.Err))
+				continue
+			}
+			current = ev.Inventory
+			if layouts != nil && layouts.Build {
+				// built before the spec names them, so the first spec has them
+				if _, err := f.ensureLayouts(current, o); err != nil {
+					log.Error("driver layouts not built: the spec mounts one file at a time", slog.Any("error", err))
+				}
+			}
+			f.refresh(current, o, format, layouts, log)
+			if layouts != nil {
+				latest(inventories, current)
+			}
+			if f.devChar {
+				made, err := devchar.Ensure(f.readDevRoot(), devchar.Links(current))
+				for _, l := range made {
+					log.Info("/dev/char link made", "link", l.Path, "target", l.Target)
+				}
+				if err != nil {
+					log.Warn("/dev/char links not all made: systemctl daemon-reload may take GPUs from running containers", slog.Any("error", err))
+				}
 			}
 		}
 	}
-	return nil
+}
+
+// latest puts inv on ch, in place of one not yet taken.
+func latest(ch chan *gpu.Inventory, inv *gpu.Inventory) {
+	select {
+	case <-ch:
+	default:
+	}
+	ch <- inv
+}
+
+// refresh writes the spec of inv, naming the driver layouts if they are all complete.
+func (f *generateFlags) refresh(inv *gpu.Inventory, o spec.Options, format spec.Format, layouts *layout.Provider, log *slog.Logger) {
+	if layouts != nil {
+		plans, err := spec.Layouts(inv, o)
+		if err != nil || !layouts.ReadyAll(inv, plans) {
+			o.LayoutBase = ""
+		}
+	}
+	s, err := spec.Generate(inv, o)
+	if err != nil {
+		log.Error("spec not generated; the spec on disk stays as it is", slog.Any("error", err))
+		return
+	}
+	err = f.writeAll(inv, s, o, format, func(dst string, s *cdispecs.Spec) {
+		log.Info("spec written", "path", dst, "driver", inv.Driver.Version, "gpus", len(inv.Devices), "devices", len(s.Devices), "layouts", o.LayoutBase != "")
+	})
+	if err != nil {
+		log.Error("spec not written", slog.Any("error", err))
+	}
 }
 
 // writeAll writes the GPU spec to the --output file, or every spec (the IMEX channels'

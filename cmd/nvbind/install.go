@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/internal/fileio"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/manifests"
 )
 
@@ -83,7 +84,8 @@ func newInstallCommand() *cobra.Command {
 		Short: "Install nvbind's binaries and systemd units on this host, and print what changed",
 		Long: `Install nvbind, nvbind-hook, nvbind-runtime and the systemd units nvbind-nri.service (the NRI plugin, for
 containerd and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.yaml in step with the driver, for
-Podman, Docker and nerdctl). --enable docker-runtime adds nvbind-runtime to Docker's daemon.json (every other
+Podman, Docker and nerdctl), both with nvbind-layouts.service (builds the driver layouts they name, so that a
+container mounts the driver in one mount). --enable docker-runtime adds nvbind-runtime to Docker's daemon.json (every other
 key kept), so docker run --runtime=nvbind -e NVIDIA_VISIBLE_DEVICES=0 works; with --as-nvidia also under NVIDIA's
 names. dev-char makes the /dev/char links of NVIDIA's device nodes, without which systemd drops GPUs from
 running containers on daemon-reload. Files that are already up to date are left alone.`,
@@ -272,7 +274,7 @@ func (f *installFlags) install(w io.Writer) error {
 func (f *installFlags) uninstall(w io.Writer) error {
 	var errs []error
 	if slices.Contains(f.components, "units") {
-		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service"}
+		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service", "nvbind-layouts.service"}
 		if _, err := exec.LookPath("systemctl"); err == nil && f.systemd() {
 			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil { //nolint:gosec // fixed unit names
 				fmt.Fprintf(w, "ran systemctl disable --now %s\n", strings.Join(units, " "))
@@ -282,6 +284,15 @@ func (f *installFlags) uninstall(w io.Writer) error {
 		}
 		for _, u := range units {
 			errs = append(errs, remove(w, filepath.Join(f.unitDir, u)))
+		}
+		if f.systemd() && layout.CanBuild() {
+			// their builder and users are stopped: the driver layouts leave the host
+			// (running containers keep theirs)
+			gone, err := layout.Collect(layout.DefaultBase, nil)
+			for _, id := range gone {
+				fmt.Fprintf(w, "removed driver layout %s\n", filepath.Join(layout.DefaultBase, id))
+			}
+			errs = append(errs, err)
 		}
 	}
 	for name := range f.links() {

@@ -27,7 +27,7 @@ func TestInstallUninstall(t *testing.T) {
 	out := run("install")
 	for _, want := range []string{"installed " + prefix + "/bin/nvbind\n", "installed " + prefix + "/bin/nvbind-hook\n",
 		"installed " + prefix + "/bin/nvbind-runtime\n", "installed " + prefix + "/bin/nvbind-guard -> nvbind-runtime\n",
-		"installed " + units + "/nvbind-nri.service\n", "installed " + units + "/nvbind-cdi-refresh.service\n", "enable with: systemctl"} {
+		"installed " + units + "/nvbind-nri.service\n", "installed " + units + "/nvbind-cdi-refresh.service\n", "installed " + units + "/nvbind-layouts.service\n", "enable with: systemctl"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("install output lacks %q:\n%s", want, out)
 		}
@@ -40,7 +40,7 @@ func TestInstallUninstall(t *testing.T) {
 		t.Errorf("second install changed files:\n%s", again)
 	}
 	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
-		for _, u := range []string{"nvbind-nri.service", "nvbind-cdi-refresh.service"} {
+		for _, u := range []string{"nvbind-nri.service", "nvbind-cdi-refresh.service", "nvbind-layouts.service"} {
 			if out, err := exec.Command(analyze, "verify", filepath.Join(units, u)).CombinedOutput(); err != nil || len(out) > 0 {
 				t.Errorf("systemd-analyze verify %s: %v\n%s", u, err, out)
 			}
@@ -49,14 +49,15 @@ func TestInstallUninstall(t *testing.T) {
 		t.Error("systemd-analyze is not installed (make deps installs systemd)")
 	}
 	out = run("uninstall")
-	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n",
+	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n", "removed " + units + "/nvbind-layouts.service\n",
 		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("uninstall output lacks %q:\n%s", want, out)
 		}
 	}
-	// units outside /etc/systemd/system are not systemd's: the host's systemctl is never run
-	if strings.Contains(out, "systemctl") {
+	// units outside /etc/systemd/system are not systemd's: the host's systemctl is never
+	// run, nor the host's driver layouts touched
+	if strings.Contains(out, "systemctl") || strings.Contains(out, "driver layout") {
 		t.Errorf("uninstall ran the host's systemctl for a staging folder:\n%s", out)
 	}
 	if out, err := exec.Command(bin, "install", "--prefix", prefix, "--unit-dir", units, "--enable", "nri").CombinedOutput(); err == nil ||

@@ -14,6 +14,7 @@ type nriFlags struct {
 	rootFlags
 	specFlags
 	dpFlags
+	layoutFlags
 	devicePlugin, requireAllocation bool
 	socket, name, index             string
 	metricsAddr, cdiSpecDir         string
@@ -54,6 +55,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	f.rootFlags.register(cmd)
 	f.specFlags.register(cmd)
 	f.dpFlags.register(cmd)
+	f.layoutFlags.register(cmd, "mount, with the layouts built here when nvbind may mount (root), else by nvbind layout build --watch beside it; one mount per file until a layout is complete")
 	fl := cmd.Flags()
 	fl.BoolVar(&f.devicePlugin, "device-plugin", false, "also run the device plugin (the flags of nvbind device-plugin apply), so a node needs one pod")
 	fl.BoolVar(&f.requireAllocation, "require-allocation", false,

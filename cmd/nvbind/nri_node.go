@@ -10,7 +10,10 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/nriplugin"
+	"github.com/nvbind/nvbind/spec"
 )
 
 func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
@@ -18,7 +21,12 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	layouts, err := f.layouts(so, log)
+	if err != nil {
+		return err
+	}
 	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
+		Layouts:           layouts,
 		Spec:              so,
 		CDIMode:           f.cdiMode,
 		EnvRequests:       f.envRequests,
@@ -37,7 +45,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	p := nriplugin.NewPlugin(adj, log, metrics)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log}
+	svc := &nriplugin.Service{Plugin: p, Metrics: metrics, MetricsAddr: f.metricsAddr, SpecOptions: so, Log: log, Layouts: layouts}
 	if f.devChar {
 		svc.DevCharRoot = f.readDevRoot()
 	}
@@ -65,4 +73,15 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	// discovery: once before registering, then on every change
 	svc.Events = d.Watch(ctx, f.rescan)
 	return svc.Serve(ctx)
+}
+
+// layouts are the driver layouts of the plugin's edits (nil: one mount per file): built
+// here when this process may mount, else by nvbind layout build --watch beside it.
+func (f *nriFlags) layouts(so spec.Options, log *slog.Logger) (*layout.Provider, error) {
+	base, err := f.layoutFlags.base(so, false, true)
+	if err != nil || base == "" {
+		return nil, err
+	}
+	return &layout.Provider{Base: base, Read: f.readPath, Build: layout.CanBuild(),
+		Prebuilt: []gpu.Capabilities{gpu.CapsAll, gpu.CapsDefault}, Log: log}, nil
 }

@@ -70,7 +70,7 @@ func TestGenerateWatchFollowsUpgrade(t *testing.T) {
 	cmd.SetOut(&logs)
 	cmd.SetErr(&logs)
 	cmd.SetArgs([]string{"cdi", "generate", "--watch", "--interval", "100ms", "--no-nvml", "--driver-root", root, "--dev-root", root,
-		"--hook-path", "/usr/bin/nvbind-hook", "--output", out})
+		"--hook-path", "/usr/bin/nvbind-hook", "--output", out, "--layout", "files"})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- cmd.ExecuteContext(ctx) }()

@@ -83,7 +83,7 @@ func run() error {
 		// mount points the DaemonSet uses, so a read-only root needs no new folders; the
 		// host's /dev is mounted at /host/dev, and /proc and /sys, the same kernel's, are
 		// the container's own: --dev-root-mount=/host reads all three
-		Dirs:  []string{"host/dev", "host/driver-root", "host/opt/nvbind/bin", "var/run/nri", "var/run/cdi", "tmp"},
+		Dirs:  []string{"host/dev", "host/driver-root", "host/opt/nvbind/bin", "var/run/nri", "var/run/cdi", "run/nvbind", "tmp"},
 		Links: map[string]string{"host/proc": "/proc", "host/sys": "/sys", "usr/local/bin/nvbind": "nvbind-node"},
 	}.Build(dst)
 	if err != nil {
