@@ -45,6 +45,13 @@ func TestARM64UnderQEMU(t *testing.T) {
 	}
 	build("nvbind", true, "-tags", "nvbind_lean", "./cmd/nvbind")
 	build("nvbind-hook", false, "./cmd/nvbind-hook")
+	build("nvbind-runtime-edit", true, "./cmd/nvbind-runtime-edit")
+	// the runtime wrapper's static C front, as make build ARCH=arm64 builds it
+	front := exec.Command(cc, "-static", "-O2", "-s", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(dir, "nvbind-runtime"), "cmd/nvbind-runtime/nvbind-runtime.c")
+	front.Dir = testutil.RepoRoot(t)
+	if out, err := front.CombinedOutput(); err != nil {
+		t.Fatalf("%s nvbind-runtime.c: %v\n%s", cc, err, out)
+	}
 	run := func(stdin []byte, args ...string) []byte {
 		t.Helper()
 		cmd := exec.Command(qemu, append([]string{"-L", "/usr/aarch64-linux-gnu"}, args...)...)
@@ -109,7 +116,8 @@ func TestARM64UnderQEMU(t *testing.T) {
 	if out, err := mk.CombinedOutput(); err != nil {
 		t.Fatalf("mkimage -arch arm64: %v\n%s", err, out)
 	}
-	for _, p := range []string{"lib/ld-linux-aarch64.so.1", "lib/aarch64-linux-gnu/libc.so.6", "usr/local/bin/nvbind-hook", "usr/local/bin/nvbind"} {
+	for _, p := range []string{"lib/ld-linux-aarch64.so.1", "lib/aarch64-linux-gnu/libc.so.6", "usr/local/bin/nvbind-hook", "usr/local/bin/nvbind",
+		"usr/local/bin/nvbind-runtime", "usr/local/bin/nvbind-runtime-edit"} {
 		if _, err := os.Stat(filepath.Join(rootfs, p)); err != nil {
 			t.Errorf("the arm64 image lacks /%s: %v", p, err)
 		}

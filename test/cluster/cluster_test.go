@@ -2,9 +2,9 @@ package cluster
 
 import (
 	"os"
-	"strconv"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,6 +60,15 @@ func TestCluster(t *testing.T) {
 			}
 			return nil
 		})
+		// the layouts container builds the driver layouts on the host (the plugin's
+		// default capability sets), which GPU containers then mount in one mount
+		s.waitFor("the driver layouts", 60*time.Second, func() error {
+			complete, _ := filepath.Glob(filepath.Join(s.layoutDir(), "*", ".complete"))
+			if len(complete) < 2 {
+				return errorf("%d complete layouts in %s", len(complete), s.layoutDir())
+			}
+			return nil
+		})
 		// Ready means registered, not merely running: pointed at a socket no runtime
 		// serves, the plugin runs and answers /livez, but never becomes Ready
 		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
@@ -105,6 +114,10 @@ func TestCluster(t *testing.T) {
 			// nvidia-smi is the driver's own binary: without a GPU it says so
 			if !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => ") || !strings.Contains(log, "NVIDIA-SMI has failed") {
 				t.Errorf("%s: no libcuda.so.1 in ldconfig -p, or no nvidia-smi:\n%s", tc.file, log)
+			}
+			// the driver came in one mount of the layout the layouts container built
+			if !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => /usr/local/nvbind/") {
+				t.Errorf("%s: libcuda.so.1 is not the driver layout's:\n%s", tc.file, log)
 			}
 			if p := s.pod("default", tc.pod); p.Status.Phase != "Succeeded" {
 				t.Errorf("%s: phase %s\n%s", tc.file, p.Status.Phase, log)

@@ -68,7 +68,7 @@ func (s *setup) installRuntime() {
 		s.t.Fatal(err)
 	}
 	s.runtimeConfig = filepath.Join(s.dir, "runtime.toml")
-	conf := fmt.Sprintf("runtime = %q\ndriver-root = %q\ndev-root = %q\nno-nvml = true\n", runc, s.driverRoot, s.driverRoot)
+	conf := fmt.Sprintf("runtime = %q\ndriver-root = %q\ndev-root = %q\nno-nvml = true\nlayout-dir = %q\n", runc, s.driverRoot, s.driverRoot, s.layoutDir())
 	if err := os.WriteFile(s.runtimeConfig, []byte(conf), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
@@ -147,12 +147,28 @@ patches:
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --allowed-namespaces=default}
       - {op: replace, path: /spec/template/spec/volumes/5/hostPath/path, value: %s/dev/char}
       - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/4/mountPath, value: /host/driver-root/dev/char}
-%s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, s.driverRoot, extra)
+      - {op: replace, path: /spec/template/spec/volumes/6/hostPath/path, value: %s}
+      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/5/mountPath, value: %s}
+      - {op: replace, path: /spec/template/spec/containers/1/volumeMounts/2/mountPath, value: %s}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --layout-dir=%s}
+      - {op: replace, path: /spec/template/spec/containers/1/args/3, value: --driver-root=%s}
+      - {op: add, path: /spec/template/spec/containers/1/args/-, value: --dev-root=%s}
+      - {op: add, path: /spec/template/spec/containers/1/args/-, value: --dev-root-mount=/host/driver-root}
+      - {op: add, path: /spec/template/spec/containers/1/args/-, value: --layout-dir=%s}
+%s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, s.driverRoot,
+		s.runNVBind(), s.runNVBind(), s.runNVBind(), s.layoutDir(), s.driverRoot, s.driverRoot, s.layoutDir(), extra)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
 	return dir
 }
+
+// runNVBind stands for the host's /run/nvbind: the layout builder's mounts reach the
+// host there, and the plugin sees them at the same path.
+func (s *setup) runNVBind() string { return filepath.Join(s.dir, "run-nvbind") }
+
+// layoutDir is the test's --layout-dir, for the DaemonSet and the runtime wrapper.
+func (s *setup) layoutDir() string { return filepath.Join(s.runNVBind(), "driver") }
 
 // install applies the overlay and waits for the DaemonSet to be Ready; it returns how
 // long that took.

@@ -19,6 +19,7 @@ import (
 
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -52,7 +53,9 @@ func startPlugin(t testing.TB, bin, nriSock, driverRoot string, extra ...string)
 	_ = ln.Close()
 	p := &nriPlugin{metrics: addr}
 	args := append([]string{"nri", "--socket", nriSock, "--driver-root", driverRoot, "--dev-root", driverRoot, "--no-nvml",
-		"--hook-path", testutil.HookBinary(bin), "--metrics-address", addr, "--log-level", "debug"}, extra...)
+		"--hook-path", testutil.HookBinary(bin), "--metrics-address", addr, "--log-level", "debug", "--layout-dir", testLayouts(t),
+		// the fixture root is shared by every test: the plugin leaves its /dev alone
+		"--dev-char-links=false"}, extra...)
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p, p
 	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
@@ -97,7 +100,7 @@ func (p *nriPlugin) metricsText(t testing.TB) string {
 }
 
 const gpuScript = `ls /dev/ | grep nvidia | sort | tr '\n' ' '; echo;
-echo LINK=$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1);
+` + linkOfLibcuda + `; ldconfig -p | grep -m1 'libcuda.so.1 (libc6,x86-64)';
 ldconfig -p | grep -c 'libcuda.so.1 ' ; cuda-probe; echo CAPS=$NVIDIA_DRIVER_CAPABILITIES VISIBLE=$NVIDIA_VISIBLE_DEVICES`
 
 func TestContainerdNRI(t *testing.T) {
@@ -115,7 +118,7 @@ func TestContainerdNRI(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("container output:\n%s", out)
-		for _, want := range []string{"nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl", "LINK=nvidia/current/libcuda.so.535.261.03",
+		for _, want := range []string{"nvidia-uvm nvidia-uvm-tools nvidia1 nvidiactl", "LINK=nvidia/current/libcuda.so.535.261.03", "=> " + layout.Dest + "/compute+utility/",
 			"cuda-probe: loaded libcuda.so.1, CUDA driver API 12020", "CAPS=compute,utility VISIBLE=void"} {
 			if !strings.Contains(out, want) {
 				t.Errorf("output lacks %q", want)

@@ -45,6 +45,11 @@ func podmanRun(t *testing.T, podman, rootfs, device, script string) string {
 	return string(out)
 }
 
+// podmanHooksScript reports what the hook made: the nodes, libcuda in the ld cache and
+// where it points, nvidia-smi, the application profile, and libcuda loaded.
+const podmanHooksScript = `ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; ` + linkOfLibcuda +
+	`; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cat /etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf; cuda-probe`
+
 func TestPodmanWithGeneratedSpec(t *testing.T) {
 	testutil.RequiresRoot(t)
 	podman := testutil.RequiresCommand(t, "podman")
@@ -62,9 +67,11 @@ func TestPodmanWithGeneratedSpec(t *testing.T) {
 		script string
 		want   []string
 	}{
-		{"hooks", spec.Options{}, "gpu=1",
-			`ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1; ldconfig -p | grep 'libcuda.so.1 '; ls /usr/bin/nvidia-smi; cat /etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf; cuda-probe`,
-			[]string{"195,   1 ", "nvidia/current/libcuda.so.535.261.03", "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1",
+		{"hooks", spec.Options{}, "gpu=1", podmanHooksScript,
+			[]string{"195,   1 ", "LINK=nvidia/current/libcuda.so.535.261.03", libcudaIn("all"),
+				"/usr/bin/nvidia-smi", `"settings":["EGLVisibleDGPUDevices",2]`, "cuda-probe: loaded libcuda.so.1"}},
+		{"hooks, one mount per file", spec.Options{LayoutBase: "files"}, "gpu=1", podmanHooksScript,
+			[]string{"195,   1 ", "LINK=nvidia/current/libcuda.so.535.261.03", libcudaIn(""),
 				"/usr/bin/nvidia-smi", `"settings":["EGLVisibleDGPUDevices",2]`, "cuda-probe: loaded libcuda.so.1"}},
 		{"hookless", spec.Options{DisabledHooks: spec.AllHooks}, "gpu1",
 			`ls -l /dev/nvidia1; test -e /dev/nvidia0 && echo HAS-NVIDIA0; cuda-probe`,
@@ -73,7 +80,13 @@ func TestPodmanWithGeneratedSpec(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			tc.o.Vendor = vendor
-			written := writeSpec(t, driverRoot, dir, testutil.HookBinary(bin), tc.o)
+			var written string
+			if tc.o.LayoutBase == "files" {
+				tc.o.LayoutBase = ""
+				written = writeSpecFiles(t, driverRoot, dir, testutil.HookBinary(bin), tc.o)
+			} else {
+				written = writeSpec(t, driverRoot, dir, testutil.HookBinary(bin), tc.o)
+			}
 			dst := filepath.Join(podmanSpecDir, "nvbind-e2e-"+tc.name+".yaml")
 			data, err := os.ReadFile(written)
 			if err != nil {

@@ -14,12 +14,30 @@ import (
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
-// writeSpec discovers a test driver root and writes its CDI spec into dir.
+// writeSpec discovers a test driver root and writes its CDI spec into dir, with the
+// driver's files in one mount of a layout (built in a folder of the test, detached at its
+// end) unless the options are hookless.
 func writeSpec(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) string {
+	t.Helper()
+	if !o.Hookless() && o.LayoutBase == "" {
+		o.LayoutBase = testLayouts(t)
+	}
+	return writeSpecWith(t, driverRoot, dir, hookPath, o)
+}
+
+// writeSpecFiles writes the spec with one mount per driver file.
+func writeSpecFiles(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) string {
+	t.Helper()
+	o.LayoutBase = ""
+	return writeSpecWith(t, driverRoot, dir, hookPath, o)
+}
+
+func writeSpecWith(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) string {
 	t.Helper()
 	d, err := gpu.New(gpu.WithDriverRoot(driverRoot), gpu.WithDevRoot(driverRoot), gpu.WithoutNVML())
 	if err != nil {
@@ -34,6 +52,15 @@ func writeSpec(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) s
 	if err != nil {
 		t.Fatal(err)
 	}
+	plans, err := spec.Layouts(inv, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range plans {
+		if err := layout.Ensure(o.LayoutBase, p, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
 	name, err := spec.FileName(s, spec.FormatYAML)
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +70,19 @@ func writeSpec(t testing.TB, driverRoot, dir, hookPath string, o spec.Options) s
 		t.Fatal(err)
 	}
 	return p
+}
+
+// testLayouts is a folder for the test's driver layouts, whose mounts are detached when
+// the test ends.
+func testLayouts(t testing.TB) string {
+	t.Helper()
+	base := filepath.Join(t.TempDir(), "layouts")
+	t.Cleanup(func() {
+		if _, err := layout.Collect(base, nil); err != nil {
+			t.Errorf("detach the test's layouts: %v", err)
+		}
+	})
+	return base
 }
 
 // runcBundle makes an OCI bundle whose config.json is runc's default spec with the CDI
@@ -107,8 +147,21 @@ func runcRun(t *testing.T, runc, bundle string) string {
 	return string(out)
 }
 
+// libcudaIn is the ld cache's libcuda.so.1 line in a container whose driver files come in
+// the layout of the capability set named set ("all", "compute+utility"), or one mount per
+// file (set "").
+func libcudaIn(set string) string {
+	if set == "" {
+		return "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1"
+	}
+	return "libcuda.so.1 (libc6,x86-64) => " + layout.Dest + "/" + set + "/usr/lib/x86_64-linux-gnu/libcuda.so.1"
+}
+
+// linkOfLibcuda prints LINK= and where the ld cache's libcuda.so.1 points, in either layout.
+const linkOfLibcuda = `echo LINK=$(readlink $(ldconfig -p | sed -n 's/.*libcuda.so.1 (libc6,x86-64) => //p' | head -n 1))`
+
 const inside = `ls -l /dev/nvidia0 /dev/nvidiactl; test -e /dev/nvidia1 && echo HAS-NVIDIA1;
-echo LINK=$(readlink /usr/lib/x86_64-linux-gnu/libcuda.so.1);
+` + linkOfLibcuda + `;
 ldconfig -p | grep 'libcuda.so.1 ';
 grep ModifyDeviceFiles /proc/driver/nvidia/params || echo NO-DRIVER-PROCFS;
 ls -l /usr/bin/nvidia-smi;
@@ -120,14 +173,24 @@ func TestRuncWithGeneratedSpec(t *testing.T) {
 	runc := testutil.RequiresCommand(t, "runc")
 	driverRoot := testutil.DriverRoot(t, "debian-535")
 	bin := testutil.BuildNVBind(t, t.TempDir())
+	for _, mode := range []struct{ name, set string }{{"layout", "all"}, {"one mount per file", ""}} {
+		t.Run(mode.name, func(t *testing.T) { runcGeneratedSpec(t, runc, driverRoot, bin, mode.set) })
+	}
+}
+
+func runcGeneratedSpec(t *testing.T, runc, driverRoot, bin, set string) {
 	specDir := t.TempDir()
-	writeSpec(t, driverRoot, specDir, bin, spec.Options{})
+	if set != "" {
+		writeSpec(t, driverRoot, specDir, bin, spec.Options{})
+	} else {
+		writeSpecFiles(t, driverRoot, specDir, bin, spec.Options{})
+	}
 	out := runcRun(t, runc, runcBundle(t, runc, specDir, "nvidia.com/gpu=0", inside))
 	t.Logf("container output:\n%s", out)
 	for _, want := range []string{
 		"195,   0 ",
 		"LINK=nvidia/current/libcuda.so.535.261.03",
-		"libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/",
+		libcudaIn(set),
 		"/usr/bin/nvidia-smi",
 		"cuda-probe: loaded libcuda.so.1, CUDA driver API 12020",
 		// EGL and Vulkan see GPU 0 only (minor 0: bit 0)

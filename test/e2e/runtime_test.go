@@ -18,7 +18,8 @@ import (
 func runtimeConfig(t testing.TB, driverRoot, runtime string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "runtime.toml")
-	conf := "runtime = \"" + runtime + "\"\ndriver-root = \"" + driverRoot + "\"\ndev-root = \"" + driverRoot + "\"\nno-nvml = true\n"
+	conf := "runtime = \"" + runtime + "\"\ndriver-root = \"" + driverRoot + "\"\ndev-root = \"" + driverRoot + "\"\nno-nvml = true\n" +
+		"layout-dir = \"" + testLayouts(t) + "\"\n"
 	if err := os.WriteFile(p, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func TestDockerRuntime(t *testing.T) {
 	})
 	d.loadBusybox()
 	uuids := fixtureUUIDs(t, driverRoot)
-	libcuda := "libcuda.so.1 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libcuda.so.1"
+	libcuda := libcudaIn("compute+utility") // NVIDIA_DRIVER_CAPABILITIES' default
 	for _, tc := range []struct {
 		name, runtime string
 		env           []string

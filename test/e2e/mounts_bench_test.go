@@ -1,0 +1,69 @@
+package e2e
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// BenchmarkDriverMountsDocker: what a GPU container with every capability adds to create
+// and start over a plain one, through Docker Engine 29 with runc 1.2.6, for each way of
+// giving it the driver's files: nvbind's spec with one mount of a layout (the default),
+// nvbind's spec with one bind mount per file, and NVIDIA's spec for the same root
+// (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it); and what the GPU's nodes
+// alone add. Interleaved, medians.
+func BenchmarkDriverMountsDocker(b *testing.B) {
+	testutil.RequiresRoot(b)
+	driverRoot := testutil.DriverRoot(b, "debian-535")
+	bin := testutil.BuildNVBind(b, b.TempDir())
+	hook := testutil.HookBinary(bin)
+	d := startDockerd(b, bin, driverRoot, func(conf string, _ *[]string) {
+		specs := filepath.Join(filepath.Dir(conf), "cdi")
+		writeSpecFiles(b, driverRoot, specs, hook, spec.Options{Vendor: "per-file.nvbind.io"})
+		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "layout.nvbind.io"})
+		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "nodes.nvbind.io", CapabilityDevices: true})
+	})
+	d.loadBusybox()
+	cases := []struct {
+		name string
+		c    container
+	}{
+		{"plain", container{script: "true"}},
+		{"layout", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"layout.nvbind.io/gpu=all"}}}}},
+		{"per-file", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"per-file.nvbind.io/gpu=all"}}}}},
+		// the capability-devices spec's GPU devices carry the nodes alone
+		{"nodes-only", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nodes.nvbind.io/gpu=all"}}}}},
+	}
+	if toolkit := nvidiaToolkitDir(); toolkit != "" {
+		out, err := exec.Command(filepath.Join(toolkit, "nvidia-ctk"), "cdi", "generate", "--mode=management", "--driver-root", driverRoot,
+			"--dev-root", driverRoot, "--nvidia-cdi-hook-path", filepath.Join(toolkit, "nvidia-cdi-hook"), "--vendor", "nvidia-toolkit.com",
+			"--output", filepath.Join(d.dir, "cdi", "nvidia-toolkit.yaml")).CombinedOutput()
+		if err != nil {
+			b.Fatalf("nvidia-ctk: %v\n%s", err, out)
+		}
+		cases = append(cases, struct {
+			name string
+			c    container
+		}{"nvidia-spec", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nvidia-toolkit.com/gpu=all"}}}}})
+	}
+	times := make([][]time.Duration, len(cases))
+	for b.Loop() {
+		for i, tc := range cases {
+			_, took, err := d.runContainer(tc.c)
+			if err != nil {
+				b.Fatalf("%s: %v", tc.name, err)
+			}
+			times[i] = append(times[i], took)
+		}
+	}
+	plain := median(times[0])
+	b.ReportMetric(plain, "ms-median/plain")
+	for i, tc := range cases[1:] {
+		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+tc.name)
+	}
+	b.ReportMetric(0, "ns/op")
+}
