@@ -37,16 +37,20 @@ func Wanted(base string) []gpu.Capabilities {
 		if i == maxWanted {
 			break
 		}
-		name := e.Name()
-		if name == "all" {
-			out = append(out, gpu.CapsAll)
-			continue
-		}
-		if caps, err := gpu.ParseCapabilities(strings.ReplaceAll(name, "+", ",")); err == nil && NameOf(caps) == name {
+		if caps, ok := CapsOfName(e.Name()); ok {
 			out = append(out, caps)
 		}
 	}
 	return out
+}
+
+// CapsOfName is the capability set whose layout is named name (NameOf), if any.
+func CapsOfName(name string) (gpu.Capabilities, bool) {
+	if name == "all" {
+		return gpu.CapsAll, true
+	}
+	caps, err := gpu.ParseCapabilities(strings.ReplaceAll(name, "+", ","))
+	return caps, err == nil && NameOf(caps) == name
 }
 
 // ClearWanted removes the asks the plans answer.

@@ -3,6 +3,7 @@ package nriplugin
 import (
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 	"sync"
@@ -69,9 +70,14 @@ type prepared struct {
 
 type commonParts struct {
 	nriEdits
-	// mounts by container path, to tell whether a runtime already injected them
-	paths map[string]bool
-	err   error
+	// the container paths of the mounts of each way a runtime may have injected the
+	// driver from nvbind's spec (the layout, or one mount per file), to tell whether it did
+	paths []map[string]bool
+	// layoutMount is the layout's mount among paths[0], if the edits use one: a runtime
+	// may instead have mounted the layout of a larger set (a spec's all)
+	layoutMount string
+	caps        gpu.Capabilities
+	err         error
 }
 
 // Adjuster turns container requests into NRI adjustments against the current inventory.
@@ -121,8 +127,10 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	if c, ok := p.common.Load(caps); ok {
 		return c.(*commonParts)
 	}
-	cp := &commonParts{paths: map[string]bool{}}
+	cp := &commonParts{caps: caps}
 	so := a.cfg.Spec
+	files := so
+	files.LayoutBase = ""
 	if so.LayoutBase != "" && !a.cfg.Layouts.Ready(p.Inventory(), caps) {
 		so.LayoutBase = "" // one mount per file until the layout is complete
 	}
@@ -131,12 +139,29 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 		cp.err = err
 	} else {
 		cp.nriEdits = toNRI(e)
+		cp.paths = append(cp.paths, mountPaths(e))
 		for _, m := range e.Mounts {
-			cp.paths[m.Path] = true
+			if path.Dir(m.Path) == layout.Dest {
+				cp.layoutMount = m.Path
+			}
+		}
+		if so.LayoutBase != "" { // a spec not in /run mounts one file at a time
+			if fe, err := request.Edits(p.Inventory(), nil, caps, files); err == nil {
+				cp.paths = append(cp.paths, mountPaths(fe))
+			}
 		}
 	}
 	actual, _ := p.common.LoadOrStore(caps, cp)
 	return actual.(*commonParts)
+}
+
+// mountPaths are the container paths of the edits' mounts.
+func mountPaths(e spec.Edits) map[string]bool {
+	paths := make(map[string]bool, len(e.Mounts))
+	for _, m := range e.Mounts {
+		paths[m.Path] = true
+	}
+	return paths
 }
 
 // input is what the request parser reads of a pod and a container.

@@ -3,6 +3,7 @@ package nriplugin
 import (
 	"errors"
 	"fmt"
+	"path"
 	"slices"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
 )
 
@@ -125,11 +127,33 @@ func nodesInjected(ctr *api.Container, p *prepared, targets []*request.Target) b
 // request mounted: with the nodes, the runtime applied nvbind's CDI spec. A privileged
 // container has the nodes but not the files.
 func mountsInjected(ctr *api.Container, cp *commonParts) bool {
-	have := make(map[string]bool, len(cp.paths))
-	for _, m := range ctr.GetMounts() {
-		if d := m.GetDestination(); cp.paths[d] {
-			have[d] = true
+	if cp.layoutMount != "" && len(cp.paths) > 0 {
+		// the layout of a set that holds the request's, and the mounts besides it
+		layoutOK, others := false, 0
+		for _, m := range ctr.GetMounts() {
+			d := m.GetDestination()
+			if path.Dir(d) == layout.Dest {
+				if c, ok := layout.CapsOfName(path.Base(d)); ok && c&cp.caps == cp.caps {
+					layoutOK = true
+				}
+			} else if cp.paths[0][d] {
+				others++
+			}
+		}
+		if layoutOK && others == len(cp.paths[0])-1 {
+			return true
 		}
 	}
-	return len(have) == len(cp.paths)
+	for _, paths := range cp.paths {
+		have := make(map[string]bool, len(paths))
+		for _, m := range ctr.GetMounts() {
+			if d := m.GetDestination(); paths[d] {
+				have[d] = true
+			}
+		}
+		if len(have) == len(paths) {
+			return true
+		}
+	}
+	return false
 }

@@ -2,14 +2,20 @@ package nriplugin
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookargs"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
+	"github.com/nvbind/nvbind/spec"
 )
 
 const (
@@ -252,5 +258,67 @@ func TestHookCommandLineDecodes(t *testing.T) {
 	}
 	if len(args.Links) == 0 || len(args.Folders) == 0 || args.HostDriverVersion == "" {
 		t.Errorf("decoded %+v from %q", args, hooks[0].Args)
+	}
+}
+
+// TestLayoutInjectedFromSpec: once the layout of a request's set is complete the plugin
+// mounts it in one mount; a container the runtime already gave the driver from nvbind's
+// spec, by the layout of a set that holds the request's (the spec's all) or one mount per
+// file, is not given it twice (a second hook would be refused by NRI's validator).
+func TestLayoutInjectedFromSpec(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	a := newTestAdjuster(t, Config{EnvRequests: true, Layouts: &layout.Provider{Base: base}})
+	inv := testInventory()
+	for _, caps := range []gpu.Capabilities{gpu.CapsDefault, gpu.CapsAll} { // as a builder leaves them
+		p := layout.For(inv, caps)
+		if err := os.MkdirAll(p.HostPath(base), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p.HostPath(base), ".complete"), nil, 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.SetInventory(inv)
+	ctr := &api.Container{Name: "cuda", Annotations: map[string]string{gpuKey: uuid0}}
+	adj, _, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dests []string
+	for _, m := range adj.GetMounts() {
+		dests = append(dests, m.Destination)
+	}
+	if !slices.Contains(dests, layout.Dest+"/compute+utility") || slices.ContainsFunc(dests, func(d string) bool { return strings.Contains(d, "libcuda") }) {
+		t.Fatalf("mounts %v: want the layout of compute+utility, not the files", dests)
+	}
+	specOf := func(o spec.Options) []*api.Mount {
+		e, err := request.Edits(inv, nil, gpu.CapsAll, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return toNRI(e).mounts
+	}
+	o := spec.Options{HookPath: "/usr/local/bin/nvbind-hook"}
+	files := specOf(o)
+	o.LayoutBase = base
+	for name, mounts := range map[string][]*api.Mount{"the layout of all": specOf(o), "one mount per file": files} {
+		injected := &api.Container{Name: "cuda", Annotations: ctr.Annotations, Mounts: mounts,
+			Linux: &api.LinuxContainer{Devices: adj.GetLinux().GetDevices()}}
+		adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, injected)
+		if err != nil || !onlyMarked(adj, "injected") || !strings.Contains(dec.Skipped, "already injected") {
+			t.Errorf("%s in place: %v %+v %v", name, adj, dec, err)
+		}
+	}
+	// a layout of a smaller set does not hold the request's
+	o.Capabilities = gpu.CapsOf(gpu.CapUtility)
+	e, err := request.Edits(inv, nil, o.Capabilities, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	small := &api.Container{Name: "cuda", Annotations: ctr.Annotations, Mounts: toNRI(e).mounts,
+		Linux: &api.LinuxContainer{Devices: adj.GetLinux().GetDevices()}}
+	if adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, small); err != nil || dec.Skipped != "" || len(adj.GetMounts()) == 0 {
+		t.Errorf("the layout of utility taken for compute,utility: %v %+v %v", adj, dec, err)
 	}
 }
