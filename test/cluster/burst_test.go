@@ -70,14 +70,18 @@ func (s *setup) burstWithKills(t *testing.T, seed uint64, gpuPods, plainPods, ki
 	start := time.Now()
 	go func() {
 		n := 0
-		for range kills {
-			deadline := time.Now().Add(2 * time.Minute)
-			for len(s.pluginPIDs()) == 0 && time.Now().Before(deadline) {
+		dead := map[int]bool{} // killed, perhaps not yet reaped: still in /proc for a moment
+		live := func() []int { return slices.DeleteFunc(s.pluginPIDs(), func(pid int) bool { return dead[pid] }) }
+		deadline := time.Now().Add(4 * time.Minute)
+		for n < kills && time.Now().Before(deadline) {
+			if len(live()) == 0 {
 				time.Sleep(20 * time.Millisecond)
+				continue
 			}
 			time.Sleep(100*time.Millisecond + time.Duration(rng.Int64N(int64(900*time.Millisecond))))
-			for _, pid := range s.pluginPIDs() {
+			for _, pid := range live() {
 				if syscall.Kill(pid, syscall.SIGKILL) == nil {
+					dead[pid] = true
 					n++
 					delays = append(delays, time.Since(start).Round(time.Millisecond))
 				}

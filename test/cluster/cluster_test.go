@@ -84,7 +84,7 @@ func TestCluster(t *testing.T) {
 		})
 		time.Sleep(25 * time.Second) // two readiness periods and more
 		s.getJSON(&unready, "-n", "nvbind-system", "pods")
-		if st := unready.Items[0].Status.ContainerStatuses[0]; st.Ready || st.RestartCount != 0 {
+		if st := pluginStatus(unready.Items[0].Status.ContainerStatuses); st.Name == "" || st.Ready || st.RestartCount != 0 {
 			t.Errorf("a plugin that never registered: ready %v, restarts %d", st.Ready, st.RestartCount)
 		}
 		s.kubectl("-n", "nvbind-system", "rollout", "undo", "ds/nvbind")
@@ -100,10 +100,14 @@ func TestCluster(t *testing.T) {
 		for _, tc := range []struct {
 			file, pod string
 			nodes     []string
+			// layout: the driver comes in one mount (a set the layouts container built at
+			// start); else the first container of its set mounts one file at a time while
+			// the plugin asks for its layout
+			layout bool
 		}{
-			{"pod-annotation.yaml", "cuda-gpu1", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia1", "/dev/nvidiactl"}},
-			{"pod-env.yaml", "cuda-env-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}},
-			{"pod-cdi.yaml", "cuda-cdi-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}},
+			{"pod-annotation.yaml", "cuda-gpu1", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia1", "/dev/nvidiactl"}, true},
+			{"pod-env.yaml", "cuda-env-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}, false},
+			{"pod-cdi.yaml", "cuda-cdi-gpu0", []string{"/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia0", "/dev/nvidiactl"}, true},
 		} {
 			s.kubectl("apply", "-f", filepath.Join(s.repo, "manifests/examples", tc.file))
 			s.waitPhase("default", tc.pod, 2*time.Minute, "Succeeded", "Failed")
@@ -116,13 +120,20 @@ func TestCluster(t *testing.T) {
 				t.Errorf("%s: no libcuda.so.1 in ldconfig -p, or no nvidia-smi:\n%s", tc.file, log)
 			}
 			// the driver came in one mount of the layout the layouts container built
-			if !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => /usr/local/nvbind/") {
+			if tc.layout && !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => /usr/local/nvbind/") {
 				t.Errorf("%s: libcuda.so.1 is not the driver layout's:\n%s", tc.file, log)
 			}
 			if p := s.pod("default", tc.pod); p.Status.Phase != "Succeeded" {
 				t.Errorf("%s: phase %s\n%s", tc.file, p.Status.Phase, log)
 			}
 		}
+		// pod-env.yaml's set (compute,utility,video) was asked of the layouts container
+		s.waitFor("the layout of compute+utility+video", 30*time.Second, func() error {
+			if m, _ := filepath.Glob(filepath.Join(s.layoutDir(), "*-compute+utility+video-*", ".complete")); len(m) != 1 {
+				return errorf("not built")
+			}
+			return nil
+		})
 		s.applyPod(gpuPod("default", "plain", "", "", "ls /dev/nvidia* ; ldconfig -p | grep -c libcuda; true"))
 		s.waitPhase("default", "plain", 2*time.Minute, "Succeeded", "Failed")
 		if log := s.logs("default", "plain", "cuda"); len(nvidiaNodes(log)) != 0 || !strings.Contains(log, "\n0") {
@@ -254,7 +265,7 @@ func TestCluster(t *testing.T) {
 		s.validator = "  [plugins.'io.containerd.nri.v1.nri'.default_validator]\n    enable = true\n    reject_oci_hook_adjustment = true\n"
 		s.startContainerd()
 		s.waitFor("the plugin to reconnect", 60*time.Second, func() error {
-			if !strings.Contains(s.kubectl("-n", "nvbind-system", "get", "pods", "-o", "jsonpath={.items[*].status.containerStatuses[*].ready}"), "true") {
+			if !strings.Contains(s.kubectl("-n", "nvbind-system", "get", "pods", "-o", `jsonpath={.items[*].status.containerStatuses[?(@.name=="nvbind")].ready}`), "true") {
 				return errorf("not ready")
 			}
 			return nil

@@ -189,12 +189,26 @@ type podList struct {
 		} `json:"spec"`
 		Status struct {
 			Phase             string `json:"phase"`
-			ContainerStatuses []struct {
-				Ready        bool `json:"ready"`
-				RestartCount int  `json:"restartCount"`
-			} `json:"containerStatuses"`
+			ContainerStatuses []containerStatus `json:"containerStatuses"`
 		} `json:"status"`
 	} `json:"items"`
+}
+
+type containerStatus struct {
+	Name         string `json:"name"`
+	Ready        bool   `json:"ready"`
+	RestartCount int    `json:"restartCount"`
+}
+
+// pluginStatus is the status of the pod's nvbind container (the plugin), not of its
+// layouts container.
+func pluginStatus(statuses []containerStatus) containerStatus {
+	for _, st := range statuses {
+		if st.Name == "nvbind" {
+			return st
+		}
+	}
+	return containerStatus{}
 }
 
 type podStatus struct {
