@@ -30,7 +30,7 @@ BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_C
 # the runtime wrapper's front is a small static C program (one exec per runtime command)
 RUNTIME_CC   := $(if $(filter $(HOST_ARCH),$(ARCH)),cc,$(CROSS_CC_$(ARCH)))
 
-.PHONY: all build image deps tools-lint tools-containerd tools-cross tools-docker fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
+.PHONY: tools-ctk all build image deps tools-lint tools-containerd tools-cross tools-docker fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -104,13 +104,23 @@ test-gpu: build
 # whole-command start-up side by side with NVIDIA's nvidia-ctk (installed once from the
 # Go module proxy into $(CACHE)/ctk-$(CTK_VERSION))
 CTK_VERSION ?= v1.20.2
-bench-startup: fixtures
-	@test -x $(CACHE)/ctk-$(CTK_VERSION)/nvidia-ctk || GOBIN=$(CACHE)/ctk-$(CTK_VERSION) $(GO) install github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-ctk@$(CTK_VERSION)
-	$(TEST_ENV) NVBIND_NVIDIA_CTK=$(CACHE)/ctk-$(CTK_VERSION)/nvidia-ctk $(GO) test -run '^$$' -bench StartupVsToolkit -benchtime 40x -count=1 ./cmd/nvbind
+CTK := $(CACHE)/ctk-$(CTK_VERSION)
+BENCH_ENV = NVBIND_NVIDIA_CTK=$(CTK)/nvidia-ctk NVBIND_NVIDIA_TOOLKIT=$(CTK)
 
-bench: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd k8s,)
-	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/test/e2e\|/test/cluster')
-	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 40x -count=1 ./test/e2e
+# NVIDIA's toolkit commands (nvidia-ctk, nvidia-container-runtime, nvidia-cdi-hook), for the
+# side-by-side benchmarks only
+tools-ctk:
+	@test -x $(CTK)/nvidia-cdi-hook || GOBIN=$(CTK) $(GO) install \
+	  github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-ctk@$(CTK_VERSION) \
+	  github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-container-runtime@$(CTK_VERSION) \
+	  github.com/NVIDIA/nvidia-container-toolkit/cmd/nvidia-cdi-hook@$(CTK_VERSION)
+
+bench-startup: fixtures tools-ctk
+	$(TEST_ENV) $(BENCH_ENV) $(GO) test -run '^$$' -bench StartupVsToolkit -benchtime 40x -count=1 ./cmd/nvbind
+
+bench: fixtures tools-ctk $(if $(filter 0,$(shell id -u)),tools-containerd tools-docker k8s,)
+	$(TEST_ENV) $(BENCH_ENV) $(GO) test -run '^$$' -bench . -benchmem -count=1 $$($(GO) list ./... | grep -v '/test/e2e\|/test/cluster')
+	$(TEST_ENV) $(BENCH_ENV) $(GO) test -run '^$$' -bench . -benchtime 40x -count=1 -timeout 30m ./test/e2e
 	$(TEST_ENV) $(GO) test -run '^$$' -bench . -benchtime 10x -count=1 -timeout 20m ./test/cluster
 
 fuzz:

@@ -16,10 +16,16 @@ import (
 // nvbind's version and cdi generate (NVML left to the command: it is not started when
 // procfs answers), the full build's cdi generate, and, with $NVBIND_NVIDIA_CTK naming
 // NVIDIA's nvidia-ctk, its cdi generate --mode=management on the same root (make
-// bench-startup installs it), with the ratio.
+// bench-startup installs it), with the ratio; on every fixture root.
 func BenchmarkStartupVsToolkit(b *testing.B) {
-	root := testutil.DriverRoot(b, "debian-535")
+	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	bin := testutil.BuildNVBind(b, b.TempDir())
+	for _, name := range []string{"debian-535", "flat-535", "lib64-470"} {
+		b.Run(name, func(b *testing.B) { startupVsToolkit(b, bin, testutil.DriverRoot(b, name)) })
+	}
+}
+
+func startupVsToolkit(b *testing.B, bin, root string) {
 	out := b.TempDir()
 	cmds := []struct {
 		name string

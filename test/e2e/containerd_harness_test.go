@@ -205,15 +205,23 @@ func (c *containerd) importImages() {
 type pod struct {
 	id  string
 	cfg *cri.PodSandboxConfig
+	// privileged: the pod and its containers are privileged (every host device)
+	privileged bool
 }
 
 func (c *containerd) runPod(name, namespace string, annotations map[string]string) pod {
+	c.t.Helper()
+	return c.runPodWith(name, namespace, annotations, false)
+}
+
+func (c *containerd) runPodWith(name, namespace string, annotations map[string]string, privileged bool) pod {
 	c.t.Helper()
 	cfg := &cri.PodSandboxConfig{
 		Metadata:     &cri.PodSandboxMetadata{Name: name, Namespace: namespace, Uid: name + "-uid"},
 		Annotations:  annotations,
 		LogDirectory: filepath.Join(c.dir, "logs", name),
 		Linux: &cri.LinuxPodSandboxConfig{SecurityContext: &cri.LinuxSandboxSecurityContext{
+			Privileged:       privileged,
 			NamespaceOptions: &cri.NamespaceOption{Network: cri.NamespaceMode_NODE}}},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -222,7 +230,7 @@ func (c *containerd) runPod(name, namespace string, annotations map[string]strin
 	if err != nil {
 		c.t.Fatalf("RunPodSandbox %s: %v\n%s", name, err, c.log())
 	}
-	return pod{id: r.PodSandboxId, cfg: cfg}
+	return pod{id: r.PodSandboxId, cfg: cfg, privileged: privileged}
 }
 
 func (c *containerd) stopPod(p pod) {
@@ -233,13 +241,19 @@ func (c *containerd) stopPod(p pod) {
 }
 
 // createStart creates and starts a container; it returns its id.
-func (c *containerd) createStart(p pod, name, script string, env map[string]string, annotations map[string]string) (string, error) {
+func (c *containerd) createStart(p pod, name, script string, env map[string]string, annotations map[string]string, cdiDevices ...string) (string, error) {
 	cfg := &cri.ContainerConfig{
 		Metadata:    &cri.ContainerMetadata{Name: name},
 		Image:       &cri.ImageSpec{Image: busyboxImage},
 		Command:     []string{"/bin/sh", "-c", script},
 		LogPath:     name + ".log",
 		Annotations: annotations,
+	}
+	if p.privileged {
+		cfg.Linux = &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{Privileged: true}}
+	}
+	for _, d := range cdiDevices { // resolved by containerd from its CDI folder, as the kubelet asks
+		cfg.CDIDevices = append(cfg.CDIDevices, &cri.CDIDevice{Name: d})
 	}
 	for k, v := range env {
 		cfg.Envs = append(cfg.Envs, &cri.KeyValue{Key: k, Value: []byte(v)})

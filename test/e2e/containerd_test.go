@@ -17,9 +17,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	cri "k8s.io/cri-api/pkg/apis/runtime/v1"
 
 	"github.com/nvbind/nvbind/layout"
+	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -194,26 +196,100 @@ func TestContainerdNRI(t *testing.T) {
 	})
 }
 
-// BenchmarkContainerdCreateStart times create+start of a container through containerd's
-// CRI with the nvbind NRI plugin registered: each iteration starts a plain container and
-// one that asks for a GPU (NVIDIA_VISIBLE_DEVICES=0), alternately so that drift of the
-// machine hits both alike, and reports both medians and their difference: what injection
-// adds.
+// TestContainerdPrivileged: a privileged container has every host device, NVIDIA's nodes
+// among them, but none of the driver's files; one that asks for a GPU gets the files, the
+// hook and the env of its request, and one that asks for nothing gets nothing. The host's
+// /dev gets the fixture's NVIDIA nodes for the test (those it lacks, removed after).
+func TestContainerdPrivileged(t *testing.T) {
+	driverRoot := testutil.DriverRoot(t, "debian-535")
+	for _, n := range []string{"nvidia0", "nvidia1", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"} {
+		host := filepath.Join("/dev", n)
+		if _, err := os.Lstat(host); err == nil {
+			continue // a GPU host's own node
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(driverRoot, "dev", n), &st); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mknod(host, unix.S_IFCHR|0o666, int(st.Rdev)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Remove(host) })
+	}
+	c := startContainerd(t)
+	c.importImages()
+	bin := testutil.BuildNVBind(t, t.TempDir())
+	startPlugin(t, bin, c.NRISock, driverRoot)
+	p := c.runPodWith("privileged", "default", nil, true)
+	defer c.stopPod(p)
+	out, err := c.run(p, "gpu", gpuScript, map[string]string{"NVIDIA_VISIBLE_DEVICES": "1"}, nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, c.log())
+	}
+	t.Logf("privileged container asking for GPU 1:\n%s", out)
+	for _, want := range []string{"nvidia0 nvidia1", "LINK=nvidia/current/libcuda.so.535.261.03", "=> " + layout.Dest + "/compute+utility/",
+		"cuda-probe: loaded libcuda.so.1", "CAPS=compute,utility"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	out, err = c.run(p, "plain", gpuScript, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out, "LINK=\n") || strings.Contains(out, "loaded libcuda") {
+		t.Errorf("a privileged container that asks for nothing got the driver:\n%s", out)
+	}
+}
+
+// BenchmarkContainerdCreateStart times create+start through containerd's CRI with the
+// nvbind NRI plugin registered, for a container with every capability and GPU 0, against a
+// plain one: through the NRI plugin (the layout, the default), and through containerd's own
+// CDI injection (the CRI's CDIDevices, as the kubelet passes a device plugin's CDI names)
+// of nvbind's spec with the layout, nvbind's spec with one mount per file, and NVIDIA's
+// spec for the same root (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it).
+// Interleaved, so that drift of the machine hits every case alike; medians, and what each
+// adds over plain.
 func BenchmarkContainerdCreateStart(b *testing.B) {
+	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	c := startContainerd(b)
 	c.importImages()
 	bin := testutil.BuildNVBind(b, b.TempDir())
+	hook := testutil.HookBinary(bin)
 	startPlugin(b, bin, c.NRISock, driverRoot)
+	cdiDir := filepath.Join(c.dir, "cdi")
+	writeSpec(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "layout.nvbind.io"})
+	writeSpecFiles(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "per-file.nvbind.io"})
+	type bcase struct {
+		name string
+		env  map[string]string
+		cdi  []string
+	}
+	all := map[string]string{"NVIDIA_VISIBLE_DEVICES": "0", "NVIDIA_DRIVER_CAPABILITIES": "all"}
+	cases := []bcase{
+		{name: "plain"},
+		{name: "nri-layout", env: all},
+		{name: "cdi-layout", cdi: []string{"layout.nvbind.io/gpu=0"}},
+		{name: "cdi-per-file", cdi: []string{"per-file.nvbind.io/gpu=0"}},
+	}
+	if toolkit := nvidiaToolkitDir(); toolkit != "" {
+		out, err := exec.Command(filepath.Join(toolkit, "nvidia-ctk"), "cdi", "generate", "--mode=management", "--driver-root", driverRoot,
+			"--dev-root", driverRoot, "--nvidia-cdi-hook-path", filepath.Join(toolkit, "nvidia-cdi-hook"), "--vendor", "nvidia-toolkit.com",
+			"--output", filepath.Join(cdiDir, "nvidia-toolkit.yaml")).CombinedOutput()
+		if err != nil {
+			b.Fatalf("nvidia-ctk: %v\n%s", err, out)
+		}
+		cases = append(cases, bcase{name: "cdi-nvidia-spec", cdi: []string{"nvidia-toolkit.com/gpu=0"}})
+	}
 	p := c.runPod("timing", "default", nil)
 	defer c.stopPod(p)
-	var plain, gpu []time.Duration
-	once := func(name string, env map[string]string) time.Duration {
+	once := func(name string, tc bcase) time.Duration {
 		start := time.Now()
-		id, err := c.createStart(p, name, "true", env, nil)
+		id, err := c.createStart(p, name, "true", tc.env, nil, tc.cdi...)
 		d := time.Since(start)
 		if err != nil {
-			b.Fatal(err)
+			b.Fatalf("%s: %v", tc.name, err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -221,20 +297,23 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 		_, _ = c.cri.RemoveContainer(ctx, &cri.RemoveContainerRequest{ContainerId: id})
 		return d
 	}
+	times := make([][]time.Duration, len(cases))
 	i := 0
 	for b.Loop() {
 		i++
-		plain = append(plain, once(fmt.Sprintf("plain%d", i), nil))
-		gpu = append(gpu, once(fmt.Sprintf("gpu%d", i), map[string]string{"NVIDIA_VISIBLE_DEVICES": "0"}))
+		for k, tc := range cases {
+			times[k] = append(times[k], once(fmt.Sprintf("%s%d", tc.name, i), tc))
+		}
 	}
 	median := func(ds []time.Duration) float64 {
 		slices.Sort(ds)
 		return float64(ds[len(ds)/2].Microseconds()) / 1000
 	}
-	mp, mg := median(plain), median(gpu)
-	b.ReportMetric(mp, "plain-ms")
-	b.ReportMetric(mg, "gpu-ms")
-	b.ReportMetric(mg-mp, "added-ms")
+	plain := median(times[0])
+	b.ReportMetric(plain, "plain-ms")
+	for k, tc := range cases[1:] {
+		b.ReportMetric(median(times[k+1])-plain, tc.name+"-added-ms")
+	}
 }
 
 // TestContainerdPreRegisteredCDIMode has containerd start the plugin itself from its
@@ -252,8 +331,8 @@ func TestContainerdPreRegisteredCDIMode(t *testing.T) {
 	addr := ln.Addr().String()
 	_ = ln.Close()
 	logFile := filepath.Join(c.dir, "plugin.log")
-	script := fmt.Sprintf("#!/bin/sh\nexec %s nri --driver-root %s --dev-root %s --no-nvml --hook-path %s --cdi-mode --cdi-spec-dir %s --metrics-address %s --log-level debug 2>>%s\n",
-		bin, driverRoot, driverRoot, testutil.HookBinary(bin), filepath.Join(c.dir, "cdi"), addr, logFile)
+	script := fmt.Sprintf("#!/bin/sh\nexec %s nri --driver-root %s --dev-root %s --no-nvml --hook-path %s --cdi-mode --cdi-spec-dir %s --metrics-address %s --log-level debug --layout-dir %s --dev-char-links=false 2>>%s\n",
+		bin, driverRoot, driverRoot, testutil.HookBinary(bin), filepath.Join(c.dir, "cdi"), addr, testLayouts(t), logFile)
 	if err := os.MkdirAll(filepath.Join(c.dir, "plugins"), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -17,6 +17,7 @@ import (
 // (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it); and what the GPU's nodes
 // alone add. Interleaved, medians.
 func BenchmarkDriverMountsDocker(b *testing.B) {
+	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	testutil.RequiresRoot(b)
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	bin := testutil.BuildNVBind(b, b.TempDir())

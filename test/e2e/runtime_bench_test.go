@@ -22,6 +22,7 @@ func nvidiaToolkit(b *testing.B) string {
 	if dir == "" {
 		b.Skip("NVIDIA's toolkit is not installed ($NVBIND_NVIDIA_TOOLKIT, make tools-ctk)")
 	}
+	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	return dir
 }
 

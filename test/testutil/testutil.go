@@ -126,3 +126,26 @@ func Golden(t testing.TB, path string, data []byte, update bool) {
 		t.Fatalf("%s differs (the package's tests with -update rewrite it); got:\n%s", path, data)
 	}
 }
+
+// KeepHostDevNodes removes, when the test ends, the NVIDIA device nodes a test leaves in
+// the host's /dev that were not there before: NVIDIA's own tools (nvidia-ctk, the
+// runtime), run side by side on a driver root, make /dev/nvidiactl and others on the host
+// when NVML starts there.
+func KeepHostDevNodes(tb testing.TB) {
+	tb.Helper()
+	before := map[string]bool{}
+	list := func() []string {
+		m, _ := filepath.Glob("/dev/nvidia*")
+		return m
+	}
+	for _, p := range list() {
+		before[p] = true
+	}
+	tb.Cleanup(func() {
+		for _, p := range list() {
+			if !before[p] {
+				_ = os.RemoveAll(p)
+			}
+		}
+	})
+}
