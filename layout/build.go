@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -22,6 +23,32 @@ const completeFile = ".complete"
 // tmpfsOptions size a layout: it holds empty files (the mount points of the driver's
 // files), links and folders, a few kilobytes.
 const tmpfsOptions = "mode=0755,size=1m,nr_inodes=16384"
+
+// idPattern matches a layout's folder name (Plan.ID): version, set, hash. Nothing else
+// under a base is ever detached or removed.
+var idPattern = regexp.MustCompile(`^[0-9A-Za-z._~-]+-(all|[a-z]+(\+[a-z]+)*)-[0-9a-f]{12}$`)
+
+// IsID reports whether name is a layout's folder name.
+func IsID(name string) bool { return idPattern.MatchString(name) }
+
+// checkBase refuses a base reached through a symbolic link: a process that may write
+// beside it (a requester asking for a layout) must not be able to point the builder, which
+// mounts and unmounts as root, at another folder.
+func checkBase(base string) error {
+	fd, err := unix.Openat2(unix.AT_FDCWD, base, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
+	if errors.Is(err, unix.ENOSYS) {
+		for p := base; p != "/" && p != "."; p = filepath.Dir(p) {
+			if fi, err := os.Lstat(p); err != nil || fi.Mode()&fs.ModeSymlink != 0 {
+				return fmt.Errorf("layout folder %s: %s is a link or missing", base, p)
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("layout folder %s: %w (a link on the way is refused)", base, err)
+	}
+	return unix.Close(fd)
+}
 
 // ErrNoPrivilege means this process cannot build layouts: it needs root with
 // CAP_SYS_ADMIN in the host's mount namespace.
@@ -97,20 +124,28 @@ func Ensure(base string, p Plan, read func(string) string) error {
 // built by one at a time, and never detached while it is being built.
 const lockFile = ".lock"
 
+// lockWait bounds the wait for another builder: a container create never hangs on one.
+const lockWait = 10 * time.Second
+
 // lock takes the base's lock, making the base if needed; the returned func releases it.
 func lock(base string) (func(), error) {
 	if err := os.MkdirAll(base, 0o755); err != nil { //nolint:gosec // the layouts are world-readable
 		return nil, fmt.Errorf("create %s: %w", base, err)
 	}
+	if err := checkBase(base); err != nil {
+		return nil, err
+	}
 	fd, err := unix.Open(filepath.Join(base, lockFile), unix.O_RDONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", base, err)
 	}
+	deadline := time.Now().Add(lockWait)
 	for {
-		err = unix.Flock(fd, unix.LOCK_EX)
-		if !errors.Is(err, unix.EINTR) {
+		err = unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil || !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) || time.Now().After(deadline) {
 			break
 		}
+		time.Sleep(5 * time.Millisecond)
 	}
 	if err != nil {
 		_ = unix.Close(fd)
@@ -195,10 +230,16 @@ func bindFile(src, dst string) error {
 // keep their own, private, copy) and the empty mount point removed. Nothing under it is
 // ever unlinked while mounted: those would be the driver's own files.
 func detach(dir string) error {
-	err := unix.Unmount(dir, unix.MNT_DETACH)
+	if !IsID(filepath.Base(dir)) {
+		return fmt.Errorf("%s is no driver layout", dir)
+	}
+	if fi, err := os.Lstat(dir); err == nil && !fi.IsDir() {
+		return fmt.Errorf("%s is no driver layout (not a folder)", dir)
+	}
+	err := unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	for err == nil {
-		// a layout mounted twice over (a race of two builders): detach them all
-		err = unix.Unmount(dir, unix.MNT_DETACH)
+		// a layout mounted twice over: detach them all
+		err = unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
 	}
 	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("detach %s: %w", dir, err)
@@ -211,22 +252,22 @@ func detach(dir string) error {
 
 // Collect detaches every layout under base whose ID keep lacks, and returns their IDs.
 func Collect(base string, keep map[string]bool) ([]string, error) {
-	entries, err := os.ReadDir(base)
-	if errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(base); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
-	}
-	if err != nil {
-		return nil, err
 	}
 	unlock, err := lock(base)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	entries, err := os.ReadDir(base)
+	if err != nil {
+		return nil, err
+	}
 	var gone []string
 	var errs []error
 	for _, e := range entries {
-		if keep[e.Name()] || !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+		if keep[e.Name()] || !e.IsDir() || !IsID(e.Name()) {
 			continue
 		}
 		if err := detach(filepath.Join(base, e.Name())); err != nil {

@@ -205,7 +205,7 @@ func ensureHelper(t *testing.T) {
 func TestRetirer(t *testing.T) {
 	t.Parallel()
 	base := t.TempDir()
-	for _, id := range []string{"550.1-all-aaa", "550.1-all-bbb", "550.1-compute-ccc", "535.9-all-ddd", ".want"} {
+	for _, id := range []string{"550.1-all-aaaaaaaaaaaa", "550.1-all-bbbbbbbbbbbb", "550.1-compute-cccccccccccc", "535.9-all-dddddddddddd", ".want", "not-a-layout"} {
 		if err := os.Mkdir(filepath.Join(base, id), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -231,27 +231,79 @@ func TestRetirer(t *testing.T) {
 		slices.Sort(gone)
 		return gone
 	}
-	if gone := use("550.1-all-aaa"); len(gone) != 0 {
+	if gone := use("550.1-all-aaaaaaaaaaaa"); len(gone) != 0 {
 		t.Fatalf("detached at once: %v", gone)
 	}
 	clock = clock.Add(30 * time.Second)
-	if gone := use("550.1-all-bbb"); len(gone) != 0 { // aaa leaves use now
+	if gone := use("550.1-all-bbbbbbbbbbbb"); len(gone) != 0 { // aaa leaves use now
 		t.Fatalf("detached within the grace period: %v", gone)
 	}
 	clock = clock.Add(40 * time.Second)
-	if gone := use("550.1-all-bbb"); !slices.Equal(gone, []string{"535.9-all-ddd"}) {
+	if gone := use("550.1-all-bbbbbbbbbbbb"); !slices.Equal(gone, []string{"535.9-all-dddddddddddd"}) {
 		t.Fatalf("after 70s: %v, want the other driver's layout", gone)
 	}
-	if gone := use("550.1-all-aaa"); len(gone) != 0 { // aaa back in use before its grace ended
+	if gone := use("550.1-all-aaaaaaaaaaaa"); len(gone) != 0 { // aaa back in use before its grace ended
 		t.Fatalf("detached a layout in use: %v", gone)
 	}
 	clock = clock.Add(2 * time.Minute)
-	if gone := use("550.1-all-aaa"); !slices.Equal(gone, []string{"550.1-all-bbb"}) {
+	if gone := use("550.1-all-aaaaaaaaaaaa"); !slices.Equal(gone, []string{"550.1-all-bbbbbbbbbbbb"}) {
 		t.Fatalf("after 190s: %v, want bbb", gone)
 	}
-	for _, id := range []string{"550.1-all-aaa", "550.1-compute-ccc", ".want"} {
+	for _, id := range []string{"550.1-all-aaaaaaaaaaaa", "550.1-compute-cccccccccccc", ".want", "not-a-layout"} {
 		if _, err := os.Stat(filepath.Join(base, id)); err != nil {
 			t.Errorf("%s: %v (detached: %v)", id, err, detached)
 		}
+	}
+}
+
+// TestBaseThroughLink: a base reached through a link (a requester that may write beside
+// it replaced the folder), or a want folder that is a link, is refused: the builder never
+// mounts, unmounts or removes where a link points.
+func TestBaseThroughLink(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	elsewhere := filepath.Join(dir, "elsewhere")
+	victim := filepath.Join(elsewhere, "535.1-all-0123456789ab")
+	if err := os.MkdirAll(victim, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "driver")
+	if err := os.Symlink(elsewhere, base); err != nil {
+		t.Fatal(err)
+	}
+	if gone, err := Collect(base, nil); err == nil || len(gone) != 0 {
+		t.Errorf("Collect through a link: %v, %v", gone, err)
+	}
+	r := NewRetirer(base, 0)
+	r.detach = func(dir string) error { t.Errorf("detach %s through a link", dir); return nil }
+	if _, err := r.Use("550.1", nil); err != nil {
+		t.Log(err)
+	}
+	if _, err := os.Stat(victim); err != nil {
+		t.Errorf("the folder a link pointed at lost %s: %v", victim, err)
+	}
+	// a want folder that is a link is neither read nor cleared
+	real := filepath.Join(dir, "real")
+	if err := os.MkdirAll(filepath.Join(dir, "wants"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "wants", "all"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(real, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "wants"), filepath.Join(real, wantDir)); err != nil {
+		t.Fatal(err)
+	}
+	if got := Wanted(real); len(got) != 0 {
+		t.Errorf("wants read through a link: %v", got)
+	}
+	ClearWanted(real, []Plan{{Name: "all"}})
+	if _, err := os.Stat(filepath.Join(dir, "wants", "all")); err != nil {
+		t.Errorf("a file removed through the want link: %v", err)
+	}
+	if IsID("run") || IsID("user") || !IsID("535.261.03-compute+utility-2ee822438bed") || IsID("535.1-all-0123456789ab/x") {
+		t.Error("IsID")
 	}
 }

@@ -82,7 +82,7 @@ func (l *Provider) Run(ctx context.Context, inventories <-chan *gpu.Inventory, c
 				sets = append(sets, c)
 			}
 			l.mu.Unlock()
-			if l.provide(inv, sets...) {
+			if l.provide(inv, false, sets...) {
 				changed(inv)
 			}
 		case caps := <-l.asks:
@@ -90,7 +90,7 @@ func (l *Provider) Run(ctx context.Context, inventories <-chan *gpu.Inventory, c
 			inv := l.inv
 			l.used[caps] = true
 			l.mu.Unlock()
-			if inv != nil && l.provide(inv, caps) {
+			if inv != nil && l.provide(inv, true, caps) {
 				changed(inv)
 			}
 		case <-tick.C:
@@ -106,17 +106,17 @@ func (l *Provider) Run(ctx context.Context, inventories <-chan *gpu.Inventory, c
 }
 
 // provide builds the layouts of the sets for inv, or asks the builder for them; it
-// reports whether any became complete.
-func (l *Provider) provide(inv *gpu.Inventory, sets ...gpu.Capabilities) bool {
+// reports whether any became complete, or, for an ask, is complete (a builder beside us
+// may have finished it since the asker looked).
+func (l *Provider) provide(inv *gpu.Inventory, ask bool, sets ...gpu.Capabilities) bool {
 	made := false
-	var plans []Plan
 	for _, caps := range sets {
 		p := For(inv, caps)
 		if len(p.Entries) == 0 {
 			continue
 		}
-		plans = append(plans, p)
 		if Complete(l.Base, p) {
+			made = made || ask
 			continue
 		}
 		if l.Build {
@@ -137,6 +137,15 @@ func (l *Provider) provide(inv *gpu.Inventory, sets ...gpu.Capabilities) bool {
 		l.mu.Unlock()
 	}
 	if l.Build {
+		// every set in use stays, not only those just provided
+		l.mu.Lock()
+		var plans []Plan
+		for caps := range l.used {
+			if p := For(inv, caps); len(p.Entries) > 0 {
+				plans = append(plans, p)
+			}
+		}
+		l.mu.Unlock()
 		gone, err := l.retirer.Use(inv.Driver.Version, plans)
 		for _, id := range gone {
 			l.Log.Info("driver layout detached", "layout", id)
@@ -175,7 +184,7 @@ func (l *Provider) Prepare(inv *gpu.Inventory) {
 		sets = append(sets, c)
 	}
 	l.mu.Unlock()
-	l.provide(inv, sets...)
+	l.provide(inv, false, sets...)
 }
 
 // ReadyAll reports whether every plan's layout is complete, asking for those that are not.

@@ -50,10 +50,10 @@ func (r *Retirer) Use(version string, plans []Plan) ([]string, error) {
 		}
 	}
 	r.current = current
-	if entries, err := os.ReadDir(r.base); err == nil {
+	if entries, err := os.ReadDir(r.base); err == nil && checkBase(r.base) == nil {
 		prefix := VersionOf(version) + "-"
 		for _, e := range entries {
-			if id := e.Name(); e.IsDir() && !strings.HasPrefix(id, ".") && !current[id] && !strings.HasPrefix(id, prefix) {
+			if id := e.Name(); e.IsDir() && IsID(id) && !current[id] && !strings.HasPrefix(id, prefix) {
 				r.retire(id, now)
 			}
 		}

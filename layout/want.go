@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/nvbind/nvbind/gpu"
 )
@@ -23,12 +24,35 @@ func Want(base string, caps gpu.Capabilities) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // world-readable
 		return err
 	}
-	return os.WriteFile(filepath.Join(dir, NameOf(caps)), nil, 0o644) //nolint:gosec // an empty marker
+	f, err := os.OpenFile(filepath.Join(dir, NameOf(caps)), os.O_WRONLY|os.O_CREATE|syscall.O_NOFOLLOW, 0o644) //nolint:gosec // an empty marker
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+// PrepareWants makes the want folder under base, for a builder that answers asks.
+func PrepareWants(base string) error {
+	if err := os.MkdirAll(filepath.Join(base, wantDir), 0o755); err != nil { //nolint:gosec // world-readable
+		return err
+	}
+	return checkBase(filepath.Join(base, wantDir))
+}
+
+// wantFolder is the want folder, unless it is not a plain folder (a link planted there).
+func wantFolder(base string) (string, bool) {
+	dir := filepath.Join(base, wantDir)
+	fi, err := os.Lstat(dir)
+	return dir, err == nil && fi.IsDir()
 }
 
 // Wanted are the capability sets asked for; names that are no capability set are ignored.
 func Wanted(base string) []gpu.Capabilities {
-	entries, err := os.ReadDir(filepath.Join(base, wantDir))
+	dir, ok := wantFolder(base)
+	if !ok {
+		return nil
+	}
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}
@@ -55,7 +79,11 @@ func CapsOfName(name string) (gpu.Capabilities, bool) {
 
 // ClearWanted removes the asks the plans answer.
 func ClearWanted(base string, plans []Plan) {
+	dir, ok := wantFolder(base)
+	if !ok {
+		return
+	}
 	for _, p := range plans {
-		_ = os.Remove(filepath.Join(base, wantDir, p.Name))
+		_ = os.Remove(filepath.Join(dir, p.Name))
 	}
 }

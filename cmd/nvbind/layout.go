@@ -67,6 +67,9 @@ func (l *layoutFlags) base(o spec.Options, persistent, canAsk bool) (string, err
 		if !hooksOn {
 			return "", fmt.Errorf("--layout mount needs the hook's %s and %s actions", spec.HookSymlinks, spec.HookLDCache)
 		}
+		if persistent {
+			return "", errors.New("--layout mount: the spec would outlive the layouts, which go at reboot: write it under /run (/var/run/cdi), or use --layout files")
+		}
 		if !canAsk && !layout.CanBuild() {
 			return "", fmt.Errorf("--layout mount: %w (run as root, or use --layout files)", layout.ErrNoPrivilege)
 		}
@@ -197,6 +200,11 @@ func (f *layoutBuildFlags) build(inv *gpu.Inventory, sets []gpu.Capabilities, w 
 
 func (f *layoutBuildFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, sets []gpu.Capabilities, log *slog.Logger) error {
 	r := layout.NewRetirer(f.dir, time.Minute)
+	// the want folder exists from the start, so a sandboxed requester may be given
+	// write access to it alone (nvbind-nri.service: ReadWritePaths)
+	if err := layout.PrepareWants(f.dir); err != nil {
+		return err
+	}
 	var inv *gpu.Inventory
 	events := d.Watch(ctx, f.interval)
 	tick := time.NewTicker(time.Second) // the want folder is polled: the plugin asks from another pod
@@ -217,6 +225,13 @@ func (f *layoutBuildFlags) watchLoop(ctx context.Context, d *gpu.Discoverer, set
 		case <-tick.C:
 			if inv == nil || len(layout.Wanted(f.dir)) == 0 {
 				continue
+			}
+		}
+		// a set once asked for is kept for as long as this builder runs: a spec or a
+		// plugin's cached edits may name its layout
+		for _, caps := range layout.Wanted(f.dir) {
+			if !slices.Contains(sets, caps) {
+				sets = append(sets, caps)
 			}
 		}
 		plans, err := f.build(inv, sets, logWriter{log})
