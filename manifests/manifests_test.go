@@ -47,7 +47,7 @@ func build(t *testing.T, dir string) map[string][]byte {
 
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
-	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind"}
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -182,6 +182,13 @@ func checkLayoutBuilder(t *testing.T, containers []corev1.Container, driverRoot 
 			}
 			if m.Name == "layouts" && (m.MountPath != "/run/nvbind" || m.MountPropagation == nil) {
 				t.Errorf("container %s mounts the layouts at %s (%v): they must be at the host's path, propagated", c.Name, m.MountPath, m.MountPropagation)
+			}
+			// the plugin only reads the layouts, and writes only its asks
+			if i == 0 && m.Name == "layouts" && !m.ReadOnly {
+				t.Error("the plugin mounts the layouts writable")
+			}
+			if i == 0 && strings.HasPrefix(m.MountPath, "/run/nvbind") && !m.ReadOnly && m.MountPath != "/run/nvbind/driver/.want" {
+				t.Errorf("the plugin writes %s", m.MountPath)
 			}
 		}
 	}

@@ -150,13 +150,15 @@ patches:
       - {op: replace, path: /spec/template/spec/volumes/6/hostPath/path, value: %s}
       - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/5/mountPath, value: %s}
       - {op: replace, path: /spec/template/spec/containers/1/volumeMounts/2/mountPath, value: %s}
+      - {op: replace, path: /spec/template/spec/volumes/7/hostPath/path, value: %s/.want}
+      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/6/mountPath, value: %s/.want}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --layout-dir=%s}
       - {op: replace, path: /spec/template/spec/containers/1/args/3, value: --driver-root=%s}
       - {op: add, path: /spec/template/spec/containers/1/args/-, value: --dev-root=%s}
       - {op: add, path: /spec/template/spec/containers/1/args/-, value: --dev-root-mount=/host/driver-root}
       - {op: add, path: /spec/template/spec/containers/1/args/-, value: --layout-dir=%s}
 %s`, base, s.nriDir, s.driverRoot, s.cdiDir, s.driverRoot, s.driverRoot, s.driverRoot,
-		s.runNVBind(), s.runNVBind(), s.runNVBind(), s.layoutDir(), s.driverRoot, s.driverRoot, s.layoutDir(), extra)
+		s.runNVBind(), s.runNVBind(), s.runNVBind(), s.layoutDir(), s.layoutDir(), s.layoutDir(), s.driverRoot, s.driverRoot, s.layoutDir(), extra)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644); err != nil {
 		s.t.Fatal(err)
 	}
@@ -188,7 +190,7 @@ type podList struct {
 			} `json:"containers"`
 		} `json:"spec"`
 		Status struct {
-			Phase             string `json:"phase"`
+			Phase             string            `json:"phase"`
 			ContainerStatuses []containerStatus `json:"containerStatuses"`
 		} `json:"status"`
 	} `json:"items"`
