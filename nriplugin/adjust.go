@@ -73,11 +73,15 @@ type commonParts struct {
 	// the container paths of the mounts of each way a runtime may have injected the
 	// driver from nvbind's spec (the layout, or one mount per file), to tell whether it did
 	paths []map[string]bool
-	// layoutMount is the layout's mount among paths[0], if the edits use one: a runtime
-	// may instead have mounted the layout of a larger set (a spec's all)
+	// layoutMount is the layout's mount, if the edits use one
 	layoutMount string
-	caps        gpu.Capabilities
-	err         error
+	// plan is the layout of caps, when the plugin gives layouts; layoutOthers are the
+	// mounts that go with a layout (sockets): a runtime may have given a spec's layout of
+	// a larger set (all) with them
+	plan         *layout.Plan
+	layoutOthers map[string]bool
+	caps         gpu.Capabilities
+	err          error
 }
 
 // Adjuster turns container requests into NRI adjustments against the current inventory.
@@ -125,34 +129,68 @@ func (a *Adjuster) SetInventory(inv *gpu.Inventory) {
 // and env of an inventory: request.Edits without devices, in NRI's types.
 func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	if c, ok := p.common.Load(caps); ok {
-		return c.(*commonParts)
+		cp := c.(*commonParts)
+		// one stat per container: the edits follow their layout, built since (one mount
+		// then) or detached since (one mount per file again, and asked for)
+		if cp.plan == nil || layout.Complete(a.cfg.Layouts.Base, *cp.plan) == (cp.layoutMount != "") {
+			return cp
+		}
+		p.common.CompareAndDelete(caps, cp)
 	}
 	cp := &commonParts{caps: caps}
 	so := a.cfg.Spec
 	files := so
 	files.LayoutBase = ""
-	if so.LayoutBase != "" && !a.cfg.Layouts.Ready(p.Inventory(), caps) {
-		so.LayoutBase = "" // one mount per file until the layout is complete
+	if so.LayoutBase != "" {
+		plan := layout.For(p.Inventory(), caps)
+		cp.plan = &plan
+		if !a.cfg.Layouts.Ready(p.Inventory(), caps) {
+			so.LayoutBase = "" // one mount per file until the layout is complete
+		}
 	}
 	e, err := request.Edits(p.Inventory(), nil, caps, so)
 	if err != nil {
 		cp.err = err
-	} else {
-		cp.nriEdits = toNRI(e)
-		cp.paths = append(cp.paths, mountPaths(e))
-		for _, m := range e.Mounts {
-			if path.Dir(m.Path) == layout.Dest {
-				cp.layoutMount = m.Path
+		actual, _ := p.common.LoadOrStore(caps, cp)
+		return actual.(*commonParts)
+	}
+	cp.nriEdits = toNRI(e)
+	cp.paths = append(cp.paths, mountPaths(e))
+	if cp.plan != nil {
+		// what a spec may have given instead: its layout, or one mount per file (a spec
+		// not in /run)
+		other := files
+		if so.LayoutBase == "" {
+			other = a.cfg.Spec
+		}
+		if oe, err := request.Edits(p.Inventory(), nil, caps, other); err == nil {
+			cp.paths = append(cp.paths, mountPaths(oe))
+			if so.LayoutBase == "" {
+				cp.layoutOthers = layoutOthers(oe)
 			}
 		}
-		if so.LayoutBase != "" { // a spec not in /run mounts one file at a time
-			if fe, err := request.Edits(p.Inventory(), nil, caps, files); err == nil {
-				cp.paths = append(cp.paths, mountPaths(fe))
+		if so.LayoutBase != "" {
+			cp.layoutOthers = layoutOthers(e)
+			for _, m := range e.Mounts {
+				if path.Dir(m.Path) == layout.Dest {
+					cp.layoutMount = m.Path
+				}
 			}
 		}
 	}
 	actual, _ := p.common.LoadOrStore(caps, cp)
 	return actual.(*commonParts)
+}
+
+// layoutOthers are the paths of the layout edits' mounts besides the layout (sockets).
+func layoutOthers(e spec.Edits) map[string]bool {
+	out := map[string]bool{}
+	for _, m := range e.Mounts {
+		if path.Dir(m.Path) != layout.Dest {
+			out[m.Path] = true
+		}
+	}
+	return out
 }
 
 // mountPaths are the container paths of the edits' mounts.

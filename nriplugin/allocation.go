@@ -127,8 +127,8 @@ func nodesInjected(ctr *api.Container, p *prepared, targets []*request.Target) b
 // request mounted: with the nodes, the runtime applied nvbind's CDI spec. A privileged
 // container has the nodes but not the files.
 func mountsInjected(ctr *api.Container, cp *commonParts) bool {
-	if cp.layoutMount != "" && len(cp.paths) > 0 {
-		// the layout of a set that holds the request's, and the mounts besides it
+	if cp.layoutOthers != nil {
+		// the layout of a set that holds the request's, and the mounts that go with it
 		layoutOK, others := false, 0
 		for _, m := range ctr.GetMounts() {
 			d := m.GetDestination()
@@ -136,11 +136,11 @@ func mountsInjected(ctr *api.Container, cp *commonParts) bool {
 				if c, ok := layout.CapsOfName(path.Base(d)); ok && c&cp.caps == cp.caps {
 					layoutOK = true
 				}
-			} else if cp.paths[0][d] {
+			} else if cp.layoutOthers[d] {
 				others++
 			}
 		}
-		if layoutOK && others == len(cp.paths[0])-1 {
+		if layoutOK && others == len(cp.layoutOthers) {
 			return true
 		}
 	}

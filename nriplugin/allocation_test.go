@@ -292,6 +292,33 @@ func TestLayoutInjectedFromSpec(t *testing.T) {
 	if !slices.Contains(dests, layout.Dest+"/compute+utility") || slices.ContainsFunc(dests, func(d string) bool { return strings.Contains(d, "libcuda") }) {
 		t.Fatalf("mounts %v: want the layout of compute+utility, not the files", dests)
 	}
+	// the layout detached (nvbind layout remove): the next container mounts the files,
+	// and the layout is asked for again; built again, the next gets it
+	def := layout.For(inv, gpu.CapsDefault)
+	if err := os.Remove(filepath.Join(def.HostPath(base), ".complete")); err != nil {
+		t.Fatal(err)
+	}
+	layoutOf := func() (bool, bool) {
+		adj, _, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, &api.Container{Name: "cuda", Annotations: ctr.Annotations})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var l, files bool
+		for _, m := range adj.GetMounts() {
+			l = l || m.Destination == layout.Dest+"/compute+utility"
+			files = files || strings.Contains(m.Destination, "libcuda")
+		}
+		return l, files
+	}
+	if l, files := layoutOf(); l || !files {
+		t.Errorf("with the layout gone: layout %v, files %v", l, files)
+	}
+	if err := os.WriteFile(filepath.Join(def.HostPath(base), ".complete"), nil, 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if l, files := layoutOf(); !l || files {
+		t.Errorf("with the layout back: layout %v, files %v", l, files)
+	}
 	specOf := func(o spec.Options) []*api.Mount {
 		e, err := request.Edits(inv, nil, gpu.CapsAll, o)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nvbind/nvbind/deviceplugin"
@@ -44,6 +45,9 @@ type Service struct {
 	Log     *slog.Logger
 
 	inventories chan *gpu.Inventory
+	// mu orders Apply and layoutsChanged: an inventory never replaces a newer one, and
+	// spec writes never interleave
+	mu sync.Mutex
 }
 
 // Serve runs until ctx ends or the plugin stops.
@@ -106,6 +110,8 @@ func (s *Service) Apply(ev gpu.Event) {
 		return
 	}
 	inv := ev.Inventory
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.Layouts != nil {
 		// where this process builds them, the usual layouts are there before the
 		// inventory serves a container, which then gets them at once
@@ -141,6 +147,8 @@ func (s *Service) Apply(ev gpu.Event) {
 
 // layoutsChanged makes the edits of an inventory again once its layouts are complete.
 func (s *Service) layoutsChanged(inv *gpu.Inventory) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.Plugin.adj.Inventory() != inv {
 		return // a newer inventory came meanwhile
 	}
