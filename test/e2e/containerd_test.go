@@ -243,7 +243,7 @@ func TestContainerdPrivileged(t *testing.T) {
 }
 
 // BenchmarkContainerdCreateStart times create+start through containerd's CRI with the
-// nvbind NRI plugin registered, for a container with every capability and GPU 0, against a
+// nvbind NRI plugin registered, for a container with every GPU and capability, against a
 // plain one: through the NRI plugin (the layout, the default), and through containerd's own
 // CDI injection (the CRI's CDIDevices, as the kubelet passes a device plugin's CDI names)
 // of nvbind's spec with the layout, nvbind's spec with one mount per file, and NVIDIA's
@@ -266,12 +266,13 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 		env  map[string]string
 		cdi  []string
 	}
-	all := map[string]string{"NVIDIA_VISIBLE_DEVICES": "0", "NVIDIA_DRIVER_CAPABILITIES": "all"}
+	// every GPU and capability: NVIDIA's management-mode spec has the one device "all"
+	all := map[string]string{"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "all"}
 	cases := []bcase{
 		{name: "plain"},
 		{name: "nri-layout", env: all},
-		{name: "cdi-layout", cdi: []string{"layout.nvbind.io/gpu=0"}},
-		{name: "cdi-per-file", cdi: []string{"per-file.nvbind.io/gpu=0"}},
+		{name: "cdi-layout", cdi: []string{"layout.nvbind.io/gpu=all"}},
+		{name: "cdi-per-file", cdi: []string{"per-file.nvbind.io/gpu=all"}},
 	}
 	if toolkit := nvidiaToolkitDir(); toolkit != "" {
 		out, err := exec.Command(filepath.Join(toolkit, "nvidia-ctk"), "cdi", "generate", "--mode=management", "--driver-root", driverRoot,
@@ -280,7 +281,7 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 		if err != nil {
 			b.Fatalf("nvidia-ctk: %v\n%s", err, out)
 		}
-		cases = append(cases, bcase{name: "cdi-nvidia-spec", cdi: []string{"nvidia-toolkit.com/gpu=0"}})
+		cases = append(cases, bcase{name: "cdi-nvidia-spec", cdi: []string{"nvidia-toolkit.com/gpu=all"}})
 	}
 	p := c.runPod("timing", "default", nil)
 	defer c.stopPod(p)

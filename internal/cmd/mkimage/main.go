@@ -77,9 +77,9 @@ func run() error {
 		// the host (its static C front and its editor)
 		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook"),
 			filepath.Join(*bindir, "nvbind-runtime"), filepath.Join(*bindir, "nvbind-runtime-edit")},
-		Needs:    ociimage.DriverNeeds,
-		LibDirs:  dirs,
-		LibDir:   "/lib/" + triplet,
+		Needs:   ociimage.DriverNeeds,
+		LibDirs: dirs,
+		LibDir:  "/lib/" + triplet,
 		// mount points the DaemonSet uses, so a read-only root needs no new folders; the
 		// host's /dev is mounted at /host/dev, and /proc and /sys, the same kernel's, are
 		// the container's own: --dev-root-mount=/host reads all three
