@@ -38,7 +38,7 @@ func checkBase(base string) error {
 	fd, err := unix.Openat2(unix.AT_FDCWD, base, &unix.OpenHow{Flags: unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_NO_SYMLINKS})
 	if errors.Is(err, unix.ENOSYS) {
 		for p := base; p != "/" && p != "."; p = filepath.Dir(p) {
-			if fi, err := os.Lstat(p); err != nil || fi.Mode()&fs.ModeSymlink != 0 {
+			if fi, err := os.Lstat(p); err != nil || fi.Mode()&fs.ModeSymlink != 0 { //nolint:gosec // checking the operator's --layout-dir is the point
 				return fmt.Errorf("layout folder %s: %s is a link or missing", base, p)
 			}
 		}
@@ -233,7 +233,7 @@ func detach(dir string) error {
 	if !IsID(filepath.Base(dir)) {
 		return fmt.Errorf("%s is no driver layout", dir)
 	}
-	if fi, err := os.Lstat(dir); err == nil && !fi.IsDir() {
+	if fi, err := os.Lstat(dir); err == nil && !fi.IsDir() { //nolint:gosec // a layout's own folder, its name checked above
 		return fmt.Errorf("%s is no driver layout (not a folder)", dir)
 	}
 	err := unix.Unmount(dir, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW)
@@ -244,7 +244,7 @@ func detach(dir string) error {
 	if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
 		return fmt.Errorf("detach %s: %w", dir, err)
 	}
-	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) { //nolint:gosec // a layout's emptied mount point
 		return fmt.Errorf("remove %s: %w", dir, err)
 	}
 	return nil
@@ -252,7 +252,7 @@ func detach(dir string) error {
 
 // Collect detaches every layout under base whose ID keep lacks, and returns their IDs.
 func Collect(base string, keep map[string]bool) ([]string, error) {
-	if _, err := os.Lstat(base); errors.Is(err, fs.ErrNotExist) {
+	if _, err := os.Lstat(base); errors.Is(err, fs.ErrNotExist) { //nolint:gosec // the operator's --layout-dir
 		return nil, nil
 	}
 	unlock, err := lock(base)

@@ -145,7 +145,7 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 	}
 	// a layout lives in /run: a spec that outlives it (in /etc/cdi, or printed) gets one
 	// mount per file
-	if o.LayoutBase, err = f.layoutFlags.base(o, !layout.Volatile(f.output), f.watch); err != nil {
+	if o.LayoutBase, err = f.base(o, !layout.Volatile(f.output), f.watch); err != nil {
 		return o, "", err
 	}
 	return o, format, o.Validate()

@@ -166,7 +166,7 @@ func newLayoutBuildCommand(g *globalFlags) *cobra.Command {
 			return f.watchLoop(cmd.Context(), d, sets, log)
 		},
 	}
-	f.rootFlags.register(cmd)
+	f.register(cmd)
 	fl := cmd.Flags()
 	fl.StringVar(&f.dir, "layout-dir", layout.DefaultBase, layoutDirUsage)
 	fl.StringArrayVar(&f.caps, "capability-set", []string{"all", gpu.CapsDefault.String()}, "a capability set to build the layout of, as a list such as compute,utility (repeatable)")

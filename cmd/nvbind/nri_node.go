@@ -78,7 +78,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 // layouts are the driver layouts of the plugin's edits (nil: one mount per file): built
 // here when this process may mount, else by nvbind layout build --watch beside it.
 func (f *nriFlags) layouts(so spec.Options, log *slog.Logger) (*layout.Provider, error) {
-	base, err := f.layoutFlags.base(so, false, true)
+	base, err := f.base(so, false, true)
 	if err != nil || base == "" {
 		return nil, err
 	}
