@@ -155,8 +155,8 @@ demo: build
 	  echo "No NVIDIA driver on this host: using the sample driver root $$root"; fi; \
 	mkdir -p $(DEMO_OUT); \
 	echo "+ nvbind info"; $(BIN) info --driver-root $$root --dev-root $$root; \
-	echo "+ nvbind cdi generate --output /var/run/cdi/nvidia.yaml"; \
-	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/bin/nvbind-hook --output /var/run/cdi/nvidia.yaml; \
+	echo "+ nvbind cdi generate --output /var/run/cdi/"; \
+	$(BIN) cdi generate --driver-root $$root --dev-root $$root --hook-path $(CURDIR)/bin/nvbind-hook --output /var/run/cdi/; \
 	$(BIN) cdi list --spec-dir /var/run/cdi; \
 	echo "+ nvbind doctor"; $(BIN) doctor --driver-root $$root --dev-root $$root || true; \
 	if command -v podman >/dev/null && [ "$$(id -u)" = 0 ]; then \

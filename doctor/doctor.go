@@ -256,10 +256,13 @@ func checkSpecs(c Config, inv *gpu.Inventory) []Result {
 	if err != nil && cache == nil {
 		return []Result{{"cdi spec", Fail, err.Error(), ""}}
 	}
-	var out []Result
+	out := checkConflicts(c.SpecDirs)
 	var bad []string
 	for p, errs := range cache.GetErrors() {
 		for _, e := range errs {
+			if strings.HasPrefix(e.Error(), "conflicting device") {
+				continue // checkConflicts says which files and what to do
+			}
 			bad = append(bad, fmt.Sprintf("%s: %v", p, e))
 		}
 	}
@@ -277,6 +280,13 @@ func checkSpecs(c Config, inv *gpu.Inventory) []Result {
 	if len(ours) == 0 {
 		return append(out, Result{"cdi spec", Warn, fmt.Sprintf("no %s spec in %s: Podman, Docker and nerdctl cannot use --device %s=...", kind, strings.Join(c.SpecDirs, ", "), kind),
 			"nvbind cdi generate --output /var/run/cdi/ (or run nvbind cdi generate --watch, or nvbind nri --cdi-mode)"})
+	}
+	own := map[string]bool{}
+	for _, dir := range c.SpecDirs {
+		files, _ := spec.ScanDir(dir) // checkConflicts reported what could not be read
+		for _, f := range files {
+			own[f.Path] = f.Own
+		}
 	}
 	for _, s := range ours {
 		var stale []string
@@ -297,10 +307,46 @@ func checkSpecs(c Config, inv *gpu.Inventory) []Result {
 			r.Status, r.Message = Warn, fmt.Sprintf("%s lacks GPU %d of this host", s.GetPath(), len(inv.Devices)-1)
 			r.Fix = "regenerate it: nvbind cdi generate --output " + s.GetPath()
 		}
+		if r.Status != OK && !own[s.GetPath()] {
+			r.Fix = "nvbind did not write it: remove it and let nvbind write its own (nvbind cdi generate --output " + filepath.Dir(s.GetPath()) + "/), or regenerate it with the tool that wrote it"
+		}
 		if v := s.Version; r.Status == OK && version.Less("0.5.0", v) {
 			r.Status = Warn
 			r.Message += ": newer than 0.5.0, which Podman 4.3 (Debian 12) and containerd 1.7.0 reject"
 			r.Fix = "let nvbind cdi generate write it: it uses the minimum version a spec needs"
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// checkConflicts reports kinds that two spec files of one folder define: the CDI library,
+// and so every runtime, then refuses all the devices of the kind, whoever wrote the files.
+func checkConflicts(dirs []string) []Result {
+	conf, err := spec.Conflicts(dirs)
+	var out []Result
+	if err != nil {
+		out = append(out, Result{"cdi conflicts", Warn, "some spec files could not be read: " + err.Error(), "remove or fix them: runtimes skip them too"})
+	}
+	for _, cf := range conf {
+		var own, foreign []string
+		for _, f := range cf.Files {
+			if f.Own {
+				own = append(own, f.Path)
+			} else {
+				foreign = append(foreign, f.Path)
+			}
+		}
+		all := append(append([]string(nil), own...), foreign...)
+		r := Result{Check: "cdi conflicts", Status: Fail,
+			Message: fmt.Sprintf("%d specs in %s define %s (%s): runtimes refuse every %s device as conflicting", len(cf.Files), cf.Dir, cf.Kind, strings.Join(all, ", "), cf.Kind)}
+		switch {
+		case len(foreign) == 0:
+			r.Fix = fmt.Sprintf("all are nvbind's: nvbind cdi generate --output %s/ keeps one of them (or remove all but one)", cf.Dir)
+		case len(own) == 0:
+			r.Fix = "keep one: remove the others (rm " + strings.Join(all[1:], " ") + ")"
+		default:
+			r.Fix = "nvbind did not write " + strings.Join(foreign, ", ") + ": remove it to use nvbind's (rm " + strings.Join(foreign, " ") + "), or remove nvbind's"
 		}
 		out = append(out, r)
 	}

@@ -106,6 +106,10 @@ func TestDoctorBrokenHost(t *testing.T) {
 	if err := os.RemoveAll(other.Path); err != nil {
 		t.Fatal(err)
 	}
+	// and beside it, NVIDIA's spec of the same kind: every nvidia.com/gpu name conflicts
+	if err := os.WriteFile(filepath.Join(specs, "nvidia-ctk.yaml"), []byte("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: \"0\"\n  containerEdits:\n    deviceNodes: [{path: /dev/nvidia0}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	conf := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(conf, []byte(`version = 2
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
@@ -122,7 +126,7 @@ func TestDoctorBrokenHost(t *testing.T) {
 	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
 	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
 		"WARN  dev char links", "/dev/char/195:0", "daemon-reload", "nvbind install --components dev-char",
-		"FAIL  cdi spec", "is stale", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
+		"FAIL  cdi spec", "is stale", "FAIL  cdi conflicts", "runtimes refuse every nvidia.com/gpu device", "nvbind did not write " + specs + "/nvidia-ctk.yaml", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}

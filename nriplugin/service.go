@@ -181,6 +181,7 @@ func (s *Service) writeSpec(inv *gpu.Inventory) {
 	}
 	for _, w := range written {
 		s.Log.Info("CDI spec refreshed", "path", w.Path, "kind", w.Spec.Kind, "devices", len(w.Spec.Devices))
+		w.Log(s.Log)
 	}
 }
 

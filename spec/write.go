@@ -59,7 +59,7 @@ func Marshal(s *cdispecs.Spec, f Format) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		return append([]byte("---\n"), b...), nil
+		return append([]byte(yamlMarker+"---\n"), b...), nil
 	}
 	return nil, fmt.Errorf("unknown format %q (valid: json, yaml)", f)
 }
@@ -109,10 +109,16 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 	})
 }
 
-// Written is one spec file that WriteDir wrote.
+// Written is one spec file that WriteDir or Install wrote.
 type Written struct {
 	Path string
 	Spec *cdispecs.Spec
+	// Replaced are nvbind's own specs of the kind under other names in the folder, moved
+	// onto Path before it was written.
+	Replaced []string
+	// Foreign are specs of the kind in the folder that nvbind did not write: while they
+	// are there, runtimes refuse every device of the kind as conflicting.
+	Foreign []string
 }
 
 // WriteDir generates every spec of the inventory and writes each into dir under its
@@ -141,10 +147,12 @@ func WriteDir(inv *gpu.Inventory, o Options, dir string, f Format) ([]Written, e
 		}
 		out = append(out, Written{Path: filepath.Join(dir, name), Spec: s})
 	}
-	for _, w := range out {
-		if err := WriteFile(w.Spec, w.Path, f); err != nil {
+	for i, w := range out {
+		iw, err := Install(w.Spec, w.Path, f)
+		if err != nil {
 			return nil, err
 		}
+		out[i] = iw
 	}
 	return out, nil
 }

@@ -47,7 +47,7 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 (--device nvidia.com/imex-channel=0).`,
 		Example: `  nvbind cdi generate --output /var/run/cdi/
   nvbind cdi generate --output /etc/cdi/nvidia.json --capabilities compute,utility
-  nvbind cdi generate --driver-root /run/nvidia/driver --output /var/run/cdi/nvidia.yaml
+  nvbind cdi generate --driver-root /run/nvidia/driver --output /var/run/cdi/
   podman run --device nvidia.com/gpu=0 ...   # or gpu0, GPU-<uuid>, all`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -88,8 +88,14 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 				_, err = cmd.OutOrStdout().Write(data)
 				return err
 			}
-			return f.writeAll(inv, s, o, format, func(dst string, s *cdispecs.Spec) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", dst, len(s.Devices), s.Kind, s.Version)
+			return f.writeAll(inv, s, o, format, func(w spec.Written) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", w.Path, len(w.Spec.Devices), w.Spec.Kind, w.Spec.Version)
+				for _, r := range w.Replaced {
+					fmt.Fprintf(cmd.ErrOrStderr(), "replaced nvbind's spec %s: one spec file per kind\n", r)
+				}
+				for _, c := range w.Foreign {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s also defines %s, and nvbind did not write it: runtimes refuse every %s device while both are there; remove it\n", c, w.Spec.Kind, w.Spec.Kind)
+				}
 			})
 		},
 	}
@@ -231,8 +237,9 @@ func (f *generateFlags) refresh(inv *gpu.Inventory, o spec.Options, format spec.
 		log.Error("spec not generated; the spec on disk stays as it is", slog.Any("error", err))
 		return
 	}
-	err = f.writeAll(inv, s, o, format, func(dst string, s *cdispecs.Spec) {
-		log.Info("spec written", "path", dst, "driver", inv.Driver.Version, "gpus", len(inv.Devices), "devices", len(s.Devices), "layouts", o.LayoutBase != "")
+	err = f.writeAll(inv, s, o, format, func(w spec.Written) {
+		log.Info("spec written", "path", w.Path, "driver", inv.Driver.Version, "gpus", len(inv.Devices), "devices", len(w.Spec.Devices), "layouts", o.LayoutBase != "")
+		w.Log(log)
 	})
 	if err != nil {
 		log.Error("spec not written", slog.Any("error", err))
@@ -240,13 +247,14 @@ func (f *generateFlags) refresh(inv *gpu.Inventory, o spec.Options, format spec.
 }
 
 // writeAll writes the GPU spec to the --output file, or every spec (the IMEX channels'
-// beside the GPUs') into the --output folder.
-func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Options, format spec.Format, done func(string, *cdispecs.Spec)) error {
+// beside the GPUs') into the --output folder, each as the one nvbind spec of its kind there.
+func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Options, format spec.Format, done func(spec.Written)) error {
 	if !isDirArg(f.output) {
-		if err := spec.WriteFile(s, f.output, format); err != nil {
+		w, err := spec.Install(s, f.output, format)
+		if err != nil {
 			return err
 		}
-		done(f.output, s)
+		done(w)
 		return nil
 	}
 	written, err := spec.WriteDir(inv, o, f.output, format)
@@ -254,7 +262,7 @@ func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Op
 		return err
 	}
 	for _, w := range written {
-		done(w.Path, w.Spec)
+		done(w)
 	}
 	return nil
 }

@@ -55,8 +55,12 @@ func feedDevicePlugin(p *deviceplugin.Plugin, listStrategy string, inv *gpu.Inve
 		log.Error("device plugin: devices not updated", slog.Any("error", err))
 	}
 	if listStrategy == deviceplugin.ListCDICRI {
-		if _, err := spec.WriteDir(inv, so, dir, spec.FormatYAML); err != nil {
+		written, err := spec.WriteDir(inv, so, dir, spec.FormatYAML)
+		if err != nil {
 			log.Error("CDI spec not refreshed; the old one stays", slog.Any("error", err))
+		}
+		for _, w := range written {
+			w.Log(log)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/manifests"
+	"github.com/nvbind/nvbind/spec"
 )
 
 var validComponents = []string{"binaries", "hook", "runtime", "units", "dev-char"}
@@ -36,7 +37,7 @@ const (
 type installFlags struct {
 	rootFlags
 	prefix, unitDir, dockerConfig string
-	components                    []string
+	components, specDirs          []string
 	enable                        []string
 	asNVIDIA, dockerDefault       bool
 }
@@ -83,7 +84,7 @@ func newInstallCommand() *cobra.Command {
 		Use:   "install",
 		Short: "Install nvbind's binaries and systemd units on this host, and print what changed",
 		Long: `Install nvbind, nvbind-hook, nvbind-runtime and the systemd units nvbind-nri.service (the NRI plugin, for
-containerd and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.yaml in step with the driver, for
+containerd and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.com-gpu.yaml in step with the driver, for
 Podman, Docker and nerdctl), both with nvbind-layouts.service (builds the driver layouts they name, so that a
 container mounts the driver in one mount). --enable docker-runtime adds nvbind-runtime to Docker's daemon.json (every other
 key kept), so docker run --runtime=nvbind -e NVIDIA_VISIBLE_DEVICES=0 works; with --as-nvidia also under NVIDIA's
@@ -111,19 +112,26 @@ func newUninstallCommand() *cobra.Command {
 	f := &installFlags{}
 	cmd := &cobra.Command{
 		Use:     "uninstall",
-		Short:   "Stop and remove what nvbind install placed, and print what changed",
+		Short:   "Stop and remove what nvbind install placed and the CDI specs nvbind wrote, and print what changed",
 		Example: "  nvbind uninstall",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
 			}
+			if !f.systemd() && !cmd.Flags().Changed("cdi-spec-dir") {
+				f.specDirs = nil // a staging install: the host's specs are not its own
+			}
 			return f.uninstall(cmd.OutOrStdout())
 		},
 	}
 	f.register(cmd, "remove")
+	cmd.Flags().StringSliceVar(&f.specDirs, "cdi-spec-dir", defaultSpecDirs, "CDI spec folders to remove nvbind's own specs from (other specs stay); on a host, with "+systemUnitDir+" as --unit-dir, or when given")
 	return cmd
 }
+
+// defaultSpecDirs are the CDI spec folders every runtime reads.
+var defaultSpecDirs = []string{"/etc/cdi", "/var/run/cdi"}
 
 // placeFile writes data to dst atomically with mode, unless dst already holds it.
 func placeFile(w io.Writer, dst string, data []byte, mode fs.FileMode) error {
@@ -294,6 +302,15 @@ func (f *installFlags) uninstall(w io.Writer) error {
 			}
 			errs = append(errs, err)
 		}
+	}
+	// the specs nvbind wrote (cdi generate, cdi-refresh, the NRI plugin's CDI mode, the
+	// device plugin's cdi-cri) name its hook: they go with it
+	for _, dir := range f.specDirs {
+		gone, err := spec.RemoveOwn(dir)
+		for _, p := range gone {
+			fmt.Fprintf(w, "removed %s\n", p)
+		}
+		errs = append(errs, err)
 	}
 	for name := range f.links() {
 		errs = append(errs, remove(w, filepath.Join(f.prefix, "bin", name)))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"os/exec"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -48,7 +51,34 @@ func TestInstallUninstall(t *testing.T) {
 	} else if os.Getenv(testutil.EnvRoot) == "1" {
 		t.Error("systemd-analyze is not installed (make deps installs systemd)")
 	}
-	out = run("uninstall")
+	// a staging uninstall leaves the host's specs; one given folder loses nvbind's specs only
+	specs := filepath.Join(dir, "cdi")
+	d, err := gpu.New(driverroot.Open(t, "debian-535").Options()...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := spec.WriteDir(inv, spec.Options{HookPath: prefix + "/bin/nvbind-hook"}, specs, spec.FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	foreign := filepath.Join(specs, "other.yaml")
+	if err := os.WriteFile(foreign, []byte("cdiVersion: 0.5.0\nkind: example.com/x\ndevices: [{name: a, containerEdits: {env: [A=1]}}]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out := run("uninstall"); strings.Contains(out, "/cdi/") {
+		t.Errorf("a staging uninstall touched CDI specs:\n%s", out)
+	}
+	run("install")
+	out = run("uninstall", "--cdi-spec-dir", specs)
+	if !strings.Contains(out, "removed "+specs+"/nvidia.com-gpu.yaml\n") {
+		t.Errorf("uninstall left nvbind's spec:\n%s", out)
+	}
+	if ents, _ := os.ReadDir(specs); len(ents) != 1 || ents[0].Name() != "other.yaml" {
+		t.Errorf("after uninstall the spec folder holds %v, want other.yaml alone", ents)
+	}
 	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n", "removed " + units + "/nvbind-layouts.service\n",
 		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n"} {
 		if !strings.Contains(out, want) {

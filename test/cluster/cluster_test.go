@@ -2,12 +2,15 @@ package cluster
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nvbind/nvbind/spec"
 )
 
 // TestCluster installs nvbind on a single-node cluster and runs each scenario users meet,
@@ -279,14 +282,15 @@ func TestCluster(t *testing.T) {
 		ev := s.waitEvent("default", "hooks-rejected", 90*time.Second, "OCI hook")
 		t.Logf("direct edits with hooks rejected:\n%s", lastLine(ev, "OCI hook"))
 		s.kubectl("delete", "pod", "hooks-rejected", "--wait=false")
+		// a host whose cdi-refresh (or a user, as NVIDIA's docs teach) left nvbind's spec
+		// under another name: the DaemonSet's CDI mode takes the kind over, so that the
+		// folder never holds two specs of nvidia.com/gpu, which runtimes would refuse
+		s.cdiGenerate(t, filepath.Join(s.cdiDir, "nvidia.yaml"), hook)
 		s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json",
 			`-p=[{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--cdi-mode"}]`)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.gpuPodWorks(t, "cdi-mode")
-		specs, _ := filepath.Glob(filepath.Join(s.cdiDir, "*"))
-		if len(specs) == 0 {
-			t.Errorf("CDI mode wrote no spec into %s", s.cdiDir)
-		}
+		s.oneSpecOfKind(t, "nvidia.com-gpu.yaml")
 	})
 
 	run("Uninstall", func(t *testing.T) {
@@ -304,6 +308,13 @@ func TestCluster(t *testing.T) {
 		}
 		s.applyPod(gpuPod("default", "after-uninstall", `gpus.nvbind.io: "0", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "", "ls /dev/nvidia*"))
 		s.waitEvent("default", "after-uninstall", 90*time.Second, `required plugin "nvbind" not present`)
+		// the CDI mode's spec stays (running containers were made from it); the demo's
+		// command writes the kind's one spec again, and every name resolves
+		s.cdiGenerate(t, s.cdiDir+"/", hook)
+		s.oneSpecOfKind(t, "nvidia.com-gpu.yaml")
+		if d := s.doctor(t); d["cdi conflicts"] != "" {
+			t.Errorf("doctor after the demo: %s", d["cdi conflicts"])
+		}
 	})
 
 	run("RuntimeClass", func(t *testing.T) {
@@ -451,6 +462,36 @@ spec:
 }
 
 // gpuPodWorks runs a pod that asks for GPU 1 and checks it got it.
+// cdiGenerate writes the spec of the node's driver root as nvbind cdi generate --output.
+func (s *setup) cdiGenerate(t *testing.T, output, hook string) {
+	t.Helper()
+	if out, err := exec.Command(s.nvbind, "cdi", "generate", "--driver-root", s.driverRoot, "--dev-root", s.driverRoot,
+		"--hook-path", hook, "--output", output).CombinedOutput(); err != nil {
+		t.Fatalf("nvbind cdi generate --output %s: %v\n%s", output, err, out)
+	}
+}
+
+// oneSpecOfKind checks that the CDI folder holds one spec of nvidia.com/gpu, under name,
+// and that the CDI library resolves its names without error (a second spec of the kind
+// would make it refuse them all).
+func (s *setup) oneSpecOfKind(t *testing.T, name string) {
+	t.Helper()
+	files, err := spec.ScanDir(s.cdiDir)
+	var gpus []string
+	for _, f := range files {
+		if f.Kind == "nvidia.com/gpu" {
+			gpus = append(gpus, filepath.Base(f.Path))
+		}
+	}
+	if err != nil || !slices.Equal(gpus, []string{name}) {
+		t.Errorf("specs of nvidia.com/gpu in %s: %v (%v), want %s alone", s.cdiDir, gpus, err, name)
+	}
+	out, err := exec.Command(s.nvbind, "cdi", "list", "--spec-dir", s.cdiDir).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "nvidia.com/gpu=0\n") {
+		t.Errorf("nvbind cdi list --spec-dir %s: %v\n%s", s.cdiDir, err, out)
+	}
+}
+
 func (s *setup) gpuPodWorks(t *testing.T, name string) {
 	t.Helper()
 	s.applyPod(gpuPod("default", name, `gpus.nvbind.io: "1", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "",

@@ -1,0 +1,227 @@
+package spec
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/nvbind/nvbind/internal/fileio"
+)
+
+// yamlMarker opens every YAML spec nvbind writes. With the hook's arguments of JSON specs
+// it is how nvbind knows its own specs: the ones its writers replace and uninstall removes.
+const yamlMarker = "# written by nvbind, which keeps one spec file per kind: it replaces and removes this file itself\n"
+
+// Budgets of a spec folder's scan: the folder is root's, but a runtime reads every file in
+// it, and so do nvbind's writers and doctor.
+const (
+	maxSpecFiles    = 4096
+	maxSpecFileSize = 32 << 20
+)
+
+// SpecFile is one spec file in a CDI spec folder, as nvbind's writers and doctor see it.
+type SpecFile struct {
+	Path string
+	Kind string
+	// Own tells a spec nvbind wrote: a YAML spec under nvbind's first line, or one whose
+	// hooks run nvbind's hook.
+	Own bool
+	// Devices are the names of its devices.
+	Devices []string
+}
+
+// ScanDir lists the spec files of a CDI spec folder (the .yaml, .yml and .json files that
+// are not hidden, as the CDI library reads them), in name order. A missing folder holds
+// none; a file that does not parse as a spec is left out, with its error joined into the
+// returned one.
+func ScanDir(dir string) ([]SpecFile, error) {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(ents) > maxSpecFiles {
+		return nil, fmt.Errorf("CDI spec folder %s holds %d entries, more than %d", dir, len(ents), maxSpecFiles)
+	}
+	var out []SpecFile
+	var errs []error
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") || FormatOf(e.Name()) == "" || !e.Type().IsRegular() {
+			continue
+		}
+		sf, err := readSpecFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, sf)
+	}
+	return out, errors.Join(errs...)
+}
+
+func readSpecFile(p string) (SpecFile, error) {
+	data, err := fileio.ReadFile(p, maxSpecFileSize)
+	if err != nil {
+		return SpecFile{}, err
+	}
+	var s cdispecs.Spec
+	if err := yaml.Unmarshal(data, &s); err != nil {
+		return SpecFile{}, fmt.Errorf("%s: %w", p, err)
+	}
+	if s.Kind == "" {
+		return SpecFile{}, fmt.Errorf("%s: no kind", p)
+	}
+	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || runsOurHook(&s)}
+	for _, d := range s.Devices {
+		sf.Devices = append(sf.Devices, d.Name)
+	}
+	return sf, nil
+}
+
+// runsOurHook tells whether a spec's hooks run nvbind's hook (arguments "nvbind hook ...").
+func runsOurHook(s *cdispecs.Spec) bool {
+	ours := func(e cdispecs.ContainerEdits) bool {
+		for _, h := range e.Hooks {
+			if h != nil && len(h.Args) >= 2 && h.Args[0] == "nvbind" && h.Args[1] == "hook" {
+				return true
+			}
+		}
+		return false
+	}
+	if ours(s.ContainerEdits) {
+		return true
+	}
+	for _, d := range s.Devices {
+		if ours(d.ContainerEdits) {
+			return true
+		}
+	}
+	return false
+}
+
+// Install writes a spec to dst as WriteFile does, so that the folder then holds one spec
+// of its kind written by nvbind: nvbind's own specs of the kind under other names are
+// first moved onto dst (a rename, so that at no moment two of them define the kind, which
+// would make runtimes refuse all its devices), then dst is replaced. Specs of the kind
+// that nvbind did not write are left, and reported in Foreign. On error, the folder still
+// holds at most one spec of the kind from nvbind.
+func Install(s *cdispecs.Spec, dst string, f Format) (Written, error) {
+	w := Written{Path: dst, Spec: s}
+	files, err := ScanDir(filepath.Dir(dst))
+	if err != nil && files == nil {
+		return w, err
+	}
+	for _, sf := range files {
+		if sf.Kind != s.Kind || sf.Path == dst {
+			continue
+		}
+		if !sf.Own {
+			w.Foreign = append(w.Foreign, sf.Path)
+			continue
+		}
+		if err := os.Rename(sf.Path, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return w, fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", sf.Path, s.Kind, dst, err)
+		}
+		w.Replaced = append(w.Replaced, sf.Path)
+	}
+	return w, WriteFile(s, dst, f)
+}
+
+// RemoveOwn removes nvbind's own specs from a CDI spec folder, and returns their paths.
+// Specs nvbind did not write stay.
+func RemoveOwn(dir string) ([]string, error) {
+	files, err := ScanDir(dir)
+	var gone []string
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, sf := range files {
+		if !sf.Own {
+			continue
+		}
+		if err := os.Remove(sf.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		gone = append(gone, sf.Path)
+	}
+	return gone, errors.Join(errs...)
+}
+
+// Conflict is a device that more than one spec of a folder defines: the CDI library
+// (every runtime) then refuses the device.
+type Conflict struct {
+	Dir, Kind string
+	Files     []SpecFile
+}
+
+// Conflicts finds, in each folder, the kinds whose devices are defined by more than one
+// spec file; CDI resolves a device found in two folders by the folders' order, but two
+// files of one folder conflict.
+func Conflicts(dirs []string) ([]Conflict, error) {
+	var out []Conflict
+	var errs []error
+	for _, dir := range dirs {
+		files, err := ScanDir(dir)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		byDevice := map[string][]SpecFile{}
+		for _, sf := range files {
+			for _, d := range sf.Devices {
+				name := sf.Kind + "=" + d
+				byDevice[name] = append(byDevice[name], sf)
+			}
+		}
+		seen := map[string]bool{}
+		for _, sf := range files {
+			if seen[sf.Kind] {
+				continue
+			}
+			twice := false
+			for _, d := range sf.Devices {
+				if len(byDevice[sf.Kind+"="+d]) > 1 {
+					twice = true
+					break
+				}
+			}
+			if !twice {
+				continue
+			}
+			seen[sf.Kind] = true
+			// every file of the kind takes part
+			var all []SpecFile
+			for _, o := range files {
+				if o.Kind == sf.Kind {
+					all = append(all, o)
+				}
+			}
+			out = append(out, Conflict{Dir: dir, Kind: sf.Kind, Files: all})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Dir+out[i].Kind < out[j].Dir+out[j].Kind })
+	return out, errors.Join(errs...)
+}
+
+// Log logs what writing the spec replaced, and the specs of its kind it had to leave.
+func (w Written) Log(log *slog.Logger) {
+	for _, r := range w.Replaced {
+		log.Info("nvbind's spec of the kind under another name replaced: one spec file per kind", "path", r, "by", w.Path)
+	}
+	for _, c := range w.Foreign {
+		log.Warn("a spec nvbind did not write defines the same kind: runtimes refuse all its devices while both are there; remove it",
+			"path", c, "kind", w.Spec.Kind)
+	}
+}

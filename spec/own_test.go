@@ -1,0 +1,156 @@
+package spec
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+)
+
+// cacheErrors resolves a folder as runtimes do and returns the CDI library's errors.
+func cacheErrors(t *testing.T, dir string) []string {
+	t.Helper()
+	c, err := cdi.NewCache(cdi.WithAutoRefresh(false), cdi.WithSpecDirs(dir))
+	if err != nil && c == nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for p, errs := range c.GetErrors() {
+		for _, e := range errs {
+			out = append(out, p+": "+e.Error())
+		}
+	}
+	return out
+}
+
+// TestOneSpecPerKind: the case seen on a host where the cdi-refresh unit wrote
+// /var/run/cdi/nvidia.yaml and the DaemonSet's CDI mode nvidia.com-gpu.yaml, so that the
+// CDI library refused every nvidia.com/gpu name as conflicting. nvbind's writers keep one
+// spec per kind: each moves nvbind's own spec of the kind under another name (YAML, known
+// by its first line; JSON, by nvbind's hook) onto the file it writes, leaves specs it did
+// not write and reports them, and uninstall removes only its own.
+func TestOneSpecPerKind(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	s, err := Generate(inv, Options{HookPath: hookPath})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	old := filepath.Join(dir, "nvidia.yaml")
+	if err := WriteFile(s, old, FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	oldJSON := filepath.Join(dir, "nvbind-old.json")
+	if err := WriteFile(s, oldJSON, FormatJSON); err != nil {
+		t.Fatal(err)
+	}
+	// another vendor's spec of another kind, and a file that is not a spec, stay as they are
+	other := filepath.Join(dir, "example.com-thing.yaml")
+	if err := os.WriteFile(other, []byte("cdiVersion: 0.5.0\nkind: example.com/thing\ndevices:\n- name: a\n  containerEdits:\n    env: [A=1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if errs := cacheErrors(t, dir); !slices.ContainsFunc(errs, func(e string) bool { return strings.Contains(e, `conflicting device "nvidia.com/gpu=0"`) }) {
+		t.Fatalf("two specs of one kind should conflict in the CDI library: %v", errs)
+	}
+	conf, err := Conflicts([]string{dir})
+	if err != nil || len(conf) != 1 || conf[0].Kind != "nvidia.com/gpu" || len(conf[0].Files) != 2 || !conf[0].Files[0].Own || !conf[0].Files[1].Own {
+		t.Fatalf("Conflicts = %+v, %v", conf, err)
+	}
+
+	written, err := WriteDir(inv, Options{HookPath: hookPath}, dir, FormatYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "nvidia.com-gpu.yaml")
+	if written[0].Path != dst || len(written[0].Replaced) != 2 || len(written[0].Foreign) != 0 {
+		t.Fatalf("written = %+v", written[0])
+	}
+	if errs := cacheErrors(t, dir); len(errs) != 0 {
+		t.Fatalf("after the write: %v", errs)
+	}
+	files, err := ScanDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, f := range files {
+		kinds = append(kinds, filepath.Base(f.Path)+" "+f.Kind)
+	}
+	want := []string{"example.com-thing.yaml example.com/thing", "nvidia.com-gpu.yaml nvidia.com/gpu", "nvidia.com-imex-channel.yaml nvidia.com/imex-channel"}
+	if !slices.Equal(kinds, want) {
+		t.Fatalf("folder holds %v, want %v", kinds, want)
+	}
+
+	// the demo's command, with its own file name, takes the kind back the other way
+	w, err := Install(s, old, FormatYAML)
+	if err != nil || len(w.Replaced) != 1 || w.Replaced[0] != dst {
+		t.Fatalf("Install = %+v, %v", w, err)
+	}
+	if _, err := os.Stat(dst); !os.IsNotExist(err) {
+		t.Fatalf("%s is still there: %v", dst, err)
+	}
+
+	// NVIDIA's spec of the same kind is not nvbind's: it stays, and it is reported
+	foreign := filepath.Join(dir, "nvidia-ctk.yaml")
+	ctk := &cdispecs.Spec{Version: "0.5.0", Kind: "nvidia.com/gpu", Devices: []cdispecs.Device{{Name: "0",
+		ContainerEdits: cdispecs.ContainerEdits{DeviceNodes: []*cdispecs.DeviceNode{{Path: "/dev/nvidia0"}},
+			Hooks: []*cdispecs.Hook{{HookName: "createContainer", Path: "/usr/bin/nvidia-cdi-hook", Args: []string{"nvidia-cdi-hook", "update-ldcache"}}}}}}}
+	data, err := Marshal(ctk, FormatYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(foreign, data[len(yamlMarker):], 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err = Install(s, old, FormatYAML)
+	if err != nil || len(w.Replaced) != 0 || !slices.Equal(w.Foreign, []string{foreign}) {
+		t.Fatalf("Install with a foreign spec = %+v, %v", w, err)
+	}
+	conf, err = Conflicts([]string{dir, filepath.Join(dir, "missing")})
+	if err != nil || len(conf) != 1 || len(conf[0].Files) != 2 || conf[0].Files[0].Path != foreign || conf[0].Files[0].Own || !conf[0].Files[1].Own {
+		t.Fatalf("Conflicts = %+v, %v", conf, err)
+	}
+
+	gone, err := RemoveOwn(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{filepath.Join(dir, "nvidia.com-imex-channel.yaml"), old}; !slices.Equal(gone, want) {
+		t.Fatalf("RemoveOwn removed %v, want %v", gone, want)
+	}
+	for _, p := range []string{foreign, other, filepath.Join(dir, "notes.txt")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v", p, err)
+		}
+	}
+}
+
+// TestScanDirBudget: a folder holding more entries than any spec folder needs is refused
+// before any file is read, and a file that is not a spec is reported, not trusted.
+func TestScanDirBudget(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "bad.yaml"), []byte("kind: [\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	files, err := ScanDir(dir)
+	if len(files) != 0 || err == nil || !strings.Contains(err.Error(), "bad.yaml") {
+		t.Fatalf("ScanDir = %v, %v", files, err)
+	}
+	for i := range maxSpecFiles {
+		if err := os.WriteFile(filepath.Join(dir, "f"+strconv.Itoa(i)+".txt"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ScanDir(dir); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("ScanDir of %d entries: %v", maxSpecFiles+1, err)
+	}
+}
