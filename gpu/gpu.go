@@ -184,6 +184,18 @@ type Inventory struct {
 	WSL *WSL `json:"wsl,omitempty"`
 	// Warnings are problems that did not stop discovery (skipped leftovers, stale nodes).
 	Warnings []Warning `json:"warnings,omitempty"`
+
+	// nvml is the NVML that listed Devices (Source NVML), for the health monitor.
+	nvml nvml.Interface
+}
+
+// NVML returns the NVML that listed the inventory's GPUs, or nil when NVML did not (procfs,
+// L4T, or NVML failed): the health monitor waits on its XID events.
+func (inv *Inventory) NVML() nvml.Interface {
+	if inv == nil || inv.Source != SourceNVML {
+		return nil
+	}
+	return inv.nvml
 }
 
 // FilesFor returns the files that serve any capability in caps. A library that is 32-bit
@@ -290,7 +302,27 @@ func WithDeviceStater(s DeviceStater) Option {
 }
 
 // Discoverer finds GPUs and driver files. It holds configuration only.
-type Discoverer struct{ cfg config }
+type Discoverer struct {
+	cfg config
+
+	mu   sync.Mutex
+	libs map[string]nvml.Interface // by library path: one per driver install
+}
+
+// nvmlAt returns the NVML of a library path, the same one for every discovery.
+func (d *Discoverer) nvmlAt(path string) nvml.Interface {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.libs == nil {
+		d.libs = map[string]nvml.Interface{}
+	}
+	lib := d.libs[path]
+	if lib == nil {
+		lib = nvml.New(nvml.WithLibraryPath(path))
+		d.libs[path] = lib
+	}
+	return lib
+}
 
 // New resolves options; it does no I/O.
 func New(opts ...Option) (*Discoverer, error) {

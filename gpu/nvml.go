@@ -35,13 +35,14 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 			// fails, and on its way creates /dev/nvidiactl on the host
 			inv.NVMLError = "not started: no NVIDIA kernel module is loaded (" + hostModuleVersion + " is missing)"
 		default:
-			lib = nvml.New(nvml.WithLibraryPath(nvmlPath))
+			lib = d.nvmlAt(nvmlPath)
 		}
 		if lib != nil {
 			devs, ver, cuda, err := nvmlDevices(ctx, lib)
 			if err == nil {
 				inv.Source = SourceNVML
 				inv.Devices = devs
+				inv.nvml = lib
 				if ver != "" && ver != inv.Driver.Version {
 					inv.Warnings = append(inv.Warnings, Warning{WarnVersionMismatch, fmt.Sprintf("NVML reports driver %s but the driver files under %s are %s: user-space and kernel module do not match",
 						ver, d.cfg.driverRoot, inv.Driver.Version)})

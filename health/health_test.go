@@ -1,0 +1,354 @@
+package health
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/dgxa100"
+	"github.com/NVIDIA/go-nvml/pkg/nvml/mock/server"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/test/driverroot"
+)
+
+func keys(m map[string]Fault) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestTrackerPolicy: application-caused XIDs (NVIDIA's list and the operator's) leave a
+// GPU in service and are still counted; a critical one takes it out; it returns only after
+// the recovery time without another and while the driver answers; "GPU lost" without a
+// GPU takes out every GPU; a GPU discovery no longer finds forgets its fault.
+func TestTrackerPolicy(t *testing.T) {
+	t.Parallel()
+	extra, err := ParseXIDs("48, 94")
+	if err != nil || !slices.Equal(extra, []uint64{48, 94}) {
+		t.Fatalf("ParseXIDs = %v, %v", extra, err)
+	}
+	for _, bad := range []string{"x", "0", "-1", "13,,y"} {
+		if _, err := ParseXIDs(bad); err == nil || !strings.Contains(err.Error(), "valid:") {
+			t.Errorf("ParseXIDs(%q) = %v", bad, err)
+		}
+	}
+	m := NewMetrics()
+	tr := NewTracker(Policy{Ignored: append(slices.Clone(DefaultIgnoredXIDs), extra...), RecoverAfter: time.Minute}, m)
+	tr.SetGPUs([]string{"GPU-a", "GPU-b", "GPU-c"})
+	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	for _, x := range []uint64{13, 31, 43, 45, 68, 109, 48, 94} {
+		if tr.Observe(Event{GPU: "GPU-a", XID: x}, t0) {
+			t.Errorf("XID %d took the GPU out of service", x)
+		}
+	}
+	if len(tr.Faults()) != 0 {
+		t.Fatalf("faults after ignored XIDs: %v", tr.Faults())
+	}
+	if v := testutil.ToFloat64(m.xids.WithLabelValues("GPU-a", "13")); v != 1 {
+		t.Errorf("xid counter for 13 = %v, want 1", v)
+	}
+	if !tr.Observe(Event{GPU: "GPU-b", XID: 79}, t0) {
+		t.Fatal("XID 79 left the GPU in service")
+	}
+	select {
+	case <-tr.Changed():
+	default:
+		t.Error("no change signalled")
+	}
+	if tr.Observe(Event{GPU: "GPU-b", XID: 48}, t0.Add(30*time.Second)) || tr.Observe(Event{GPU: "GPU-b", XID: 63}, t0.Add(30*time.Second)) {
+		t.Error("a GPU already out of service left again")
+	}
+	if tr.Observe(Event{GPU: "GPU-other", XID: 79}, t0) {
+		t.Error("an event of a GPU not on this node counted")
+	}
+	f := tr.Faults()["GPU-b"]
+	if f.Count != 2 || f.Event.XID != 63 || !f.Since.Equal(t0) || !strings.Contains(f.Reason(), "XID 63 at 2026-12-01T12:00:30Z (2 critical events since 2026-12-01T12:00:00Z)") {
+		t.Errorf("fault = %+v, %s", f, f.Reason())
+	}
+	if v := testutil.ToFloat64(m.health.WithLabelValues("GPU-b")); v != 0 {
+		t.Errorf("nvbind_gpu_health of GPU-b = %v, want 0", v)
+	}
+	if v := testutil.ToFloat64(m.health.WithLabelValues("GPU-a")); v != 1 {
+		t.Errorf("nvbind_gpu_health of GPU-a = %v, want 1", v)
+	}
+	answers := true
+	ask := func(string) bool { return answers }
+	// the last critical event was at t0+30s: not yet
+	if back := tr.Recover(t0.Add(80*time.Second), ask); len(back) != 0 {
+		t.Errorf("recovered %v before the recovery time", back)
+	}
+	answers = false
+	if back := tr.Recover(t0.Add(2*time.Minute), ask); len(back) != 0 {
+		t.Errorf("recovered %v while the driver does not answer", back)
+	}
+	answers = true
+	if back := tr.Recover(t0.Add(2*time.Minute), ask); !slices.Equal(back, []string{"GPU-b"}) {
+		t.Errorf("recovered %v, want GPU-b", back)
+	}
+	if v := testutil.ToFloat64(m.health.WithLabelValues("GPU-b")); v != 1 {
+		t.Errorf("nvbind_gpu_health of GPU-b after recovery = %v", v)
+	}
+
+	// lost, no GPU named: all of them
+	if !tr.Observe(Event{Lost: true}, t0) || !slices.Equal(keys(tr.Faults()), []string{"GPU-a", "GPU-b", "GPU-c"}) {
+		t.Errorf("GPU lost: faults %v", keys(tr.Faults()))
+	}
+	tr.SetGPUs([]string{"GPU-a", "GPU-b"})
+	if !slices.Equal(keys(tr.Faults()), []string{"GPU-a", "GPU-b"}) {
+		t.Errorf("a GPU that left kept its fault: %v", keys(tr.Faults()))
+	}
+	if n := testutil.CollectAndCount(m.health); n != 2 {
+		t.Errorf("nvbind_gpu_health has %d series, want 2", n)
+	}
+
+	never := NewTracker(Policy{}, nil)
+	never.SetGPUs([]string{"GPU-a"})
+	never.Observe(Event{GPU: "GPU-a", XID: 79}, t0)
+	if back := never.Recover(t0.Add(24*time.Hour), ask); len(back) != 0 || len(never.Faults()) != 1 {
+		t.Errorf("with no recovery time a GPU returned: %v", back)
+	}
+}
+
+// events is a mock NVML event set fed by a channel.
+type events struct {
+	mu     sync.Mutex
+	ch     chan nvml.EventData
+	lost   chan struct{}
+	freed  bool
+	waited int
+}
+
+func (e *events) set() *mock.EventSet {
+	return &mock.EventSet{
+		WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+			e.mu.Lock()
+			e.waited++
+			e.mu.Unlock()
+			select {
+			case d := <-e.ch:
+				return d, nvml.SUCCESS
+			case <-e.lost:
+				return nvml.EventData{}, nvml.ERROR_GPU_IS_LOST
+			case <-time.After(time.Duration(ms) * time.Millisecond):
+				return nvml.EventData{}, nvml.ERROR_TIMEOUT
+			}
+		},
+		FreeFunc: func() nvml.Return {
+			e.mu.Lock()
+			e.freed = true
+			e.mu.Unlock()
+			return nvml.SUCCESS
+		},
+	}
+}
+
+// eventServer is go-nvml's DGX A100 mock whose GPUs report XID events through ev; GPU 7
+// does not support them.
+func eventServer(ev *events) (*server.Server, map[string]bool) {
+	s := dgxa100.New()
+	registered := map[string]bool{}
+	var mu sync.Mutex
+	s.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return ev.set(), nvml.SUCCESS }
+	for i, d := range s.Devices {
+		dev := d.(*server.Device)
+		dev.GetSupportedEventTypesFunc = func() (uint64, nvml.Return) {
+			if i == 7 {
+				return nvml.EventTypeSingleBitEccError, nvml.SUCCESS
+			}
+			return nvml.EventTypeXidCriticalError | nvml.EventTypeSingleBitEccError, nvml.SUCCESS
+		}
+		dev.RegisterEventsFunc = func(types uint64, _ nvml.EventSet) nvml.Return {
+			mu.Lock()
+			defer mu.Unlock()
+			if types != nvml.EventTypeXidCriticalError {
+				return nvml.ERROR_INVALID_ARGUMENT
+			}
+			registered[dev.UUID] = true
+			return nvml.SUCCESS
+		}
+	}
+	return s, registered
+}
+
+// TestNVMLSource: with go-nvml's DGX A100 mock, every GPU that reports XID events is
+// registered, an XID event comes out with its GPU's UUID, other event types are dropped,
+// "GPU is lost" comes out for all GPUs, and the event set is freed when ctx ends.
+func TestNVMLSource(t *testing.T) {
+	t.Parallel()
+	ev := &events{ch: make(chan nvml.EventData), lost: make(chan struct{})}
+	s, registered := eventServer(ev)
+	var uuids []string
+	for _, d := range s.Devices {
+		uuids = append(uuids, d.(*server.Device).UUID)
+	}
+	got := make(chan Event, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() {
+		done <- NVMLSource{Lib: s, GPUs: uuids, Wait: 20 * time.Millisecond}.Run(ctx, func(e Event) { got <- e })
+	}()
+	ev.ch <- nvml.EventData{Device: s.Devices[2], EventType: nvml.EventTypeSingleBitEccError, EventData: 1}
+	ev.ch <- nvml.EventData{Device: s.Devices[3], EventType: nvml.EventTypeXidCriticalError, EventData: 79}
+	if e := <-got; e.GPU != uuids[3] || e.XID != 79 || e.Lost {
+		t.Errorf("event = %+v, want XID 79 of %s", e, uuids[3])
+	}
+	ev.lost <- struct{}{}
+	if e := <-got; !e.Lost || e.GPU != "" {
+		t.Errorf("event = %+v, want GPU lost for all", e)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(registered) != 7 || registered[uuids[7]] {
+		t.Errorf("registered %d GPUs (GPU 7: %v), want the 7 that report XIDs", len(registered), registered[uuids[7]])
+	}
+	if !ev.freed {
+		t.Error("event set not freed")
+	}
+	select {
+	case e := <-got:
+		t.Errorf("an extra event: %+v", e)
+	default:
+	}
+
+	// NVML without events for any GPU: an error, which the monitor logs
+	none := dgxa100.New()
+	none.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return (&events{}).set(), nvml.SUCCESS }
+	for _, d := range none.Devices {
+		d.(*server.Device).GetSupportedEventTypesFunc = func() (uint64, nvml.Return) { return 0, nvml.ERROR_NOT_SUPPORTED }
+	}
+	if err := (NVMLSource{Lib: none, GPUs: uuids[:1]}).Run(context.Background(), func(Event) {}); err == nil || !strings.Contains(err.Error(), "none of the GPUs") {
+		t.Errorf("no events supported: %v", err)
+	}
+}
+
+// TestFileSource: lines appended after the start come out (by UUID or index); what was
+// there before is not replayed; bad, unknown and overlong lines are skipped; a file
+// truncated is read again from its start.
+func TestFileSource(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "xid")
+	if err := os.WriteFile(p, []byte("GPU-old 79\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Event, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	src := FileSource{Path: p, Poll: 5 * time.Millisecond, Resolve: func(i int) (string, bool) {
+		if i == 1 {
+			return "GPU-one", true
+		}
+		return "", false
+	}}
+	go func() { _ = src.Run(ctx, func(e Event) { got <- e }) }()
+	time.Sleep(20 * time.Millisecond) // the source has taken the file's size
+	appendTo := func(s string) {
+		f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteString(s); err != nil {
+			t.Fatal(err)
+		}
+		_ = f.Close()
+	}
+	appendTo("GPU-x 79\nnot an event\n7 79\n" + strings.Repeat("y", 1000) + "\n1 48\nGPU-x lo")
+	appendTo("st\n")
+	want := []Event{{GPU: "GPU-x", XID: 79}, {GPU: "GPU-one", XID: 48}, {GPU: "GPU-x", Lost: true}}
+	for _, w := range want {
+		select {
+		case e := <-got:
+			if e != w {
+				t.Errorf("event %+v, want %+v", e, w)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no event %+v", w)
+		}
+	}
+	if err := os.WriteFile(p, []byte("GPU-z 94\n"), 0o644); err != nil { // shorter: read from the start
+		t.Fatal(err)
+	}
+	select {
+	case e := <-got:
+		if e != (Event{GPU: "GPU-z", XID: 94}) {
+			t.Errorf("after truncation: %+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event after truncation")
+	}
+}
+
+// FuzzEventLine: the event file's parser takes any line without panic, and what it
+// accepts is a GPU UUID or a known index with a positive XID or "lost".
+func FuzzEventLine(f *testing.F) {
+	for _, s := range []string{"GPU-x 79", "1 48", "GPU-x lost", "", "GPU- 0", "9999999999999999999 1"} {
+		f.Add(s)
+	}
+	src := FileSource{Resolve: func(i int) (string, bool) { return "GPU-one", i == 1 }}
+	f.Fuzz(func(t *testing.T, line string) {
+		e, err := src.parse(line)
+		if err != nil {
+			return
+		}
+		if !strings.HasPrefix(e.GPU, "GPU-") || (e.XID == 0) != e.Lost {
+			t.Fatalf("%q parsed as %+v", line, e)
+		}
+	})
+}
+
+// anyNode answers for every device node: the mock's eight GPUs on a root made for two.
+type anyNode struct{}
+
+func (anyNode) Stat(p string) (gpu.DeviceNode, error) {
+	return gpu.DeviceNode{Path: p, HostPath: p, Major: 195, FileMode: os.ModeCharDevice | 0o666}, nil
+}
+
+// TestMonitorFollowsDiscovery: discovery with go-nvml's DGX A100 mock hands the monitor
+// its NVML; an XID event there takes the GPU out of service (OnChange), and the policy
+// brings it back once the recovery time passes and NVML answers for it.
+func TestMonitorFollowsDiscovery(t *testing.T) {
+	t.Parallel()
+	ev := &events{ch: make(chan nvml.EventData), lost: make(chan struct{})}
+	s, _ := eventServer(ev)
+	root := driverroot.Open(t, "debian-535")
+	d, err := gpu.New(gpu.WithDriverRoot(root.Path), gpu.WithDevRoot(root.Path), gpu.WithNVML(s), gpu.WithDeviceStater(anyNode{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inv.NVML() == nil || len(inv.Devices) != 8 {
+		t.Fatalf("inventory from NVML: source %s, %d GPUs", inv.Source, len(inv.Devices))
+	}
+	changes := make(chan map[string]Fault, 8)
+	mon := &Monitor{Tracker: NewTracker(Policy{Ignored: DefaultIgnoredXIDs, RecoverAfter: 200 * time.Millisecond}, nil),
+		Every: 20 * time.Millisecond, OnChange: func(f map[string]Fault) { changes <- f }}
+	mon.Update(inv)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go mon.Run(ctx)
+	ev.ch <- nvml.EventData{Device: s.Devices[5], EventType: nvml.EventTypeXidCriticalError, EventData: 13}
+	ev.ch <- nvml.EventData{Device: s.Devices[5], EventType: nvml.EventTypeXidCriticalError, EventData: 48}
+	f := <-changes
+	if len(f) != 1 || f[inv.Devices[5].UUID].Event.XID != 48 {
+		t.Fatalf("faults %v, want GPU 5 out for XID 48", f)
+	}
+	if f := <-changes; len(f) != 0 {
+		t.Fatalf("faults %v, want none after the recovery time", f)
+	}
+}
