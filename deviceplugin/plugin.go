@@ -38,6 +38,7 @@ type Plugin struct {
 
 	mu      sync.Mutex
 	servers map[string]*served
+	faults  map[string]string // the GPUs out of service, for servers made later
 }
 
 type served struct {
@@ -81,6 +82,7 @@ func (p *Plugin) Update(inv *gpu.Inventory) error {
 	for name := range res {
 		if _, ok := p.servers[name]; !ok {
 			p.servers[name] = &served{rs: newResourceServer(name, p.cfg, p.metrics), socket: filepath.Join(p.dir, socketName(name))}
+			p.servers[name].rs.faults = p.faults
 		}
 	}
 	for name, s := range p.servers {
@@ -89,6 +91,20 @@ func (p *Plugin) Update(inv *gpu.Inventory) error {
 		}
 	}
 	return nil
+}
+
+// SetFaults takes the GPUs out of service, by GPU UUID with why (health.Tracker's
+// faults): their units, MIG devices and replicas included, are advertised Unhealthy, so
+// the kubelet's allocatable count drops and allocations of them fail, until they return.
+func (p *Plugin) SetFaults(faults map[string]string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.faults = faults
+	for name, s := range p.servers {
+		if s.rs.setFaults(faults) {
+			p.logCount(name, s.rs)
+		}
+	}
 }
 
 // forget drops the devices gone for ForgetAfter.

@@ -20,6 +20,9 @@ var (
 	ErrNotAdvertised = errors.New("device ID not advertised")
 	// ErrUnhealthy is a device advertised Unhealthy: discovery no longer finds its GPU.
 	ErrUnhealthy = errors.New("device unhealthy (its GPU is no longer found on this node)")
+	// ErrFaulty is a device advertised Unhealthy because its GPU reported a critical
+	// fault (an XID event), which the error names.
+	ErrFaulty = errors.New("device unhealthy (its GPU reported a critical fault)")
 )
 
 // resourceServer is the DevicePlugin service of one resource name.
@@ -33,6 +36,7 @@ type resourceServer struct {
 	units   map[string]Unit      // by UUID, the units advertised
 	healthy map[string]bool      // by UUID
 	gone    map[string]time.Time // by UUID, the Unhealthy units: since when
+	faults  map[string]string    // by GPU UUID, the GPUs out of service: why
 	order   []string             // UUIDs in index order
 	version uint64               // bumped on every change; ListAndWatch streams wait on it
 	changed chan struct{}
@@ -40,7 +44,7 @@ type resourceServer struct {
 
 func newResourceServer(resource string, cfg Config, m *Metrics) *resourceServer {
 	return &resourceServer{resource: resource, cfg: cfg, metrics: m, units: map[string]Unit{}, healthy: map[string]bool{},
-		gone: map[string]time.Time{}, changed: make(chan struct{})}
+		gone: map[string]time.Time{}, faults: map[string]string{}, changed: make(chan struct{})}
 }
 
 // update sets the units discovery found now, with gpus the UUIDs of every GPU found: new
@@ -123,12 +127,34 @@ func (s *resourceServer) notify() {
 	s.changed = make(chan struct{})
 }
 
+// setFaults sets the GPUs out of service (by GPU UUID, why): every unit of such a GPU,
+// its MIG devices and replicas, is advertised Unhealthy. It reports whether any unit's
+// health changed.
+func (s *resourceServer) setFaults(faults map[string]string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	changed := false
+	for _, u := range s.units {
+		if (s.faults[u.Parent] != "") != (faults[u.Parent] != "") {
+			changed = true
+		}
+	}
+	s.faults = faults
+	if changed {
+		s.notify()
+	}
+	return changed
+}
+
+// up reports whether a unit is advertised Healthy: its GPU is found and in service.
+func (s *resourceServer) up(u Unit) bool { return s.healthy[u.UUID] && s.faults[u.Parent] == "" }
+
 // count returns how many units are advertised, and how many of them are healthy.
 func (s *resourceServer) count() (all, healthy int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, h := range s.healthy {
-		if h {
+	for _, u := range s.units {
+		if s.up(u) {
 			healthy++
 		}
 	}
@@ -169,7 +195,7 @@ func (s *resourceServer) devices() ([]*pluginapi.Device, <-chan struct{}) {
 	out := make([]*pluginapi.Device, 0, len(s.order)*s.cfg.Replicas)
 	for _, uuid := range s.order {
 		health := pluginapi.Healthy
-		if !s.healthy[uuid] {
+		if !s.up(s.units[uuid]) {
 			health = pluginapi.Unhealthy
 		}
 		for n := range s.cfg.Replicas {
@@ -355,6 +381,9 @@ func (s *resourceServer) allocate(ids []string) (*pluginapi.ContainerAllocateRes
 		}
 		if !s.healthy[u.UUID] {
 			return nil, fmt.Errorf("%s: %w: %s", s.resource, ErrUnhealthy, quoteID(id))
+		}
+		if why := s.faults[u.Parent]; why != "" {
+			return nil, fmt.Errorf("%s: %w: %s: %s", s.resource, ErrFaulty, quoteID(id), why)
 		}
 		if !slices.Contains(uuids, u.UUID) {
 			uuids = append(uuids, u.UUID)

@@ -524,3 +524,57 @@ func TestRunForgetsVanishedGPU(t *testing.T) {
 		t.Errorf("registered %v, registrations %v", p.Registered(), k.registrations())
 	}
 }
+
+// TestFaultyGPUOutOfService: a GPU taken out of service for an XID (SetFaults) takes its
+// replicas and MIG devices with it, in every resource: the kubelet sees them Unhealthy,
+// and an Allocate of one fails naming the fault; the other GPU's units stay Healthy, a
+// resource made after the fault starts with it, and the GPU's return restores them all.
+func TestFaultyGPUOutOfService(t *testing.T) {
+	t.Parallel()
+	c := cfg()
+	c.MIGStrategy, c.Replicas = MIGMixed, 2
+	p, _ := newTestPlugin(t, c)
+	inv := inventory(2, map[int]string{1: "1g.5gb"})
+	if err := p.Update(inventory(1, nil)); err != nil {
+		t.Fatal(err)
+	}
+	p.SetFaults(map[string]string{"GPU-0001": "XID 79 at 2026-12-01T12:00:00Z"})
+	if err := p.Update(inv); err != nil { // the MIG resource is made now, with the fault
+		t.Fatal(err)
+	}
+	lists := func() string {
+		return list(p.server(t, "nvidia.com/gpu")) + " | " + list(p.server(t, "nvidia.com/mig-1g.5gb"))
+	}
+	const (
+		out = "GPU-0000::0=Healthy GPU-0000::1=Healthy | MIG-1-0::0=Unhealthy MIG-1-0::1=Unhealthy MIG-1-1::0=Unhealthy MIG-1-1::1=Unhealthy"
+		in  = "GPU-0000::0=Healthy GPU-0000::1=Healthy | MIG-1-0::0=Healthy MIG-1-0::1=Healthy MIG-1-1::0=Healthy MIG-1-1::1=Healthy"
+	)
+	if got := lists(); got != out {
+		t.Fatalf("GPU 1 out of service: %s, want %s", got, out)
+	}
+	mig := p.server(t, "nvidia.com/mig-1g.5gb")
+	if all, healthy := mig.count(); all != 2 || healthy != 0 {
+		t.Errorf("count = %d, %d healthy; want 2, 0", all, healthy)
+	}
+	_, err := mig.allocate([]string{"MIG-1-1::1"})
+	if !errors.Is(err, ErrFaulty) || !strings.Contains(err.Error(), `"MIG-1-1::1"`) || !strings.Contains(err.Error(), "XID 79 at 2026-12-01T12:00:00Z") {
+		t.Errorf("Allocate of a unit of a faulty GPU: %v", err)
+	}
+	if _, err := p.server(t, "nvidia.com/gpu").allocate([]string{"GPU-0000::1"}); err != nil {
+		t.Errorf("Allocate of the healthy GPU: %v", err)
+	}
+	// the kubelet's stream gets the change
+	_, changed := mig.devices()
+	p.SetFaults(nil)
+	select {
+	case <-changed:
+	default:
+		t.Error("ListAndWatch not woken by the return")
+	}
+	if got := lists(); got != in {
+		t.Fatalf("GPU 1 back: %s, want %s", got, in)
+	}
+	if _, err := mig.allocate([]string{"MIG-1-1::1"}); err != nil {
+		t.Errorf("Allocate after the return: %v", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/health"
 	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
@@ -37,6 +38,8 @@ type Service struct {
 	SpecOptions spec.Options
 	// DevicePlugin, when set, gets every inventory and runs beside the NRI plugin.
 	DevicePlugin *deviceplugin.Plugin
+	// Health, when set, follows every inventory's GPUs and runs beside the device plugin.
+	Health *health.Monitor
 	// DevCharRoot, when set, is where the service keeps the /dev/char links of NVIDIA's
 	// device nodes (the host's "/", or where it is mounted), after every inventory.
 	DevCharRoot string
@@ -72,6 +75,9 @@ func (s *Service) Serve(ctx context.Context) error {
 		if err := s.serveHTTP(ctx); err != nil {
 			return err
 		}
+	}
+	if s.Health != nil {
+		go s.Health.Run(ctx)
 	}
 	if s.DevicePlugin != nil {
 		go func() {
@@ -142,6 +148,9 @@ func (s *Service) Apply(ev gpu.Event) {
 		if err := s.DevicePlugin.Update(inv); err != nil {
 			s.Log.Error("device plugin: devices not updated", slog.Any("error", err))
 		}
+	}
+	if s.Health != nil {
+		s.Health.Update(inv)
 	}
 }
 

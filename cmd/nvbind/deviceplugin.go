@@ -13,6 +13,7 @@ const (
 	dpDefaultListStrategy = "cdi-cri"
 	dpDefaultKubeletDir   = "/var/lib/kubelet/device-plugins/"
 	dpDefaultForgetAfter  = 5 * time.Minute
+	dpDefaultXIDRecover   = 10 * time.Minute
 )
 
 // dpFlags configure the device plugin, alone (nvbind device-plugin) or in nvbind nri
@@ -21,6 +22,8 @@ type dpFlags struct {
 	resource, migStrategy, listStrategy, kubeletDir string
 	replicas                                        int
 	forgetAfter                                     time.Duration
+	xidIgnore, xidEvents                            string
+	xidRecover                                      time.Duration
 }
 
 func (d *dpFlags) register(cmd *cobra.Command) {
@@ -33,6 +36,10 @@ func (d *dpFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&d.kubeletDir, "kubelet-device-plugins-dir", dpDefaultKubeletDir, "the kubelet's device-plugin folder (kubelet.sock)")
 	fl.DurationVar(&d.forgetAfter, "forget-after", dpDefaultForgetAfter,
 		"how long a GPU that vanished stays advertised Unhealthy (it may come back) before it is dropped and capacity falls; 0 drops it at once")
+	fl.StringVar(&d.xidIgnore, "xid-ignore", "", "XIDs that leave a GPU in service, beside NVIDIA's application-caused ones (13,31,43,45,68,109): a comma-separated list")
+	fl.DurationVar(&d.xidRecover, "xid-recover-after", dpDefaultXIDRecover,
+		"a GPU out of service for a critical XID returns after this long without another, if the driver still answers for it; 0 keeps it out until the plugin restarts")
+	fl.StringVar(&d.xidEvents, "xid-events", "", "also take XID events from lines \"<GPU UUID or index> <XID>\" appended to this file (other monitors; tests without a GPU)")
 }
 
 type devicePluginFlags struct {
@@ -50,7 +57,9 @@ func newDevicePluginCommand(g *globalFlags) *cobra.Command {
 		Short: "Run the Kubernetes device plugin that advertises GPUs to the kubelet",
 		Long: `Run the device plugin: it registers nvidia.com/gpu (and, with --mig-strategy mixed, nvidia.com/mig-<profile>)
 with the kubelet, so the scheduler counts GPUs, and registers again when the kubelet restarts. A GPU that
-discovery no longer finds turns Unhealthy until it returns. Allocate answers with CDI device names
+discovery no longer finds turns Unhealthy until it returns; so does a GPU whose driver reports a critical XID
+(NVML's events; NVIDIA's application-caused XIDs and --xid-ignore leave it in service), with its MIG devices and
+replicas, until it has gone --xid-recover-after without one and still answers. Allocate answers with CDI device names
 (--device-list-strategy cdi-cri, the default: containerd 2.x and CRI-O resolve them from the spec this command
 keeps in --cdi-spec-dir) and always with the container annotation allocated.gpus.nvbind.io, which the nvbind NRI
 plugin reads (--device-list-strategy annotations) and enforces (nvbind nri --require-allocation).

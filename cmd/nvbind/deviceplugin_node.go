@@ -4,12 +4,41 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/health"
 	"github.com/nvbind/nvbind/spec"
 )
+
+// health makes the XID monitor that takes p's GPUs out of service and back; feed it
+// every inventory (Update) and run it beside the plugin. Its metrics go to register.
+func (d *dpFlags) health(p *deviceplugin.Plugin, log *slog.Logger, register func(...prometheus.Collector)) (*health.Monitor, error) {
+	extra, err := health.ParseXIDs(d.xidIgnore)
+	if err != nil {
+		return nil, fmt.Errorf("--xid-ignore: %w", err)
+	}
+	if d.xidRecover < 0 {
+		return nil, fmt.Errorf("--xid-recover-after %s: negative (valid: a duration such as 10m, or 0 for never)", d.xidRecover)
+	}
+	m := health.NewMetrics()
+	if register != nil {
+		register(m.Collectors()...)
+	}
+	t := health.NewTracker(health.Policy{Ignored: append(slices.Clone(health.DefaultIgnoredXIDs), extra...), RecoverAfter: d.xidRecover}, m)
+	return &health.Monitor{Tracker: t, Log: log.With("component", "health"), File: d.xidEvents, OnChange: func(f map[string]health.Fault) {
+		why := make(map[string]string, len(f))
+		for g, fault := range f {
+			why[g] = fault.Reason()
+		}
+		p.SetFaults(why)
+	}}, nil
+}
 
 func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics) (*deviceplugin.Plugin, error) {
 	forget := d.forgetAfter
@@ -29,12 +58,17 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	mon, err := f.health(p, log, nil)
+	if err != nil {
+		return err
+	}
 	d, err := f.discoverer()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	go mon.Run(ctx)
 	events := d.Watch(ctx, f.rescan)
 	go func() {
 		for ev := range events {
@@ -43,6 +77,7 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 				continue
 			}
 			feedDevicePlugin(p, f.listStrategy, ev.Inventory, so, f.cdiSpecDir, log)
+			mon.Update(ev.Inventory)
 		}
 	}()
 	return p.Run(ctx)

@@ -60,6 +60,9 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 			return err
 		}
 		p.AlsoReady(svc.DevicePlugin.Registered)
+		if svc.Health, err = f.health(svc.DevicePlugin, log, metrics.Register); err != nil {
+			return err
+		}
 		if f.listStrategy == deviceplugin.ListCDICRI {
 			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
 		}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -352,9 +353,13 @@ spec:
 		// enforced; a 5 s rescan so that a lost GPU shows quickly
 		// (the kubelet's device-plugin folder is /var/lib/kubelet/device-plugins whatever
 		// its --root-dir, so the overlay's host path stays)
+		// XID events come from the fake event path (no GPU here to raise them through NVML)
+		xidEvents := filepath.Join(s.runNVBind(), "xid-events")
 		dp := s.writeOverlayOf("overlay-dp", "manifests/overlays/device-plugin",
 			"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --rescan-interval=5s}\n"+
-				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --forget-after=15s}\n")
+				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --forget-after=15s}\n"+
+				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --xid-events="+xidEvents+"}\n"+
+				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --xid-recover-after=10s}\n")
 		s.kubectl("apply", "-k", dp)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.waitCapacity(t, "2")
@@ -416,6 +421,8 @@ spec:
 			return nil
 		})
 
+		s.xidOutOfService(t, xidEvents)
+
 		// GPU 1 goes away: capacity drops within a rescan
 		for _, p := range []string{"proc/driver/nvidia/gpus/0000:86:00.0", "dev/nvidia1"} {
 			if err := os.RemoveAll(filepath.Join(s.driverRoot, p)); err != nil {
@@ -461,7 +468,57 @@ spec:
 	})
 }
 
-// gpuPodWorks runs a pod that asks for GPU 1 and checks it got it.
+// xidOutOfService: the driver reports XIDs of GPU 0 (lines on the fake event path stand
+// for NVML's events): an application's XID (13) leaves it in service; a critical one (79)
+// takes it out, so allocatable drops, and it returns once --xid-recover-after passes
+// without another.
+func (s *setup) xidOutOfService(t *testing.T, events string) {
+	t.Helper()
+	d, err := gpu.New(gpu.WithDriverRoot(s.driverRoot), gpu.WithDevRoot(s.driverRoot), gpu.WithoutNVML())
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := d.Discover(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	uuid := inv.Devices[0].UUID
+	report := func(line string) {
+		f, err := os.OpenFile(events, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = f.Close() }()
+		if _, err := f.WriteString(line + "\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	series := func(name, labels string) string { return metricValue(s.metrics(t), name+"{"+labels+"}") }
+	report(uuid + " 13")
+	s.waitFor("XID 13 counted", 30*time.Second, func() error {
+		if v := series("nvbind_gpu_xid_errors_total", `uuid="`+uuid+`",xid="13"`); v != "1" {
+			return errorf("counter %q", v)
+		}
+		return nil
+	})
+	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "1" {
+		t.Errorf("after XID 13, nvbind_gpu_health = %q, want 1", v)
+	}
+	s.waitCapacity(t, "2")
+	start := time.Now()
+	report("0 79")
+	s.waitCapacity(t, "1")
+	t.Logf("allocatable dropped to 1 in %s after XID 79", time.Since(start).Round(100*time.Millisecond))
+	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "0" {
+		t.Errorf("after XID 79, nvbind_gpu_health = %q, want 0", v)
+	}
+	s.waitCapacity(t, "2")
+	t.Logf("allocatable back to 2 in %s after XID 79 (--xid-recover-after=10s)", time.Since(start).Round(100*time.Millisecond))
+	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "1" {
+		t.Errorf("after the recovery, nvbind_gpu_health = %q, want 1", v)
+	}
+}
+
 // cdiGenerate writes the spec of the node's driver root as nvbind cdi generate --output.
 func (s *setup) cdiGenerate(t *testing.T, output, hook string) {
 	t.Helper()
@@ -492,6 +549,7 @@ func (s *setup) oneSpecOfKind(t *testing.T, name string) {
 	}
 }
 
+// gpuPodWorks runs a pod that asks for GPU 1 and checks it got it.
 func (s *setup) gpuPodWorks(t *testing.T, name string) {
 	t.Helper()
 	s.applyPod(gpuPod("default", name, `gpus.nvbind.io: "1", required-plugins.noderesource.dev/container.cuda: '["nvbind"]'`, "",
