@@ -338,8 +338,13 @@ func checkConflicts(dirs []string) []Result {
 			}
 		}
 		all := append(append([]string(nil), own...), foreign...)
+		names := cf.Devices
+		if len(names) > 4 {
+			names = append(names[:4:4], "...")
+		}
 		r := Result{Check: "cdi conflicts", Status: Fail,
-			Message: fmt.Sprintf("%d specs in %s define %s (%s): runtimes refuse every %s device as conflicting", len(cf.Files), cf.Dir, cf.Kind, strings.Join(all, ", "), cf.Kind)}
+			Message: fmt.Sprintf("%d specs in %s define %s (%s): runtimes refuse as conflicting the devices more than one defines (%d: %s=%s)",
+				len(cf.Files), cf.Dir, cf.Kind, strings.Join(all, ", "), len(cf.Devices), cf.Kind, strings.Join(names, ", "))}
 		switch {
 		case len(foreign) == 0:
 			r.Fix = fmt.Sprintf("all are nvbind's: nvbind cdi generate --output %s/ keeps one of them (or remove all but one)", cf.Dir)

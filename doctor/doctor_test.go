@@ -126,7 +126,7 @@ func TestDoctorBrokenHost(t *testing.T) {
 	golden(t, "broken.txt", out, map[string]string{dir: "/TMP"})
 	for _, want := range []string{"FAIL  device nodes", "/dev/nvidia-uvm is missing", "FAIL  libraries", "missing: libcuda.so.1",
 		"WARN  dev char links", "/dev/char/195:0", "daemon-reload", "nvbind install --components dev-char",
-		"FAIL  cdi spec", "is stale", "FAIL  cdi conflicts", "runtimes refuse every nvidia.com/gpu device", "nvbind did not write " + specs + "/nvidia-ctk.yaml", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
+		"FAIL  cdi spec", "is stale", "FAIL  cdi conflicts", "runtimes refuse as conflicting the devices more than one defines (1: nvidia.com/gpu=0)", "nvbind did not write " + specs + "/nvidia-ctk.yaml", "FAIL  containerd nri", "WARN  legacy runtime", "FAIL  docker cdi", "GPU containers are blocked"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q", want)
 		}

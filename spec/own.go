@@ -7,7 +7,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -33,16 +35,19 @@ type SpecFile struct {
 	Path string
 	Kind string
 	// Own tells a spec nvbind wrote: a YAML spec under nvbind's first line, or one whose
-	// hooks run nvbind's hook.
+	// hooks run nvbind's hook ("nvbind-hook hook ..."). A symbolic link is never own:
+	// nvbind neither moves nor removes what a link points at.
 	Own bool
+	// Link tells a symbolic link (which the CDI library follows).
+	Link bool
 	// Devices are the names of its devices.
 	Devices []string
 }
 
-// ScanDir lists the spec files of a CDI spec folder (the .yaml, .yml and .json files that
-// are not hidden, as the CDI library reads them), in name order. A missing folder holds
-// none; a file that does not parse as a spec is left out, with its error joined into the
-// returned one.
+// ScanDir lists the spec files of a CDI spec folder as the CDI library reads them: every
+// entry that is not a folder and whose name ends in .json or .yaml (hidden ones and links
+// included), in name order. A missing folder holds none. A file that does not parse as a
+// spec is left out, with its error joined into the returned one, next to the files read.
 func ScanDir(dir string) ([]SpecFile, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -57,13 +62,17 @@ func ScanDir(dir string) ([]SpecFile, error) {
 	var out []SpecFile
 	var errs []error
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") || FormatOf(e.Name()) == "" || !e.Type().IsRegular() {
+		if ext := filepath.Ext(e.Name()); (ext != ".json" && ext != ".yaml") || e.IsDir() {
 			continue
 		}
-		sf, err := readSpecFile(filepath.Join(dir, e.Name()))
+		p := filepath.Join(dir, e.Name())
+		sf, err := readSpecFile(p)
 		if err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if e.Type()&fs.ModeSymlink != 0 {
+			sf.Link, sf.Own = true, false
 		}
 		out = append(out, sf)
 	}
@@ -71,6 +80,16 @@ func ScanDir(dir string) ([]SpecFile, error) {
 }
 
 func readSpecFile(p string) (SpecFile, error) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return SpecFile{}, err
+	}
+	if fi.IsDir() {
+		return SpecFile{}, fmt.Errorf("%s: a folder", p)
+	}
+	if !fi.Mode().IsRegular() {
+		return SpecFile{}, fmt.Errorf("%s: not a regular file", p) // a FIFO would block the read
+	}
 	data, err := fileio.ReadFile(p, maxSpecFileSize)
 	if err != nil {
 		return SpecFile{}, err
@@ -89,11 +108,14 @@ func readSpecFile(p string) (SpecFile, error) {
 	return sf, nil
 }
 
-// runsOurHook tells whether a spec's hooks run nvbind's hook (arguments "nvbind hook ...").
+// runsOurHook tells whether a spec's hooks run nvbind's hook: arguments "nvbind-hook hook
+// ..." (or "nvbind hook ..." where the hook path is nvbind itself), as Edits.ToCDI writes
+// them.
 func runsOurHook(s *cdispecs.Spec) bool {
 	ours := func(e cdispecs.ContainerEdits) bool {
 		for _, h := range e.Hooks {
-			if h != nil && len(h.Args) >= 2 && h.Args[0] == "nvbind" && h.Args[1] == "hook" {
+			if h != nil && len(h.Args) >= 2 && h.Args[1] == "hook" && strings.HasPrefix(path.Base(h.Args[0]), "nvbind") &&
+				strings.HasPrefix(path.Base(h.Path), "nvbind") {
 				return true
 			}
 		}
@@ -111,31 +133,45 @@ func runsOurHook(s *cdispecs.Spec) bool {
 }
 
 // Install writes a spec to dst as WriteFile does, so that the folder then holds one spec
-// of its kind written by nvbind: nvbind's own specs of the kind under other names are
-// first moved onto dst (a rename, so that at no moment two of them define the kind, which
-// would make runtimes refuse all its devices), then dst is replaced. Specs of the kind
-// that nvbind did not write are left, and reported in Foreign. On error, the folder still
-// holds at most one spec of the kind from nvbind.
+// of its kind written by nvbind. Once the new spec is written and valid, nvbind's own
+// specs of the kind under other names are moved onto dst (renames: at no moment do two of
+// them define the kind, which would make runtimes refuse their devices), and then dst is
+// replaced by the new spec; a spec that fails validation moves nothing. Specs of the
+// kind that nvbind did not write stay: those that define one of its devices are reported
+// in Foreign. Files of the folder that cannot be read are reported in Unreadable and never
+// stop the write.
 func Install(s *cdispecs.Spec, dst string, f Format) (Written, error) {
+	dst = filepath.Clean(dst)
 	w := Written{Path: dst, Spec: s}
 	files, err := ScanDir(filepath.Dir(dst))
-	if err != nil && files == nil {
-		return w, err
+	if err != nil {
+		w.Unreadable = err
 	}
+	names := map[string]bool{}
+	for _, d := range s.Devices {
+		names[d.Name] = true
+	}
+	var moves []string
 	for _, sf := range files {
 		if sf.Kind != s.Kind || sf.Path == dst {
 			continue
 		}
-		if !sf.Own {
+		if sf.Own {
+			moves = append(moves, sf.Path)
+		} else if slices.ContainsFunc(sf.Devices, func(n string) bool { return names[n] }) {
 			w.Foreign = append(w.Foreign, sf.Path)
-			continue
 		}
-		if err := os.Rename(sf.Path, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return w, fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", sf.Path, s.Kind, dst, err)
-		}
-		w.Replaced = append(w.Replaced, sf.Path)
 	}
-	return w, WriteFile(s, dst, f)
+	err = writeFile(s, dst, f, func() error {
+		for _, p := range moves {
+			if err := os.Rename(p, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", p, s.Kind, dst, err)
+			}
+			w.Replaced = append(w.Replaced, p)
+		}
+		return nil
+	})
+	return w, err
 }
 
 // RemoveOwn removes nvbind's own specs from a CDI spec folder, and returns their paths.
@@ -164,7 +200,9 @@ func RemoveOwn(dir string) ([]string, error) {
 // (every runtime) then refuses the device.
 type Conflict struct {
 	Dir, Kind string
-	Files     []SpecFile
+	// Files are the kind's spec files in Dir; Devices the names more than one defines.
+	Files   []SpecFile
+	Devices []string
 }
 
 // Conflicts finds, in each folder, the kinds whose devices are defined by more than one
@@ -185,30 +223,21 @@ func Conflicts(dirs []string) ([]Conflict, error) {
 				byDevice[name] = append(byDevice[name], sf)
 			}
 		}
-		seen := map[string]bool{}
-		for _, sf := range files {
-			if seen[sf.Kind] {
-				continue
+		shared := map[string][]string{} // by kind, the names more than one file defines
+		for name, with := range byDevice {
+			if len(with) > 1 {
+				shared[with[0].Kind] = append(shared[with[0].Kind], strings.SplitN(name, "=", 2)[1])
 			}
-			twice := false
-			for _, d := range sf.Devices {
-				if len(byDevice[sf.Kind+"="+d]) > 1 {
-					twice = true
-					break
-				}
-			}
-			if !twice {
-				continue
-			}
-			seen[sf.Kind] = true
-			// every file of the kind takes part
+		}
+		for kind, devs := range shared {
 			var all []SpecFile
 			for _, o := range files {
-				if o.Kind == sf.Kind {
+				if o.Kind == kind {
 					all = append(all, o)
 				}
 			}
-			out = append(out, Conflict{Dir: dir, Kind: sf.Kind, Files: all})
+			sort.Strings(devs)
+			out = append(out, Conflict{Dir: dir, Kind: kind, Files: all, Devices: devs})
 		}
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Dir+out[i].Kind < out[j].Dir+out[j].Kind })
@@ -221,7 +250,10 @@ func (w Written) Log(log *slog.Logger) {
 		log.Info("nvbind's spec of the kind under another name replaced: one spec file per kind", "path", r, "by", w.Path)
 	}
 	for _, c := range w.Foreign {
-		log.Warn("a spec nvbind did not write defines the same kind: runtimes refuse all its devices while both are there; remove it",
+		log.Warn("a spec nvbind did not write defines devices of the same kind: runtimes refuse those devices while both are there; remove it",
 			"path", c, "kind", w.Spec.Kind)
+	}
+	if w.Unreadable != nil {
+		log.Warn("spec files of the folder could not be read (runtimes skip them too)", "folder", filepath.Dir(w.Path), slog.Any("error", w.Unreadable))
 	}
 }

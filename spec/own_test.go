@@ -1,6 +1,7 @@
 package spec
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
@@ -36,13 +37,20 @@ func cacheErrors(t *testing.T, dir string) []string {
 // not write and reports them, and uninstall removes only its own.
 func TestOneSpecPerKind(t *testing.T) {
 	inv := discoverRoot(t, "debian-535")
-	s, err := Generate(inv, Options{HookPath: hookPath})
+	// the hook as installed: the DaemonSet's, and nvbind-hook beside nvbind
+	const installed = "/opt/nvbind/bin/nvbind-hook"
+	s, err := Generate(inv, Options{HookPath: installed})
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	// what the cdi-refresh unit of an earlier version left: YAML without nvbind's first line
 	old := filepath.Join(dir, "nvidia.yaml")
-	if err := WriteFile(s, old, FormatYAML); err != nil {
+	data, err := Marshal(s, FormatYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(old, bytes.TrimPrefix(data, []byte(yamlMarker)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	oldJSON := filepath.Join(dir, "nvbind-old.json")
@@ -65,7 +73,7 @@ func TestOneSpecPerKind(t *testing.T) {
 		t.Fatalf("Conflicts = %+v, %v", conf, err)
 	}
 
-	written, err := WriteDir(inv, Options{HookPath: hookPath}, dir, FormatYAML)
+	written, err := WriteDir(inv, Options{HookPath: installed}, dir, FormatYAML)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,11 +111,11 @@ func TestOneSpecPerKind(t *testing.T) {
 	ctk := &cdispecs.Spec{Version: "0.5.0", Kind: "nvidia.com/gpu", Devices: []cdispecs.Device{{Name: "0",
 		ContainerEdits: cdispecs.ContainerEdits{DeviceNodes: []*cdispecs.DeviceNode{{Path: "/dev/nvidia0"}},
 			Hooks: []*cdispecs.Hook{{HookName: "createContainer", Path: "/usr/bin/nvidia-cdi-hook", Args: []string{"nvidia-cdi-hook", "update-ldcache"}}}}}}}
-	data, err := Marshal(ctk, FormatYAML)
+	ctkData, err := Marshal(ctk, FormatYAML)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(foreign, data[len(yamlMarker):], 0o644); err != nil {
+	if err := os.WriteFile(foreign, ctkData[len(yamlMarker):], 0o644); err != nil {
 		t.Fatal(err)
 	}
 	w, err = Install(s, old, FormatYAML)
@@ -119,6 +127,42 @@ func TestOneSpecPerKind(t *testing.T) {
 		t.Fatalf("Conflicts = %+v, %v", conf, err)
 	}
 
+	// the CDI library reads hidden files and follows links: so do nvbind's scans, which
+	// neither move nor remove what a link points at; a spec of the kind that shares no
+	// device name conflicts with nothing
+	hidden := filepath.Join(dir, ".hidden.yaml")
+	if err := os.WriteFile(hidden, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link.yaml")
+	if err := os.Symlink(hidden, link); err != nil {
+		t.Fatal(err)
+	}
+	other2 := filepath.Join(dir, "other-gpu.yaml")
+	if err := os.WriteFile(other2, []byte("cdiVersion: 0.5.0\nkind: nvidia.com/gpu\ndevices:\n- name: extra\n  containerEdits:\n    env: [A=1]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "broken.yaml")
+	if err := os.WriteFile(bad, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err = Install(s, old, FormatYAML)
+	if err != nil || w.Unreadable == nil || !strings.Contains(w.Unreadable.Error(), "broken.yaml") {
+		t.Fatalf("Install beside an unreadable file = %+v, %v", w, err)
+	}
+	if !slices.Equal(w.Replaced, []string{hidden}) || !slices.Equal(w.Foreign, []string{link, foreign}) {
+		t.Fatalf("Install: replaced %v (want the hidden one), foreign %v (want NVIDIA's and the link, not %s)", w.Replaced, w.Foreign, other2)
+	}
+	if _, err := os.Lstat(link); err != nil {
+		t.Errorf("the link was moved: %v", err)
+	}
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(bad); err != nil {
+		t.Fatal(err)
+	}
+
 	gone, err := RemoveOwn(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +170,7 @@ func TestOneSpecPerKind(t *testing.T) {
 	if want := []string{filepath.Join(dir, "nvidia.com-imex-channel.yaml"), old}; !slices.Equal(gone, want) {
 		t.Fatalf("RemoveOwn removed %v, want %v", gone, want)
 	}
-	for _, p := range []string{foreign, other, filepath.Join(dir, "notes.txt")} {
+	for _, p := range []string{foreign, other, other2, filepath.Join(dir, "notes.txt")} {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", p, err)
 		}

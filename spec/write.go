@@ -96,7 +96,11 @@ func Validate(s *cdispecs.Spec) error {
 // WriteFile validates the spec with the CDI library and writes it atomically (temp file,
 // fsync, rename, fsync of the folder): a reader sees the old file or the new one, never a
 // half-written one, and an invalid spec leaves the old file as it was.
-func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
+func WriteFile(s *cdispecs.Spec, dst string, f Format) error { return writeFile(s, dst, f, nil) }
+
+// writeFile is WriteFile with valid, when set, run once the new spec proved valid and
+// before it replaces dst; its error leaves dst as valid left it.
+func writeFile(s *cdispecs.Spec, dst string, f Format, valid func() error) error {
 	data, err := Marshal(s, f)
 	if err != nil {
 		return err
@@ -104,6 +108,9 @@ func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 	return fileio.WriteAtomic(dst, data, 0o644, func(tmp string) error {
 		if _, err := cdi.ReadSpec(tmp, 0); err != nil {
 			return fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
+		}
+		if valid != nil {
+			return valid()
 		}
 		return nil
 	})
@@ -116,9 +123,13 @@ type Written struct {
 	// Replaced are nvbind's own specs of the kind under other names in the folder, moved
 	// onto Path before it was written.
 	Replaced []string
-	// Foreign are specs of the kind in the folder that nvbind did not write: while they
-	// are there, runtimes refuse every device of the kind as conflicting.
+	// Foreign are specs of the kind in the folder that nvbind did not write and that
+	// define some of its devices: while they are there, runtimes refuse those devices as
+	// conflicting.
 	Foreign []string
+	// Unreadable is why some files of the folder could not be read (they did not stop
+	// the write).
+	Unreadable error
 }
 
 // WriteDir generates every spec of the inventory and writes each into dir under its

@@ -44,8 +44,10 @@ func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // spec, bin and unit folders are world-readable
 		return fmt.Errorf("create folder %s: %w", dir, err)
 	}
-	// the temp name keeps dst's extension, so checks that go by it (CDI) see the same
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp"+filepath.Ext(dst))
+	// the temp name ends in .tmp, not in dst's extension: readers of the folder go by it
+	// (CDI reads every .yaml and .json, systemd every .service), and must not see a
+	// second file of the same kind while this one is written
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(dst)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("create a temp file beside %s: %w", dst, err)
 	}

@@ -22,7 +22,8 @@ func TestWriteAtomic(t *testing.T) {
 	refuse := errors.New("refused")
 	err := WriteAtomic(dst, []byte("two\n"), 0o644, func(tmp string) error {
 		seen = tmp
-		if filepath.Ext(tmp) != ".yaml" || filepath.Dir(tmp) != filepath.Dir(dst) {
+		// beside dst, and not named as what the folder's readers read (CDI: .yaml, .json)
+		if filepath.Ext(tmp) != ".tmp" || filepath.Dir(tmp) != filepath.Dir(dst) {
 			t.Errorf("temp file %s", tmp)
 		}
 		return refuse
