@@ -130,40 +130,45 @@ func (t *Tracker) SetGPUs(uuids []string) {
 	old := t.gpus
 	t.gpus = slices.Clone(uuids)
 	sort.Strings(t.gpus)
+	forgot := false
 	for uuid := range t.faults {
 		if !slices.Contains(t.gpus, uuid) {
 			delete(t.faults, uuid)
+			forgot = true
 		}
 	}
 	for _, u := range old {
 		if !slices.Contains(t.gpus, u) {
 			t.metrics.health.DeleteLabelValues(u)
+			t.metrics.xids.DeletePartialMatch(prometheus.Labels{"uuid": u})
 		}
 	}
 	t.gaugesLocked()
+	if forgot {
+		t.changed() // its units must not stay out of service should it come back
+	}
 }
 
-// Observe takes one event at now and reports whether a GPU left service because of it.
-func (t *Tracker) Observe(e Event, now time.Time) bool {
+// Observe takes one event at now and reports whether a GPU left service because of it,
+// and whether the event was critical (not an ignored XID, for a GPU of this node).
+func (t *Tracker) Observe(e Event, now time.Time) (out, critical bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	targets := []string{e.GPU}
 	if e.GPU == "" {
 		targets = t.gpus
 	}
+	// only this node's GPUs: an event of another GPU neither counts nor makes a series
+	targets = slices.DeleteFunc(slices.Clone(targets), func(g string) bool { return !slices.Contains(t.gpus, g) })
 	for _, g := range targets {
 		if !e.Lost {
 			t.metrics.xids.WithLabelValues(g, strconv.FormatUint(e.XID, 10)).Inc()
 		}
 	}
-	if !e.Lost && t.ignored[e.XID] {
-		return false
+	if (!e.Lost && t.ignored[e.XID]) || len(targets) == 0 {
+		return false, false
 	}
-	out := false
 	for _, g := range targets {
-		if !slices.Contains(t.gpus, g) {
-			continue // not this node's, or gone since
-		}
 		f := t.faults[g]
 		if f == nil {
 			f = &Fault{Since: now}
@@ -177,7 +182,7 @@ func (t *Tracker) Observe(e Event, now time.Time) bool {
 		t.gaugesLocked()
 		t.changed()
 	}
-	return out
+	return out, true
 }
 
 // Recover returns to service the GPUs whose last critical event is RecoverAfter old and

@@ -2,11 +2,13 @@ package health
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -49,7 +51,7 @@ func TestTrackerPolicy(t *testing.T) {
 	tr.SetGPUs([]string{"GPU-a", "GPU-b", "GPU-c"})
 	t0 := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	for _, x := range []uint64{13, 31, 43, 45, 68, 109, 48, 94} {
-		if tr.Observe(Event{GPU: "GPU-a", XID: x}, t0) {
+		if out, critical := tr.Observe(Event{GPU: "GPU-a", XID: x}, t0); out || critical {
 			t.Errorf("XID %d took the GPU out of service", x)
 		}
 	}
@@ -59,7 +61,7 @@ func TestTrackerPolicy(t *testing.T) {
 	if v := testutil.ToFloat64(m.xids.WithLabelValues("GPU-a", "13")); v != 1 {
 		t.Errorf("xid counter for 13 = %v, want 1", v)
 	}
-	if !tr.Observe(Event{GPU: "GPU-b", XID: 79}, t0) {
+	if out, _ := tr.Observe(Event{GPU: "GPU-b", XID: 79}, t0); !out {
 		t.Fatal("XID 79 left the GPU in service")
 	}
 	select {
@@ -67,11 +69,17 @@ func TestTrackerPolicy(t *testing.T) {
 	default:
 		t.Error("no change signalled")
 	}
-	if tr.Observe(Event{GPU: "GPU-b", XID: 48}, t0.Add(30*time.Second)) || tr.Observe(Event{GPU: "GPU-b", XID: 63}, t0.Add(30*time.Second)) {
-		t.Error("a GPU already out of service left again")
+	for _, x := range []uint64{48, 63} {
+		if out, critical := tr.Observe(Event{GPU: "GPU-b", XID: x}, t0.Add(30*time.Second)); out || critical != (x == 63) {
+			t.Errorf("XID %d on a GPU already out: out %v, critical %v", x, out, critical)
+		}
 	}
-	if tr.Observe(Event{GPU: "GPU-other", XID: 79}, t0) {
+	if out, critical := tr.Observe(Event{GPU: "GPU-other", XID: 79}, t0); out || critical {
 		t.Error("an event of a GPU not on this node counted")
+	}
+	// GPU-a's eight ignored XIDs and GPU-b's 79, 48 and 63; nothing for GPU-other
+	if n := testutil.CollectAndCount(m.xids); n != 11 {
+		t.Errorf("nvbind_gpu_xid_errors_total has %d series, want 11", n)
 	}
 	f := tr.Faults()["GPU-b"]
 	if f.Count != 2 || f.Event.XID != 63 || !f.Since.Equal(t0) || !strings.Contains(f.Reason(), "XID 63 at 2026-12-01T12:00:30Z (2 critical events since 2026-12-01T12:00:00Z)") {
@@ -102,20 +110,41 @@ func TestTrackerPolicy(t *testing.T) {
 	}
 
 	// lost, no GPU named: all of them
-	if !tr.Observe(Event{Lost: true}, t0) || !slices.Equal(keys(tr.Faults()), []string{"GPU-a", "GPU-b", "GPU-c"}) {
+	if out, _ := tr.Observe(Event{Lost: true}, t0); !out || !slices.Equal(keys(tr.Faults()), []string{"GPU-a", "GPU-b", "GPU-c"}) {
 		t.Errorf("GPU lost: faults %v", keys(tr.Faults()))
+	}
+	// a GPU that left forgets its fault, and says so: its units must not stay out should
+	// it come back
+	for len(tr.Changed()) > 0 {
+		<-tr.Changed()
 	}
 	tr.SetGPUs([]string{"GPU-a", "GPU-b"})
 	if !slices.Equal(keys(tr.Faults()), []string{"GPU-a", "GPU-b"}) {
 		t.Errorf("a GPU that left kept its fault: %v", keys(tr.Faults()))
 	}
+	select {
+	case <-tr.Changed():
+	default:
+		t.Error("a forgotten fault was not signalled")
+	}
 	if n := testutil.CollectAndCount(m.health); n != 2 {
 		t.Errorf("nvbind_gpu_health has %d series, want 2", n)
 	}
 
+	// an event while the driver is asked keeps the GPU out
+	again := NewTracker(Policy{RecoverAfter: time.Minute}, nil)
+	again.SetGPUs([]string{"GPU-a"})
+	_, _ = again.Observe(Event{GPU: "GPU-a", XID: 79}, t0)
+	if back := again.Recover(t0.Add(2*time.Minute), func(g string) bool {
+		_, _ = again.Observe(Event{GPU: g, XID: 79}, t0.Add(2*time.Minute))
+		return true
+	}); len(back) != 0 || len(again.Faults()) != 1 {
+		t.Errorf("a GPU with an XID during the check returned: %v", back)
+	}
+
 	never := NewTracker(Policy{}, nil)
 	never.SetGPUs([]string{"GPU-a"})
-	never.Observe(Event{GPU: "GPU-a", XID: 79}, t0)
+	_, _ = never.Observe(Event{GPU: "GPU-a", XID: 79}, t0)
 	if back := never.Recover(t0.Add(24*time.Hour), ask); len(back) != 0 || len(never.Faults()) != 1 {
 		t.Errorf("with no recovery time a GPU returned: %v", back)
 	}
@@ -193,7 +222,7 @@ func TestNVMLSource(t *testing.T) {
 	for _, d := range s.Devices {
 		uuids = append(uuids, d.(*server.Device).UUID)
 	}
-	got := make(chan Event, 4)
+	got := make(chan Event, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() {
@@ -208,6 +237,21 @@ func TestNVMLSource(t *testing.T) {
 	if e := <-got; !e.Lost || e.GPU != "" {
 		t.Errorf("event = %+v, want GPU lost for all", e)
 	}
+	// lost for good: NVML answers so at once on every wait, and the source waits its
+	// wait time between them instead of spinning
+	close(ev.lost)
+	n := 0
+	for deadline := time.After(200 * time.Millisecond); n >= 0; {
+		select {
+		case <-got:
+			n++
+		case <-deadline:
+			if n > 12 {
+				t.Errorf("%d lost events in 200 ms with a 20 ms wait", n)
+			}
+			n = -1
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -218,12 +262,6 @@ func TestNVMLSource(t *testing.T) {
 	if !ev.freed {
 		t.Error("event set not freed")
 	}
-	select {
-	case e := <-got:
-		t.Errorf("an extra event: %+v", e)
-	default:
-	}
-
 	// NVML without events for any GPU: an error, which the monitor logs
 	none := dgxa100.New()
 	none.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) { return (&events{}).set(), nvml.SUCCESS }
@@ -236,15 +274,17 @@ func TestNVMLSource(t *testing.T) {
 }
 
 // TestFileSource: lines appended after the start come out (by UUID or index); what was
-// there before is not replayed; bad, unknown and overlong lines are skipped; a file
-// truncated is read again from its start.
+// there before is not replayed; bad, unknown and overlong lines are skipped, a long line
+// also when it comes in pieces; a file truncated, or replaced by another, is read again
+// from its start.
 func TestFileSource(t *testing.T) {
 	t.Parallel()
-	p := filepath.Join(t.TempDir(), "xid")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "xid")
 	if err := os.WriteFile(p, []byte("GPU-old 79\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan Event, 16)
+	got := make(chan Event, 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	src := FileSource{Path: p, Poll: 5 * time.Millisecond, Resolve: func(i int) (string, bool) {
@@ -254,8 +294,8 @@ func TestFileSource(t *testing.T) {
 		return "", false
 	}}
 	go func() { _ = src.Run(ctx, func(e Event) { got <- e }) }()
-	time.Sleep(20 * time.Millisecond) // the source has taken the file's size
 	appendTo := func(s string) {
+		t.Helper()
 		f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
 		if err != nil {
 			t.Fatal(err)
@@ -265,30 +305,105 @@ func TestFileSource(t *testing.T) {
 		}
 		_ = f.Close()
 	}
-	appendTo("GPU-x 79\nnot an event\n7 79\n" + strings.Repeat("y", 1000) + "\n1 48\nGPU-x lo")
-	appendTo("st\n")
-	want := []Event{{GPU: "GPU-x", XID: 79}, {GPU: "GPU-one", XID: 48}, {GPU: "GPU-x", Lost: true}}
-	for _, w := range want {
+	next := func() Event {
+		t.Helper()
 		select {
 		case e := <-got:
-			if e != w {
-				t.Errorf("event %+v, want %+v", e, w)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no event %+v", w)
+			return e
+		case <-time.After(10 * time.Second):
+			t.Fatal("no event")
+		}
+		return Event{}
+	}
+	// the source takes the file's size when it starts: a marker line, appended until it
+	// comes out, says it has
+	for started := false; !started; {
+		appendTo("GPU-mark 1\n")
+		select {
+		case e := <-got:
+			started = e.GPU == "GPU-mark"
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	for len(got) > 0 {
+		if e := <-got; e.GPU != "GPU-mark" {
+			t.Fatalf("replayed or unexpected: %+v", e)
+		}
+	}
+	appendTo("GPU-x 79\nnot an event\n7 79\n" + strings.Repeat("y", 1000) + "\n1 48\nGPU-x lo")
+	time.Sleep(20 * time.Millisecond) // a poll between the halves of a line
+	appendTo("st\n" + strings.Repeat("z", 200))
+	time.Sleep(20 * time.Millisecond)
+	appendTo(strings.Repeat("z", 200) + " 79\nGPU-y 94\n")
+	for _, w := range []Event{{GPU: "GPU-x", XID: 79}, {GPU: "GPU-one", XID: 48}, {GPU: "GPU-x", Lost: true}, {GPU: "GPU-y", XID: 94}} {
+		if e := next(); e != w {
+			t.Errorf("event %+v, want %+v", e, w)
 		}
 	}
 	if err := os.WriteFile(p, []byte("GPU-z 94\n"), 0o644); err != nil { // shorter: read from the start
 		t.Fatal(err)
 	}
+	if e := next(); e != (Event{GPU: "GPU-z", XID: 94}) {
+		t.Errorf("after truncation: %+v", e)
+	}
+	// rotated: another file, as long as the old one was
+	rotated := filepath.Join(dir, "xid.new")
+	if err := os.WriteFile(rotated, []byte("GPU-r 79\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(rotated, p); err != nil {
+		t.Fatal(err)
+	}
+	if e := next(); e != (Event{GPU: "GPU-r", XID: 79}) {
+		t.Errorf("after rotation: %+v", e)
+	}
+}
+
+// TestFileSourceFIFO: a FIFO where the event file should be is never opened for a
+// blocking read: nothing comes out, and the source reads the regular file that follows.
+func TestFileSourceFIFO(t *testing.T) {
+	t.Parallel()
+	p := filepath.Join(t.TempDir(), "xid")
+	if err := syscall.Mkfifo(p, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Event, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	polled := make(chan struct{}, 64)
+	go func() {
+		_ = FileSource{Path: p, Poll: 5 * time.Millisecond, Log: slog.New(slog.NewTextHandler(signal{polled}, nil))}.Run(ctx, func(e Event) { got <- e })
+	}()
+	select {
+	case <-polled: // it logged the FIFO, so it did not block on it
+	case <-time.After(10 * time.Second):
+		t.Fatal("the source blocked on a FIFO")
+	}
+	if err := os.Remove(p); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte("GPU-after 79\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	select {
 	case e := <-got:
-		if e != (Event{GPU: "GPU-z", XID: 94}) {
-			t.Errorf("after truncation: %+v", e)
+		if e != (Event{GPU: "GPU-after", XID: 79}) {
+			t.Errorf("after the FIFO: %+v", e)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no event after truncation")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event after the FIFO")
 	}
+}
+
+// signal is a log writer that signals each write.
+type signal struct{ ch chan struct{} }
+
+func (s signal) Write(b []byte) (int, error) {
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
+	return len(b), nil
 }
 
 // FuzzEventLine: the event file's parser takes any line without panic, and what it
@@ -344,11 +459,20 @@ func TestMonitorFollowsDiscovery(t *testing.T) {
 	go mon.Run(ctx)
 	ev.ch <- nvml.EventData{Device: s.Devices[5], EventType: nvml.EventTypeXidCriticalError, EventData: 13}
 	ev.ch <- nvml.EventData{Device: s.Devices[5], EventType: nvml.EventTypeXidCriticalError, EventData: 48}
-	f := <-changes
-	if len(f) != 1 || f[inv.Devices[5].UUID].Event.XID != 48 {
+	next := func() map[string]Fault {
+		t.Helper()
+		select {
+		case f := <-changes:
+			return f
+		case <-time.After(10 * time.Second):
+			t.Fatal("no change")
+		}
+		return nil
+	}
+	if f := next(); len(f) != 1 || f[inv.Devices[5].UUID].Event.XID != 48 {
 		t.Fatalf("faults %v, want GPU 5 out for XID 48", f)
 	}
-	if f := <-changes; len(f) != 0 {
+	if f := next(); len(f) != 0 {
 		t.Fatalf("faults %v, want none after the recovery time", f)
 	}
 }

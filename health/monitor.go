@@ -83,10 +83,13 @@ func (m *Monitor) Run(ctx context.Context) {
 }
 
 func (m *Monitor) observe(e Event) {
-	if m.Tracker.Observe(e, m.now()) {
+	switch out, critical := m.Tracker.Observe(e, m.now()); {
+	case out:
 		m.Log.Warn("GPU out of service: the driver reported a critical fault", "uuid", e.GPU, "event", e.String())
-	} else {
-		m.Log.Info("XID event", "uuid", e.GPU, "event", e.String())
+	case critical:
+		m.Log.Warn("GPU still out of service: another critical fault", "uuid", e.GPU, "event", e.String())
+	default:
+		m.Log.Info("XID event that leaves the GPU in service (an application's fault, or not this node's GPU)", "uuid", e.GPU, "event", e.String())
 	}
 }
 
@@ -142,8 +145,18 @@ func (m *Monitor) restartLocked() {
 	m.stop = cancel
 	src := NVMLSource{Lib: m.NVML, GPUs: slices.Clone(m.gpus), Log: m.Log}
 	go func() {
-		if err := src.Run(ctx, m.observe); err != nil {
-			m.Log.Warn("no XID events from NVML: GPUs leave service only when discovery loses them", slog.Any("error", err))
+		// NVML may fail to start for a while (a driver being loaded): try again, less
+		// and less often, until it serves or this source is replaced
+		for wait := time.Second; ctx.Err() == nil; wait = min(2*wait, 5*time.Minute) {
+			err := src.Run(ctx, m.observe)
+			if err == nil {
+				return
+			}
+			m.Log.Warn("no XID events from NVML, trying again: meanwhile GPUs leave service only when discovery loses them", "retry_in", wait, slog.Any("error", err))
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
+			}
 		}
 	}()
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -82,7 +83,13 @@ func (s NVMLSource) Run(ctx context.Context, emit func(Event)) (err error) {
 		case nvml.ERROR_TIMEOUT:
 			continue
 		case nvml.ERROR_GPU_IS_LOST:
-			emit(Event{Lost: true}) // which one NVML does not say: all
+			// which one NVML does not say: all. NVML answers so at once, on every wait,
+			// while the GPU stays lost: one event per wait time, not a busy loop
+			emit(Event{Lost: true})
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Duration(waitMS) * time.Millisecond):
+			}
 			continue
 		default:
 			log.Warn("NVML event wait failed", "error", nvml.ErrorString(ret))
@@ -133,10 +140,11 @@ const (
 	maxEventRead = 64 << 10
 )
 
-// FileSource reads events appended to a file, one per line: "<GPU UUID or index> <XID>"
-// or "<GPU UUID or index> lost". It stands for NVML in tests (the cluster test's fake
-// event path) and takes events from other monitors. Lines longer than 256 bytes and
-// lines that do not parse are logged and skipped; each poll reads at most 64 KiB.
+// FileSource reads events appended to a regular file, one per line: "<GPU UUID or index>
+// <XID>" or "<GPU UUID or index> lost". It stands for NVML in tests (the cluster test's
+// fake event path) and takes events from other monitors. Lines longer than 256 bytes and
+// lines that do not parse are logged and skipped; each poll reads at most 64 KiB, and
+// memory stays within one line whatever the file holds.
 type FileSource struct {
 	Path string
 	// Resolve maps a GPU index to its UUID (the current inventory's).
@@ -145,8 +153,9 @@ type FileSource struct {
 	Log     *slog.Logger
 }
 
-// Run polls the file for lines appended since the last poll; a file that shrinks is read
-// again from its start. Events already in the file when Run starts are not replayed.
+// Run polls the file for lines appended since the last poll; a file that shrinks, or is
+// replaced by another (rotated), is read again from its start. Events already in the file
+// when Run starts are not replayed.
 func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 	log := s.Log
 	if log == nil {
@@ -156,11 +165,12 @@ func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 	if poll <= 0 {
 		poll = 500 * time.Millisecond
 	}
-	var off int64
-	if fi, err := os.Stat(s.Path); err == nil {
-		off = fi.Size()
+	var pos filePos
+	if fi, err := os.Stat(s.Path); err == nil && fi.Mode().IsRegular() {
+		pos = filePos{id: fileID(fi), off: fi.Size()}
 	}
-	var partial []byte
+	var line []byte
+	skipping := false // inside a line longer than maxEventLine, up to its end
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
@@ -169,77 +179,84 @@ func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 			return nil
 		case <-t.C:
 		}
-		data, size, err := readFrom(s.Path, off)
+		data, next, err := readFrom(s.Path, pos)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) {
 				log.Warn("XID event file not read", "path", s.Path, slog.Any("error", err))
 			}
 			continue
 		}
-		if size < off {
-			off, partial = 0, nil // truncated or replaced
-			continue
+		if next.id != pos.id || next.off < pos.off {
+			line, skipping = nil, false // another file, or truncated: from its start
 		}
-		off += int64(len(data))
-		partial = append(partial, data...)
-		for {
-			i := bytes.IndexByte(partial, '\n')
-			if i < 0 {
-				break
-			}
-			line := string(partial[:i])
-			partial = partial[i+1:]
-			if e, err := s.parse(line); err != nil {
-				log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", err))
+		pos = next
+		for len(data) > 0 {
+			i := bytes.IndexByte(data, '\n')
+			chunk := data
+			if i >= 0 {
+				chunk, data = data[:i], data[i+1:]
 			} else {
-				emit(e)
+				data = nil
 			}
-		}
-		if len(partial) > maxEventLine {
-			log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", fmt.Errorf("longer than %d bytes", maxEventLine)))
-			partial = nil
-			// the rest of the long line is skipped up to its end
-			off = skipLine(s.Path, off)
+			if !skipping {
+				if len(line)+len(chunk) > maxEventLine {
+					log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", fmt.Errorf("longer than %d bytes", maxEventLine)))
+					line, skipping = nil, true
+				} else {
+					line = append(line, chunk...)
+				}
+			}
+			if i < 0 {
+				break // the line goes on in the next read
+			}
+			if !skipping {
+				if e, err := s.parse(string(line)); err != nil {
+					log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", err))
+				} else {
+					emit(e)
+				}
+			}
+			line, skipping = line[:0], false
 		}
 	}
 }
 
-// readFrom reads at most maxEventRead bytes of the file from off; size is the file's size.
-func readFrom(path string, off int64) (data []byte, size int64, err error) {
-	f, err := os.Open(path) //nolint:gosec // the operator's file
+// filePos is where the event file was read to: which file, and how far.
+type filePos struct {
+	id  [2]uint64 // device and inode
+	off int64
+}
+
+func fileID(fi os.FileInfo) [2]uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return [2]uint64{st.Dev, st.Ino}
+	}
+	return [2]uint64{}
+}
+
+// readFrom reads at most maxEventRead bytes of the event file from pos (from its start
+// when it is another file than pos's, or shorter than pos), and says where it got to. It
+// never blocks on a FIFO or a device: only a regular file is read.
+func readFrom(path string, pos filePos) ([]byte, filePos, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0) //nolint:gosec // the operator's file
 	if err != nil {
-		return nil, 0, err
+		return nil, pos, err
 	}
 	defer func() { _ = f.Close() }()
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, 0, err
+		return nil, pos, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s is not a regular file", path)
+		return nil, pos, fmt.Errorf("%s is not a regular file", path)
 	}
-	if fi.Size() < off {
-		return nil, fi.Size(), nil
+	next := filePos{id: fileID(fi), off: pos.off}
+	if next.id != pos.id || fi.Size() < pos.off {
+		next.off = 0
 	}
-	data, err = io.ReadAll(io.LimitReader(io.NewSectionReader(f, off, fi.Size()-off), maxEventRead))
-	return data, fi.Size(), err
-}
-
-// skipLine returns the offset after the next newline at or after off (or the file's end).
-func skipLine(path string, off int64) int64 {
-	for {
-		data, size, err := readFrom(path, off)
-		if err != nil || len(data) == 0 {
-			if size > off {
-				return size
-			}
-			return off
-		}
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			return off + int64(i) + 1
-		}
-		off += int64(len(data))
-	}
+	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, next.off, fi.Size()-next.off), maxEventRead))
+	next.off += int64(len(data))
+	return data, next, err
 }
 
 func (s FileSource) parse(line string) (Event, error) {
