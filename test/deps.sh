@@ -3,8 +3,8 @@
 # installs the Debian packages only, which is all `make demo` needs; `make lint` and
 # `make test` ask for the rest.
 # Installs what building, the demo and the tests need on a fresh Debian 12 (as root):
-# Debian packages, a pinned golangci-lint, and containerd 2.x built from the Go module
-# proxy. Tools go to $NVBIND_CACHE/bin (default /var/cache/nvbind/bin); each step is
+# Debian packages, a pinned golangci-lint, and containerd 2.x and 1.7 built from the Go
+# module proxy. Tools go to $NVBIND_CACHE/bin (default /var/cache/nvbind/bin); each step is
 # skipped when already done.
 set -euo pipefail
 
@@ -12,6 +12,7 @@ cache=${NVBIND_CACHE:-/var/cache/nvbind}
 bin=$cache/bin
 GOLANGCI_LINT_VERSION=v2.15.0
 CONTAINERD_VERSION=v2.4.2
+CONTAINERD17_VERSION=v1.7.35 # the newest 1.7 (Debian 13, Ubuntu 24.04 ship 1.7)
 DOCKER_VERSION=v2.0.0-beta.24 # Docker Engine 29
 RUNC_VERSION=v1.2.6
 mkdir -p "$bin"
@@ -49,6 +50,16 @@ if wants containerd && ! "$bin/containerd" --version 2>/dev/null | grep -q " ${C
   go install -tags no_btrfs "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION" \
     "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+fi
+# containerd 1.7 beside it, in its own folder, for the NRI suite on the older NRI
+c17_bin=$cache/containerd-1.7/bin
+if wants containerd && ! "$c17_bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD17_VERSION#v}"; then
+  echo "building containerd $CONTAINERD17_VERSION (a few minutes on 2 cores)"
+  mkdir -p "$c17_bin"
+  # its go.mod has an exclude directive, which go install pkg@version refuses: build in
+  # the module's own folder, as its main module
+  src=$(cd / && go mod download -json "github.com/containerd/containerd@$CONTAINERD17_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  (cd "$src" && go build -tags no_btrfs -o "$c17_bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
 fi
 # Docker Engine 29 (moby's dockerd) and a runc that knows time namespaces, into their own
 # folder so that Debian's runc stays the default everywhere else

@@ -359,7 +359,7 @@ spec:
 			"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --rescan-interval=5s}\n"+
 				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --forget-after=15s}\n"+
 				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --xid-events="+xidEvents+"}\n"+
-				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --xid-recover-after=10s}\n")
+				"      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --xid-recover-after=30s}\n")
 		s.kubectl("apply", "-k", dp)
 		s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 		s.waitCapacity(t, "2")
@@ -504,16 +504,24 @@ func (s *setup) xidOutOfService(t *testing.T, events string) {
 	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "1" {
 		t.Errorf("after XID 13, nvbind_gpu_health = %q, want 1", v)
 	}
-	s.waitCapacity(t, "2")
+	if got := s.kubectl("get", "node", nodeName, "-o", `jsonpath={.status.allocatable.nvidia\.com/gpu}`); got != "2" {
+		t.Errorf("after XID 13, allocatable %q, want 2", got)
+	}
 	start := time.Now()
 	report("0 79")
+	s.waitFor("GPU 0 out of service", 30*time.Second, func() error {
+		if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "0" {
+			return errorf("nvbind_gpu_health %q", v)
+		}
+		return nil
+	})
 	s.waitCapacity(t, "1")
 	t.Logf("allocatable dropped to 1 in %s after XID 79", time.Since(start).Round(100*time.Millisecond))
-	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "0" {
-		t.Errorf("after XID 79, nvbind_gpu_health = %q, want 0", v)
-	}
 	s.waitCapacity(t, "2")
-	t.Logf("allocatable back to 2 in %s after XID 79 (--xid-recover-after=10s)", time.Since(start).Round(100*time.Millisecond))
+	t.Logf("allocatable back to 2 in %s after XID 79 (--xid-recover-after=30s)", time.Since(start).Round(100*time.Millisecond))
+	if since := time.Since(start); since < 30*time.Second {
+		t.Errorf("GPU 0 returned after %s, before --xid-recover-after", since)
+	}
 	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "1" {
 		t.Errorf("after the recovery, nvbind_gpu_health = %q, want 1", v)
 	}

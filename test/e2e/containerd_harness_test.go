@@ -67,23 +67,64 @@ func startContainerd(t testing.TB) *containerd {
 
 // newContainerd writes a containerd's configuration under a short temp folder; start
 // runs it.
-func newContainerd(t testing.TB) *containerd {
+func newContainerd(t testing.TB) *containerd { return newContainerdOf(t, "") }
+
+// containerd17 is where test/deps.sh builds containerd 1.7, beside the 2.x of the tool
+// cache: the release Debian 13 and Ubuntu 24.04 ship, with NRI off by default.
+func containerd17(t testing.TB) string {
+	t.Helper()
+	cache := os.Getenv("NVBIND_CACHE")
+	if cache == "" {
+		cache = "/var/cache/nvbind"
+	}
+	dir := filepath.Join(cache, "containerd-1.7", "bin")
+	if _, err := os.Stat(filepath.Join(dir, "containerd")); err != nil {
+		if os.Getenv(testutil.EnvRoot) == "1" {
+			t.Fatalf("containerd 1.7 is not built: run make deps (test/deps.sh containerd): %v", err)
+		}
+		t.Skip("containerd 1.7 is not built: run make deps")
+	}
+	return dir
+}
+
+// newContainerdOf is newContainerd for a release: "" (2.x, configuration version 3) or
+// "1.7" (version 2, NRI turned on by manifests/runtime/containerd-1.7-nri.toml as shipped).
+func newContainerdOf(t testing.TB, release string) *containerd {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	testutil.RequiresCommand(t, "runc")
-	bin := findTool(t, "containerd")
-	findTool(t, "containerd-shim-runc-v2")
+	var bin, ctr string
+	switch release {
+	case "":
+		bin, ctr = findTool(t, "containerd"), findTool(t, "ctr")
+		findTool(t, "containerd-shim-runc-v2")
+	case "1.7":
+		dir := containerd17(t)
+		bin, ctr = filepath.Join(dir, "containerd"), filepath.Join(dir, "ctr")
+	default:
+		t.Fatalf("containerd release %q (valid: \"\", 1.7)", release)
+	}
 	dir, err := os.MkdirTemp("", "nvb") //nolint:usetesting // unix socket paths under it must stay short
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &containerd{t: t, dir: dir, bin: bin, ctr: findTool(t, "ctr"), sock: filepath.Join(dir, "c.sock"), NRISock: filepath.Join(dir, "nri.sock")}
-	config := testutil.ContainerdConfig{Dir: dir, Socket: c.sock, NRISocket: c.NRISock, PluginDir: filepath.Join(dir, "plugins"),
-		PauseImage: pauseImage, CDIDir: filepath.Join(dir, "cdi")}.TOML()
+	c := &containerd{t: t, dir: dir, bin: bin, ctr: ctr, sock: filepath.Join(dir, "c.sock"), NRISock: filepath.Join(dir, "nri.sock")}
+	t.Cleanup(c.cleanup)
+	cfg := testutil.ContainerdConfig{Dir: dir, Socket: c.sock, NRISocket: c.NRISock, PluginDir: filepath.Join(dir, "plugins"),
+		PauseImage: pauseImage, CDIDir: filepath.Join(dir, "cdi")}
+	config := cfg.TOML()
+	if release == "1.7" {
+		snippet, err := os.ReadFile("../../manifests/runtime/containerd-1.7-nri.toml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if config, err = cfg.TOML17(string(snippet)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.cleanup)
 	return c
 }
 

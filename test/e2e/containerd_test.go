@@ -105,9 +105,26 @@ const gpuScript = `ls /dev/ | grep nvidia | sort | tr '\n' ' '; echo;
 ` + linkOfLibcuda + `; ldconfig -p | grep -m1 'libcuda.so.1 (libc6,x86-64)';
 ldconfig -p | grep -c 'libcuda.so.1 ' ; cuda-probe; echo CAPS=$NVIDIA_DRIVER_CAPABILITIES VISIBLE=$NVIDIA_VISIBLE_DEVICES`
 
-func TestContainerdNRI(t *testing.T) {
+func TestContainerdNRI(t *testing.T) { testContainerdNRI(t, "") }
+
+// TestContainerd17NRI runs the same suite on containerd 1.7, with NRI turned on by the
+// shipped snippet: its NRI is older, and the plugin must work there unchanged.
+func TestContainerd17NRI(t *testing.T) { testContainerdNRI(t, "1.7") }
+
+func testContainerdNRI(t *testing.T, release string) {
 	driverRoot := testutil.DriverRoot(t, "debian-535")
-	c := startContainerd(t)
+	c := newContainerdOf(t, release)
+	c.start()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	v, err := c.cri.Version(ctx, &cri.VersionRequest{})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"": "v2.", "1.7": "1.7."}[release]; !strings.HasPrefix(strings.TrimPrefix(v.RuntimeVersion, "v"), strings.TrimPrefix(want, "v")) {
+		t.Fatalf("containerd %s, want %s", v.RuntimeVersion, want)
+	}
+	t.Logf("containerd %s", v.RuntimeVersion)
 	c.importImages()
 	bin := testutil.BuildNVBind(t, t.TempDir())
 	plugin := startPlugin(t, bin, c.NRISock, driverRoot)
