@@ -22,6 +22,7 @@ import (
 	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/version"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -358,9 +359,12 @@ func checkConflicts(dirs []string) []Result {
 	return out
 }
 
+// mountsVersion tells whether a spec mounts the files of a driver version: one of its
+// libraries, or a driver layout of that version (<version>-<set>-<hash>).
 func mountsVersion(s *cdi.Spec, version string) bool {
 	for _, m := range s.ContainerEdits.Mounts {
-		if strings.Contains(filepath.Base(m.HostPath), ".so."+version) {
+		base := filepath.Base(m.HostPath)
+		if strings.Contains(base, ".so."+version) || (layout.IsID(base) && strings.HasPrefix(base, version+"-")) {
 			return true
 		}
 	}

@@ -12,6 +12,9 @@ import (
 	"strings"
 	"testing"
 
+	"tags.cncf.io/container-device-interface/pkg/cdi"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/driverroot"
@@ -191,5 +194,29 @@ func TestNVIDIARuntimeIsNVBind(t *testing.T) {
 	}
 	if rs := checkDocker(Config{DockerConfig: filepath.Join(dir, "none.json")}); len(rs) != 0 {
 		t.Errorf("no daemon.json: %+v", rs)
+	}
+}
+
+// TestMountsVersionOfLayout: a spec that mounts the driver in one mount (a layout named
+// by its driver version) names the running driver; a layout of another version does not.
+func TestMountsVersionOfLayout(t *testing.T) {
+	t.Parallel()
+	spec := func(hostPath string) *cdi.Spec {
+		return &cdi.Spec{Spec: &cdispecs.Spec{ContainerEdits: cdispecs.ContainerEdits{Mounts: []*cdispecs.Mount{
+			{HostPath: "/dev/shm", ContainerPath: "/dev/shm"},
+			{HostPath: hostPath, ContainerPath: "/usr/local/nvbind/all"}}}}}
+	}
+	for _, tc := range []struct {
+		path string
+		want bool
+	}{
+		{"/run/nvbind/driver/535.261.03-all-01f6f2d0ed73", true},
+		{"/run/nvbind/driver/535.309.01-all-01f6f2d0ed73", false},
+		{"/run/nvbind/driver/535.261.03", false},
+		{"/usr/lib/x86_64-linux-gnu/libcuda.so.535.261.03", true},
+	} {
+		if got := mountsVersion(spec(tc.path), "535.261.03"); got != tc.want {
+			t.Errorf("mountsVersion(%s) = %v, want %v", tc.path, got, tc.want)
+		}
 	}
 }
