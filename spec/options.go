@@ -49,6 +49,9 @@ const (
 // Options configures edits and specs.
 type Options struct {
 	Vendor, Class string
+	// Writer names who writes the spec (a command), recorded under the YAML spec's first
+	// line, so that two nvbind writers of one kind on a host are told apart and warned of.
+	Writer string
 	// NameStrategies lists the names each device gets; default index, type-index and uuid.
 	NameStrategies []NameStrategy
 	// Capabilities selects the driver files of a static spec; default all.

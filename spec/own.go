@@ -23,6 +23,9 @@ import (
 // it is how nvbind knows its own specs: the ones its writers replace and uninstall removes.
 const yamlMarker = "# written by nvbind, which keeps one spec file per kind: it replaces and removes this file itself\n"
 
+// writerPrefix starts the YAML spec's second line, which names its writer (Options.Writer).
+const writerPrefix = "# writer: "
+
 // Budgets of a spec folder's scan: the folder is root's, but a runtime reads every file in
 // it, and so do nvbind's writers and doctor.
 const (
@@ -40,6 +43,8 @@ type SpecFile struct {
 	Own bool
 	// Link tells a symbolic link (which the CDI library follows).
 	Link bool
+	// Writer is the nvbind command that wrote it, when its YAML says.
+	Writer string
 	// Devices are the names of its devices.
 	Devices []string
 }
@@ -102,6 +107,11 @@ func readSpecFile(p string) (SpecFile, error) {
 		return SpecFile{}, fmt.Errorf("%s: no kind", p)
 	}
 	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || runsOurHook(&s)}
+	if rest, ok := bytes.CutPrefix(data, []byte(yamlMarker+writerPrefix)); ok {
+		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok && len(line) <= 256 {
+			sf.Writer = string(line)
+		}
+	}
 	for _, d := range s.Devices {
 		sf.Devices = append(sf.Devices, d.Name)
 	}
@@ -140,7 +150,11 @@ func runsOurHook(s *cdispecs.Spec) bool {
 // kind that nvbind did not write stay: those that define one of its devices are reported
 // in Foreign. Files of the folder that cannot be read are reported in Unreadable and never
 // stop the write.
-func Install(s *cdispecs.Spec, dst string, f Format) (Written, error) {
+//
+// writer names who writes (Options.Writer): an nvbind spec of the kind that another
+// writer wrote, replaced here, is reported in Others, since two writers of one kind take
+// turns in its one file.
+func Install(s *cdispecs.Spec, dst string, f Format, writer string) (Written, error) {
 	dst = filepath.Clean(dst)
 	w := Written{Path: dst, Spec: s}
 	files, err := ScanDir(filepath.Dir(dst))
@@ -153,7 +167,13 @@ func Install(s *cdispecs.Spec, dst string, f Format) (Written, error) {
 	}
 	var moves []string
 	for _, sf := range files {
-		if sf.Kind != s.Kind || sf.Path == dst {
+		if sf.Kind != s.Kind {
+			continue
+		}
+		if sf.Own && writer != "" && sf.Writer != "" && sf.Writer != writer && !slices.Contains(w.Others, sf.Writer) {
+			w.Others = append(w.Others, sf.Writer)
+		}
+		if sf.Path == dst {
 			continue
 		}
 		if sf.Own {
@@ -162,7 +182,7 @@ func Install(s *cdispecs.Spec, dst string, f Format) (Written, error) {
 			w.Foreign = append(w.Foreign, sf.Path)
 		}
 	}
-	err = writeFile(s, dst, f, func() error {
+	err = writeFile(s, dst, f, writer, func() error {
 		for _, p := range moves {
 			if err := os.Rename(p, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", p, s.Kind, dst, err)
@@ -252,6 +272,10 @@ func (w Written) Log(log *slog.Logger) {
 	for _, c := range w.Foreign {
 		log.Warn("a spec nvbind did not write defines devices of the same kind: runtimes refuse those devices while both are there; remove it",
 			"path", c, "kind", w.Spec.Kind)
+	}
+	for _, o := range w.Others {
+		log.Warn("replaced the spec another nvbind writer keeps: two writers of one kind on a host take turns in its one file; run one of them",
+			"path", w.Path, "kind", w.Spec.Kind, "other", o)
 	}
 	if w.Unreadable != nil {
 		log.Warn("spec files of the folder could not be read (runtimes skip them too)", "folder", filepath.Dir(w.Path), slog.Any("error", w.Unreadable))

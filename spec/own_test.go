@@ -73,7 +73,7 @@ func TestOneSpecPerKind(t *testing.T) {
 		t.Fatalf("Conflicts = %+v, %v", conf, err)
 	}
 
-	written, err := WriteDir(inv, Options{HookPath: installed}, dir, FormatYAML)
+	written, err := WriteDir(inv, Options{HookPath: installed, Writer: "nvbind nri --cdi-mode"}, dir, FormatYAML)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,10 +97,17 @@ func TestOneSpecPerKind(t *testing.T) {
 		t.Fatalf("folder holds %v, want %v", kinds, want)
 	}
 
-	// the demo's command, with its own file name, takes the kind back the other way
-	w, err := Install(s, old, FormatYAML)
-	if err != nil || len(w.Replaced) != 1 || w.Replaced[0] != dst {
+	if files[1].Writer != "nvbind nri --cdi-mode" {
+		t.Errorf("writer of %s = %q", files[1].Path, files[1].Writer)
+	}
+	// the demo's command, with its own file name, takes the kind back the other way; the
+	// other nvbind writer is named, since two writers of one kind take turns
+	w, err := Install(s, old, FormatYAML, "nvbind cdi generate")
+	if err != nil || len(w.Replaced) != 1 || w.Replaced[0] != dst || !slices.Equal(w.Others, []string{"nvbind nri --cdi-mode"}) {
 		t.Fatalf("Install = %+v, %v", w, err)
+	}
+	if w, err := Install(s, old, FormatYAML, "nvbind cdi generate"); err != nil || len(w.Others) != 0 {
+		t.Fatalf("the same writer again: %+v, %v", w, err)
 	}
 	if _, err := os.Stat(dst); !os.IsNotExist(err) {
 		t.Fatalf("%s is still there: %v", dst, err)
@@ -118,7 +125,7 @@ func TestOneSpecPerKind(t *testing.T) {
 	if err := os.WriteFile(foreign, ctkData[len(yamlMarker):], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w, err = Install(s, old, FormatYAML)
+	w, err = Install(s, old, FormatYAML, "")
 	if err != nil || len(w.Replaced) != 0 || !slices.Equal(w.Foreign, []string{foreign}) {
 		t.Fatalf("Install with a foreign spec = %+v, %v", w, err)
 	}
@@ -146,7 +153,7 @@ func TestOneSpecPerKind(t *testing.T) {
 	if err := os.WriteFile(bad, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	w, err = Install(s, old, FormatYAML)
+	w, err = Install(s, old, FormatYAML, "")
 	if err != nil || w.Unreadable == nil || !strings.Contains(w.Unreadable.Error(), "broken.yaml") {
 		t.Fatalf("Install beside an unreadable file = %+v, %v", w, err)
 	}

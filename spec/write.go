@@ -34,12 +34,13 @@ func ParseFormat(v string) (Format, error) {
 	return "", fmt.Errorf("unknown format %q (valid: json, yaml)", v)
 }
 
-// FormatOf picks the format from a file name's extension ("" if it has none we know).
+// FormatOf picks the format from a spec file name's extension: "" for any but .json and
+// .yaml, the only names the CDI library reads (.yml and .YAML are skipped).
 func FormatOf(name string) Format {
-	switch strings.ToLower(filepath.Ext(name)) {
+	switch filepath.Ext(name) {
 	case ".json":
 		return FormatJSON
-	case ".yaml", ".yml":
+	case ".yaml":
 		return FormatYAML
 	}
 	return ""
@@ -96,14 +97,23 @@ func Validate(s *cdispecs.Spec) error {
 // WriteFile validates the spec with the CDI library and writes it atomically (temp file,
 // fsync, rename, fsync of the folder): a reader sees the old file or the new one, never a
 // half-written one, and an invalid spec leaves the old file as it was.
-func WriteFile(s *cdispecs.Spec, dst string, f Format) error { return writeFile(s, dst, f, nil) }
+func WriteFile(s *cdispecs.Spec, dst string, f Format) error { return writeFile(s, dst, f, "", nil) }
 
-// writeFile is WriteFile with valid, when set, run once the new spec proved valid and
-// before it replaces dst; its error leaves dst as valid left it.
-func writeFile(s *cdispecs.Spec, dst string, f Format, valid func() error) error {
+// writeFile is WriteFile with the writer's line (YAML) and valid, when set, run once the
+// new spec proved valid and before it replaces dst; its error leaves dst as valid left it.
+func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func() error) error {
 	data, err := Marshal(s, f)
 	if err != nil {
 		return err
+	}
+	if f == FormatYAML && writer != "" {
+		line := writerPrefix + strings.Map(func(r rune) rune {
+			if r < ' ' || r == 0x7f {
+				return ' '
+			}
+			return r
+		}, writer) + "\n"
+		data = append([]byte(yamlMarker+line), data[len(yamlMarker):]...)
 	}
 	return fileio.WriteAtomic(dst, data, 0o644, func(tmp string) error {
 		if _, err := cdi.ReadSpec(tmp, 0); err != nil {
@@ -130,6 +140,8 @@ type Written struct {
 	// Unreadable is why some files of the folder could not be read (they did not stop
 	// the write).
 	Unreadable error
+	// Others are the other nvbind writers whose spec of the kind this write replaced.
+	Others []string
 }
 
 // WriteDir generates every spec of the inventory and writes each into dir under its
@@ -159,7 +171,7 @@ func WriteDir(inv *gpu.Inventory, o Options, dir string, f Format) ([]Written, e
 		out = append(out, Written{Path: filepath.Join(dir, name), Spec: s})
 	}
 	for i, w := range out {
-		iw, err := Install(w.Spec, w.Path, f)
+		iw, err := Install(w.Spec, w.Path, f, o.Writer)
 		if err != nil {
 			return nil, err
 		}

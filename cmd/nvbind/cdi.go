@@ -93,8 +93,11 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 				for _, r := range w.Replaced {
 					fmt.Fprintf(cmd.ErrOrStderr(), "replaced nvbind's spec %s: one spec file per kind\n", r)
 				}
+				for _, other := range w.Others {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: replaced the spec %q keeps: two nvbind writers of one kind take turns in its one file; run one of them\n", other)
+				}
 				for _, c := range w.Foreign {
-					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s also defines %s, and nvbind did not write it: runtimes refuse every %s device while both are there; remove it\n", c, w.Spec.Kind, w.Spec.Kind)
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s also defines devices of %s, and nvbind did not write it: runtimes refuse those devices while both are there; remove it\n", c, w.Spec.Kind)
 				}
 			})
 		},
@@ -153,6 +156,10 @@ func (f *generateFlags) options() (spec.Options, spec.Format, error) {
 	// mount per file
 	if o.LayoutBase, err = f.base(o, !layout.Volatile(f.output), f.watch); err != nil {
 		return o, "", err
+	}
+	o.Writer = "nvbind cdi generate"
+	if f.watch {
+		o.Writer += " --watch"
 	}
 	return o, format, o.Validate()
 }
@@ -250,7 +257,7 @@ func (f *generateFlags) refresh(inv *gpu.Inventory, o spec.Options, format spec.
 // beside the GPUs') into the --output folder, each as the one nvbind spec of its kind there.
 func (f *generateFlags) writeAll(inv *gpu.Inventory, s *cdispecs.Spec, o spec.Options, format spec.Format, done func(spec.Written)) error {
 	if !isDirArg(f.output) {
-		w, err := spec.Install(s, f.output, format)
+		w, err := spec.Install(s, f.output, format, o.Writer)
 		if err != nil {
 			return err
 		}

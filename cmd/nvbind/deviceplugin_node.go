@@ -54,6 +54,7 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	so.Writer = "nvbind device-plugin (cdi-cri)"
 	p, err := f.plugin(so, log, nil)
 	if err != nil {
 		return err

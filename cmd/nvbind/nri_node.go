@@ -52,6 +52,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	if f.cdiMode {
 		// the plugin names GPUs and capabilities separately, so the spec holds both
 		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true
+		svc.SpecOptions.Writer = "nvbind nri --cdi-mode"
 	}
 	if f.devicePlugin {
 		dm := deviceplugin.NewMetrics()
@@ -65,6 +66,9 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		}
 		if f.listStrategy == deviceplugin.ListCDICRI {
 			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
+			if !f.cdiMode {
+				svc.SpecOptions.Writer = "nvbind nri --device-plugin (cdi-cri)"
+			}
 		}
 	}
 	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
