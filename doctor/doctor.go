@@ -321,8 +321,8 @@ func checkSpecs(c Config, inv *gpu.Inventory) []Result {
 	return out
 }
 
-// checkConflicts reports kinds that two spec files of one folder define: the CDI library,
-// and so every runtime, then refuses all the devices of the kind, whoever wrote the files.
+// checkConflicts reports devices that two spec files of one folder define: the CDI
+// library, and so every runtime, then refuses those devices, whoever wrote the files.
 func checkConflicts(dirs []string) []Result {
 	conf, err := spec.Conflicts(dirs)
 	var out []Result

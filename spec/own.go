@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -45,6 +44,8 @@ type SpecFile struct {
 	Link bool
 	// Writer is the nvbind command that wrote it, when its YAML says.
 	Writer string
+	// HookPath is the path of the nvbind hook it runs, if any.
+	HookPath string
 	// Devices are the names of its devices.
 	Devices []string
 }
@@ -106,7 +107,8 @@ func readSpecFile(p string) (SpecFile, error) {
 	if s.Kind == "" {
 		return SpecFile{}, fmt.Errorf("%s: no kind", p)
 	}
-	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || runsOurHook(&s)}
+	hook := ourHook(&s)
+	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || hook != "", HookPath: hook}
 	if rest, ok := bytes.CutPrefix(data, []byte(yamlMarker+writerPrefix)); ok {
 		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok && len(line) <= 256 {
 			sf.Writer = string(line)
@@ -118,28 +120,28 @@ func readSpecFile(p string) (SpecFile, error) {
 	return sf, nil
 }
 
-// runsOurHook tells whether a spec's hooks run nvbind's hook: arguments "nvbind-hook hook
-// ..." (or "nvbind hook ..." where the hook path is nvbind itself), as Edits.ToCDI writes
-// them.
-func runsOurHook(s *cdispecs.Spec) bool {
-	ours := func(e cdispecs.ContainerEdits) bool {
+// ourHook returns the path of the nvbind hook a spec runs ("" for none): a hook with the
+// arguments "<program> hook all ...", as Edits.ToCDI writes them whatever the hook's name
+// (nvbind-hook, nvbind, or a link under another name); NVIDIA's hooks take "hook <action>"
+// or "<action>".
+func ourHook(s *cdispecs.Spec) string {
+	ours := func(e cdispecs.ContainerEdits) string {
 		for _, h := range e.Hooks {
-			if h != nil && len(h.Args) >= 2 && h.Args[1] == "hook" && strings.HasPrefix(path.Base(h.Args[0]), "nvbind") &&
-				strings.HasPrefix(path.Base(h.Path), "nvbind") {
-				return true
+			if h != nil && len(h.Args) >= 3 && h.Args[1] == "hook" && h.Args[2] == "all" {
+				return h.Path
 			}
 		}
-		return false
+		return ""
 	}
-	if ours(s.ContainerEdits) {
-		return true
+	if p := ours(s.ContainerEdits); p != "" {
+		return p
 	}
 	for _, d := range s.Devices {
-		if ours(d.ContainerEdits) {
-			return true
+		if p := ours(d.ContainerEdits); p != "" {
+			return p
 		}
 	}
-	return false
+	return ""
 }
 
 // Install writes a spec to dst as WriteFile does, so that the folder then holds one spec
@@ -194,9 +196,9 @@ func Install(s *cdispecs.Spec, dst string, f Format, writer string) (Written, er
 	return w, err
 }
 
-// RemoveOwn removes nvbind's own specs from a CDI spec folder, and returns their paths.
-// Specs nvbind did not write stay.
-func RemoveOwn(dir string) ([]string, error) {
+// RemoveOwn removes nvbind's own specs from a CDI spec folder for which which, when set,
+// says yes, and returns their paths. Specs nvbind did not write stay.
+func RemoveOwn(dir string, which func(SpecFile) bool) ([]string, error) {
 	files, err := ScanDir(dir)
 	var gone []string
 	var errs []error
@@ -204,7 +206,7 @@ func RemoveOwn(dir string) ([]string, error) {
 		errs = append(errs, err)
 	}
 	for _, sf := range files {
-		if !sf.Own {
+		if !sf.Own || (which != nil && !which(sf)) {
 			continue
 		}
 		if err := os.Remove(sf.Path); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -240,7 +242,9 @@ func Conflicts(dirs []string) ([]Conflict, error) {
 		for _, sf := range files {
 			for _, d := range sf.Devices {
 				name := sf.Kind + "=" + d
-				byDevice[name] = append(byDevice[name], sf)
+				if n := len(byDevice[name]); n == 0 || byDevice[name][n-1].Path != sf.Path {
+					byDevice[name] = append(byDevice[name], sf)
+				}
 			}
 		}
 		shared := map[string][]string{} // by kind, the names more than one file defines

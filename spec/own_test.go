@@ -170,7 +170,7 @@ func TestOneSpecPerKind(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	gone, err := RemoveOwn(dir)
+	gone, err := RemoveOwn(dir, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -126,7 +126,7 @@ func newUninstallCommand() *cobra.Command {
 		},
 	}
 	f.register(cmd, "remove")
-	cmd.Flags().StringSliceVar(&f.specDirs, "cdi-spec-dir", defaultSpecDirs, "CDI spec folders to remove nvbind's own specs from (other specs stay), with the binaries or units components; on a host, with "+systemUnitDir+" as --unit-dir, or when given")
+	cmd.Flags().StringSliceVar(&f.specDirs, "cdi-spec-dir", defaultSpecDirs, "CDI spec folders to remove nvbind's own specs from when their hook, PREFIX/bin/nvbind-hook, goes (other specs stay); on a host, with "+systemUnitDir+" as --unit-dir, or when given")
 	return cmd
 }
 
@@ -305,12 +305,13 @@ func (f *installFlags) uninstall(w io.Writer) error {
 	}
 	// the specs nvbind wrote (cdi generate, cdi-refresh, the NRI plugin's CDI mode, the
 	// device plugin's cdi-cri) name its hook: they go with it
-	specsToo := slices.Contains(f.components, "binaries") || slices.Contains(f.components, "units")
+	// with the hook they call: the specs whose hook is the nvbind-hook removed here
+	hook := filepath.Join(f.prefix, "bin", "nvbind-hook")
 	for _, dir := range f.specDirs {
-		if !specsToo {
+		if !slices.Contains(f.binaries(), "nvbind-hook") {
 			break
 		}
-		gone, err := spec.RemoveOwn(dir)
+		gone, err := spec.RemoveOwn(dir, func(sf spec.SpecFile) bool { return filepath.Clean(sf.HookPath) == hook })
 		for _, p := range gone {
 			fmt.Fprintf(w, "removed %s\n", p)
 		}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -64,6 +65,14 @@ func TestInstallUninstall(t *testing.T) {
 	if _, err := spec.WriteDir(inv, spec.Options{HookPath: prefix + "/bin/nvbind-hook"}, specs, spec.FormatYAML); err != nil {
 		t.Fatal(err)
 	}
+	// another install's spec: its hook is not the one removed here
+	elsewhere, err := spec.Generate(inv, spec.Options{HookPath: "/opt/nvbind/bin/nvbind-hook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := spec.WriteFile(elsewhere, filepath.Join(specs, "nvbind-other.json"), spec.FormatJSON); err != nil {
+		t.Fatal(err)
+	}
 	foreign := filepath.Join(specs, "other.yaml")
 	if err := os.WriteFile(foreign, []byte("cdiVersion: 0.5.0\nkind: example.com/x\ndevices: [{name: a, containerEdits: {env: [A=1]}}]\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -76,8 +85,15 @@ func TestInstallUninstall(t *testing.T) {
 	if !strings.Contains(out, "removed "+specs+"/nvidia.com-gpu.yaml\n") {
 		t.Errorf("uninstall left nvbind's spec:\n%s", out)
 	}
-	if ents, _ := os.ReadDir(specs); len(ents) != 1 || ents[0].Name() != "other.yaml" {
-		t.Errorf("after uninstall the spec folder holds %v, want other.yaml alone", ents)
+	// left: the other install's spec, the one nvbind did not write, and the IMEX channels'
+	// spec, which calls no hook
+	var left []string
+	ents, _ := os.ReadDir(specs)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if want := []string{"nvbind-other.json", "nvidia.com-imex-channel.yaml", "other.yaml"}; !slices.Equal(left, want) {
+		t.Errorf("after uninstall the spec folder holds %v, want %v", left, want)
 	}
 	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n", "removed " + units + "/nvbind-layouts.service\n",
 		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n"} {
