@@ -122,21 +122,15 @@ func (t *Tracker) changed() {
 	}
 }
 
-// SetGPUs sets the GPUs discovery knows (UUIDs). A GPU that left forgets its fault:
-// presence is discovery's part.
+// SetGPUs sets the GPUs discovery knows (UUIDs). A GPU that left keeps its fault: should
+// it come back (a reset, the driver reloaded) it returns only by the policy, after the
+// recovery time while the driver answers for it. Its metric series go.
 func (t *Tracker) SetGPUs(uuids []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.gpus
 	t.gpus = slices.Clone(uuids)
 	sort.Strings(t.gpus)
-	forgot := false
-	for uuid := range t.faults {
-		if !slices.Contains(t.gpus, uuid) {
-			delete(t.faults, uuid)
-			forgot = true
-		}
-	}
 	for _, u := range old {
 		if !slices.Contains(t.gpus, u) {
 			t.metrics.health.DeleteLabelValues(u)
@@ -144,9 +138,6 @@ func (t *Tracker) SetGPUs(uuids []string) {
 		}
 	}
 	t.gaugesLocked()
-	if forgot {
-		t.changed() // its units must not stay out of service should it come back
-	}
 }
 
 // Observe takes one event at now and reports whether a GPU left service because of it,

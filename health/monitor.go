@@ -19,6 +19,9 @@ type Monitor struct {
 	Log     *slog.Logger
 	// NVML is the library to wait on for events, the inventory's (Update); nil without.
 	NVML nvml.Interface
+	// asked is the NVML that recovery asks: the last one an inventory had, so that a GPU
+	// NVML lost (discovery then falls back to procfs, which still lists it) is asked NVML.
+	asked nvml.Interface
 	// File is an event file (FileSource); empty for none.
 	File string
 	// OnChange gets the GPUs out of service after each change (the device plugin's
@@ -86,6 +89,8 @@ func (m *Monitor) observe(e Event) {
 	switch out, critical := m.Tracker.Observe(e, m.now()); {
 	case out:
 		m.Log.Warn("GPU out of service: the driver reported a critical fault", "uuid", e.GPU, "event", e.String())
+	case critical && e.Lost:
+		m.Log.Debug("GPU still lost", "uuid", e.GPU) // NVML says so on every wait
 	case critical:
 		m.Log.Warn("GPU still out of service: another critical fault", "uuid", e.GPU, "event", e.String())
 	default:
@@ -97,7 +102,7 @@ func (m *Monitor) observe(e Event) {
 // information, or, without NVML, discovery still finding it.
 func (m *Monitor) answers(uuid string) bool {
 	m.mu.Lock()
-	lib, found := m.NVML, slices.Contains(m.gpus, uuid)
+	lib, found := m.asked, slices.Contains(m.gpus, uuid)
 	m.mu.Unlock()
 	if lib != nil {
 		return NVMLAnswers(lib)(uuid)
@@ -128,6 +133,9 @@ func (m *Monitor) Update(inv *gpu.Inventory) {
 	defer m.mu.Unlock()
 	same := slices.Equal(uuids, m.gpus) && lib == m.NVML
 	m.gpus, m.byIndex, m.NVML = uuids, byIndex, lib
+	if lib != nil {
+		m.asked = lib
+	}
 	if !same {
 		m.restartLocked()
 	}

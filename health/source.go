@@ -85,7 +85,9 @@ func (s NVMLSource) Run(ctx context.Context, emit func(Event)) (err error) {
 		case nvml.ERROR_GPU_IS_LOST:
 			// which one NVML does not say: all. NVML answers so at once, on every wait,
 			// while the GPU stays lost: one event per wait time, not a busy loop
-			emit(Event{Lost: true})
+			if ctx.Err() == nil {
+				emit(Event{Lost: true})
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Duration(waitMS) * time.Millisecond):
@@ -108,7 +110,9 @@ func (s NVMLSource) Run(ctx context.Context, emit func(Event)) (err error) {
 				e.GPU = uuid
 			}
 		}
-		emit(e)
+		if ctx.Err() == nil { // a source replaced meanwhile leaves the event to its successor
+			emit(e)
+		}
 	}
 	return nil
 }
@@ -155,7 +159,9 @@ type FileSource struct {
 
 // Run polls the file for lines appended since the last poll; a file that shrinks, or is
 // replaced by another (rotated), is read again from its start. Events already in the file
-// when Run starts are not replayed.
+// when Run starts are not replayed, nor is the rest of a line it starts in the middle of.
+// The file read is held open between polls, so that a file put in its place is always
+// told apart (its inode cannot be the same while the old one is open).
 func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 	log := s.Log
 	if log == nil {
@@ -165,12 +171,10 @@ func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 	if poll <= 0 {
 		poll = 500 * time.Millisecond
 	}
-	var pos filePos
-	if fi, err := os.Stat(s.Path); err == nil && fi.Mode().IsRegular() {
-		pos = filePos{id: fileID(fi), off: fi.Size()}
-	}
-	var line []byte
-	skipping := false // inside a line longer than maxEventLine, up to its end
+	r := eventReader{path: s.Path}
+	defer r.close()
+	_ = r.open(true) // a file not there yet is read from its start once it is
+	lastErr := ""
 	t := time.NewTicker(poll)
 	defer t.Stop()
 	for {
@@ -179,84 +183,131 @@ func (s FileSource) Run(ctx context.Context, emit func(Event)) error {
 			return nil
 		case <-t.C:
 		}
-		data, next, err := readFrom(s.Path, pos)
-		if err != nil {
-			if !errors.Is(err, os.ErrNotExist) {
-				log.Warn("XID event file not read", "path", s.Path, slog.Any("error", err))
+		data, err := r.read()
+		if msg := fmt.Sprint(err); err != nil && msg != lastErr && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("XID event file not read", "path", s.Path, slog.Any("error", err)) // once, until it changes
+		}
+		lastErr = fmt.Sprint(err)
+		r.lines(data, func(line string, err error) {
+			if err != nil {
+				log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", err))
+				return
 			}
-			continue
-		}
-		if next.id != pos.id || next.off < pos.off {
-			line, skipping = nil, false // another file, or truncated: from its start
-		}
-		pos = next
-		for len(data) > 0 {
-			i := bytes.IndexByte(data, '\n')
-			chunk := data
-			if i >= 0 {
-				chunk, data = data[:i], data[i+1:]
+			if ctx.Err() != nil {
+				return
+			}
+			if e, err := s.parse(line); err != nil {
+				log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", err))
 			} else {
-				data = nil
+				emit(e)
 			}
-			if !skipping {
-				if len(line)+len(chunk) > maxEventLine {
-					log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", fmt.Errorf("longer than %d bytes", maxEventLine)))
-					line, skipping = nil, true
-				} else {
-					line = append(line, chunk...)
-				}
-			}
-			if i < 0 {
-				break // the line goes on in the next read
-			}
-			if !skipping {
-				if e, err := s.parse(string(line)); err != nil {
-					log.Warn("XID event line skipped", "path", s.Path, slog.Any("error", err))
-				} else {
-					emit(e)
-				}
-			}
-			line, skipping = line[:0], false
+		})
+	}
+}
+
+// eventReader follows the event file: the file it holds open, how far it read it, and
+// the line it is in.
+type eventReader struct {
+	path     string
+	f        *os.File
+	off      int64
+	line     []byte
+	skipping bool // inside a line not to parse (too long, or begun before the start)
+}
+
+// lines splits data, what read returned, into whole lines for each, carrying a line
+// that goes on into the next read; a line longer than maxEventLine, or one begun before
+// the reader's start, is not passed on (the first, as an error).
+func (r *eventReader) lines(data []byte, each func(line string, tooLong error)) {
+	for len(data) > 0 {
+		i := bytes.IndexByte(data, '\n')
+		chunk := data
+		if i >= 0 {
+			chunk, data = data[:i], data[i+1:]
+		} else {
+			data = nil
 		}
+		if !r.skipping {
+			if len(r.line)+len(chunk) > maxEventLine {
+				each("", fmt.Errorf("longer than %d bytes", maxEventLine))
+				r.line, r.skipping = nil, true
+			} else {
+				r.line = append(r.line, chunk...)
+			}
+		}
+		if i < 0 {
+			return // the line goes on in the next read
+		}
+		if !r.skipping {
+			each(string(r.line), nil)
+		}
+		r.line, r.skipping = r.line[:0], false
 	}
 }
 
-// filePos is where the event file was read to: which file, and how far.
-type filePos struct {
-	id  [2]uint64 // device and inode
-	off int64
-}
-
-func fileID(fi os.FileInfo) [2]uint64 {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return [2]uint64{st.Dev, st.Ino}
+func (r *eventReader) close() {
+	if r.f != nil {
+		_ = r.f.Close()
+		r.f = nil
 	}
-	return [2]uint64{}
 }
 
-// readFrom reads at most maxEventRead bytes of the event file from pos (from its start
-// when it is another file than pos's, or shorter than pos), and says where it got to. It
-// never blocks on a FIFO or a device: only a regular file is read.
-func readFrom(path string, pos filePos) ([]byte, filePos, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0) //nolint:gosec // the operator's file
+// open opens the file at the path if it is a regular file (stat first: a device or FIFO
+// is never opened), from its start, or from its end when atEnd (Run's start: in the middle
+// of a line, the rest of it is skipped).
+func (r *eventReader) open(atEnd bool) error {
+	fi, err := os.Stat(r.path)
 	if err != nil {
-		return nil, pos, err
-	}
-	defer func() { _ = f.Close() }()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, pos, err
+		return err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, pos, fmt.Errorf("%s is not a regular file", path)
+		return fmt.Errorf("%s is not a regular file", r.path)
 	}
-	next := filePos{id: fileID(fi), off: pos.off}
-	if next.id != pos.id || fi.Size() < pos.off {
-		next.off = 0
+	f, err := os.OpenFile(r.path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return err
 	}
-	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(f, next.off, fi.Size()-next.off), maxEventRead))
-	next.off += int64(len(data))
-	return data, next, err
+	if fi, err = f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		_ = f.Close()
+		return fmt.Errorf("%s is not a regular file", r.path)
+	}
+	r.close()
+	r.f, r.off, r.line, r.skipping = f, 0, nil, false
+	if atEnd && fi.Size() > 0 {
+		r.off = fi.Size()
+		var last [1]byte
+		if _, err := f.ReadAt(last[:], r.off-1); err != nil || last[0] != '\n' {
+			r.skipping = true
+		}
+	}
+	return nil
+}
+
+// read returns what was appended since the last read, at most maxEventRead bytes,
+// switching to the file now at the path when it is another one.
+func (r *eventReader) read() ([]byte, error) {
+	if fi, err := os.Stat(r.path); err != nil {
+		return nil, err
+	} else if r.f == nil || !sameFile(r.f, fi) {
+		if err := r.open(false); err != nil {
+			return nil, err
+		}
+	}
+	fi, err := r.f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size() < r.off { // truncated: from its start
+		r.off, r.line, r.skipping = 0, nil, false
+	}
+	data, err := io.ReadAll(io.LimitReader(io.NewSectionReader(r.f, r.off, fi.Size()-r.off), maxEventRead))
+	r.off += int64(len(data))
+	return data, err
+}
+
+func sameFile(f *os.File, fi os.FileInfo) bool {
+	held, err := f.Stat()
+	return err == nil && os.SameFile(held, fi)
 }
 
 func (s FileSource) parse(line string) (Event, error) {
