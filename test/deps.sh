@@ -53,13 +53,16 @@ if wants containerd && ! "$bin/containerd" --version 2>/dev/null | grep -q " ${C
 fi
 # containerd 1.7 beside it, in its own folder, for the NRI suite on the older NRI
 c17_bin=$cache/containerd-1.7/bin
-if wants containerd && ! "$c17_bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD17_VERSION#v}"; then
+if wants containerd && { ! "$c17_bin/containerd" --version 2>/dev/null | grep -q " ${CONTAINERD17_VERSION#v}" ||
+  [ ! -x "$c17_bin/ctr" ] || [ ! -x "$c17_bin/containerd-shim-runc-v2" ]; }; then
   echo "building containerd $CONTAINERD17_VERSION (a few minutes on 2 cores)"
   mkdir -p "$c17_bin"
   # its go.mod has an exclude directive, which go install pkg@version refuses: build in
   # the module's own folder, as its main module
-  src=$(cd / && go mod download -json "github.com/containerd/containerd@$CONTAINERD17_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
-  (cd "$src" && go build -tags no_btrfs -o "$c17_bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
+  (cd / && GOFLAGS= GOWORK=off go mod download "github.com/containerd/containerd@$CONTAINERD17_VERSION")
+  src=$(go env GOMODCACHE)/github.com/containerd/containerd@$CONTAINERD17_VERSION
+  [ -d "$src/cmd/containerd" ] || { echo "containerd $CONTAINERD17_VERSION: no source in $src" >&2; exit 1; }
+  (cd "$src" && GOFLAGS=-mod=readonly GOWORK=off go build -tags no_btrfs -o "$c17_bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
 fi
 # Docker Engine 29 (moby's dockerd) and a runc that knows time namespaces, into their own
 # folder so that Debian's runc stays the default everywhere else

@@ -496,6 +496,9 @@ func (s *setup) xidOutOfService(t *testing.T, events string) {
 	series := func(name, labels string) string { return metricValue(s.metrics(t), name+"{"+labels+"}") }
 	s.waitCapacity(t, "2")
 	lists := series("nvbind_device_plugin_list_and_watch_updates_total", `resource="nvidia.com/gpu"`)
+	if lists == "" {
+		t.Fatal("no nvbind_device_plugin_list_and_watch_updates_total for nvidia.com/gpu")
+	}
 	report(uuid + " 13")
 	s.waitFor("XID 13 counted", 30*time.Second, func() error {
 		if v := series("nvbind_gpu_xid_errors_total", `uuid="`+uuid+`",xid="13"`); v != "1" {
@@ -506,7 +509,9 @@ func (s *setup) xidOutOfService(t *testing.T, events string) {
 	if v := series("nvbind_gpu_health", `uuid="`+uuid+`"`); v != "1" {
 		t.Errorf("after XID 13, nvbind_gpu_health = %q, want 1", v)
 	}
-	// an application's XID changes nothing the kubelet sees: no device list is sent
+	// an application's XID changes nothing the kubelet sees: no device list is sent (a
+	// send would follow the count at once; give it time to)
+	time.Sleep(3 * time.Second)
 	if got := series("nvbind_device_plugin_list_and_watch_updates_total", `resource="nvidia.com/gpu"`); got != lists {
 		t.Errorf("after XID 13, %s device lists sent to the kubelet, %s before", got, lists)
 	}

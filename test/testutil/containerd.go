@@ -72,36 +72,60 @@ state = %[2]q
 // TOML17 is the configuration (version 2) of a private containerd 1.7 with CRI, CDI and
 // runc, with NRI turned on by nri, the shipped snippet
 // (manifests/runtime/containerd-1.7-nri.toml) as it is but for its paths: the NRI
-// socket and plugin folders become this containerd's.
+// socket and plugin folders become this containerd's, and each of the three must be
+// there. The snippet's top-level keys go before every table, its tables after this
+// configuration's; Extra goes into its last table, which must be NRI's.
 func (c ContainerdConfig) TOML17(nri string) (string, error) {
+	if c.RuncOptions != "" || c.Runtimes != "" {
+		return "", fmt.Errorf("TOML17 has no runc options or further runtimes")
+	}
 	runc := c.RuncBinary
 	if runc == "" {
 		runc, _ = exec.LookPath("runc")
 	}
-	var body []string
-	version := false
+	var top, tables []string
+	version, table := false, ""
+	replaced := map[string]bool{}
 	for _, line := range strings.Split(nri, "\n") {
-		k, v, ok := strings.Cut(line, "=")
+		trimmed := strings.TrimSpace(line)
+		if strings.HasPrefix(trimmed, "[") {
+			table = trimmed
+		}
+		k, v, ok := strings.Cut(trimmed, "=")
 		k = strings.TrimSpace(k)
 		switch {
-		case ok && k == "version" && strings.TrimSpace(v) == "2":
+		case table == "" && ok && k == "version":
+			if strings.TrimSpace(v) != "2" {
+				return "", fmt.Errorf("the containerd 1.7 snippet says version = %s, want 2", strings.TrimSpace(v))
+			}
 			version = true
 			continue
-		case ok && k == "socket_path":
-			line = fmt.Sprintf("  socket_path = %q", c.NRISocket)
-		case ok && (k == "plugin_path" || k == "plugin_config_path"):
-			line = fmt.Sprintf("  %s = %q", k, c.PluginDir)
+		case table == `[plugins."io.containerd.nri.v1.nri"]` && ok && k == "socket_path":
+			line, replaced[k] = fmt.Sprintf("  socket_path = %q", c.NRISocket), true
+		case table == `[plugins."io.containerd.nri.v1.nri"]` && ok && (k == "plugin_path" || k == "plugin_config_path"):
+			line, replaced[k] = fmt.Sprintf("  %s = %q", k, c.PluginDir), true
 		}
-		body = append(body, line)
+		if table == "" {
+			top = append(top, line)
+		} else {
+			tables = append(tables, line)
+		}
 	}
 	if !version {
 		return "", fmt.Errorf("the containerd 1.7 snippet lacks version = 2")
+	}
+	if len(replaced) != 3 {
+		return "", fmt.Errorf("the containerd 1.7 snippet sets %d of socket_path, plugin_path and plugin_config_path in NRI's table: the test's containerd would use the host's", len(replaced))
+	}
+	if table != `[plugins."io.containerd.nri.v1.nri"]` {
+		return "", fmt.Errorf("the containerd 1.7 snippet's last table is %s, not NRI's", table)
 	}
 	cni := ""
 	if c.CNIConfDir != "" {
 		cni = fmt.Sprintf("  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"/usr/lib/cni\"\n    conf_dir = %q\n", c.CNIConfDir)
 	}
 	return fmt.Sprintf(`version = 2
+%[8]s
 root = %[1]q
 state = %[2]q
 [grpc]
@@ -120,7 +144,7 @@ state = %[2]q
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         BinaryName = %[7]q
-%[8]s
-%[9]s`, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Socket, c.PauseImage, c.CDIDir, cni, runc,
-		strings.Join(body, "\n"), c.Extra), nil
+%[9]s
+%[10]s`, filepath.Join(c.Dir, "root"), filepath.Join(c.Dir, "state"), c.Socket, c.PauseImage, c.CDIDir, cni, runc,
+		strings.Join(top, "\n"), strings.Join(tables, "\n"), c.Extra), nil
 }
