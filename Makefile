@@ -78,6 +78,7 @@ fixtures:
 # cluster test, built from the Go module proxy into $(CACHE)/k8s (about 10 minutes, once)
 k8s:
 	test/k8s/build.sh
+	K8S_VERSION=v1.37.2 test/k8s/build.sh
 
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.

@@ -12,7 +12,7 @@ import (
 // iteration, and reports the medians and the GPU pod's added start time.
 // make bench runs it with -benchtime 10x.
 func BenchmarkPodStart(b *testing.B) {
-	s := newSetup(b)
+	s := newSetup(b, k8sVersion)
 	s.install()
 	var plain, gpu []time.Duration
 	startPod := func(name, annotations string) time.Duration {

@@ -16,7 +16,12 @@ import (
 
 // TestCluster installs nvbind on a single-node cluster and runs each scenario users meet,
 // in order, on the same cluster.
-func TestCluster(t *testing.T) {
+func TestCluster(t *testing.T) { testCluster(t, k8sVersion) }
+
+// TestClusterNewest runs the same scenarios on the newest Kubernetes release.
+func TestClusterNewest(t *testing.T) { testCluster(t, k8sVersionNew) }
+
+func testCluster(t *testing.T, version string) {
 	hook := "/opt/nvbind/bin/nvbind-hook"
 	if _, err := os.Stat("/opt/nvbind"); os.IsNotExist(err) {
 		// the init container installs the hook on the host, as on a real node; the
@@ -27,7 +32,10 @@ func TestCluster(t *testing.T) {
 		// the kubelet's device-plugin folder is always /var/lib/kubelet/device-plugins
 		t.Cleanup(func() { _ = os.RemoveAll("/var/lib/kubelet") })
 	}
-	s := newSetup(t)
+	s := newSetup(t, version)
+	if v := s.kubectl("version", "-o", "json"); !strings.Contains(v, `"gitVersion": "`+version+`"`) {
+		t.Fatalf("the cluster does not run Kubernetes %s:\n%s", version, v)
+	}
 	// the harness reports to the running subtest, then to the test again
 	run := func(name string, f func(t *testing.T)) {
 		t.Run(name, func(st *testing.T) {

@@ -25,8 +25,12 @@ import (
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
-// k8sVersion is the release test/k8s/build.sh builds by default.
-const k8sVersion = "v1.34.4"
+// The releases the cluster test runs on: the one test/k8s/build.sh builds by default,
+// and the newest the module proxy serves (make k8s builds both).
+const (
+	k8sVersion    = "v1.34.4"
+	k8sVersionNew = "v1.37.2"
+)
 
 const (
 	nodeName   = "nvbind-node"
@@ -41,6 +45,7 @@ const (
 // cluster is a single-node Kubernetes cluster under one short temp folder.
 type cluster struct {
 	t          testing.TB
+	version    string // Kubernetes
 	dir        string
 	bin        string // Kubernetes binaries
 	cbin       string // containerd's
@@ -60,15 +65,15 @@ type cluster struct {
 	runtimeBin, runtimeConfig string
 }
 
-func k8sBin(t testing.TB) string {
+func k8sBin(t testing.TB, version string) string {
 	t.Helper()
 	dir := os.Getenv("NVBIND_K8S_BIN")
-	if dir == "" {
+	if dir == "" || version != k8sVersion {
 		cache := os.Getenv("NVBIND_CACHE")
 		if cache == "" {
 			cache = "/var/cache/nvbind"
 		}
-		dir = filepath.Join(cache, "k8s", k8sVersion, "bin")
+		dir = filepath.Join(cache, "k8s", version, "bin")
 	}
 	for _, b := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"} {
 		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
@@ -94,6 +99,15 @@ func cacheBin(t testing.TB, name string) string {
 	return p
 }
 
+// controllers are the kube-controller-manager's: all but node IPAM (no pod CIDRs are
+// allocated here) and, before 1.37 (which dropped them from the manager), the cloud ones.
+func controllers(version string) string {
+	if version == k8sVersion {
+		return "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle"
+	}
+	return "*,-nodeipam"
+}
+
 func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -104,19 +118,19 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func newCluster(t testing.TB) *cluster {
+func newCluster(t testing.TB, version string) *cluster {
 	t.Helper()
 	testutil.RequiresRoot(t)
 	testutil.RequiresCommand(t, "runc")
 	if _, err := os.Stat("/usr/lib/cni/bridge"); err != nil {
 		t.Fatal("Debian's containernetworking-plugins are not installed: run make deps")
 	}
-	bin := k8sBin(t)
+	bin := k8sBin(t, version)
 	dir, err := os.MkdirTemp("", "nvbk") //nolint:usetesting // socket paths under it must stay short
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &cluster{t: t, dir: dir, bin: bin, cbin: filepath.Dir(cacheBin(t, "containerd")), procs: map[string]*proc{},
+	c := &cluster{t: t, version: version, dir: dir, bin: bin, cbin: filepath.Dir(cacheBin(t, "containerd")), procs: map[string]*proc{},
 		csock: filepath.Join(dir, "containerd.sock"), nriDir: filepath.Join(dir, "nri"), cdiDir: filepath.Join(dir, "cdi"),
 		podLogs: filepath.Join(dir, "pod-logs")}
 	for _, d := range []string{"logs", "nri", "cdi", "cni", "etcd", "kubelet", "pod-logs", "pki"} {
@@ -366,7 +380,7 @@ current-context: test
 	c.start("kube-controller-manager", "--kubeconfig", c.kubeconfig, "--leader-elect=false",
 		"--service-account-private-key-file", c.pki.saKey, "--root-ca-file", c.pki.caFile,
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(freePort(c.t)),
-		"--controllers", "*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle", "--v", "1")
+		"--controllers", controllers(c.version), "--v", "1")
 	c.start("kube-scheduler", "--kubeconfig", c.kubeconfig, "--leader-elect=false",
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(freePort(c.t)), "--v", "1")
 }

@@ -26,9 +26,9 @@ type setup struct {
 	nvbind                           string // the binary in the image, built for the test
 }
 
-func newSetup(t testing.TB) *setup {
+func newSetup(t testing.TB, version string) *setup {
 	t.Helper()
-	c := newCluster(t)
+	c := newCluster(t, version)
 	s := &setup{cluster: c, repo: testutil.RepoRoot(t), driverRoot: filepath.Join(c.dir, "driver-root")}
 	// a linked copy of the fixture root, so that a GPU can be taken away without touching
 	// the fixture other tests read
