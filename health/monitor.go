@@ -40,13 +40,13 @@ type Monitor struct {
 
 // Run serves until ctx ends; Update may be called before and while it runs.
 func (m *Monitor) Run(ctx context.Context) {
+	m.mu.Lock() // Update may run meanwhile
 	if m.Log == nil {
 		m.Log = slog.New(slog.DiscardHandler)
 	}
 	if m.now == nil {
 		m.now = time.Now
 	}
-	m.mu.Lock()
 	m.ctx = ctx
 	m.restartLocked()
 	m.mu.Unlock()
