@@ -292,17 +292,7 @@ func TestFileSource(t *testing.T) {
 		return "", false
 	}}
 	go func() { _ = src.Run(ctx, func(e Event) { got <- e }) }()
-	appendTo := func(s string) {
-		t.Helper()
-		f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteString(s); err != nil {
-			t.Fatal(err)
-		}
-		_ = f.Close()
-	}
+	appendTo := func(s string) { t.Helper(); appendFile(t, p, s) }
 	next := func() Event {
 		t.Helper()
 		for {
@@ -375,17 +365,7 @@ func TestFileSourceStartsMidLine(t *testing.T) {
 	if err := r.open(true); err != nil {
 		t.Fatal(err)
 	}
-	appendTo := func(s string) {
-		t.Helper()
-		f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := f.WriteString(s); err != nil {
-			t.Fatal(err)
-		}
-		_ = f.Close()
-	}
+	appendTo := func(s string) { t.Helper(); appendFile(t, p, s) }
 	lines := func() []string {
 		t.Helper()
 		data, err := r.read()
@@ -420,6 +400,19 @@ func TestFileSourceStartsMidLine(t *testing.T) {
 	if got := lines(); len(got) != 80 || got[0] != "GPU-y 94" {
 		t.Errorf("after the file was written again: %d lines, first %q", len(got), got[0])
 	}
+}
+
+// appendFile appends s to the file at p, as a monitor writing events does.
+func appendFile(t *testing.T, p, s string) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(s); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
 }
 
 // TestFileSourceFIFO: a FIFO where the event file should be is never opened for a
