@@ -30,7 +30,7 @@ BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_C
 # the runtime wrapper's front is a small static C program (one exec per runtime command)
 RUNTIME_CC   := $(if $(filter $(HOST_ARCH),$(ARCH)),cc,$(CROSS_CC_$(ARCH)))
 
-.PHONY: tools-ctk all build image deps tools-lint tools-containerd tools-cross tools-docker fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
+.PHONY: tools-ctk all build image deps tools-lint tools-containerd tools-cross tools-docker tools-helm fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
@@ -71,6 +71,9 @@ tools-cross:
 tools-docker:
 	test/deps.sh docker
 
+tools-helm:
+	test/deps.sh helm
+
 fixtures:
 	test/driverroot/build.sh $(ROOTS)
 
@@ -83,11 +86,11 @@ k8s:
 # Everything: unit tests, fuzz seeds, golden files, and (as root) runc, Podman and
 # containerd end to end against the driver roots built from Debian's NVIDIA packages.
 # As root this includes the single-node Kubernetes cluster of test/cluster.
-test: fixtures $(if $(filter 0,$(shell id -u)),tools-containerd tools-cross tools-docker k8s,)
+test: fixtures tools-helm $(if $(filter 0,$(shell id -u)),tools-containerd tools-cross tools-docker k8s,)
 	$(TEST_ENV) $(GO) test -race -count=1 -timeout 40m ./...
 
 # Only the cluster scenarios, verbosely (as root).
-test-k8s: fixtures tools-containerd k8s
+test-k8s: fixtures tools-containerd tools-helm k8s
 	NVBIND_TEST_ROOT=1 NVBIND_TEST_ROOTS=$(ROOTS) NVBIND_REQUIRE_FIXTURES=1 $(GO) test -count=1 -v -timeout 30m ./test/cluster
 
 # Hermetic: no fixtures, no root.

@@ -46,6 +46,11 @@ func NewMetrics(version, commit string) *Metrics {
 	return m
 }
 
+// Collectors returns the plugin's own metrics (not the Go and process collectors).
+func (m *Metrics) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.requests, m.devices, m.latency, m.reconnects}
+}
+
 // Register adds collectors of other parts of the process (the device plugin) to the
 // registry /metrics serves.
 func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: test/deps.sh [packages] [lint] [containerd] (default: all three). `make deps`
+# Usage: test/deps.sh [packages] [lint] [containerd] [helm] [docker] [cross] (default: the first three). `make deps`
 # installs the Debian packages only, which is all `make demo` needs; `make lint` and
 # `make test` ask for the rest.
 # Installs what building, the demo and the tests need on a fresh Debian 12 (as root):
@@ -15,6 +15,7 @@ CONTAINERD_VERSION=v2.4.2
 CONTAINERD17_VERSION=v1.7.35 # the newest 1.7 (Debian 13, Ubuntu 24.04 ship 1.7)
 DOCKER_VERSION=v2.0.0-beta.24 # Docker Engine 29
 RUNC_VERSION=v1.2.6
+HELM_VERSION=v4.3.1 # Helm 3 had its last security fix in November 2026
 mkdir -p "$bin"
 
 want=("$@")
@@ -63,6 +64,11 @@ if wants containerd && { ! "$c17_bin/containerd" --version 2>/dev/null | grep -q
   src=$(go env GOMODCACHE)/github.com/containerd/containerd@$CONTAINERD17_VERSION
   [ -d "$src/cmd/containerd" ] || { echo "containerd $CONTAINERD17_VERSION: no source in $src" >&2; exit 1; }
   (cd "$src" && GOFLAGS=-mod=readonly GOWORK=off go build -tags no_btrfs -o "$c17_bin/" ./cmd/containerd ./cmd/ctr ./cmd/containerd-shim-runc-v2)
+fi
+# helm, for the chart's tests and the cluster test's helm install
+if wants helm && ! "$bin/helm" version --short 2>/dev/null | grep -q "^${HELM_VERSION}+"; then
+  echo "building helm $HELM_VERSION (a few minutes on 2 cores)"
+  (cd "$(mktemp -d)" && go install "helm.sh/helm/v4/cmd/helm@$HELM_VERSION")
 fi
 # Docker Engine 29 (moby's dockerd) and a runc that knows time namespaces, into their own
 # folder so that Debian's runc stays the default everywhere else

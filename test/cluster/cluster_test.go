@@ -106,6 +106,8 @@ func testCluster(t *testing.T, version string) {
 		for _, dir := range []string{"manifests/base", "manifests/overlays/gpu-operator", "manifests/overlays/crio", "manifests/overlays/mig", "manifests/overlays/device-plugin"} {
 			s.kubectl("apply", "--dry-run=server", "-k", filepath.Join(s.repo, dir))
 		}
+		// and so does the Helm chart, with its defaults and every example values file
+		s.dryRunChart(t)
 	})
 
 	run("Examples", func(t *testing.T) {
@@ -474,6 +476,8 @@ spec:
 		s.kubectl("delete", "pod", "shared-a", "shared-b", "--grace-period=1")
 		s.kubectl("delete", "-k", dp, "--timeout=120s")
 	})
+
+	run("Helm", s.helmLifecycle)
 }
 
 // xidOutOfService: the driver reports XIDs of GPU 0 (lines on the fake event path stand
