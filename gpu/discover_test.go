@@ -219,6 +219,7 @@ func migServer() *server.Server {
 			GetGpuInstanceIdFunc:     func() (int, nvml.Return) { return gi, nvml.SUCCESS },
 			GetComputeInstanceIdFunc: func() (int, nvml.Return) { return ci, nvml.SUCCESS },
 			GetNameFunc:              func() (string, nvml.Return) { return "NVIDIA A100-SXM4-40GB MIG 3g.20gb", nvml.SUCCESS },
+			GetMemoryInfoFunc:        func() (nvml.Memory, nvml.Return) { return nvml.Memory{Total: 20 << 30}, nvml.SUCCESS },
 		})
 	}
 	d0.GetMaxMigDeviceCountFunc = func() (int, nvml.Return) { return 7, nvml.SUCCESS }
@@ -267,6 +268,9 @@ func TestDiscoverNVMLMock(t *testing.T) {
 	}
 	if inv.Source != SourceNVML || len(inv.Devices) != 8 {
 		t.Fatalf("source %s, %d devices", inv.Source, len(inv.Devices))
+	}
+	if d := inv.Devices[0]; d.Architecture != "ampere" || d.Memory != 40<<30 || len(d.MIG) != 2 || d.MIG[0].Memory != 20<<30 {
+		t.Errorf("GPU 0: architecture %q, memory %d, MIG %+v", d.Architecture, d.Memory, d.MIG)
 	}
 	// the mock's NVML reports 550.54.15 while the files are 535: the files decide what is
 	// mounted, and the mismatch is reported

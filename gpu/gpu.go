@@ -84,6 +84,10 @@ type Device struct {
 	// both from NVML; empty when NVML is unavailable.
 	Arch  string       `json:"arch,omitempty"`
 	Brand string       `json:"brand,omitempty"`
+	// Architecture is the GPU architecture's name ("ampere") and Memory the GPU's memory in
+	// bytes, from NVML; empty and 0 without it.
+	Architecture string `json:"architecture,omitempty"`
+	Memory       uint64 `json:"memory,omitempty"`
 	Node  DeviceNode   `json:"node"`
 	DRM   []DeviceNode `json:"drm,omitempty"`
 	MIG   []MIGDevice  `json:"mig,omitempty"`
@@ -102,6 +106,8 @@ type MIGDevice struct {
 	// Profile is the MIG profile from NVML's device name ("1g.5gb"), which the device
 	// plugin's mixed strategy turns into a resource name.
 	Profile string `json:"profile,omitempty"`
+	// Memory is the MIG device's memory in bytes, from NVML.
+	Memory uint64 `json:"memory,omitempty"`
 	// Caps are the GI and CI access capability nodes.
 	Caps []DeviceNode `json:"caps"`
 }

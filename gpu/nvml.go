@@ -182,6 +182,12 @@ func nvmlDevice(i int, dev nvml.Device) (Device, error) {
 	if b, ret := dev.GetBrand(); ret == nvml.SUCCESS {
 		g.Brand = brandName(b)
 	}
+	if a, ret := dev.GetArchitecture(); ret == nvml.SUCCESS {
+		g.Architecture = archName(a)
+	}
+	if mem, ret := dev.GetMemoryInfo(); ret == nvml.SUCCESS {
+		g.Memory = mem.Total
+	}
 	mode, _, ret := dev.GetMigMode()
 	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
 		return g, nil
@@ -211,6 +217,9 @@ func nvmlDevice(i int, dev nvml.Device) (Device, error) {
 		if name, ret := mig.GetName(); ret == nvml.SUCCESS {
 			m.Profile = MIGProfile(name)
 		}
+		if mem, ret := mig.GetMemoryInfo(); ret == nvml.SUCCESS {
+			m.Memory = mem.Total
+		}
 		g.MIG = append(g.MIG, m)
 	}
 	sort.Slice(g.MIG, func(a, b int) bool { return g.MIG[a].Index < g.MIG[b].Index })
@@ -231,6 +240,31 @@ func normaliseBusID(b [32]int8) string {
 		s = s[4:]
 	}
 	return s
+}
+
+// archName is the name of NVML's architecture, lower case ("" when NVML names none known).
+func archName(a nvml.DeviceArchitecture) string {
+	switch a {
+	case nvml.DEVICE_ARCH_KEPLER:
+		return "kepler"
+	case nvml.DEVICE_ARCH_MAXWELL:
+		return "maxwell"
+	case nvml.DEVICE_ARCH_PASCAL:
+		return "pascal"
+	case nvml.DEVICE_ARCH_VOLTA:
+		return "volta"
+	case nvml.DEVICE_ARCH_TURING:
+		return "turing"
+	case nvml.DEVICE_ARCH_AMPERE:
+		return "ampere"
+	case nvml.DEVICE_ARCH_ADA:
+		return "ada"
+	case nvml.DEVICE_ARCH_HOPPER:
+		return "hopper"
+	case nvml.DEVICE_ARCH_BLACKWELL:
+		return "blackwell"
+	}
+	return ""
 }
 
 // brandName maps NVML's brand to the names NVIDIA_REQUIRE_BRAND uses.
