@@ -170,6 +170,10 @@ func GenerateIMEX(inv *gpu.Inventory, o Options) (*cdispecs.Spec, error) {
 	return withMinimumVersion(s)
 }
 
+// WithMinimumVersion sets the lowest cdiVersion that can express a spec built outside
+// Generate (the DRA driver's claims).
+func WithMinimumVersion(s *cdispecs.Spec) (*cdispecs.Spec, error) { return withMinimumVersion(s) }
+
 // withMinimumVersion sets the lowest cdiVersion that can express the spec, so the
 // oldest runtimes read it (Podman 4.3 stops at 0.5.0).
 func withMinimumVersion(s *cdispecs.Spec) (*cdispecs.Spec, error) {

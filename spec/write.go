@@ -99,6 +99,13 @@ func Validate(s *cdispecs.Spec) error {
 // half-written one, and an invalid spec leaves the old file as it was.
 func WriteFile(s *cdispecs.Spec, dst string, f Format) error { return writeFile(s, dst, f, "", nil) }
 
+// WriteFileAs is WriteFile for a writer that keeps a spec of its own per file (the DRA
+// driver's one spec per claim): writer goes into the YAML's writer line, and no other
+// spec of the kind is touched.
+func WriteFileAs(s *cdispecs.Spec, dst string, f Format, writer string) error {
+	return writeFile(s, dst, f, writer, nil)
+}
+
 // writeFile is WriteFile with the writer's line (YAML) and valid, when set, run once the
 // new spec proved valid and before it replaces dst; its error leaves dst as valid left it.
 func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func() error) error {
