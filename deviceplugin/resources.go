@@ -86,6 +86,9 @@ type Config struct {
 	// come back. Zero means DefaultForgetAfter, a negative value at once. A MIG device
 	// gone while its GPU stays (MIG repartitioned) is dropped at once.
 	ForgetAfter time.Duration
+	// Serve says which GPUs the plugin advertises (nil: all): on a node that runs the
+	// DRA driver too, the others are the driver's, so no GPU is handed out twice.
+	Serve func(gpu.Device) bool
 }
 
 // DefaultForgetAfter is ForgetAfter's default.
@@ -152,6 +155,16 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 	for i, d := range inv.Devices {
 		pos[d.Index] = i
 	}
+	// the GPUs this plugin serves; positions stay the inventory's (topology is by position)
+	devs := inv.Devices
+	if c.Serve != nil {
+		devs = nil
+		for _, d := range inv.Devices {
+			if c.Serve(d) {
+				devs = append(devs, d)
+			}
+		}
+	}
 	full := func(d gpu.Device) Unit {
 		return Unit{UUID: d.UUID, Index: spec.Name(d, nil, spec.NameIndex), GPU: d.Index, Parent: d.UUID, PCIBusID: d.PCIBusID, Pos: pos[d.Index], Topology: d.Topology}
 	}
@@ -160,12 +173,12 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 	}
 	switch c.MIGStrategy {
 	case MIGNone:
-		for _, d := range inv.Devices {
+		for _, d := range devs {
 			out[c.Resource] = append(out[c.Resource], full(d))
 		}
 	case MIGSingle:
 		profiles := map[string]bool{}
-		for _, d := range inv.Devices {
+		for _, d := range devs {
 			if len(d.MIG) == 0 {
 				out[c.Resource] = append(out[c.Resource], full(d))
 				continue
@@ -176,7 +189,7 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 			}
 		}
 		migs, fulls := 0, 0
-		for _, d := range inv.Devices {
+		for _, d := range devs {
 			if len(d.MIG) > 0 {
 				migs++
 			} else {
@@ -188,7 +201,7 @@ func Resources(inv *gpu.Inventory, c Config) (map[string][]Unit, error) {
 				migs, fulls, strings.Join(sortedKeys(profiles), ", "))
 		}
 	case MIGMixed:
-		for _, d := range inv.Devices {
+		for _, d := range devs {
 			if len(d.MIG) == 0 {
 				out[c.Resource] = append(out[c.Resource], full(d))
 				continue

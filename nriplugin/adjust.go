@@ -11,6 +11,7 @@ import (
 
 	"github.com/containerd/nri/pkg/api"
 
+	"github.com/nvbind/nvbind/dra"
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
@@ -226,7 +227,18 @@ func handled(adj *api.ContainerAdjustment, what string) *api.ContainerAdjustment
 func (a *Adjuster) Asks(pod *api.PodSandbox, ctr *api.Container) bool {
 	in := input(pod, ctr)
 	kind, _ := request.Which(in, request.Options{Kind: a.kind, EnvRequests: a.cfg.EnvRequests})
-	return kind != "" || allocation(ctr) != nil || request.RequiresPlugin(in, "nvbind")
+	return kind != "" || allocation(ctr) != nil || hasClaims(ctr) || request.RequiresPlugin(in, "nvbind")
+}
+
+// hasClaims tells, without a lookup, whether the kubelet passed CDI devices of nvbind's
+// DRA claims.
+func hasClaims(ctr *api.Container) bool {
+	for _, d := range ctr.GetCDIDevices() {
+		if strings.HasPrefix(d.GetName(), dra.ClaimKind+"=") {
+			return true
+		}
+	}
+	return false
 }
 
 // Adjust computes the adjustment for one container. It returns (nil, nil, nil) when the
@@ -240,7 +252,11 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	ropts := request.Options{Kind: a.kind, EnvRequests: a.cfg.EnvRequests}
 	kind, source := request.Which(in, ropts)
 	alloc := allocation(ctr)
-	if kind == "" && alloc == nil {
+	var claims []string
+	if hasClaims(ctr) {
+		claims = claimed(ctr, a.Inventory())
+	}
+	if kind == "" && alloc == nil && claims == nil {
 		if request.RequiresPlugin(in, "nvbind") {
 			return handled(nil, "none"), nil, nil
 		}
@@ -249,11 +265,11 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	ns := pod.GetNamespace()
 	if len(a.cfg.AllowedNamespaces) > 0 && !slices.Contains(a.cfg.AllowedNamespaces, ns) {
 		// decided before any value is parsed, so a request of any size costs nothing here
-		if alloc == nil && kind == request.KindEnv {
+		if alloc == nil && claims == nil && kind == request.KindEnv {
 			return handled(nil, "ignored"), &Decision{Kind: kind, Source: source,
 				Skipped: fmt.Sprintf("namespace %q may not request GPUs: %s ignored", ns, source)}, nil
 		}
-		if alloc != nil {
+		if alloc != nil || claims != nil {
 			kind, source = request.KindAllocation, "kubelet allocation"
 		}
 		return nil, &Decision{Kind: kind, Source: source}, fmt.Errorf("%w: %s: namespace %q may not request GPUs (allowed: %s)",
@@ -263,8 +279,21 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	if err != nil {
 		return nil, &Decision{Kind: kind, Source: source}, err
 	}
-	if alloc != nil || a.cfg.RequireAllocation {
+	if claims != nil {
+		// the runtime injected the claims' devices and driver files from their specs: a
+		// request may name no GPU beyond them (--require-allocation), and adds nothing
 		if a.cfg.RequireAllocation {
+			if err := checkAllocation(req, append(claims, alloc...), ctr.GetName()); err != nil {
+				return nil, &Decision{Kind: request.KindAllocation, Source: "DRA claim"}, err
+			}
+		}
+		if alloc == nil {
+			return handled(nil, "injected"), &Decision{Kind: request.KindAllocation, Source: "DRA claim", Devices: claims,
+				Skipped: "the runtime injected the claim's devices from its CDI spec"}, nil
+		}
+	}
+	if alloc != nil || a.cfg.RequireAllocation {
+		if a.cfg.RequireAllocation && claims == nil {
 			if err := checkAllocation(req, alloc, ctr.GetName()); err != nil {
 				return nil, &Decision{Kind: request.KindAllocation, Source: "allocation"}, err
 			}

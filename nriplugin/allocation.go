@@ -61,7 +61,7 @@ func checkAllocation(req *request.Request, alloc []string, ctrName string) error
 		return nil
 	}
 	if len(alloc) == 0 {
-		return fmt.Errorf("%w: %s asks for GPUs, but the kubelet allocated none to container %q: ask for nvidia.com/gpu in its resources.limits",
+		return fmt.Errorf("%w: %s asks for GPUs, but the kubelet allocated none to container %q: ask for nvidia.com/gpu in its resources.limits, or claim a GPU of the DeviceClass gpu.nvbind.io",
 			ErrNotAllocated, req.Source, ctrName)
 	}
 	if req.All {

@@ -11,6 +11,7 @@ import (
 	"github.com/containerd/nri/pkg/api"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/dra"
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/layout"
@@ -347,5 +348,61 @@ func TestLayoutInjectedFromSpec(t *testing.T) {
 		Linux: &api.LinuxContainer{Devices: adj.GetLinux().GetDevices()}}
 	if adj, dec, err := a.Adjust(&api.PodSandbox{Namespace: "default"}, small); err != nil || dec.Skipped != "" || len(adj.GetMounts()) == 0 {
 		t.Errorf("the layout of utility taken for compute,utility: %v %+v %v", adj, dec, err)
+	}
+}
+
+// TestDRAClaims: a container the kubelet gave CDI devices of nvbind's DRA claims got them
+// from the runtime: the plugin adds nothing, and with --require-allocation no annotation
+// or env widens the claim; a container with neither claim nor allocation gets no GPU.
+func TestDRAClaims(t *testing.T) {
+	t.Parallel()
+	const uid = "0b7e6a0c-5d3e-4c39-9a55-3f2c1f9e8d01"
+	claimDev := func(name string) []*api.CDIDevice {
+		return []*api.CDIDevice{{Name: dra.ClaimKind + "=" + uid + "-" + name}, {Name: "other.example.com/x=y"}}
+	}
+	for _, require := range []bool{false, true} {
+		a := newTestAdjuster(t, Config{EnvRequests: true, RequireAllocation: require})
+		for _, tc := range []struct {
+			name   string
+			podAnn map[string]string
+			env    []string
+			cdi    []*api.CDIDevice
+			err    string // with --require-allocation
+		}{
+			{"the claim", nil, nil, claimDev("gpu-1"), ""},
+			{"an image's all", nil, []string{"NVIDIA_VISIBLE_DEVICES=all"}, claimDev("gpu-1"), ""},
+			{"the claimed GPU by UUID", map[string]string{"gpus.nvbind.io": uuid1}, nil, claimDev("gpu-1"), ""},
+			{"a MIG device's claim", nil, []string{"NVIDIA_VISIBLE_DEVICES=" + mig1}, claimDev("gpu-0-mig-2-0"), ""},
+			{"an annotation beyond the claim", map[string]string{"gpus.nvbind.io": uuid0}, nil, claimDev("gpu-1"),
+				`asks for GPU "` + uuid0 + `", but the kubelet allocated ` + uuid1},
+			{"env beyond the claim", nil, []string{"NVIDIA_VISIBLE_DEVICES=" + uuid0 + "," + uuid1}, claimDev("gpu-1"), "env NVIDIA_VISIBLE_DEVICES asks for GPU"},
+			{"all from an annotation", map[string]string{"gpus.nvbind.io": "all"}, nil, claimDev("gpu-1"), "asks for every GPU"},
+			{"another driver's CDI device only", map[string]string{"gpus.nvbind.io": uuid0}, nil, []*api.CDIDevice{{Name: "other.example.com/x=y"}},
+				"the kubelet allocated none"},
+		} {
+			pod := &api.PodSandbox{Namespace: "default", Annotations: tc.podAnn}
+			ctr := &api.Container{Name: "cuda", Env: tc.env, CDIDevices: tc.cdi}
+			if !a.Asks(pod, ctr) {
+				t.Errorf("%s: not seen as asking", tc.name)
+			}
+			adj, dec, err := a.Adjust(pod, ctr)
+			claim := slices.ContainsFunc(tc.cdi, func(d *api.CDIDevice) bool { return strings.HasPrefix(d.Name, dra.ClaimKind) })
+			switch {
+			case require && tc.err != "":
+				if err == nil || !errors.Is(err, ErrNotAllocated) || !strings.Contains(err.Error(), tc.err) {
+					t.Errorf("%s: err = %v, want %q", tc.name, err, tc.err)
+				}
+			case err != nil:
+				t.Errorf("%s (require %v): %v", tc.name, require, err)
+			case claim:
+				// nothing added: the runtime injected the claim's spec
+				if devicePaths(adj) != "" || len(adj.GetMounts()) != 0 || dec == nil || dec.Source != "DRA claim" {
+					t.Errorf("%s: adjustment %v, decision %+v", tc.name, adj, dec)
+				}
+				if want := map[string]string{"gpu-1": uuid1, "gpu-0-mig-2-0": mig1}; len(dec.Devices) != 1 || !slices.Contains(dec.Devices, want[strings.TrimPrefix(tc.cdi[0].Name, dra.ClaimKind+"="+uid+"-")]) {
+					t.Errorf("%s: claimed %v", tc.name, dec.Devices)
+				}
+			}
+		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nvbind/nvbind/deviceplugin"
+	"github.com/nvbind/nvbind/dra"
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/health"
 	"github.com/nvbind/nvbind/internal/devchar"
@@ -38,7 +39,11 @@ type Service struct {
 	SpecOptions spec.Options
 	// DevicePlugin, when set, gets every inventory and runs beside the NRI plugin.
 	DevicePlugin *deviceplugin.Plugin
-	// Health, when set, follows every inventory's GPUs and runs beside the device plugin.
+	// DRA, when set, is the DRA driver: it gets every inventory and runs beside the NRI
+	// plugin.
+	DRA *dra.Driver
+	// Health, when set, follows every inventory's GPUs and runs beside the device plugin
+	// and the DRA driver.
 	Health *health.Monitor
 	// DevCharRoot, when set, is where the service keeps the /dev/char links of NVIDIA's
 	// device nodes (the host's "/", or where it is mounted), after every inventory.
@@ -83,6 +88,13 @@ func (s *Service) Serve(ctx context.Context) error {
 		go func() {
 			if err := s.DevicePlugin.Run(ctx); err != nil {
 				s.Log.Error("device plugin stopped", slog.Any("error", err))
+			}
+		}()
+	}
+	if s.DRA != nil {
+		go func() {
+			if err := s.DRA.Run(ctx); err != nil {
+				s.Log.Error("DRA driver stopped", slog.Any("error", err))
 			}
 		}()
 	}
@@ -148,6 +160,9 @@ func (s *Service) Apply(ev gpu.Event) {
 		if err := s.DevicePlugin.Update(inv); err != nil {
 			s.Log.Error("device plugin: devices not updated", slog.Any("error", err))
 		}
+	}
+	if s.DRA != nil {
+		s.DRA.Update(inv)
 	}
 	if s.Health != nil {
 		s.Health.Update(inv)

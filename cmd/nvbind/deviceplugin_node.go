@@ -16,9 +16,10 @@ import (
 	"github.com/nvbind/nvbind/spec"
 )
 
-// health makes the XID monitor that takes p's GPUs out of service and back; feed it
-// every inventory (Update) and run it beside the plugin. Its metrics go to register.
-func (d *dpFlags) health(p *deviceplugin.Plugin, log *slog.Logger, register func(...prometheus.Collector)) (*health.Monitor, error) {
+// health makes the XID monitor that takes GPUs out of service and back (onFaults: the
+// device plugin's and the DRA driver's SetFaults); feed it every inventory (Update) and
+// run it beside them. Its metrics go to register.
+func (d *dpFlags) health(log *slog.Logger, register func(...prometheus.Collector), onFaults ...func(map[string]string)) (*health.Monitor, error) {
 	extra, err := health.ParseXIDs(d.xidIgnore)
 	if err != nil {
 		return nil, fmt.Errorf("--xid-ignore: %w", err)
@@ -36,17 +37,21 @@ func (d *dpFlags) health(p *deviceplugin.Plugin, log *slog.Logger, register func
 		for g, fault := range f {
 			why[g] = fault.Reason()
 		}
-		p.SetFaults(why)
+		for _, f := range onFaults {
+			f(why)
+		}
 	}}, nil
 }
 
-func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics) (*deviceplugin.Plugin, error) {
+// plugin makes the device plugin of these flags; serve (nil: all) are the GPUs it
+// advertises.
+func (d *dpFlags) plugin(so spec.Options, log *slog.Logger, m *deviceplugin.Metrics, serve func(gpu.Device) bool) (*deviceplugin.Plugin, error) {
 	forget := d.forgetAfter
 	if forget == 0 {
 		forget = -1 // the package's zero is its default; the flag's 0 means at once
 	}
 	return deviceplugin.New(deviceplugin.Config{Resource: d.resource, MIGStrategy: d.migStrategy, Replicas: d.replicas,
-		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class, ForgetAfter: forget}, d.kubeletDir, log, m)
+		ListStrategy: d.listStrategy, Kind: so.Vendor + "/" + so.Class, ForgetAfter: forget, Serve: serve}, d.kubeletDir, log, m)
 }
 
 func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
@@ -55,11 +60,11 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	so.Writer = "nvbind device-plugin (cdi-cri)"
-	p, err := f.plugin(so, log, nil)
+	p, err := f.plugin(so, log, nil, nil)
 	if err != nil {
 		return err
 	}
-	mon, err := f.health(p, log, nil)
+	mon, err := f.health(log, nil, p.SetFaults)
 	if err != nil {
 		return err
 	}

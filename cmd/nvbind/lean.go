@@ -23,6 +23,8 @@ func (f *nriFlags) run(context.Context, *slog.Logger) error { return execNode() 
 
 func (f *devicePluginFlags) run(context.Context, *slog.Logger) error { return execNode() }
 
+func (f *draCommandFlags) run(context.Context, *slog.Logger) error { return execNode() }
+
 func (f *doctorFlags) run(*cobra.Command) error { return execNode() }
 
 // nodeBinary finds nvbind-node beside this binary, else in PATH.

@@ -14,8 +14,10 @@ type nriFlags struct {
 	rootFlags
 	specFlags
 	dpFlags
+	draFlags
 	layoutFlags
 	devicePlugin, requireAllocation bool
+	dra                             bool
 	socket, name, index             string
 	metricsAddr, cdiSpecDir         string
 	cdiMode, envRequests, devChar   bool
@@ -42,7 +44,8 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 		Example: `  nvbind nri
   nvbind nri --socket /var/run/nri/nri.sock --metrics-address :9402 --all-gpus-namespaces ml-admin
   nvbind nri --cdi-mode --cdi-spec-dir /var/run/cdi     # containerd 2.1+, CRI-O 1.34+
-  nvbind nri --device-plugin --require-allocation       # GPUs the scheduler accounts for`,
+  nvbind nri --device-plugin --require-allocation       # GPUs the scheduler accounts for
+  nvbind nri --dra --require-allocation                 # GPUs claimed through DRA (gpu.nvbind.io)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(cmd.ErrOrStderr())
@@ -55,11 +58,13 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	f.rootFlags.register(cmd)
 	f.specFlags.register(cmd)
 	f.dpFlags.register(cmd)
+	f.draFlags.register(cmd)
 	f.layoutFlags.register(cmd, "mount, with the layouts built here when nvbind may mount (root), else by nvbind layout build --watch beside it; one mount per file until a layout is complete")
 	fl := cmd.Flags()
 	fl.BoolVar(&f.devicePlugin, "device-plugin", false, "also run the device plugin (the flags of nvbind device-plugin apply), so a node needs one pod")
+	fl.BoolVar(&f.dra, "dra", false, "also run the DRA driver gpu.nvbind.io (the flags of nvbind dra apply), so a node needs one pod")
 	fl.BoolVar(&f.requireAllocation, "require-allocation", false,
-		"give each container exactly the GPUs the kubelet allocated to it (nvbind's device plugin) and refuse other requests; a container without an allocation gets no GPU")
+		"give each container exactly the GPUs the kubelet allocated to it (nvbind's device plugin, or its DRA claims) and refuse other requests; a container without an allocation gets no GPU")
 	fl.StringVar(&f.socket, "socket", nriDefaultSocket, "the runtime's NRI socket")
 	fl.StringVar(&f.name, "plugin-name", "nvbind", "plugin name")
 	fl.StringVar(&f.index, "plugin-index", "10", "plugin index (00-99): plugins run in ascending order")

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 
@@ -54,16 +55,28 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		svc.CDISpecDir, svc.SpecOptions.CapabilityDevices = f.cdiSpecDir, true
 		svc.SpecOptions.Writer = "nvbind nri --cdi-mode"
 	}
+	// with the DRA driver and the device plugin both, each GPU is one's: --dra-gpus are
+	// the driver's, the others the device plugin's
+	draServe, dpServe, err := f.partition()
+	if err != nil {
+		return err
+	}
+	var onFaults []func(map[string]string)
+	if f.dra {
+		if svc.DRA, err = f.driver(so, f.cdiSpecDir, d, draServe, log); err != nil {
+			return err
+		}
+		p.AlsoReady(svc.DRA.Registered)
+		onFaults = append(onFaults, svc.DRA.SetFaults)
+	}
 	if f.devicePlugin {
 		dm := deviceplugin.NewMetrics()
 		metrics.Register(dm.Collectors()...)
-		if svc.DevicePlugin, err = f.plugin(so, log, dm); err != nil {
+		if svc.DevicePlugin, err = f.plugin(so, log, dm, dpServe); err != nil {
 			return err
 		}
 		p.AlsoReady(svc.DevicePlugin.Registered)
-		if svc.Health, err = f.health(svc.DevicePlugin, log, metrics.Register); err != nil {
-			return err
-		}
+		onFaults = append(onFaults, svc.DevicePlugin.SetFaults)
 		if f.listStrategy == deviceplugin.ListCDICRI {
 			svc.CDISpecDir = f.cdiSpecDir // the names the kubelet passes refer to this spec
 			if !f.cdiMode {
@@ -71,12 +84,17 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 			}
 		}
 	}
+	if onFaults != nil {
+		if svc.Health, err = f.health(log, metrics.Register, onFaults...); err != nil {
+			return err
+		}
+	}
 	preRegistered := os.Getenv(api.PluginSocketEnvVar) != ""
 	svc.Run = nriplugin.RunOptions{Socket: f.socket, Reconnect: !preRegistered}
 	if os.Getenv(api.PluginNameEnvVar) == "" {
 		svc.Run.Name, svc.Run.Index = f.name, f.index
 	}
-	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode, "device_plugin", f.devicePlugin)
+	log.Info("starting NRI plugin", "socket", f.socket, "pre_registered", preRegistered, "cdi_mode", f.cdiMode, "device_plugin", f.devicePlugin, "dra", f.dra)
 	// discovery: once before registering, then on every change
 	svc.Events = d.Watch(ctx, f.rescan)
 	return svc.Serve(ctx)
@@ -91,4 +109,24 @@ func (f *nriFlags) layouts(so spec.Options, log *slog.Logger) (*layout.Provider,
 	}
 	return &layout.Provider{Base: base, Read: f.readPath, Build: layout.CanBuild(),
 		Prebuilt: []gpu.Capabilities{gpu.CapsAll, gpu.CapsDefault}, Log: log}, nil
+}
+
+// partition splits the GPUs between the DRA driver and the device plugin (nil: all).
+func (f *nriFlags) partition() (draServe, dpServe func(gpu.Device) bool, err error) {
+	if !f.dra {
+		if f.gpus != "" {
+			return nil, nil, errors.New("--dra-gpus without --dra")
+		}
+		return nil, nil, nil
+	}
+	if draServe, err = f.serve(); err != nil {
+		return nil, nil, err
+	}
+	if !f.devicePlugin {
+		return draServe, nil, nil
+	}
+	if draServe == nil {
+		return nil, nil, errors.New("--dra with --device-plugin: each GPU is served by one of them, never both; list the DRA driver's with --dra-gpus (such as --dra-gpus 1, or GPU-<uuid>), the device plugin serves the others")
+	}
+	return draServe, func(g gpu.Device) bool { return !draServe(g) }, nil
 }

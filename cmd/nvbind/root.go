@@ -52,7 +52,7 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text, json")
-	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDevicePluginCommand(g), newDoctorCommand(), newInstallCommand(), newUninstallCommand(), newLayoutCommand(g))
+	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDevicePluginCommand(g), newDRACommand(g), newDoctorCommand(), newInstallCommand(), newUninstallCommand(), newLayoutCommand(g))
 	return root
 }
 
