@@ -17,6 +17,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	nodev1 "k8s.io/api/node/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -138,6 +140,7 @@ func TestHelmRendersKustomize(t *testing.T) {
 		{"examples/gpu-operator.yaml", "overlays/gpu-operator"},
 		{"examples/crio.yaml", "overlays/crio"},
 		{"examples/mig.yaml", "overlays/mig"},
+		{"examples/dra.yaml", "overlays/dra"},
 	} {
 		t.Run(tc.kustomization, func(t *testing.T) {
 			t.Parallel()
@@ -213,7 +216,8 @@ func TestHelmLint(t *testing.T) {
 	if out, err := helm(t, "lint", "--strict", chart); err != nil {
 		t.Fatalf("helm lint: %v\n%s", err, out)
 	}
-	allowed := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want"}
+	allowed := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want",
+		"/var/lib/kubelet/plugins", "/var/lib/kubelet/plugins_registry"}
 	for _, f := range examples(t) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			t.Parallel()
@@ -251,6 +255,14 @@ func TestHelmLint(t *testing.T) {
 					strict(t, data, &corev1.ConfigMap{})
 				case "RuntimeClass":
 					strict(t, data, &nodev1.RuntimeClass{})
+				case "ClusterRole":
+					var r rbacv1.ClusterRole
+					strict(t, data, &r)
+					checkDRARole(t, &r)
+				case "ClusterRoleBinding":
+					strict(t, data, &rbacv1.ClusterRoleBinding{})
+				case "DeviceClass":
+					strict(t, data, &resourcev1.DeviceClass{})
 				case "ServiceMonitor":
 					// the real CRD's schema checks it: the cluster test dry-runs every example
 				default:
@@ -278,6 +290,8 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"devicePlugin.resourceName=gpu", []string{"/devicePlugin/resourceName"}},
 		{"extraArgs={-v}", []string{"/extraArgs/0"}},
 		{"metrics.serviceMonitor.enabled=true,metrics.service.enabled=false", []string{"metrics.serviceMonitor.enabled needs metrics.service.enabled"}},
+		{"dra.enabled=true,devicePlugin.enabled=true", []string{"dra.gpus", "never both"}},
+		{"dra.gpus=one", []string{"/dra/gpus"}},
 	} {
 		out, err := helm(t, "template", "nvbind", chart, "--set", tc.set)
 		if err == nil {

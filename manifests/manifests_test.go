@@ -3,6 +3,7 @@ package manifests
 import (
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -11,6 +12,8 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	nodev1 "k8s.io/api/node/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	resourcev1 "k8s.io/api/resource/v1"
 	"sigs.k8s.io/kustomize/api/krusty"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
@@ -47,7 +50,8 @@ func build(t *testing.T, dir string) map[string][]byte {
 
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
-	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want"}
+	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want",
+		"/var/lib/kubelet/plugins", "/var/lib/kubelet/plugins_registry"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -58,6 +62,7 @@ func TestKustomizeOverlays(t *testing.T) {
 		{"overlays/gpu-operator", "/run/nvidia/driver", map[string]string{"nvbind.io/gpu": "true", "nvidia.com/gpu.deploy.driver": "true"}, false},
 		{"overlays/crio", "/", map[string]string{"nvbind.io/gpu": "true", "nvbind.io/runtime": "cri-o"}, false},
 		{"overlays/device-plugin", "/", map[string]string{"nvbind.io/gpu": "true"}, false},
+		{"overlays/dra", "/", map[string]string{"nvbind.io/gpu": "true"}, false},
 	} {
 		t.Run(tc.dir, func(t *testing.T) {
 			t.Parallel()
@@ -84,12 +89,32 @@ func TestKustomizeOverlays(t *testing.T) {
 					var ds appsv1.DaemonSet
 					strict(t, data, &ds)
 					checkDaemonSet(t, &ds, tc.driverRoot, tc.selector, allowedHostPaths, tc.privileged)
+					if tc.dir == "overlays/dra" {
+						checkDRA(t, &ds)
+					}
+				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "ClusterRole/"):
+					var r rbacv1.ClusterRole
+					strict(t, data, &r)
+					checkDRARole(t, &r)
+				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "ClusterRoleBinding/"):
+					var b rbacv1.ClusterRoleBinding
+					strict(t, data, &b)
+					if b.RoleRef.Name != "nvbind-dra" || len(b.Subjects) != 1 || b.Subjects[0].Name != "nvbind" || b.Subjects[0].Namespace != "nvbind-system" {
+						t.Errorf("binding %+v", b)
+					}
+				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "DeviceClass/"):
+					strict(t, data, &resourcev1.DeviceClass{})
 				default:
 					t.Errorf("unexpected object %s", k)
 				}
 			}
 			slices.Sort(kinds)
-			if strings.Join(kinds, " ") != "DaemonSet/nvbind Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind" {
+			want := "DaemonSet/nvbind Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind"
+			if tc.dir == "overlays/dra" {
+				want = "ClusterRole/nvbind-dra ClusterRoleBinding/nvbind-dra DaemonSet/nvbind DeviceClass/gpu.nvbind.io DeviceClass/mig.nvbind.io " +
+					"Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind"
+			}
+			if strings.Join(kinds, " ") != want {
 				t.Errorf("objects = %v", kinds)
 			}
 		})
@@ -159,6 +184,59 @@ func checkDaemonSet(t *testing.T, ds *appsv1.DaemonSet, driverRoot string, selec
 	checkLayoutBuilder(t, spec.Containers, driverRoot)
 }
 
+// checkDRA: the DRA overlay runs the driver in the plugin's container, which alone gets
+// an API token, with the node's name and the kubelet's folders at the kubelet's paths.
+func checkDRA(t *testing.T, ds *appsv1.DaemonSet) {
+	t.Helper()
+	spec := ds.Spec.Template.Spec
+	c := spec.Containers[0]
+	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
+		t.Error("the DRA driver needs the pod's API token")
+	}
+	if !slices.Contains(c.Args, "--dra") || !slices.Contains(c.Args, "--require-allocation") {
+		t.Errorf("args %v", c.Args)
+	}
+	if len(c.Env) != 1 || c.Env[0].Name != "NODE_NAME" || c.Env[0].ValueFrom == nil || c.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("env %+v", c.Env)
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		mounts[m.Name] = m.MountPath
+	}
+	for _, v := range spec.Volumes {
+		if (v.Name == "kubelet-plugins" || v.Name == "kubelet-registry") && mounts[v.Name] != v.HostPath.Path {
+			t.Errorf("%s: host %s mounted at %s: the kubelet's paths must be the same inside", v.Name, v.HostPath.Path, mounts[v.Name])
+		}
+	}
+}
+
+// checkDRARole: the driver may read claims and write ResourceSlices, read nodes, and
+// nothing else.
+func checkDRARole(t *testing.T, r *rbacv1.ClusterRole) {
+	t.Helper()
+	var got []string
+	for _, rule := range r.Rules {
+		for _, res := range rule.Resources {
+			for _, v := range rule.Verbs {
+				got = append(got, res+":"+v)
+			}
+		}
+	}
+	for _, g := range got {
+		res, verb, _ := strings.Cut(g, ":")
+		switch {
+		case res == "resourceslices":
+		case res == "resourceclaims" && (verb == "get" || verb == "list" || verb == "watch"):
+		case res == "nodes" && verb == "get":
+		default:
+			t.Errorf("the DRA driver may %s %s", verb, res)
+		}
+	}
+	if !slices.Contains(got, "resourceslices:create") || !slices.Contains(got, "resourceclaims:get") {
+		t.Errorf("rules %v", got)
+	}
+}
+
 // checkLayoutBuilder: the one privileged container of the base runs only nvbind layout
 // build, on the same driver root as the plugin, and is the only one whose mounts reach the
 // host (/run/nvbind, Bidirectional); the plugin sees its layouts (HostToContainer).
@@ -211,13 +289,71 @@ func TestExamplePods(t *testing.T) {
 	}
 }
 
+// TestDRAExamples decodes the DRA examples strictly, object by object, and checks that
+// every claim asks the driver's classes and every opaque configuration parses.
+func TestDRAExamples(t *testing.T) {
+	t.Parallel()
+	files, _ := filepath.Glob("examples/dra-*.yaml")
+	if len(files) != 4 {
+		t.Fatalf("DRA examples: %v", files)
+	}
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(data), "\n---\n") {
+			var meta struct{ Kind string }
+			if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
+				t.Fatal(err)
+			}
+			var devices *resourcev1.DeviceClaim
+			switch meta.Kind {
+			case "Pod":
+				var p corev1.Pod
+				strict(t, []byte(doc), &p)
+				if len(p.Spec.ResourceClaims) != 1 || len(p.Spec.Containers[0].Resources.Claims) != 1 {
+					t.Errorf("%s: pod %s claims nothing", f, p.Name)
+				}
+			case "ResourceClaimTemplate":
+				var c resourcev1.ResourceClaimTemplate
+				strict(t, []byte(doc), &c)
+				devices = &c.Spec.Spec.Devices
+			case "ResourceClaim":
+				var c resourcev1.ResourceClaim
+				strict(t, []byte(doc), &c)
+				devices = &c.Spec.Devices
+			default:
+				t.Errorf("%s: unexpected %s", f, meta.Kind)
+			}
+			for _, bad := range testutil.ValidateKubeYAML([]byte(doc)) {
+				t.Errorf("%s: %s", f, bad)
+			}
+			if devices == nil {
+				continue
+			}
+			for _, r := range devices.Requests {
+				if r.Exactly == nil || (r.Exactly.DeviceClassName != "gpu.nvbind.io" && r.Exactly.DeviceClassName != "mig.nvbind.io") {
+					t.Errorf("%s: request %s of class %+v", f, r.Name, r.Exactly)
+				}
+			}
+			// package dra parses the opaque configurations of these files (TestExampleConfigs)
+			for _, c := range devices.Config {
+				if c.Opaque == nil || c.Opaque.Driver != "gpu.nvbind.io" {
+					t.Errorf("%s: configuration %+v", f, c)
+				}
+			}
+		}
+	}
+}
+
 // TestKubernetesAcceptsEveryKey runs Kubernetes' metadata validation on every object that
 // kustomize builds from the base and each overlay, and checks every annotation and label
 // key the README teaches. The cluster test (test/cluster) has the real API server accept
 // the same objects.
 func TestKubernetesAcceptsEveryKey(t *testing.T) {
 	t.Parallel()
-	for _, dir := range []string{"base", "overlays/mig", "overlays/gpu-operator", "overlays/crio", "overlays/device-plugin"} {
+	for _, dir := range []string{"base", "overlays/mig", "overlays/gpu-operator", "overlays/crio", "overlays/device-plugin", "overlays/dra"} {
 		for k, data := range build(t, dir) {
 			for _, bad := range testutil.ValidateKubeYAML(data) {
 				t.Errorf("%s %s: %s", dir, k, bad)

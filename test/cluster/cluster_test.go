@@ -478,6 +478,8 @@ spec:
 	})
 
 	run("Helm", s.helmLifecycle)
+
+	run("DRA", s.draScenarios)
 }
 
 // xidOutOfService: the driver reports XIDs of GPU 0 (lines on the fake event path stand
@@ -495,16 +497,7 @@ func (s *setup) xidOutOfService(t *testing.T, events string) {
 		t.Fatal(err)
 	}
 	uuid := inv.Devices[0].UUID
-	report := func(line string) {
-		f, err := os.OpenFile(events, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = f.Close() }()
-		if _, err := f.WriteString(line + "\n"); err != nil {
-			t.Fatal(err)
-		}
-	}
+	report := func(line string) { appendXID(t, events, line) }
 	series := func(name, labels string) string { return metricValue(s.metrics(t), name+"{"+labels+"}") }
 	s.waitCapacity(t, "2")
 	lists := series("nvbind_device_plugin_list_and_watch_updates_total", `resource="nvidia.com/gpu"`)

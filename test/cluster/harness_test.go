@@ -349,7 +349,7 @@ func (c *cluster) startControlPlane() {
 	c.start("kube-apiserver", "--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
 		"--bind-address", "127.0.0.1", "--secure-port", strconv.Itoa(c.apiPort),
 		"--tls-cert-file", c.pki.certFile, "--tls-private-key-file", c.pki.keyFile,
-		"--token-auth-file", tokens, "--authorization-mode", "AlwaysAllow",
+		"--token-auth-file", tokens, "--authorization-mode", "RBAC",
 		"--service-account-key-file", c.pki.saPub, "--service-account-signing-key-file", c.pki.saKey,
 		"--service-account-issuer", "https://kubernetes.default.svc", "--service-cluster-ip-range", "10.96.0.0/24",
 		"--allow-privileged=true", "--endpoint-reconciler-type", "none", "--v", "1")
