@@ -313,6 +313,12 @@ type Discoverer struct {
 
 	mu   sync.Mutex
 	libs map[string]nvml.Interface // by library path: one per driver install
+	// cuda is the CUDA version of the last libcuda asked, by the file's identity: loading
+	// libcuda costs milliseconds, and a discovery runs at every DRA prepare
+	cuda struct {
+		key     cudaKey
+		version string
+	}
 }
 
 // nvmlAt returns the NVML of a library path, the same one for every discovery.
@@ -455,7 +461,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	}
 
 	if inv.Driver.CUDAVersion == "" && libs.cudaPath != "" && !d.cfg.noCUDA {
-		if v, err := cudaDriverVersion(libs.cudaPath); err == nil {
+		if v, err := d.cudaVersion(libs.cudaPath); err == nil {
 			inv.Driver.CUDAVersion = v
 		} else {
 			inv.Warnings = append(inv.Warnings, Warning{WarnCUDAUnknown, "CUDA version unknown: " + err.Error()})
