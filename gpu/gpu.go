@@ -82,15 +82,15 @@ type Device struct {
 	Model    string `json:"model"`
 	// Arch is the CUDA compute capability ("8.0") and Brand the product brand ("tesla"),
 	// both from NVML; empty when NVML is unavailable.
-	Arch  string       `json:"arch,omitempty"`
-	Brand string       `json:"brand,omitempty"`
+	Arch  string `json:"arch,omitempty"`
+	Brand string `json:"brand,omitempty"`
 	// Architecture is the GPU architecture's name ("ampere") and Memory the GPU's memory in
 	// bytes, from NVML; empty and 0 without it.
-	Architecture string `json:"architecture,omitempty"`
-	Memory       uint64 `json:"memory,omitempty"`
-	Node  DeviceNode   `json:"node"`
-	DRM   []DeviceNode `json:"drm,omitempty"`
-	MIG   []MIGDevice  `json:"mig,omitempty"`
+	Architecture string       `json:"architecture,omitempty"`
+	Memory       uint64       `json:"memory,omitempty"`
+	Node         DeviceNode   `json:"node"`
+	DRM          []DeviceNode `json:"drm,omitempty"`
+	MIG          []MIGDevice  `json:"mig,omitempty"`
 	// Topology is NVML's topology level from this GPU to each GPU, by position in the
 	// inventory (0 for itself; lower is closer); empty without NVML.
 	Topology []int `json:"topology,omitempty"`
