@@ -41,7 +41,18 @@ type preparedDevice struct {
 	Pool     string   `json:"pool"`
 	Device   string   `json:"device"`
 	UUID     string   `json:"uuid"`
-	CDI      []string `json:"cdi"`
+	// GPU is the UUID of the GPU the device is or is part of (a MIG device's parent).
+	GPU string   `json:"gpu"`
+	CDI []string `json:"cdi"`
+	// Admin is an admin-access allocation, which holds nothing (the scheduler does not
+	// count it either).
+	Admin bool `json:"admin,omitempty"`
+}
+
+// overlaps tells whether two prepared devices share hardware: the same device, or a
+// whole GPU and a MIG device of it.
+func (p preparedDevice) overlaps(uuid, gpu string) bool {
+	return p.UUID == uuid || (p.UUID == p.GPU && p.GPU == gpu) || (uuid == gpu && p.GPU == gpu)
 }
 
 func loadCheckpoint(dir string) (*checkpoint, error) {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -60,6 +61,9 @@ func Targets(inv *gpu.Inventory, serve func(gpu.Device) bool) []Target {
 			continue
 		}
 		if len(d.MIG) == 0 {
+			if d.MIGMode {
+				continue // MIG on, no MIG device made yet: nothing to hand out
+			}
 			out = append(out, Target{Name: GPUName(d), GPU: d})
 			continue
 		}
@@ -88,8 +92,10 @@ func Device(inv *gpu.Inventory, t Target) resourceapi.Device {
 	attrs := map[resourceapi.QualifiedName]resourceapi.DeviceAttribute{}
 	str := func(k, v string) {
 		if v != "" {
-			if len(v) > resourceapi.DeviceAttributeMaxValueLength {
-				v = v[:resourceapi.DeviceAttributeMaxValueLength]
+			for len(v) > resourceapi.DeviceAttributeMaxValueLength {
+				// cut whole characters
+				_, size := utf8.DecodeLastRuneInString(v)
+				v = v[:len(v)-size]
 			}
 			attrs[resourceapi.QualifiedName(k)] = resourceapi.DeviceAttribute{StringValue: &v}
 		}

@@ -14,6 +14,8 @@ import (
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
@@ -87,8 +89,13 @@ func New(cfg Config) (*Driver, error) {
 	if cfg.NodeName == "" {
 		return nil, errors.New("the DRA driver needs the node's name (--node-name, or NODE_NAME from the downward API)")
 	}
-	if cfg.Discover == nil || cfg.CDIDir == "" || cfg.DataDir == "" {
-		return nil, errors.New("the DRA driver needs discovery, a CDI folder and a plugin folder")
+	switch {
+	case cfg.Discover == nil:
+		return nil, errors.New("the DRA driver needs discovery")
+	case cfg.CDIDir == "":
+		return nil, errors.New("the DRA driver needs a CDI spec folder (--cdi-spec-dir)")
+	case cfg.DataDir == "":
+		return nil, errors.New("the DRA driver needs its kubelet plugin folder (--kubelet-plugin-dir)")
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -193,6 +200,9 @@ func (d *Driver) publish() {
 	if d.havePub && reflect.DeepEqual(devs, d.published) {
 		return
 	}
+	if len(devs) == 0 && d.cfg.Serve != nil && len(d.inv.Devices) > 0 {
+		d.log.Warn("none of this node's GPUs is the DRA driver's (--dra-gpus): the slices are empty")
+	}
 	var slices []resourceslice.Slice
 	for len(devs) > maxSliceDevices {
 		slices = append(slices, resourceslice.Slice{Devices: devs[:maxSliceDevices]})
@@ -224,26 +234,36 @@ func (d *Driver) PrepareResourceClaims(ctx context.Context, claims []*resourceap
 		return nil, fmt.Errorf("discover the node's GPUs: %w", err)
 	}
 	cp := d.cp.clone()
+	var written []string // specs of claims the checkpoint did not hold
 	for _, c := range claims {
-		st, res := d.prepare(inv, cp, c)
+		st, res := d.prepare(ctx, inv, cp, c)
 		if res.Err == nil {
+			if d.cp.Claims[c.UID] == nil {
+				written = append(written, st.Spec)
+			}
 			cp.Claims[c.UID] = st
 		}
 		out[c.UID] = res
 	}
 	if err := cp.save(d.cfg.DataDir); err != nil {
-		// the specs are written but not recorded: the kubelet asks again, and nothing
-		// prepared is unknown to the checkpoint
+		// not recorded, so not prepared: the new specs go, and the kubelet asks again
+		for _, p := range written {
+			_ = os.Remove(p)
+		}
 		return nil, fmt.Errorf("record the prepared claims: %w", err)
 	}
 	d.cp = cp
 	return out, nil
 }
 
-func (d *Driver) prepare(inv *gpu.Inventory, cp *checkpoint, c *resourceapi.ResourceClaim) (*claimState, kubeletplugin.PrepareResult) {
+func (d *Driver) prepare(ctx context.Context, inv *gpu.Inventory, cp *checkpoint, c *resourceapi.ResourceClaim) (*claimState, kubeletplugin.PrepareResult) {
 	fail := func(err error) (*claimState, kubeletplugin.PrepareResult) {
 		d.log.Error("claim not prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, slog.Any("error", err))
 		return nil, kubeletplugin.PrepareResult{Err: err}
+	}
+	if !validUID(c.UID) {
+		// the UID names the claim's spec file
+		return fail(fmt.Errorf("claim %s/%s has UID %q, not a UUID", c.Namespace, c.Name, c.UID))
 	}
 	if c.Status.Allocation == nil {
 		return fail(fmt.Errorf("claim %s/%s is not allocated", c.Namespace, c.Name))
@@ -263,8 +283,10 @@ func (d *Driver) prepare(inv *gpu.Inventory, cp *checkpoint, c *resourceapi.Reso
 		if !ok {
 			return fail(fmt.Errorf("device %s of claim %s/%s is not on this node now (devices here: %s)", r.Device, c.Namespace, c.Name, targetNames(targets)))
 		}
-		if other := d.holder(cp, t, c.UID); other != "" && !adminAccess(r) {
-			return fail(fmt.Errorf("device %s of claim %s/%s is already prepared for claim %s", r.Device, c.Namespace, c.Name, other))
+		if !adminAccess(r) {
+			if other := d.holder(ctx, cp, t, c.UID); other != "" {
+				return fail(fmt.Errorf("device %s of claim %s/%s is held by claim %s, prepared on this node", r.Device, c.Namespace, c.Name, other))
+			}
 		}
 		rc, err := requestCaps(c.Status.Allocation, r.Request)
 		if err != nil {
@@ -280,7 +302,8 @@ func (d *Driver) prepare(inv *gpu.Inventory, cp *checkpoint, c *resourceapi.Reso
 		}
 		e.Env = append(e.Env, "NVBIND_DRA_DEVICE_"+strings.ToUpper(strings.ReplaceAll(t.Name, "-", "_"))+"="+t.UUID())
 		s.Devices = append(s.Devices, cdispecs.Device{Name: name, ContainerEdits: e.ToCDI()})
-		dev := preparedDevice{Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: t.UUID(), CDI: []string{ClaimKind + "=" + name}}
+		dev := preparedDevice{Requests: []string{r.Request}, Pool: r.Pool, Device: r.Device, UUID: t.UUID(), GPU: t.GPU.UUID,
+			CDI: []string{ClaimKind + "=" + name}, Admin: adminAccess(r)}
 		st.Devices = append(st.Devices, dev)
 	}
 	if len(st.Devices) == 0 {
@@ -305,21 +328,42 @@ func (d *Driver) prepare(inv *gpu.Inventory, cp *checkpoint, c *resourceapi.Reso
 	return st, res
 }
 
-// holder is the other prepared claim that holds a target's GPU or MIG device, if any: a
-// GPU is one claim's, and so is a MIG device (a claim of a whole GPU never meets one of
-// its MIG devices, which are published only while MIG is on).
-func (d *Driver) holder(cp *checkpoint, t Target, self types.UID) types.UID {
+// holder is the other prepared claim that holds a target's hardware, if any: the same
+// GPU or MIG device, or a whole GPU and a MIG device of it (a claim prepared before MIG
+// was turned on or off). Admin-access devices hold nothing. A holder whose claim the API
+// no longer has (deleted while the kubelet lost track of it) is stale: its spec and
+// record go, and it holds nothing.
+func (d *Driver) holder(ctx context.Context, cp *checkpoint, t Target, self types.UID) types.UID {
 	for uid, st := range cp.Claims {
 		if uid == self {
 			continue
 		}
 		for _, dev := range st.Devices {
-			if dev.UUID == t.UUID() {
-				return uid
+			if dev.Admin || !dev.overlaps(t.UUID(), t.GPU.UUID) {
+				continue
 			}
+			if d.stale(ctx, uid, st) {
+				d.log.Warn("a prepared claim the API server no longer has was dropped", "claim", st.Namespace+"/"+st.Name, "uid", uid)
+				_ = os.Remove(st.Spec)
+				delete(cp.Claims, uid)
+				break
+			}
+			return uid
 		}
 	}
 	return ""
+}
+
+// stale tells a prepared claim the API server no longer has (or has under another UID).
+func (d *Driver) stale(ctx context.Context, uid types.UID, st *claimState) bool {
+	if d.cfg.Kube == nil {
+		return false
+	}
+	c, err := d.cfg.Kube.ResourceV1().ResourceClaims(st.Namespace).Get(ctx, st.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true
+	}
+	return err == nil && (c.UID != uid || c.Status.Allocation == nil)
 }
 
 func adminAccess(r resourceapi.DeviceRequestAllocationResult) bool {
@@ -337,6 +381,9 @@ func (d *Driver) UnprepareResourceClaims(_ context.Context, claims []kubeletplug
 		p := d.specPath(c.UID)
 		if st := cp.Claims[c.UID]; st != nil {
 			p = st.Spec
+		} else if !validUID(c.UID) {
+			out[c.UID] = nil // never prepared: it could not have been
+			continue
 		}
 		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			out[c.UID] = fmt.Errorf("remove the CDI spec of claim %s/%s: %w", c.Namespace, c.Name, err)
@@ -403,4 +450,22 @@ func targetNamesOf(devs []preparedDevice) string {
 		names[i] = d.Device
 	}
 	return strings.Join(names, ",")
+}
+
+// validUID tells a UID the API server makes (a UUID), which can name a file.
+func validUID(uid types.UID) bool {
+	if len(uid) != 36 {
+		return false
+	}
+	for i, c := range string(uid) {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case (c < '0' || c > '9') && (c < 'a' || c > 'f'):
+			return false
+		}
+	}
+	return true
 }

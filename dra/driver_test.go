@@ -2,6 +2,7 @@ package dra
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	runtime2 "runtime"
@@ -16,6 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	sigsyaml "sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
@@ -52,8 +54,8 @@ type result struct{ request, device string }
 
 // claim is an allocated claim of this driver's devices, with opaque configurations
 // (raw JSON) of the claim.
-func claim(uid, name string, results []result, configs ...string) *resourceapi.ResourceClaim {
-	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{UID: types.UID(uid), Name: name, Namespace: "default"}}
+func claim(uid types.UID, name string, results []result, configs ...string) *resourceapi.ResourceClaim {
+	c := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{UID: uid, Name: name, Namespace: "default"}}
 	alloc := &resourceapi.AllocationResult{}
 	for _, r := range results {
 		alloc.Devices.Results = append(alloc.Devices.Results, resourceapi.DeviceRequestAllocationResult{
@@ -180,14 +182,14 @@ func TestPrepareUnprepare(t *testing.T) {
 	t.Parallel()
 	d, cdiDir, dataDir := newDriver(t, testInventory)
 	ctx := context.Background()
-	c := claim("uid-1", "one-gpu", []result{{"gpu", "gpu-1"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","utility","graphics"]}`)
+	c := claim(uidOf(1), "one-gpu", []result{{"gpu", "gpu-1"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","utility","graphics"]}`)
 	res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := res["uid-1"]
+	r := res[uidOf(1)]
 	if r.Err != nil || len(r.Devices) != 1 || r.Devices[0].DeviceName != "gpu-1" || r.Devices[0].PoolName != testNode ||
-		!slices.Equal(r.Devices[0].CDIDeviceIDs, []string{"k8s.gpu.nvbind.io/claim=uid-1-gpu-1"}) {
+		!slices.Equal(r.Devices[0].CDIDeviceIDs, []string{"k8s.gpu.nvbind.io/claim=" + string(uidOf(1)) + "-gpu-1"}) {
 		t.Fatalf("prepare: %+v", r)
 	}
 	o := inject(t, cdiDir, r.Devices[0].CDIDeviceIDs...)
@@ -208,12 +210,12 @@ func TestPrepareUnprepare(t *testing.T) {
 		t.Errorf("env %v", o.Process.Env)
 	}
 	files, _ := filepath.Glob(filepath.Join(cdiDir, "*"))
-	if len(files) != 1 || filepath.Base(files[0]) != "k8s.gpu.nvbind.io-claim_uid-1.yaml" {
+	if len(files) != 1 || filepath.Base(files[0]) != "k8s.gpu.nvbind.io-claim_"+string(uidOf(1))+".yaml" {
 		t.Fatalf("spec files %v", files)
 	}
 	// idempotent: asked again, the same answer and still one spec
 	again, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
-	if err != nil || again["uid-1"].Err != nil || !slices.Equal(again["uid-1"].Devices[0].CDIDeviceIDs, r.Devices[0].CDIDeviceIDs) {
+	if err != nil || again[uidOf(1)].Err != nil || !slices.Equal(again[uidOf(1)].Devices[0].CDIDeviceIDs, r.Devices[0].CDIDeviceIDs) {
 		t.Fatalf("prepare again: %+v %v", again, err)
 	}
 	// a restarted driver unprepares what this one prepared
@@ -221,11 +223,11 @@ func TestPrepareUnprepare(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := d2.Prepared(); !slices.Equal(got, []types.UID{"uid-1"}) {
+	if got := d2.Prepared(); !slices.Equal(got, []types.UID{uidOf(1)}) {
 		t.Fatalf("the checkpoint holds %v", got)
 	}
-	un, err := d2.UnprepareResourceClaims(ctx, []kubeletplugin.NamespacedObject{{UID: "uid-1", NamespacedName: types.NamespacedName{Namespace: "default", Name: "one-gpu"}}, {UID: "never"}})
-	if err != nil || un["uid-1"] != nil || un["never"] != nil || len(un) != 2 {
+	un, err := d2.UnprepareResourceClaims(ctx, []kubeletplugin.NamespacedObject{{UID: uidOf(1), NamespacedName: types.NamespacedName{Namespace: "default", Name: "one-gpu"}}, {UID: "never"}})
+	if err != nil || un[uidOf(1)] != nil || un["never"] != nil || len(un) != 2 {
 		t.Fatalf("unprepare: %v %v", un, err)
 	}
 	if files, _ := filepath.Glob(filepath.Join(cdiDir, "*")); len(files) != 0 {
@@ -240,23 +242,23 @@ func TestPrepareRefuses(t *testing.T) {
 	t.Parallel()
 	d, cdiDir, _ := newDriver(t, testInventory)
 	ctx := context.Background()
-	held := claim("uid-held", "held", []result{{"gpu", "gpu-1"}})
-	if res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{held}); err != nil || res["uid-held"].Err != nil {
+	held := claim(uidOf(2), "held", []result{{"gpu", "gpu-1"}})
+	if res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{held}); err != nil || res[uidOf(2)].Err != nil {
 		t.Fatal(res, err)
 	}
 	for _, tc := range []struct {
 		c     *resourceapi.ResourceClaim
 		wants []string
 	}{
-		{claim("u1", "typo", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilites":["compute"]}`),
+		{claim(uidOf(11), "typo", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilites":["compute"]}`),
 			[]string{"claim default/typo", "request gpu", `unknown field "capabilites"`, "valid fields: apiVersion, kind, capabilities"}},
-		{claim("u2", "warp", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","warp"]}`),
+		{claim(uidOf(12), "warp", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","warp"]}`),
 			[]string{`unknown driver capability "warp"`, "compute", "utility", "graphics"}},
-		{claim("u3", "kind", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1","kind":"GpuConf"}`),
+		{claim(uidOf(13), "kind", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1","kind":"GpuConf"}`),
 			[]string{`apiVersion "gpus.nvbind.io/v1"`, "valid: apiVersion gpus.nvbind.io/v1alpha1, kind GpuConfig"}},
-		{claim("u4", "gone", []result{{"gpu", "gpu-7"}}), []string{"device gpu-7 of claim default/gone is not on this node now", "gpu-0-mig-1-0, gpu-0-mig-2-0, gpu-1"}},
-		{claim("u5", "twice", []result{{"gpu", "gpu-1"}}), []string{"gpu-1", "already prepared for claim uid-held"}},
-		{claim("u6", "whole", []result{{"gpu", "gpu-0"}}), []string{"device gpu-0 of claim default/whole is not on this node now"}},
+		{claim(uidOf(14), "gone", []result{{"gpu", "gpu-7"}}), []string{"device gpu-7 of claim default/gone is not on this node now", "gpu-0-mig-1-0, gpu-0-mig-2-0, gpu-1"}},
+		{claim(uidOf(15), "twice", []result{{"gpu", "gpu-1"}}), []string{"gpu-1", "held by claim " + string(uidOf(2))}},
+		{claim(uidOf(16), "whole", []result{{"gpu", "gpu-0"}}), []string{"device gpu-0 of claim default/whole is not on this node now"}},
 	} {
 		res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{tc.c})
 		if err != nil {
@@ -277,7 +279,7 @@ func TestPrepareRefuses(t *testing.T) {
 	if files, _ := filepath.Glob(filepath.Join(cdiDir, "*")); len(files) != 1 {
 		t.Errorf("spec files %v", files)
 	}
-	if got := d.Prepared(); !slices.Equal(got, []types.UID{"uid-held"}) {
+	if got := d.Prepared(); !slices.Equal(got, []types.UID{uidOf(2)}) {
 		t.Errorf("prepared %v", got)
 	}
 }
@@ -291,23 +293,23 @@ func TestPrepareLiveDiscovery(t *testing.T) {
 	current := inv
 	d, cdiDir, _ := newDriver(t, func() *gpu.Inventory { return current })
 	ctx := context.Background()
-	res, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim("u1", "c", []result{{"gpu", "gpu-1"}})})
-	if res["u1"].Err == nil {
+	res, _ := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim(uidOf(11), "c", []result{{"gpu", "gpu-1"}})})
+	if res[(uidOf(11))].Err == nil {
 		t.Fatal("prepared a GPU that is not there")
 	}
 	current = testInventory()
-	res, _ = d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim("u1", "c", []result{{"gpu", "gpu-1"}})})
-	if res["u1"].Err != nil {
-		t.Fatal(res["u1"].Err)
+	res, _ = d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim(uidOf(11), "c", []result{{"gpu", "gpu-1"}})})
+	if res[(uidOf(11))].Err != nil {
+		t.Fatal(res[(uidOf(11))].Err)
 	}
-	if devs, _ := paths(inject(t, cdiDir, res["u1"].Devices[0].CDIDeviceIDs...)); !slices.Contains(devs, "/dev/nvidia1") {
+	if devs, _ := paths(inject(t, cdiDir, res[(uidOf(11))].Devices[0].CDIDeviceIDs...)); !slices.Contains(devs, "/dev/nvidia1") {
 		t.Errorf("devices %v", devs)
 	}
 }
 
 func TestConfigPrecedence(t *testing.T) {
 	t.Parallel()
-	c := claim("u", "c", []result{{"a", "gpu-1"}, {"b/sub", "gpu-0-mig-1-0"}})
+	c := claim(uidOf(20), "c", []result{{"a", "gpu-1"}, {"b/sub", "gpu-0-mig-1-0"}})
 	cfg := func(src resourceapi.AllocationConfigSource, requests []string, caps string) resourceapi.DeviceAllocationConfiguration {
 		return resourceapi.DeviceAllocationConfiguration{Source: src, Requests: requests, DeviceConfiguration: resourceapi.DeviceConfiguration{
 			Opaque: &resourceapi.OpaqueDeviceConfiguration{Driver: DriverName, Parameters: runtime.RawExtension{Raw: []byte(
@@ -397,5 +399,95 @@ func TestExampleConfigs(t *testing.T) {
 	}
 	if n == 0 {
 		t.Error("no opaque configuration in the examples")
+	}
+}
+
+func uidOf(n int) types.UID { return types.UID(fmt.Sprintf("00000000-0000-4000-8000-%012d", n)) }
+
+// TestPrepareHolds: what one prepared claim holds, another cannot get; admin access holds
+// nothing; a whole GPU and a MIG device of it are the same hardware; a holder the API
+// server no longer has is dropped.
+func TestPrepareHolds(t *testing.T) {
+	t.Parallel()
+	mig := testInventory()
+	whole := testInventory()
+	whole.Devices[0].MIG = nil
+	current := mig
+	kube := fake.NewClientset()
+	d, cdiDir, _ := newDriver(t, func() *gpu.Inventory { return current })
+	d.cfg.Kube = kube
+	ctx := context.Background()
+	prep := func(c *resourceapi.ResourceClaim) error {
+		t.Helper()
+		res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[c.UID].Err
+	}
+	inAPI := func(c *resourceapi.ResourceClaim) *resourceapi.ResourceClaim {
+		if _, err := kube.ResourceV1().ResourceClaims(c.Namespace).Create(ctx, c, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	// admin access: prepared, and holds nothing
+	admin := claim(uidOf(1), "admin", []result{{"gpu", "gpu-1"}})
+	yes := true
+	admin.Status.Allocation.Devices.Results[0].AdminAccess = &yes
+	if err := prep(inAPI(admin)); err != nil {
+		t.Fatal(err)
+	}
+	if err := prep(inAPI(claim(uidOf(2), "user", []result{{"gpu", "gpu-1"}}))); err != nil {
+		t.Errorf("a claim after an admin-access one: %v", err)
+	}
+	// a MIG device, then MIG off: the whole GPU is the same hardware
+	if err := prep(inAPI(claim(uidOf(3), "mig", []result{{"gpu", "gpu-0-mig-1-0"}}))); err != nil {
+		t.Fatal(err)
+	}
+	current = whole
+	err := prep(inAPI(claim(uidOf(4), "whole", []result{{"gpu", "gpu-0"}})))
+	if err == nil || !strings.Contains(err.Error(), "held by claim "+string(uidOf(3))) {
+		t.Errorf("the whole GPU of a prepared MIG device: %v", err)
+	}
+	// the MIG claim gone from the API server (the kubelet lost track of it): stale
+	if err := kube.ResourceV1().ResourceClaims("default").Delete(ctx, "mig", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := prep(claim(uidOf(4), "whole", []result{{"gpu", "gpu-0"}})); err != nil {
+		t.Errorf("after the holder went: %v", err)
+	}
+	if slices.Contains(d.Prepared(), (uidOf(3))) {
+		t.Error("the stale claim is still recorded")
+	}
+	if _, err := os.Stat(filepath.Join(cdiDir, "k8s.gpu.nvbind.io-claim_"+string(uidOf(3))+".yaml")); err == nil {
+		t.Error("the stale claim's spec is still there")
+	}
+	// a MIG-mode GPU without MIG devices has nothing to hand out
+	current.Devices[0].MIGMode = true
+	if ts := Targets(current, nil); len(ts) != 1 || ts[0].Name != "gpu-1" {
+		t.Errorf("targets %v", ts)
+	}
+	// a UID that is not a UUID never names a file
+	if err := prep(claim("../../etc/x", "evil", []result{{"gpu", "gpu-1"}})); err == nil || !strings.Contains(err.Error(), "not a UUID") {
+		t.Errorf("UID ../../etc/x: %v", err)
+	}
+}
+
+// TestPrepareUnrecorded: a prepare whose checkpoint cannot be saved leaves no spec behind.
+func TestPrepareUnrecorded(t *testing.T) {
+	t.Parallel()
+	d, cdiDir, dataDir := newDriver(t, testInventory)
+	if err := os.Mkdir(filepath.Join(dataDir, checkpointFile), 0o755); err != nil { // the rename onto it fails
+		t.Fatal(err)
+	}
+	if _, err := d.PrepareResourceClaims(context.Background(), []*resourceapi.ResourceClaim{claim(uidOf(1), "c", []result{{"gpu", "gpu-1"}})}); err == nil {
+		t.Fatal("prepared without a checkpoint")
+	}
+	if m, _ := filepath.Glob(filepath.Join(cdiDir, "*")); len(m) != 0 {
+		t.Errorf("left %v", m)
+	}
+	if len(d.Prepared()) != 0 {
+		t.Errorf("prepared %v", d.Prepared())
 	}
 }

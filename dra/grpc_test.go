@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	resourceapi "k8s.io/api/resource/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
 	drapb "k8s.io/kubelet/pkg/apis/dra/v1"
@@ -122,7 +123,7 @@ func BenchmarkPrepareResourceClaims(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		b.StopTimer()
-		pc := k.createClaim(b, claim(fmt.Sprintf("b6f0b3de-0000-4000-8000-%012d", i), fmt.Sprintf("bench-%d", i), []result{{"gpu", "gpu-1"}}))
+		pc := k.createClaim(b, claim(types.UID(fmt.Sprintf("b6f0b3de-0000-4000-8000-%012d", i)), fmt.Sprintf("bench-%d", i), []result{{"gpu", "gpu-1"}}))
 		b.StartTimer()
 		start := time.Now()
 		resp, err := k.client.NodePrepareResources(ctx, &drapb.NodePrepareResourcesRequest{Claims: []*drapb.Claim{pc}})

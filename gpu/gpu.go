@@ -86,11 +86,13 @@ type Device struct {
 	Brand string `json:"brand,omitempty"`
 	// Architecture is the GPU architecture's name ("ampere") and Memory the GPU's memory in
 	// bytes, from NVML; empty and 0 without it.
-	Architecture string       `json:"architecture,omitempty"`
-	Memory       uint64       `json:"memory,omitempty"`
-	Node         DeviceNode   `json:"node"`
-	DRM          []DeviceNode `json:"drm,omitempty"`
-	MIG          []MIGDevice  `json:"mig,omitempty"`
+	Architecture string `json:"architecture,omitempty"`
+	Memory       uint64 `json:"memory,omitempty"`
+	// MIGMode tells a GPU in MIG mode (NVML), which may have no MIG device yet.
+	MIGMode bool         `json:"migMode,omitempty"`
+	Node    DeviceNode   `json:"node"`
+	DRM     []DeviceNode `json:"drm,omitempty"`
+	MIG     []MIGDevice  `json:"mig,omitempty"`
 	// Topology is NVML's topology level from this GPU to each GPU, by position in the
 	// inventory (0 for itself; lower is closer); empty without NVML.
 	Topology []int `json:"topology,omitempty"`

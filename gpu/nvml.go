@@ -192,6 +192,7 @@ func nvmlDevice(i int, dev nvml.Device) (Device, error) {
 	if ret != nvml.SUCCESS || mode != nvml.DEVICE_MIG_ENABLE {
 		return g, nil
 	}
+	g.MIGMode = true
 	max, ret := dev.GetMaxMigDeviceCount()
 	if ret != nvml.SUCCESS {
 		return g, fmt.Errorf("get MIG device count of GPU %d: %s", i, nvml.ErrorString(ret))

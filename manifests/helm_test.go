@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	nodev1 "k8s.io/api/node/v1"
@@ -217,7 +218,7 @@ func TestHelmLint(t *testing.T) {
 		t.Fatalf("helm lint: %v\n%s", err, out)
 	}
 	allowed := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want",
-		"/var/lib/kubelet/plugins", "/var/lib/kubelet/plugins_registry"}
+		"/var/lib/kubelet/plugins/gpu.nvbind.io", "/var/lib/kubelet/plugins_registry"}
 	for _, f := range examples(t) {
 		t.Run(filepath.Base(f), func(t *testing.T) {
 			t.Parallel()
@@ -263,6 +264,10 @@ func TestHelmLint(t *testing.T) {
 					strict(t, data, &rbacv1.ClusterRoleBinding{})
 				case "DeviceClass":
 					strict(t, data, &resourcev1.DeviceClass{})
+				case "ValidatingAdmissionPolicy":
+					strict(t, data, &admissionv1.ValidatingAdmissionPolicy{})
+				case "ValidatingAdmissionPolicyBinding":
+					strict(t, data, &admissionv1.ValidatingAdmissionPolicyBinding{})
 				case "ServiceMonitor":
 					// the real CRD's schema checks it: the cluster test dry-runs every example
 				default:
@@ -290,7 +295,8 @@ func TestHelmRefusesBadValues(t *testing.T) {
 		{"devicePlugin.resourceName=gpu", []string{"/devicePlugin/resourceName"}},
 		{"extraArgs={-v}", []string{"/extraArgs/0"}},
 		{"metrics.serviceMonitor.enabled=true,metrics.service.enabled=false", []string{"metrics.serviceMonitor.enabled needs metrics.service.enabled"}},
-		{"dra.enabled=true,devicePlugin.enabled=true", []string{"dra.gpus", "never both"}},
+		{"dra.enabled=true,devicePlugin.enabled=true,requireAllocation=true", []string{"dra.gpus", "never both"}},
+		{"dra.enabled=true", []string{"dra.enabled needs requireAllocation: true"}},
 		{"dra.gpus=one", []string{"/dra/gpus"}},
 	} {
 		out, err := helm(t, "template", "nvbind", chart, "--set", tc.set)

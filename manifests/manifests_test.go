@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/pelletier/go-toml/v2"
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	nodev1 "k8s.io/api/node/v1"
@@ -51,7 +52,7 @@ func build(t *testing.T, dir string) map[string][]byte {
 func TestKustomizeOverlays(t *testing.T) {
 	t.Parallel()
 	allowedHostPaths := []string{"/var/run/nri", "/dev", "/dev/char", "/var/run/cdi", "/opt/nvbind/bin", "/var/lib/kubelet/device-plugins", "/run/nvbind", "/run/nvbind/driver/.want",
-		"/var/lib/kubelet/plugins", "/var/lib/kubelet/plugins_registry"}
+		"/var/lib/kubelet/plugins/gpu.nvbind.io", "/var/lib/kubelet/plugins_registry"}
 	for _, tc := range []struct {
 		dir, driverRoot string
 		selector        map[string]string
@@ -104,6 +105,10 @@ func TestKustomizeOverlays(t *testing.T) {
 					}
 				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "DeviceClass/"):
 					strict(t, data, &resourcev1.DeviceClass{})
+				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "ValidatingAdmissionPolicy/"):
+					strict(t, data, &admissionv1.ValidatingAdmissionPolicy{})
+				case tc.dir == "overlays/dra" && strings.HasPrefix(k, "ValidatingAdmissionPolicyBinding/"):
+					strict(t, data, &admissionv1.ValidatingAdmissionPolicyBinding{})
 				default:
 					t.Errorf("unexpected object %s", k)
 				}
@@ -112,7 +117,8 @@ func TestKustomizeOverlays(t *testing.T) {
 			want := "DaemonSet/nvbind Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind"
 			if tc.dir == "overlays/dra" {
 				want = "ClusterRole/nvbind-dra ClusterRoleBinding/nvbind-dra DaemonSet/nvbind DeviceClass/gpu.nvbind.io DeviceClass/mig.nvbind.io " +
-					"Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind"
+					"Namespace/nvbind-system Service/nvbind-metrics ServiceAccount/nvbind " +
+					"ValidatingAdmissionPolicy/nvbind-dra-resourceslices ValidatingAdmissionPolicyBinding/nvbind-dra-resourceslices"
 			}
 			if strings.Join(kinds, " ") != want {
 				t.Errorf("objects = %v", kinds)
@@ -225,8 +231,8 @@ func checkDRARole(t *testing.T, r *rbacv1.ClusterRole) {
 	for _, g := range got {
 		res, verb, _ := strings.Cut(g, ":")
 		switch {
-		case res == "resourceslices":
-		case res == "resourceclaims" && (verb == "get" || verb == "list" || verb == "watch"):
+		case res == "resourceslices" && verb != "patch" && verb != "deletecollection":
+		case res == "resourceclaims" && verb == "get":
 		case res == "nodes" && verb == "get":
 		default:
 			t.Errorf("the DRA driver may %s %s", verb, res)

@@ -48,6 +48,8 @@ type devicePluginFlags struct {
 	dpFlags
 	cdiSpecDir string
 	rescan     time.Duration
+	// draGPUs are the GPUs a DRA driver beside this plugin serves (nvbind dra --dra-gpus)
+	draGPUs draFlags
 }
 
 func newDevicePluginCommand(g *globalFlags) *cobra.Command {
@@ -82,5 +84,6 @@ In a cluster, run it inside the NRI plugin's pod instead: nvbind nri --device-pl
 	fl := cmd.Flags()
 	fl.StringVar(&f.cdiSpecDir, "cdi-spec-dir", "/var/run/cdi", "where the spec that cdi-cri's names refer to is kept")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again (GPU health, MIG changes)")
+	fl.StringVar(&f.draGPUs.gpus, "dra-gpus", "", "the GPUs a DRA driver beside this plugin serves (nvbind dra --dra-gpus, the same list): this plugin advertises the others")
 	return cmd
 }

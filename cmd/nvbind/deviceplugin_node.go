@@ -60,7 +60,15 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 		return err
 	}
 	so.Writer = "nvbind device-plugin (cdi-cri)"
-	p, err := f.plugin(so, log, nil, nil)
+	draServe, err := f.draGPUs.serve()
+	if err != nil {
+		return err
+	}
+	var serve func(gpu.Device) bool
+	if draServe != nil {
+		serve = func(g gpu.Device) bool { return !draServe(g) }
+	}
+	p, err := f.plugin(so, log, nil, serve)
 	if err != nil {
 		return err
 	}

@@ -32,7 +32,7 @@ func (d *draFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&d.kubeconfig, "kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the API server (default: the pod's service account) [$KUBECONFIG]")
 	fl.StringVar(&d.pluginDir, "kubelet-plugin-dir", draDefaultPluginDir, "the driver's folder under the kubelet's plugins folder: its socket and checkpoint")
 	fl.StringVar(&d.registrarDir, "kubelet-registrar-dir", draDefaultRegistrarDir, "the kubelet's plugin registration folder")
-	fl.StringVar(&d.gpus, "dra-gpus", "", "the GPUs the DRA driver publishes, by index or UUID (a comma-separated list, or all; default all): with --device-plugin as well, the device plugin serves the others")
+	fl.StringVar(&d.gpus, "dra-gpus", "", "the GPUs the DRA driver publishes, by index or UUID (a comma-separated list, or all; default all): the device plugin serves the others (nvbind nri --device-plugin; give nvbind device-plugin run apart the same --dra-gpus)")
 }
 
 // serve parses --dra-gpus: nil serves every GPU.
@@ -76,7 +76,7 @@ Capabilities come from opaque configuration (apiVersion: gpus.nvbind.io/v1alpha1
 capabilities: [compute, utility]; default compute,utility).
 In a cluster, run it inside the NRI plugin's pod instead: nvbind nri --dra.`,
 		Example: `  nvbind dra --node-name $NODE_NAME
-  nvbind dra --dra-gpus 0,1          # GPUs 0 and 1 only; the device plugin serves the others`,
+  nvbind dra --dra-gpus 0,1          # GPUs 0 and 1 only: run nvbind device-plugin --dra-gpus 0,1 for the others`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := g.logger(cmd.ErrOrStderr())

@@ -66,6 +66,9 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 		if svc.DRA, err = f.driver(so, f.cdiSpecDir, d, draServe, log); err != nil {
 			return err
 		}
+		if !f.requireAllocation {
+			log.Warn("--dra without --require-allocation: a pod may still take any GPU, claimed ones included, with an annotation or NVIDIA_VISIBLE_DEVICES")
+		}
 		p.AlsoReady(svc.DRA.Registered)
 		onFaults = append(onFaults, svc.DRA.SetFaults)
 	}

@@ -31,9 +31,9 @@ func (s *setup) draOverlay(xidEvents string, extra string) string {
       - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: "%d"}}
       - {op: replace, path: /spec/template/spec/containers/0/args/6, value: "--metrics-address=:%d"}
       - {op: replace, path: /spec/template/spec/containers/0/ports/0/containerPort, value: %d}
-      - {op: replace, path: /spec/template/spec/volumes/8/hostPath/path, value: %s/plugins}
+      - {op: replace, path: /spec/template/spec/volumes/8/hostPath/path, value: %s/plugins/gpu.nvbind.io}
       - {op: replace, path: /spec/template/spec/volumes/9/hostPath/path, value: %s/plugins_registry}
-      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/7/mountPath, value: %s/plugins}
+      - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/7/mountPath, value: %s/plugins/gpu.nvbind.io}
       - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/8/mountPath, value: %s/plugins_registry}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --kubelet-plugin-dir=%s/plugins/gpu.nvbind.io}
       - {op: add, path: /spec/template/spec/containers/0/args/-, value: --kubelet-registrar-dir=%s/plugins_registry}
@@ -82,7 +82,7 @@ func (s *setup) slicedDevices() map[string]sliceDevice {
 	return out
 }
 
-func (s *setup) waitSlices(t *testing.T, want ...string) map[string]sliceDevice {
+func (s *setup) waitSlices(t testing.TB, want ...string) map[string]sliceDevice {
 	t.Helper()
 	var got map[string]sliceDevice
 	s.waitFor("ResourceSlices of "+strings.Join(want, ","), 90*time.Second, func() error {
@@ -186,6 +186,31 @@ func (s *setup) draScenarios(t *testing.T) {
 
 	// the slices: both GPUs, with what procfs knows (the pod is not privileged: no NVML)
 	devs := s.waitSlices(t, "gpu-0", "gpu-1")
+
+	// the admission policy: the driver's account may write only its own node's slices
+	// (the driver itself just did), not another node's, and not without a node
+	forged := filepath.Join(t.TempDir(), "slice.yaml")
+	if err := os.WriteFile(forged, []byte(`apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: forged}
+spec:
+  driver: gpu.nvbind.io
+  nodeName: other-node
+  pool: {name: other-node, generation: 1, resourceSliceCount: 1}
+  devices: [{name: gpu-0}]
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	as := "--as=system:serviceaccount:nvbind-system:nvbind"
+	for extra, want := range map[string]string{
+		"--as-user-extra=authentication.kubernetes.io/node-name=" + nodeName: "may write only the ResourceSlices of its own node",
+		"--as-user-extra=other=x": "names no node",
+	} {
+		out, err := s.kubectlErr("create", "-f", forged, as, extra)
+		if err == nil || !strings.Contains(out, want) {
+			t.Errorf("a slice of another node written by the driver's account (%s): %v\n%s", extra, err, out)
+		}
+	}
 	attr := func(d sliceDevice, k string) string {
 		a := d.Attributes[k]
 		switch {
@@ -226,7 +251,7 @@ func (s *setup) draScenarios(t *testing.T) {
 			t.Errorf("%s: GPUs %v, want one (%s):\n%s", tc.file, gpus, tc.gpu, log)
 		}
 		t.Logf("%s: %s to %s in %s", tc.file, tc.pod, s.pod("default", tc.pod).Status.Phase, time.Since(start).Round(100*time.Millisecond))
-		s.kubectl("delete", "-f", filepath.Join(s.repo, "manifests/examples", tc.file), "--wait=true", "--timeout=60s")
+		s.kubectl("delete", "pod", tc.pod, "--wait=true", "--timeout=60s")
 	}
 	s.waitFor("the examples' claims unprepared", 60*time.Second, func() error {
 		if m := s.claimSpecs(); len(m) != 0 {
@@ -235,15 +260,25 @@ func (s *setup) draScenarios(t *testing.T) {
 		return nil
 	})
 
-	// a claim nothing matches stays Pending, with the scheduler's reason
+	// a claim nothing matches stays Pending, with the scheduler's reason: the example's
+	// big GPU (compute capability and memory, which procfs does not give), and a product
+	// name no GPU here has
 	s.applyPod(claimTemplate("no-such-gpu", `device.attributes["gpu.nvbind.io"].productName == "NVIDIA H900"`, ""))
-	s.applyPod(claimPod("unmatched", "resourceClaimTemplateName: no-such-gpu", "true"))
-	ev := s.waitEvent("default", "unmatched", 90*time.Second, "FailedScheduling", "cannot allocate all claims")
-	t.Logf("a claim nothing matches:\n%s", lastLine(ev, "cannot allocate"))
-	if p := s.pod("default", "unmatched"); p.Status.Phase != "Pending" {
-		t.Errorf("unmatched is %s", p.Status.Phase)
+	for _, tmpl := range []string{"big-gpu", "no-such-gpu"} {
+		s.applyPod(claimPod("unmatched", "resourceClaimTemplateName: "+tmpl, "true"))
+		ev := s.waitEvent("default", "unmatched", 90*time.Second, "FailedScheduling", "cannot allocate all claims")
+		t.Logf("a claim nothing matches (%s):\n%s", tmpl, lastLine(ev, "cannot allocate"))
+		if strings.Contains(ev, "CEL") || strings.Contains(ev, "no such key") {
+			t.Errorf("%s: the selector failed to evaluate:\n%s", tmpl, ev)
+		}
+		if p := s.pod("default", "unmatched"); p.Status.Phase != "Pending" {
+			t.Errorf("unmatched is %s", p.Status.Phase)
+		}
+		s.kubectl("delete", "pod", "unmatched", "--grace-period=0", "--force")
+		s.kubectl("delete", "events", "--field-selector", "involvedObject.name=unmatched")
 	}
-	s.kubectl("delete", "pod", "unmatched", "--wait=false")
+	s.kubectl("delete", "-f", filepath.Join(s.repo, "manifests/examples/dra-one-gpu.yaml"), "--ignore-not-found")
+	s.kubectl("delete", "-f", filepath.Join(s.repo, "manifests/examples/dra-select.yaml"), "--ignore-not-found")
 
 	// one claim, two pods: the same GPU
 	s.kubectl("apply", "-f", filepath.Join(s.repo, "manifests/examples/dra-shared.yaml"))
@@ -267,7 +302,7 @@ func (s *setup) draScenarios(t *testing.T) {
 	s.applyPod(claimTemplate("typo", `device.attributes["gpu.nvbind.io"].index == 0`,
 		`{apiVersion: gpus.nvbind.io/v1alpha1, kind: GpuConfig, capabilites: [compute]}`))
 	s.applyPod(claimPod("bad-config", "resourceClaimTemplateName: typo", "true"))
-	ev = s.waitEvent("default", "bad-config", 90*time.Second, "unknown field", "capabilites", "valid fields")
+	ev := s.waitEvent("default", "bad-config", 90*time.Second, "unknown field", "capabilites", "valid fields")
 	t.Logf("bad opaque configuration:\n%s", lastLine(ev, "capabilites"))
 	s.kubectl("delete", "pod", "bad-config", "--grace-period=1")
 
@@ -335,11 +370,8 @@ func (s *setup) draScenarios(t *testing.T) {
 
 	// the device plugin beside the driver: GPU 1 is the driver's, GPU 0 the device
 	// plugin's; a driver restart (new process) forgets the XID
-	s.kubectl("-n", "nvbind-system", "patch", "ds", "nvbind", "--type=json", `-p=[
-{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--device-plugin"},
-{"op":"add","path":"/spec/template/spec/containers/0/args/-","value":"--dra-gpus=1"},
-{"op":"add","path":"/spec/template/spec/volumes/-","value":{"name":"device-plugins","hostPath":{"path":"/var/lib/kubelet/device-plugins","type":"Directory"}}},
-{"op":"add","path":"/spec/template/spec/containers/0/volumeMounts/-","value":{"name":"device-plugins","mountPath":"/var/lib/kubelet/device-plugins"}}]`)
+	overlay = s.draOverlay(xidEvents, withDevicePlugin)
+	s.kubectl("apply", "-k", overlay)
 	s.kubectl("-n", "nvbind-system", "rollout", "status", "ds/nvbind", "--timeout=180s")
 	s.waitSlices(t, "gpu-1")
 	s.waitCapacity(t, "1")
@@ -363,6 +395,14 @@ func (s *setup) draScenarios(t *testing.T) {
 		return nil
 	})
 }
+
+// withDevicePlugin are the patch lines of draOverlay that run the device plugin beside
+// the driver, which serves GPU 1.
+const withDevicePlugin = `      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --device-plugin}
+      - {op: add, path: /spec/template/spec/containers/0/args/-, value: --dra-gpus=1}
+      - {op: add, path: /spec/template/spec/volumes/-, value: {name: device-plugins, hostPath: {path: /var/lib/kubelet/device-plugins, type: Directory}}}
+      - {op: add, path: /spec/template/spec/containers/0/volumeMounts/-, value: {name: device-plugins, mountPath: /var/lib/kubelet/device-plugins}}
+`
 
 // appendXID appends a line to the fake XID event file.
 func appendXID(t *testing.T, path, line string) {

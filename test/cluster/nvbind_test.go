@@ -467,7 +467,7 @@ func isGPUNode(n string) bool {
 }
 
 // waitCapacity waits for the node's allocatable nvidia.com/gpu.
-func (s *setup) waitCapacity(t *testing.T, want string) {
+func (s *setup) waitCapacity(t testing.TB, want string) {
 	t.Helper()
 	s.waitFor("nvidia.com/gpu allocatable "+want, 90*time.Second, func() error {
 		got := s.kubectl("get", "node", nodeName, "-o", `jsonpath={.status.allocatable.nvidia\.com/gpu}`)
