@@ -83,7 +83,7 @@ func requestCaps(alloc *resourceapi.AllocationResult, request string) (gpu.Capab
 		}
 		got, err := ParseConfig(c.Opaque.Parameters.Raw)
 		if err != nil {
-			return 0, fmt.Errorf("%s (from the %s)", err, sourceName(c.Source))
+			return 0, fmt.Errorf("%w (from the %s)", err, sourceName(c.Source))
 		}
 		caps = got
 	}

@@ -137,7 +137,7 @@ func Device(inv *gpu.Inventory, t Target) resourceapi.Device {
 	dev := resourceapi.Device{Name: t.Name, Attributes: attrs}
 	if mem > 0 && mem <= 1<<62 {
 		dev.Capacity = map[resourceapi.QualifiedName]resourceapi.DeviceCapacity{
-			"memory": {Value: *resource.NewQuantity(int64(mem), resource.BinarySI)}, //nolint:gosec // bounded above
+			"memory": {Value: *resource.NewQuantity(int64(mem), resource.BinarySI)},
 		}
 	}
 	return dev

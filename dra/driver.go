@@ -410,8 +410,8 @@ func (d *Driver) HandleError(_ context.Context, err error, msg string) {
 	d.log.Error(msg, slog.Any("error", err))
 }
 
-// WatchHealthStatus: a GPU out of service leaves the slices instead (SetFaults), so that
-// the scheduler never picks it; the kubelet's per-device health is not reported.
+// WatchHealthStatus reports nothing: a GPU out of service leaves the slices instead
+// (SetFaults), so that the scheduler never picks it.
 func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
 	return kubeletplugin.ErrHealthNotSupported
 }

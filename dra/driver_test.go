@@ -250,8 +250,8 @@ func TestPrepareRefuses(t *testing.T) {
 		c     *resourceapi.ResourceClaim
 		wants []string
 	}{
-		{claim(uidOf(11), "typo", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilites":["compute"]}`),
-			[]string{"claim default/typo", "request gpu", `unknown field "capabilites"`, "valid fields: apiVersion, kind, capabilities"}},
+		{claim(uidOf(11), "typo", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capability":["compute"]}`),
+			[]string{"claim default/typo", "request gpu", `unknown field "capability"`, "valid fields: apiVersion, kind, capabilities"}},
 		{claim(uidOf(12), "warp", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","warp"]}`),
 			[]string{`unknown driver capability "warp"`, "compute", "utility", "graphics"}},
 		{claim(uidOf(13), "kind", []result{{"gpu", "gpu-0-mig-1-0"}}, `{"apiVersion":"gpus.nvbind.io/v1","kind":"GpuConf"}`),
@@ -341,7 +341,7 @@ func TestCheckpointRefusesOtherVersions(t *testing.T) {
 
 func FuzzParseConfig(f *testing.F) {
 	for _, s := range []string{`{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","utility"]}`,
-		`{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig"}`, `{"capabilites":[]}`, `{} {}`, `[`, `{"capabilities":["` + strings.Repeat("x", 70000) + `"]}`} {
+		`{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig"}`, `{"capability":[]}`, `{} {}`, `[`, `{"capabilities":["` + strings.Repeat("x", 70000) + `"]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {

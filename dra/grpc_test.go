@@ -33,11 +33,7 @@ type kubeletSide struct {
 
 func serveGRPC(tb testing.TB, discover func(context.Context) (*gpu.Inventory, error)) *kubeletSide {
 	tb.Helper()
-	dataDir, err := os.MkdirTemp("", "nvbdra") // short: a socket path has 108 bytes
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { _ = os.RemoveAll(dataDir) })
+	dataDir := tb.TempDir()
 	k := &kubeletSide{kube: fake.NewClientset(), cdiDir: tb.TempDir()}
 	d, err := New(Config{NodeName: testNode, CDIDir: k.cdiDir, DataDir: dataDir, Spec: spec.Options{HookPath: hookPath}, Discover: discover,
 		Kube: k.kube, RegistrarDir: tb.TempDir(), Options: []kubeletplugin.Option{kubeletplugin.RegistrationService(false)}})
@@ -49,7 +45,9 @@ func serveGRPC(tb testing.TB, discover func(context.Context) (*gpu.Inventory, er
 	go func() { done <- d.Run(ctx) }()
 	tb.Cleanup(func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			tb.Error(err)
+		}
 	})
 	sock := filepath.Join(dataDir, "dra.sock")
 	for deadline := time.Now().Add(10 * time.Second); ; {

@@ -81,7 +81,7 @@ func render(t *testing.T, args ...string) map[string][]byte {
 	dec := utilyaml.NewYAMLReader(bufio.NewReader(strings.NewReader(out)))
 	for {
 		doc, err := dec.Read()
-		if err == io.EOF {
+		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {

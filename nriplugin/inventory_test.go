@@ -10,5 +10,3 @@ func node(path string, major, minor int64) gpu.DeviceNode { return gputest.Node(
 // testInventory is gputest's: two GPUs (the first in MIG mode with two MIG devices) and a
 // small driver.
 func testInventory() *gpu.Inventory { return gputest.Inventory() }
-
-func boolp(b bool) *bool { return &b }

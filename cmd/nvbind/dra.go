@@ -1,15 +1,10 @@
 package main
 
 import (
-	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-
-	"github.com/nvbind/nvbind/gpu"
 )
 
 // Defaults of the DRA driver's folders: the kubelet's (the plugin folder is the driver's,
@@ -33,23 +28,6 @@ func (d *draFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&d.pluginDir, "kubelet-plugin-dir", draDefaultPluginDir, "the driver's folder under the kubelet's plugins folder: its socket and checkpoint")
 	fl.StringVar(&d.registrarDir, "kubelet-registrar-dir", draDefaultRegistrarDir, "the kubelet's plugin registration folder")
 	fl.StringVar(&d.gpus, "dra-gpus", "", "the GPUs the DRA driver publishes, by index or UUID (a comma-separated list, or all; default all): the device plugin serves the others (nvbind nri --device-plugin; give nvbind device-plugin run apart the same --dra-gpus)")
-}
-
-// serve parses --dra-gpus: nil serves every GPU.
-func (d *draFlags) serve() (func(gpu.Device) bool, error) {
-	v := strings.TrimSpace(d.gpus)
-	if v == "" || v == "all" {
-		return nil, nil
-	}
-	set := map[string]bool{}
-	for _, item := range strings.Split(v, ",") {
-		item = strings.TrimSpace(item)
-		if _, err := strconv.Atoi(item); err != nil && !strings.HasPrefix(item, "GPU-") {
-			return nil, fmt.Errorf("--dra-gpus: %q is neither a GPU index nor a GPU UUID (valid: all, or a list such as 0,1 or GPU-<uuid>)", item)
-		}
-		set[item] = true
-	}
-	return func(g gpu.Device) bool { return set[strconv.Itoa(g.Index)] || set[g.UUID] }, nil
 }
 
 type draCommandFlags struct {

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
+	"strings"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -78,4 +80,21 @@ func (f *draCommandFlags) run(ctx context.Context, log *slog.Logger) error {
 	}()
 	log.Info("starting the DRA driver", "driver", dra.DriverName, "node", f.nodeName, "cdi_spec_dir", f.cdiSpecDir)
 	return drv.Run(ctx)
+}
+
+// serve parses --dra-gpus: nil serves every GPU.
+func (d *draFlags) serve() (func(gpu.Device) bool, error) {
+	v := strings.TrimSpace(d.gpus)
+	if v == "" || v == "all" {
+		return nil, nil
+	}
+	set := map[string]bool{}
+	for _, item := range strings.Split(v, ",") {
+		item = strings.TrimSpace(item)
+		if _, err := strconv.Atoi(item); err != nil && !strings.HasPrefix(item, "GPU-") {
+			return nil, fmt.Errorf("--dra-gpus: %q is neither a GPU index nor a GPU UUID (valid: all, or a list such as 0,1 or GPU-<uuid>)", item)
+		}
+		set[item] = true
+	}
+	return func(g gpu.Device) bool { return set[strconv.Itoa(g.Index)] || set[g.UUID] }, nil
 }

@@ -300,10 +300,10 @@ spec:
 
 	// bad opaque configuration: the preparation fails with an event that names the field
 	s.applyPod(claimTemplate("typo", `device.attributes["gpu.nvbind.io"].index == 0`,
-		`{apiVersion: gpus.nvbind.io/v1alpha1, kind: GpuConfig, capabilites: [compute]}`))
+		`{apiVersion: gpus.nvbind.io/v1alpha1, kind: GpuConfig, capability: [compute]}`))
 	s.applyPod(claimPod("bad-config", "resourceClaimTemplateName: typo", "true"))
-	ev := s.waitEvent("default", "bad-config", 90*time.Second, "unknown field", "capabilites", "valid fields")
-	t.Logf("bad opaque configuration:\n%s", lastLine(ev, "capabilites"))
+	ev := s.waitEvent("default", "bad-config", 90*time.Second, `unknown field "capability"`, "valid fields")
+	t.Logf("bad opaque configuration:\n%s", lastLine(ev, "capability"))
 	s.kubectl("delete", "pod", "bad-config", "--grace-period=1")
 
 	// enforcement: no annotation widens a claim, and a container without one gets no GPU
