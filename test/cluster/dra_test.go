@@ -201,13 +201,23 @@ spec:
 `), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	as := "--as=system:serviceaccount:nvbind-system:nvbind"
+	// impersonated through the kubeconfig (kubectl before 1.35 has no --as-user-extra)
+	admin, err := os.ReadFile(s.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for extra, want := range map[string]string{
-		"--as-user-extra=authentication.kubernetes.io/node-name=" + nodeName: "may write only the ResourceSlices of its own node",
-		"--as-user-extra=other=x": "names no node",
+		"authentication.kubernetes.io/node-name: [" + nodeName + "]": "may write only the ResourceSlices of its own node",
+		"other: [x]": "names no node",
 	} {
-		out, err := s.kubectlErr("create", "-f", forged, as, extra)
-		if err == nil || !strings.Contains(out, want) {
+		as := strings.Replace(string(admin), "user: {token: ",
+			"user: {as: system:serviceaccount:nvbind-system:nvbind, as-user-extra: {"+extra+"}, token: ", 1)
+		kc := filepath.Join(t.TempDir(), "kubeconfig")
+		if err := os.WriteFile(kc, []byte(as), 0o600); err != nil || as == string(admin) {
+			t.Fatalf("impersonating kubeconfig: %v", err)
+		}
+		out, err := exec.Command(filepath.Join(s.bin, "kubectl"), "--kubeconfig", kc, "create", "-f", forged).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), want) {
 			t.Errorf("a slice of another node written by the driver's account (%s): %v\n%s", extra, err, out)
 		}
 	}
