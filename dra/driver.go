@@ -23,6 +23,7 @@ import (
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -64,6 +65,9 @@ type Config struct {
 	RegistrarDir string
 	// Options are more options of the kubelet plugin helper (tests).
 	Options []kubeletplugin.Option
+	// Layouts, when set, are the driver layouts: a claim whose capability set has a
+	// complete layout gets the driver in one mount (and one not complete yet asks for it).
+	Layouts *layout.Provider
 	Log     *slog.Logger
 }
 
@@ -309,7 +313,11 @@ func (d *Driver) prepare(ctx context.Context, inv *gpu.Inventory, cp *checkpoint
 	if len(st.Devices) == 0 {
 		return fail(fmt.Errorf("claim %s/%s has no device of %s", c.Namespace, c.Name, DriverName))
 	}
-	common, err := spec.CommonEdits(inv, caps, d.cfg.Spec)
+	so := d.cfg.Spec
+	if d.cfg.Layouts != nil && d.cfg.Layouts.Ready(inv, caps) {
+		so.LayoutBase = d.cfg.Layouts.Base
+	}
+	common, err := spec.CommonEdits(inv, caps, so)
 	if err != nil {
 		return fail(err)
 	}

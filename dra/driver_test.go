@@ -24,6 +24,7 @@ import (
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/gputest"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -489,5 +490,50 @@ func TestPrepareUnrecorded(t *testing.T) {
 	}
 	if len(d.Prepared()) != 0 {
 		t.Errorf("prepared %v", d.Prepared())
+	}
+}
+
+// TestPrepareLayout: a claim whose capability set has a complete driver layout gets the
+// driver in one mount of it; one without gets a mount per file and asks for the layout.
+func TestPrepareLayout(t *testing.T) {
+	t.Parallel()
+	base := t.TempDir()
+	inv := testInventory()
+	plan := layout.For(inv, gpu.CapsDefault)
+	if err := os.MkdirAll(plan.HostPath(base), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(plan.HostPath(base), ".complete"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !layout.Complete(base, plan) {
+		t.Fatal("the fake layout is not complete")
+	}
+	d, cdiDir, _ := newDriver(t, testInventory)
+	d.cfg.Layouts = &layout.Provider{Base: base}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		uid    types.UID
+		config string
+		layout bool
+	}{
+		{uidOf(1), "", true},
+		{uidOf(2), `{"apiVersion":"gpus.nvbind.io/v1alpha1","kind":"GpuConfig","capabilities":["compute","utility","graphics"]}`, false},
+	} {
+		var configs []string
+		if tc.config != "" {
+			configs = append(configs, tc.config)
+		}
+		gpuName := map[types.UID]string{uidOf(1): "gpu-1", uidOf(2): "gpu-0-mig-1-0"}[tc.uid]
+		res, err := d.PrepareResourceClaims(ctx, []*resourceapi.ResourceClaim{claim(tc.uid, "c", []result{{"gpu", gpuName}}, configs...)})
+		if err != nil || res[tc.uid].Err != nil {
+			t.Fatal(err, res)
+		}
+		_, mounts := paths(inject(t, cdiDir, res[tc.uid].Devices[0].CDIDeviceIDs...))
+		inLayout := slices.ContainsFunc(mounts, func(m string) bool { return filepath.Dir(m) == layout.Dest })
+		perFile := slices.Contains(mounts, "/usr/lib/x86_64-linux-gnu/libcuda.so.535.261.03")
+		if inLayout != tc.layout || perFile == tc.layout {
+			t.Errorf("claim %s: layout mount %v, per-file libcuda %v; mounts %v", tc.uid, inLayout, perFile, mounts)
+		}
 	}
 }

@@ -16,12 +16,13 @@ import (
 
 	"github.com/nvbind/nvbind/dra"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 )
 
 // driver makes the DRA driver of these flags: claims get the edits of so, from a
-// discovery run at each prepare.
-func (d *draFlags) driver(so spec.Options, cdiDir string, disc *gpu.Discoverer, serve func(gpu.Device) bool, log *slog.Logger) (*dra.Driver, error) {
+// discovery run at each prepare, with the driver layouts of layouts where complete.
+func (d *draFlags) driver(so spec.Options, cdiDir string, disc *gpu.Discoverer, serve func(gpu.Device) bool, layouts *layout.Provider, log *slog.Logger) (*dra.Driver, error) {
 	if d.nodeName == "" {
 		return nil, errors.New("--node-name is empty: set it, or NODE_NAME from the downward API (fieldRef spec.nodeName)")
 	}
@@ -31,7 +32,7 @@ func (d *draFlags) driver(so spec.Options, cdiDir string, disc *gpu.Discoverer, 
 	}
 	so.Writer = dra.Writer
 	return dra.New(dra.Config{NodeName: d.nodeName, CDIDir: cdiDir, DataDir: d.pluginDir, Spec: so, Discover: disc.Discover,
-		Serve: serve, Kube: kube, RegistrarDir: d.registrarDir, Log: log})
+		Serve: serve, Kube: kube, RegistrarDir: d.registrarDir, Layouts: layouts, Log: log})
 }
 
 // kubeClient is the API client: --kubeconfig, else the pod's service account.
@@ -63,7 +64,7 @@ func (f *draCommandFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	drv, err := f.driver(so, f.cdiSpecDir, disc, serve, log)
+	drv, err := f.driver(so, f.cdiSpecDir, disc, serve, nil, log)
 	if err != nil {
 		return err
 	}

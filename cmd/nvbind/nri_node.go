@@ -63,7 +63,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	}
 	var onFaults []func(map[string]string)
 	if f.dra {
-		if svc.DRA, err = f.driver(so, f.cdiSpecDir, d, draServe, log); err != nil {
+		if svc.DRA, err = f.driver(so, f.cdiSpecDir, d, draServe, layouts, log); err != nil {
 			return err
 		}
 		if !f.requireAllocation {

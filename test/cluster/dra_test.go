@@ -260,6 +260,10 @@ spec:
 		if len(gpus) != 1 || (tc.gpu != "" && gpus[0] != tc.gpu) || !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => ") {
 			t.Errorf("%s: GPUs %v, want one (%s):\n%s", tc.file, gpus, tc.gpu, log)
 		}
+		// compute,utility has a layout from the start: the claim's spec mounts it
+		if !strings.Contains(log, "libcuda.so.1 (libc6,x86-64) => /usr/local/nvbind/") {
+			t.Errorf("%s: libcuda.so.1 is not the driver layout's:\n%s", tc.file, log)
+		}
 		t.Logf("%s: %s to %s in %s", tc.file, tc.pod, s.pod("default", tc.pod).Status.Phase, time.Since(start).Round(100*time.Millisecond))
 		s.kubectl("delete", "pod", tc.pod, "--wait=true", "--timeout=60s")
 	}
