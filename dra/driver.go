@@ -371,7 +371,11 @@ func (d *Driver) stale(ctx context.Context, uid types.UID, st *claimState) bool 
 	if apierrors.IsNotFound(err) {
 		return true
 	}
-	return err == nil && (c.UID != uid || c.Status.Allocation == nil)
+	if err != nil {
+		d.log.Warn("the holder of a device could not be looked up: it keeps the device", "claim", st.Namespace+"/"+st.Name, slog.Any("error", err))
+		return false
+	}
+	return c.UID != uid || c.Status.Allocation == nil
 }
 
 func adminAccess(r resourceapi.DeviceRequestAllocationResult) bool {

@@ -437,7 +437,11 @@ func TestDiscoverNVMLOnlyForMIG(t *testing.T) {
 				t.Errorf("NVML started: %v, want %v (nvml error %q)", got, tc.useNVML, inv.NVMLError)
 			}
 			if inv.Source != SourceProcfs || len(inv.Devices) != 2 || inv.Devices[1].UUID != "GPU-bbbb" {
-				t.Errorf("source %s, devices %+v", inv.Source, inv.Devices)
+				t.Fatalf("source %s, devices %+v", inv.Source, inv.Devices)
+			}
+			// /proc tells a GPU with MIG instances, whose MIG devices only NVML lists
+			if inv.Devices[0].MIGMode || inv.Devices[1].MIGMode != (tc.name == "MIG instance on GPU 1") {
+				t.Errorf("MIG mode: %v, %v", inv.Devices[0].MIGMode, inv.Devices[1].MIGMode)
 			}
 		})
 	}

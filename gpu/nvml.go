@@ -68,7 +68,9 @@ func (d *Discoverer) discoverDevices(ctx context.Context, inv *Inventory, nvmlPa
 		return err
 	}
 	for i, g := range gpus {
-		inv.Devices = append(inv.Devices, Device{Index: i, Minor: g.Minor, UUID: g.UUID, PCIBusID: g.BusID, Model: g.Model})
+		// MIG devices need NVML; /proc still tells a GPU with MIG instances (MIG mode)
+		inv.Devices = append(inv.Devices, Device{Index: i, Minor: g.Minor, UUID: g.UUID, PCIBusID: g.BusID, Model: g.Model,
+			MIGMode: proc.hasMIGInstances([]procGPU{g})})
 	}
 	return nil
 }

@@ -196,8 +196,16 @@ func checkDRA(t *testing.T, ds *appsv1.DaemonSet) {
 	t.Helper()
 	spec := ds.Spec.Template.Spec
 	c := spec.Containers[0]
-	if spec.AutomountServiceAccountToken == nil || !*spec.AutomountServiceAccountToken {
-		t.Error("the DRA driver needs the pod's API token")
+	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+		t.Error("the pod mounts an API token in every container")
+	}
+	for i, ctr := range append(spec.InitContainers, spec.Containers...) {
+		has := slices.ContainsFunc(ctr.VolumeMounts, func(m corev1.VolumeMount) bool {
+			return m.Name == "kube-api-access" && m.MountPath == "/var/run/secrets/kubernetes.io/serviceaccount" && m.ReadOnly
+		})
+		if has != (ctr.Name == "nvbind" && i == len(spec.InitContainers)) {
+			t.Errorf("container %s: API token mounted %v; the driver's container alone has it", ctr.Name, has)
+		}
 	}
 	if !slices.Contains(c.Args, "--dra") || !slices.Contains(c.Args, "--require-allocation") {
 		t.Errorf("args %v", c.Args)

@@ -64,6 +64,9 @@ func (f *devicePluginFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if draServe == nil && f.draGPUs.gpus != "" {
+		return fmt.Errorf("--dra-gpus %q: the DRA driver serves every GPU, so this plugin would advertise none; list the DRA driver's GPUs (such as 1, or GPU-<uuid>)", f.draGPUs.gpus)
+	}
 	var serve func(gpu.Device) bool
 	if draServe != nil {
 		serve = func(g gpu.Device) bool { return !draServe(g) }
