@@ -26,7 +26,7 @@ const tmpfsOptions = "mode=0755,size=1m,nr_inodes=16384"
 
 // idPattern matches a layout's folder name (Plan.ID): version, set, hash. Nothing else
 // under a base is ever detached or removed.
-var idPattern = regexp.MustCompile(`^[0-9A-Za-z._~-]+-(all|[a-z]+(\+[a-z]+)*)-[0-9a-f]{12}$`)
+var idPattern = regexp.MustCompile(`^[0-9A-Za-z._~-]+-(all|[a-z][a-z0-9]*(\+[a-z][a-z0-9]*)*)-[0-9a-f]{12}$`)
 
 // IsID reports whether name is a layout's folder name.
 func IsID(name string) bool { return idPattern.MatchString(name) }

@@ -307,3 +307,18 @@ func TestBaseThroughLink(t *testing.T) {
 		t.Error("IsID")
 	}
 }
+
+// Every capability set's layout is named as builders recognise a layout (compat32 has
+// digits): one that IsID refuses could never be replaced or detached.
+func TestEveryPlanIDIsAnID(t *testing.T) {
+	for c := gpu.Capabilities(1); c <= gpu.CapsAll; c++ {
+		if c&^gpu.CapsAll != 0 {
+			continue
+		}
+		p := Plan{Name: NameOf(c)}
+		id := VersionOf("535.261.03") + "-" + p.Name + "-0123456789ab"
+		if !IsID(id) {
+			t.Errorf("capabilities %v: layout ID %q is not recognised by IsID", c.List(), id)
+		}
+	}
+}
