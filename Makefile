@@ -27,28 +27,31 @@ BINDIR       := $(if $(filter $(HOST_ARCH),$(ARCH)),bin,bin/linux-$(ARCH))
 CROSS_CC_arm64 := aarch64-linux-gnu-gcc
 CROSS_CC_amd64 := x86_64-linux-gnu-gcc
 BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_CC_$(ARCH)))
-# the runtime wrapper's front is a small static C program (one exec per runtime command)
-RUNTIME_CC   := $(if $(filter $(HOST_ARCH),$(ARCH)),cc,$(CROSS_CC_$(ARCH)))
+# the runtime wrapper's front and the hook are small static C programs (one exec per
+# runtime command or container start): built with musl where it is installed (musl-tools),
+# whose static start costs a third of glibc's, else with the C compiler and glibc
+RUNTIME_CC   := $(if $(filter $(HOST_ARCH),$(ARCH)),$(shell command -v musl-gcc || echo cc),$(CROSS_CC_$(ARCH)))
 
 .PHONY: tools-ctk all build image deps tools-lint tools-containerd tools-cross tools-docker tools-helm fixtures k8s test test-k8s test-unit test-root test-gpu bench bench-startup fuzz lint vet fmt check-tidy demo clean
 
 all: build
 
-# nvbind, and nvbind-hook: the static, small binary that specs and adjustments run as
-# the hook on every container start; nvbind-runtime (a static C front) and
-# nvbind-runtime-edit, the OCI runtime wrapper
+# nvbind, and nvbind-hook: the static, small C program that specs and adjustments run as
+# the hook on every container start, with nvbind-hook-go, the full hook it hands the rest
+# to; nvbind-runtime (a static C front) and nvbind-runtime-edit, the OCI runtime wrapper
 # bin/nvbind is the lean CLI (cdi, info, hook, install): it links no NRI, gRPC, Prometheus
 # or kubelet code, so it starts fast. bin/nvbind-node is the full build, which nvbind runs
 # for nri, device-plugin and doctor.
 build:
 	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind ./cmd/nvbind
 	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-node ./cmd/nvbind
-	$(BUILD_ENV) CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-hook ./cmd/nvbind-hook
+	$(BUILD_ENV) CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-hook-go ./cmd/nvbind-hook-go
+	$(RUNTIME_CC) -static -O2 -s -Wall -Wextra -Werror -o $(BINDIR)/nvbind-hook cmd/nvbind-hook/nvbind-hook.c
 	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-runtime-edit ./cmd/nvbind-runtime-edit
 	$(RUNTIME_CC) -static -O2 -s -Wall -Wextra -Werror -o $(BINDIR)/nvbind-runtime cmd/nvbind-runtime/nvbind-runtime.c
 
 # nvbind's container image as an OCI archive, from the local build and no registry:
-# nvbind, nvbind-hook and exactly the shared objects nvbind and the driver's NVML need.
+# nvbind, nvbind-hook (with nvbind-hook-go) and exactly the shared objects nvbind and the driver's NVML need.
 # Load it with `ctr -n k8s.io images import $(IMAGE_TAR)` or `podman load -i $(IMAGE_TAR)`.
 image: build
 	$(GO) run ./internal/cmd/mkimage -bin $(BINDIR) -arch $(ARCH) -name $(IMAGE) -version $(IMAGE_TAG) \

@@ -24,6 +24,10 @@ type Link = hookargs.Link
 type Options struct {
 	Links   []Link
 	Folders []string
+	// FolderEntries is the container path of an ld cache file with the entries of the
+	// libraries in Folders (a driver layout's): used instead of reading each library when
+	// it is a cache the hook can read.
+	FolderEntries string
 	// ProtectDeviceNodes hides ModifyDeviceFiles: 1 from the container.
 	ProtectDeviceNodes bool
 	// HostParams is the host's params file (default /proc/driver/nvidia/params).
@@ -72,10 +76,10 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 			fmt.Fprintf(o.Log, "create-symlinks: %s exists in the image and is not a link: left as it is\n", l.Link)
 		}
 	}
-	folders := o.Folders
+	folders, compat := o.Folders, ""
 	if o.HostDriverVersion != "" {
-		compat, err := cudaCompatFolder(r, o.HostDriverVersion)
-		if err != nil {
+		var err error
+		if compat, err = cudaCompatFolder(r, o.HostDriverVersion); err != nil {
 			return fmt.Errorf("enable-cuda-compat: %w", err)
 		}
 		if compat != "" {
@@ -83,7 +87,7 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		}
 	}
 	if len(folders) > 0 {
-		if err := updateLDCache(r, folders, o.Log); err != nil {
+		if err := updateLDCache(r, folders, compat, o.FolderEntries, o.Log); err != nil {
 			return fmt.Errorf("update-ldcache: %w", err)
 		}
 	}

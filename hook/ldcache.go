@@ -33,7 +33,11 @@ const (
 // folders, all scanned by the hook inside the root; the log says so. Where the image has
 // /etc/ld.so.conf.d, the folders are also written there, so an ldconfig run inside the
 // container keeps them.
-func updateLDCache(r *containerRoot, folders []string, log io.Writer) error {
+//
+// With entries (a driver layout's ld cache of the folders after compat), the folders'
+// entries are read from it instead of from each library; a file that is not a cache the
+// hook can read is ignored and the folders are scanned.
+func updateLDCache(r *containerRoot, folders []string, compat, entries string, log io.Writer) error {
 	for _, f := range folders {
 		if _, _, err := cleanAbs(f); err != nil {
 			return err
@@ -58,11 +62,56 @@ func updateLDCache(r *containerRoot, folders []string, log io.Writer) error {
 			return err
 		}
 	}
-	ours, err := scanFolders(r, folders)
+	ours, err := folderEntries(r, folders, compat, entries)
 	if err != nil {
 		return err
 	}
 	return r.writeFile("/etc/ld.so.cache", ldcache.Encode(merge(ours, image)))
+}
+
+// folderEntries lists the libraries of the folders: the compat folder's scanned, then the
+// others' from the entries file where it is a cache, else scanned.
+func folderEntries(r *containerRoot, folders []string, compat, entries string) ([]ldcache.Entry, error) {
+	if entries == "" {
+		return scanFolders(r, folders)
+	}
+	data, err := r.readFile(entries, ldcache.MaxSize)
+	if err != nil {
+		return scanFolders(r, folders)
+	}
+	listed, err := ldcache.Parse(data)
+	if err != nil {
+		return scanFolders(r, folders)
+	}
+	var out []ldcache.Entry
+	if compat != "" {
+		if out, err = scanFolder(r, compat); err != nil {
+			return nil, err
+		}
+	}
+	if len(out)+len(listed) > maxLibraries {
+		return nil, fmt.Errorf("more than %d libraries in the ld cache's folders", maxLibraries)
+	}
+	return append(out, listed...), nil
+}
+
+// LibraryEntries are the ld cache entries ldconfig would file for the folders of the tree
+// at root (paths inside it, in order), with prefix before each path: what a driver
+// layout, mounted at prefix in containers, holds for the hook's --folder-entries.
+func LibraryEntries(root, prefix string, folders []string) ([]ldcache.Entry, error) {
+	r, err := openRoot(root)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = r.Close() }()
+	es, err := scanFolders(r, folders)
+	if err != nil {
+		return nil, err
+	}
+	for i := range es {
+		es[i].Path = path.Join(prefix, es[i].Path)
+	}
+	return es, nil
 }
 
 // readImageCache reads the image's own cache; a missing cache is empty.

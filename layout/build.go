@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/internal/ldcache"
 )
 
 // completeFile marks a layout whose every entry is in place; it is written last.
@@ -172,6 +175,9 @@ func fill(dir string, p Plan, read func(string) string) error {
 			return fmt.Errorf("bind %s: %w", e.Host, err)
 		}
 	}
+	if err := writeEntries(dir, p); err != nil {
+		return err
+	}
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err != nil {
 		return err
@@ -180,6 +186,25 @@ func fill(dir string, p Plan, read func(string) string) error {
 		return err
 	}
 	return unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, tmpfsOptions)
+}
+
+// writeEntries writes the ld cache entries of the layout's library folders, as the hook
+// would find them in a container that mounts the layout, to EntriesFile: the hook merges
+// them into the image's cache instead of reading every library at each container start.
+func writeEntries(dir string, p Plan) error {
+	folders := make([]string, 0, len(p.Folders))
+	for _, f := range p.Folders {
+		rel, ok := strings.CutPrefix(f, p.Mount()+"/")
+		if !ok {
+			return fmt.Errorf("library folder %s is not in the layout %s", f, p.Mount())
+		}
+		folders = append(folders, "/"+rel)
+	}
+	entries, err := hook.LibraryEntries(dir, p.Mount(), folders)
+	if err != nil {
+		return fmt.Errorf("ld cache entries: %w", err)
+	}
+	return os.WriteFile(filepath.Join(dir, EntriesFile), ldcache.Encode(entries), 0o444) //nolint:gosec // world-readable, as the layout
 }
 
 // bindAttrs are the attributes of every file of a layout.

@@ -35,7 +35,10 @@ const (
 	// Dest is the container folder layouts are mounted under: Dest/<plan name>.
 	Dest = "/usr/local/nvbind"
 	// format changes when a layout's shape does, so that old layouts are not reused.
-	format = "1"
+	format = "2"
+	// EntriesFile, in a layout's root, is the ld cache of its library folders as a
+	// container that mounts it sees them (the hook's --folder-entries).
+	EntriesFile = ".ld.so.cache"
 )
 
 // MountOptions are the options of a layout's mount in a container: the whole tree

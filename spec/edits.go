@@ -134,6 +134,9 @@ func layoutEdits(inv *gpu.Inventory, caps gpu.Capabilities, files []gpu.File, e 
 		byPath[files[i].Path] = &files[i]
 	}
 	a := hookargs.Args{Folders: plan.Folders}
+	if len(plan.Folders) > 0 {
+		a.FolderEntries = path.Join(plan.Mount(), layout.EntriesFile)
+	}
 	for _, en := range plan.Entries {
 		if !layout.Reached(en.Path, byPath[en.Path]) {
 			a.Links = append(a.Links, Link{Target: path.Join(plan.Mount(), en.Path), Link: en.Path})

@@ -23,7 +23,7 @@ want=("$@")
 wants() { [[ " ${want[*]} " == *" $1 "* ]]; }
 
 need=()
-wants packages && for p in build-essential podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
+wants packages && for p in build-essential musl-tools podman runc busybox-static uidmap util-linux iproute2 python3 binutils systemd containernetworking-plugins; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 # Docker Engine: runc with seccomp needs libseccomp's headers

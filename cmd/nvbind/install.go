@@ -29,6 +29,8 @@ var validEnable = []string{"nri", "cdi-refresh", "docker-runtime"}
 // configuration says), and NVIDIA's name, for configurations written for NVIDIA's runtime.
 const (
 	runtimeBinary = "nvbind-runtime"
+	hookBinary    = "nvbind-hook"
+	hookFull      = "nvbind-hook-go" // the full hook nvbind-hook hands the rest to
 	runtimeEdit   = "nvbind-runtime-edit"
 	guardLink     = "nvbind-guard"
 	nvidiaRuntime = "nvidia-container-runtime"
@@ -47,7 +49,7 @@ func (f *installFlags) register(cmd *cobra.Command, verb string) {
 	fl.StringVar(&f.prefix, "prefix", "/usr/local", "binaries go to PREFIX/bin")
 	fl.StringVar(&f.unitDir, "unit-dir", systemUnitDir, "where the systemd units go; systemctl is run only for "+systemUnitDir)
 	fl.StringSliceVar(&f.components, "components", []string{"binaries", "units"}, "what to "+verb+
-		": binaries (nvbind, nvbind-node, nvbind-hook, nvbind-runtime with nvbind-runtime-edit), hook (nvbind-hook only), runtime (nvbind-runtime, nvbind-runtime-edit, nvbind-hook), units, dev-char (/dev/char links of NVIDIA's device nodes)")
+		": binaries (nvbind, nvbind-node, nvbind-hook with nvbind-hook-go, nvbind-runtime with nvbind-runtime-edit), hook (nvbind-hook and nvbind-hook-go only), runtime (nvbind-runtime, nvbind-runtime-edit, nvbind-hook, nvbind-hook-go), units, dev-char (/dev/char links of NVIDIA's device nodes)")
 	fl.StringVar(&f.dockerConfig, "docker-config", "/etc/docker/daemon.json", "Docker's daemon.json, for --enable docker-runtime")
 	fl.BoolVar(&f.asNVIDIA, "as-nvidia", false, "also as NVIDIA's runtime: PREFIX/bin/nvidia-container-runtime, and Docker's runtime name nvidia")
 	f.rootFlags.register(cmd)
@@ -165,11 +167,11 @@ func (f *installFlags) binaries() []string {
 	for _, c := range f.components {
 		switch c {
 		case "binaries":
-			add("nvbind", nodeBinaryName, "nvbind-hook", runtimeBinary, runtimeEdit)
+			add("nvbind", nodeBinaryName, hookBinary, hookFull, runtimeBinary, runtimeEdit)
 		case "hook":
-			add("nvbind-hook")
+			add(hookBinary, hookFull)
 		case "runtime":
-			add(runtimeBinary, runtimeEdit, "nvbind-hook")
+			add(runtimeBinary, runtimeEdit, hookBinary, hookFull)
 		}
 	}
 	return out
@@ -306,9 +308,9 @@ func (f *installFlags) uninstall(w io.Writer) error {
 	// the specs nvbind wrote (cdi generate, cdi-refresh, the NRI plugin's CDI mode, the
 	// device plugin's cdi-cri) name its hook: they go with it
 	// with the hook they call: the specs whose hook is the nvbind-hook removed here
-	hook := filepath.Join(f.prefix, "bin", "nvbind-hook")
+	hook := filepath.Join(f.prefix, "bin", hookBinary)
 	for _, dir := range f.specDirs {
-		if !slices.Contains(f.binaries(), "nvbind-hook") {
+		if !slices.Contains(f.binaries(), hookBinary) {
 			break
 		}
 		gone, err := spec.RemoveOwn(dir, func(sf spec.SpecFile) bool { return filepath.Clean(sf.HookPath) == hook })

@@ -17,6 +17,7 @@ import (
 const (
 	FlagLink          = "link"
 	FlagFolder        = "folder"
+	FlagFolderEntries = "folder-entries"
 	FlagProtect       = "protect-device-nodes"
 	FlagHostParams    = "host-params"
 	FlagDriverVersion = "host-driver-version"
@@ -51,6 +52,10 @@ func ParseLink(v string) (Link, error) {
 type Args struct {
 	Links   []Link
 	Folders []string
+	// FolderEntries is the container path of an ld cache file holding the entries
+	// of every library in Folders (a driver layout's, written when it was built): the
+	// hook merges them instead of reading each library.
+	FolderEntries string
 	// ProtectDeviceNodes with HostParams hides ModifyDeviceFiles: 1 in the container.
 	ProtectDeviceNodes bool
 	HostParams         string
@@ -76,6 +81,9 @@ func (a Args) Encode() []string {
 	for _, f := range a.Folders {
 		out = append(out, "--"+FlagFolder, f)
 	}
+	if a.FolderEntries != "" {
+		out = append(out, "--"+FlagFolderEntries, a.FolderEntries)
+	}
 	if a.ProtectDeviceNodes {
 		out = append(out, "--"+FlagProtect)
 	}
@@ -94,6 +102,7 @@ func (a Args) Encode() []string {
 // Raw holds the flags as parsed, before links are checked.
 type Raw struct {
 	Links, Folders            []string
+	FolderEntries             string
 	Protect, AppProfile       bool
 	HostParams, DriverVersion string
 }
@@ -112,6 +121,7 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 	}
 	if w.Folders {
 		fs.StringArrayVar(&r.Folders, FlagFolder, nil, "container folder to add to the ld cache (repeatable)")
+		fs.StringVar(&r.FolderEntries, FlagFolderEntries, "", "container path of an ld cache file with the entries of the --folder libraries (a driver layout's), merged instead of reading each library")
 	}
 	if w.Protect {
 		fs.BoolVar(&r.Protect, FlagProtect, false, "hide ModifyDeviceFiles: 1 from NVML in the container")
@@ -129,7 +139,7 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 
 // Args checks the parsed flags.
 func (r Raw) Args() (Args, error) {
-	a := Args{Folders: r.Folders, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion,
+	a := Args{Folders: r.Folders, FolderEntries: r.FolderEntries, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion,
 		AppProfile: r.AppProfile}
 	var errs []error
 	for _, l := range r.Links {

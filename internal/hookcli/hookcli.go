@@ -1,8 +1,10 @@
-// Package hookcli builds the "hook" command shared by the nvbind binary and the small,
-// static nvbind-hook binary that specs and NRI adjustments name for speed.
+// Package hookcli builds the "hook" command shared by the nvbind binary and the full hook,
+// nvbind-hook-go, which the small C nvbind-hook that specs and adjustments name hands the rest to.
 package hookcli
 
 import (
+	"bytes"
+
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/hook"
@@ -44,15 +46,22 @@ one process; the other subcommands run one action each.`,
 				if err != nil {
 					return err
 				}
-				o := hook.Options{Links: a.Links, Folders: a.Folders, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
-					Log:                cmd.ErrOrStderr(),
+				// the actions' notes are written when the hook succeeds: a hook that fails
+				// says only why, in one short line
+				var notes bytes.Buffer
+				o := hook.Options{Links: a.Links, Folders: a.Folders, FolderEntries: a.FolderEntries, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
+					Log:                &notes,
 					ProtectDeviceNodes: a.ProtectDeviceNodes || s.name == "disable-device-node-modification",
 					AppProfile:         a.AppProfile || s.name == "update-application-profile"}
 				st, err := hook.ReadState(cmd.InOrStdin())
 				if err != nil {
 					return err
 				}
-				return hook.Run(cmd.Context(), st, o)
+				if err := hook.Run(cmd.Context(), st, o); err != nil {
+					return err
+				}
+				_, _ = cmd.ErrOrStderr().Write(notes.Bytes())
+				return nil
 			},
 		}
 		hookargs.Register(c.Flags(), r, s.flags)

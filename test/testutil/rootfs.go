@@ -76,7 +76,7 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
 	for _, b := range []struct{ pkg, out, cgo, tags string }{
-		{"./cmd/nvbind", "nvbind", "1", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook", "nvbind-hook", "0", ""},
+		{"./cmd/nvbind", "nvbind", "1", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook-go", "nvbind-hook-go", "0", ""},
 		{"./cmd/nvbind-runtime-edit", "nvbind-runtime-edit", "1", ""},
 	} {
 		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
@@ -86,15 +86,29 @@ func BuildNVBind(t testing.TB, dir string) string {
 			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
 		}
 	}
-	cc := exec.Command("cc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(dir, "nvbind-runtime"), "cmd/nvbind-runtime/nvbind-runtime.c")
-	cc.Dir = RepoRoot(t)
-	if out, err := cc.CombinedOutput(); err != nil {
-		t.Fatalf("cc nvbind-runtime: %v\n%s", err, out)
+	for _, c := range []struct{ src, out string }{
+		{"cmd/nvbind-runtime/nvbind-runtime.c", "nvbind-runtime"}, {"cmd/nvbind-hook/nvbind-hook.c", "nvbind-hook"},
+	} {
+		cc := exec.Command(CCompiler(), "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(dir, c.out), c.src)
+		cc.Dir = RepoRoot(t)
+		if out, err := cc.CombinedOutput(); err != nil {
+			t.Fatalf("%s %s: %v\n%s", cc.Path, c.src, err, out)
+		}
 	}
 	return filepath.Join(dir, "nvbind")
 }
 
-// HookBinary is the nvbind-hook built by BuildNVBind next to nvbind.
+// CCompiler is the compiler of nvbind's static C programs, as make build picks it: musl's
+// where it is installed, else cc.
+func CCompiler() string {
+	if p, err := exec.LookPath("musl-gcc"); err == nil {
+		return p
+	}
+	return "cc"
+}
+
+// HookBinary is the nvbind-hook built by BuildNVBind next to nvbind (with nvbind-hook-go,
+// the full hook it hands what it does not do itself).
 func HookBinary(nvbind string) string { return filepath.Join(filepath.Dir(nvbind), "nvbind-hook") }
 
 // RuntimeBinary is the nvbind-runtime built by BuildNVBind next to nvbind.

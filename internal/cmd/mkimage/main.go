@@ -33,7 +33,7 @@ func run() error {
 		only     = flag.Bool("rootfs-only", false, "lay out -rootfs and write no archive (for the Containerfile)")
 		name     = flag.String("name", "", "image reference, e.g. ghcr.io/nvbind/nvbind:v0.1.0")
 		arch     = flag.String("arch", "amd64", "platform architecture: amd64 or arm64")
-		bindir   = flag.String("bin", "bin", "folder with nvbind-node and nvbind-hook (make build)")
+		bindir   = flag.String("bin", "bin", "folder with nvbind-node, nvbind-hook and nvbind-hook-go (make build)")
 		libdirs  = flag.String("libdirs", "", "colon-separated folders to find shared objects in (default: the host's, or the cross toolchain's for another arch)")
 		version  = flag.String("version", "dev", "org.opencontainers.image.version")
 		revision = flag.String("revision", "", "org.opencontainers.image.revision (the git commit)")
@@ -73,9 +73,9 @@ func run() error {
 	}
 	files, err := ociimage.Rootfs{
 		// the full build answers every command, so nvbind is a link to it: one Go binary
-		// besides the static hook, and the runtime wrapper the init container installs on
-		// the host (its static C front and its editor)
-		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook"),
+		// besides the static hook (its C front and the full hook), and the runtime wrapper
+		// the init container installs on the host (its static C front and its editor)
+		Binaries: []string{filepath.Join(*bindir, "nvbind-node"), filepath.Join(*bindir, "nvbind-hook"), filepath.Join(*bindir, "nvbind-hook-go"),
 			filepath.Join(*bindir, "nvbind-runtime"), filepath.Join(*bindir, "nvbind-runtime-edit")},
 		Needs:   ociimage.DriverNeeds,
 		LibDirs: dirs,

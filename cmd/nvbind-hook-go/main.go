@@ -1,6 +1,8 @@
-// Command nvbind-hook runs nvbind's OCI hooks ("nvbind-hook hook all ..."), the same
-// command as "nvbind hook". It is built static and small because runtimes start it on
-// every GPU container start, on the host, where it must not depend on the host's libc.
+// Command nvbind-hook-go is the full nvbind hook ("nvbind-hook hook all ...", the same
+// command as "nvbind hook"): nvbind-hook, the small C program that specs and adjustments
+// name, runs it with the same arguments and state for whatever it does not do itself. It
+// is built static because it runs on the host, where it must not depend on the host's
+// libc.
 package main
 
 import (

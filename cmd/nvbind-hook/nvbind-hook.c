@@ -1,0 +1,1892 @@
+/*
+ * nvbind-hook: the createContainer hook that nvbind's CDI specs, NRI adjustments and
+ * runtime wrapper name ("nvbind-hook hook all ...").
+ *
+ * Runtimes start the hook on every GPU container start, so its cost is paid there. This
+ * program, small, static and C, does the common case itself: a container that gets the
+ * driver through a layout (one mount, whose libraries' ld cache entries the layout carries
+ * in --folder-entries): the links, the ld cache (the layout's entries merged into the
+ * image's cache), the ld.so.conf.d file, the params protection and the application
+ * profile. Anything else (other actions or flags, an image cache it cannot use, newer
+ * CUDA forward-compat libraries in the image, a kernel without openat2, a failed step) it
+ * hands, before changing anything where it can, to the full hook, nvbind-hook-go beside
+ * it (Go: nvbind's hook package), with the same arguments and state; the full hook is
+ * idempotent, so a step done twice gives the same container. Both write the same bytes.
+ *
+ * It never runs a program from the container root, resolves every container path with
+ * openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) so that no link leads out of the root,
+ * opens only regular files (through an O_PATH handle first, so no device or FIFO is ever
+ * opened), never follows the last component of a path it writes, and bounds every read
+ * and every parse with the full hook's budgets.
+ *
+ * NVBIND_HOOK_TRACE=1 makes it say on stderr which path it took; NVBIND_HOOK_FULL=1 makes
+ * it hand every call to the full hook (tests compare the two).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/vfs.h>
+#include <dirent.h>
+#include <unistd.h>
+
+#ifndef SYS_openat2
+#define SYS_openat2 437
+#endif
+#ifndef RESOLVE_NO_MAGICLINKS
+#define RESOLVE_NO_MAGICLINKS 0x02
+#endif
+#ifndef RESOLVE_IN_ROOT
+#define RESOLVE_IN_ROOT 0x10
+#endif
+#ifndef O_PATH
+#define O_PATH 010000000
+#endif
+#ifndef SYS_getrandom
+#define SYS_getrandom 318
+#endif
+
+struct nv_open_how {
+	uint64_t flags, mode, resolve;
+};
+
+#define FULL_HOOK "nvbind-hook-go"
+#define FULL_BINARY "nvbind" /* "nvbind hook all ..." is the same command */
+
+/* the full hook's budgets (package hook, internal/ldcache) */
+#define MAX_STATE (1 << 20)
+#define MAX_CONFIG (16 << 20)
+#define MAX_SMALL (64 << 10)
+#define LD_MAX_SIZE (8 << 20)
+#define LD_MAX_ENTRIES (1 << 16)
+#define LD_MAX_PATH 4095
+#define LD_MAX_NAME 255
+#define LD_MAX_STRING_BYTES (16 << 20)
+#define LD_MAX_HWCAPS 256
+#define MAX_FOLDER_ENTRIES (1 << 16)
+#define MAX_ARGS 4096
+#define JSON_MAX_DEPTH 1000
+#define OPENAT2_RETRIES 128
+#define MAX_EGL_MINOR 31
+
+static char **g_argv;
+static char **g_envp;
+static const char *g_state;
+static size_t g_state_len;
+static int g_trace;
+
+/* ---- leaving: the full hook, or an error ---- */
+
+/* the actions' messages, written when the hook is done: a hook that hands over says
+ * nothing of its own, the full hook says it all */
+static char g_log[16384];
+static size_t g_loglen;
+
+static void say(const char *fmt, ...) {
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vsnprintf(g_log + g_loglen, sizeof g_log - g_loglen, fmt, ap);
+	va_end(ap);
+	if (n > 0)
+		g_loglen += (size_t)n < sizeof g_log - g_loglen ? (size_t)n : sizeof g_log - 1 - g_loglen;
+}
+
+static void trace(const char *fmt, ...) {
+	if (!g_trace)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("nvbind-hook: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+}
+
+/* full hands the call to the full hook: the same arguments, and the state it read from
+ * stdin on a fresh stdin. It does not return. */
+static void full(const char *why) {
+	trace("full hook: %s", why);
+	fflush(stderr);
+	char self[PATH_MAX], prog[PATH_MAX + 32];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+	if (n <= 0) {
+		fprintf(stderr, "nvbind-hook: cannot find its own path: %s\n", strerror(errno));
+		exit(1);
+	}
+	self[n] = 0;
+	char *slash = strrchr(self, '/');
+	*slash = 0;
+	if (g_state) {
+		int fd = memfd_create("nvbind-hook-state", MFD_CLOEXEC);
+		if (fd < 0) {
+			fprintf(stderr, "nvbind-hook: %s\n", strerror(errno));
+			exit(1);
+		}
+		size_t off = 0;
+		while (off < g_state_len) {
+			ssize_t w = write(fd, g_state + off, g_state_len - off);
+			if (w <= 0) {
+				fprintf(stderr, "nvbind-hook: %s\n", strerror(errno));
+				exit(1);
+			}
+			off += (size_t)w;
+		}
+		if (lseek(fd, 0, SEEK_SET) != 0 || dup2(fd, 0) != 0) {
+			fprintf(stderr, "nvbind-hook: %s\n", strerror(errno));
+			exit(1);
+		}
+	}
+	int first = ENAMETOOLONG;
+	if ((size_t)snprintf(prog, sizeof prog, "%s/%s", self, FULL_HOOK) < sizeof prog) {
+		execve(prog, g_argv, g_envp);
+		first = errno;
+	}
+	if ((size_t)snprintf(prog, sizeof prog, "%s/%s", self, FULL_BINARY) < sizeof prog && access(prog, X_OK) == 0)
+		execve(prog, g_argv, g_envp);
+	fprintf(stderr, "nvbind-hook: %s: the full hook %s/%s cannot run: %s\n", why, self, FULL_HOOK, strerror(first));
+	exit(1);
+}
+
+/* die reports an error after the container was changed (the full hook would do the same
+ * step again) and exits 1, which fails the container's create. */
+static void die(const char *fmt, ...) {
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("nvbind-hook: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	exit(1);
+}
+
+/* ---- memory ---- */
+
+static void *xmalloc(size_t n) {
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		full("out of memory");
+	return p;
+}
+
+static void *xrealloc(void *p, size_t n) {
+	p = realloc(p, n ? n : 1);
+	if (!p)
+		full("out of memory");
+	return p;
+}
+
+/* ---- reading ---- */
+
+/* read_fd reads a whole file of at most max bytes, NUL-terminated; -1 when larger or on
+ * an error (errno set). */
+static char *read_fd(int fd, size_t max, size_t *len) {
+	size_t cap = 4096, n = 0;
+	char *buf = xmalloc(cap + 1);
+	for (;;) {
+		if (n == cap) {
+			if (cap > max) {
+				free(buf);
+				errno = EFBIG;
+				return NULL;
+			}
+			cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+			buf = xrealloc(buf, cap + 1);
+		}
+		ssize_t r = read(fd, buf + n, cap - n);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			free(buf);
+			errno = e;
+			return NULL;
+		}
+		if (r == 0)
+			break;
+		n += (size_t)r;
+		if (n > max) {
+			free(buf);
+			errno = EFBIG;
+			return NULL;
+		}
+	}
+	buf[n] = 0;
+	*len = n;
+	return buf;
+}
+
+/* ---- JSON: only what the hook reads of the state and config.json ---- */
+
+struct json {
+	const char *s, *end;
+	int depth;
+	int bad;
+};
+
+static void json_ws(struct json *j) {
+	while (j->s < j->end && (*j->s == ' ' || *j->s == '\t' || *j->s == '\n' || *j->s == '\r'))
+		j->s++;
+}
+
+static int hexval(char c) {
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+static int json_hex4(struct json *j, unsigned *v) {
+	if (j->end - j->s < 4)
+		return 0;
+	*v = 0;
+	for (int i = 0; i < 4; i++) {
+		int h = hexval(j->s[i]);
+		if (h < 0)
+			return 0;
+		*v = *v << 4 | (unsigned)h;
+	}
+	j->s += 4;
+	return 1;
+}
+
+/* json_string parses a string at j->s (the opening quote) and returns it decoded and
+ * NUL-terminated (out may be NULL to skip it); a string holding NUL is refused. */
+static char *json_string(struct json *j, int keep) {
+	if (j->s >= j->end || *j->s != '"') {
+		j->bad = 1;
+		return NULL;
+	}
+	j->s++;
+	char *out = NULL;
+	if (keep) {
+		/* the decoded string is no longer than the raw one */
+		const char *q = j->s;
+		while (q < j->end && *q != '"')
+			q += *q == '\\' && q + 1 < j->end ? 2 : 1;
+		out = xmalloc((size_t)(q - j->s) + 1);
+	}
+	size_t n = 0;
+	while (j->s < j->end && *j->s != '"') {
+		unsigned char c = (unsigned char)*j->s++;
+		if (c < 0x20)
+			goto bad;
+		if (c != '\\') {
+			if (out)
+				out[n++] = (char)c;
+			continue;
+		}
+		if (j->s >= j->end)
+			goto bad;
+		c = (unsigned char)*j->s++;
+		unsigned cp;
+		switch (c) {
+		case '"': case '\\': case '/':
+			cp = c;
+			break;
+		case 'b': cp = '\b'; break;
+		case 'f': cp = '\f'; break;
+		case 'n': cp = '\n'; break;
+		case 'r': cp = '\r'; break;
+		case 't': cp = '\t'; break;
+		case 'u':
+			if (!json_hex4(j, &cp))
+				goto bad;
+			if (cp >= 0xd800 && cp < 0xdc00) {
+				unsigned lo;
+				if (j->end - j->s >= 6 && j->s[0] == '\\' && j->s[1] == 'u') {
+					const char *save = j->s;
+					j->s += 2;
+					if (json_hex4(j, &lo) && lo >= 0xdc00 && lo < 0xe000)
+						cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+					else {
+						j->s = save;
+						cp = 0xfffd;
+					}
+				} else
+					cp = 0xfffd;
+			} else if (cp >= 0xdc00 && cp < 0xe000)
+				cp = 0xfffd;
+			break;
+		default:
+			goto bad;
+		}
+		if (cp == 0)
+			goto bad; /* a path with NUL: the full hook says why */
+		if (!out)
+			continue;
+		if (cp < 0x80)
+			out[n++] = (char)cp;
+		else if (cp < 0x800) {
+			out[n++] = (char)(0xc0 | cp >> 6);
+			out[n++] = (char)(0x80 | (cp & 0x3f));
+		} else if (cp < 0x10000) {
+			out[n++] = (char)(0xe0 | cp >> 12);
+			out[n++] = (char)(0x80 | (cp >> 6 & 0x3f));
+			out[n++] = (char)(0x80 | (cp & 0x3f));
+		} else {
+			out[n++] = (char)(0xf0 | cp >> 18);
+			out[n++] = (char)(0x80 | (cp >> 12 & 0x3f));
+			out[n++] = (char)(0x80 | (cp >> 6 & 0x3f));
+			out[n++] = (char)(0x80 | (cp & 0x3f));
+		}
+	}
+	if (j->s >= j->end)
+		goto bad;
+	j->s++;
+	if (out)
+		out[n] = 0;
+	return out ? out : (char *)"";
+bad:
+	free(out);
+	j->bad = 1;
+	return NULL;
+}
+
+/* json_text parses a string value the hook uses: one with bytes beyond ASCII is left to
+ * the full hook, whose decoder replaces invalid UTF-8. */
+static char *json_text(struct json *j) {
+	char *v = json_string(j, 1);
+	for (const char *q = v; q && *q; q++)
+		if ((unsigned char)*q >= 0x80) {
+			j->bad = 2;
+			free(v);
+			return NULL;
+		}
+	return v;
+}
+
+/* json_number parses a number; *is_int says whether it is an integer that fits int64. */
+static int json_number(struct json *j, int64_t *v, int *is_int) {
+	const char *p = j->s;
+	int neg = 0;
+	if (p < j->end && *p == '-') {
+		neg = 1;
+		p++;
+	}
+	if (p >= j->end || *p < '0' || *p > '9')
+		return 0;
+	if (*p == '0' && p + 1 < j->end && p[1] >= '0' && p[1] <= '9')
+		return 0;
+	uint64_t acc = 0;
+	int overflow = 0;
+	for (; p < j->end && *p >= '0' && *p <= '9'; p++) {
+		if (acc > (UINT64_MAX - 9) / 10)
+			overflow = 1;
+		acc = acc * 10 + (uint64_t)(*p - '0');
+	}
+	*is_int = !overflow && acc <= (uint64_t)INT64_MAX + (uint64_t)neg;
+	if (p < j->end && *p == '.') {
+		p++;
+		if (p >= j->end || *p < '0' || *p > '9')
+			return 0;
+		while (p < j->end && *p >= '0' && *p <= '9')
+			p++;
+		*is_int = 0;
+	}
+	if (p < j->end && (*p == 'e' || *p == 'E')) {
+		p++;
+		if (p < j->end && (*p == '+' || *p == '-'))
+			p++;
+		if (p >= j->end || *p < '0' || *p > '9')
+			return 0;
+		while (p < j->end && *p >= '0' && *p <= '9')
+			p++;
+		*is_int = 0;
+	}
+	if (*is_int)
+		*v = neg ? (int64_t)(0 - acc) : (int64_t)acc;
+	j->s = p;
+	return 1;
+}
+
+static void json_skip(struct json *j);
+
+static int json_lit(struct json *j, const char *lit) {
+	size_t n = strlen(lit);
+	if ((size_t)(j->end - j->s) < n || memcmp(j->s, lit, n) != 0)
+		return 0;
+	j->s += n;
+	return 1;
+}
+
+/* json_each walks an object (obj) or array: it calls fn at each member's value with its
+ * key (NULL in an array); fn must consume the value. */
+static void json_each(struct json *j, int obj, void (*fn)(struct json *, const char *key, void *), void *arg) {
+	if (++j->depth > JSON_MAX_DEPTH) {
+		j->bad = 1;
+		return;
+	}
+	j->s++; /* { or [ */
+	json_ws(j);
+	if (j->s < j->end && *j->s == (obj ? '}' : ']')) {
+		j->s++;
+		j->depth--;
+		return;
+	}
+	for (;;) {
+		char *key = NULL;
+		json_ws(j);
+		if (obj) {
+			key = json_string(j, 1);
+			if (!key)
+				return;
+			json_ws(j);
+			if (j->s >= j->end || *j->s != ':') {
+				free(key);
+				j->bad = 1;
+				return;
+			}
+			j->s++;
+			json_ws(j);
+		}
+		fn(j, key, arg);
+		free(key);
+		if (j->bad)
+			return;
+		json_ws(j);
+		if (j->s < j->end && *j->s == ',') {
+			j->s++;
+			continue;
+		}
+		if (j->s < j->end && *j->s == (obj ? '}' : ']')) {
+			j->s++;
+			j->depth--;
+			return;
+		}
+		j->bad = 1;
+		return;
+	}
+}
+
+static void skip_member(struct json *j, const char *key, void *arg) {
+	(void)key;
+	(void)arg;
+	json_skip(j);
+}
+
+static void json_skip(struct json *j) {
+	json_ws(j);
+	if (j->s >= j->end) {
+		j->bad = 1;
+		return;
+	}
+	int64_t v;
+	int is_int;
+	switch (*j->s) {
+	case '{':
+		json_each(j, 1, skip_member, NULL);
+		return;
+	case '[':
+		json_each(j, 0, skip_member, NULL);
+		return;
+	case '"':
+		json_string(j, 0);
+		return;
+	case 't':
+		if (!json_lit(j, "true"))
+			j->bad = 1;
+		return;
+	case 'f':
+		if (!json_lit(j, "false"))
+			j->bad = 1;
+		return;
+	case 'n':
+		if (!json_lit(j, "null"))
+			j->bad = 1;
+		return;
+	}
+	if (!json_number(j, &v, &is_int))
+		j->bad = 1;
+}
+
+/* key_is matches a member name as encoding/json does for the full hook's field (which
+ * also takes other cases): a name equal but for case is left to the full hook. */
+static int key_is(struct json *j, const char *key, const char *want) {
+	if (strcmp(key, want) == 0)
+		return 1;
+	if (strcasecmp(key, want) == 0)
+		j->bad = 2;
+	for (const char *q = key; *q; q++)
+		if ((unsigned char)*q >= 0x80)
+			j->bad = 2; /* Unicode case folding (K, U+212A, is k) */
+	return 0;
+}
+
+/* json_document checks that the whole input is one value and nothing after it. */
+static int json_done(struct json *j) {
+	json_ws(j);
+	return !j->bad && j->s == j->end;
+}
+
+/* -- the OCI state -- */
+
+struct state {
+	char *bundle;
+};
+
+static void state_member(struct json *j, const char *key, void *arg) {
+	struct state *st = arg;
+	json_ws(j);
+	if (key_is(j, key, "bundle")) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		free(st->bundle);
+		st->bundle = json_text(j);
+		return;
+	}
+	if (j->bad)
+		return;
+	if (key_is(j, key, "pid")) {
+		int64_t v;
+		int is_int;
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (!json_number(j, &v, &is_int) || !is_int)
+			j->bad = 2;
+		return;
+	}
+	if (!j->bad && (key_is(j, key, "id") || key_is(j, key, "status"))) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (j->s >= j->end || *j->s != '"') {
+			j->bad = 2;
+			return;
+		}
+		json_string(j, 0);
+		return;
+	}
+	if (!j->bad)
+		json_skip(j);
+}
+
+/* -- config.json: root.path and linux.devices -- */
+
+#define MAX_MINORS 4096
+
+struct config {
+	char *root;
+	int has_root;
+	int64_t minors[MAX_MINORS];
+	int nminors;
+	/* the device being read */
+	char *dpath, *dtype;
+	int64_t dminor;
+};
+
+static void root_member(struct json *j, const char *key, void *arg) {
+	struct config *c = arg;
+	json_ws(j);
+	if (key_is(j, key, "path")) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		free(c->root);
+		c->root = json_text(j);
+		return;
+	}
+	if (!j->bad)
+		json_skip(j);
+}
+
+static void device_member(struct json *j, const char *key, void *arg) {
+	struct config *c = arg;
+	json_ws(j);
+	char **dst = NULL;
+	if (key_is(j, key, "path"))
+		dst = &c->dpath;
+	else if (!j->bad && key_is(j, key, "type"))
+		dst = &c->dtype;
+	if (dst) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (j->s >= j->end || *j->s != '"') {
+			j->bad = 2;
+			return;
+		}
+		free(*dst);
+		*dst = json_text(j);
+		return;
+	}
+	if (!j->bad && key_is(j, key, "minor")) {
+		int64_t v;
+		int is_int;
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (!json_number(j, &v, &is_int) || !is_int)
+			j->bad = 2;
+		else
+			c->dminor = v;
+		return;
+	}
+	if (!j->bad)
+		json_skip(j);
+}
+
+static void device_item(struct json *j, const char *key, void *arg) {
+	(void)key;
+	struct config *c = arg;
+	json_ws(j);
+	if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		return;
+	if (j->s >= j->end || *j->s != '{') {
+		j->bad = 2;
+		return;
+	}
+	c->dpath = c->dtype = NULL;
+	c->dminor = 0;
+	json_each(j, 1, device_member, c);
+	if (!j->bad && c->dpath && c->dtype && strcmp(c->dtype, "c") == 0 && strncmp(c->dpath, "/dev/nvidia", 11) == 0) {
+		const char *n = c->dpath + 11;
+		int digits = *n != 0;
+		for (const char *q = n; *q; q++)
+			if (*q < '0' || *q > '9')
+				digits = 0;
+		if (digits) {
+			int seen = 0;
+			for (int i = 0; i < c->nminors; i++)
+				if (c->minors[i] == c->dminor)
+					seen = 1;
+			if (!seen) {
+				if (c->nminors == MAX_MINORS)
+					j->bad = 2;
+				else
+					c->minors[c->nminors++] = c->dminor;
+			}
+		}
+	}
+	free(c->dpath);
+	free(c->dtype);
+	c->dpath = c->dtype = NULL;
+}
+
+static void linux_member(struct json *j, const char *key, void *arg) {
+	json_ws(j);
+	if (key_is(j, key, "devices")) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (j->s >= j->end || *j->s != '[') {
+			j->bad = 2;
+			return;
+		}
+		((struct config *)arg)->nminors = 0; /* the last "devices" counts */
+		json_each(j, 0, device_item, arg);
+		return;
+	}
+	if (!j->bad)
+		json_skip(j);
+}
+
+static void config_member(struct json *j, const char *key, void *arg) {
+	struct config *c = arg;
+	json_ws(j);
+	int root = key_is(j, key, "root"), lnx = !root && !j->bad && key_is(j, key, "linux");
+	if (j->bad)
+		return;
+	if (root || lnx) {
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+			return;
+		if (j->s >= j->end || *j->s != '{') {
+			j->bad = 2;
+			return;
+		}
+		if (root) {
+			c->has_root = 1;
+			json_each(j, 1, root_member, c);
+		} else
+			json_each(j, 1, linux_member, c);
+		return;
+	}
+	json_skip(j);
+}
+
+/* ---- paths ---- */
+
+/* clean_abs cleans an absolute path as Go's path.Clean does, in place; 0 when p is not
+ * absolute. */
+static int clean_abs(char *p) {
+	if (p[0] != '/')
+		return 0;
+	char *out = p, *in = p;
+	size_t n = 0;
+	while (*in) {
+		while (*in == '/')
+			in++;
+		if (!*in)
+			break;
+		char *seg = in;
+		while (*in && *in != '/')
+			in++;
+		size_t len = (size_t)(in - seg);
+		if (len == 1 && seg[0] == '.')
+			continue;
+		if (len == 2 && seg[0] == '.' && seg[1] == '.') {
+			while (n > 0 && out[n - 1] != '/')
+				n--;
+			if (n > 0)
+				n--;
+			continue;
+		}
+		out[n++] = '/';
+		memmove(out + n, seg, len);
+		n += len;
+	}
+	if (n == 0)
+		out[n++] = '/';
+	out[n] = 0;
+	return 1;
+}
+
+/* ---- the container root ---- */
+
+static int g_root = -1;
+
+/* in_root opens p inside the root (as if the root were "/", no magic links); -1 with
+ * errno set. */
+static int in_root(const char *p, int flags) {
+	struct nv_open_how how = {.flags = (uint64_t)(flags | O_CLOEXEC), .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+	for (int i = 0; i < OPENAT2_RETRIES; i++) {
+		long fd = syscall(SYS_openat2, g_root, p, &how, sizeof how);
+		if (fd >= 0)
+			return (int)fd;
+		if (errno != EAGAIN && errno != EINTR)
+			return -1;
+	}
+	errno = EAGAIN;
+	return -1;
+}
+
+/* open_read opens a regular file inside the root for reading, through an O_PATH handle
+ * (no device or FIFO is ever opened); ENOENT is reported as -1 with errno ENOENT, and a
+ * file that is not regular as -1 with errno EINVAL. */
+static int open_read(const char *p, int want_dir) {
+	int h = in_root(p, O_PATH);
+	if (h < 0)
+		return -1;
+	struct stat st;
+	if (fstat(h, &st) != 0) {
+		close(h);
+		return -1;
+	}
+	if (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) {
+		close(h);
+		errno = want_dir ? ENOTDIR : EINVAL;
+		return -1;
+	}
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", h);
+	int fd = open(proc, (want_dir ? O_RDONLY | O_DIRECTORY : O_RDONLY | O_NOCTTY | O_NONBLOCK) | O_CLOEXEC);
+	int e = errno;
+	close(h);
+	errno = e;
+	return fd;
+}
+
+/* read_in_root reads a regular file inside the root of at most max bytes. */
+static char *read_in_root(const char *p, size_t max, size_t *len) {
+	int fd = open_read(p, 0);
+	if (fd < 0)
+		return NULL;
+	struct stat st;
+	if (fstat(fd, &st) != 0 || (uint64_t)st.st_size > max) {
+		close(fd);
+		errno = EFBIG;
+		return NULL;
+	}
+	char *data = read_fd(fd, max, len);
+	int e = errno;
+	close(fd);
+	errno = e;
+	return data;
+}
+
+/* folder handles: a folder's O_PATH handle inside the root, looked up once */
+#define MAX_DIRS 256
+static struct {
+	char *path;
+	int fd;
+} g_dirs[MAX_DIRS];
+static int g_ndirs;
+
+/* dir_handle returns an O_PATH handle of folder d inside the root, making it and its
+ * parents (0755) when create is set; -1 with errno set. */
+static int dir_handle(const char *d, int create) {
+	for (int i = 0; i < g_ndirs; i++)
+		if (strcmp(g_dirs[i].path, d) == 0)
+			return g_dirs[i].fd;
+	int fd = in_root(d, O_PATH | O_DIRECTORY);
+	if (fd < 0 && errno == ENOENT && create) {
+		/* the longest existing parent, then each missing folder made and opened
+		 * without following a link */
+		char *p = strdup(d);
+		if (!p)
+			return -1;
+		size_t end = strlen(p), cut;
+		int parent;
+		for (;;) {
+			size_t s = end;
+			do
+				s--;
+			while (s > 0 && p[s] != '/');
+			char save = p[s];
+			p[s] = 0;
+			parent = in_root(s == 0 ? "/" : p, O_PATH | O_DIRECTORY);
+			p[s] = save;
+			if (parent >= 0) {
+				cut = s;
+				break;
+			}
+			if (errno != ENOENT || s == 0) {
+				int err = errno;
+				free(p);
+				errno = err;
+				return -1;
+			}
+			end = s;
+		}
+		/* p[cut]: the slash before the first missing component */
+		char *c = p + cut;
+		while (*c) {
+			c++;
+			char *e = strchr(c, '/');
+			if (e)
+				*e = 0;
+			if (mkdirat(parent, c, 0755) != 0 && errno != EEXIST) {
+				int err = errno;
+				close(parent);
+				free(p);
+				errno = err;
+				return -1;
+			}
+			int next = openat(parent, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			int err = errno;
+			close(parent);
+			if (next < 0) {
+				free(p);
+				errno = err;
+				return -1;
+			}
+			parent = next;
+			if (!e)
+				break;
+			*e = '/';
+			c = e;
+		}
+		free(p);
+		fd = parent;
+	}
+	if (fd < 0)
+		return -1;
+	if (g_ndirs < MAX_DIRS) {
+		g_dirs[g_ndirs].path = strdup(d);
+		if (g_dirs[g_ndirs].path) {
+			g_dirs[g_ndirs].fd = fd;
+			g_ndirs++;
+		}
+	}
+	return fd;
+}
+
+/* split_abs splits a cleaned absolute path into its folder and name; 0 for "/". */
+static int split_abs(const char *p, char *dir, size_t dsize, const char **name) {
+	const char *slash = strrchr(p, '/');
+	if (!slash || p[1] == 0)
+		return 0;
+	size_t n = slash == p ? 1 : (size_t)(slash - p);
+	if (n >= dsize)
+		return 0;
+	memcpy(dir, p, n);
+	dir[n] = 0;
+	*name = slash + 1;
+	return 1;
+}
+
+/* write_in_root replaces p (cleaned, absolute) with data, mode 0644: a new file beside
+ * it, made with O_EXCL|O_NOFOLLOW and renamed over it. 0, or -1 with errno set. */
+static int write_in_root(const char *p, const char *data, size_t len) {
+	char dir[PATH_MAX];
+	const char *name;
+	if (!split_abs(p, dir, sizeof dir, &name)) {
+		errno = EINVAL;
+		return -1;
+	}
+	int pfd = dir_handle(dir, 0);
+	if (pfd < 0)
+		return -1;
+	unsigned char rnd[6];
+	if (syscall(SYS_getrandom, rnd, sizeof rnd, 0) != (long)sizeof rnd)
+		return -1;
+	char tmp[32];
+	snprintf(tmp, sizeof tmp, ".nvbind-%02x%02x%02x%02x%02x%02x", rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+	int fd = openat(pfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+	if (fd < 0)
+		return -1;
+	size_t off = 0;
+	int err = 0;
+	while (off < len) {
+		ssize_t w = write(fd, data + off, len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			err = w < 0 ? errno : EIO;
+			break;
+		}
+		off += (size_t)w;
+	}
+	if (!err && fchmod(fd, 0644) != 0)
+		err = errno;
+	if (close(fd) != 0 && !err)
+		err = errno;
+	if (!err && renameat(pfd, tmp, pfd, name) != 0)
+		err = errno;
+	if (err) {
+		unlinkat(pfd, tmp, 0);
+		errno = err;
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- ld.so.cache (the format of glibc's ldconfig; internal/ldcache) ---- */
+
+#define LD_OLD_MAGIC "ld.so-1.7.0"
+#define LD_NEW_MAGIC "glibc-ld.so.cache1.1"
+#define LD_HEADER 48
+#define LD_ENTRY 24
+#define LD_OLD_HEADER 16
+#define LD_OLD_ENTRY 12
+#define LD_EXT_MAGIC 0xeaa42174u
+#define LD_ISA_MASK 0x3ffull
+#define LD_HWCAP_EXT (1ull << 62)
+#define LD_GENERATOR "nvbind"
+
+struct entry {
+	const char *name, *path, *hwcaps;
+	int32_t flags;
+	uint32_t osversion;
+	uint64_t hwcap;
+};
+
+struct cache {
+	struct entry *e;
+	size_t n;
+};
+
+static uint32_t le32(const unsigned char *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
+static uint64_t le64(const unsigned char *p) { return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32; }
+static void put32(unsigned char *p, uint32_t v) {
+	p[0] = (unsigned char)v;
+	p[1] = (unsigned char)(v >> 8);
+	p[2] = (unsigned char)(v >> 16);
+	p[3] = (unsigned char)(v >> 24);
+}
+static void put64(unsigned char *p, uint64_t v) {
+	put32(p, (uint32_t)v);
+	put32(p + 4, (uint32_t)(v >> 32));
+}
+
+static int cmp_u32(const void *a, const void *b) {
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+/* ld_parse parses a cache as ldcache.Parse does, with its budgets; data is NUL-terminated
+ * one byte past len. Strings point into data. 0 when the cache is unusable. */
+static int ld_parse(const unsigned char *data, size_t len, struct cache *c) {
+	c->e = NULL;
+	c->n = 0;
+	if (len > LD_MAX_SIZE)
+		return 0;
+	size_t base = 0;
+	if (len >= strlen(LD_OLD_MAGIC) && memcmp(data, LD_OLD_MAGIC, strlen(LD_OLD_MAGIC)) == 0) {
+		if (len < LD_OLD_HEADER)
+			return 0;
+		uint64_t n = le32(data + 12);
+		if (n > (len - LD_OLD_HEADER) / LD_OLD_ENTRY)
+			return 0;
+		base = (LD_OLD_HEADER + (size_t)n * LD_OLD_ENTRY + 7) & ~(size_t)7;
+	}
+	if (base > len || len - base < LD_HEADER || memcmp(data + base, LD_NEW_MAGIC, strlen(LD_NEW_MAGIC)) != 0)
+		return 0;
+	const unsigned char *h = data + base;
+	size_t hlen = len - base;
+	if (h[28] != 0 && (h[28] & 3) != 2)
+		return 0;
+	uint64_t n = le32(h + 20);
+	if (n > LD_MAX_ENTRIES || n > (hlen - LD_HEADER) / LD_ENTRY)
+		return 0;
+
+	/* the extension directory: generator and glibc-hwcaps */
+	uint32_t extoff = le32(h + 32);
+	const unsigned char *hw = NULL;
+	uint64_t hwlen = 0, hwoff = 0;
+	if (extoff != 0) {
+		if (extoff % 4 != 0 || (uint64_t)extoff + 8 > len || le32(data + extoff) != LD_EXT_MAGIC)
+			return 0;
+		uint64_t count = le32(data + extoff + 4);
+		if (count > (len - extoff - 8) / 16)
+			return 0;
+		for (uint64_t i = 0; i < count; i++) {
+			const unsigned char *s = data + extoff + 8 + i * 16;
+			uint32_t tag = le32(s);
+			uint64_t start = le32(s + 8), size = le32(s + 12);
+			if (start + size > len)
+				return 0;
+			if (tag == 1) {
+				hw = data + start;
+				hwlen = size;
+				hwoff = start;
+			}
+		}
+		if (hwoff % 4 != 0 || hwlen % 4 != 0)
+			hw = NULL, hwlen = 0;
+		if (hwlen / 4 > LD_MAX_HWCAPS)
+			return 0;
+	}
+	size_t nhw = (size_t)(hwlen / 4);
+	uint32_t hwcaps[LD_MAX_HWCAPS];
+	for (size_t i = 0; i < nhw; i++) {
+		hwcaps[i] = le32(hw + 4 * i);
+		if (hwcaps[i] >= len)
+			return 0;
+	}
+
+	/* every string offset, checked once in order: each ends in NUL within the limit */
+	size_t noffs = 2 * (size_t)n + nhw;
+	uint32_t *offs = xmalloc(noffs * sizeof *offs);
+	size_t k = 0;
+	const unsigned char *tab = h + LD_HEADER;
+	for (uint64_t i = 0; i < n; i++) {
+		for (int f = 0; f < 2; f++) {
+			uint64_t abs = (uint64_t)base + le32(tab + i * LD_ENTRY + 4 + 4 * f);
+			if (abs >= len) {
+				free(offs);
+				return 0;
+			}
+			offs[k++] = (uint32_t)abs;
+		}
+	}
+	for (size_t i = 0; i < nhw; i++)
+		offs[k++] = hwcaps[i];
+	qsort(offs, k, sizeof *offs, cmp_u32);
+	int64_t nul = -1;
+	for (size_t i = 0; i < k; i++) {
+		if (nul < (int64_t)offs[i]) {
+			size_t window = len - offs[i];
+			if (window > LD_MAX_PATH + 1)
+				window = LD_MAX_PATH + 1;
+			const unsigned char *z = memchr(data + offs[i], 0, window);
+			if (!z) {
+				free(offs);
+				return 0;
+			}
+			nul = z - data;
+		}
+	}
+	free(offs);
+
+	const char *names[LD_MAX_HWCAPS];
+	for (size_t i = 0; i < nhw; i++) {
+		names[i] = (const char *)data + hwcaps[i];
+		if (strlen(names[i]) > LD_MAX_NAME)
+			return 0;
+		if (i > 0 && strcmp(names[i - 1], names[i]) >= 0)
+			return 0;
+	}
+
+	c->e = xmalloc((size_t)n * sizeof *c->e);
+	c->n = (size_t)n;
+	uint64_t total = 0;
+	for (uint64_t i = 0; i < n; i++) {
+		const unsigned char *e = tab + i * LD_ENTRY;
+		struct entry *x = &c->e[i];
+		x->name = (const char *)data + base + le32(e + 4);
+		x->path = (const char *)data + base + le32(e + 8);
+		x->hwcaps = "";
+		size_t nl = strlen(x->name);
+		if (nl > LD_MAX_NAME)
+			goto bad;
+		total += nl + strlen(x->path);
+		if (total > LD_MAX_STRING_BYTES)
+			goto bad;
+		x->flags = (int32_t)le32(e);
+		x->osversion = le32(e + 12);
+		x->hwcap = le64(e + 16);
+		if (((x->hwcap >> 32) & ~LD_ISA_MASK) == LD_HWCAP_EXT >> 32) {
+			uint32_t idx = (uint32_t)x->hwcap;
+			if (idx >= nhw)
+				goto bad;
+			x->hwcaps = names[idx];
+			x->hwcap &= ~0xffffffffull;
+		}
+	}
+	return 1;
+bad:
+	free(c->e);
+	c->e = NULL;
+	c->n = 0;
+	return 0;
+}
+
+/* the loader's order (ldcache.Compare and compareEntries) */
+
+static int cchar(unsigned char c) {
+#if defined(__x86_64__) || defined(__i386__)
+	return (int)(signed char)c;
+#else
+	return (int)c;
+#endif
+}
+
+static int isdig(char c) { return c >= '0' && c <= '9'; }
+
+static int ld_compare(const char *a, const char *b) {
+	while (*a) {
+		char ca = *a, cb = *b;
+		if (isdig(ca)) {
+			if (!isdig(cb))
+				return 1;
+			int32_t va = 0, vb = 0;
+			for (; isdig(*a); a++)
+				va = (int32_t)((uint32_t)va * 10 + (uint32_t)(*a - '0'));
+			for (; isdig(*b); b++)
+				vb = (int32_t)((uint32_t)vb * 10 + (uint32_t)(*b - '0'));
+			if (va != vb) /* Go's int32 difference, which wraps: its sign */
+				return (int32_t)((uint32_t)va - (uint32_t)vb) < 0 ? -1 : 1;
+			continue;
+		}
+		if (isdig(cb))
+			return -1;
+		if (ca != cb)
+			return cchar((unsigned char)ca) - cchar((unsigned char)cb);
+		a++;
+		b++;
+	}
+	return -cchar((unsigned char)*b);
+}
+
+static int popcount64(uint64_t v) {
+	int n = 0;
+	for (; v; v &= v - 1)
+		n++;
+	return n;
+}
+
+static int cmp3(uint64_t a, uint64_t b) { return a < b ? -1 : a > b; }
+
+static int entry_compare(const struct entry *a, const struct entry *b) {
+	int c = ld_compare(b->name, a->name);
+	if (c)
+		return c;
+	if (a->flags != b->flags)
+		return b->flags < a->flags ? -1 : 1;
+	if (a->hwcaps[0] && !b->hwcaps[0])
+		return -1;
+	if (!a->hwcaps[0] && b->hwcaps[0])
+		return 1;
+	c = strcmp(a->hwcaps, b->hwcaps);
+	if (c)
+		return c < 0 ? -1 : 1;
+	uint64_t ha = a->hwcaps[0] ? 0 : a->hwcap, hb = b->hwcaps[0] ? 0 : b->hwcap;
+	if ((c = cmp3((uint64_t)popcount64(hb), (uint64_t)popcount64(ha))))
+		return c;
+	if ((c = cmp3(hb, ha)))
+		return c;
+	return cmp3(b->osversion, a->osversion);
+}
+
+static void merge_sort(struct entry *a, struct entry *tmp, size_t n) {
+	if (n < 2)
+		return;
+	size_t m = n / 2;
+	merge_sort(a, tmp, m);
+	merge_sort(a + m, tmp, n - m);
+	if (entry_compare(&a[m - 1], &a[m]) <= 0)
+		return;
+	size_t i = 0, j = m, k = 0;
+	while (i < m && j < n)
+		tmp[k++] = entry_compare(&a[j], &a[i]) < 0 ? a[j++] : a[i++];
+	while (i < m)
+		tmp[k++] = a[i++];
+	while (j < n)
+		tmp[k++] = a[j++];
+	memcpy(a, tmp, n * sizeof *a);
+}
+
+/* string set: the distinct strings of the output, with their offsets */
+
+struct strset {
+	const char **s;
+	uint32_t *off;
+	size_t n, cap; /* open addressing, cap a power of two */
+};
+
+static uint64_t hash_str(const char *s) {
+	uint64_t h = 1469598103934665603ull;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+static size_t set_slot(struct strset *t, const char *s) {
+	size_t i = (size_t)hash_str(s) & (t->cap - 1);
+	while (t->s[i] && strcmp(t->s[i], s) != 0)
+		i = (i + 1) & (t->cap - 1);
+	return i;
+}
+
+static int set_add(struct strset *t, const char *s) {
+	size_t i = set_slot(t, s);
+	if (t->s[i])
+		return 0;
+	t->s[i] = s;
+	t->n++;
+	return 1;
+}
+
+/* entries are one when name, path and glibc-hwcaps name are */
+static uint64_t entry_hash(const struct entry *e) { return hash_str(e->name) ^ hash_str(e->path) * 31 ^ hash_str(e->hwcaps) * 131; }
+
+static int same_entry(const struct entry *a, const struct entry *b) {
+	return strcmp(a->name, b->name) == 0 && strcmp(a->path, b->path) == 0 && strcmp(a->hwcaps, b->hwcaps) == 0;
+}
+
+static int cmp_reversed(const void *pa, const void *pb) {
+	const char *a = *(const char *const *)pa, *b = *(const char *const *)pb;
+	size_t i = strlen(a), j = strlen(b);
+	while (i > 0 && j > 0) {
+		i--, j--;
+		if (a[i] != b[j])
+			return (int)(unsigned char)b[j] - (int)(unsigned char)a[i];
+	}
+	return (int)j - (int)i;
+}
+
+static int cmp_str(const void *pa, const void *pb) { return strcmp(*(const char *const *)pa, *(const char *const *)pb); }
+
+static int has_suffix(const char *s, const char *suffix) {
+	size_t n = strlen(s), m = strlen(suffix);
+	return m <= n && memcmp(s + n - m, suffix, m) == 0;
+}
+
+/* ld_encode writes the cache as ldcache.Encode does, byte for byte. */
+static unsigned char *ld_encode(const struct entry *e, size_t n, size_t *outlen) {
+	/* distinct glibc-hwcaps names, sorted */
+	const char **hw = xmalloc((n + 1) * sizeof *hw);
+	size_t nhw = 0;
+	for (size_t i = 0; i < n; i++)
+		if (e[i].hwcaps[0])
+			hw[nhw++] = e[i].hwcaps;
+	qsort(hw, nhw, sizeof *hw, cmp_str);
+	size_t w = 0;
+	for (size_t i = 0; i < nhw; i++)
+		if (w == 0 || strcmp(hw[w - 1], hw[i]) != 0)
+			hw[w++] = hw[i];
+	nhw = w;
+
+	/* distinct strings, tail-merged: sorted by reversed bytes, a string that ends the one
+	 * before it shares its bytes */
+	struct strset set = {0};
+	set.cap = 16;
+	while (set.cap < 4 * (2 * n + nhw + 1))
+		set.cap *= 2;
+	set.s = calloc(set.cap, sizeof *set.s);
+	set.off = calloc(set.cap, sizeof *set.off);
+	const char **uniq = xmalloc((2 * n + nhw + 1) * sizeof *uniq);
+	if (!set.s || !set.off)
+		full("out of memory");
+	size_t nu = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (set_add(&set, e[i].name))
+			uniq[nu++] = e[i].name;
+		if (set_add(&set, e[i].path))
+			uniq[nu++] = e[i].path;
+	}
+	for (size_t i = 0; i < nhw; i++)
+		if (set_add(&set, hw[i]))
+			uniq[nu++] = hw[i];
+	qsort(uniq, nu, sizeof *uniq, cmp_reversed);
+	size_t tlen = 0;
+	uint32_t *uoff = xmalloc((nu + 1) * sizeof *uoff);
+	for (size_t i = 0; i < nu; i++) {
+		if (i > 0 && has_suffix(uniq[i - 1], uniq[i])) {
+			uoff[i] = uoff[i - 1] + (uint32_t)(strlen(uniq[i - 1]) - strlen(uniq[i]));
+			continue;
+		}
+		uoff[i] = (uint32_t)tlen;
+		tlen += strlen(uniq[i]) + 1;
+	}
+	for (size_t i = 0; i < nu; i++)
+		set.off[set_slot(&set, uniq[i])] = uoff[i];
+
+	uint32_t stroff = (uint32_t)(LD_HEADER + LD_ENTRY * n);
+	uint32_t extoff = (stroff + (uint32_t)tlen + 3) & ~3u;
+	uint32_t sections = nhw ? 2 : 1;
+	uint32_t hwoff = extoff + 8 + 16 * sections;
+	uint32_t genoff = hwoff + 4 * (uint32_t)nhw;
+	size_t total = genoff + strlen(LD_GENERATOR);
+	unsigned char *out = calloc(1, total);
+	if (!out)
+		full("out of memory");
+	memcpy(out, LD_NEW_MAGIC, strlen(LD_NEW_MAGIC));
+	put32(out + 20, (uint32_t)n);
+	put32(out + 24, (uint32_t)tlen);
+	out[28] = 2;
+	put32(out + 32, extoff);
+	for (size_t i = 0; i < n; i++) {
+		unsigned char *b = out + LD_HEADER + i * LD_ENTRY;
+		put32(b, (uint32_t)e[i].flags);
+		put32(b + 4, stroff + set.off[set_slot(&set, e[i].name)]);
+		put32(b + 8, stroff + set.off[set_slot(&set, e[i].path)]);
+		put32(b + 12, e[i].osversion);
+		uint64_t hwcap = e[i].hwcap;
+		if (e[i].hwcaps[0]) {
+			size_t idx = 0;
+			while (idx < nhw && strcmp(hw[idx], e[i].hwcaps) != 0)
+				idx++;
+			hwcap = LD_HWCAP_EXT | (e[i].hwcap & (LD_ISA_MASK << 32)) | (uint64_t)idx;
+		}
+		put64(b + 16, hwcap);
+	}
+	for (size_t i = 0; i < nu; i++) {
+		if (i > 0 && has_suffix(uniq[i - 1], uniq[i]))
+			continue;
+		memcpy(out + stroff + uoff[i], uniq[i], strlen(uniq[i]) + 1);
+	}
+	unsigned char *x = out + extoff;
+	put32(x, LD_EXT_MAGIC);
+	put32(x + 4, sections);
+	unsigned char *s = x + 8;
+	put32(s, 0);
+	put32(s + 8, genoff);
+	put32(s + 12, (uint32_t)strlen(LD_GENERATOR));
+	if (nhw) {
+		s += 16;
+		put32(s, 1);
+		put32(s + 8, hwoff);
+		put32(s + 12, 4 * (uint32_t)nhw);
+		for (size_t i = 0; i < nhw; i++)
+			put32(out + hwoff + 4 * i, stroff + set.off[set_slot(&set, hw[i])]);
+	}
+	memcpy(out + genoff, LD_GENERATOR, strlen(LD_GENERATOR));
+	free(hw);
+	free(uniq);
+	free(uoff);
+	free(set.s);
+	free(set.off);
+	*outlen = total;
+	return out;
+}
+
+/* ---- the actions ---- */
+
+struct link {
+	char *target, *link;
+};
+
+struct args {
+	struct link *links;
+	size_t nlinks;
+	char **folders;
+	size_t nfolders;
+	const char *folder_entries;
+	int protect, app_profile;
+	const char *host_params, *driver_version;
+};
+
+/* flag_value takes a flag's value: --name=value or --name value. */
+static const char *flag_value(int argc, char **argv, int *i, const char *arg, size_t namelen) {
+	if (arg[namelen] == '=')
+		return arg + namelen + 1;
+	if (*i + 1 >= argc)
+		full("a flag without its value");
+	return argv[++*i];
+}
+
+static void parse_args(int argc, char **argv, struct args *a) {
+	if (argc < 3 || strcmp(argv[1], "hook") != 0 || strcmp(argv[2], "all") != 0)
+		full("not hook all");
+	if (argc > MAX_ARGS)
+		full("too many arguments");
+	a->links = xmalloc((size_t)argc * sizeof *a->links);
+	a->folders = xmalloc((size_t)argc * sizeof *a->folders);
+	for (int i = 3; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "--", 2) != 0)
+			full("an argument that is no flag");
+		const char *name = arg + 2;
+		size_t len = strcspn(name, "=");
+#define IS(f) (len == strlen(f) && strncmp(name, f, len) == 0)
+		if (IS("link")) {
+			const char *v = flag_value(argc, argv, &i, name, len);
+			const char *sep = strstr(v, "::");
+			if (!sep || sep == v || !sep[2] || sep[2] != '/')
+				full("a link the full hook refuses");
+			struct link *l = &a->links[a->nlinks++];
+			l->target = strndup(v, (size_t)(sep - v));
+			l->link = strdup(sep + 2);
+			if (!l->target || !l->link)
+				full("out of memory");
+			clean_abs(l->link);
+		} else if (IS("folder")) {
+			char *f = strdup(flag_value(argc, argv, &i, name, len));
+			if (!f)
+				full("out of memory");
+			a->folders[a->nfolders++] = f;
+		} else if (IS("folder-entries")) {
+			a->folder_entries = flag_value(argc, argv, &i, name, len);
+		} else if (IS("host-params")) {
+			a->host_params = flag_value(argc, argv, &i, name, len);
+		} else if (IS("host-driver-version")) {
+			a->driver_version = flag_value(argc, argv, &i, name, len);
+		} else if (IS("protect-device-nodes") || IS("app-profile")) {
+			int *b = IS("app-profile") ? &a->app_profile : &a->protect;
+			if (name[len] == 0 || strcmp(name + len, "=true") == 0)
+				*b = 1;
+			else
+				full("a boolean flag with a value");
+		} else
+			full("a flag it does not know");
+#undef IS
+	}
+}
+
+/* version_parse parses a dotted version as internal/version does: at most 4 parts, each
+ * a number up to 1<<20. */
+static int version_parse(const char *v, long parts[4], int *n) {
+	*n = 0;
+	for (;;) {
+		if (*n == 4 || !isdig(*v))
+			return 0;
+		long x = 0;
+		for (; isdig(*v); v++) {
+			x = x * 10 + (*v - '0');
+			if (x > 1 << 20)
+				return 0;
+		}
+		parts[(*n)++] = x;
+		if (*v == 0)
+			return 1;
+		if (*v++ != '.')
+			return 0;
+	}
+}
+
+static int version_compare(const long *a, int na, const long *b, int nb) {
+	for (int i = 0; i < na || i < nb; i++) {
+		long x = i < na ? a[i] : 0, y = i < nb ? b[i] : 0;
+		if (x != y)
+			return x < y ? -1 : 1;
+	}
+	return 0;
+}
+
+/* compat_newer reports whether the image's /usr/local/cuda/compat holds a libcuda newer
+ * than the host's driver: then the full hook puts that folder first in the ld cache. */
+static int compat_newer(const char *host) {
+	long hv[4];
+	int hn;
+	if (!version_parse(host, hv, &hn))
+		full("a host driver version it cannot read");
+	int fd = open_read("/usr/local/cuda/compat", 1);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;
+		full("the image's CUDA compat folder cannot be listed");
+	}
+	DIR *d = fdopendir(fd);
+	if (!d) {
+		close(fd);
+		full("the image's CUDA compat folder cannot be listed");
+	}
+	int newer = 0, count = 0;
+	struct dirent *de;
+	while ((de = readdir(d)) != NULL) {
+		if (++count > MAX_FOLDER_ENTRIES + 2)
+			full("a large CUDA compat folder");
+		const char *p = de->d_name;
+		if (strncmp(p, "libcuda.so.", 11) != 0)
+			continue;
+		/* ^libcuda\.so\.(\d+(\.\d+)+)$ */
+		const char *v = p + 11;
+		int dots = 0, ok = isdig(*v);
+		for (const char *q = v; *q && ok; q++) {
+			if (*q == '.') {
+				dots++;
+				ok = isdig(q[1]);
+			} else if (!isdig(*q))
+				ok = 0;
+		}
+		long cv[4];
+		int cn;
+		if (!ok || dots == 0 || !version_parse(v, cv, &cn))
+			continue;
+		if (version_compare(cv, cn, hv, hn) > 0)
+			newer = 1;
+	}
+	closedir(d);
+	return newer;
+}
+
+/* modify_params rewrites "ModifyDeviceFiles: 1" lines to 0 as the full hook's pattern
+ * (?m)^ModifyDeviceFiles:[ \t]*1[ \t]*$ does; 0 when nothing matches. */
+static int modify_params(const char *in, size_t len, char **out, size_t *outlen) {
+	static const char key[] = "ModifyDeviceFiles:";
+	static const char repl[] = "ModifyDeviceFiles: 0";
+	char *o = xmalloc(len + len / 16 + 32); /* a matching line (19 bytes or more) grows by 1 */
+	size_t n = 0;
+	int changed = 0;
+	for (size_t i = 0; i <= len;) {
+		const char *line = in + i;
+		const char *nl = memchr(line, '\n', len - i);
+		size_t ll = nl ? (size_t)(nl - line) : len - i;
+		int match = 0;
+		if (ll >= sizeof key - 1 && memcmp(line, key, sizeof key - 1) == 0) {
+			size_t k = sizeof key - 1;
+			while (k < ll && (line[k] == ' ' || line[k] == '\t'))
+				k++;
+			if (k < ll && line[k] == '1') {
+				k++;
+				while (k < ll && (line[k] == ' ' || line[k] == '\t'))
+					k++;
+				match = k == ll;
+			}
+		}
+		if (match) {
+			memcpy(o + n, repl, sizeof repl - 1);
+			n += sizeof repl - 1;
+			changed = 1;
+		} else {
+			memcpy(o + n, line, ll);
+			n += ll;
+		}
+		if (!nl)
+			break;
+		o[n++] = '\n';
+		i += ll + 1;
+	}
+	*out = o;
+	*outlen = n;
+	return changed;
+}
+
+/* protect hides ModifyDeviceFiles: 1 from the container: a read-only copy of the host's
+ * params with 0, bound over the container's /proc/driver/nvidia/params. */
+static void protect(const char *host_params, const char *params, size_t plen) {
+	(void)host_params;
+	char *mod;
+	size_t mlen;
+	if (!modify_params(params, plen, &mod, &mlen)) {
+		free(mod);
+		return;
+	}
+	const char *target = "/proc/driver/nvidia/params";
+	int h = in_root(target, O_PATH);
+	if (h < 0) {
+		if (errno == ENOENT) {
+			say( "disable-device-node-modification: the container has no %s: nothing to do\n", target);
+			free(mod);
+			return;
+		}
+		full("the container's params cannot be opened");
+	}
+	struct stat st;
+	if (fstat(h, &st) != 0 || !S_ISREG(st.st_mode))
+		full("the container's params is not a regular file");
+	/* the copy: a new read-only file in a root-only folder on a host tmpfs */
+	char src[PATH_MAX] = "";
+	static const char *const dirs[] = {"/run/nvbind", "/dev/shm/nvbind"};
+	for (size_t i = 0; i < sizeof dirs / sizeof *dirs && !src[0]; i++) {
+		if (mkdir(dirs[i], 0700) != 0 && errno != EEXIST)
+			continue;
+		struct stat ds;
+		if (lstat(dirs[i], &ds) != 0 || !S_ISDIR(ds.st_mode) || (ds.st_mode & 07777) != 0700)
+			continue;
+		unsigned char rnd[6];
+		if (syscall(SYS_getrandom, rnd, sizeof rnd, 0) != (long)sizeof rnd)
+			continue;
+		snprintf(src, sizeof src, "%s/params-%02x%02x%02x%02x%02x%02x", dirs[i], rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+		int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		if (fd < 0) {
+			src[0] = 0;
+			continue;
+		}
+		int ok = write(fd, mod, mlen) == (ssize_t)mlen && fchmod(fd, 0444) == 0;
+		ok = close(fd) == 0 && ok;
+		if (!ok) {
+			unlink(src);
+			full("the params copy cannot be written");
+		}
+	}
+	free(mod);
+	if (!src[0])
+		full("no private folder for the params copy");
+	char dst[64];
+	snprintf(dst, sizeof dst, "/proc/self/fd/%d", h);
+	if (mount(src, dst, NULL, MS_BIND, NULL) != 0) {
+		unlink(src);
+		full("the params copy cannot be bound");
+	}
+	unlink(src);
+	close(h);
+	int nh = in_root(target, O_PATH);
+	if (nh < 0)
+		die("disable-device-node-modification: reopen %s: %s", target, strerror(errno));
+	snprintf(dst, sizeof dst, "/proc/self/fd/%d", nh);
+	if (mount("", dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
+		die("disable-device-node-modification: remount %s read-only: %s", target, strerror(errno));
+	close(nh);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int main(int argc, char **argv, char **envp) {
+	g_argv = argv;
+	g_envp = envp;
+	const char *t = getenv("NVBIND_HOOK_TRACE");
+	g_trace = t && strcmp(t, "1") == 0;
+	/* the state first: the full hook gets it as it was */
+	size_t slen;
+	char *sbuf = read_fd(0, MAX_STATE, &slen);
+	if (!sbuf) /* never the full hook with what is left of it */
+		die("the OCI state on stdin: %s", errno == EFBIG ? "larger than 1 MiB" : strerror(errno));
+	g_state = sbuf;
+	g_state_len = slen;
+	/* files are reopened through /proc/self/fd: it must be the kernel's procfs */
+	struct statfs sf;
+	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */)
+		full("no procfs at /proc");
+	const char *f = getenv("NVBIND_HOOK_FULL");
+	if (f && strcmp(f, "1") == 0)
+		full("NVBIND_HOOK_FULL=1");
+
+	struct args a = {0};
+	parse_args(argc, argv, &a);
+	if (a.nlinks == 0 && a.nfolders == 0)
+		full("no layout");
+
+	struct state st = {0};
+	struct json j = {sbuf, sbuf + slen, 0, 0};
+	json_ws(&j);
+	if (j.s >= j.end || *j.s != '{')
+		full("a state that is no JSON object");
+	json_each(&j, 1, state_member, &st);
+	if (!json_done(&j) || !st.bundle || st.bundle[0] != '/')
+		full("a state it cannot use");
+
+	/* config.json: root.path, and the GPUs' minors for the application profile */
+	char p[PATH_MAX];
+	if ((size_t)snprintf(p, sizeof p, "%s/config.json", st.bundle) >= sizeof p)
+		full("a long bundle path");
+	int cfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (cfd < 0)
+		full("no bundle config");
+	struct stat cst;
+	if (fstat(cfd, &cst) != 0 || !S_ISREG(cst.st_mode))
+		full("a bundle config that is no regular file");
+	size_t clen;
+	char *cbuf = read_fd(cfd, MAX_CONFIG, &clen);
+	close(cfd);
+	if (!cbuf)
+		full("a bundle config it cannot read");
+	struct config *cfg = calloc(1, sizeof *cfg);
+	if (!cfg)
+		full("out of memory");
+	j = (struct json){cbuf, cbuf + clen, 0, 0};
+	json_ws(&j);
+	if (j.s >= j.end || *j.s != '{')
+		full("a bundle config that is no JSON object");
+	json_each(&j, 1, config_member, cfg);
+	if (!json_done(&j) || !cfg->root || !cfg->root[0])
+		full("a bundle config it cannot use");
+	char root[PATH_MAX];
+	if (cfg->root[0] == '/')
+		snprintf(root, sizeof root, "%s", cfg->root);
+	else if ((size_t)snprintf(root, sizeof root, "%s/%s", st.bundle, cfg->root) >= sizeof root)
+		full("a long root path");
+	clean_abs(root);
+	g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (g_root < 0)
+		full("the container root cannot be opened");
+	int probe = in_root("/", O_PATH | O_DIRECTORY);
+	if (probe < 0)
+		full("openat2 with RESOLVE_IN_ROOT is not available"); /* kernels before 5.6 */
+	close(probe);
+
+	/* everything the steps read, before any step changes the container */
+	for (size_t i = 0; i < a.nfolders; i++) {
+		char c[PATH_MAX];
+		if ((size_t)snprintf(c, sizeof c, "%s", a.folders[i]) >= sizeof c || !clean_abs(c) || strcmp(c, "/") == 0)
+			full("a folder the full hook refuses");
+	}
+	if (a.driver_version && compat_newer(a.driver_version))
+		full("the image's CUDA compat libraries are newer than the driver");
+	struct cache ours = {0}, image = {0};
+	char *ours_data = NULL, *image_data = NULL;
+	if (a.nfolders) {
+		if (!a.folder_entries)
+			full("library folders without their entries");
+		char fe[PATH_MAX];
+		snprintf(fe, sizeof fe, "%s", a.folder_entries);
+		if (!clean_abs(fe))
+			full("a folder-entries path that is not absolute");
+		size_t olen;
+		ours_data = read_in_root(fe, LD_MAX_SIZE, &olen);
+		if (!ours_data || !ld_parse((unsigned char *)ours_data, olen, &ours))
+			full("the layout's ld cache entries cannot be read");
+		size_t ilen;
+		image_data = read_in_root("/etc/ld.so.cache", LD_MAX_SIZE, &ilen);
+		if (!image_data && errno != ENOENT)
+			full("the image's ld cache cannot be read");
+		if (image_data && !ld_parse((unsigned char *)image_data, ilen, &image))
+			full("the image's ld cache is unusable");
+	}
+	char *params = NULL;
+	size_t plen = 0;
+	const char *host_params = a.host_params ? a.host_params : "/proc/driver/nvidia/params";
+	if (a.protect) {
+		int pfd = open(host_params, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+		if (pfd >= 0) {
+			params = read_fd(pfd, MAX_SMALL, &plen);
+			close(pfd);
+			if (!params)
+				full("the host's params cannot be read");
+		} else if (errno != ENOENT)
+			full("the host's params cannot be opened");
+	}
+	if (a.app_profile)
+		qsort(cfg->minors, (size_t)cfg->nminors, sizeof *cfg->minors, cmp_i64);
+
+	/* create-symlinks */
+	for (size_t i = 0; i < a.nlinks; i++) {
+		char dir[PATH_MAX];
+		const char *name;
+		if (!split_abs(a.links[i].link, dir, sizeof dir, &name))
+			full("a link at the root");
+		int pfd = dir_handle(dir, 1);
+		if (pfd < 0)
+			full("a link's folder cannot be made");
+		char buf[PATH_MAX];
+		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
+		if (n >= 0) {
+			buf[n] = 0;
+			if (strcmp(buf, a.links[i].target) == 0)
+				continue;
+			if (unlinkat(pfd, name, 0) != 0)
+				full("a link cannot be replaced");
+		} else if (errno == EINVAL) {
+			say( "create-symlinks: %s exists in the image and is not a link: left as it is\n", a.links[i].link);
+			continue;
+		} else if (errno != ENOENT)
+			full("a link cannot be read");
+		if (symlinkat(a.links[i].target, pfd, name) != 0)
+			full("a link cannot be made");
+	}
+
+	/* update-ldcache */
+	if (a.nfolders) {
+		if (dir_handle("/etc", 1) < 0)
+			full("/etc cannot be made");
+		int confd = in_root("/etc/ld.so.conf.d", O_PATH | O_DIRECTORY);
+		if (confd >= 0) {
+			close(confd);
+			size_t clen2 = strlen("# written by nvbind hook: NVIDIA driver libraries\n");
+			for (size_t i = 0; i < a.nfolders; i++)
+				clen2 += strlen(a.folders[i]) + 1;
+			char *conf = xmalloc(clen2 + 1);
+			strcpy(conf, "# written by nvbind hook: NVIDIA driver libraries\n");
+			for (size_t i = 0; i < a.nfolders; i++) {
+				strcat(conf, a.folders[i]);
+				strcat(conf, "\n");
+			}
+			if (write_in_root("/etc/ld.so.conf.d/00-nvbind.conf", conf, strlen(conf)) != 0)
+				full("the ld.so.conf.d file cannot be written");
+			free(conf);
+		}
+		/* ours ahead of the image's entries, an entry of both once, in the loader's order */
+		size_t n = ours.n;
+		struct entry *merged = xmalloc((ours.n + image.n + 1) * sizeof *merged);
+		memcpy(merged, ours.e, ours.n * sizeof *merged);
+		size_t cap = 16;
+		while (cap < 2 * ours.n)
+			cap *= 2;
+		size_t *slots = xmalloc(cap * sizeof *slots); /* index + 1 of our entries, 0 free */
+		memset(slots, 0, cap * sizeof *slots);
+		for (size_t k = 0; k < ours.n; k++) {
+			size_t i = (size_t)entry_hash(&ours.e[k]) & (cap - 1);
+			while (slots[i])
+				i = (i + 1) & (cap - 1);
+			slots[i] = k + 1;
+		}
+		for (size_t i = 0; i < image.n; i++) {
+			int dup = 0;
+			for (size_t s = (size_t)entry_hash(&image.e[i]) & (cap - 1); slots[s] && !dup; s = (s + 1) & (cap - 1))
+				dup = same_entry(&ours.e[slots[s] - 1], &image.e[i]);
+			if (!dup)
+				merged[n++] = image.e[i];
+		}
+		free(slots);
+		struct entry *tmp = xmalloc((n + 1) * sizeof *tmp);
+		merge_sort(merged, tmp, n);
+		size_t olen;
+		unsigned char *out = ld_encode(merged, n, &olen);
+		if (write_in_root("/etc/ld.so.cache", (char *)out, olen) != 0)
+			full("the ld cache cannot be written");
+		free(out);
+		free(tmp);
+		free(merged);
+	}
+
+	/* disable-device-node-modification */
+	if (a.protect) {
+		if (!params)
+			say( "disable-device-node-modification: %s does not exist: nothing to do\n", host_params);
+		else
+			protect(host_params, params, plen);
+	}
+
+	/* update-application-profile */
+	if (a.app_profile) {
+		uint32_t mask = 0;
+		for (int i = 0; i < cfg->nminors; i++)
+			if (cfg->minors[i] >= 0 && cfg->minors[i] <= MAX_EGL_MINOR)
+				mask |= 1u << cfg->minors[i];
+		if (mask == 0) {
+			say( "update-application-profile: no /dev/nvidiaN node (of minor 0-%d) in the container: no profile written\n",
+				MAX_EGL_MINOR);
+		} else {
+			for (int i = 0; i < cfg->nminors; i++)
+				if (cfg->minors[i] > MAX_EGL_MINOR)
+					say(
+						"update-application-profile: /dev/nvidia%lld is beyond what EGLVisibleDGPUDevices can name: EGL does not see it\n",
+						(long long)cfg->minors[i]);
+			const char *dir = "/etc/nvidia/nvidia-application-profiles-rc.d";
+			if (dir_handle(dir, 1) < 0)
+				full("the application profile folder cannot be made");
+			char doc[256];
+			int n = snprintf(doc, sizeof doc,
+					 "{\"profiles\":[{\"name\":\"nvbind-container\",\"settings\":[\"EGLVisibleDGPUDevices\",%u]}],"
+					 "\"rules\":[{\"pattern\":[],\"profile\":\"nvbind-container\"}]}\n",
+					 mask);
+			if (write_in_root("/etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf", doc, (size_t)n) != 0)
+				full("the application profile cannot be written");
+		}
+	}
+	fwrite(g_log, 1, g_loglen, stderr);
+	trace("done");
+	return 0;
+}

@@ -1,0 +1,474 @@
+package hook
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/internal/ldcache"
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// The C hook (cmd/nvbind-hook) does the layout case itself and hands everything else to
+// the full hook (nvbind-hook-go, this package): these tests run both on copies of one
+// bundle and require the same tree, byte for byte, the same messages and the same exit
+// status, and that the C hook took the path it should.
+
+var (
+	fastOnce sync.Once
+	fastDir  string
+	fastErr  error
+)
+
+// fastHook builds nvbind-hook (C) with nvbind-hook-go beside it, once per test binary.
+func fastHook(t testing.TB) string {
+	t.Helper()
+	fastOnce.Do(func() {
+		fastDir, fastErr = os.MkdirTemp("", "nvbind-fast-hook-")
+		if fastErr != nil {
+			return
+		}
+		repo := testutil.RepoRoot(t)
+		build := exec.Command("go", "build", "-o", filepath.Join(fastDir, "nvbind-hook-go"), "./cmd/nvbind-hook-go")
+		build.Dir, build.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			fastErr = fmt.Errorf("go build: %v\n%s", err, out)
+			return
+		}
+		cc := exec.Command(testutil.CCompiler(), "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(fastDir, "nvbind-hook"),
+			"cmd/nvbind-hook/nvbind-hook.c")
+		cc.Dir = repo
+		if out, err := cc.CombinedOutput(); err != nil {
+			fastErr = fmt.Errorf("%s: %v\n%s", cc.Path, err, out)
+		}
+	})
+	if fastErr != nil {
+		t.Fatal(fastErr)
+	}
+	return filepath.Join(fastDir, "nvbind-hook")
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if fastDir != "" {
+		_ = os.RemoveAll(fastDir)
+	}
+	os.Exit(code)
+}
+
+const layoutMount = "/usr/local/nvbind/all"
+
+// layoutBundle makes a bundle whose root holds a driver layout at layoutMount (as the
+// runtime mounts it: libcuda and NVML with their links, nvidia-smi, firmware) with its
+// entries file, and the hook arguments a layout spec gives.
+func layoutBundle(t testing.TB, config string) (bundle string, args []string) {
+	t.Helper()
+	bundle = t.TempDir()
+	root := filepath.Join(bundle, "rootfs")
+	lay := filepath.Join(root, layoutMount)
+	lib := filepath.Join(lay, "usr/lib/x86_64-linux-gnu")
+	testutil.BuildSharedObject(t, filepath.Join(lib, "libcuda.so.535.261.03"), "libcuda.so.1", 64, "")
+	testutil.BuildSharedObject(t, filepath.Join(lib, "libnvidia-ml.so.535.261.03"), "libnvidia-ml.so.1", 64, "")
+	for link, target := range map[string]string{"libcuda.so.1": "libcuda.so.535.261.03", "libcuda.so": "libcuda.so.1",
+		"libnvidia-ml.so.1": "libnvidia-ml.so.535.261.03"} {
+		if err := os.Symlink(target, filepath.Join(lib, link)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, f := range []string{"usr/bin/nvidia-smi", "lib/firmware/nvidia/535.261.03/gsp_ga10x.bin"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(lay, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(lay, f), []byte(f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	entries, err := LibraryEntries(lay, layoutMount, []string{"/usr/lib/x86_64-linux-gnu"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(lay, ".ld.so.cache"), ldcache.Encode(entries), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if config == "" {
+		config = `{"ociVersion":"1.2.0","root":{"path":"rootfs"},"linux":{"devices":[` +
+			`{"path":"/dev/nvidia1","type":"c","major":195,"minor":1},{"path":"/dev/nvidiactl","type":"c","major":195,"minor":255},` +
+			`{"path":"/dev/nvidia0","type":"c","major":195,"minor":0},{"path":"/dev/nvidia40","type":"c","major":195,"minor":40}]}}`
+	}
+	if err := os.WriteFile(filepath.Join(bundle, "config.json"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	params := filepath.Join(bundle, "params")
+	if err := os.WriteFile(params, []byte("ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	args = []string{"hook", "all",
+		"--link", layoutMount + "/usr/bin/nvidia-smi::/usr/bin/nvidia-smi",
+		"--link", layoutMount + "/lib/firmware/nvidia/535.261.03/gsp_ga10x.bin::/lib/firmware/nvidia/535.261.03/gsp_ga10x.bin",
+		"--folder", layoutMount + "/usr/lib/x86_64-linux-gnu", "--folder-entries", layoutMount + "/.ld.so.cache",
+		"--protect-device-nodes", "--host-params", params, "--host-driver-version", "535.261.03", "--app-profile"}
+	return bundle, args
+}
+
+// tree lists a folder: each path with its type, and a file's content hash or a link's
+// target.
+func tree(t testing.TB, dir string) string {
+	t.Helper()
+	var out []string
+	err := filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		line := rel + " " + fi.Mode().String()
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			target, _ := os.Readlink(p)
+			line += " -> " + target
+		case fi.Mode().IsRegular():
+			data, _ := os.ReadFile(p)
+			sum := sha256.Sum256(data)
+			line += " " + hex.EncodeToString(sum[:8])
+		}
+		out = append(out, line)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}
+
+// copyTree copies a bundle (files, folders, links, modes).
+func copyTree(t testing.TB, src, dst string) {
+	t.Helper()
+	if out, err := exec.Command("cp", "-a", src+"/.", dst).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+}
+
+type hookRun struct {
+	code    int
+	stderr  string // without the trace lines
+	path    string // the trace: "done" (the C hook did it) or why it handed over
+	tree    string
+	elapsed time.Duration
+	maxRSS  int64 // KiB
+}
+
+// runHookOn runs the hook (the C one, or the full one) on the bundle.
+func runHookOn(t testing.TB, bin, bundle string, args []string, full bool) hookRun {
+	t.Helper()
+	cmd := exec.Command(bin, args[0:]...)
+	cmd.Args[0] = "nvbind-hook"
+	cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":1,"bundle":"` + bundle + `","annotations":{"a":"b"}}`)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NVBIND_HOOK_TRACE=1"}
+	if full {
+		cmd.Env = append(cmd.Env, "NVBIND_HOOK_FULL=1")
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	start := time.Now()
+	err := cmd.Run()
+	r := hookRun{elapsed: time.Since(start), tree: tree(t, bundle)}
+	if cmd.ProcessState == nil {
+		t.Fatalf("run %s: %v", bin, err)
+	}
+	r.code = cmd.ProcessState.ExitCode()
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.maxRSS = ru.Maxrss
+	}
+	for _, line := range strings.SplitAfter(stderr.String(), "\n") {
+		if rest, ok := strings.CutPrefix(line, "nvbind-hook: full hook: "); ok && r.path == "" {
+			r.path = strings.TrimSpace(rest)
+			continue
+		}
+		if strings.HasPrefix(line, "nvbind-hook: done") {
+			r.path = "done"
+			continue
+		}
+		r.stderr += line
+	}
+	return r
+}
+
+// both runs the C hook and the full hook on copies of the bundle and requires the same
+// outcome; it returns the C hook's run.
+func both(t testing.TB, bundle string, args []string) hookRun {
+	t.Helper()
+	bin := fastHook(t)
+	other := t.TempDir()
+	copyTree(t, bundle, other)
+	fast := runHookOn(t, bin, bundle, args, false)
+	full := runHookOn(t, bin, other, args, true)
+	full.stderr = strings.ReplaceAll(full.stderr, other, bundle) // messages name the bundle
+	if fast.code != full.code || fast.tree != full.tree || fast.stderr != full.stderr {
+		t.Fatalf("the C hook (%s) and the full hook differ:\nexit %d / %d\nstderr:\n%s\n---\n%s\ntree:\n%s\n---\n%s",
+			fast.path, fast.code, full.code, fast.stderr, full.stderr, fast.tree, full.tree)
+	}
+	return fast
+}
+
+func TestFastHookLayout(t *testing.T) {
+	hostCache, _ := os.ReadFile("/etc/ld.so.cache") // a cache glibc's ldconfig wrote
+	hwcaps := ldcache.Encode([]ldcache.Entry{
+		{Name: "libz.so.1", Path: "/usr/lib/glibc-hwcaps/x86-64-v3/libz.so.1", Flags: 0x303, HWCaps: "x86-64-v3"},
+		{Name: "libz.so.1", Path: "/usr/lib/x86_64-linux-gnu/libz.so.1", Flags: 0x303},
+		{Name: "libcuda.so.1", Path: layoutMount + "/usr/lib/x86_64-linux-gnu/libcuda.so.1", Flags: 0x303},
+		{Name: "libc.so.6", Path: "/lib/x86_64-linux-gnu/libc.so.6", Flags: 0x303, HWCap: 1 << 40},
+	})
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, root string)
+		// the C hook hands over
+		handsOver string
+	}{
+		{name: "an image with the host's cache and ld.so.conf.d", setup: func(t *testing.T, root string) {
+			if len(hostCache) == 0 {
+				t.Skip("no /etc/ld.so.cache on this host")
+			}
+			writeFiles(t, root, map[string]string{"etc/ld.so.cache": string(hostCache), "etc/ld.so.conf.d/libc.conf": "/usr/local/lib\n"})
+		}},
+		{name: "an image cache with glibc-hwcaps, an entry of ours, ISA levels", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"etc/ld.so.cache": string(hwcaps)})
+		}},
+		{name: "an image with no /etc"},
+		{name: "links over the image's own file and link", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"usr/bin/nvidia-smi": "the image's own"})
+			if err := os.MkdirAll(filepath.Join(root, "lib/firmware/nvidia/535.261.03"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("elsewhere", filepath.Join(root, "lib/firmware/nvidia/535.261.03/gsp_ga10x.bin")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "an older CUDA compat libcuda", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"usr/local/cuda/compat/libcuda.so.530.30.02": "", "usr/local/cuda/compat/libcuda.so.1": ""})
+		}},
+		{name: "a newer CUDA compat libcuda", handsOver: "compat", setup: func(t *testing.T, root string) {
+			testutil.BuildSharedObject(t, filepath.Join(root, "usr/local/cuda/compat/libcuda.so.570.86.10"), "libcuda.so.1", 64, "")
+		}},
+		{name: "an image cache that is no cache", handsOver: "unusable", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"etc/ld.so.cache": "glibc-ld.so.cache1.1 but not really"})
+		}},
+		{name: "an image cache that is a FIFO", handsOver: "cannot be read", setup: func(t *testing.T, root string) {
+			if err := os.MkdirAll(filepath.Join(root, "etc"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := syscall.Mkfifo(filepath.Join(root, "etc/ld.so.cache"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{name: "no entries file", handsOver: "entries", setup: func(t *testing.T, root string) {
+			if err := os.Remove(filepath.Join(root, layoutMount, ".ld.so.cache")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle, args := layoutBundle(t, "")
+			if tc.setup != nil {
+				tc.setup(t, filepath.Join(bundle, "rootfs"))
+			}
+			r := both(t, bundle, args)
+			if tc.handsOver == "" && r.path != "done" {
+				t.Errorf("the C hook handed over: %s", r.path)
+			}
+			if tc.handsOver != "" && !strings.Contains(r.path, tc.handsOver) {
+				t.Errorf("the C hook: %q, want it to hand over (%s)", r.path, tc.handsOver)
+			}
+			if r.code != 0 {
+				t.Fatalf("exit %d: %s", r.code, r.stderr)
+			}
+			root := filepath.Join(bundle, "rootfs")
+			e := cacheEntries(t, root)
+			if got := lookup(e, "libcuda.so.1"); !strings.HasPrefix(got, layoutMount+"/") && !strings.HasPrefix(got, "/usr/local/cuda/compat/") {
+				t.Errorf("libcuda.so.1 => %q", got)
+			}
+			profile, err := os.ReadFile(filepath.Join(root, "etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf"))
+			if err != nil || !strings.Contains(string(profile), `"EGLVisibleDGPUDevices",3]`) {
+				t.Errorf("application profile %q, %v", profile, err)
+			}
+			if !strings.Contains(r.stderr, "/dev/nvidia40 is beyond") {
+				t.Errorf("no word of /dev/nvidia40: %q", r.stderr)
+			}
+		})
+	}
+}
+
+// The C hook hands over, unchanged, whatever it does not handle itself; a state it cannot
+// trust with the full hook is refused.
+func TestFastHookHandsOver(t *testing.T) {
+	for _, tc := range []struct {
+		name, config string
+		args         func([]string) []string
+		why          string
+	}{
+		{name: "another action", args: func([]string) []string { return []string{"hook", "update-ldcache", "--folder", "/x"} }, why: "not hook all"},
+		{name: "a flag it does not know", args: func(a []string) []string { return append(a, "--dry-run") }, why: "does not know"},
+		{name: "a bad link", args: func(a []string) []string { return append(a, "--link", "x::relative") }, why: "refuses"},
+		{name: "a boolean flag with a value", args: func(a []string) []string { return append(a, "--app-profile=false") }, why: "boolean"},
+		{name: "no layout", args: func([]string) []string { return []string{"hook", "all", "--app-profile"} }, why: "no layout"},
+		{name: "a root key in another case", config: `{"Root":{"path":"rootfs"}}`, why: "cannot use"},
+		{name: "a root path beyond ASCII", config: `{"root":{"path":"r\u00f6otfs"}}`, why: "cannot use"},
+		{name: "a device minor that is no integer", config: `{"root":{"path":"rootfs"},"linux":{"devices":[{"path":"/dev/nvidia0","type":"c","minor":1.5}]}}`,
+			why: "cannot use"},
+		{name: "config.json that is no JSON", config: `{"root":{"path":"rootfs"}`, why: "cannot use"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle, args := layoutBundle(t, tc.config)
+			if tc.args != nil {
+				args = tc.args(args)
+			}
+			r := both(t, bundle, args)
+			if !strings.Contains(r.path, tc.why) {
+				t.Errorf("the C hook: %q, want it to hand over (%s)", r.path, tc.why)
+			}
+		})
+	}
+	t.Run("a state larger than the full hook reads is refused, never handed over in part", func(t *testing.T) {
+		bundle, args := layoutBundle(t, "")
+		cmd := exec.Command(fastHook(t), args...)
+		cmd.Env = []string{"NVBIND_HOOK_TRACE=1"}
+		cmd.Stdin = strings.NewReader(`{"annotations":{"a":"` + strings.Repeat("x", 1<<20) + `"},"bundle":"/"}`)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "larger than 1 MiB") || strings.Contains(string(out), "full hook") {
+			t.Errorf("%v: %s", err, out)
+		}
+		if _, err := os.Stat(filepath.Join(bundle, "rootfs/etc/ld.so.cache")); err == nil {
+			t.Error("the hook changed the container")
+		}
+	})
+}
+
+// A hostile image cannot lead the C hook out of its root: links in the image are
+// resolved inside it, and what the hook writes stays there.
+func TestFastHookHostile(t *testing.T) {
+	outside := t.TempDir()
+	before := tree(t, outside)
+	for _, tc := range []struct{ name, link, target string }{
+		{"/usr/bin is a link out", "usr/bin", outside},
+		{"/usr/bin climbs out", "usr/bin", "../../../../../../../../" + outside},
+		{"/etc is a link out", "etc", outside},
+		{"/etc/ld.so.conf.d is a link out", "etc/ld.so.conf.d", outside},
+		{"the application profile folder is a link out", "etc/nvidia", outside},
+		{"/lib is /proc's magic link to the host", "lib", "/proc/self/root" + outside},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle, args := layoutBundle(t, "")
+			p := filepath.Join(bundle, "rootfs", tc.link)
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(tc.target, p); err != nil {
+				t.Fatal(err)
+			}
+			r := both(t, bundle, args)
+			if got := tree(t, outside); got != before {
+				t.Fatalf("the hook (%s) wrote outside the root:\n%s", r.path, got)
+			}
+		})
+	}
+}
+
+// The image's cache is the C hook's one input from the image that it parses: its budgets
+// hold (time and memory) on the largest cache the full hook reads.
+func TestFastHookImageCacheBudget(t *testing.T) {
+	entries := make([]ldcache.Entry, ldcache.MaxEntries-8)
+	for i := range entries {
+		entries[i] = ldcache.Entry{Name: fmt.Sprintf("lib%06d.so.1", i), Path: fmt.Sprintf("/usr/lib/x86_64-linux-gnu/%s/lib%06d.so.1",
+			strings.Repeat("d", 40), i), Flags: 0x303}
+	}
+	ldcache.Sort(entries)
+	data := ldcache.Encode(entries)
+	bundle, args := layoutBundle(t, "")
+	writeFiles(t, filepath.Join(bundle, "rootfs"), map[string]string{"etc/ld.so.cache": string(data)})
+	r := both(t, bundle, args)
+	if r.path != "done" || r.code != 0 {
+		t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
+	}
+	t.Logf("%d-entry image cache (%d KiB): %v, %d KiB resident", len(entries), len(data)>>10, r.elapsed, r.maxRSS)
+	if r.elapsed > 5*time.Second || r.maxRSS > 96<<10 {
+		t.Errorf("the C hook took %v and %d KiB on a %d KiB cache", r.elapsed, r.maxRSS, len(data)>>10)
+	}
+}
+
+// FuzzFastHookImageCache gives both hooks an image cache of arbitrary bytes: the C hook
+// uses it where the full hook's parser does and gives the same cache, or hands over, and
+// stays in its budgets.
+func FuzzFastHookImageCache(f *testing.F) {
+	if data, err := os.ReadFile("/etc/ld.so.cache"); err == nil {
+		f.Add(data)
+	}
+	good := ldcache.Encode([]ldcache.Entry{{Name: "libz.so.1", Path: "/usr/lib/glibc-hwcaps/x86-64-v3/libz.so.1", Flags: 0x303, HWCaps: "x86-64-v3"},
+		{Name: "libz.so.1", Path: "/lib/libz.so.1", Flags: 0x303}})
+	f.Add(good)
+	f.Add(good[:60])
+	f.Add(append([]byte("ld.so-1.7.0\x00\x00\x00\x00\x00"), good...))
+	f.Add([]byte("glibc-ld.so.cache1.1"))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if len(data) > ldcache.MaxSize+1 {
+			return
+		}
+		bundle, args := layoutBundle(t, "")
+		writeFiles(t, filepath.Join(bundle, "rootfs"), map[string]string{"etc/ld.so.cache": string(data)})
+		r := both(t, bundle, args)
+		_, perr := ldcache.Parse(data)
+		if (perr == nil) != (r.path == "done") {
+			t.Errorf("the full hook's parser: %v; the C hook: %s", perr, r.path)
+		}
+		if r.elapsed > 5*time.Second || r.maxRSS > 96<<10 {
+			t.Errorf("the C hook took %v and %d KiB", r.elapsed, r.maxRSS)
+		}
+	})
+}
+
+// BenchmarkHookLayout times one hook stage of a layout container, the C hook against the
+// full hook (Go) on the same bundle, interleaved: the host's own ld cache as the image's.
+func BenchmarkHookLayout(b *testing.B) {
+	bin := fastHook(b)
+	bundle, args := layoutBundle(b, "")
+	if data, err := os.ReadFile("/etc/ld.so.cache"); err == nil {
+		p := filepath.Join(bundle, "rootfs/etc/ld.so.cache")
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			b.Fatal(err)
+		}
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var fast, full []time.Duration
+	for b.Loop() {
+		for _, f := range []bool{false, true} {
+			r := runHookOn(b, bin, bundle, args, f)
+			if r.code != 0 || !f && r.path != "done" {
+				b.Fatalf("exit %d (%s): %s", r.code, r.path, r.stderr)
+			}
+			if f {
+				full = append(full, r.elapsed)
+			} else {
+				fast = append(fast, r.elapsed)
+			}
+		}
+	}
+	med := func(d []time.Duration) float64 {
+		slices.Sort(d)
+		return float64(d[len(d)/2]) / float64(time.Millisecond)
+	}
+	b.ReportMetric(med(fast), "ms-median/c-hook")
+	b.ReportMetric(med(full), "ms-median/full-hook")
+	b.ReportMetric(0, "ns/op")
+}
