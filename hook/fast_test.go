@@ -75,32 +75,7 @@ const layoutMount = "/usr/local/nvbind/all"
 func layoutBundle(t testing.TB, config string) (bundle string, args []string) {
 	t.Helper()
 	bundle = t.TempDir()
-	root := filepath.Join(bundle, "rootfs")
-	lay := filepath.Join(root, layoutMount)
-	lib := filepath.Join(lay, "usr/lib/x86_64-linux-gnu")
-	testutil.BuildSharedObject(t, filepath.Join(lib, "libcuda.so.535.261.03"), "libcuda.so.1", 64, "")
-	testutil.BuildSharedObject(t, filepath.Join(lib, "libnvidia-ml.so.535.261.03"), "libnvidia-ml.so.1", 64, "")
-	for link, target := range map[string]string{"libcuda.so.1": "libcuda.so.535.261.03", "libcuda.so": "libcuda.so.1",
-		"libnvidia-ml.so.1": "libnvidia-ml.so.535.261.03"} {
-		if err := os.Symlink(target, filepath.Join(lib, link)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, f := range []string{"usr/bin/nvidia-smi", "lib/firmware/nvidia/535.261.03/gsp_ga10x.bin"} {
-		if err := os.MkdirAll(filepath.Dir(filepath.Join(lay, f)), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(lay, f), []byte(f), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	entries, err := LibraryEntries(lay, layoutMount, []string{"/usr/lib/x86_64-linux-gnu"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(lay, ".ld.so.cache"), ldcache.Encode(entries), 0o444); err != nil {
-		t.Fatal(err)
-	}
+	copyTree(t, layoutTemplate(t), bundle)
 	if config == "" {
 		config = `{"ociVersion":"1.2.0","root":{"path":"rootfs"},"linux":{"devices":[` +
 			`{"path":"/dev/nvidia1","type":"c","major":195,"minor":1},{"path":"/dev/nvidiactl","type":"c","major":195,"minor":255},` +
@@ -110,15 +85,62 @@ func layoutBundle(t testing.TB, config string) (bundle string, args []string) {
 		t.Fatal(err)
 	}
 	params := filepath.Join(bundle, "params")
-	if err := os.WriteFile(params, []byte("ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\n"), 0o444); err != nil {
-		t.Fatal(err)
-	}
 	args = []string{"hook", "all",
 		"--link", layoutMount + "/usr/bin/nvidia-smi::/usr/bin/nvidia-smi",
 		"--link", layoutMount + "/lib/firmware/nvidia/535.261.03/gsp_ga10x.bin::/lib/firmware/nvidia/535.261.03/gsp_ga10x.bin",
 		"--folder", layoutMount + "/usr/lib/x86_64-linux-gnu", "--folder-entries", layoutMount + "/.ld.so.cache",
 		"--protect-device-nodes", "--host-params", params, "--host-driver-version", "535.261.03", "--app-profile"}
 	return bundle, args
+}
+
+var (
+	templateOnce sync.Once
+	templateDir  string
+	templateErr  error
+)
+
+// layoutTemplate builds, once, the bundle layoutBundle copies (the libraries are compiled).
+func layoutTemplate(t testing.TB) string {
+	t.Helper()
+	fastHook(t) // fastDir
+	templateOnce.Do(func() {
+		templateDir = filepath.Join(fastDir, "template")
+		templateErr = buildTemplate(t, templateDir)
+	})
+	if templateErr != nil {
+		t.Fatal(templateErr)
+	}
+	return templateDir
+}
+
+func buildTemplate(t testing.TB, bundle string) error {
+	root := filepath.Join(bundle, "rootfs")
+	lay := filepath.Join(root, layoutMount)
+	lib := filepath.Join(lay, "usr/lib/x86_64-linux-gnu")
+	testutil.BuildSharedObject(t, filepath.Join(lib, "libcuda.so.535.261.03"), "libcuda.so.1", 64, "")
+	testutil.BuildSharedObject(t, filepath.Join(lib, "libnvidia-ml.so.535.261.03"), "libnvidia-ml.so.1", 64, "")
+	for link, target := range map[string]string{"libcuda.so.1": "libcuda.so.535.261.03", "libcuda.so": "libcuda.so.1",
+		"libnvidia-ml.so.1": "libnvidia-ml.so.535.261.03"} {
+		if err := os.Symlink(target, filepath.Join(lib, link)); err != nil {
+			return err
+		}
+	}
+	for _, f := range []string{"usr/bin/nvidia-smi", "lib/firmware/nvidia/535.261.03/gsp_ga10x.bin"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(lay, f)), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(lay, f), []byte(f), 0o755); err != nil {
+			return err
+		}
+	}
+	entries, err := LibraryEntries(lay, layoutMount, []string{"/usr/lib/x86_64-linux-gnu"})
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(lay, ".ld.so.cache"), ldcache.Encode(entries), 0o444); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundle, "params"), []byte("ResmanDebugLevel: 4294967295\nModifyDeviceFiles: 0\n"), 0o444)
 }
 
 // tree lists a folder: each path with its type, and a file's content hash or a link's
@@ -326,6 +348,11 @@ func TestFastHookHandsOver(t *testing.T) {
 		{name: "a device minor that is no integer", config: `{"root":{"path":"rootfs"},"linux":{"devices":[{"path":"/dev/nvidia0","type":"c","minor":1.5}]}}`,
 			why: "cannot use"},
 		{name: "config.json that is no JSON", config: `{"root":{"path":"rootfs"}`, why: "cannot use"},
+		{name: "a root dropped by a later null", config: `{"root":{"path":"rootfs"},"root":null}`, why: "cannot use"},
+		{name: "a root path longer than a path", config: `{"root":{"path":"/` + strings.Repeat("/", 4100) + `tmp/rootfs"}}`, why: "long root path"},
+		{name: "an empty --host-params is the default", args: func(a []string) []string {
+			return append(a, "--host-params", "")
+		}, why: "done"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			bundle, args := layoutBundle(t, tc.config)
@@ -335,6 +362,18 @@ func TestFastHookHandsOver(t *testing.T) {
 			r := both(t, bundle, args)
 			if !strings.Contains(r.path, tc.why) {
 				t.Errorf("the C hook: %q, want it to hand over (%s)", r.path, tc.why)
+			}
+		})
+	}
+	// encoding/json empties a field that a later null names
+	for _, config := range []string{
+		`{"root":{"path":"rootfs"},"linux":{"devices":[{"path":"/dev/nvidia0","type":"c","minor":0}],"devices":null}}`,
+		`{"root":{"path":"rootfs"},"linux":{"devices":[{"path":"/dev/nvidia0","type":"c","minor":0}]},"linux":null}`,
+	} {
+		t.Run("null after devices", func(t *testing.T) {
+			bundle, args := layoutBundle(t, config)
+			if r := both(t, bundle, args); r.path != "done" || !strings.Contains(r.stderr, "no profile written") {
+				t.Errorf("%s: %s", r.path, r.stderr)
 			}
 		})
 	}
@@ -384,24 +423,72 @@ func TestFastHookHostile(t *testing.T) {
 }
 
 // The image's cache is the C hook's one input from the image that it parses: its budgets
-// hold (time and memory) on the largest cache the full hook reads.
+// hold (time and memory) on the largest caches the full hook reads: the most entries, and
+// the longest strings, all suffixes of one another (the string table sorts them).
 func TestFastHookImageCacheBudget(t *testing.T) {
-	entries := make([]ldcache.Entry, ldcache.MaxEntries-8)
-	for i := range entries {
-		entries[i] = ldcache.Entry{Name: fmt.Sprintf("lib%06d.so.1", i), Path: fmt.Sprintf("/usr/lib/x86_64-linux-gnu/%s/lib%06d.so.1",
+	many := make([]ldcache.Entry, ldcache.MaxEntries-8)
+	for i := range many {
+		many[i] = ldcache.Entry{Name: fmt.Sprintf("lib%06d.so.1", i), Path: fmt.Sprintf("/usr/lib/x86_64-linux-gnu/%s/lib%06d.so.1",
 			strings.Repeat("d", 40), i), Flags: 0x303}
 	}
-	ldcache.Sort(entries)
-	data := ldcache.Encode(entries)
+	long := strings.Repeat("x", ldcache.MaxPathLen-4) + ".so"
+	var suffixes []ldcache.Entry
+	for i := 0; i+4 < len(long) && len(suffixes) < 3500; i++ {
+		suffixes = append(suffixes, ldcache.Entry{Name: fmt.Sprintf("lib%d.so", i), Path: "/" + long[i:], Flags: 0x303})
+	}
+	for _, entries := range [][]ldcache.Entry{many, suffixes} {
+		ldcache.Sort(entries)
+		data := ldcache.Encode(entries)
+		bundle, args := layoutBundle(t, "")
+		writeFiles(t, filepath.Join(bundle, "rootfs"), map[string]string{"etc/ld.so.cache": string(data)})
+		r := both(t, bundle, args)
+		if r.path != "done" || r.code != 0 {
+			t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
+		}
+		t.Logf("%d-entry image cache (%d KiB): %v, %d KiB resident", len(entries), len(data)>>10, r.elapsed, r.maxRSS)
+		if r.elapsed > 5*time.Second || r.maxRSS > 96<<10 {
+			t.Errorf("the C hook took %v and %d KiB on a %d KiB cache", r.elapsed, r.maxRSS, len(data)>>10)
+		}
+	}
+}
+
+// Names with numbers beyond int32, which the loader's order wraps as glibc does, are left
+// to the full hook: the order is intransitive there, and sorts may disagree.
+func TestFastHookLongNumbers(t *testing.T) {
+	data := ldcache.Encode([]ldcache.Entry{{Name: "libx0.so", Path: "/a", Flags: 0x303},
+		{Name: "libx1500000000.so", Path: "/b", Flags: 0x303}, {Name: "libx3000000000.so", Path: "/c", Flags: 0x303}})
 	bundle, args := layoutBundle(t, "")
 	writeFiles(t, filepath.Join(bundle, "rootfs"), map[string]string{"etc/ld.so.cache": string(data)})
-	r := both(t, bundle, args)
-	if r.path != "done" || r.code != 0 {
-		t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
+	if r := both(t, bundle, args); !strings.Contains(r.path, "beyond 9 digits") {
+		t.Errorf("the C hook: %s", r.path)
 	}
-	t.Logf("%d-entry image cache (%d KiB): %v, %d KiB resident", len(entries), len(data)>>10, r.elapsed, r.maxRSS)
-	if r.elapsed > 5*time.Second || r.maxRSS > 96<<10 {
-		t.Errorf("the C hook took %v and %d KiB on a %d KiB cache", r.elapsed, r.maxRSS, len(data)>>10)
+}
+
+// The image's links can lead into the container's /proc and /sys, mounted before the hook
+// runs: neither hook reads a kernel file there (procfs' kmsg consumes the host's log).
+func TestHooksReadNoKernelFile(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bundle, args := layoutBundle(t, "")
+	root := filepath.Join(bundle, "rootfs")
+	if err := os.MkdirAll(filepath.Join(root, "sys"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("sysfs", filepath.Join(root, "sys"), "sysfs", syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(filepath.Join(root, "sys"), syscall.MNT_DETACH) })
+	writeFiles(t, root, map[string]string{"etc/.keep": ""})
+	if err := os.Symlink("/sys/kernel/mm/transparent_hugepage/enabled", filepath.Join(root, "etc/ld.so.cache")); err != nil {
+		t.Fatal(err)
+	}
+	// the copy both() makes for the full hook needs its own sysfs
+	bin := fastHook(t)
+	fast := runHookOn(t, bin, bundle, args, false)
+	if fast.code != 0 || !strings.Contains(fast.path, "cannot be read") || !strings.Contains(fast.stderr, "a file of a kernel filesystem") {
+		t.Errorf("exit %d, %s: %s", fast.code, fast.path, fast.stderr)
+	}
+	if link, err := os.Readlink(filepath.Join(root, "etc/ld.so.cache")); err == nil {
+		t.Errorf("the image's link is still there: %s", link)
 	}
 }
 

@@ -67,15 +67,8 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		return err
 	}
 	defer func() { _ = r.Close() }()
-	for _, l := range o.Links {
-		skipped, err := r.symlink(l.Target, l.Link)
-		if err != nil {
-			return fmt.Errorf("create-symlinks: %w", err)
-		}
-		if skipped {
-			fmt.Fprintf(o.Log, "create-symlinks: %s exists in the image and is not a link: left as it is\n", l.Link)
-		}
-	}
+	// what the steps read of the image and the layout is read before any step changes
+	// the root, so that no step's writes feed another's reads
 	folders, compat := o.Folders, ""
 	if o.HostDriverVersion != "" {
 		var err error
@@ -86,8 +79,21 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 			folders = append([]string{compat}, folders...)
 		}
 	}
+	var in ldInputs
 	if len(folders) > 0 {
-		if err := updateLDCache(r, folders, compat, o.FolderEntries, o.Log); err != nil {
+		in = readLDInputs(r, o.FolderEntries)
+	}
+	for _, l := range o.Links {
+		skipped, err := r.symlink(l.Target, l.Link)
+		if err != nil {
+			return fmt.Errorf("create-symlinks: %w", err)
+		}
+		if skipped {
+			fmt.Fprintf(o.Log, "create-symlinks: %s exists in the image and is not a link: left as it is\n", l.Link)
+		}
+	}
+	if len(folders) > 0 {
+		if err := updateLDCache(r, folders, compat, in, o.Log); err != nil {
 			return fmt.Errorf("update-ldcache: %w", err)
 		}
 	}

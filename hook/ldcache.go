@@ -34,10 +34,9 @@ const (
 // /etc/ld.so.conf.d, the folders are also written there, so an ldconfig run inside the
 // container keeps them.
 //
-// With entries (a driver layout's ld cache of the folders after compat), the folders'
-// entries are read from it instead of from each library; a file that is not a cache the
-// hook can read is ignored and the folders are scanned.
-func updateLDCache(r *containerRoot, folders []string, compat, entries string, log io.Writer) error {
+// With the entries of a driver layout's ld cache (of the folders after compat), the
+// folders' entries come from it instead of from each library.
+func updateLDCache(r *containerRoot, folders []string, compat string, in ldInputs, log io.Writer) error {
 	for _, f := range folders {
 		if _, _, err := cleanAbs(f); err != nil {
 			return err
@@ -52,7 +51,7 @@ func updateLDCache(r *containerRoot, folders []string, compat, entries string, l
 			return err
 		}
 	}
-	image, err := readImageCache(r)
+	image, err := in.image, in.imageErr
 	if err != nil {
 		// the image's cache is unusable, so the loader ignored it: a fresh cache loses
 		// nothing the image had working
@@ -62,37 +61,55 @@ func updateLDCache(r *containerRoot, folders []string, compat, entries string, l
 			return err
 		}
 	}
-	ours, err := folderEntries(r, folders, compat, entries)
+	ours, err := folderEntries(r, folders, compat, in)
 	if err != nil {
 		return err
 	}
 	return r.writeFile("/etc/ld.so.cache", ldcache.Encode(merge(ours, image)))
 }
 
-// folderEntries lists the libraries of the folders: the compat folder's scanned, then the
-// others' from the entries file where it is a cache, else scanned.
-func folderEntries(r *containerRoot, folders []string, compat, entries string) ([]ldcache.Entry, error) {
+// ldInputs is what the ld cache update reads of the image and of the layout.
+type ldInputs struct {
+	image    []ldcache.Entry
+	imageErr error
+	// listed are the entries file's, when it is a cache the hook can read (listedOK)
+	listed   []ldcache.Entry
+	listedOK bool
+}
+
+// readLDInputs reads the image's cache and the layout's entries file (a file that is not a
+// cache the hook can read is left: the folders are scanned then).
+func readLDInputs(r *containerRoot, entries string) ldInputs {
+	var in ldInputs
+	in.image, in.imageErr = readImageCache(r)
 	if entries == "" {
-		return scanFolders(r, folders)
+		return in
 	}
-	data, err := r.readFile(entries, ldcache.MaxSize)
-	if err != nil {
-		return scanFolders(r, folders)
+	if data, err := r.readFile(entries, ldcache.MaxSize); err == nil {
+		if listed, err := ldcache.Parse(data); err == nil {
+			in.listed, in.listedOK = listed, true
+		}
 	}
-	listed, err := ldcache.Parse(data)
-	if err != nil {
+	return in
+}
+
+// folderEntries lists the libraries of the folders: the compat folder's scanned, then the
+// others' from the layout's entries where they were read, else scanned.
+func folderEntries(r *containerRoot, folders []string, compat string, in ldInputs) ([]ldcache.Entry, error) {
+	if !in.listedOK {
 		return scanFolders(r, folders)
 	}
 	var out []ldcache.Entry
 	if compat != "" {
+		var err error
 		if out, err = scanFolder(r, compat); err != nil {
 			return nil, err
 		}
 	}
-	if len(out)+len(listed) > maxLibraries {
+	if len(out)+len(in.listed) > maxLibraries {
 		return nil, fmt.Errorf("more than %d libraries in the ld cache's folders", maxLibraries)
 	}
-	return append(out, listed...), nil
+	return append(out, in.listed...), nil
 }
 
 // LibraryEntries are the ld cache entries ldconfig would file for the folders of the tree

@@ -196,6 +196,21 @@ func (r *containerRoot) writeFile(p string, data []byte) error {
 // errNotFile refuses to open what is neither a regular file nor a folder for reading.
 var errNotFile = errors.New("not a regular file or folder")
 
+// errKernelFile refuses to read a file of a kernel filesystem.
+var errKernelFile = errors.New("a file of a kernel filesystem (proc, sysfs, ...)")
+
+// pseudoFS reports kernel filesystems whose files may act when read (the C hook has the
+// same list).
+func pseudoFS(t int64) bool {
+	switch t {
+	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEBUGFS_MAGIC, unix.TRACEFS_MAGIC, unix.SECURITYFS_MAGIC,
+		unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC, unix.BPF_FS_MAGIC, 0x62656570 /* configfs */, unix.EFIVARFS_MAGIC,
+		unix.PSTOREFS_MAGIC, unix.DEVPTS_SUPER_MAGIC:
+		return true
+	}
+	return false
+}
+
 // openRead opens a regular file or a folder p inside the root for reading. p is resolved
 // to an O_PATH handle first (openat2 with RESOLVE_IN_ROOT where the kernel has it, 5.6+,
 // else filepath-securejoin's emulation), which opens nothing: a device node's driver is
@@ -216,6 +231,12 @@ func (r *containerRoot) openRead(p string) (*os.File, error) {
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG:
+		// a kernel file (procfs' kmsg, sysfs' attributes) may act when read: the image's
+		// links can lead into the container's /proc and /sys, mounted before the hook runs
+		var sf unix.Statfs_t
+		if err := unix.Fstatfs(int(h.Fd()), &sf); err != nil || pseudoFS(int64(sf.Type)) { //nolint:unconvert // int64 on every arch
+			return nil, &fs.PathError{Op: "open", Path: p, Err: errKernelFile}
+		}
 		return pathrs.Reopen(h, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	case unix.S_IFDIR:
 		return pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)

@@ -89,16 +89,26 @@ static int g_trace;
 
 /* the actions' messages, written when the hook is done: a hook that hands over says
  * nothing of its own, the full hook says it all */
-static char g_log[16384];
-static size_t g_loglen;
+static char *g_log;
+static size_t g_loglen, g_logcap;
+
+static void *xrealloc(void *p, size_t n);
 
 static void say(const char *fmt, ...) {
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(g_log + g_loglen, sizeof g_log - g_loglen, fmt, ap);
+	int n = vsnprintf(NULL, 0, fmt, ap);
 	va_end(ap);
-	if (n > 0)
-		g_loglen += (size_t)n < sizeof g_log - g_loglen ? (size_t)n : sizeof g_log - 1 - g_loglen;
+	if (n <= 0)
+		return;
+	if (g_loglen + (size_t)n + 1 > g_logcap) {
+		g_logcap = (g_loglen + (size_t)n + 1) * 2;
+		g_log = xrealloc(g_log, g_logcap);
+	}
+	va_start(ap, fmt);
+	vsnprintf(g_log + g_loglen, g_logcap - g_loglen, fmt, ap);
+	va_end(ap);
+	g_loglen += (size_t)n;
 }
 
 static void trace(const char *fmt, ...) {
@@ -674,8 +684,10 @@ static void device_item(struct json *j, const char *key, void *arg) {
 static void linux_member(struct json *j, const char *key, void *arg) {
 	json_ws(j);
 	if (key_is(j, key, "devices")) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null")) {
+			((struct config *)arg)->nminors = 0; /* as encoding/json: null empties it */
 			return;
+		}
 		if (j->s >= j->end || *j->s != '[') {
 			j->bad = 2;
 			return;
@@ -695,8 +707,15 @@ static void config_member(struct json *j, const char *key, void *arg) {
 	if (j->bad)
 		return;
 	if (root || lnx) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null")) {
+			/* as encoding/json: null drops the object */
+			if (root) {
+				free(c->root);
+				c->root = NULL;
+			} else
+				c->nminors = 0;
 			return;
+		}
 		if (j->s >= j->end || *j->s != '{') {
 			j->bad = 2;
 			return;
@@ -767,6 +786,29 @@ static int in_root(const char *p, int flags) {
 	return -1;
 }
 
+/* pseudo_fs reports kernel filesystems whose files may act when read (the image's links
+ * can lead into the container's /proc and /sys, mounted before the hook runs) */
+static int pseudo_fs(unsigned long t) {
+	static const unsigned long kinds[] = {
+		0x9fa0,     /* proc */
+		0x62656572, /* sysfs */
+		0x64626720, /* debugfs */
+		0x74726163, /* tracefs */
+		0x73636673, /* securityfs */
+		0x27e0eb,   /* cgroup */
+		0x63677270, /* cgroup2 */
+		0xcafe4a11, /* bpf */
+		0x62656570, /* configfs */
+		0xde5e81e4, /* efivarfs */
+		0x6165676c, /* pstore */
+		0x1cd1,     /* devpts */
+	};
+	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
+		if (t == kinds[i])
+			return 1;
+	return 0;
+}
+
 /* open_read opens a regular file inside the root for reading, through an O_PATH handle
  * (no device or FIFO is ever opened); ENOENT is reported as -1 with errno ENOENT, and a
  * file that is not regular as -1 with errno EINVAL. */
@@ -782,6 +824,13 @@ static int open_read(const char *p, int want_dir) {
 	if (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode)) {
 		close(h);
 		errno = want_dir ? ENOTDIR : EINVAL;
+		return -1;
+	}
+	/* a kernel file (procfs' kmsg, sysfs' attributes) may act when read */
+	struct statfs sf;
+	if (!want_dir && (fstatfs(h, &sf) != 0 || pseudo_fs((unsigned long)sf.f_type))) {
+		close(h);
+		errno = EINVAL;
 		return -1;
 	}
 	char proc[64];
@@ -1176,6 +1225,17 @@ static int ld_compare(const char *a, const char *b) {
 	return -cchar((unsigned char)*b);
 }
 
+/* long_number reports a run of more than 9 digits */
+static int long_number(const char *s) {
+	int run = 0;
+	for (; *s; s++) {
+		run = isdig(*s) ? run + 1 : 0;
+		if (run > 9)
+			return 1;
+	}
+	return 0;
+}
+
 static int popcount64(uint64_t v) {
 	int n = 0;
 	for (; v; v &= v - 1)
@@ -1224,35 +1284,11 @@ static void merge_sort(struct entry *a, struct entry *tmp, size_t n) {
 	memcpy(a, tmp, n * sizeof *a);
 }
 
-/* string set: the distinct strings of the output, with their offsets */
-
-struct strset {
-	const char **s;
-	uint32_t *off;
-	size_t n, cap; /* open addressing, cap a power of two */
-};
-
 static uint64_t hash_str(const char *s) {
 	uint64_t h = 1469598103934665603ull;
 	for (; *s; s++)
 		h = (h ^ (unsigned char)*s) * 1099511628211ull;
 	return h;
-}
-
-static size_t set_slot(struct strset *t, const char *s) {
-	size_t i = (size_t)hash_str(s) & (t->cap - 1);
-	while (t->s[i] && strcmp(t->s[i], s) != 0)
-		i = (i + 1) & (t->cap - 1);
-	return i;
-}
-
-static int set_add(struct strset *t, const char *s) {
-	size_t i = set_slot(t, s);
-	if (t->s[i])
-		return 0;
-	t->s[i] = s;
-	t->n++;
-	return 1;
 }
 
 /* entries are one when name, path and glibc-hwcaps name are */
@@ -1262,23 +1298,26 @@ static int same_entry(const struct entry *a, const struct entry *b) {
 	return strcmp(a->name, b->name) == 0 && strcmp(a->path, b->path) == 0 && strcmp(a->hwcaps, b->hwcaps) == 0;
 }
 
-static int cmp_reversed(const void *pa, const void *pb) {
-	const char *a = *(const char *const *)pa, *b = *(const char *const *)pb;
-	size_t i = strlen(a), j = strlen(b);
+/* a use of a string in the output, and where its offset goes */
+struct strref {
+	const char *s;
+	size_t len;
+	uint32_t *off;
+};
+
+/* cmp_ref orders by reversed bytes as Go's compareReversed does */
+static int cmp_ref(const void *pa, const void *pb) {
+	const struct strref *a = pa, *b = pb;
+	size_t i = a->len, j = b->len;
 	while (i > 0 && j > 0) {
 		i--, j--;
-		if (a[i] != b[j])
-			return (int)(unsigned char)b[j] - (int)(unsigned char)a[i];
+		if (a->s[i] != b->s[j])
+			return (int)(unsigned char)b->s[j] - (int)(unsigned char)a->s[i];
 	}
-	return (int)j - (int)i;
+	return (int)b->len - (int)a->len;
 }
 
 static int cmp_str(const void *pa, const void *pb) { return strcmp(*(const char *const *)pa, *(const char *const *)pb); }
-
-static int has_suffix(const char *s, const char *suffix) {
-	size_t n = strlen(s), m = strlen(suffix);
-	return m <= n && memcmp(s + n - m, suffix, m) == 0;
-}
 
 /* ld_encode writes the cache as ldcache.Encode does, byte for byte. */
 static unsigned char *ld_encode(const struct entry *e, size_t n, size_t *outlen) {
@@ -1295,41 +1334,38 @@ static unsigned char *ld_encode(const struct entry *e, size_t n, size_t *outlen)
 			hw[w++] = hw[i];
 	nhw = w;
 
-	/* distinct strings, tail-merged: sorted by reversed bytes, a string that ends the one
-	 * before it shares its bytes */
-	struct strset set = {0};
-	set.cap = 16;
-	while (set.cap < 4 * (2 * n + nhw + 1))
-		set.cap *= 2;
-	set.s = calloc(set.cap, sizeof *set.s);
-	set.off = calloc(set.cap, sizeof *set.off);
-	const char **uniq = xmalloc((2 * n + nhw + 1) * sizeof *uniq);
-	if (!set.s || !set.off)
-		full("out of memory");
-	size_t nu = 0;
+	/* distinct strings, tail-merged: every use of a string (names, paths, glibc-hwcaps
+	 * names) sorted by reversed bytes, which also brings equal strings together (no hash
+	 * an image could make collide); a string that ends the distinct one before it shares
+	 * its bytes */
+	size_t nref = 2 * n + nhw;
+	struct strref *refs = xmalloc((nref + 1) * sizeof *refs);
+	uint32_t *offs = xmalloc((nref + 1) * sizeof *offs); /* name, path of each entry, then hwcaps */
 	for (size_t i = 0; i < n; i++) {
-		if (set_add(&set, e[i].name))
-			uniq[nu++] = e[i].name;
-		if (set_add(&set, e[i].path))
-			uniq[nu++] = e[i].path;
+		refs[2 * i] = (struct strref){e[i].name, strlen(e[i].name), &offs[2 * i]};
+		refs[2 * i + 1] = (struct strref){e[i].path, strlen(e[i].path), &offs[2 * i + 1]};
 	}
 	for (size_t i = 0; i < nhw; i++)
-		if (set_add(&set, hw[i]))
-			uniq[nu++] = hw[i];
-	qsort(uniq, nu, sizeof *uniq, cmp_reversed);
+		refs[2 * n + i] = (struct strref){hw[i], strlen(hw[i]), &offs[2 * n + i]};
+	qsort(refs, nref, sizeof *refs, cmp_ref);
 	size_t tlen = 0;
-	uint32_t *uoff = xmalloc((nu + 1) * sizeof *uoff);
-	for (size_t i = 0; i < nu; i++) {
-		if (i > 0 && has_suffix(uniq[i - 1], uniq[i])) {
-			uoff[i] = uoff[i - 1] + (uint32_t)(strlen(uniq[i - 1]) - strlen(uniq[i]));
+	const struct strref *prev = NULL; /* the distinct string before, and its offset */
+	uint32_t prevoff = 0;
+	for (size_t i = 0; i < nref; i++) {
+		const struct strref *r = &refs[i];
+		if (prev && r->len == prev->len && memcmp(r->s, prev->s, r->len) == 0) {
+			*r->off = prevoff;
 			continue;
 		}
-		uoff[i] = (uint32_t)tlen;
-		tlen += strlen(uniq[i]) + 1;
+		if (prev && r->len <= prev->len && memcmp(prev->s + prev->len - r->len, r->s, r->len) == 0)
+			prevoff += (uint32_t)(prev->len - r->len);
+		else {
+			prevoff = (uint32_t)tlen;
+			tlen += r->len + 1;
+		}
+		*r->off = prevoff;
+		prev = r;
 	}
-	for (size_t i = 0; i < nu; i++)
-		set.off[set_slot(&set, uniq[i])] = uoff[i];
-
 	uint32_t stroff = (uint32_t)(LD_HEADER + LD_ENTRY * n);
 	uint32_t extoff = (stroff + (uint32_t)tlen + 3) & ~3u;
 	uint32_t sections = nhw ? 2 : 1;
@@ -1347,23 +1383,26 @@ static unsigned char *ld_encode(const struct entry *e, size_t n, size_t *outlen)
 	for (size_t i = 0; i < n; i++) {
 		unsigned char *b = out + LD_HEADER + i * LD_ENTRY;
 		put32(b, (uint32_t)e[i].flags);
-		put32(b + 4, stroff + set.off[set_slot(&set, e[i].name)]);
-		put32(b + 8, stroff + set.off[set_slot(&set, e[i].path)]);
+		put32(b + 4, stroff + offs[2 * i]);
+		put32(b + 8, stroff + offs[2 * i + 1]);
 		put32(b + 12, e[i].osversion);
 		uint64_t hwcap = e[i].hwcap;
 		if (e[i].hwcaps[0]) {
-			size_t idx = 0;
-			while (idx < nhw && strcmp(hw[idx], e[i].hwcaps) != 0)
-				idx++;
+			size_t lo = 0, hi = nhw; /* hw is sorted and holds it */
+			while (lo < hi) {
+				size_t mid = lo + (hi - lo) / 2;
+				if (strcmp(hw[mid], e[i].hwcaps) < 0)
+					lo = mid + 1;
+				else
+					hi = mid;
+			}
+			size_t idx = lo;
 			hwcap = LD_HWCAP_EXT | (e[i].hwcap & (LD_ISA_MASK << 32)) | (uint64_t)idx;
 		}
 		put64(b + 16, hwcap);
 	}
-	for (size_t i = 0; i < nu; i++) {
-		if (i > 0 && has_suffix(uniq[i - 1], uniq[i]))
-			continue;
-		memcpy(out + stroff + uoff[i], uniq[i], strlen(uniq[i]) + 1);
-	}
+	for (size_t i = 0; i < nref; i++) /* shared bytes are the same bytes: copy every one */
+		memcpy(out + stroff + *refs[i].off, refs[i].s, refs[i].len + 1);
 	unsigned char *x = out + extoff;
 	put32(x, LD_EXT_MAGIC);
 	put32(x + 4, sections);
@@ -1377,14 +1416,12 @@ static unsigned char *ld_encode(const struct entry *e, size_t n, size_t *outlen)
 		put32(s + 8, hwoff);
 		put32(s + 12, 4 * (uint32_t)nhw);
 		for (size_t i = 0; i < nhw; i++)
-			put32(out + hwoff + 4 * i, stroff + set.off[set_slot(&set, hw[i])]);
+			put32(out + hwoff + 4 * i, stroff + offs[2 * n + i]);
 	}
 	memcpy(out + genoff, LD_GENERATOR, strlen(LD_GENERATOR));
 	free(hw);
-	free(uniq);
-	free(uoff);
-	free(set.s);
-	free(set.off);
+	free(refs);
+	free(offs);
 	*outlen = total;
 	return out;
 }
@@ -1714,9 +1751,8 @@ int main(int argc, char **argv, char **envp) {
 	if (!json_done(&j) || !cfg->root || !cfg->root[0])
 		full("a bundle config it cannot use");
 	char root[PATH_MAX];
-	if (cfg->root[0] == '/')
-		snprintf(root, sizeof root, "%s", cfg->root);
-	else if ((size_t)snprintf(root, sizeof root, "%s/%s", st.bundle, cfg->root) >= sizeof root)
+	if ((size_t)(cfg->root[0] == '/' ? snprintf(root, sizeof root, "%s", cfg->root)
+					 : snprintf(root, sizeof root, "%s/%s", st.bundle, cfg->root)) >= sizeof root)
 		full("a long root path");
 	clean_abs(root);
 	g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -1741,8 +1777,7 @@ int main(int argc, char **argv, char **envp) {
 		if (!a.folder_entries)
 			full("library folders without their entries");
 		char fe[PATH_MAX];
-		snprintf(fe, sizeof fe, "%s", a.folder_entries);
-		if (!clean_abs(fe))
+		if ((size_t)snprintf(fe, sizeof fe, "%s", a.folder_entries) >= sizeof fe || !clean_abs(fe))
 			full("a folder-entries path that is not absolute");
 		size_t olen;
 		ours_data = read_in_root(fe, LD_MAX_SIZE, &olen);
@@ -1754,10 +1789,18 @@ int main(int argc, char **argv, char **envp) {
 			full("the image's ld cache cannot be read");
 		if (image_data && !ld_parse((unsigned char *)image_data, ilen, &image))
 			full("the image's ld cache is unusable");
+		/* names with numbers beyond int32 make the loader's order (which wraps them, as
+		 * glibc does) intransitive, where sort algorithms may disagree */
+		for (size_t i = 0; i < image.n; i++)
+			if (long_number(image.e[i].name))
+				full("an image cache name with a number beyond 9 digits");
+		for (size_t i = 0; i < ours.n; i++)
+			if (long_number(ours.e[i].name))
+				full("a layout name with a number beyond 9 digits");
 	}
 	char *params = NULL;
 	size_t plen = 0;
-	const char *host_params = a.host_params ? a.host_params : "/proc/driver/nvidia/params";
+	const char *host_params = a.host_params && a.host_params[0] ? a.host_params : "/proc/driver/nvidia/params";
 	if (a.protect) {
 		int pfd = open(host_params, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
 		if (pfd >= 0) {
@@ -1886,7 +1929,8 @@ int main(int argc, char **argv, char **envp) {
 				full("the application profile cannot be written");
 		}
 	}
-	fwrite(g_log, 1, g_loglen, stderr);
+	if (g_loglen)
+		fwrite(g_log, 1, g_loglen, stderr);
 	trace("done");
 	return 0;
 }
