@@ -868,21 +868,38 @@ static struct {
 } g_dirs[MAX_DIRS];
 static int g_ndirs;
 
-/* dir_handle returns an O_PATH handle of folder d inside the root, making it and its
- * parents (0755) when create is set; -1 with errno set. */
-static int dir_handle(const char *d, int create) {
+/* cached_dir is the handle of folder d when it was looked up or made before, else -1. */
+static int cached_dir(const char *d) {
 	for (int i = 0; i < g_ndirs; i++)
 		if (strcmp(g_dirs[i].path, d) == 0)
 			return g_dirs[i].fd;
-	int fd = in_root(d, O_PATH | O_DIRECTORY);
+	return -1;
+}
+
+/* cache_dir keeps fd as d's handle; 0 when the cache is full (the caller keeps fd). */
+static int cache_dir(const char *d, int fd) {
+	if (g_ndirs == MAX_DIRS || !(g_dirs[g_ndirs].path = strdup(d)))
+		return 0;
+	g_dirs[g_ndirs++].fd = fd;
+	return 1;
+}
+
+/* dir_handle returns an O_PATH handle of folder d inside the root, making it and its
+ * parents (0755) when create is set; -1 with errno set. The handle belongs to the cache
+ * (or, when it is full, to nobody: a handful of descriptors at most stay open). */
+static int dir_handle(const char *d, int create) {
+	int fd = cached_dir(d);
+	if (fd >= 0)
+		return fd;
+	fd = in_root(d, O_PATH | O_DIRECTORY);
 	if (fd < 0 && errno == ENOENT && create) {
-		/* the longest existing parent, then each missing folder made and opened
-		 * without following a link */
+		/* the longest existing parent (one looked up or made before, or resolved inside
+		 * the root), then each missing folder made and opened without following a link */
 		char *p = strdup(d);
 		if (!p)
 			return -1;
 		size_t end = strlen(p), cut;
-		int parent;
+		int parent, owned;
 		for (;;) {
 			size_t s = end;
 			do
@@ -890,7 +907,11 @@ static int dir_handle(const char *d, int create) {
 			while (s > 0 && p[s] != '/');
 			char save = p[s];
 			p[s] = 0;
-			parent = in_root(s == 0 ? "/" : p, O_PATH | O_DIRECTORY);
+			const char *prefix = s == 0 ? "/" : p;
+			parent = cached_dir(prefix);
+			owned = parent < 0;
+			if (owned)
+				parent = in_root(prefix, O_PATH | O_DIRECTORY);
 			p[s] = save;
 			if (parent >= 0) {
 				cut = s;
@@ -911,39 +932,31 @@ static int dir_handle(const char *d, int create) {
 			char *e = strchr(c, '/');
 			if (e)
 				*e = 0;
-			if (mkdirat(parent, c, 0755) != 0 && errno != EEXIST) {
-				int err = errno;
+			int err = 0, next = -1;
+			if (mkdirat(parent, c, 0755) != 0 && errno != EEXIST)
+				err = errno;
+			else if ((next = openat(parent, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0)
+				err = errno;
+			if (owned)
 				close(parent);
-				free(p);
-				errno = err;
-				return -1;
-			}
-			int next = openat(parent, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-			int err = errno;
-			close(parent);
-			if (next < 0) {
+			if (err) {
 				free(p);
 				errno = err;
 				return -1;
 			}
 			parent = next;
+			owned = !cache_dir(p, next); /* p ends at this folder */
 			if (!e)
 				break;
 			*e = '/';
 			c = e;
 		}
 		free(p);
-		fd = parent;
+		return parent;
 	}
 	if (fd < 0)
 		return -1;
-	if (g_ndirs < MAX_DIRS) {
-		g_dirs[g_ndirs].path = strdup(d);
-		if (g_dirs[g_ndirs].path) {
-			g_dirs[g_ndirs].fd = fd;
-			g_ndirs++;
-		}
-	}
+	cache_dir(d, fd);
 	return fd;
 }
 
@@ -1823,6 +1836,10 @@ int main(int argc, char **argv, char **envp) {
 		int pfd = dir_handle(dir, 1);
 		if (pfd < 0)
 			full("a link's folder cannot be made");
+		if (symlinkat(a.links[i].target, pfd, name) == 0)
+			continue; /* the common case: nothing there */
+		if (errno != EEXIST)
+			full("a link cannot be made");
 		char buf[PATH_MAX];
 		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
 		if (n >= 0) {
