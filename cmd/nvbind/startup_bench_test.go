@@ -26,20 +26,21 @@ func BenchmarkStartupVsToolkit(b *testing.B) {
 }
 
 func startupVsToolkit(b *testing.B, bin, root string) {
-	out := b.TempDir()
+	// each writes into a folder of its own, as on a host with one spec of the kind: nvbind
+	// reads the other specs of its folder (one spec per kind), which is no part of generating
 	cmds := []struct {
 		name string
 		argv []string
 	}{
 		{"nvbind-version", []string{bin, "version"}},
-		{"nvbind-cdi-generate", []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "a.yaml")}},
-		{"nvbind-node-cdi-generate", []string{filepath.Join(filepath.Dir(bin), nodeBinaryName), "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "b.yaml")}},
+		{"nvbind-cdi-generate", []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "a.yaml")}},
+		{"nvbind-node-cdi-generate", []string{filepath.Join(filepath.Dir(bin), nodeBinaryName), "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "b.yaml")}},
 	}
 	if ctk := os.Getenv("NVBIND_NVIDIA_CTK"); ctk != "" {
 		cmds = append(cmds, struct {
 			name string
 			argv []string
-		}{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(out, "c.yaml")}})
+		}{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "c.yaml")}})
 	}
 	times := make([][]time.Duration, len(cmds))
 	for b.Loop() {
