@@ -35,7 +35,7 @@ var (
 func fastHook(t testing.TB) string {
 	t.Helper()
 	fastOnce.Do(func() {
-		fastDir, fastErr = os.MkdirTemp("", "nvbind-fast-hook-")
+		fastDir, fastErr = os.MkdirTemp("", "nvbind-fast-hook-") //nolint:usetesting // one build for every test of the binary, removed by TestMain
 		if fastErr != nil {
 			return
 		}
@@ -43,14 +43,14 @@ func fastHook(t testing.TB) string {
 		build := exec.Command("go", "build", "-o", filepath.Join(fastDir, "nvbind-hook-go"), "./cmd/nvbind-hook-go")
 		build.Dir, build.Env = repo, append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
-			fastErr = fmt.Errorf("go build: %v\n%s", err, out)
+			fastErr = fmt.Errorf("go build: %w\n%s", err, out)
 			return
 		}
 		cc := exec.Command(testutil.CCompiler(), "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o", filepath.Join(fastDir, "nvbind-hook"),
 			"cmd/nvbind-hook/nvbind-hook.c")
 		cc.Dir = repo
 		if out, err := cc.CombinedOutput(); err != nil {
-			fastErr = fmt.Errorf("%s: %v\n%s", cc.Path, err, out)
+			fastErr = fmt.Errorf("%s: %w\n%s", cc.Path, err, out)
 		}
 	})
 	if fastErr != nil {

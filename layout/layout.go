@@ -36,7 +36,7 @@ const (
 	Dest = "/usr/local/nvbind"
 	// format changes when a layout's shape does, so that old layouts are not reused.
 	format = "2"
-	// EntriesFile, in a layout's root, is the ld cache of its library folders as a
+	// EntriesFile is the ld cache, in a layout's root, of its library folders as a
 	// container that mounts it sees them (the hook's --folder-entries).
 	EntriesFile = ".ld.so.cache"
 )
