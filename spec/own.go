@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"sigs.k8s.io/yaml"
+	"tags.cncf.io/container-device-interface/pkg/parser"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
 	"github.com/nvbind/nvbind/internal/fileio"
@@ -54,7 +55,12 @@ type SpecFile struct {
 // entry that is not a folder and whose name ends in .json or .yaml (hidden ones and links
 // included), in name order. A missing folder holds none. A file that does not parse as a
 // spec is left out, with its error joined into the returned one, next to the files read.
-func ScanDir(dir string) ([]SpecFile, error) {
+func ScanDir(dir string) ([]SpecFile, error) { return scanDir(dir, false) }
+
+// scanDir is ScanDir; with kindsOnly, a YAML spec under nvbind's first line is read for its
+// kind and writer only (its hook and devices left out), without parsing it, where its
+// top-level kind line is as nvbind writes it: what Install needs of nvbind's own specs.
+func scanDir(dir string, kindsOnly bool) ([]SpecFile, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -72,7 +78,8 @@ func ScanDir(dir string) ([]SpecFile, error) {
 			continue
 		}
 		p := filepath.Join(dir, e.Name())
-		sf, err := readSpecFile(p)
+		// a link is no spec of nvbind's own (below): its devices are needed
+		sf, err := readSpecFile(p, kindsOnly && e.Type()&fs.ModeSymlink == 0)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -85,7 +92,7 @@ func ScanDir(dir string) ([]SpecFile, error) {
 	return out, errors.Join(errs...)
 }
 
-func readSpecFile(p string) (SpecFile, error) {
+func readSpecFile(p string, kindsOnly bool) (SpecFile, error) {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return SpecFile{}, err
@@ -100,6 +107,11 @@ func readSpecFile(p string) (SpecFile, error) {
 	if err != nil {
 		return SpecFile{}, err
 	}
+	if kindsOnly && bytes.HasPrefix(data, []byte(yamlMarker)) {
+		if kind := topLevelKind(data); kind != "" {
+			return SpecFile{Path: p, Kind: kind, Own: true, Writer: writerOf(data)}, nil
+		}
+	}
 	var s cdispecs.Spec
 	if err := yaml.Unmarshal(data, &s); err != nil {
 		return SpecFile{}, fmt.Errorf("%s: %w", p, err)
@@ -108,16 +120,42 @@ func readSpecFile(p string) (SpecFile, error) {
 		return SpecFile{}, fmt.Errorf("%s: no kind", p)
 	}
 	hook := ourHook(&s)
-	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || hook != "", HookPath: hook}
-	if rest, ok := bytes.CutPrefix(data, []byte(yamlMarker+writerPrefix)); ok {
-		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok && len(line) <= 256 {
-			sf.Writer = string(line)
-		}
-	}
+	sf := SpecFile{Path: p, Kind: s.Kind, Own: bytes.HasPrefix(data, []byte(yamlMarker)) || hook != "", HookPath: hook, Writer: writerOf(data)}
 	for _, d := range s.Devices {
 		sf.Devices = append(sf.Devices, d.Name)
 	}
 	return sf, nil
+}
+
+// writerOf is the writer a YAML spec of nvbind's names on its second line, or "".
+func writerOf(data []byte) string {
+	if rest, ok := bytes.CutPrefix(data, []byte(yamlMarker+writerPrefix)); ok {
+		if line, _, ok := bytes.Cut(rest, []byte("\n")); ok && len(line) <= 256 {
+			return string(line)
+		}
+	}
+	return ""
+}
+
+// topLevelKind is the kind of a YAML spec as nvbind writes it: one top-level line
+// "kind: vendor/class", unquoted, of a valid CDI kind; "" when there is not exactly one
+// such line (the spec is parsed then).
+func topLevelKind(data []byte) string {
+	var kind string
+	for line := range bytes.SplitSeq(data, []byte("\n")) {
+		v, ok := bytes.CutPrefix(line, []byte("kind:"))
+		if !ok {
+			continue
+		}
+		if kind != "" {
+			return ""
+		}
+		kind = string(bytes.TrimSpace(v))
+		if vendor, class, ok := strings.Cut(kind, "/"); !ok || parser.ValidateVendorName(vendor) != nil || parser.ValidateClassName(class) != nil {
+			return ""
+		}
+	}
+	return kind
 }
 
 // ourHook returns the path of the nvbind hook a spec runs ("" for none): a hook with the
@@ -159,7 +197,7 @@ func ourHook(s *cdispecs.Spec) string {
 func Install(s *cdispecs.Spec, dst string, f Format, writer string) (Written, error) {
 	dst = filepath.Clean(dst)
 	w := Written{Path: dst, Spec: s}
-	files, err := ScanDir(filepath.Dir(dst))
+	files, err := scanDir(filepath.Dir(dst), true)
 	if err != nil {
 		w.Unreadable = err
 	}

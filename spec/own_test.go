@@ -205,3 +205,52 @@ func TestScanDirBudget(t *testing.T) {
 		t.Fatalf("ScanDir of %d entries: %v", maxSpecFiles+1, err)
 	}
 }
+
+// Install reads nvbind's own YAML specs for their kind and writer only, from the
+// top-level kind line its writer emits; it reads the same as parsing them, and a file
+// whose kind line is not that (quoted, twice, invalid) is parsed.
+func TestScanKindsOnly(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	dir := t.TempDir()
+	for i, o := range []Options{{HookPath: "/usr/bin/nvbind-hook"}, {HookPath: "/usr/bin/nvbind-hook", Vendor: "example.com", Class: "device"}} {
+		s, err := Generate(inv, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFile(s, filepath.Join(dir, "own"+strconv.Itoa(i)+".yaml"), FormatYAML); err != nil {
+			t.Fatal(err)
+		}
+	}
+	odd := yamlMarker + "cdiVersion: 0.5.0\nkind: \"other.io/gpu\"\ndevices:\n- name: x\n  containerEdits:\n    env: [A=1]\n"
+	if err := os.WriteFile(filepath.Join(dir, "odd.yaml"), []byte(odd), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	full, err := scanDir(dir, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	light, err := scanDir(dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(full) != 3 || len(light) != 3 {
+		t.Fatalf("scans: %v / %v", full, light)
+	}
+	for i := range full {
+		f, l := full[i], light[i]
+		if f.Path != l.Path || f.Kind != l.Kind || f.Own != l.Own || f.Writer != l.Writer {
+			t.Errorf("%s: parsed %+v, read for its kind %+v", f.Path, f, l)
+		}
+	}
+	if light[0].Kind != "other.io/gpu" || len(light[0].Devices) != 1 { // odd.yaml, first by name
+		t.Errorf("the quoted kind was not parsed: %+v", light[0])
+	}
+	for _, data := range []string{"kind: a.io/gpu\nkind: b.io/gpu\n", "kind: \"a.io/gpu\"\n", "kind: a.io/\n", "kind: nokind\n", "  kind: a.io/gpu\n"} {
+		if k := topLevelKind([]byte(yamlMarker + data)); k != "" {
+			t.Errorf("topLevelKind(%q) = %q", data, k)
+		}
+	}
+	if k := topLevelKind([]byte(yamlMarker + "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")); k != "nvidia.com/gpu" {
+		t.Errorf("topLevelKind = %q", k)
+	}
+}
