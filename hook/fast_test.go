@@ -559,3 +559,25 @@ func BenchmarkHookLayout(b *testing.B) {
 	b.ReportMetric(med(full), "ms-median/full-hook")
 	b.ReportMetric(0, "ns/op")
 }
+
+// A link the hook makes over a folder link it already looked up is followed afresh: the
+// folders of later links go where the new link points.
+func TestFastHookLinkOverLookedUpFolder(t *testing.T) {
+	bundle, args := layoutBundle(t, "")
+	root := filepath.Join(bundle, "rootfs")
+	writeFiles(t, root, map[string]string{"opt/real/.keep": "", "opt/other/.keep": ""})
+	if err := os.Symlink("real", filepath.Join(root, "opt/lnk")); err != nil {
+		t.Fatal(err)
+	}
+	args = append(args, "--link", "t1::/opt/lnk/a", "--link", "other::/opt/lnk", "--link", "t2::/opt/lnk/x/y")
+	r := both(t, bundle, args)
+	if r.path != "done" || r.code != 0 {
+		t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
+	}
+	if target, err := os.Readlink(filepath.Join(root, "opt/other/x/y")); err != nil || target != "t2" {
+		t.Errorf("the last link: %q, %v", target, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "opt/real/x")); err == nil {
+		t.Error("a folder made under the link's old target")
+	}
+}

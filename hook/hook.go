@@ -67,8 +67,11 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		return err
 	}
 	defer func() { _ = r.Close() }()
-	// what the steps read of the image and the layout is read before any step changes
-	// the root, so that no step's writes feed another's reads
+	// what the C hook reads (the compat folder's names, the image's cache, the layout's
+	// entries) is read before any step changes the root, as the C hook does, so that no
+	// step's writes feed those reads; what only this hook reads (the compat folder's
+	// libraries, folders without entries, a fresh cache's) is read when the ld cache is
+	// written
 	folders, compat := o.Folders, ""
 	if o.HostDriverVersion != "" {
 		var err error

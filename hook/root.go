@@ -152,7 +152,19 @@ func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
 	if err := unix.Symlinkat(target, pfd, name); err != nil {
 		return false, wrapErr("create link", link, err)
 	}
+	r.forget(path.Join(dir, name))
 	return false, nil
+}
+
+// forget drops the folder handles of p and of everything under it: a link made at p
+// points elsewhere than what was looked up there.
+func (r *containerRoot) forget(p string) {
+	for d, h := range r.dirs {
+		if d == p || strings.HasPrefix(d, p+"/") {
+			_ = h.Close()
+			delete(r.dirs, d)
+		}
+	}
 }
 
 // writeFile replaces p with data (mode 0644): a new file made with O_EXCL|O_NOFOLLOW
@@ -199,13 +211,21 @@ var errNotFile = errors.New("not a regular file or folder")
 // errKernelFile refuses to read a file of a kernel filesystem.
 var errKernelFile = errors.New("a file of a kernel filesystem (proc, sysfs, ...)")
 
+// kernel filesystems x/sys/unix does not name
+const (
+	configFSMagic = 0x62656570
+	fuseCtlMagic  = 0x65735543
+	nfsdMagic     = 0x6e667364
+)
+
 // pseudoFS reports kernel filesystems whose files may act when read (the C hook has the
 // same list).
 func pseudoFS(t int64) bool {
 	switch t {
 	case unix.PROC_SUPER_MAGIC, unix.SYSFS_MAGIC, unix.DEBUGFS_MAGIC, unix.TRACEFS_MAGIC, unix.SECURITYFS_MAGIC,
-		unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC, unix.BPF_FS_MAGIC, 0x62656570 /* configfs */, unix.EFIVARFS_MAGIC,
-		unix.PSTOREFS_MAGIC, unix.DEVPTS_SUPER_MAGIC:
+		unix.CGROUP_SUPER_MAGIC, unix.CGROUP2_SUPER_MAGIC, unix.BPF_FS_MAGIC, configFSMagic, unix.EFIVARFS_MAGIC,
+		unix.PSTOREFS_MAGIC, unix.DEVPTS_SUPER_MAGIC, unix.SELINUX_MAGIC, unix.SMACK_MAGIC, unix.BINFMTFS_MAGIC,
+		fuseCtlMagic, nfsdMagic:
 		return true
 	}
 	return false
@@ -234,7 +254,10 @@ func (r *containerRoot) openRead(p string) (*os.File, error) {
 		// a kernel file (procfs' kmsg, sysfs' attributes) may act when read: the image's
 		// links can lead into the container's /proc and /sys, mounted before the hook runs
 		var sf unix.Statfs_t
-		if err := unix.Fstatfs(int(h.Fd()), &sf); err != nil || pseudoFS(int64(sf.Type)) { //nolint:unconvert // int64 on every arch
+		if err := unix.Fstatfs(int(h.Fd()), &sf); err != nil {
+			return nil, &fs.PathError{Op: "statfs", Path: p, Err: err}
+		}
+		if pseudoFS(int64(sf.Type)) { //nolint:unconvert // int64 on every arch
 			return nil, &fs.PathError{Op: "open", Path: p, Err: errKernelFile}
 		}
 		return pathrs.Reopen(h, unix.O_RDONLY|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC)

@@ -55,12 +55,14 @@ type SpecFile struct {
 // entry that is not a folder and whose name ends in .json or .yaml (hidden ones and links
 // included), in name order. A missing folder holds none. A file that does not parse as a
 // spec is left out, with its error joined into the returned one, next to the files read.
-func ScanDir(dir string) ([]SpecFile, error) { return scanDir(dir, false) }
+func ScanDir(dir string) ([]SpecFile, error) { return scanDir(dir, "") }
 
-// scanDir is ScanDir; with kindsOnly, a YAML spec under nvbind's first line is read for its
-// kind and writer only (its hook and devices left out), without parsing it, where its
-// top-level kind line is as nvbind writes it: what Install needs of nvbind's own specs.
-func scanDir(dir string, kindsOnly bool) ([]SpecFile, error) {
+// scanDir is ScanDir, except that the file at replaced (the spec Install writes over,
+// never moved), when it is a YAML spec under nvbind's first line, is read for its kind and
+// writer only (what Install reports of it), without parsing it, where its top-level kind
+// line is as nvbind writes it. Every other file is parsed: a kind misread there could move
+// another kind's spec or hide a conflict.
+func scanDir(dir, replaced string) ([]SpecFile, error) {
 	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -79,7 +81,7 @@ func scanDir(dir string, kindsOnly bool) ([]SpecFile, error) {
 		}
 		p := filepath.Join(dir, e.Name())
 		// a link is no spec of nvbind's own (below): its devices are needed
-		sf, err := readSpecFile(p, kindsOnly && e.Type()&fs.ModeSymlink == 0)
+		sf, err := readSpecFile(p, p == replaced && e.Type()&fs.ModeSymlink == 0)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -197,7 +199,7 @@ func ourHook(s *cdispecs.Spec) string {
 func Install(s *cdispecs.Spec, dst string, f Format, writer string) (Written, error) {
 	dst = filepath.Clean(dst)
 	w := Written{Path: dst, Spec: s}
-	files, err := scanDir(filepath.Dir(dst), true)
+	files, err := scanDir(filepath.Dir(dst), dst)
 	if err != nil {
 		w.Unreadable = err
 	}

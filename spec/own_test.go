@@ -206,9 +206,10 @@ func TestScanDirBudget(t *testing.T) {
 	}
 }
 
-// Install reads nvbind's own YAML specs for their kind and writer only, from the
-// top-level kind line its writer emits; it reads the same as parsing them, and a file
-// whose kind line is not that (quoted, twice, invalid) is parsed.
+// Install reads the spec it replaces, when it is nvbind's own YAML spec, for its kind and
+// writer only, from the top-level kind line its writer emits: the same as parsing it; a
+// file whose kind line is not that (quoted, twice, invalid) is parsed, and so is every
+// other file of the folder.
 func TestScanKindsOnly(t *testing.T) {
 	inv := discoverRoot(t, "debian-535")
 	dir := t.TempDir()
@@ -225,25 +226,30 @@ func TestScanKindsOnly(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "odd.yaml"), []byte(odd), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	full, err := scanDir(dir, false)
+	full, err := scanDir(dir, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	light, err := scanDir(dir, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(full) != 3 || len(light) != 3 {
-		t.Fatalf("scans: %v / %v", full, light)
-	}
-	for i := range full {
-		f, l := full[i], light[i]
-		if f.Path != l.Path || f.Kind != l.Kind || f.Own != l.Own || f.Writer != l.Writer {
-			t.Errorf("%s: parsed %+v, read for its kind %+v", f.Path, f, l)
+	for _, replaced := range []string{"odd.yaml", "own0.yaml", "own1.yaml"} {
+		light, err := scanDir(dir, filepath.Join(dir, replaced))
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if light[0].Kind != "other.io/gpu" || len(light[0].Devices) != 1 { // odd.yaml, first by name
-		t.Errorf("the quoted kind was not parsed: %+v", light[0])
+		if len(full) != 3 || len(light) != 3 {
+			t.Fatalf("scans: %v / %v", full, light)
+		}
+		for i := range full {
+			f, l := full[i], light[i]
+			if f.Path != l.Path || f.Kind != l.Kind || f.Own != l.Own || f.Writer != l.Writer {
+				t.Errorf("%s: parsed %+v, read for its kind %+v", f.Path, f, l)
+			}
+			if filepath.Base(f.Path) != replaced && len(l.Devices) == 0 {
+				t.Errorf("%s, not the replaced file, was not parsed: %+v", f.Path, l)
+			}
+		}
+		if len(light[0].Devices) != 1 { // odd.yaml, first by name: its quoted kind is parsed
+			t.Errorf("the quoted kind was not parsed: %+v", light[0])
+		}
 	}
 	for _, data := range []string{"kind: a.io/gpu\nkind: b.io/gpu\n", "kind: \"a.io/gpu\"\n", "kind: a.io/\n", "kind: nokind\n", "  kind: a.io/gpu\n"} {
 		if k := topLevelKind([]byte(yamlMarker + data)); k != "" {

@@ -802,6 +802,11 @@ static int pseudo_fs(unsigned long t) {
 		0xde5e81e4, /* efivarfs */
 		0x6165676c, /* pstore */
 		0x1cd1,     /* devpts */
+		0xf97cff8c, /* selinuxfs */
+		0x43415d53, /* smackfs */
+		0x42494e4d, /* binfmt_misc */
+		0x65735543, /* fusectl */
+		0x6e667364, /* nfsd */
 	};
 	for (size_t i = 0; i < sizeof kinds / sizeof *kinds; i++)
 		if (t == kinds[i])
@@ -861,32 +866,51 @@ static char *read_in_root(const char *p, size_t max, size_t *len) {
 }
 
 /* folder handles: a folder's O_PATH handle inside the root, looked up once */
-#define MAX_DIRS 256
-static struct {
+static struct dirent_h {
 	char *path;
 	int fd;
-} g_dirs[MAX_DIRS];
-static int g_ndirs;
+} *g_dirs;
+static size_t g_ndirs, g_capdirs;
 
 /* cached_dir is the handle of folder d when it was looked up or made before, else -1. */
 static int cached_dir(const char *d) {
-	for (int i = 0; i < g_ndirs; i++)
+	for (size_t i = 0; i < g_ndirs; i++)
 		if (strcmp(g_dirs[i].path, d) == 0)
 			return g_dirs[i].fd;
 	return -1;
 }
 
-/* cache_dir keeps fd as d's handle; 0 when the cache is full (the caller keeps fd). */
-static int cache_dir(const char *d, int fd) {
-	if (g_ndirs == MAX_DIRS || !(g_dirs[g_ndirs].path = strdup(d)))
-		return 0;
+/* cache_dir keeps fd as d's handle: the cache owns it. */
+static void cache_dir(const char *d, int fd) {
+	if (g_ndirs == g_capdirs) {
+		g_capdirs = g_capdirs ? 2 * g_capdirs : 64;
+		g_dirs = xrealloc(g_dirs, g_capdirs * sizeof *g_dirs);
+	}
+	char *p = strdup(d);
+	if (!p)
+		full("out of memory");
+	g_dirs[g_ndirs].path = p;
 	g_dirs[g_ndirs++].fd = fd;
-	return 1;
+}
+
+/* forget_dirs drops the handles of p and of everything under it: a link made at p points
+ * elsewhere than what was looked up there. */
+static void forget_dirs(const char *p) {
+	size_t n = strlen(p), w = 0;
+	for (size_t i = 0; i < g_ndirs; i++) {
+		const char *q = g_dirs[i].path;
+		if (strncmp(q, p, n) == 0 && (q[n] == 0 || q[n] == '/' || n == 1)) {
+			close(g_dirs[i].fd);
+			free(g_dirs[i].path);
+			continue;
+		}
+		g_dirs[w++] = g_dirs[i];
+	}
+	g_ndirs = w;
 }
 
 /* dir_handle returns an O_PATH handle of folder d inside the root, making it and its
- * parents (0755) when create is set; -1 with errno set. The handle belongs to the cache
- * (or, when it is full, to nobody: a handful of descriptors at most stay open). */
+ * parents (0755) when create is set; -1 with errno set. The handle belongs to the cache. */
 static int dir_handle(const char *d, int create) {
 	int fd = cached_dir(d);
 	if (fd >= 0)
@@ -899,7 +923,7 @@ static int dir_handle(const char *d, int create) {
 		if (!p)
 			return -1;
 		size_t end = strlen(p), cut;
-		int parent, owned;
+		int parent, owned; /* owned: parent is not the cache's, and is closed here */
 		for (;;) {
 			size_t s = end;
 			do
@@ -945,7 +969,8 @@ static int dir_handle(const char *d, int create) {
 				return -1;
 			}
 			parent = next;
-			owned = !cache_dir(p, next); /* p ends at this folder */
+			cache_dir(p, next); /* p ends at this folder */
+			owned = 0;
 			if (!e)
 				break;
 			*e = '/';
@@ -1836,8 +1861,10 @@ int main(int argc, char **argv, char **envp) {
 		int pfd = dir_handle(dir, 1);
 		if (pfd < 0)
 			full("a link's folder cannot be made");
-		if (symlinkat(a.links[i].target, pfd, name) == 0)
+		if (symlinkat(a.links[i].target, pfd, name) == 0) {
+			forget_dirs(a.links[i].link);
 			continue; /* the common case: nothing there */
+		}
 		if (errno != EEXIST)
 			full("a link cannot be made");
 		char buf[PATH_MAX];
@@ -1855,6 +1882,7 @@ int main(int argc, char **argv, char **envp) {
 			full("a link cannot be read");
 		if (symlinkat(a.links[i].target, pfd, name) != 0)
 			full("a link cannot be made");
+		forget_dirs(a.links[i].link);
 	}
 
 	/* update-ldcache */
