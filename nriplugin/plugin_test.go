@@ -3,6 +3,7 @@ package nriplugin
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,6 +97,24 @@ func startRuntimeSide(t testing.TB, p *Plugin) (*adaptation.Adaptation, func()) 
 	for !p.Registered() {
 		if time.Now().After(deadline) {
 			t.Fatal("the plugin did not register")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// the runtime side calls the plugin once it has taken its answer to Synchronize, a
+	// moment after the plugin counts itself registered: a probe container asks until the
+	// plugin's adjustment comes back
+	probe := &api.PodSandbox{Id: "probe", Name: "probe", Uid: "probe", Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
+	if err := rt.RunPodSandbox(context.Background(), &api.RunPodSandboxRequest{Pod: probe}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		resp, err := rt.CreateContainer(context.Background(), &api.CreateContainerRequest{Pod: probe,
+			Container: &api.Container{Id: fmt.Sprintf("probe-%d", i), PodSandboxId: "probe", Name: "probe"}})
+		if err == nil && len(resp.GetAdjust().GetLinux().GetDevices()) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the runtime side does not call the plugin: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
