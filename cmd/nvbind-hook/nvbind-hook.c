@@ -432,6 +432,9 @@ static int json_lit(struct json *j, const char *lit) {
 	return 1;
 }
 
+/* json_null consumes a null value. */
+static int json_null(struct json *j) { return j->s < j->end && *j->s == 'n' && json_lit(j, "null"); }
+
 /* json_each walks an object (obj) or array: it calls fn at each member's value with its
  * key (NULL in an array); fn must consume the value. */
 static void json_each(struct json *j, int obj, void (*fn)(struct json *, const char *key, void *), void *arg) {
@@ -551,7 +554,7 @@ static void state_member(struct json *j, const char *key, void *arg) {
 	struct state *st = arg;
 	json_ws(j);
 	if (key_is(j, key, "bundle")) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		free(st->bundle);
 		st->bundle = json_text(j);
@@ -562,14 +565,14 @@ static void state_member(struct json *j, const char *key, void *arg) {
 	if (key_is(j, key, "pid")) {
 		int64_t v;
 		int is_int;
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		if (!json_number(j, &v, &is_int) || !is_int)
 			j->bad = 2;
 		return;
 	}
 	if (!j->bad && (key_is(j, key, "id") || key_is(j, key, "status"))) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		if (j->s >= j->end || *j->s != '"') {
 			j->bad = 2;
@@ -600,7 +603,7 @@ static void root_member(struct json *j, const char *key, void *arg) {
 	struct config *c = arg;
 	json_ws(j);
 	if (key_is(j, key, "path")) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		free(c->root);
 		c->root = json_text(j);
@@ -619,7 +622,7 @@ static void device_member(struct json *j, const char *key, void *arg) {
 	else if (!j->bad && key_is(j, key, "type"))
 		dst = &c->dtype;
 	if (dst) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		if (j->s >= j->end || *j->s != '"') {
 			j->bad = 2;
@@ -632,7 +635,7 @@ static void device_member(struct json *j, const char *key, void *arg) {
 	if (!j->bad && key_is(j, key, "minor")) {
 		int64_t v;
 		int is_int;
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+		if (json_null(j))
 			return;
 		if (!json_number(j, &v, &is_int) || !is_int)
 			j->bad = 2;
@@ -648,7 +651,7 @@ static void device_item(struct json *j, const char *key, void *arg) {
 	(void)key;
 	struct config *c = arg;
 	json_ws(j);
-	if (j->s < j->end && *j->s == 'n' && json_lit(j, "null"))
+	if (json_null(j))
 		return;
 	if (j->s >= j->end || *j->s != '{') {
 		j->bad = 2;
@@ -684,7 +687,7 @@ static void device_item(struct json *j, const char *key, void *arg) {
 static void linux_member(struct json *j, const char *key, void *arg) {
 	json_ws(j);
 	if (key_is(j, key, "devices")) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null")) {
+		if (json_null(j)) {
 			((struct config *)arg)->nminors = 0; /* as encoding/json: null empties it */
 			return;
 		}
@@ -707,7 +710,7 @@ static void config_member(struct json *j, const char *key, void *arg) {
 	if (j->bad)
 		return;
 	if (root || lnx) {
-		if (j->s < j->end && *j->s == 'n' && json_lit(j, "null")) {
+		if (json_null(j)) {
 			/* as encoding/json: null drops the object */
 			if (root) {
 				free(c->root);
