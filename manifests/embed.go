@@ -7,5 +7,5 @@ import "embed"
 
 // Systemd holds the units; @BINDIR@ stands for the folder of the installed binaries.
 //
-//go:embed systemd/*.service
+//go:embed systemd/*.service systemd/*.socket
 var Systemd embed.FS

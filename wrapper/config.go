@@ -56,6 +56,9 @@ type Config struct {
 	// wrapper builds) or "files" (one mount per file); LayoutDir is the layouts' folder.
 	Layout    string `toml:"layout"`
 	LayoutDir string `toml:"layout-dir"`
+	// Socket is where nvbind-runtime asks the edit service (nvbind-runtime-edit serve)
+	// before it runs nvbind-runtime-edit itself: DefaultSocket when absent, "" for never.
+	Socket *string `toml:"socket"`
 }
 
 // maxConfigSize bounds the configuration file.
@@ -69,31 +72,38 @@ func LoadConfig() (Config, string, error) {
 	if !explicit {
 		path = DefaultConfigFile
 	}
+	c, err := loadConfigFile(path, explicit)
+	return c, path, err
+}
+
+// loadConfigFile reads the configuration at path; explicit says whether it was named
+// (else a missing file means the defaults).
+func loadConfigFile(path string, explicit bool) (Config, error) {
 	var c Config
 	data, err := fileio.ReadFile(path, maxConfigSize)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && !explicit:
-		return c, path, c.check()
+		return c, c.check()
 	case err != nil:
-		return c, path, fmt.Errorf("configuration: %w", err)
+		return c, fmt.Errorf("configuration: %w", err)
 	}
 	dec := toml.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&c); err != nil {
 		var sme *toml.StrictMissingError
 		if errors.As(err, &sme) {
-			return c, path, fmt.Errorf("%s: unknown key %s (valid: %s)", path, strings.TrimSpace(sme.String()), strings.Join(configKeys(), ", "))
+			return c, fmt.Errorf("%s: unknown key %s (valid: %s)", path, strings.TrimSpace(sme.String()), strings.Join(configKeys(), ", "))
 		}
-		return c, path, fmt.Errorf("%s: %w", path, err)
+		return c, fmt.Errorf("%s: %w", path, err)
 	}
 	if err := c.check(); err != nil {
-		return c, path, fmt.Errorf("%s: %w", path, err)
+		return c, fmt.Errorf("%s: %w", path, err)
 	}
-	return c, path, nil
+	return c, nil
 }
 
 func configKeys() []string {
-	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml", "layout", "layout-dir"}
+	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml", "layout", "layout-dir", "socket"}
 	sort.Strings(keys)
 	return keys
 }
@@ -114,7 +124,7 @@ func (c *Config) check() error {
 	if c.LayoutDir == "" {
 		c.LayoutDir = layout.DefaultBase
 	}
-	for _, d := range []struct{ key, v string }{{"driver-root", c.DriverRoot}, {"dev-root", c.DevRoot}, {"hook-path", c.HookPath}, {"layout-dir", c.LayoutDir}} {
+	for _, d := range []struct{ key, v string }{{"driver-root", c.DriverRoot}, {"dev-root", c.DevRoot}, {"hook-path", c.HookPath}, {"layout-dir", c.LayoutDir}, {"socket", c.socket()}} {
 		if d.v != "" && !filepath.IsAbs(d.v) {
 			return fmt.Errorf("%s %q is not an absolute path", d.key, d.v)
 		}
@@ -130,6 +140,14 @@ func (c *Config) check() error {
 		c.EnvRequests = &t
 	}
 	return nil
+}
+
+// socket is the edit service's socket, "" for none.
+func (c Config) socket() string {
+	if c.Socket == nil {
+		return DefaultSocket
+	}
+	return *c.Socket
 }
 
 // defaultRuntimes are looked up in PATH, in order, when the configuration names none.

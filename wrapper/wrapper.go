@@ -68,10 +68,25 @@ func Main(name string, args []string, stderr io.Writer) int {
 // configFor is the configuration of the wrapper run as name: nvbind-guard guards.
 func configFor(name string) (Config, error) {
 	cfg, _, err := LoadConfig()
+	return guarded(cfg, name), err
+}
+
+// configFrom is configFor for the edit service, which is told the front's configuration
+// file.
+func configFrom(name, path string, explicit bool) (Config, error) {
+	cfg, err := loadConfigFile(path, explicit)
+	if err != nil {
+		return cfg, err
+	}
+	return guarded(cfg, name), nil
+}
+
+// guarded sets guard mode for the wrapper run as nvbind-guard.
+func guarded(cfg Config, name string) Config {
 	if filepath.Base(name) == GuardName {
 		cfg.Mode = ModeGuard
 	}
-	return cfg, err
+	return cfg
 }
 
 // report writes the error where the runtime's caller looks: standard error, and the
@@ -134,6 +149,14 @@ func (c container) input() request.Input {
 // asks for nothing is left as it is; a failure leaves config.json untouched. Extra
 // discovery options come after the configuration's (tests read synthetic roots).
 func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) error {
+	return prepare(ctx, call, cfg, nil, extra)
+}
+
+// inventorySource gives a kept inventory for a configuration's discovery (the edit
+// service's), or nil for a discovery of its own.
+type inventorySource func(ctx context.Context, cfg Config) *gpu.Inventory
+
+func prepare(ctx context.Context, call Call, cfg Config, kept inventorySource, extra []gpu.Option) error {
 	bundle := call.Bundle
 	if bundle == "" {
 		bundle = "."
@@ -176,28 +199,39 @@ func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) er
 	if err != nil || req == nil {
 		return err
 	}
-	return inject(ctx, p, data, req, cfg, extra)
+	var inv *gpu.Inventory
+	if kept != nil {
+		inv = kept(ctx, cfg)
+	}
+	return inject(ctx, p, data, req, cfg, inv, extra)
 }
 
-// inject discovers the host's GPUs, resolves the request and applies its edits to
-// config.json, replacing the file atomically.
-func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, extra []gpu.Option) error {
-	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
-	defer cancel()
+// discoveryOptions are discovery's options for a configuration.
+func discoveryOptions(cfg Config) []gpu.Option {
 	gopts := []gpu.Option{gpu.WithDriverRoot(cfg.DriverRoot), gpu.WithDevRoot(cfg.DevRoot), gpu.WithNVMLOnlyForMIG()}
 	if cfg.NoNVML {
 		gopts = append(gopts, gpu.WithoutNVML())
 	}
-	if !needsCUDAVersion(req) {
-		gopts = append(gopts, gpu.WithoutCUDAVersion())
-	}
-	d, err := gpu.New(append(gopts, extra...)...)
-	if err != nil {
-		return err
-	}
-	inv, err := d.Discover(ctx)
-	if err != nil {
-		return fmt.Errorf("%s: %w", req.Source, err)
+	return gopts
+}
+
+// inject discovers the host's GPUs (unless inv is a kept inventory), resolves the request
+// and applies its edits to config.json, replacing the file atomically.
+func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, inv *gpu.Inventory, extra []gpu.Option) error {
+	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+	defer cancel()
+	if inv == nil {
+		gopts := discoveryOptions(cfg)
+		if !needsCUDAVersion(req) {
+			gopts = append(gopts, gpu.WithoutCUDAVersion())
+		}
+		d, err := gpu.New(append(gopts, extra...)...)
+		if err != nil {
+			return err
+		}
+		if inv, err = d.Discover(ctx); err != nil {
+			return fmt.Errorf("%s: %w", req.Source, err)
+		}
 	}
 	r := request.NewResolver(inv)
 	if err := r.Supported(req); err != nil {

@@ -6,6 +6,9 @@
 // with the NRI plugin's request parser and edit model, or, run as nvbind-guard, refuses
 // a container that asks for GPUs which nvbind's NRI plugin did not handle; then it runs
 // the real runtime with the same arguments. Settings: /etc/nvbind/runtime.toml.
+//
+// `nvbind-runtime-edit serve` is the edit service: the same work for the front over a
+// socket, without a process start per container (nvbind-runtime.socket starts it).
 package main
 
 import (
@@ -15,5 +18,8 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		os.Exit(wrapper.ServeMain(os.Args[2:], os.Stderr))
+	}
 	os.Exit(wrapper.Main(os.Args[0], os.Args[1:], os.Stderr))
 }

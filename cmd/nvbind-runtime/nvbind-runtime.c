@@ -24,7 +24,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -33,6 +36,10 @@
 #define EDIT_BINARY "nvbind-runtime-edit"
 #define MAX_CONFIG (64 << 10)    /* the configuration file */
 #define MAX_SPEC (32 << 20)      /* config.json */
+#define DEFAULT_SOCKET "/run/nvbind/runtime.sock"
+#define SERVICE_MAGIC "nvbind-edit/1"
+#define MAX_REQUEST (64 << 10)   /* a request to the edit service, as the service bounds it */
+#define SERVICE_TIMEOUT 30       /* seconds the edit service may take (discovery's bound is 20) */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 static const char *log_file, *log_format;
@@ -111,19 +118,49 @@ static int in_list(const char *name, const char *const *list) {
 static const char *const global_value_flags[] = {"log", "log-format", "root", "criu", "rootless", NULL};
 static const char *const command_value_flags[] = {"bundle", "b", "console-socket", "pidfd-socket", "pid-file", "preserve-fds", NULL};
 
-/* config_runtime reads the `runtime` key of the configuration into out ("" when the file
- * or the key is absent and the file was not named explicitly). */
-static void config_runtime(char *out, size_t size) {
-	out[0] = 0;
-	const char *path = getenv(ENV_CONFIG);
-	int explicit = path != NULL;
-	if (!path)
-		path = DEFAULT_CONFIG;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+/* The configuration: the keys this front reads. */
+static const char *config_path;
+static int config_explicit;
+static char config_runtime[PATH_MAX];
+static char config_socket[PATH_MAX] = DEFAULT_SOCKET;
+
+/* config_value parses `key = "value"` on a line, into out; 0 when the line holds
+ * another key. */
+static int config_value(const char *line, const char *key, char *out, size_t size) {
+	size_t k = strlen(key);
+	if (strncmp(line, key, k) != 0)
+		return 0;
+	const char *p = line + k;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (*p++ != '=')
+		return 0;
+	while (*p == ' ' || *p == '\t')
+		p++;
+	char quote = *p;
+	if (quote != '"' && quote != '\'')
+		fail("%s: %s must be a quoted path or name", config_path, key);
+	const char *end = strchr(p + 1, quote);
+	if (!end || (size_t)(end - p - 1) >= size || memchr(p + 1, '\\', (size_t)(end - p - 1)))
+		fail("%s: %s must be a quoted path or name without escapes", config_path, key);
+	memcpy(out, p + 1, (size_t)(end - p - 1));
+	out[end - p - 1] = 0;
+	return 1;
+}
+
+/* read_config reads the `runtime` and `socket` keys of the configuration (runtime stays
+ * "" and socket DEFAULT_SOCKET when the file or the key is absent and the file was not
+ * named explicitly). */
+static void read_config(void) {
+	config_path = getenv(ENV_CONFIG);
+	config_explicit = config_path != NULL;
+	if (!config_path)
+		config_path = DEFAULT_CONFIG;
+	int fd = open(config_path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0) {
-		if (errno == ENOENT && !explicit)
+		if (errno == ENOENT && !config_explicit)
 			return;
-		fail("configuration %s: %s", path, strerror(errno));
+		fail("configuration %s: %s", config_path, strerror(errno));
 	}
 	static char buf[MAX_CONFIG + 1];
 	ssize_t n = 0, r;
@@ -131,9 +168,9 @@ static void config_runtime(char *out, size_t size) {
 		n += r;
 	close(fd);
 	if (r < 0)
-		fail("configuration %s: %s", path, strerror(errno));
+		fail("configuration %s: %s", config_path, strerror(errno));
 	if (n >= MAX_CONFIG)
-		fail("configuration %s is larger than %d bytes", path, MAX_CONFIG);
+		fail("configuration %s is larger than %d bytes", config_path, MAX_CONFIG);
 	buf[n] = 0;
 	for (char *line = buf, *next; line; line = next) {
 		next = strchr(line, '\n');
@@ -143,25 +180,96 @@ static void config_runtime(char *out, size_t size) {
 			line++;
 		if (*line == '[')
 			return; /* a table: the wrapper's keys are top-level only */
-		if (strncmp(line, "runtime", 7) != 0)
-			continue;
-		char *p = line + 7;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		if (*p++ != '=')
-			continue;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		char quote = *p;
-		if (quote != '"' && quote != '\'')
-			fail("%s: runtime must be a quoted path or name", path);
-		char *end = strchr(p + 1, quote);
-		if (!end || (size_t)(end - p - 1) >= size || memchr(p + 1, '\\', (size_t)(end - p - 1)))
-			fail("%s: runtime must be a quoted path or name without escapes", path);
-		memcpy(out, p + 1, (size_t)(end - p - 1));
-		out[end - p - 1] = 0;
-		return;
+		if (!config_value(line, "runtime", config_runtime, sizeof config_runtime))
+			config_value(line, "socket", config_socket, sizeof config_socket);
 	}
+}
+
+/* ask_service asks the edit service (nvbind-runtime-edit serve) to edit the bundle's
+ * config.json, as nvbind-runtime-edit would. It returns 1 when the service edited it (or
+ * found nothing to do), 0 when no service answers at the socket, so that
+ * nvbind-runtime-edit does the work; an error the service reports ends the program. */
+static int ask_service(int argc, char **argv, const char *bundle) {
+	if (!config_socket[0])
+		return 0;
+	struct sockaddr_un addr = {.sun_family = AF_UNIX};
+	if (strlen(config_socket) >= sizeof addr.sun_path)
+		return 0;
+	memcpy(addr.sun_path, config_socket, strlen(config_socket) + 1);
+
+	/* the request: NUL-terminated fields (see package wrapper's service.go) */
+	static char req[MAX_REQUEST];
+	size_t len = 0;
+	const char *fields[5] = {SERVICE_MAGIC, argv[0], config_path, config_explicit ? "1" : "0", bundle ? bundle : ""};
+	char abs_config[PATH_MAX];
+	if (config_path[0] != '/') {
+		if (!realpath(config_path, abs_config))
+			return 0; /* nvbind-runtime-edit says why */
+		fields[2] = abs_config;
+	}
+	for (int i = 0; i < 5 + argc - 1; i++) {
+		const char *f = i < 5 ? fields[i] : argv[i - 4];
+		size_t n = strlen(f) + 1;
+		if (len + n > sizeof req)
+			return 0; /* a command line this long goes to nvbind-runtime-edit */
+		memcpy(req + len, f, n);
+		len += n;
+	}
+
+	int dir = open(bundle ? bundle : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+	if (dir < 0)
+		return 0; /* nvbind-runtime-edit says why */
+	int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) {
+		if (sock >= 0)
+			close(sock);
+		close(dir);
+		return 0;
+	}
+	/* the service runs as this program's user (root): any other that listens there is
+	 * not nvbind's, and is not told about the container */
+	struct ucred peer;
+	socklen_t peer_len = sizeof peer;
+	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 || peer.uid != geteuid())
+		fail("the process listening at %s runs as another user than nvbind-runtime: it is not nvbind's edit service", config_socket);
+	struct timeval tv = {.tv_sec = SERVICE_TIMEOUT};
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+
+	union {
+		char buf[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	memset(&control, 0, sizeof control);
+	struct iovec iov = {.iov_base = req, .iov_len = len};
+	struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf, .msg_controllen = sizeof control.buf};
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &dir, sizeof(int));
+	ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	close(dir);
+	if (sent != (ssize_t)len) {
+		close(sock);
+		return 0; /* the service went away before it read anything: nothing was edited */
+	}
+
+	static char reply[4200];
+	ssize_t n = recv(sock, reply, sizeof reply - 1, 0);
+	int err = errno;
+	close(sock);
+	if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
+		fail("the edit service at %s did not answer in %d s", config_socket, SERVICE_TIMEOUT);
+	if (n <= 0)
+		fail("the edit service at %s closed without an answer%s%s", config_socket, n < 0 ? ": " : "", n < 0 ? strerror(err) : "");
+	reply[n] = 0;
+	if (strcmp(reply, "ok") == 0)
+		return 1;
+	if (strncmp(reply, "error", 6) == 0 && (size_t)n > 6)
+		fail("%s", reply + 6);
+	fail("the edit service at %s answered something else than ok or error", config_socket);
+	return 0;
 }
 
 /* self is this program's real path. */
@@ -264,7 +372,8 @@ int main(int argc, char **argv, char **envp) {
 		}
 	}
 
-	if (edits && may_ask(bundle)) {
+	read_config();
+	if (edits && may_ask(bundle) && !ask_service(argc, argv, bundle)) {
 		char edit[PATH_MAX];
 		char *slash = strrchr(self, '/');
 		if ((size_t)snprintf(edit, sizeof edit, "%.*s/%s", (int)(slash - self), self, EDIT_BINARY) >= sizeof edit)
@@ -274,11 +383,10 @@ int main(int argc, char **argv, char **envp) {
 		fail("run %s: %s", edit, strerror(errno));
 	}
 
-	char configured[PATH_MAX], runtime[PATH_MAX];
-	config_runtime(configured, sizeof configured);
-	if (configured[0]) {
-		if (!find_runtime(configured, runtime))
-			fail("runtime \"%s\": not found, or it is nvbind-runtime itself", configured);
+	char runtime[PATH_MAX];
+	if (config_runtime[0]) {
+		if (!find_runtime(config_runtime, runtime))
+			fail("runtime \"%s\": not found, or it is nvbind-runtime itself", config_runtime);
 	} else if (!find_runtime("runc", runtime) && !find_runtime("crun", runtime)) {
 		fail("no OCI runtime found in PATH (looked for runc, crun): set runtime in %s", DEFAULT_CONFIG);
 	}

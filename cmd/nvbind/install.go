@@ -23,7 +23,10 @@ import (
 var validComponents = []string{"binaries", "hook", "runtime", "units", "dev-char"}
 
 // validEnable are what --enable turns on: systemd units, and Docker's runtime.
-var validEnable = []string{"nri", "cdi-refresh", "docker-runtime"}
+var validEnable = []string{"nri", "cdi-refresh", "runtime-service", "docker-runtime"}
+
+// unitNames are the systemd units nvbind install places and nvbind uninstall removes.
+var unitNames = []string{"nvbind-nri.service", "nvbind-cdi-refresh.service", "nvbind-layouts.service", "nvbind-runtime.socket", "nvbind-runtime.service"}
 
 // Names of the runtime wrapper: nvbind-runtime, its guard name (mode guard whatever the
 // configuration says), and NVIDIA's name, for configurations written for NVIDIA's runtime.
@@ -69,12 +72,18 @@ func (f *installFlags) check() error {
 	return nil
 }
 
-// units are the systemd units among --enable.
+// units are the systemd units --enable turns on. Docker's runtime brings the edit
+// service's socket along when the units are installed for systemd.
 func (f *installFlags) units() []string {
 	var out []string
 	for _, u := range f.enable {
-		if u != "docker-runtime" {
-			out = append(out, u)
+		switch {
+		case u == "runtime-service":
+			out = append(out, "nvbind-runtime.socket")
+		case u != "docker-runtime":
+			out = append(out, "nvbind-"+u+".service")
+		case slices.Contains(f.components, "units") && f.systemd() && !slices.Contains(f.enable, "runtime-service"):
+			out = append(out, "nvbind-runtime.socket")
 		}
 	}
 	return out
@@ -90,7 +99,8 @@ containerd and CRI-O) and nvbind-cdi-refresh.service (keeps /run/cdi/nvidia.com-
 Podman, Docker and nerdctl), both with nvbind-layouts.service (builds the driver layouts they name, so that a
 container mounts the driver in one mount). --enable docker-runtime adds nvbind-runtime to Docker's daemon.json (every other
 key kept), so docker run --runtime=nvbind -e NVIDIA_VISIBLE_DEVICES=0 works; with --as-nvidia also under NVIDIA's
-names. dev-char makes the /dev/char links of NVIDIA's device nodes, without which systemd drops GPUs from
+names. With the units, it also enables nvbind-runtime.socket (runtime-service): the edit service, which spares each GPU
+container nvbind-runtime starts a Go process of its own. dev-char makes the /dev/char links of NVIDIA's device nodes, without which systemd drops GPUs from
 running containers on daemon-reload. Files that are already up to date are left alone.`,
 		Example: `  nvbind install --enable cdi-refresh          # Podman, Docker, nerdctl hosts
   nvbind install --enable nri                  # containerd or CRI-O hosts without Kubernetes
@@ -105,7 +115,7 @@ running containers on daemon-reload. Files that are already up to date are left 
 		},
 	}
 	f.register(cmd, "install")
-	cmd.Flags().StringSliceVar(&f.enable, "enable", nil, "turn on: nri and cdi-refresh (systemd units, enabled and started), docker-runtime (Docker's daemon.json)")
+	cmd.Flags().StringSliceVar(&f.enable, "enable", nil, "turn on: nri, cdi-refresh and runtime-service (systemd units, enabled and started), docker-runtime (Docker's daemon.json, with runtime-service when the units are installed)")
 	cmd.Flags().BoolVar(&f.dockerDefault, "default", false, "with --enable docker-runtime: make nvbind-runtime Docker's default runtime")
 	return cmd
 }
@@ -246,11 +256,8 @@ func (f *installFlags) install(w io.Writer) error {
 		}
 	}
 	if slices.Contains(f.components, "units") {
-		units, err := fs.Glob(manifests.Systemd, "systemd/*.service")
-		if err != nil {
-			return err
-		}
-		for _, u := range units {
+		for _, u := range unitNames {
+			u = "systemd/" + u
 			data, err := manifests.Systemd.ReadFile(u)
 			if err != nil {
 				return err
@@ -263,14 +270,11 @@ func (f *installFlags) install(w io.Writer) error {
 	}
 	if len(f.units()) == 0 {
 		if slices.Contains(f.components, "units") {
-			fmt.Fprintln(w, "enable with: systemctl daemon-reload && systemctl enable --now nvbind-cdi-refresh (Podman, Docker, nerdctl) or nvbind-nri (containerd, CRI-O)")
+			fmt.Fprintln(w, "enable with: systemctl daemon-reload && systemctl enable --now nvbind-cdi-refresh (Podman, Docker, nerdctl) or nvbind-nri (containerd, CRI-O); nvbind-runtime.socket for nvbind-runtime")
 		}
 		return nil
 	}
-	args := []string{"enable", "--now"}
-	for _, u := range f.units() {
-		args = append(args, "nvbind-"+u+".service")
-	}
+	args := append([]string{"enable", "--now"}, f.units()...)
 	for _, c := range [][]string{{"daemon-reload"}, args} {
 		out, err := exec.Command("systemctl", c...).CombinedOutput() //nolint:gosec // unit names are checked against a fixed list
 		if err != nil {
@@ -284,7 +288,7 @@ func (f *installFlags) install(w io.Writer) error {
 func (f *installFlags) uninstall(w io.Writer) error {
 	var errs []error
 	if slices.Contains(f.components, "units") {
-		units := []string{"nvbind-nri.service", "nvbind-cdi-refresh.service", "nvbind-layouts.service"}
+		units := unitNames
 		if _, err := exec.LookPath("systemctl"); err == nil && f.systemd() {
 			if out, err := exec.Command("systemctl", append([]string{"disable", "--now"}, units...)...).CombinedOutput(); err == nil { //nolint:gosec // fixed unit names
 				fmt.Fprintf(w, "ran systemctl disable --now %s\n", strings.Join(units, " "))

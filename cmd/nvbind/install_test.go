@@ -31,7 +31,8 @@ func TestInstallUninstall(t *testing.T) {
 	out := run("install")
 	for _, want := range []string{"installed " + prefix + "/bin/nvbind\n", "installed " + prefix + "/bin/nvbind-hook\n",
 		"installed " + prefix + "/bin/nvbind-runtime\n", "installed " + prefix + "/bin/nvbind-guard -> nvbind-runtime\n",
-		"installed " + units + "/nvbind-nri.service\n", "installed " + units + "/nvbind-cdi-refresh.service\n", "installed " + units + "/nvbind-layouts.service\n", "enable with: systemctl"} {
+		"installed " + units + "/nvbind-nri.service\n", "installed " + units + "/nvbind-cdi-refresh.service\n", "installed " + units + "/nvbind-layouts.service\n",
+		"installed " + units + "/nvbind-runtime.socket\n", "installed " + units + "/nvbind-runtime.service\n", "enable with: systemctl"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("install output lacks %q:\n%s", want, out)
 		}
@@ -44,8 +45,13 @@ func TestInstallUninstall(t *testing.T) {
 		t.Errorf("second install changed files:\n%s", again)
 	}
 	if analyze, err := exec.LookPath("systemd-analyze"); err == nil {
-		for _, u := range []string{"nvbind-nri.service", "nvbind-cdi-refresh.service", "nvbind-layouts.service"} {
-			if out, err := exec.Command(analyze, "verify", filepath.Join(units, u)).CombinedOutput(); err != nil || len(out) > 0 {
+		for _, u := range [][]string{{"nvbind-nri.service"}, {"nvbind-cdi-refresh.service"}, {"nvbind-layouts.service"},
+			{"nvbind-runtime.socket", "nvbind-runtime.service"}} {
+			args := []string{"verify"}
+			for _, f := range u {
+				args = append(args, filepath.Join(units, f))
+			}
+			if out, err := exec.Command(analyze, args...).CombinedOutput(); err != nil || len(out) > 0 {
 				t.Errorf("systemd-analyze verify %s: %v\n%s", u, err, out)
 			}
 		}
@@ -96,7 +102,8 @@ func TestInstallUninstall(t *testing.T) {
 		t.Errorf("after uninstall the spec folder holds %v, want %v", left, want)
 	}
 	for _, want := range []string{"removed " + prefix + "/bin/nvbind\n", "removed " + units + "/nvbind-nri.service\n", "removed " + units + "/nvbind-layouts.service\n",
-		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n"} {
+		"removed " + prefix + "/bin/nvbind-runtime\n", "removed " + prefix + "/bin/nvbind-guard\n", "removed " + units + "/nvbind-runtime.socket\n",
+		"removed " + units + "/nvbind-runtime.service\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("uninstall output lacks %q:\n%s", want, out)
 		}
@@ -202,5 +209,27 @@ func TestInstallDevChar(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil || !strings.Contains(string(out), "unchanged") {
 		t.Errorf("second run: %v\n%s", err, out)
+	}
+}
+
+// TestInstallUnitsEnabled: what --enable turns on; Docker's runtime brings the edit
+// service's socket along when the units go to systemd's folder.
+func TestInstallUnitsEnabled(t *testing.T) {
+	for _, tc := range []struct {
+		enable, components []string
+		unitDir            string
+		want               []string
+	}{
+		{[]string{"nri"}, []string{"binaries", "units"}, systemUnitDir, []string{"nvbind-nri.service"}},
+		{[]string{"cdi-refresh", "runtime-service"}, []string{"binaries", "units"}, systemUnitDir, []string{"nvbind-cdi-refresh.service", "nvbind-runtime.socket"}},
+		{[]string{"docker-runtime"}, []string{"binaries", "units"}, systemUnitDir, []string{"nvbind-runtime.socket"}},
+		{[]string{"docker-runtime", "runtime-service"}, []string{"binaries", "units"}, systemUnitDir, []string{"nvbind-runtime.socket"}},
+		{[]string{"docker-runtime"}, []string{"runtime"}, systemUnitDir, nil},
+		{[]string{"docker-runtime"}, []string{"binaries", "units"}, "/tmp/staging", nil},
+	} {
+		f := &installFlags{enable: tc.enable, components: tc.components, unitDir: tc.unitDir}
+		if got := f.units(); !slices.Equal(got, tc.want) {
+			t.Errorf("--enable %v --components %v --unit-dir %s: %v, want %v", tc.enable, tc.components, tc.unitDir, got, tc.want)
+		}
 	}
 }

@@ -67,17 +67,22 @@ func median(d []time.Duration) float64 {
 
 // BenchmarkRuntimeWrapperDocker: added create+start over a plain container, through
 // Docker Engine 29, for nvbind-runtime and NVIDIA's nvidia-container-runtime (v1.20.2, CDI
-// mode, its own spec) on the same driver root, every GPU and every capability, and for a
-// container that asks for nothing run by nvbind-runtime; interleaved, medians.
+// mode, its own spec) on the same driver root, every GPU and every capability, nvbind's
+// with its edit service (as nvbind install enables it) and without (nvbind-runtime-edit
+// started per container), and for a container that asks for nothing run by
+// nvbind-runtime; interleaved, medians.
 func BenchmarkRuntimeWrapperDocker(b *testing.B) {
 	testutil.RequiresRoot(b)
 	toolkit := nvidiaToolkit(b)
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	bin := testutil.BuildNVBind(b, b.TempDir())
 	runc := filepath.Join(dockerTools(b), "runc")
-	ours := runtimeConfig(b, driverRoot, runc)
+	socket := filepath.Join(b.TempDir(), "run", "runtime.sock")
+	ours := runtimeConfig(b, driverRoot, runc, socket)
 	theirs := nvidiaRuntimeConfig(b, toolkit, driverRoot, runc)
+	var front string
 	d := startDockerd(b, bin, driverRoot, func(conf string, env *[]string) {
+		front = filepath.Join(filepath.Dir(conf), "nvbind/bin/nvbind-runtime")
 		out, err := exec.Command(bin, "install", "--components", "runtime", "--prefix", filepath.Join(filepath.Dir(conf), "nvbind"),
 			"--enable", "docker-runtime", "--docker-config", conf).CombinedOutput()
 		if err != nil {
@@ -90,32 +95,55 @@ func BenchmarkRuntimeWrapperDocker(b *testing.B) {
 		*env = append(*env, "NVBIND_RUNTIME_CONFIG="+ours, "NVIDIA_CTK_CONFIG_FILE_PATH="+theirs)
 	})
 	d.loadBusybox()
+	editService(b, front, socket)
 	all := []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}
 	cases := []struct {
-		name string
-		c    container
+		name      string
+		c         container
+		noService bool
 	}{
-		{"plain", container{script: "true"}},
-		{"nvbind-runtime-asks-nothing", container{script: "true", runtime: "nvbind"}},
-		{"nvbind-runtime-all", container{script: "true", runtime: "nvbind", env: all}},
-		{"nvidia-container-runtime-all", container{script: "true", runtime: "nvidia-toolkit-runtime", env: all}},
+		{"plain", container{script: "true"}, false},
+		{"nvbind-runtime-asks-nothing", container{script: "true", runtime: "nvbind"}, false},
+		{"nvbind-runtime-all", container{script: "true", runtime: "nvbind", env: all}, false},
+		{"nvidia-container-runtime-all", container{script: "true", runtime: "nvidia-toolkit-runtime", env: all}, false},
+		// no edit service listening (its socket moved aside): nvbind-runtime-edit edits
+		{"nvbind-runtime-all-without-service", container{script: "true", runtime: "nvbind", env: all}, true},
 	}
 	times := make([][]time.Duration, len(cases))
 	for b.Loop() {
 		for i, tc := range cases {
+			if tc.noService {
+				if err := os.Rename(socket, socket+".aside"); err != nil {
+					b.Fatal(err)
+				}
+			}
 			_, took, err := d.runContainer(tc.c)
+			if tc.noService {
+				if err := os.Rename(socket+".aside", socket); err != nil {
+					b.Fatal(err)
+				}
+			}
 			if err != nil {
 				b.Fatalf("%s: %v", tc.name, err)
 			}
 			times[i] = append(times[i], took)
 		}
 	}
+	reportWrapper(b, times, "plain", cases[1].name, cases[2].name, cases[3].name, cases[4].name)
+}
+
+// reportWrapper reports the wrapper benchmarks' medians: the baseline's, the time each
+// other case adds to it, and nvbind's added time over NVIDIA's runtime's, with the edit
+// service and without.
+func reportWrapper(b *testing.B, times [][]time.Duration, base string, names ...string) {
 	plain := median(times[0])
-	b.ReportMetric(plain, "ms-median/plain")
-	for i, tc := range cases[1:] {
-		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+tc.name)
+	b.ReportMetric(plain, "ms-median/"+base)
+	for i, name := range names {
+		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+name)
 	}
-	b.ReportMetric((median(times[2])-plain)/(median(times[3])-plain), "ratio/nvbind-vs-nvidia")
+	theirs := median(times[3]) - plain
+	b.ReportMetric((median(times[2])-plain)/theirs, "ratio/nvbind-vs-nvidia")
+	b.ReportMetric((median(times[4])-plain)/theirs, "ratio/nvbind-without-service-vs-nvidia")
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -129,7 +157,9 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 	runc := testutil.RequiresCommand(b, "runc")
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	bin := testutil.BuildNVBind(b, b.TempDir())
-	b.Setenv("NVBIND_RUNTIME_CONFIG", runtimeConfig(b, driverRoot, runc))
+	socket := filepath.Join(b.TempDir(), "run", "runtime.sock")
+	editService(b, testutil.RuntimeBinary(bin), socket)
+	withService, withoutService := runtimeConfig(b, driverRoot, runc, socket), runtimeConfig(b, driverRoot, runc, "")
 	b.Setenv("NVIDIA_CTK_CONFIG_FILE_PATH", nvidiaRuntimeConfig(b, toolkit, driverRoot, runc))
 	plainBundle := runcBundle(b, runc, "", "", "true")
 	gpuBundle := runcBundle(b, runc, "", "", "true")
@@ -146,11 +176,13 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 	cases := []struct {
 		name, runtime, bundle string
 		spec                  []byte
+		config                string
 	}{
-		{"runc", runc, plainBundle, plainSpec},
-		{"nvbind-runtime-asks-nothing", testutil.RuntimeBinary(bin), plainBundle, plainSpec},
-		{"nvbind-runtime-all", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec},
-		{"nvidia-container-runtime-all", filepath.Join(toolkit, "nvidia-container-runtime"), gpuBundle, gpuSpec},
+		{"runc", runc, plainBundle, plainSpec, withService},
+		{"nvbind-runtime-asks-nothing", testutil.RuntimeBinary(bin), plainBundle, plainSpec, withService},
+		{"nvbind-runtime-all", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec, withService},
+		{"nvidia-container-runtime-all", filepath.Join(toolkit, "nvidia-container-runtime"), gpuBundle, gpuSpec, withService},
+		{"nvbind-runtime-all-without-service", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec, withoutService},
 	}
 	times := make([][]time.Duration, len(cases))
 	n := 0
@@ -170,6 +202,7 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 				b.Fatal(err)
 			}
 			create := exec.CommandContext(ctx, tc.runtime, "create", "--bundle", tc.bundle, id)
+			create.Env = append(os.Environ(), "NVBIND_RUNTIME_CONFIG="+tc.config)
 			create.Stderr = errf
 			err = create.Run()
 			var out []byte
@@ -188,11 +221,5 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 			times[i] = append(times[i], took)
 		}
 	}
-	plain := median(times[0])
-	b.ReportMetric(plain, "ms-median/runc")
-	for i, tc := range cases[1:] {
-		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+tc.name)
-	}
-	b.ReportMetric((median(times[2])-plain)/(median(times[3])-plain), "ratio/nvbind-vs-nvidia")
-	b.ReportMetric(0, "ns/op")
+	reportWrapper(b, times, "runc", cases[1].name, cases[2].name, cases[3].name, cases[4].name)
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"os"
@@ -8,22 +9,71 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
-// runtimeConfig writes nvbind-runtime's configuration for a test driver root.
-func runtimeConfig(t testing.TB, driverRoot, runtime string) string {
+// runtimeConfig writes nvbind-runtime's configuration for a test driver root; socket is
+// the edit service's ("" for none: nvbind-runtime-edit does every edit).
+func runtimeConfig(t testing.TB, driverRoot, runtime, socket string) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "runtime.toml")
 	conf := "runtime = \"" + runtime + "\"\ndriver-root = \"" + driverRoot + "\"\ndev-root = \"" + driverRoot + "\"\nno-nvml = true\n" +
-		"layout-dir = \"" + testLayouts(t) + "\"\n"
+		"layout-dir = \"" + testLayouts(t) + "\"\nsocket = \"" + socket + "\"\n"
 	if err := os.WriteFile(p, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// editService runs nvbind-runtime-edit serve (the one beside the front, as systemd's
+// unit does) on socket, and returns a count of the edits it answered so far.
+func editService(t testing.TB, front, socket string) (edits func() int) {
+	t.Helper()
+	var log lockedBuffer
+	cmd := exec.Command(filepath.Join(filepath.Dir(front), "nvbind-runtime-edit"), "serve", "--socket", socket, "--log-level", "debug")
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("edit service: %v\n%s", err, log.String())
+		}
+	})
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the edit service did not listen:\n%s", log.String())
+		}
+	}
+	return func() int { return strings.Count(log.String(), "msg=edit ") }
+}
+
+// lockedBuffer is a bytes.Buffer a process writes to while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // fixtureUUIDs are the GPU UUIDs of a driver root.
@@ -69,7 +119,10 @@ func TestDockerRuntime(t *testing.T) {
 	driverRoot := testutil.DriverRoot(t, "debian-535")
 	bin := testutil.BuildNVBind(t, t.TempDir())
 	prefix := filepath.Join(t.TempDir(), "nvbind")
-	config := runtimeConfig(t, driverRoot, filepath.Join(dockerTools(t), "runc"))
+	// GPU containers are edited by the edit service, as where nvbind install enables its
+	// socket; TestRuncWithRuntimeWrapper covers nvbind-runtime-edit doing it itself
+	socket := filepath.Join(t.TempDir(), "run", "runtime.sock")
+	config := runtimeConfig(t, driverRoot, filepath.Join(dockerTools(t), "runc"), socket)
 	d := startDockerd(t, bin, driverRoot, func(conf string, env *[]string) {
 		out, err := exec.Command(bin, "install", "--components", "runtime", "--prefix", prefix, "--enable", "docker-runtime",
 			"--as-nvidia", "--docker-config", conf).CombinedOutput()
@@ -79,6 +132,12 @@ func TestDockerRuntime(t *testing.T) {
 		*env = append(*env, "NVBIND_RUNTIME_CONFIG="+config)
 	})
 	d.loadBusybox()
+	edits := editService(t, filepath.Join(prefix, "bin", "nvbind-runtime"), socket)
+	defer func() {
+		if n := edits(); n < 9 && !t.Failed() {
+			t.Errorf("the edit service answered %d edits, want one per container that asks (9)", n)
+		}
+	}()
 	uuids := fixtureUUIDs(t, driverRoot)
 	libcuda := libcudaIn("compute+utility") // NVIDIA_DRIVER_CAPABILITIES' default
 	for _, tc := range []struct {
@@ -148,15 +207,20 @@ func TestRuncWithRuntimeWrapper(t *testing.T) {
 	runc := testutil.RequiresCommand(t, "runc")
 	driverRoot := testutil.DriverRoot(t, "debian-535")
 	bin := testutil.BuildNVBind(t, t.TempDir())
-	t.Setenv("NVBIND_RUNTIME_CONFIG", runtimeConfig(t, driverRoot, runc))
 	front := testutil.RuntimeBinary(bin)
+	socket := filepath.Join(t.TempDir(), "run", "runtime.sock")
+	edits := editService(t, front, socket)
 	for _, tc := range []struct {
-		env   string
-		nodes []string
+		env, socket string
+		nodes       []string
 	}{
-		{"NVIDIA_VISIBLE_DEVICES=1", []string{"/dev/nvidiactl", "/dev/nvidia1"}},
-		{"", nil},
+		{"NVIDIA_VISIBLE_DEVICES=1", "", []string{"/dev/nvidiactl", "/dev/nvidia1"}},
+		{"", "", nil},
+		{"NVIDIA_VISIBLE_DEVICES=0", socket, []string{"/dev/nvidiactl", "/dev/nvidia0"}},
+		{"", socket, nil},
 	} {
+		t.Setenv("NVBIND_RUNTIME_CONFIG", runtimeConfig(t, driverRoot, runc, tc.socket))
+		served := edits()
 		bundle := runcBundle(t, runc, "", "", probe)
 		if tc.env != "" {
 			setEnv(t, bundle, tc.env)
@@ -173,7 +237,17 @@ func TestRuncWithRuntimeWrapper(t *testing.T) {
 		if tc.env != "" && !strings.Contains(out, "cuda-probe: loaded libcuda.so.1") {
 			t.Errorf("no libcuda:\n%s", out)
 		}
+		if want := btoi(tc.socket != "" && tc.env != ""); edits()-served != want {
+			t.Errorf("%q, socket %q: the edit service answered %d edits, want %d", tc.env, tc.socket, edits()-served, want)
+		}
 	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // setEnv adds an env entry to a bundle's config.json.

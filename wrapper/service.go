@@ -1,0 +1,491 @@
+package wrapper
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/gpu"
+)
+
+// The edit service: a process that keeps nvbind-runtime-edit's work warm, so that a
+// container that asks for GPUs does not pay a Go program's start (about 30 ms on the VMs
+// nvbind is tested on, against 5 ms of the edit itself). nvbind-runtime (the C front)
+// asks it over a root-only SOCK_SEQPACKET socket, and runs nvbind-runtime-edit as before
+// when nothing listens there. systemd starts it on the first connection
+// (nvbind-runtime.socket).
+//
+// One request is one packet: the fields below, each ending in a NUL byte, with the
+// bundle folder as an O_PATH descriptor (SCM_RIGHTS), so that a relative --bundle means
+// what it meant to the front:
+//
+//	"nvbind-edit/1", the program name (nvbind-guard guards), the configuration file,
+//	"1" when $NVBIND_RUNTIME_CONFIG named it else "0", the --bundle value as given, then
+//	the runtime's arguments.
+//
+// The answer is one packet: "ok", or "error" NUL and the message for the runtime's
+// caller.
+
+// DefaultSocket is where the edit service listens, and where nvbind-runtime looks for it
+// unless runtime.toml's socket key names another ("" for none).
+const DefaultSocket = "/run/nvbind/runtime.sock"
+
+const (
+	serviceMagic = "nvbind-edit/1"
+	// maxRequest bounds a request packet; the front sends larger command lines to
+	// nvbind-runtime-edit instead.
+	maxRequest = 64 << 10
+	// requestTimeout bounds reading a request and writing the answer.
+	requestTimeout = 5 * time.Second
+	// maxArgs bounds a request's runtime arguments.
+	maxArgs = 4096
+	// maxConns bounds the requests served at once; more wait in the socket's backlog.
+	maxConns = 64
+)
+
+// Service answers the C front's edit requests.
+type Service struct {
+	// Idle, when not zero, ends Serve once no request came for this long (systemd's socket
+	// starts the service again on the next one).
+	Idle time.Duration
+	// Log reports each edit.
+	Log *slog.Logger
+	// Rescan is how often a kept inventory is discovered again besides reacting to
+	// changes of /dev and of the driver's folders (default 30 s, as the NRI plugin's).
+	Rescan time.Duration
+	// extra are discovery options after the configuration's (tests read synthetic roots).
+	extra []gpu.Option
+
+	mu   sync.Mutex
+	ctx  context.Context //nolint:containedctx // the watches' lifetime: Serve's
+	kept map[discoveryKey]*keptInventory
+}
+
+// discoveryKey is what discovery depends on in a configuration.
+type discoveryKey struct {
+	driverRoot, devRoot string
+	noNVML              bool
+}
+
+// maxKept bounds the discovery configurations whose inventory the service keeps; others
+// discover per request.
+const maxKept = 8
+
+// keptInventory is one configuration's inventory, kept current by a watch of discovery,
+// as the NRI plugin keeps its own: an edit reads no driver file.
+type keptInventory struct {
+	ready chan struct{} // closed at the watch's first event
+	mu    sync.Mutex
+	inv   *gpu.Inventory // nil while discovery fails
+}
+
+// inventory is the kept inventory for cfg's discovery, started by the first request that
+// needs it; nil (discover per request, which reports why) while discovery fails.
+func (s *Service) inventory(ctx context.Context, cfg Config) *gpu.Inventory {
+	key := discoveryKey{cfg.DriverRoot, cfg.DevRoot, cfg.NoNVML}
+	s.mu.Lock()
+	k := s.kept[key]
+	if k == nil {
+		if len(s.kept) >= maxKept || s.ctx == nil {
+			s.mu.Unlock()
+			return nil
+		}
+		d, err := gpu.New(append(discoveryOptions(cfg), s.extra...)...)
+		if err != nil {
+			s.mu.Unlock()
+			return nil
+		}
+		k = &keptInventory{ready: make(chan struct{})}
+		s.kept[key] = k
+		rescan := s.Rescan
+		if rescan <= 0 {
+			rescan = 30 * time.Second
+		}
+		events := d.Watch(s.ctx, rescan)
+		go func() {
+			first := true
+			for ev := range events {
+				k.mu.Lock()
+				k.inv = ev.Inventory
+				if ev.Err != nil {
+					k.inv = nil
+				}
+				k.mu.Unlock()
+				if ev.Err != nil {
+					s.Log.Warn("discovery failed; edits discover per container until it succeeds", "driver-root", key.driverRoot, "error", ev.Err)
+				} else {
+					s.Log.Info("inventory", "driver-root", key.driverRoot, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices))
+				}
+				if first {
+					first = false
+					close(k.ready)
+				}
+			}
+		}()
+	}
+	s.mu.Unlock()
+	select {
+	case <-k.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.inv
+}
+
+// Listen returns the service's listener: the one systemd passed (LISTEN_FDS), else a new
+// socket at path, in a root-only folder, replacing a stale one.
+func Listen(path string) (*net.UnixListener, error) {
+	if pid, _ := strconv.Atoi(os.Getenv("LISTEN_PID")); pid == os.Getpid() && os.Getenv("LISTEN_FDS") == "1" {
+		_ = os.Unsetenv("LISTEN_PID")
+		_ = os.Unsetenv("LISTEN_FDS")
+		_ = os.Unsetenv("LISTEN_FDNAMES")
+		unix.CloseOnExec(3)
+		f := os.NewFile(3, "systemd socket")
+		ln, err := net.FileListener(f)
+		_ = f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("the socket systemd passed: %w", err)
+		}
+		ul, ok := ln.(*net.UnixListener)
+		if !ok {
+			_ = ln.Close()
+			return nil, errors.New("the socket systemd passed is not a unix socket: set ListenSequentialPacket in nvbind-runtime.socket")
+		}
+		return ul, nil
+	}
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("--socket %q is not an absolute path", path)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unixpacket", path); err == nil {
+			_ = c.Close()
+			return nil, fmt.Errorf("%s: another edit service is listening there", path)
+		}
+		_ = os.Remove(path)
+	}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	// nobody but the owner may connect: the requests rewrite containers' configurations as
+	// root (until this chmod the umask's mode holds, and the service answers its own user
+	// only whatever the mode)
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Serve answers requests on ln until ctx ends or the service has been idle for s.Idle,
+// and closes ln.
+func (s *Service) Serve(ctx context.Context, ln *net.UnixListener) error {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // ends the watches
+	s.mu.Lock()
+	s.ctx, s.kept = ctx, map[discoveryKey]*keptInventory{}
+	s.mu.Unlock()
+	var (
+		mu     sync.Mutex
+		active int
+		last   = time.Now()
+		wg     sync.WaitGroup
+		slots  = make(chan struct{}, maxConns)
+	)
+	stop := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+			case <-tick.C:
+				mu.Lock()
+				idle := s.Idle > 0 && active == 0 && time.Since(last) >= s.Idle
+				mu.Unlock()
+				if !idle {
+					continue
+				}
+			case <-stop:
+				return
+			}
+			_ = ln.SetDeadline(time.Now()) // wakes Accept
+			return
+		}
+	}()
+	defer close(stop)
+	defer wg.Wait()
+	// closed before the requests in flight end: a socket this service made goes (a front
+	// that finds none runs nvbind-runtime-edit); systemd's stays, and starts it again
+	defer func() { _ = ln.Close() }()
+	for {
+		slots <- struct{}{}
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			<-slots
+			if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil
+			}
+			return err
+		}
+		mu.Lock()
+		active++
+		mu.Unlock()
+		wg.Add(1)
+		go func() {
+			defer func() {
+				mu.Lock()
+				active--
+				last = time.Now()
+				mu.Unlock()
+				<-slots
+				wg.Done()
+			}()
+			s.serveConn(ctx, conn)
+		}()
+	}
+}
+
+// request is one decoded edit request.
+type serviceRequest struct {
+	name, config, bundle string
+	explicit             bool
+	args                 []string
+	dir                  int // the bundle folder, an O_PATH descriptor
+}
+
+func (s *Service) serveConn(ctx context.Context, conn *net.UnixConn) {
+	defer func() { _ = conn.Close() }()
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	req, err := readRequest(conn)
+	if err != nil {
+		s.Log.Warn("edit request refused", "error", err)
+		_ = answer(conn, fmt.Errorf("edit service: %w", err))
+		return
+	}
+	defer func() { _ = unix.Close(req.dir) }()
+	start := time.Now()
+	err = s.edit(ctx, req)
+	s.Log.Debug("edit", "bundle", req.bundle, "took", time.Since(start), "error", err)
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	_ = answer(conn, err)
+}
+
+// edit does for a request what nvbind-runtime-edit does for its command line, on the
+// bundle folder the front opened; messages name the bundle as the runtime's caller
+// gave it.
+func (s *Service) edit(ctx context.Context, req serviceRequest) error {
+	cfg, err := configFrom(req.name, req.config, req.explicit)
+	if err != nil {
+		return err
+	}
+	call := ParseCall(req.args)
+	if call.Command != "create" && call.Command != "run" {
+		return fmt.Errorf("command %q: the edit service edits create and run only", call.Command)
+	}
+	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
+	call.Bundle = fdDir
+	err = prepare(ctx, call, cfg, s.inventory, s.extra)
+	if err != nil {
+		shown := req.bundle
+		if shown == "" {
+			shown = "."
+		}
+		return errors.New(strings.ReplaceAll(err.Error(), fdDir, shown))
+	}
+	return nil
+}
+
+// readRequest reads one request packet and its descriptor.
+func readRequest(conn *net.UnixConn) (serviceRequest, error) {
+	req := serviceRequest{dir: -1}
+	if err := peerIsOwner(conn); err != nil {
+		return req, err
+	}
+	buf := make([]byte, maxRequest+1)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, flags, _, err := conn.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return req, fmt.Errorf("read request: %w", err)
+	}
+	fds, ferr := receivedFDs(oob[:oobn])
+	closeAll := func() {
+		for _, fd := range fds {
+			_ = unix.Close(fd)
+		}
+	}
+	switch {
+	case ferr != nil:
+		closeAll()
+		return req, ferr
+	case flags&(unix.MSG_TRUNC|unix.MSG_CTRUNC) != 0 || n > maxRequest:
+		closeAll()
+		return req, fmt.Errorf("request larger than %d bytes", maxRequest)
+	case len(fds) != 1:
+		closeAll()
+		return req, fmt.Errorf("request carries %d descriptors, want the bundle folder's", len(fds))
+	}
+	req.dir = fds[0]
+	fail := func(err error) (serviceRequest, error) {
+		_ = unix.Close(req.dir)
+		req.dir = -1
+		return req, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(req.dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fail(errors.New("the bundle descriptor is not a folder"))
+	}
+	parsed, err := parseRequest(buf[:n])
+	if err != nil {
+		return fail(err)
+	}
+	parsed.dir = req.dir
+	return parsed, nil
+}
+
+// parseRequest reads a request packet's fields (see the protocol above). It is linear in
+// the packet, which the socket bounds to maxRequest bytes.
+func parseRequest(data []byte) (serviceRequest, error) {
+	req := serviceRequest{dir: -1}
+	if len(data) == 0 || data[len(data)-1] != 0 {
+		return req, errors.New("request does not end in a NUL byte")
+	}
+	if len(data) > maxRequest {
+		return req, fmt.Errorf("request larger than %d bytes", maxRequest)
+	}
+	fields := strings.SplitN(string(data[:len(data)-1]), "\x00", 5+maxArgs+1)
+	if len(fields) > 5+maxArgs {
+		return req, fmt.Errorf("request with more than %d runtime arguments", maxArgs)
+	}
+	if len(fields) < 6 || fields[0] != serviceMagic {
+		return req, fmt.Errorf("not an %s request with a runtime command", serviceMagic)
+	}
+	req.name, req.config, req.bundle, req.args = fields[1], fields[2], fields[4], fields[5:]
+	switch fields[3] {
+	case "0":
+	case "1":
+		req.explicit = true
+	default:
+		return req, fmt.Errorf("request's explicit-configuration field %.40q: valid: 0, 1", fields[3])
+	}
+	if !filepath.IsAbs(req.config) {
+		return req, fmt.Errorf("configuration %.200q is not an absolute path", req.config)
+	}
+	return req, nil
+}
+
+// peerIsOwner refuses a peer other than the service's own user (root): the socket's mode
+// already keeps others out, this holds when a socket file is shared by mistake.
+func peerIsOwner(conn *net.UnixConn) error {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("peer credentials: %w", cerr)
+	}
+	if int(cred.Uid) != os.Geteuid() {
+		return fmt.Errorf("peer uid %d is not the service's (%d)", cred.Uid, os.Geteuid())
+	}
+	return nil
+}
+
+// receivedFDs are the descriptors of SCM_RIGHTS messages.
+func receivedFDs(oob []byte) ([]int, error) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("request's control message: %w", err)
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+// answer writes the answer packet: "ok", or "error" and the message.
+func answer(conn *net.UnixConn, err error) error {
+	msg := []byte("ok")
+	if err != nil {
+		text := err.Error()
+		if len(text) > 4000 {
+			text = text[:4000] + "..."
+		}
+		msg = append([]byte("error\x00"), bytes.ReplaceAll([]byte(text), []byte{0}, nil)...)
+	}
+	_, werr := conn.Write(msg)
+	return werr
+}
+
+// ServeMain runs the edit service on a command line (the flags after `serve`) until
+// SIGTERM or SIGINT, or until it has been idle for --exit-idle.
+func ServeMain(args []string, stderr io.Writer) int {
+	fl := pflag.NewFlagSet("nvbind-runtime-edit serve", pflag.ContinueOnError)
+	fl.SetOutput(stderr)
+	socket := fl.String("socket", DefaultSocket, "where to listen when systemd passes no socket")
+	idle := fl.Duration("exit-idle", 0, "exit once no request came for this long (0: never); systemd's socket starts it again")
+	level := fl.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fl.Parse(args); err != nil {
+		return 2
+	}
+	if fl.NArg() > 0 {
+		fmt.Fprintf(stderr, "nvbind-runtime-edit serve: unexpected argument %q\n", fl.Arg(0))
+		return 2
+	}
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(*level)); err != nil || !slices.Contains([]string{"debug", "info", "warn", "error"}, *level) {
+		fmt.Fprintf(stderr, "nvbind-runtime-edit serve: --log-level %q: valid: debug, info, warn, error\n", *level)
+		return 2
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))
+	ln, err := Listen(*socket)
+	if err != nil {
+		log.Error("edit service", "error", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), unix.SIGTERM, unix.SIGINT)
+	defer stop()
+	log.Info("edit service listening", "socket", ln.Addr().String(), "exit-idle", *idle)
+	s := &Service{Idle: *idle, Log: log}
+	if err := s.Serve(ctx, ln); err != nil {
+		log.Error("edit service", "error", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,382 @@
+package wrapper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/test/driverroot"
+)
+
+// startService runs the edit service in process on a socket of its own, reading the
+// synthetic driver root; it stops with the test.
+func startService(t *testing.T, root driverroot.Root) (string, *Service) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s", "edit.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode: %v, %v", fi.Mode(), err)
+	}
+	if fi, err := os.Stat(filepath.Dir(sock)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("socket folder mode: %v, %v", fi.Mode(), err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Service{extra: root.Options(), Rescan: 100 * time.Millisecond}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+		if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the socket outlived the service: %v", err)
+		}
+	})
+	return sock, s
+}
+
+// serviceConfig writes a runtime.toml for the front and the service.
+func serviceConfig(t *testing.T, root driverroot.Root, runtime, socket string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "runtime.toml")
+	data := "runtime = \"" + runtime + "\"\ndriver-root = \"" + root.Path + "\"\ndev-root = \"" + root.Path +
+		"\"\nno-nvml = true\nlayout = \"files\"\nhook-path = \"/usr/local/bin/nvbind-hook\"\nsocket = \"" + socket + "\"\n"
+	if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestFrontWithService: the C front asks the edit service, which edits config.json as
+// nvbind-runtime-edit does (byte for byte), and then runs the real runtime itself; a
+// relative bundle, errors, guard mode, and no service to ask.
+func TestFrontWithService(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	dir, runtime := buildFront(t)
+	front := filepath.Join(dir, "nvbind-runtime")
+	sock, _ := startService(t, root)
+	config := serviceConfig(t, root, runtime, sock)
+	env := []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}
+
+	t.Run("edits as the editor does", func(t *testing.T) {
+		t.Parallel()
+		viaService, direct := bundle(t, env, nil), bundle(t, env, nil)
+		out, err := runFront(t, front, config, "--root", "/r", "create", "--bundle", viaService, "id")
+		if err != nil || !strings.HasPrefix(out, "RUNTIME "+runtime+" --root /r create --bundle "+viaService+" id") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+		cfg, err := loadConfigFile(config, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := Prepare(context.Background(), Call{Command: "create", Bundle: direct}, cfg, root.Options()...); err != nil {
+			t.Fatal(err)
+		}
+		got, _ := os.ReadFile(filepath.Join(viaService, "config.json"))
+		want, _ := os.ReadFile(filepath.Join(direct, "config.json"))
+		if string(got) != string(want) {
+			t.Fatalf("the service's config.json differs from the editor's:\n%s\n---\n%s", got, want)
+		}
+		if s := readSpec(t, viaService); len(devicePaths(s)) != 10 {
+			t.Fatalf("devices %v", devicePaths(s))
+		}
+	})
+	t.Run("a bundle relative to the caller's folder", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=1"}, nil)
+		cmd := exec.Command(front, "create", "id")
+		cmd.Dir = b
+		cmd.Env = []string{"PATH=/usr/bin:/bin", EnvConfig + "=" + config}
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "RUNTIME ") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+		if got := devicePaths(readSpec(t, b)); !strings.Contains(strings.Join(got, " "), "/dev/nvidia1") {
+			t.Fatalf("devices %v", got)
+		}
+	})
+	t.Run("an error names the bundle as given, reaches --log, and leaves config.json", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=7"}, nil)
+		before, _ := os.ReadFile(filepath.Join(b, "config.json"))
+		log := filepath.Join(t.TempDir(), "log.json")
+		out, err := runFront(t, front, config, "--log", log, "--log-format", "json", "create", "--bundle", b, "id")
+		if err == nil || strings.Contains(out, "RUNTIME") || !strings.Contains(out, `GPU "7" is not on this node`) || strings.Contains(out, "/proc/self/fd") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+		if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
+			t.Fatal("config.json changed")
+		}
+		data, _ := os.ReadFile(log)
+		var line struct{ Level, Msg string }
+		if err := json.Unmarshal(data, &line); err != nil || line.Level != "error" || !strings.Contains(line.Msg, "valid: all, none, 0, 1") {
+			t.Fatalf("log %q: %+v %v", data, line, err)
+		}
+	})
+	t.Run("an error about config.json names the bundle", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+		p := filepath.Join(b, "config.json")
+		data, _ := os.ReadFile(p)
+		_ = os.WriteFile(p, append(data, []byte("}")...), 0o600)
+		out, err := runFront(t, front, config, "create", "--bundle", b, "id")
+		if err == nil || !strings.Contains(out, p+":") || strings.Contains(out, "/proc/self/fd") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
+	t.Run("guard mode by name", func(t *testing.T) {
+		t.Parallel()
+		guard := filepath.Join(dir, GuardName)
+		_ = os.Symlink("nvbind-runtime", guard)
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+		out, err := runFront(t, guard, config, "create", "--bundle", b, "id")
+		if err == nil || !strings.Contains(out, "did not handle") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
+	t.Run("a bad configuration is the service's error too", func(t *testing.T) {
+		t.Parallel()
+		bad := filepath.Join(t.TempDir(), "runtime.toml")
+		_ = os.WriteFile(bad, []byte("runtime = \""+runtime+"\"\nsocket = \""+sock+"\"\nmode = \"sideways\"\n"), 0o600)
+		out, err := runFront(t, front, bad, "create", "--bundle", bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil), "id")
+		if err == nil || !strings.Contains(out, `mode "sideways": valid: inject, guard`) {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
+	for name, socket := range map[string]string{"nothing listens": filepath.Join(t.TempDir(), "none.sock"), "no socket configured": ""} {
+		t.Run(name+": the editor does it", func(t *testing.T) {
+			t.Parallel()
+			b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+			out, err := runFront(t, front, serviceConfig(t, root, runtime, socket), "create", "--bundle", b, "id")
+			if err != nil || !strings.HasPrefix(out, "EDIT ") {
+				t.Fatalf("got %q, %v", out, err)
+			}
+		})
+	}
+}
+
+// askService sends one raw packet (with the descriptors) to the service and returns its
+// answer.
+func askService(t *testing.T, sock string, data []byte, fds ...int) string {
+	t.Helper()
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := c.WriteMsgUnix(data, oob, nil); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 8192)
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(buf[:n])
+}
+
+// TestServiceRefuses: requests that are not the front's get a short error and change
+// nothing; the service goes on answering.
+func TestServiceRefuses(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	sock, _ := startService(t, root)
+	b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+	before, _ := os.ReadFile(filepath.Join(b, "config.json"))
+	dirFD, err := unix.Open(b, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Close(dirFD) }()
+	fileFD, err := unix.Open(filepath.Join(b, "config.json"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = unix.Close(fileFD) }()
+	config := serviceConfig(t, root, "/bin/true", sock)
+	good := func(fields ...string) []byte { return []byte(strings.Join(fields, "\x00") + "\x00") }
+	for _, tc := range []struct {
+		name string
+		data []byte
+		fds  []int
+		want string
+	}{
+		{"no descriptor", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), nil, "carries 0 descriptors"},
+		{"two descriptors", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), []int{dirFD, dirFD}, "carries 2 descriptors"},
+		{"a file, not a folder", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), []int{fileFD}, "not a folder"},
+		{"another protocol", good("nvbind-edit/9", "nvbind-runtime", config, "1", b, "create", "id"), []int{dirFD}, "not an nvbind-edit/1 request"},
+		{"no NUL at the end", []byte(serviceMagic), []int{dirFD}, "does not end in a NUL"},
+		{"no command", good(serviceMagic, "nvbind-runtime", config, "1", b), []int{dirFD}, "with a runtime command"},
+		{"a relative configuration", good(serviceMagic, "nvbind-runtime", "runtime.toml", "1", b, "create", "id"), []int{dirFD}, "not an absolute path"},
+		{"a bad explicit field", good(serviceMagic, "nvbind-runtime", config, "yes", b, "create", "id"), []int{dirFD}, `"yes": valid: 0, 1`},
+		{"not create", good(serviceMagic, "nvbind-runtime", config, "1", b, "delete", "id"), []int{dirFD}, `command "delete"`},
+		{"too large", append(make([]byte, maxRequest+10), 0), []int{dirFD}, "larger than 65536 bytes"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := askService(t, sock, tc.data, tc.fds...)
+			if !strings.HasPrefix(got, "error\x00") || !strings.Contains(got, tc.want) || len(got) > 600 {
+				t.Fatalf("answer %q, want an error with %q", got, tc.want)
+			}
+		})
+	}
+	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
+		t.Fatal("config.json changed")
+	}
+	// and a good request still gets its edit
+	if got := askService(t, sock, good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), dirFD); got != "ok" {
+		t.Fatalf("answer %q", got)
+	}
+	if got := devicePaths(readSpec(t, b)); len(got) == 0 {
+		t.Fatal("no edit")
+	}
+}
+
+// TestServiceExitsWhenIdle: with Idle set, Serve returns once no request came for that
+// long, and removes the socket it made.
+func TestServiceExitsWhenIdle(t *testing.T) {
+	t.Parallel()
+	sock := filepath.Join(t.TempDir(), "edit.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "another edit service") {
+		t.Fatalf("a second service on the same socket: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- (&Service{Idle: time.Second}).Serve(context.Background(), ln) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the service did not exit when idle")
+	}
+	if _, err := os.Stat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket left: %v", err)
+	}
+	// a stale socket file (a service that was killed) is replaced
+	stale, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale.SetUnlinkOnClose(false)
+	_ = stale.Close()
+	ln, err = Listen(sock)
+	if err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+	_ = ln.Close()
+	if err := os.WriteFile(sock, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "not a socket") {
+		t.Fatalf("a file in the way: %v", err)
+	}
+}
+
+// FuzzParseRequest: whatever packet the socket delivers, the parser answers within the
+// request budgets with a short error or a request whose fields it holds.
+func FuzzParseRequest(f *testing.F) {
+	f.Add([]byte(serviceMagic + "\x00nvbind-runtime\x00/etc/nvbind/runtime.toml\x000\x00\x00create\x00id\x00"))
+	f.Add([]byte(serviceMagic + "\x00\x00\x00\x00\x00\x00"))
+	f.Add([]byte("\x00"))
+	f.Add([]byte(strings.Repeat("\x00", 1000)))
+	f.Add([]byte(serviceMagic + "\x00n\x00/c\x000\x00b" + strings.Repeat("\x00a", maxArgs+1) + "\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var req serviceRequest
+		var err error
+		withinBudget(t, len(data), func() { req, err = parseRequest(data) })
+		if err != nil {
+			if len(err.Error()) > 600 {
+				t.Fatalf("error of %d bytes", len(err.Error()))
+			}
+			return
+		}
+		if len(data) > maxRequest || !filepath.IsAbs(req.config) || len(req.args) == 0 || req.dir != -1 {
+			t.Fatalf("accepted %q as %+v", data, req)
+		}
+	})
+}
+
+// withinBudget fails when f allocates more than a small multiple of its input or takes
+// more than a generous linear time.
+func withinBudget(t *testing.T, inputLen int, f func()) {
+	t.Helper()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	f()
+	took := time.Since(start)
+	runtime.ReadMemStats(&after)
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(8*inputLen+64<<10) {
+		t.Fatalf("%d bytes of input allocated %d bytes", inputLen, alloc)
+	}
+	if limit := 100*time.Millisecond + time.Duration(inputLen)*time.Microsecond; took > limit {
+		t.Fatalf("%d bytes of input took %s (budget %s)", inputLen, took, limit)
+	}
+}
+
+// TestServiceKeepsInventoryCurrent: the service edits from an inventory it keeps, and a
+// GPU that goes away is gone from its answers within a rescan.
+func TestServiceKeepsInventoryCurrent(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Synthetic(t, "debian-535")
+	sock, s := startService(t, root)
+	config := serviceConfig(t, root, "/bin/true", sock)
+	ask := func() string {
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=1"}, nil)
+		dirFD, err := unix.Open(b, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = unix.Close(dirFD) }()
+		return askService(t, sock, []byte(strings.Join([]string{serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"}, "\x00")+"\x00"), dirFD)
+	}
+	if got := ask(); got != "ok" {
+		t.Fatalf("answer %q", got)
+	}
+	s.mu.Lock()
+	k := s.kept[discoveryKey{root.Path, root.Path, true}]
+	s.mu.Unlock()
+	if k == nil || k.inv == nil || len(k.inv.Devices) != 2 {
+		t.Fatalf("no inventory kept for the root: %+v", k)
+	}
+	gpus := filepath.Join(root.Path, "proc/driver/nvidia/gpus")
+	ents, err := os.ReadDir(gpus)
+	if err != nil || len(ents) != 2 {
+		t.Fatalf("%s: %v %v", gpus, ents, err)
+	}
+	if err := os.RemoveAll(filepath.Join(gpus, ents[1].Name())); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		got := ask()
+		if strings.Contains(got, `GPU \"1\" is not on this node`) || strings.Contains(got, `GPU "1" is not on this node`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GPU 1 is still edited in 20 s after it went: %q", got)
+		}
+	}
+}
