@@ -24,9 +24,9 @@ import (
 	"github.com/nvbind/nvbind/gpu"
 )
 
-// The edit service: a process that keeps nvbind-runtime-edit's work warm, so that a
-// container that asks for GPUs does not pay a Go program's start (about 30 ms on the VMs
-// nvbind is tested on, against 5 ms of the edit itself). nvbind-runtime (the C front)
+// The edit service: a process that does nvbind-runtime-edit's work, so that a container
+// that asks for GPUs does not pay a Go program's start (about 30 ms on the VMs nvbind is
+// tested on, against 2 to 5 ms of the edit itself). nvbind-runtime (the C front)
 // asks it over a root-only SOCK_SEQPACKET socket, and runs nvbind-runtime-edit as before
 // when nothing listens there. systemd starts it on the first connection
 // (nvbind-runtime.socket).
@@ -39,8 +39,11 @@ import (
 //	"1" when $NVBIND_RUNTIME_CONFIG named it else "0", the --bundle value as given, then
 //	the runtime's arguments.
 //
-// The answer is one packet: "ok", or "error" NUL and the message for the runtime's
-// caller.
+// The answer is one packet: "ok"; "error" NUL and the message for the runtime's caller;
+// or "fallback" when the front is to run nvbind-runtime-edit itself (a front in another
+// mount namespace, another protocol version). A front that gets no answer (the service
+// stopped or failed) runs nvbind-runtime-edit too: an edit made twice changes nothing
+// the second time.
 
 // DefaultSocket is where the edit service listens, and where nvbind-runtime looks for it
 // unless runtime.toml's socket key names another ("" for none).
@@ -55,6 +58,9 @@ const (
 	requestTimeout = 5 * time.Second
 	// maxArgs bounds a request's runtime arguments.
 	maxArgs = 4096
+	// editTimeout bounds one edit (discovery's own bound is 20 s), under the front's
+	// 30 s wait.
+	editTimeout = 25 * time.Second
 	// maxConns bounds the requests served at once; more wait in the socket's backlog.
 	maxConns = 64
 )
@@ -66,88 +72,8 @@ type Service struct {
 	Idle time.Duration
 	// Log reports each edit.
 	Log *slog.Logger
-	// Rescan is how often a kept inventory is discovered again besides reacting to
-	// changes of /dev and of the driver's folders (default 30 s, as the NRI plugin's).
-	Rescan time.Duration
 	// extra are discovery options after the configuration's (tests read synthetic roots).
 	extra []gpu.Option
-
-	mu   sync.Mutex
-	ctx  context.Context //nolint:containedctx // the watches' lifetime: Serve's
-	kept map[discoveryKey]*keptInventory
-}
-
-// discoveryKey is what discovery depends on in a configuration.
-type discoveryKey struct {
-	driverRoot, devRoot string
-	noNVML              bool
-}
-
-// maxKept bounds the discovery configurations whose inventory the service keeps; others
-// discover per request.
-const maxKept = 8
-
-// keptInventory is one configuration's inventory, kept current by a watch of discovery,
-// as the NRI plugin keeps its own: an edit reads no driver file.
-type keptInventory struct {
-	ready chan struct{} // closed at the watch's first event
-	mu    sync.Mutex
-	inv   *gpu.Inventory // nil while discovery fails
-}
-
-// inventory is the kept inventory for cfg's discovery, started by the first request that
-// needs it; nil (discover per request, which reports why) while discovery fails.
-func (s *Service) inventory(ctx context.Context, cfg Config) *gpu.Inventory {
-	key := discoveryKey{cfg.DriverRoot, cfg.DevRoot, cfg.NoNVML}
-	s.mu.Lock()
-	k := s.kept[key]
-	if k == nil {
-		if len(s.kept) >= maxKept || s.ctx == nil {
-			s.mu.Unlock()
-			return nil
-		}
-		d, err := gpu.New(append(discoveryOptions(cfg), s.extra...)...)
-		if err != nil {
-			s.mu.Unlock()
-			return nil
-		}
-		k = &keptInventory{ready: make(chan struct{})}
-		s.kept[key] = k
-		rescan := s.Rescan
-		if rescan <= 0 {
-			rescan = 30 * time.Second
-		}
-		events := d.Watch(s.ctx, rescan)
-		go func() {
-			first := true
-			for ev := range events {
-				k.mu.Lock()
-				k.inv = ev.Inventory
-				if ev.Err != nil {
-					k.inv = nil
-				}
-				k.mu.Unlock()
-				if ev.Err != nil {
-					s.Log.Warn("discovery failed; edits discover per container until it succeeds", "driver-root", key.driverRoot, "error", ev.Err)
-				} else {
-					s.Log.Info("inventory", "driver-root", key.driverRoot, "driver", ev.Inventory.Driver.Version, "gpus", len(ev.Inventory.Devices))
-				}
-				if first {
-					first = false
-					close(k.ready)
-				}
-			}
-		}()
-	}
-	s.mu.Unlock()
-	select {
-	case <-k.ready:
-	case <-ctx.Done():
-		return nil
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.inv
 }
 
 // Listen returns the service's listener: the one systemd passed (LISTEN_FDS), else a new
@@ -207,11 +133,6 @@ func (s *Service) Serve(ctx context.Context, ln *net.UnixListener) error {
 	if s.Log == nil {
 		s.Log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel() // ends the watches
-	s.mu.Lock()
-	s.ctx, s.kept = ctx, map[discoveryKey]*keptInventory{}
-	s.mu.Unlock()
 	var (
 		mu     sync.Mutex
 		active int
@@ -283,16 +204,33 @@ type serviceRequest struct {
 
 func (s *Service) serveConn(ctx context.Context, conn *net.UnixConn) {
 	defer func() { _ = conn.Close() }()
+	defer func() {
+		// an edit that panics fails its own container, not every edit in flight
+		if p := recover(); p != nil {
+			s.Log.Error("edit panicked", "panic", p)
+			_ = answer(conn, fmt.Errorf("edit service: internal error: %v", p))
+		}
+	}()
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	req, err := readRequest(conn)
-	if err != nil {
+	switch {
+	case errors.Is(err, errElsewhere):
+		// not this service's to answer: the front runs nvbind-runtime-edit
+		s.Log.Debug("edit left to nvbind-runtime-edit", "reason", err)
+		_ = answerFallback(conn)
+		return
+	case err != nil:
 		s.Log.Warn("edit request refused", "error", err)
 		_ = answer(conn, fmt.Errorf("edit service: %w", err))
 		return
 	}
 	defer func() { _ = unix.Close(req.dir) }()
+	// the edit outlives a stop of the service (SIGTERM): it finishes, bounded by its own
+	// deadline, under the front's
+	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), editTimeout)
+	defer cancel()
 	start := time.Now()
-	err = s.edit(ctx, req)
+	err = s.edit(ectx, req)
 	s.Log.Debug("edit", "bundle", req.bundle, "took", time.Since(start), "error", err)
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	_ = answer(conn, err)
@@ -312,7 +250,7 @@ func (s *Service) edit(ctx context.Context, req serviceRequest) error {
 	}
 	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
 	call.Bundle = fdDir
-	err = prepare(ctx, call, cfg, s.inventory, s.extra)
+	err = Prepare(ctx, call, cfg, s.extra...)
 	if err != nil {
 		shown := req.bundle
 		if shown == "" {
@@ -326,7 +264,8 @@ func (s *Service) edit(ctx context.Context, req serviceRequest) error {
 // readRequest reads one request packet and its descriptor.
 func readRequest(conn *net.UnixConn) (serviceRequest, error) {
 	req := serviceRequest{dir: -1}
-	if err := peerIsOwner(conn); err != nil {
+	pid, err := peerIsOwner(conn)
+	if err != nil {
 		return req, err
 	}
 	buf := make([]byte, maxRequest+1)
@@ -361,6 +300,14 @@ func readRequest(conn *net.UnixConn) (serviceRequest, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(req.dir, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return fail(errors.New("the bundle descriptor is not a folder"))
+	}
+	// checked once the packet is read: a socket closed with a packet unread resets its
+	// peer, which would lose the answer
+	if err := sameMountNamespace(pid); err != nil {
+		return fail(err)
+	}
+	if !bytes.HasPrefix(buf[:n], []byte(serviceMagic+"\x00")) {
+		return fail(fmt.Errorf("%w: not an %s request", errElsewhere, serviceMagic))
 	}
 	parsed, err := parseRequest(buf[:n])
 	if err != nil {
@@ -401,23 +348,46 @@ func parseRequest(data []byte) (serviceRequest, error) {
 	return req, nil
 }
 
+// errElsewhere marks a request this service leaves to nvbind-runtime-edit: a front of
+// another mount namespace (the paths it means are not the service's), or another
+// protocol version.
+var errElsewhere = errors.New("left to nvbind-runtime-edit")
+
 // peerIsOwner refuses a peer other than the service's own user (root): the socket's mode
-// already keeps others out, this holds when a socket file is shared by mistake.
-func peerIsOwner(conn *net.UnixConn) error {
+// already keeps others out, this holds when a socket file is shared by mistake. It
+// returns the peer's process ID.
+func peerIsOwner(conn *net.UnixConn) (int, error) {
 	raw, err := conn.SyscallConn()
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var cred *unix.Ucred
 	var cerr error
 	if err := raw.Control(func(fd uintptr) { cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) }); err != nil {
-		return err
+		return 0, err
 	}
 	if cerr != nil {
-		return fmt.Errorf("peer credentials: %w", cerr)
+		return 0, fmt.Errorf("peer credentials: %w", cerr)
 	}
 	if int(cred.Uid) != os.Geteuid() {
-		return fmt.Errorf("peer uid %d is not the service's (%d)", cred.Uid, os.Geteuid())
+		return 0, fmt.Errorf("peer uid %d is not the service's (%d)", cred.Uid, os.Geteuid())
+	}
+	return int(cred.Pid), nil
+}
+
+// sameMountNamespace leaves a front of another mount namespace (a containerised or
+// sandboxed runtime caller) to nvbind-runtime-edit: its configuration file, driver root
+// and layouts are paths of its own namespace, not of the service's.
+func sameMountNamespace(pid int) error {
+	var peer, self unix.Stat_t
+	if err := unix.Stat("/proc/"+strconv.Itoa(pid)+"/ns/mnt", &peer); err != nil {
+		return fmt.Errorf("%w: the front's mount namespace: %w", errElsewhere, err)
+	}
+	if err := unix.Stat("/proc/self/ns/mnt", &self); err != nil {
+		return fmt.Errorf("%w: the service's mount namespace: %w", errElsewhere, err)
+	}
+	if peer.Ino != self.Ino || peer.Dev != self.Dev {
+		return fmt.Errorf("%w: the front runs in another mount namespace", errElsewhere)
 	}
 	return nil
 }
@@ -437,6 +407,12 @@ func receivedFDs(oob []byte) ([]int, error) {
 		fds = append(fds, got...)
 	}
 	return fds, nil
+}
+
+// answerFallback tells the front to run nvbind-runtime-edit itself.
+func answerFallback(conn *net.UnixConn) error {
+	_, err := conn.Write([]byte("fallback"))
+	return err
 }
 
 // answer writes the answer packet: "ok", or "error" and the message.

@@ -34,7 +34,7 @@ func startService(t *testing.T, root driverroot.Root) (string, *Service) {
 		t.Fatalf("socket folder mode: %v, %v", fi.Mode(), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{extra: root.Options(), Rescan: 100 * time.Millisecond}
+	s := &Service{extra: root.Options()}
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln) }()
 	t.Cleanup(func() {
@@ -157,6 +157,19 @@ func TestFrontWithService(t *testing.T) {
 			t.Fatalf("got %q, %v", out, err)
 		}
 	})
+	t.Run("a front in another mount namespace: the editor does it", func(t *testing.T) {
+		t.Parallel()
+		unshare, err := exec.LookPath("unshare")
+		if err != nil || os.Geteuid() != 0 {
+			t.Skip("needs root and unshare")
+		}
+		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+		cmd := exec.Command(unshare, "-m", front, "create", "--bundle", b, "id")
+		cmd.Env = []string{"PATH=/usr/bin:/bin", EnvConfig + "=" + config}
+		if out, err := cmd.CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "EDIT ") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
 	for name, socket := range map[string]string{"nothing listens": filepath.Join(t.TempDir(), "none.sock"), "no socket configured": ""} {
 		t.Run(name+": the editor does it", func(t *testing.T) {
 			t.Parallel()
@@ -223,8 +236,7 @@ func TestServiceRefuses(t *testing.T) {
 		{"no descriptor", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), nil, "carries 0 descriptors"},
 		{"two descriptors", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), []int{dirFD, dirFD}, "carries 2 descriptors"},
 		{"a file, not a folder", good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), []int{fileFD}, "not a folder"},
-		{"another protocol", good("nvbind-edit/9", "nvbind-runtime", config, "1", b, "create", "id"), []int{dirFD}, "not an nvbind-edit/1 request"},
-		{"no NUL at the end", []byte(serviceMagic), []int{dirFD}, "does not end in a NUL"},
+		{"no NUL at the end", []byte(serviceMagic + "\x00nvbind-runtime"), []int{dirFD}, "does not end in a NUL"},
 		{"no command", good(serviceMagic, "nvbind-runtime", config, "1", b), []int{dirFD}, "with a runtime command"},
 		{"a relative configuration", good(serviceMagic, "nvbind-runtime", "runtime.toml", "1", b, "create", "id"), []int{dirFD}, "not an absolute path"},
 		{"a bad explicit field", good(serviceMagic, "nvbind-runtime", config, "yes", b, "create", "id"), []int{dirFD}, `"yes": valid: 0, 1`},
@@ -240,6 +252,10 @@ func TestServiceRefuses(t *testing.T) {
 	}
 	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
 		t.Fatal("config.json changed")
+	}
+	// another protocol version is left to nvbind-runtime-edit
+	if got := askService(t, sock, good("nvbind-edit/9", "nvbind-runtime", config, "1", b, "create", "id"), dirFD); got != "fallback" {
+		t.Fatalf("another protocol: answer %q", got)
 	}
 	// and a good request still gets its edit
 	if got := askService(t, sock, good(serviceMagic, "nvbind-runtime", config, "1", b, "create", "id"), dirFD); got != "ok" {
@@ -337,12 +353,12 @@ func withinBudget(t *testing.T, inputLen int, f func()) {
 	}
 }
 
-// TestServiceKeepsInventoryCurrent: the service edits from an inventory it keeps, and a
-// GPU that goes away is gone from its answers within a rescan.
-func TestServiceKeepsInventoryCurrent(t *testing.T) {
+// TestServiceDiscoversPerContainer: the service discovers for every edit, as the runtime
+// is asked: a GPU that goes away is gone from the very next answer.
+func TestServiceDiscoversPerContainer(t *testing.T) {
 	t.Parallel()
 	root := driverroot.Synthetic(t, "debian-535")
-	sock, s := startService(t, root)
+	sock, _ := startService(t, root)
 	config := serviceConfig(t, root, "/bin/true", sock)
 	ask := func() string {
 		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=1"}, nil)
@@ -356,12 +372,6 @@ func TestServiceKeepsInventoryCurrent(t *testing.T) {
 	if got := ask(); got != "ok" {
 		t.Fatalf("answer %q", got)
 	}
-	s.mu.Lock()
-	k := s.kept[discoveryKey{root.Path, root.Path, true}]
-	s.mu.Unlock()
-	if k == nil || k.inv == nil || len(k.inv.Devices) != 2 {
-		t.Fatalf("no inventory kept for the root: %+v", k)
-	}
 	gpus := filepath.Join(root.Path, "proc/driver/nvidia/gpus")
 	ents, err := os.ReadDir(gpus)
 	if err != nil || len(ents) != 2 {
@@ -370,13 +380,55 @@ func TestServiceKeepsInventoryCurrent(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(gpus, ents[1].Name())); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		got := ask()
-		if strings.Contains(got, `GPU \"1\" is not on this node`) || strings.Contains(got, `GPU "1" is not on this node`) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("GPU 1 is still edited in 20 s after it went: %q", got)
-		}
+	if got := ask(); !strings.Contains(got, `GPU "1" is not on this node`) {
+		t.Fatalf("GPU 1 is still edited after it went: %q", got)
+	}
+}
+
+// TestFrontFallsBack: a listener that closes without an answer (a service that stopped
+// or failed), or answers fallback, leaves the edit to nvbind-runtime-edit.
+func TestFrontFallsBack(t *testing.T) {
+	t.Parallel()
+	dir, runtime := buildFront(t)
+	front := filepath.Join(dir, "nvbind-runtime")
+	for name, reply := range map[string]string{"closed without an answer": "", "fallback": "fallback"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			sock := filepath.Join(t.TempDir(), "edit.sock")
+			ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer func() { _ = ln.Close() }()
+			asked := make(chan int, 1)
+			go func() {
+				c, err := ln.AcceptUnix()
+				if err != nil {
+					asked <- -1
+					return
+				}
+				buf, oob := make([]byte, maxRequest), make([]byte, 64)
+				_, oobn, _, _, _ := c.ReadMsgUnix(buf, oob)
+				fds, _ := receivedFDs(oob[:oobn])
+				for _, fd := range fds {
+					_ = unix.Close(fd)
+				}
+				if reply != "" {
+					_, _ = c.Write([]byte(reply))
+				}
+				_ = c.Close()
+				asked <- len(fds)
+			}()
+			config := filepath.Join(t.TempDir(), "runtime.toml")
+			_ = os.WriteFile(config, []byte("runtime = \""+runtime+"\"\nsocket = \""+sock+"\"\n"), 0o600)
+			b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
+			out, err := runFront(t, front, config, "create", "--bundle", b, "id")
+			if err != nil || !strings.Contains(out, "EDIT "+front+"-edit create --bundle "+b+" id") {
+				t.Fatalf("got %q, %v", out, err)
+			}
+			if n := <-asked; n != 1 {
+				t.Fatalf("the listener got %d descriptors, want the bundle's", n)
+			}
+		})
 	}
 }

@@ -149,14 +149,6 @@ func (c container) input() request.Input {
 // asks for nothing is left as it is; a failure leaves config.json untouched. Extra
 // discovery options come after the configuration's (tests read synthetic roots).
 func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) error {
-	return prepare(ctx, call, cfg, nil, extra)
-}
-
-// inventorySource gives a kept inventory for a configuration's discovery (the edit
-// service's), or nil for a discovery of its own.
-type inventorySource func(ctx context.Context, cfg Config) *gpu.Inventory
-
-func prepare(ctx context.Context, call Call, cfg Config, kept inventorySource, extra []gpu.Option) error {
 	bundle := call.Bundle
 	if bundle == "" {
 		bundle = "."
@@ -199,39 +191,29 @@ func prepare(ctx context.Context, call Call, cfg Config, kept inventorySource, e
 	if err != nil || req == nil {
 		return err
 	}
-	var inv *gpu.Inventory
-	if kept != nil {
-		inv = kept(ctx, cfg)
-	}
-	return inject(ctx, p, data, req, cfg, inv, extra)
+	return inject(ctx, p, data, req, cfg, extra)
 }
 
-// discoveryOptions are discovery's options for a configuration.
-func discoveryOptions(cfg Config) []gpu.Option {
+// inject discovers the host's GPUs, resolves the request and applies its edits to
+// config.json, replacing the file atomically. Discovery runs for every container, as the
+// runtime is asked, so that a MIG or driver change is never missed.
+func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, extra []gpu.Option) error {
+	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
+	defer cancel()
 	gopts := []gpu.Option{gpu.WithDriverRoot(cfg.DriverRoot), gpu.WithDevRoot(cfg.DevRoot), gpu.WithNVMLOnlyForMIG()}
 	if cfg.NoNVML {
 		gopts = append(gopts, gpu.WithoutNVML())
 	}
-	return gopts
-}
-
-// inject discovers the host's GPUs (unless inv is a kept inventory), resolves the request
-// and applies its edits to config.json, replacing the file atomically.
-func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, inv *gpu.Inventory, extra []gpu.Option) error {
-	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
-	defer cancel()
-	if inv == nil {
-		gopts := discoveryOptions(cfg)
-		if !needsCUDAVersion(req) {
-			gopts = append(gopts, gpu.WithoutCUDAVersion())
-		}
-		d, err := gpu.New(append(gopts, extra...)...)
-		if err != nil {
-			return err
-		}
-		if inv, err = d.Discover(ctx); err != nil {
-			return fmt.Errorf("%s: %w", req.Source, err)
-		}
+	if !needsCUDAVersion(req) {
+		gopts = append(gopts, gpu.WithoutCUDAVersion())
+	}
+	d, err := gpu.New(append(gopts, extra...)...)
+	if err != nil {
+		return err
+	}
+	inv, err := d.Discover(ctx)
+	if err != nil {
+		return fmt.Errorf("%s: %w", req.Source, err)
 	}
 	r := request.NewResolver(inv)
 	if err := r.Supported(req); err != nil {

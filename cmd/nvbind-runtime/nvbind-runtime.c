@@ -39,6 +39,7 @@
 #define DEFAULT_SOCKET "/run/nvbind/runtime.sock"
 #define SERVICE_MAGIC "nvbind-edit/1"
 #define MAX_REQUEST (64 << 10)   /* a request to the edit service, as the service bounds it */
+#define MAX_ARGS 4096           /* runtime arguments in a request, as the service bounds them */
 #define SERVICE_TIMEOUT 30       /* seconds the edit service may take (discovery's bound is 20) */
 #define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -47,7 +48,7 @@ static const char *log_file, *log_format;
 /* fail reports an error where the runtime's caller looks (stderr, and the --log file in
  * runc's JSON format, which containerd's shim and Docker show users) and exits 1. */
 static void fail(const char *fmt, ...) {
-	char msg[1024];
+	char msg[4200];
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof msg, fmt, ap);
@@ -56,7 +57,7 @@ static void fail(const char *fmt, ...) {
 	if (log_file) {
 		int fd = open(log_file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
 		if (fd >= 0) {
-			char line[4096], esc[2048];
+			char line[8800], esc[8600];
 			size_t j = 0;
 			for (size_t i = 0; msg[i] && j < sizeof esc - 7; i++) {
 				unsigned char c = (unsigned char)msg[i];
@@ -207,6 +208,8 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 			return 0; /* nvbind-runtime-edit says why */
 		fields[2] = abs_config;
 	}
+	if (argc - 1 > MAX_ARGS)
+		return 0; /* as many arguments as this go to nvbind-runtime-edit */
 	for (int i = 0; i < 5 + argc - 1; i++) {
 		const char *f = i < 5 ? fields[i] : argv[i - 4];
 		size_t n = strlen(f) + 1;
@@ -220,9 +223,20 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 	if (dir < 0)
 		return 0; /* nvbind-runtime-edit says why */
 	int sock = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) {
-		if (sock >= 0)
-			close(sock);
+	if (sock < 0) {
+		close(dir);
+		return 0;
+	}
+	/* the send timeout bounds connect too, should the service's backlog be full */
+	struct timeval tv = {.tv_sec = SERVICE_TIMEOUT};
+	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+	int rc;
+	do
+		rc = connect(sock, (struct sockaddr *)&addr, sizeof addr);
+	while (rc != 0 && errno == EINTR);
+	if (rc != 0) {
+		close(sock);
 		close(dir);
 		return 0;
 	}
@@ -232,9 +246,6 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 	socklen_t peer_len = sizeof peer;
 	if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) != 0 || peer.uid != geteuid())
 		fail("the process listening at %s runs as another user than nvbind-runtime: it is not nvbind's edit service", config_socket);
-	struct timeval tv = {.tv_sec = SERVICE_TIMEOUT};
-	setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-	setsockopt(sock, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
@@ -248,7 +259,10 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &dir, sizeof(int));
-	ssize_t sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	ssize_t sent;
+	do
+		sent = sendmsg(sock, &msg, MSG_NOSIGNAL);
+	while (sent < 0 && errno == EINTR);
 	close(dir);
 	if (sent != (ssize_t)len) {
 		close(sock);
@@ -256,19 +270,27 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 	}
 
 	static char reply[4200];
-	ssize_t n = recv(sock, reply, sizeof reply - 1, 0);
+	ssize_t n;
+	do
+		n = recv(sock, reply, sizeof reply - 1, 0);
+	while (n < 0 && errno == EINTR);
 	int err = errno;
 	close(sock);
-	if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK))
-		fail("the edit service at %s did not answer in %d s", config_socket, SERVICE_TIMEOUT);
-	if (n <= 0)
-		fail("the edit service at %s closed without an answer%s%s", config_socket, n < 0 ? ": " : "", n < 0 ? strerror(err) : "");
+	if (n <= 0) {
+		/* no answer: the service stopped, failed or hangs. nvbind-runtime-edit does the
+		 * edit; one the service made meanwhile is found made, and not made twice */
+		fprintf(stderr, "nvbind-runtime: the edit service at %s %s; editing without it\n", config_socket,
+		        n < 0 && (err == EAGAIN || err == EWOULDBLOCK) ? "did not answer in time" : "closed without an answer");
+		return 0;
+	}
 	reply[n] = 0;
 	if (strcmp(reply, "ok") == 0)
 		return 1;
+	if (strcmp(reply, "fallback") == 0)
+		return 0; /* another mount namespace than the service's, or another protocol */
 	if (strncmp(reply, "error", 6) == 0 && (size_t)n > 6)
 		fail("%s", reply + 6);
-	fail("the edit service at %s answered something else than ok or error", config_socket);
+	fail("the edit service at %s answered something else than ok, error or fallback", config_socket);
 	return 0;
 }
 

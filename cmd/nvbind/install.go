@@ -268,6 +268,16 @@ func (f *installFlags) install(w io.Writer) error {
 			}
 		}
 	}
+	if f.systemd() && slices.Contains(f.binaries(), runtimeEdit) {
+		// a running edit service keeps the binary it started with until it is restarted
+		if _, err := exec.LookPath("systemctl"); err == nil {
+			if out, err := exec.Command("systemctl", "try-restart", "nvbind-runtime.service").CombinedOutput(); err == nil {
+				fmt.Fprintln(w, "ran systemctl try-restart nvbind-runtime.service")
+			} else if !bytes.Contains(out, []byte("not loaded")) && !bytes.Contains(out, []byte("not found")) {
+				fmt.Fprintf(w, "systemctl try-restart nvbind-runtime.service: %s\n", bytes.TrimSpace(out))
+			}
+		}
+	}
 	if len(f.units()) == 0 {
 		if slices.Contains(f.components, "units") {
 			fmt.Fprintln(w, "enable with: systemctl daemon-reload && systemctl enable --now nvbind-cdi-refresh (Podman, Docker, nerdctl) or nvbind-nri (containerd, CRI-O); nvbind-runtime.socket for nvbind-runtime")
