@@ -3,7 +3,6 @@ package request
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
 )
 
 const kind = "nvidia.com/gpu"
@@ -63,23 +63,11 @@ func distinct(n int) string {
 	return strings.Join(items, ",")
 }
 
-// withinBudget runs f and fails when it allocates more than a small multiple of the
-// input or takes more than a generous linear time: a parser of request input must be
-// linear, whatever it is sent.
+// withinBudget runs f within the request parser's budget: 32 bytes of allocation per byte
+// of input plus 256 KiB, 200 ms plus a microsecond per byte.
 func withinBudget(t *testing.T, inputLen int, f func()) {
 	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	f()
-	took := time.Since(start)
-	runtime.ReadMemStats(&after)
-	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(32*inputLen+256<<10) {
-		t.Fatalf("%d bytes of input allocated %d bytes", inputLen, alloc)
-	}
-	if limit := 200*time.Millisecond + time.Duration(inputLen)*time.Microsecond; took > limit {
-		t.Fatalf("%d bytes of input took %s (budget %s)", inputLen, took, limit)
-	}
+	testutil.WithinBudget(t, testutil.Budget{PerByte: 32, Fixed: 256 << 10, Base: 200 * time.Millisecond}, inputLen, f)
 }
 
 func FuzzParseDeviceList(f *testing.F) {

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/test/driverroot"
+	"github.com/nvbind/nvbind/test/testutil"
 )
 
 // startService runs the edit service in process on a socket of its own, reading the
@@ -335,22 +335,11 @@ func FuzzParseRequest(f *testing.F) {
 	})
 }
 
-// withinBudget fails when f allocates more than a small multiple of its input or takes
-// more than a generous linear time.
+// withinBudget runs f within the service request parser's budget: 8 bytes of allocation
+// per byte of input plus 64 KiB, 100 ms plus a microsecond per byte.
 func withinBudget(t *testing.T, inputLen int, f func()) {
 	t.Helper()
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
-	start := time.Now()
-	f()
-	took := time.Since(start)
-	runtime.ReadMemStats(&after)
-	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(8*inputLen+64<<10) {
-		t.Fatalf("%d bytes of input allocated %d bytes", inputLen, alloc)
-	}
-	if limit := 100*time.Millisecond + time.Duration(inputLen)*time.Microsecond; took > limit {
-		t.Fatalf("%d bytes of input took %s (budget %s)", inputLen, took, limit)
-	}
+	testutil.WithinBudget(t, testutil.Budget{PerByte: 8, Fixed: 64 << 10, Base: 100 * time.Millisecond}, inputLen, f)
 }
 
 // TestServiceDiscoversPerContainer: the service discovers for every edit, as the runtime
