@@ -7,13 +7,15 @@
  * /etc/nvbind/runtime.toml (or $NVBIND_RUNTIME_CONFIG) and replaces itself with it. Only
  * for create and run, and only when the bundle's config.json names a key a GPU request
  * uses (NVIDIA_VISIBLE_DEVICES, gpus.nvbind.io, cdi.k8s.io/, required-plugins), does it
- * run nvbind-runtime-edit beside it (Go: nvbind's request parser and edit model), which
- * edits config.json and then runs the real runtime. A Go program costs ~5 ms more to
+ * ask the edit service (nvbind-runtime-edit serve, at the configuration's socket) to edit
+ * config.json, and then run the real runtime itself; without an answer from the service
+ * it runs nvbind-runtime-edit beside it (Go: nvbind's request parser and edit model),
+ * which edits config.json and then runs the real runtime. A Go program costs ~5 ms more to
  * start than this one on the VMs nvbind is tested on, on every container command.
  *
  * It reads config.json read-only with a bounded mapping and a substring search; it
- * parses only the `runtime` key of the configuration, and leaves every other key to
- * nvbind-runtime-edit, which checks the whole file.
+ * parses only the `runtime` and `socket` keys of the configuration, and leaves every
+ * other key to the edit service or nvbind-runtime-edit, which check the whole file.
  */
 #define _GNU_SOURCE
 #include <errno.h>
