@@ -14,6 +14,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/ldcache"
@@ -83,23 +84,47 @@ type libCandidate struct {
 	soname string
 	bits   int
 	err    error
+	// what its contents say, read (readELFs) only when its names leave open whether it
+	// is the driver's: whether its data mentions the driver version, else the CUDA
+	// release it was built for
+	mentions bool
+	release  string
 }
 
-// readELFs reads every candidate's SONAME and class on two goroutines: dozens of small
-// reads, each a system call, which is most of discovery on a VM.
-func readELFs(r rootFS, byReal map[string]*libCandidate) {
+// namedFor reports whether the candidate's names settle whether it is of the driver
+// version: a version in its name (this one or another driver's), or a name of the
+// version that links to it.
+func (c *libCandidate) namedFor(version string) bool {
+	if m := reVersioned.FindStringSubmatch(path.Base(c.real)); m != nil && (m[2] == version || looksLikeDriverVersion(m[2])) {
+		return true
+	}
+	return c.linkedAs(version)
+}
+
+// readELFs reads every candidate's SONAME and class, and the contents of those whose
+// names do not settle whether they are of version, on two goroutines that take the next
+// candidate as they go: dozens of small reads, each a system call, which is most of
+// discovery on a VM, and a few scans of a library's data (megabytes) that one goroutine
+// does while the other goes on.
+func readELFs(r rootFS, byReal map[string]*libCandidate, version string) {
 	cands := make([]*libCandidate, 0, len(byReal))
 	for _, c := range byReal {
 		cands = append(cands, c)
 	}
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := range 2 {
+	for range 2 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < len(cands); i += 2 {
+			for i := int(next.Add(1) - 1); i < len(cands); i = int(next.Add(1) - 1) {
 				c := cands[i]
 				c.soname, c.bits, c.err = elfInfo(r.host(c.real))
+				if !c.namedFor(version) {
+					if c.mentions = fileMentions(r.host(c.real), version); !c.mentions {
+						c.release = cudaRelease(r.host(c.real))
+					}
+				}
 			}
 		}()
 	}
@@ -153,7 +178,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		return res, nil
 	}
 	sort.Strings(order)
-	readELFs(r, byReal)
+	readELFs(r, byReal, version)
 	for _, real := range order {
 		c := byReal[real]
 		base := path.Base(real)
@@ -166,12 +191,12 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 		case c.linkedAs(version):
 			// no version in its name (or a version of its own: libnvidia-nvvm.so.4.0.0),
 			// but a name of the driver's version links to it
-		case fileMentions(r.host(real), version):
+		case c.mentions:
 		default:
 			// the last evidence, the CUDA release it was built for, is weighed once the
 			// install's CUDA version is known (Discover)
-			if rel := cudaRelease(r.host(real)); rel != "" {
-				res.pending = append(res.pending, pendingLib{c, rel})
+			if c.release != "" {
+				res.pending = append(res.pending, pendingLib{c, c.release})
 			} else {
 				res.warnings = append(res.warnings, Warning{WarnUnrecognised, fmt.Sprintf("skipped %s: neither its name, its links nor its contents carry driver %s or a CUDA release", r.host(real), version)})
 			}

@@ -407,6 +407,13 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Libraries whose only tie to the driver is the CUDA release they were built for are
+	// weighed against libcuda's own stamp, a scan of megabytes, read meanwhile.
+	var libcudaRelease func() string
+	if len(libs.pending) > 0 && libs.cudaPath != "" {
+		libcudaRelease = sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
+		go libcudaRelease()
+	}
 	if inv.Driver.Version == "" {
 		inv.Driver = Driver{Version: libs.version, Flavour: FlavourUnknown, VersionSource: "library file names"}
 		if libs.version != "" {
@@ -476,7 +483,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		if cuda == "" && libs.cudaPath != "" {
 			// libcuda's own build stamp, else libcuda asked (only on such installs, and
 			// not with WithoutCUDAVersion, which never loads it)
-			if cuda = cudaRelease(libs.cudaPath); cuda == "" && !d.cfg.noCUDA {
+			if cuda = libcudaRelease(); cuda == "" && !d.cfg.noCUDA {
 				cuda, _ = cudaDriverVersion(libs.cudaPath)
 			}
 		}
