@@ -23,6 +23,11 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 	if err != nil {
 		return err
 	}
+	if len(file) == 0 && !anyEnv("NVBIND_") {
+		// nothing to apply: most runs (a hook-free CLI call, a unit with flags) take this
+		// path, which spares walking every command's flags on a start that is timed
+		return nil
+	}
 	if err := validateConfig(cmd.Root(), file, configPath); err != nil {
 		return err
 	}
@@ -71,6 +76,16 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// anyEnv reports whether a variable of the environment starts with prefix.
+func anyEnv(prefix string) bool {
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, prefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // ambiguousFlags are the flag names whose meaning (usage text) differs between commands,
