@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -8,14 +9,53 @@ import (
 
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
+	"sigs.k8s.io/yaml"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 )
+
+// hookVariant writes the spec at src as vendor's, with its hooks' program replaced by
+// program, or without hooks when program is "".
+func hookVariant(b *testing.B, src, dst, vendor, program string) {
+	b.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var s cdispecs.Spec
+	if err := yaml.Unmarshal(data, &s); err != nil {
+		b.Fatal(err)
+	}
+	s.Kind = vendor + "/gpu"
+	edits := []*cdispecs.ContainerEdits{&s.ContainerEdits}
+	for i := range s.Devices {
+		edits = append(edits, &s.Devices[i].ContainerEdits)
+	}
+	hooks := 0
+	for _, e := range edits {
+		for _, h := range e.Hooks {
+			h.Path = program
+		}
+		hooks += len(e.Hooks)
+		if program == "" {
+			e.Hooks = nil
+		}
+	}
+	if hooks == 0 {
+		b.Fatalf("%s names no hook", src)
+	}
+	if err := spec.WriteFile(&s, dst, spec.FormatYAML); err != nil {
+		b.Fatal(err)
+	}
+}
 
 // BenchmarkDriverMountsDocker: what a GPU container with every capability adds to create
 // and start over a plain one, through Docker Engine 29 with runc 1.2.6, for each way of
 // giving it the driver's files: nvbind's spec with one mount of a layout (the default),
 // nvbind's spec with one bind mount per file, and NVIDIA's spec for the same root
 // (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it); and what the GPU's nodes
-// alone add. Interleaved, medians.
+// alone add; and the layout's cost taken apart: its spec without the hook, and with the
+// hook's program replaced by /bin/true (what runc's starting a hook costs). Interleaved,
+// medians.
 func BenchmarkDriverMountsDocker(b *testing.B) {
 	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	testutil.RequiresRoot(b)
@@ -25,7 +65,10 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 	d := startDockerd(b, bin, driverRoot, func(conf string, _ *[]string) {
 		specs := filepath.Join(filepath.Dir(conf), "cdi")
 		writeSpecFiles(b, driverRoot, specs, hook, spec.Options{Vendor: "per-file.nvbind.io"})
-		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "layout.nvbind.io"})
+		layoutSpec := writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "layout.nvbind.io"})
+		// the layout's cost taken apart: without its hook, and with a hook that does nothing
+		hookVariant(b, layoutSpec, filepath.Join(specs, "no-hook.yaml"), "no-hook.nvbind.io", "")
+		hookVariant(b, layoutSpec, filepath.Join(specs, "hook-true.yaml"), "hook-true.nvbind.io", "/bin/true")
 		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "nodes.nvbind.io", CapabilityDevices: true})
 	})
 	d.loadBusybox()
@@ -35,6 +78,8 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 	}{
 		{"plain", container{script: "true"}},
 		{"layout", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"layout.nvbind.io/gpu=all"}}}}},
+		{"layout-without-hook", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"no-hook.nvbind.io/gpu=all"}}}}},
+		{"layout-hook-bin-true", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"hook-true.nvbind.io/gpu=all"}}}}},
 		{"per-file", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"per-file.nvbind.io/gpu=all"}}}}},
 		// the capability-devices spec's GPU devices carry the nodes alone
 		{"nodes-only", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nodes.nvbind.io/gpu=all"}}}}},
