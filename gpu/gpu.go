@@ -408,10 +408,12 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 		return nil, err
 	}
 	// Libraries whose only tie to the driver is the CUDA release they were built for are
-	// weighed against libcuda's own stamp, a scan of megabytes, read meanwhile.
-	var libcudaRelease func() string
-	if len(libs.pending) > 0 && libs.cudaPath != "" {
-		libcudaRelease = sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
+	// weighed against the install's CUDA version, else libcuda's own stamp, a scan of
+	// megabytes. Where neither NVML (not started, or only for MIG) nor libcuda (not
+	// loaded) is to give the version, the stamp is read meanwhile; the scan touches
+	// nothing shared, and ends on its own when Discover returns first.
+	libcudaRelease := sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
+	if len(libs.pending) > 0 && libs.cudaPath != "" && d.cfg.noCUDA && (d.cfg.noNVML || d.cfg.nvmlForMIG) {
 		go libcudaRelease()
 	}
 	if inv.Driver.Version == "" {
