@@ -7,10 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nvbind/nvbind/spec"
-	"github.com/nvbind/nvbind/test/testutil"
 	"sigs.k8s.io/yaml"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
+
+	"github.com/nvbind/nvbind/spec"
+	"github.com/nvbind/nvbind/test/testutil"
 )
 
 // hookVariant writes the spec at src as vendor's, with its hooks' program replaced by
