@@ -8,8 +8,6 @@ import (
 	"path/filepath"
 	"sort"
 	"sync"
-
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
 
 // Sentinel errors; check them with errors.Is.
@@ -21,6 +19,10 @@ var (
 	// ErrNoLibraries means the driver's version is known (its kernel module is loaded) but
 	// its 64-bit user-space libraries are not there, as while a driver is being installed.
 	ErrNoLibraries = errors.New("NVIDIA driver libraries missing")
+	// ErrNeedsCgo means discovery had to load NVIDIA's libraries (NVML, to list MIG
+	// devices or a WSL2 host's GPUs; libcuda, for its CUDA version) in a build without
+	// cgo, which cannot: nvbind's lean build hands the command to nvbind-node.
+	ErrNeedsCgo = errors.New("discovery needs NVIDIA's libraries loaded, which this build of nvbind cannot do (built without cgo)")
 )
 
 // Source says where the GPU list came from.
@@ -194,16 +196,7 @@ type Inventory struct {
 	Warnings []Warning `json:"warnings,omitempty"`
 
 	// nvml is the NVML that listed Devices (Source NVML), for the health monitor.
-	nvml nvml.Interface
-}
-
-// NVML returns the NVML that listed the inventory's GPUs, or nil when NVML did not (procfs,
-// L4T, or NVML failed): the health monitor waits on its XID events.
-func (inv *Inventory) NVML() nvml.Interface {
-	if inv == nil || inv.Source != SourceNVML {
-		return nil
-	}
-	return inv.nvml
+	nvml nvmlLib
 }
 
 // FilesFor returns the files that serve any capability in caps. A library that is 32-bit
@@ -233,7 +226,7 @@ type config struct {
 	// where nvbind itself reads the two roots (a container that mounts them elsewhere)
 	driverRootMount string
 	devRootMount    string
-	nvml            nvml.Interface
+	nvml            nvmlLib
 	nvmlForMIG      bool
 	stater          DeviceStater
 	noNVML          bool
@@ -277,11 +270,6 @@ func WithDevRootMount(dir string) Option {
 	return func(c *config) error { c.devRootMount = dir; return nil }
 }
 
-// WithNVML uses the given NVML instead of loading libnvidia-ml.so.1 from the driver root.
-func WithNVML(lib nvml.Interface) Option {
-	return func(c *config) error { c.nvml = lib; return nil }
-}
-
 // WithoutNVML skips NVML and reads the GPU list from procfs.
 func WithoutNVML() Option {
 	return func(c *config) error { c.noNVML = true; return nil }
@@ -314,7 +302,7 @@ type Discoverer struct {
 	cfg config
 
 	mu   sync.Mutex
-	libs map[string]nvml.Interface // by library path: one per driver install
+	libs map[string]nvmlLib // by library path: one per driver install
 	// cuda is the CUDA version of the last libcuda asked, by the file's identity: loading
 	// libcuda costs milliseconds, and a discovery runs at every DRA prepare
 	cuda struct {
@@ -324,18 +312,21 @@ type Discoverer struct {
 }
 
 // nvmlAt returns the NVML of a library path, the same one for every discovery.
-func (d *Discoverer) nvmlAt(path string) nvml.Interface {
+func (d *Discoverer) nvmlAt(path string) (nvmlLib, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.libs == nil {
-		d.libs = map[string]nvml.Interface{}
+		d.libs = map[string]nvmlLib{}
 	}
 	lib := d.libs[path]
 	if lib == nil {
-		lib = nvml.New(nvml.WithLibraryPath(path))
+		var err error
+		if lib, err = loadNVML(path); err != nil {
+			return nil, err
+		}
 		d.libs[path] = lib
 	}
-	return lib
+	return lib, nil
 }
 
 // New resolves options; it does no I/O.
@@ -474,6 +465,8 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	if inv.Driver.CUDAVersion == "" && libs.cudaPath != "" && !d.cfg.noCUDA {
 		if v, err := d.cudaVersion(libs.cudaPath); err == nil {
 			inv.Driver.CUDAVersion = v
+		} else if errors.Is(err, ErrNeedsCgo) {
+			return nil, err
 		} else {
 			inv.Warnings = append(inv.Warnings, Warning{WarnCUDAUnknown, "CUDA version unknown: " + err.Error()})
 		}
@@ -486,7 +479,10 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 			// libcuda's own build stamp, else libcuda asked (only on such installs, and
 			// not with WithoutCUDAVersion, which never loads it)
 			if cuda = libcudaRelease(); cuda == "" && !d.cfg.noCUDA {
-				cuda, _ = cudaDriverVersion(libs.cudaPath)
+				var err error
+				if cuda, err = cudaDriverVersion(libs.cudaPath); errors.Is(err, ErrNeedsCgo) {
+					return nil, err
+				}
 			}
 		}
 		n := len(libs.warnings)

@@ -6,8 +6,6 @@ import (
 	"path"
 	"sort"
 	"strings"
-
-	"github.com/NVIDIA/go-nvml/pkg/nvml"
 )
 
 // WSL2 hands the Windows host's GPUs to Linux through /dev/dxg, with the user-space
@@ -119,21 +117,24 @@ func (d *Discoverer) discoverWSL(ctx context.Context, r rootFS, inv *Inventory) 
 	inv.Source = SourceWSL
 
 	// NVML works on WSL2, through the host: it names the GPUs
-	nvmlLib := d.cfg.nvml
-	if nvmlLib == nil && !d.cfg.noNVML {
+	lib := d.cfg.nvml
+	if lib == nil && !d.cfg.noNVML {
 		for _, f := range w.Files {
 			if path.Base(f.Path) == "libnvidia-ml.so.1" {
-				nvmlLib = nvml.New(nvml.WithLibraryPath(r.host(f.Path)))
+				var err error
+				if lib, err = loadNVML(r.host(f.Path)); err != nil {
+					return false, err
+				}
 				break
 			}
 		}
 	}
 	if d.cfg.noNVML {
-		nvmlLib = nil
+		lib = nil
 		inv.NVMLError = "not used (--no-nvml)"
 	}
-	if nvmlLib != nil {
-		devs, ver, cuda, err := nvmlDevices(ctx, nvmlLib)
+	if lib != nil {
+		devs, ver, cuda, err := nvmlDevices(ctx, lib)
 		if err != nil {
 			inv.NVMLError = err.Error()
 		} else {
