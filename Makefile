@@ -43,7 +43,7 @@ all: build
 # or kubelet code, so it starts fast. bin/nvbind-node is the full build, which nvbind runs
 # for nri, device-plugin and doctor.
 build:
-	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind ./cmd/nvbind
+	$(BUILD_ENV) CGO_ENABLED=0 $(GO) build -trimpath -tags nvbind_lean -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind ./cmd/nvbind
 	$(BUILD_ENV) CGO_ENABLED=1 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-node ./cmd/nvbind
 	$(BUILD_ENV) CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(BINDIR)/nvbind-hook-go ./cmd/nvbind-hook-go
 	$(RUNTIME_CC) -static -O2 -s -Wall -Wextra -Werror -o $(BINDIR)/nvbind-hook cmd/nvbind-hook/nvbind-hook.c

@@ -60,6 +60,9 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 				return err
 			}
 			if f.watch {
+				if err := serveInNode(); err != nil {
+					return err
+				}
 				log, err := g.logger(cmd.ErrOrStderr())
 				if err != nil {
 					return err

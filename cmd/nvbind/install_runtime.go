@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/devchar"
 	"github.com/nvbind/nvbind/internal/fileio"
 )
@@ -194,7 +195,7 @@ func sortedKeys[V any](m map[string]V) []string {
 
 // devChar makes the /dev/char links of every NVIDIA device node discovery finds.
 func (f *installFlags) devChar(w io.Writer) error {
-	d, err := f.discoverer()
+	d, err := f.discoverer(gpu.WithoutCUDAVersion(), gpu.WithNVMLOnlyForMIG()) // the nodes alone
 	if err != nil {
 		return err
 	}

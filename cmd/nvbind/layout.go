@@ -163,6 +163,9 @@ func newLayoutBuildCommand(g *globalFlags) *cobra.Command {
 				_, err = f.build(inv, sets, cmd.OutOrStdout())
 				return err
 			}
+			if err := serveInNode(); err != nil {
+				return err
+			}
 			return f.watchLoop(cmd.Context(), d, sets, log)
 		},
 	}

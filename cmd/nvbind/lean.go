@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/nvbind/nvbind/gpu"
 )
 
 // The lean nvbind (cdi, info, hook, install) links none of the NRI, gRPC, Prometheus
@@ -55,4 +57,25 @@ func execNode() error {
 	}
 	err = syscall.Exec(p, append([]string{p}, os.Args[1:]...), os.Environ()) //nolint:gosec // nvbind's own binary, found above
 	return errors.Join(fmt.Errorf("run %s", p), err)
+}
+
+// handOver runs the command again in nvbind-node when it stopped because it needed
+// NVIDIA's libraries loaded, which the lean build, without cgo, cannot (MIG devices,
+// which only NVML lists; libcuda's CUDA version for info). Discovery comes before
+// anything a command writes, so nothing is done twice. Any other error is returned.
+func handOver(err error) error {
+	if errors.Is(err, gpu.ErrNeedsCgo) {
+		return execNode()
+	}
+	return err
+}
+
+// serveInNode hands a command that keeps running (--watch) to nvbind-node from its
+// start when this build cannot load NVIDIA's libraries: a service must not stop the day
+// a MIG instance appears. It returns only on failure, or at once in a build with cgo.
+func serveInNode() error {
+	if gpu.LoadsLibraries {
+		return nil
+	}
+	return execNode()
 }

@@ -76,7 +76,7 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
 	for _, b := range []struct{ pkg, out, cgo, tags string }{
-		{"./cmd/nvbind", "nvbind", "1", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook-go", "nvbind-hook-go", "0", ""},
+		{"./cmd/nvbind", "nvbind", "0", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook-go", "nvbind-hook-go", "0", ""},
 		{"./cmd/nvbind-runtime-edit", "nvbind-runtime-edit", "1", ""},
 	} {
 		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
