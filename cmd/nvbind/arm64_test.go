@@ -44,6 +44,7 @@ func TestARM64UnderQEMU(t *testing.T) {
 		}
 	}
 	build("nvbind", false, "-tags", "nvbind_lean", "./cmd/nvbind")
+	build(nodeBinaryName, true, "./cmd/nvbind")
 	build("nvbind-hook-go", false, "./cmd/nvbind-hook-go")
 	build("nvbind-runtime-edit", true, "./cmd/nvbind-runtime-edit")
 	// the static C programs (the runtime wrapper's front, the hook), as make build
@@ -75,7 +76,9 @@ func TestARM64UnderQEMU(t *testing.T) {
 		Driver  struct{ Version string } `json:"driver"`
 		Devices []struct{ UUID string }  `json:"devices"`
 	}
-	if err := json.Unmarshal(run(nil, filepath.Join(dir, "nvbind"), "info", "--no-nvml", "--format", "json", "--driver-root", root, "--dev-root", root), &info); err != nil {
+	// info asks libcuda its CUDA version, which the lean build hands to nvbind-node: run
+	// here directly, as qemu-aarch64 runs no second aarch64 program of its own accord
+	if err := json.Unmarshal(run(nil, filepath.Join(dir, nodeBinaryName), "info", "--no-nvml", "--format", "json", "--driver-root", root, "--dev-root", root), &info); err != nil {
 		t.Fatal(err)
 	}
 	if info.Driver.Version != "535.261.03" || len(info.Devices) != 2 {
@@ -108,14 +111,7 @@ func TestARM64UnderQEMU(t *testing.T) {
 	}
 
 	// the image's layout for arm64 (make image ARCH=arm64): the binaries with the cross
-	// toolchain's loader and libraries (the lean build stands in for nvbind-node: same needs)
-	data, err := os.ReadFile(filepath.Join(dir, "nvbind"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, nodeBinaryName), data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	// toolchain's loader and libraries
 	rootfs := filepath.Join(t.TempDir(), "rootfs")
 	mk := exec.Command("go", "run", "./internal/cmd/mkimage", "-rootfs-only", "-rootfs", rootfs, "-arch", "arm64", "-bin", dir)
 	mk.Dir = testutil.RepoRoot(t)

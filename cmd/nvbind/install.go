@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/manifests"
@@ -225,6 +226,13 @@ func (f *installFlags) install(w io.Writer) error {
 	if f.dockerDefault && !slices.Contains(f.enable, "docker-runtime") {
 		return errors.New("--default makes nvbind-runtime Docker's default runtime: use it with --enable docker-runtime")
 	}
+	var nodes *gpu.Inventory
+	if slices.Contains(f.components, "dev-char") {
+		var err error
+		if nodes, err = f.devCharNodes(); err != nil {
+			return err
+		}
+	}
 	self := selfPath()
 	bindir := filepath.Join(f.prefix, "bin")
 	for _, b := range f.binaries() {
@@ -245,8 +253,8 @@ func (f *installFlags) install(w io.Writer) error {
 			return err
 		}
 	}
-	if slices.Contains(f.components, "dev-char") {
-		if err := f.devChar(w); err != nil {
+	if nodes != nil {
+		if err := f.devChar(w, nodes); err != nil {
 			return err
 		}
 	}

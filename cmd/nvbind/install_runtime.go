@@ -193,16 +193,23 @@ func sortedKeys[V any](m map[string]V) []string {
 	return out
 }
 
-// devChar makes the /dev/char links of every NVIDIA device node discovery finds.
-func (f *installFlags) devChar(w io.Writer) error {
+// devCharNodes discovers the device nodes whose /dev/char links devChar makes. install
+// runs it before it writes anything: where the lean build hands the command to
+// nvbind-node (MIG instances, which only NVML lists), nothing is then done twice.
+func (f *installFlags) devCharNodes() (*gpu.Inventory, error) {
 	d, err := f.discoverer(gpu.WithoutCUDAVersion(), gpu.WithNVMLOnlyForMIG()) // the nodes alone
 	if err != nil {
-		return err
+		return nil, err
 	}
 	inv, err := d.Discover(context.Background())
 	if err != nil {
-		return fmt.Errorf("dev-char: %w", err)
+		return nil, fmt.Errorf("dev-char: %w", err)
 	}
+	return inv, nil
+}
+
+// devChar makes the /dev/char links of every NVIDIA device node of inv.
+func (f *installFlags) devChar(w io.Writer, inv *gpu.Inventory) error {
 	root := f.readDevRoot()
 	links := devchar.Links(inv)
 	made, err := devchar.Ensure(root, links)

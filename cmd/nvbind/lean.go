@@ -51,21 +51,31 @@ func nodeBinary() (string, error) {
 // execNode replaces this process with nvbind-node and the same arguments and
 // environment; it returns only on failure.
 func execNode() error {
+	if os.Getenv(handedOverEnv) != "" {
+		// nvbind-node handed the command on again: it is a lean build, which would do so
+		// for ever
+		return fmt.Errorf("%s is a lean build of nvbind, not the full one (make build makes bin/%s)", nodeBinaryName, nodeBinaryName)
+	}
 	p, err := nodeBinary()
 	if err != nil {
 		return err
 	}
-	err = syscall.Exec(p, append([]string{p}, os.Args[1:]...), os.Environ()) //nolint:gosec // nvbind's own binary, found above
+	env := append(os.Environ(), handedOverEnv+"=1")
+	err = syscall.Exec(p, append([]string{p}, os.Args[1:]...), env) //nolint:gosec // nvbind's own binary, found above
 	return errors.Join(fmt.Errorf("run %s", p), err)
 }
+
+// handedOverEnv marks a process the lean build handed a command to.
+const handedOverEnv = "NVBIND_HANDED_OVER"
 
 // handOver runs the command again in nvbind-node when it stopped because it needed
 // NVIDIA's libraries loaded, which the lean build, without cgo, cannot (MIG devices,
 // which only NVML lists; libcuda's CUDA version for info). Discovery comes before
-// anything a command writes, so nothing is done twice. Any other error is returned.
+// anything a command writes (install discovers first too), so nothing is done twice.
+// Any other error is returned.
 func handOver(err error) error {
 	if errors.Is(err, gpu.ErrNeedsCgo) {
-		return execNode()
+		return errors.Join(err, execNode())
 	}
 	return err
 }

@@ -75,7 +75,7 @@ type hostileCase struct {
 	image  func(h *hostileImage)
 	want   outcome
 	podman bool // also run it with Podman
-	// dynamicHook names the dynamically linked nvbind binary as the hook instead of the
+	// dynamicHook names the dynamically linked nvbind-node as the hook instead of the
 	// static nvbind-hook, so that a preloaded library would be loaded if the image's
 	// environment reached the hook
 	dynamicHook bool
@@ -89,11 +89,12 @@ type hostileCase struct {
 // hostileSuite is what the cases share: one build, one spec, one pristine image root.
 type hostileSuite struct {
 	runc, podman   string
-	bin            string // nvbind (dynamic); nvbind-hook beside it
+	bin            string // nvbind (the lean build, static); nvbind-hook beside it
+	dyn            string // nvbind-node beside it: a dynamic program, which the image's LD_* variables must not reach
 	template       string // a bundle of runcBundle: the CDI-edited config.json and a pristine rootfs
 	good, evil     []byte // libnvbindgood.so.1 and the library of evilSource
 	hostLib        string // a library whose SONAME is testutil.HostLibrary
-	vendor, dynVen string // Podman's vendors: the nvbind-hook spec and the nvbind spec
+	vendor, dynVen string // Podman's vendors: the nvbind-hook spec and the nvbind-node spec
 	measured       *testutil.Measured
 	layout         bool   // the spec mounts a driver layout, not one file at a time
 	dir            string // the suite's own files
@@ -106,6 +107,7 @@ func newHostileSuite(t *testing.T) *hostileSuite {
 	s := &hostileSuite{runc: testutil.RequiresCommand(t, "runc")}
 	driverRoot := testutil.DriverRoot(t, "debian-535")
 	s.bin = testutil.BuildNVBind(t, t.TempDir())
+	s.dyn = filepath.Join(filepath.Dir(s.bin), "nvbind-node")
 	specDir := t.TempDir()
 	writeSpec(t, driverRoot, specDir, testutil.HookBinary(s.bin), spec.Options{})
 	s.template = runcBundle(t, s.runc, specDir, "nvidia.com/gpu=0", hostileScript)
@@ -137,7 +139,7 @@ func newHostileSuite(t *testing.T) *hostileSuite {
 		if _, err := os.Stat(podmanSpecDir); err != nil {
 			t.Cleanup(func() { _ = os.Remove(podmanSpecDir) }) // only if still empty
 		}
-		for _, v := range []struct{ vendor, hook string }{{s.vendor, testutil.HookBinary(s.bin)}, {s.dynVen, s.bin}} {
+		for _, v := range []struct{ vendor, hook string }{{s.vendor, testutil.HookBinary(s.bin)}, {s.dynVen, s.dyn}} {
 			d := t.TempDir()
 			data := readAll(t, writeSpec(t, driverRoot, d, v.hook, spec.Options{Vendor: v.vendor}))
 			if err := os.MkdirAll(podmanSpecDir, 0o755); err != nil {
@@ -157,8 +159,8 @@ func newHostileSuite(t *testing.T) *hostileSuite {
 
 // controls proves the suite's detectors before any case relies on them: a root process
 // in another mount namespace that reads a victim file through /proc/self/root shows in the
-// watch and its output in Victim.Leaks; the dynamic nvbind binary loads a preloaded
-// evil.so, so the case that names it as the hook would see an image's LD_PRELOAD work.
+// watch and its output in Victim.Leaks; the dynamic nvbind-node loads a preloaded evil.so,
+// so the case that names it as the hook would see an image's LD_PRELOAD work.
 func (s *hostileSuite) controls(t *testing.T, dir string) {
 	v := testutil.NewVictim(t, filepath.Join(dir, "control-victim"), s.hostLib)
 	w := testutil.NewFSWatch(t)
@@ -168,11 +170,11 @@ func (s *hostileSuite) controls(t *testing.T, dir string) {
 		t.Fatalf("the detectors missed a read of the victim (%v, output %q, events %q)", err, out, ev)
 	}
 	marker := filepath.Join(dir, "control-marker")
-	cmd := exec.Command(s.bin, "--help")
+	cmd := exec.Command(s.dyn, "--help")
 	cmd.Env = []string{"LD_PRELOAD=" + filepath.Join(dir, "evil.so"), "NVBIND_EVIL_MARKER=" + marker}
 	out2, err := cmd.CombinedOutput()
 	if _, serr := os.Stat(marker); err != nil || serr != nil || !strings.Contains(string(out2), "NVBIND-EVIL-LOADED") {
-		t.Fatalf("nvbind did not load a preloaded evil.so (%v, %v): the LD_PRELOAD cases would prove nothing\n%s", err, serr, out2)
+		t.Fatalf("nvbind-node did not load a preloaded evil.so (%v, %v): the LD_PRELOAD cases would prove nothing\n%s", err, serr, out2)
 	}
 }
 
@@ -633,8 +635,8 @@ func (s *hostileSuite) editConfig(t *testing.T, bundle string, tc hostileCase, e
 		for _, hk := range c["hooks"].(map[string]any)["createContainer"].([]any) {
 			hm := hk.(map[string]any)
 			if hm["path"] == testutil.HookBinary(s.bin) {
-				hm["path"] = s.bin
-				hm["args"].([]any)[0] = filepath.Base(s.bin)
+				hm["path"] = s.dyn
+				hm["args"].([]any)[0] = filepath.Base(s.dyn)
 			}
 		}
 	}
