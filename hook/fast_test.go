@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -621,5 +622,90 @@ func TestFastHookLinkOverLookedUpFolder(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(root, "opt/real/x")); err == nil {
 		t.Error("a folder made under the link's old target")
+	}
+}
+
+// A folder only the driver fills is linked whole where the image has nothing there, and
+// the links under it are then skipped; a folder, file or link of the image's own there
+// leaves them to be made one by one. Both hooks do the same.
+func TestFastHookFolderLinks(t *testing.T) {
+	const fw = "/lib/firmware/nvidia/535.261.03"
+	folderLink := []string{"--folder-link", layoutMount + fw + "::" + fw}
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, root string)
+		// check looks at the root after the hook
+		check func(t *testing.T, root string)
+		// linked: the folder is the link, so the links under it are not tried
+		linked bool
+	}{
+		{name: "nothing there: the folder is one link", linked: true, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
+				t.Errorf("%s -> %q", fw, got)
+			}
+		}},
+		{name: "the image's folder: a link per file", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{fw[1:] + "/gsp_tu10x.bin": "the image's own"})
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw, "gsp_ga10x.bin")); got != layoutMount+fw+"/gsp_ga10x.bin" {
+				t.Errorf("gsp_ga10x.bin -> %q", got)
+			}
+			if data, err := os.ReadFile(filepath.Join(root, fw, "gsp_tu10x.bin")); err != nil || string(data) != "the image's own" {
+				t.Errorf("the image's file: %q, %v", data, err)
+			}
+		}},
+		{name: "the image's link elsewhere: a link per file where it points", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"opt/fw/.keep": ""})
+			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("/opt/fw", filepath.Join(root, fw)); err != nil {
+				t.Fatal(err)
+			}
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw)); got != "/opt/fw" {
+				t.Errorf("the image's link: %q", got)
+			}
+			if got := readLink(t, filepath.Join(root, "opt/fw/gsp_ga10x.bin")); got != layoutMount+fw+"/gsp_ga10x.bin" {
+				t.Errorf("gsp_ga10x.bin -> %q", got)
+			}
+		}},
+		{name: "an earlier start's folder link: kept, nothing under it", linked: true, setup: func(t *testing.T, root string) {
+			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(layoutMount+fw, filepath.Join(root, fw)); err != nil {
+				t.Fatal(err)
+			}
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
+				t.Errorf("%s -> %q", fw, got)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bundle, args := layoutBundle(t, "")
+			root := filepath.Join(bundle, "rootfs")
+			if tc.setup != nil {
+				tc.setup(t, root)
+			}
+			args = append(args[:2:2], append(folderLink, args[2:]...)...)
+			r := both(t, bundle, args)
+			if r.path != "done" || r.code != 0 {
+				t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
+			}
+			tc.check(t, root)
+			if tc.linked && strings.Contains(r.stderr, "gsp_ga10x.bin") {
+				t.Errorf("a link under the linked folder was tried: %s", r.stderr)
+			}
+			if fi, err := os.Lstat(filepath.Join(root, layoutMount, fw, "gsp_ga10x.bin")); err != nil || !fi.Mode().IsRegular() {
+				t.Errorf("the layout's file: %v, %v", fi, err)
+			}
+			// a second start of the same container changes nothing
+			before := tree(t, root)
+			if r := both(t, bundle, args); r.code != 0 || tree(t, root) != before {
+				t.Errorf("a second start: exit %d, %s\n%s\n---\n%s", r.code, r.stderr, before, tree(t, root))
+			}
+		})
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -22,8 +23,12 @@ type Link = hookargs.Link
 
 // Options selects the actions of one hook run. Empty fields turn actions off.
 type Options struct {
-	Links   []Link
-	Folders []string
+	Links []Link
+	// FolderLinks are folders only the driver fills, each made a link to its Target where
+	// the image has nothing at its path; the Links under one made (or already there, to
+	// the same Target) are skipped. Elsewhere the Links are made one by one.
+	FolderLinks []Link
+	Folders     []string
 	// FolderEntries is the container path of an ld cache file with the entries of the
 	// libraries in Folders (a driver layout's): used instead of reading each library when
 	// it is a cache the hook can read.
@@ -86,7 +91,20 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	if len(folders) > 0 {
 		in = readLDInputs(r, o.FolderEntries)
 	}
+	var linked []string // folders linked whole
+	for _, l := range o.FolderLinks {
+		made, err := r.folderLink(l.Target, l.Link)
+		if err != nil {
+			return fmt.Errorf("create-symlinks: %w", err)
+		}
+		if made {
+			linked = append(linked, l.Link)
+		}
+	}
 	for _, l := range o.Links {
+		if under(l.Link, linked) {
+			continue
+		}
 		skipped, err := r.symlink(l.Target, l.Link)
 		if err != nil {
 			return fmt.Errorf("create-symlinks: %w", err)
@@ -111,6 +129,16 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		}
 	}
 	return nil
+}
+
+// under reports whether container path p is in one of the folders.
+func under(p string, folders []string) bool {
+	for _, f := range folders {
+		if strings.HasPrefix(p, f) && len(p) > len(f) && p[len(f)] == '/' {
+			return true
+		}
+	}
+	return false
 }
 
 // imageLibDirs are the loader's default folders across distributions.

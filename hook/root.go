@@ -156,6 +156,39 @@ func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
 	return false, nil
 }
 
+// folderLink makes folder a link to target where the image has nothing at its path, and
+// reports whether folder is that link (made now, or already there from an earlier start).
+// A folder, file or other link of the image's own is left as it is (false).
+func (r *containerRoot) folderLink(target, folder string) (bool, error) {
+	dir, name, err := cleanAbs(folder)
+	if err != nil {
+		return false, err
+	}
+	if target == "" || strings.ContainsRune(target, 0) {
+		return false, fmt.Errorf("link %s: empty target", folder)
+	}
+	parent, err := r.dir(dir, true)
+	if err != nil {
+		return false, err
+	}
+	pfd := int(parent.Fd())
+	buf := make([]byte, unix.PathMax)
+	n, err := unix.Readlinkat(pfd, name, buf)
+	switch {
+	case err == nil:
+		return string(buf[:n]) == target, nil
+	case errors.Is(err, unix.EINVAL):
+		return false, nil
+	case !errors.Is(err, unix.ENOENT):
+		return false, wrapErr("read link", folder, err)
+	}
+	if err := unix.Symlinkat(target, pfd, name); err != nil {
+		return false, wrapErr("create link", folder, err)
+	}
+	r.forget(path.Join(dir, name))
+	return true, nil
+}
+
 // forget drops the folder handles of p and of everything under it: a link made at p
 // points elsewhere than what was looked up there.
 func (r *containerRoot) forget(p string) {

@@ -152,6 +152,34 @@ func Reached(p string, f *gpu.File) bool {
 	return true
 }
 
+// DriverFolder returns the shallowest folder above container path p that only the
+// driver's packages fill, or "": one named nvidia in a library or share folder
+// (/usr/share/nvidia, /usr/lib/nvidia, /usr/lib/x86_64-linux-gnu/nvidia), or one named
+// for the driver's version (/lib/firmware/nvidia/535.261.03; /lib/firmware/nvidia holds
+// other firmware too). The hook links such a folder whole to the layout's where the
+// image has nothing there, one link instead of its folders and a link per file: on an
+// overlay root each is a write, which is most of what the hook costs.
+func DriverFolder(p, version string) string {
+	parts := strings.Split(strings.TrimPrefix(path.Clean(p), "/"), "/")
+	at := func(i int) string { // parts[i], "" before the first
+		if i < 0 {
+			return ""
+		}
+		return parts[i]
+	}
+	for i := range len(parts) - 1 { // parts[i] names a folder above p
+		name, parent := parts[i], at(i-1)
+		if (version != "" && name == version) ||
+			(name == "nvidia" && (libOrShare[parent] || (strings.HasSuffix(parent, "-linux-gnu") && libOrShare[at(i-2)]))) {
+			return "/" + strings.Join(parts[:i+1], "/")
+		}
+	}
+	return ""
+}
+
+// libOrShare are the folder names library and data folders end in.
+var libOrShare = map[string]bool{"lib": true, "lib32": true, "lib64": true, "libx32": true, "share": true}
+
 // LibraryLinks returns the links that make libraries usable: each library's SONAME link
 // in its own folder, and the names the host gives it elsewhere (development links,
 // Debian's alternatives), each pointing straight at the library, relatively.

@@ -69,6 +69,36 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+func TestDriverFolder(t *testing.T) {
+	t.Parallel()
+	for p, want := range map[string]string{
+		"/usr/share/nvidia/nvoptix.bin":                                   "/usr/share/nvidia",
+		"/usr/lib/nvidia/current/nvidia_drv.so":                           "/usr/lib/nvidia",
+		"/usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-ml.so.1":      "/usr/lib/x86_64-linux-gnu/nvidia",
+		"/usr/lib64/nvidia/libfoo.so":                                     "/usr/lib64/nvidia",
+		"/lib/firmware/nvidia/535.261.03/gsp_ga10x.bin":                   "/lib/firmware/nvidia/535.261.03",
+		"/lib/firmware/nvidia/535.261.03/sub/x.bin":                       "/lib/firmware/nvidia/535.261.03",
+		"/lib/firmware/nvidia/ga102/gsp.bin":                              "", // linux-firmware's, for nouveau
+		"/usr/share/vulkan/icd.d/nvidia_icd.json":                         "", // Mesa's drivers go there too
+		"/usr/lib/x86_64-linux-gnu/gbm/nvidia-drm_gbm.so":                 "",
+		"/usr/bin/nvidia-smi":                                             "",
+		"/usr/lib/nvidia":                                                 "", // a file, not a folder above one
+		"/opt/nvidia/x":                                                   "",
+		"/usr/lib/x86_64-linux-gnu/vdpau/nvidia/libvdpau_nvidia.so.1":     "",
+		"/usr/share/doc/nvidia/README":                                    "",
+		"/usr/share/nvidia/535.261.03/x":                                  "/usr/share/nvidia",
+		"/usr/lib/i386-linux-gnu/nvidia/current/libcuda.so.535.261.03":    "/usr/lib/i386-linux-gnu/nvidia",
+		"/usr/lib/aarch64-linux-gnu/nvidia/current/libcuda.so.535.261.03": "/usr/lib/aarch64-linux-gnu/nvidia",
+	} {
+		if got := DriverFolder(p, "535.261.03"); got != want {
+			t.Errorf("DriverFolder(%q) = %q, want %q", p, got, want)
+		}
+	}
+	if got := DriverFolder("/lib/firmware/nvidia/535.261.03/gsp.bin", ""); got != "" {
+		t.Errorf("without a version: %q", got)
+	}
+}
+
 func TestReached(t *testing.T) {
 	t.Parallel()
 	lib := &gpu.File{Kind: gpu.KindLibrary, SONAME: "libcuda.so.1"}

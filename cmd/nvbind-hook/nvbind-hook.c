@@ -5,7 +5,8 @@
  * Runtimes start the hook on every GPU container start, so its cost is paid there. This
  * program, small, static and C, does the common case itself: a container that gets the
  * driver through a layout (one mount, whose libraries' ld cache entries the layout carries
- * in --folder-entries): the links, the ld cache (the layout's entries merged into the
+ * in --folder-entries): the links (a folder only the driver fills, --folder-link, linked
+ * whole where the image has nothing there), the ld cache (the layout's entries merged into the
  * image's cache), the ld.so.conf.d file, the params protection and the application
  * profile. Anything else (other actions or flags, an image cache it cannot use, newer
  * CUDA forward-compat libraries in the image, a kernel without openat2, a failed step) it
@@ -1474,8 +1475,8 @@ struct link {
 };
 
 struct args {
-	struct link *links;
-	size_t nlinks;
+	struct link *links, *flinks;
+	size_t nlinks, nflinks;
 	char **folders;
 	size_t nfolders;
 	const char *folder_entries;
@@ -1498,6 +1499,7 @@ static void parse_args(int argc, char **argv, struct args *a) {
 	if (argc > MAX_ARGS)
 		full("too many arguments");
 	a->links = xmalloc((size_t)argc * sizeof *a->links);
+	a->flinks = xmalloc((size_t)argc * sizeof *a->flinks);
 	a->folders = xmalloc((size_t)argc * sizeof *a->folders);
 	for (int i = 3; i < argc; i++) {
 		const char *arg = argv[i];
@@ -1506,17 +1508,18 @@ static void parse_args(int argc, char **argv, struct args *a) {
 		const char *name = arg + 2;
 		size_t len = strcspn(name, "=");
 #define IS(f) (len == strlen(f) && strncmp(name, f, len) == 0)
-		if (IS("link")) {
+		if (IS("link") || IS("folder-link")) {
 			const char *v = flag_value(argc, argv, &i, name, len);
 			const char *sep = strstr(v, "::");
 			if (!sep || sep == v || !sep[2] || sep[2] != '/')
 				full("a link the full hook refuses");
-			struct link *l = &a->links[a->nlinks++];
+			struct link *l = IS("link") ? &a->links[a->nlinks++] : &a->flinks[a->nflinks++];
 			l->target = strndup(v, (size_t)(sep - v));
 			l->link = strdup(sep + 2);
 			if (!l->target || !l->link)
 				full("out of memory");
-			clean_abs(l->link);
+			if (!clean_abs(l->link) || strcmp(l->link, "/") == 0)
+				full("a link the full hook refuses");
 		} else if (IS("folder")) {
 			char *f = strdup(flag_value(argc, argv, &i, name, len));
 			if (!f)
@@ -1855,10 +1858,46 @@ int main(int argc, char **argv, char **envp) {
 	if (a.app_profile)
 		qsort(cfg->minors, (size_t)cfg->nminors, sizeof *cfg->minors, cmp_i64);
 
-	/* create-symlinks */
+	/* create-symlinks: first the folders only the driver fills, each linked whole where
+	 * the image has nothing at its path (or already linked so, by an earlier start); the
+	 * links under such a folder are then in place. A folder, file or other link of the
+	 * image's own there leaves the links to be made one by one. */
+	size_t nlinked = 0;
+	const char **linked = xmalloc((a.nflinks + 1) * sizeof *linked);
+	for (size_t i = 0; i < a.nflinks; i++) {
+		char dir[PATH_MAX];
+		const char *name;
+		if (!split_abs(a.flinks[i].link, dir, sizeof dir, &name))
+			full("a link at the root");
+		int pfd = dir_handle(dir, 1);
+		if (pfd < 0)
+			full("a link's folder cannot be made");
+		if (symlinkat(a.flinks[i].target, pfd, name) == 0) {
+			forget_dirs(a.flinks[i].link);
+			linked[nlinked++] = a.flinks[i].link;
+			continue;
+		}
+		if (errno != EEXIST)
+			full("a link cannot be made");
+		char buf[PATH_MAX];
+		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
+		if (n >= 0) {
+			buf[n] = 0;
+			if (strcmp(buf, a.flinks[i].target) == 0)
+				linked[nlinked++] = a.flinks[i].link;
+		} else if (errno != EINVAL && errno != ENOENT)
+			full("a link cannot be read");
+	}
 	for (size_t i = 0; i < a.nlinks; i++) {
 		char dir[PATH_MAX];
 		const char *name;
+		int skip = 0;
+		for (size_t k = 0; k < nlinked && !skip; k++) {
+			size_t n = strlen(linked[k]);
+			skip = strncmp(a.links[i].link, linked[k], n) == 0 && a.links[i].link[n] == '/';
+		}
+		if (skip)
+			continue;
 		if (!split_abs(a.links[i].link, dir, sizeof dir, &name))
 			full("a link at the root");
 		int pfd = dir_handle(dir, 1);

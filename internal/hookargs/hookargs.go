@@ -16,6 +16,7 @@ import (
 // Flag names of the hook's command line.
 const (
 	FlagLink          = "link"
+	FlagFolderLink    = "folder-link"
 	FlagFolder        = "folder"
 	FlagFolderEntries = "folder-entries"
 	FlagProtect       = "protect-device-nodes"
@@ -50,8 +51,12 @@ func ParseLink(v string) (Link, error) {
 
 // Args are the arguments of "hook all".
 type Args struct {
-	Links   []Link
-	Folders []string
+	Links []Link
+	// FolderLinks make a whole folder a link where the image has nothing at its path:
+	// the Links under it are then in place through it, and the hook skips them. Where
+	// the image has something there, the Links are made one by one.
+	FolderLinks []Link
+	Folders     []string
 	// FolderEntries is the container path of an ld cache file holding the entries
 	// of every library in Folders (a driver layout's, written when it was built): the
 	// hook merges them instead of reading each library.
@@ -68,13 +73,16 @@ type Args struct {
 
 // Empty reports whether the arguments ask for no action.
 func (a Args) Empty() bool {
-	return len(a.Links) == 0 && len(a.Folders) == 0 && !a.ProtectDeviceNodes && a.HostDriverVersion == "" && !a.AppProfile
+	return len(a.Links) == 0 && len(a.FolderLinks) == 0 && len(a.Folders) == 0 && !a.ProtectDeviceNodes && a.HostDriverVersion == "" && !a.AppProfile
 }
 
 // Encode returns the command line after the program name: "hook", "all" and the flags,
 // in a fixed order.
 func (a Args) Encode() []string {
 	out := []string{"hook", "all"}
+	for _, l := range a.FolderLinks {
+		out = append(out, "--"+FlagFolderLink, l.String())
+	}
 	for _, l := range a.Links {
 		out = append(out, "--"+FlagLink, l.String())
 	}
@@ -101,10 +109,10 @@ func (a Args) Encode() []string {
 
 // Raw holds the flags as parsed, before links are checked.
 type Raw struct {
-	Links, Folders            []string
-	FolderEntries             string
-	Protect, AppProfile       bool
-	HostParams, DriverVersion string
+	Links, FolderLinks, Folders []string
+	FolderEntries               string
+	Protect, AppProfile         bool
+	HostParams, DriverVersion   string
 }
 
 // Which flags a subcommand has.
@@ -118,6 +126,8 @@ var All = Which{true, true, true, true, true, true}
 func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 	if w.Links {
 		fs.StringArrayVar(&r.Links, FlagLink, nil, "TARGET::LINK: make container path LINK a link to TARGET (repeatable)")
+		fs.StringArrayVar(&r.FolderLinks, FlagFolderLink, nil,
+			"TARGET::FOLDER: make container folder FOLDER a link to TARGET where the image has nothing there, and skip the --link links under it (repeatable)")
 	}
 	if w.Folders {
 		fs.StringArrayVar(&r.Folders, FlagFolder, nil, "container folder to add to the ld cache (repeatable)")
@@ -149,6 +159,18 @@ func (r Raw) Args() (Args, error) {
 			continue
 		}
 		a.Links = append(a.Links, pl)
+	}
+	for _, l := range r.FolderLinks {
+		pl, err := ParseLink(l)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("folder-%w", err))
+			continue
+		}
+		if pl.Link == "/" {
+			errs = append(errs, fmt.Errorf("folder-link %q: the root cannot be a link", l))
+			continue
+		}
+		a.FolderLinks = append(a.FolderLinks, pl)
 	}
 	return a, errors.Join(errs...)
 }

@@ -51,6 +51,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			Folders: []string{"/usr/lib/x86_64-linux-gnu/nvidia/current", "/usr/lib/i386-linux-gnu"}, ProtectDeviceNodes: true,
 			HostParams: "/run/nvidia/driver/proc/driver/nvidia/params", HostDriverVersion: "535.261.03"},
 		{Folders: []string{"/drv"}},
+		{FolderLinks: []Link{{"/usr/local/nvbind/all/usr/share/nvidia", "/usr/share/nvidia"}},
+			Links: []Link{{"/usr/local/nvbind/all/usr/share/nvidia/nvoptix.bin", "/usr/share/nvidia/nvoptix.bin"}}},
 		{ProtectDeviceNodes: true},
 		{HostDriverVersion: "470.256.02"},
 		{AppProfile: true},
@@ -63,10 +65,11 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			t.Errorf("round trip of %q:\n got %+v\nwant %+v", a.Encode(), got, a)
 		}
 	}
-	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() || (Args{AppProfile: true}).Empty() {
+	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() || (Args{AppProfile: true}).Empty() || (Args{FolderLinks: []Link{{"a", "/b"}}}).Empty() {
 		t.Error("Empty")
 	}
-	for _, bad := range [][]string{{"hook", "create-symlinks"}, {"hook", "all", "--link", "a::relative"}, {"hook", "all", "extra"}, {"hook", "all", "--nope"}} {
+	for _, bad := range [][]string{{"hook", "create-symlinks"}, {"hook", "all", "--link", "a::relative"}, {"hook", "all", "extra"}, {"hook", "all", "--nope"},
+		{"hook", "all", "--folder-link", "a::/"}, {"hook", "all", "--folder-link", "a::b"}} {
 		if _, err := Decode(bad); err == nil {
 			t.Errorf("Decode(%q) accepted", bad)
 		}
@@ -74,7 +77,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 }
 
 func equal(a, b Args) bool {
-	return slices.Equal(a.Links, b.Links) && slices.Equal(a.Folders, b.Folders) && a.ProtectDeviceNodes == b.ProtectDeviceNodes &&
+	return slices.Equal(a.Links, b.Links) && slices.Equal(a.FolderLinks, b.FolderLinks) && slices.Equal(a.Folders, b.Folders) && a.ProtectDeviceNodes == b.ProtectDeviceNodes &&
 		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.AppProfile == b.AppProfile
 }
 
