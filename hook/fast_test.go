@@ -638,12 +638,19 @@ func TestFastHookFolderLinks(t *testing.T) {
 		check func(t *testing.T, root string)
 		// linked: the folder is the link, so the links under it are not tried
 		linked bool
+		extra  []string
 	}{
 		{name: "nothing there: the folder is one link", linked: true, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
 				t.Errorf("%s -> %q", fw, got)
 			}
 		}},
+		{name: "a link under the linked folder to elsewhere is still made", linked: true, extra: []string{"--link", "other::" + fw + "/extra.bin"},
+			check: func(t *testing.T, root string) {
+				if got := readLink(t, filepath.Join(root, layoutMount, fw, "extra.bin")); got != "other" {
+					t.Errorf("extra.bin -> %q", got)
+				}
+			}},
 		{name: "the image's folder: a link per file", setup: func(t *testing.T, root string) {
 			writeFiles(t, root, map[string]string{fw[1:] + "/gsp_tu10x.bin": "the image's own"})
 		}, check: func(t *testing.T, root string) {
@@ -689,7 +696,7 @@ func TestFastHookFolderLinks(t *testing.T) {
 			if tc.setup != nil {
 				tc.setup(t, root)
 			}
-			args = append(args[:2:2], append(folderLink, args[2:]...)...)
+			args = append(args[:2:2], append(folderLink, append(args[2:], tc.extra...)...)...)
 			r := both(t, bundle, args)
 			if r.path != "done" || r.code != 0 {
 				t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
@@ -707,5 +714,33 @@ func TestFastHookFolderLinks(t *testing.T) {
 				t.Errorf("a second start: exit %d, %s\n%s\n---\n%s", r.code, r.stderr, before, tree(t, root))
 			}
 		})
+	}
+}
+
+// Two layouts in one container (capability devices) that both hold the firmware folder:
+// the second hook finds the first one's folder link and its files there, and succeeds.
+func TestFastHookFolderLinksOfTwoLayouts(t *testing.T) {
+	const fw = "/lib/firmware/nvidia/535.261.03"
+	bundle, args := layoutBundle(t, "")
+	root := filepath.Join(bundle, "rootfs")
+	const other = "/usr/local/nvbind/utility"
+	if err := os.MkdirAll(filepath.Join(root, other), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	copyTree(t, filepath.Join(root, layoutMount, "lib"), filepath.Join(root, other, "lib"))
+	first := append(args[:2:2], append([]string{"--folder-link", layoutMount + fw + "::" + fw}, args[2:]...)...)
+	if r := both(t, bundle, first); r.code != 0 {
+		t.Fatalf("first hook: exit %d: %s", r.code, r.stderr)
+	}
+	second := []string{"hook", "all", "--folder-link", other + fw + "::" + fw, "--link", other + fw + "/gsp_ga10x.bin::" + fw + "/gsp_ga10x.bin"}
+	r := both(t, bundle, second)
+	if r.code != 0 {
+		t.Fatalf("second hook: exit %d: %s", r.code, r.stderr)
+	}
+	if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
+		t.Errorf("%s -> %q", fw, got)
+	}
+	if _, err := os.Stat(filepath.Join(root, layoutMount, fw, "gsp_ga10x.bin")); err != nil {
+		t.Error(err)
 	}
 }

@@ -91,18 +91,18 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	if len(folders) > 0 {
 		in = readLDInputs(r, o.FolderEntries)
 	}
-	var linked []string // folders linked whole
+	var linked []Link // folders linked whole
 	for _, l := range o.FolderLinks {
 		made, err := r.folderLink(l.Target, l.Link)
 		if err != nil {
 			return fmt.Errorf("create-symlinks: %w", err)
 		}
 		if made {
-			linked = append(linked, l.Link)
+			linked = append(linked, l)
 		}
 	}
 	for _, l := range o.Links {
-		if under(l.Link, linked) {
+		if throughFolder(l, linked) {
 			continue
 		}
 		skipped, err := r.symlink(l.Target, l.Link)
@@ -131,10 +131,11 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	return nil
 }
 
-// under reports whether container path p is in one of the folders.
-func under(p string, folders []string) bool {
+// throughFolder reports whether link l is in place through one of the folder links: it
+// is under the folder, and its target is the folder's target with the same rest.
+func throughFolder(l Link, folders []Link) bool {
 	for _, f := range folders {
-		if strings.HasPrefix(p, f) && len(p) > len(f) && p[len(f)] == '/' {
+		if rest, ok := strings.CutPrefix(l.Link, f.Link); ok && strings.HasPrefix(rest, "/") && l.Target == f.Target+rest {
 			return true
 		}
 	}

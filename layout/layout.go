@@ -177,6 +177,62 @@ func DriverFolder(p, version string) string {
 	return ""
 }
 
+// FolderLinks returns the driver folders (DriverFolder) of plan's links that the hook may
+// link whole to the plan's: those where plan holds everything the driver has, so that
+// another layout in the same container (a capability device's, another spec's) finds
+// every file of its own there too; and none that an image could see as one folder under
+// two names (/lib and /usr/lib, lib64 and lib), whose links would go through one another's.
+func FolderLinks(inv *gpu.Inventory, plan Plan, links []hookargs.Link) []string {
+	var folders []string
+	seen := map[string]bool{}
+	for _, l := range links {
+		if f := DriverFolder(l.Link, inv.Driver.Version); f != "" && !seen[f] {
+			seen[f] = true
+			folders = append(folders, f)
+		}
+	}
+	if len(folders) == 0 {
+		return nil
+	}
+	under := func(p Plan, f string) []string {
+		var out []string
+		for _, e := range p.Entries {
+			if strings.HasPrefix(e.Path, f+"/") {
+				out = append(out, e.Path+"\x00"+e.Host+"\x00"+e.Target)
+			}
+		}
+		sort.Strings(out)
+		return out
+	}
+	full := plan
+	if plan.Name != NameOf(gpu.CapsAll) {
+		full = For(inv, gpu.CapsAll)
+	}
+	aliases := map[string]int{}
+	for _, f := range folders {
+		aliases[aliasKey(f)]++
+	}
+	var out []string
+	for _, f := range folders {
+		if aliases[aliasKey(f)] == 1 && slices.Equal(under(plan, f), under(full, f)) {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// aliasKey names the folder an image may see at p under other names: /lib is /usr/lib on
+// merged-/usr systems, and lib64, lib32 and libx32 are lib on some.
+func aliasKey(p string) string {
+	parts := strings.Split(strings.TrimPrefix(strings.TrimPrefix(p, "/usr/"), "/"), "/")
+	for i, s := range parts {
+		if s == "lib64" || s == "lib32" || s == "libx32" {
+			parts[i] = "lib"
+		}
+	}
+	return strings.Join(parts, "/")
+}
+
 // libOrShare are the folder names library and data folders end in.
 var libOrShare = map[string]bool{"lib": true, "lib32": true, "lib64": true, "libx32": true, "share": true}
 

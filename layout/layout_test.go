@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -66,6 +68,41 @@ func TestPlan(t *testing.T) {
 	up := inventory(t, driverroot.Open(t, "debian-535-upgrade"))
 	if For(up, gpu.CapsAll).ID == all.ID {
 		t.Error("a driver upgrade keeps the layout's ID")
+	}
+}
+
+// The hook links a driver folder whole only where the plan holds all the driver has there,
+// and never two folders an image may see as one.
+func TestFolderLinks(t *testing.T) {
+	t.Parallel()
+	inv := inventory(t, driverroot.Open(t, "debian-535"))
+	files := map[string]*gpu.File{}
+	for i := range inv.Files {
+		files[inv.Files[i].Path] = &inv.Files[i]
+	}
+	links := func(p Plan) []hookargs.Link { // as the layout's spec has them
+		var out []hookargs.Link
+		for _, e := range p.Entries {
+			if !Reached(e.Path, files[e.Path]) {
+				out = append(out, hookargs.Link{Target: path.Join(p.Mount(), e.Path), Link: e.Path})
+			}
+		}
+		return out
+	}
+	all := For(inv, gpu.CapsAll)
+	if got := FolderLinks(inv, all, links(all)); !slices.Equal(got, []string{"/lib/firmware/nvidia/535.261.03", "/usr/lib/nvidia",
+		"/usr/lib/x86_64-linux-gnu/nvidia", "/usr/share/nvidia"}) {
+		t.Errorf("all: %q", got)
+	}
+	// graphics has every file of /usr/share/nvidia, but not all of .../x86_64-linux-gnu/nvidia
+	graphics := For(inv, gpu.CapsOf(gpu.CapGraphics))
+	if got := FolderLinks(inv, graphics, links(graphics)); !slices.Equal(got, []string{"/usr/share/nvidia"}) {
+		t.Errorf("graphics: %q", got)
+	}
+	// /usr/lib64/nvidia is /usr/lib/nvidia in an image where lib64 links to lib
+	aliased := append(links(all), hookargs.Link{Target: "/usr/local/nvbind/all/usr/lib64/nvidia/x", Link: "/usr/lib64/nvidia/x"})
+	if got := FolderLinks(inv, all, aliased); slices.Contains(got, "/usr/lib/nvidia") || slices.Contains(got, "/usr/lib64/nvidia") {
+		t.Errorf("aliased folders: %q", got)
 	}
 }
 

@@ -137,16 +137,13 @@ func layoutEdits(inv *gpu.Inventory, caps gpu.Capabilities, files []gpu.File, e 
 	if len(plan.Folders) > 0 {
 		a.FolderEntries = path.Join(plan.Mount(), layout.EntriesFile)
 	}
-	linked := map[string]bool{}
 	for _, en := range plan.Entries {
 		if !layout.Reached(en.Path, byPath[en.Path]) {
 			a.Links = append(a.Links, Link{Target: path.Join(plan.Mount(), en.Path), Link: en.Path})
-			// a folder only the driver fills goes whole where the image lacks it
-			if f := layout.DriverFolder(en.Path, inv.Driver.Version); f != "" && !linked[f] {
-				linked[f] = true
-				a.FolderLinks = append(a.FolderLinks, Link{Target: path.Join(plan.Mount(), f), Link: f})
-			}
 		}
+	}
+	for _, f := range layout.FolderLinks(inv, plan, a.Links) {
+		a.FolderLinks = append(a.FolderLinks, Link{Target: path.Join(plan.Mount(), f), Link: f})
 	}
 	withDriverActions(&a, inv, files, o)
 	e.addHook(a, o)

@@ -1863,7 +1863,7 @@ int main(int argc, char **argv, char **envp) {
 	 * links under such a folder are then in place. A folder, file or other link of the
 	 * image's own there leaves the links to be made one by one. */
 	size_t nlinked = 0;
-	const char **linked = xmalloc((a.nflinks + 1) * sizeof *linked);
+	const struct link **linked = xmalloc((a.nflinks + 1) * sizeof *linked);
 	for (size_t i = 0; i < a.nflinks; i++) {
 		char dir[PATH_MAX];
 		const char *name;
@@ -1874,7 +1874,7 @@ int main(int argc, char **argv, char **envp) {
 			full("a link's folder cannot be made");
 		if (symlinkat(a.flinks[i].target, pfd, name) == 0) {
 			forget_dirs(a.flinks[i].link);
-			linked[nlinked++] = a.flinks[i].link;
+			linked[nlinked++] = &a.flinks[i];
 			continue;
 		}
 		if (errno != EEXIST)
@@ -1884,7 +1884,7 @@ int main(int argc, char **argv, char **envp) {
 		if (n >= 0) {
 			buf[n] = 0;
 			if (strcmp(buf, a.flinks[i].target) == 0)
-				linked[nlinked++] = a.flinks[i].link;
+				linked[nlinked++] = &a.flinks[i];
 		} else if (errno != EINVAL && errno != ENOENT)
 			full("a link cannot be read");
 	}
@@ -1892,9 +1892,13 @@ int main(int argc, char **argv, char **envp) {
 		char dir[PATH_MAX];
 		const char *name;
 		int skip = 0;
+		/* in place through a folder link: under the folder, and its target is the
+		 * folder's target with the same rest */
 		for (size_t k = 0; k < nlinked && !skip; k++) {
-			size_t n = strlen(linked[k]);
-			skip = strncmp(a.links[i].link, linked[k], n) == 0 && a.links[i].link[n] == '/';
+			const char *l = a.links[i].link, *t = a.links[i].target;
+			size_t n = strlen(linked[k]->link), tn = strlen(linked[k]->target);
+			skip = strncmp(l, linked[k]->link, n) == 0 && l[n] == '/' && strncmp(t, linked[k]->target, tn) == 0 &&
+			       strcmp(t + tn, l + n) == 0;
 		}
 		if (skip)
 			continue;
