@@ -166,6 +166,10 @@ ldconfig -p | grep 'libcuda.so.1 ';
 grep ModifyDeviceFiles /proc/driver/nvidia/params || echo NO-DRIVER-PROCFS;
 ls -l /usr/bin/nvidia-smi;
 cat /etc/nvidia/nvidia-application-profiles-rc.d/10-nvbind-container.conf;
+for f in /usr/share/nvidia/nvoptix.bin /lib/firmware/nvidia/535.261.03/gsp_ga10x.bin \
+  /usr/lib/nvidia/current/nvidia_drv.so /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-vulkan-producer.so.535.261.03; do
+  test -r $f && echo "READABLE $f"; done;
+echo "SHARE-NVIDIA=$(readlink /usr/share/nvidia)";
 cuda-probe`
 
 func TestRuncWithGeneratedSpec(t *testing.T) {
@@ -186,6 +190,11 @@ func runcGeneratedSpec(t *testing.T, runc, driverRoot, bin, set string) {
 		writeSpecFiles(t, driverRoot, specDir, bin, spec.Options{})
 	}
 	out := runcRun(t, runc, runcBundle(t, runc, specDir, "nvidia.com/gpu=0", inside))
+	shareNVIDIA := "SHARE-NVIDIA=\n" // one mount per file: a folder of mounts
+	if set != "" {
+		// the layout links the driver's folder whole to its own
+		shareNVIDIA = "SHARE-NVIDIA=" + layout.Dest + "/" + set + "/usr/share/nvidia\n"
+	}
 	t.Logf("container output:\n%s", out)
 	for _, want := range []string{
 		"195,   0 ",
@@ -195,6 +204,13 @@ func runcGeneratedSpec(t *testing.T, runc, driverRoot, bin, set string) {
 		"cuda-probe: loaded libcuda.so.1, CUDA driver API 12020",
 		// EGL and Vulkan see GPU 0 only (minor 0: bit 0)
 		`"settings":["EGLVisibleDGPUDevices",1]`,
+		// files the layout's folder links give (one link per driver folder), as one
+		// mount per file does
+		"READABLE /usr/share/nvidia/nvoptix.bin",
+		"READABLE /lib/firmware/nvidia/535.261.03/gsp_ga10x.bin",
+		"READABLE /usr/lib/nvidia/current/nvidia_drv.so",
+		"READABLE /usr/lib/x86_64-linux-gnu/nvidia/current/libnvidia-vulkan-producer.so.535.261.03",
+		shareNVIDIA,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("container output lacks %q", want)
