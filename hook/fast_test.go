@@ -207,6 +207,19 @@ func tree(t testing.TB, dir string) string {
 	return strings.Join(out, "\n")
 }
 
+// readOnly makes folder d a read-only bind mount of itself until the test ends.
+func readOnly(t testing.TB, d string) {
+	t.Helper()
+	testutil.RequiresRoot(t)
+	if err := syscall.Mount(d, d, "", syscall.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount(d, syscall.MNT_DETACH) })
+	if err := syscall.Mount("", d, "", syscall.MS_BIND|syscall.MS_REMOUNT|syscall.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // copyTree copies a bundle (files, folders, links, modes).
 func copyTree(t testing.TB, src, dst string) {
 	t.Helper()
@@ -273,9 +286,21 @@ func runHookOn(t testing.TB, bin, bundle string, args []string, full bool) hookR
 // outcome; it returns the C hook's run.
 func both(t testing.TB, bundle string, args []string) hookRun {
 	t.Helper()
+	return bothRO(t, bundle, args)
+}
+
+// bothRO is both with the root's folders ro (layouts, as a runtime mounts them) read-only
+// bind mounts of themselves in each copy.
+func bothRO(t testing.TB, bundle string, args []string, ro ...string) hookRun {
+	t.Helper()
 	bin := fastHook(t)
 	other := t.TempDir()
 	copyTree(t, bundle, other)
+	for _, b := range []string{bundle, other} {
+		for _, d := range ro {
+			readOnly(t, filepath.Join(b, "rootfs", d))
+		}
+	}
 	fast := runHookOn(t, bin, bundle, args, false)
 	full := runHookOn(t, bin, other, args, true)
 	full.stderr = strings.ReplaceAll(full.stderr, other, bundle) // messages name the bundle
@@ -639,16 +664,18 @@ func TestFastHookFolderLinks(t *testing.T) {
 		// linked: the folder is the link, so the links under it are not tried
 		linked bool
 		extra  []string
+		fails  bool
 	}{
 		{name: "nothing there: the folder is one link", linked: true, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
 				t.Errorf("%s -> %q", fw, got)
 			}
 		}},
-		{name: "a link under the linked folder to elsewhere is still made", linked: true, extra: []string{"--link", "other::" + fw + "/extra.bin"},
+		// the spec generator never asks for it: the link is tried in the read-only layout
+		{name: "a link under the linked folder to elsewhere is tried, not skipped", fails: true, extra: []string{"--link", "other::" + fw + "/extra.bin"},
 			check: func(t *testing.T, root string) {
-				if got := readLink(t, filepath.Join(root, layoutMount, fw, "extra.bin")); got != "other" {
-					t.Errorf("extra.bin -> %q", got)
+				if _, err := os.Lstat(filepath.Join(root, layoutMount, fw, "extra.bin")); err == nil {
+					t.Error("extra.bin made in the read-only layout")
 				}
 			}},
 		{name: "the image's folder: a link per file", setup: func(t *testing.T, root string) {
@@ -677,6 +704,19 @@ func TestFastHookFolderLinks(t *testing.T) {
 				t.Errorf("gsp_ga10x.bin -> %q", got)
 			}
 		}},
+		{name: "the image's link that looks like another layout's but is not", setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{"usr/local/nvbind/a/b" + fw + "/.keep": ""})
+			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink("/usr/local/nvbind/a/b"+fw, filepath.Join(root, fw)); err != nil {
+				t.Fatal(err)
+			}
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, "usr/local/nvbind/a/b", fw, "gsp_ga10x.bin")); got != layoutMount+fw+"/gsp_ga10x.bin" {
+				t.Errorf("gsp_ga10x.bin -> %q", got)
+			}
+		}},
 		{name: "an earlier start's folder link: kept, nothing under it", linked: true, setup: func(t *testing.T, root string) {
 			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
 				t.Fatal(err)
@@ -697,11 +737,17 @@ func TestFastHookFolderLinks(t *testing.T) {
 				tc.setup(t, root)
 			}
 			args = append(args[:2:2], append(folderLink, append(args[2:], tc.extra...)...)...)
-			r := both(t, bundle, args)
+			r := bothRO(t, bundle, args, layoutMount)
+			tc.check(t, root)
+			if tc.fails {
+				if r.code == 0 || !strings.Contains(r.stderr, "read-only") {
+					t.Errorf("exit %d: %s", r.code, r.stderr)
+				}
+				return
+			}
 			if r.path != "done" || r.code != 0 {
 				t.Fatalf("%s, exit %d: %s", r.path, r.code, r.stderr)
 			}
-			tc.check(t, root)
 			if tc.linked && strings.Contains(r.stderr, "gsp_ga10x.bin") {
 				t.Errorf("a link under the linked folder was tried: %s", r.stderr)
 			}
@@ -710,37 +756,49 @@ func TestFastHookFolderLinks(t *testing.T) {
 			}
 			// a second start of the same container changes nothing
 			before := tree(t, root)
-			if r := both(t, bundle, args); r.code != 0 || tree(t, root) != before {
+			if r := bothRO(t, bundle, args, layoutMount); r.code != 0 || tree(t, root) != before {
 				t.Errorf("a second start: exit %d, %s\n%s\n---\n%s", r.code, r.stderr, before, tree(t, root))
 			}
 		})
 	}
 }
 
-// Two layouts in one container (capability devices) that both hold the firmware folder:
-// the second hook finds the first one's folder link and its files there, and succeeds.
+// Two layouts in one container (capability devices, or two specs) that both link a driver
+// folder whole, read-only as a runtime mounts them: the second hook finds the folder linked
+// to the first one's, which holds all of its files and links too, and changes nothing in
+// either layout.
 func TestFastHookFolderLinksOfTwoLayouts(t *testing.T) {
-	const fw = "/lib/firmware/nvidia/535.261.03"
-	bundle, args := layoutBundle(t, "")
+	const xorg = "/usr/lib/nvidia/xorg"
+	bundle, _ := layoutBundle(t, "")
 	root := filepath.Join(bundle, "rootfs")
-	const other = "/usr/local/nvbind/utility"
-	if err := os.MkdirAll(filepath.Join(root, other), 0o755); err != nil {
-		t.Fatal(err)
+	args := map[string][]string{}
+	for _, set := range []string{"all", "graphics+display"} {
+		mount := path.Join(path.Dir(layoutMount), set)
+		writeFiles(t, root, map[string]string{mount[1:] + xorg + "/libglxserver_nvidia.so.535.261.03": "the driver's"})
+		if err := os.Symlink("libglxserver_nvidia.so.535.261.03", filepath.Join(root, mount, xorg, "libglxserver_nvidia.so")); err != nil {
+			t.Fatal(err)
+		}
+		args[set] = []string{"hook", "all", "--folder-link", mount + "/usr/lib/nvidia::/usr/lib/nvidia",
+			"--link", mount + xorg + "/libglxserver_nvidia.so.535.261.03::" + xorg + "/libglxserver_nvidia.so.535.261.03",
+			"--link", mount + xorg + "/libglxserver_nvidia.so::" + xorg + "/libglxserver_nvidia.so"}
 	}
-	copyTree(t, filepath.Join(root, layoutMount, "lib"), filepath.Join(root, other, "lib"))
-	first := append(args[:2:2], append([]string{"--folder-link", layoutMount + fw + "::" + fw}, args[2:]...)...)
-	if r := both(t, bundle, first); r.code != 0 {
-		t.Fatalf("first hook: exit %d: %s", r.code, r.stderr)
+	ro := []string{layoutMount, path.Join(path.Dir(layoutMount), "graphics+display")}
+	layouts := func() string { return tree(t, filepath.Join(root, path.Dir(layoutMount))) }
+	before := layouts()
+	if r := bothRO(t, bundle, args["all"], ro...); r.code != 0 || r.path != "done" {
+		t.Fatalf("first hook: %s, exit %d: %s", r.path, r.code, r.stderr)
 	}
-	second := []string{"hook", "all", "--folder-link", other + fw + "::" + fw, "--link", other + fw + "/gsp_ga10x.bin::" + fw + "/gsp_ga10x.bin"}
-	r := both(t, bundle, second)
-	if r.code != 0 {
-		t.Fatalf("second hook: exit %d: %s", r.code, r.stderr)
+	r := bothRO(t, bundle, args["graphics+display"], ro...)
+	if r.code != 0 || r.path != "done" {
+		t.Fatalf("second hook: %s, exit %d: %s", r.path, r.code, r.stderr)
 	}
-	if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
-		t.Errorf("%s -> %q", fw, got)
+	if got := readLink(t, filepath.Join(root, "usr/lib/nvidia")); got != layoutMount+"/usr/lib/nvidia" {
+		t.Errorf("/usr/lib/nvidia -> %q", got)
 	}
-	if _, err := os.Stat(filepath.Join(root, layoutMount, fw, "gsp_ga10x.bin")); err != nil {
-		t.Error(err)
+	if data, err := os.ReadFile(filepath.Join(root, layoutMount, xorg, "libglxserver_nvidia.so")); err != nil || string(data) != "the driver's" {
+		t.Errorf("through the links: %q, %v", data, err)
+	}
+	if after := layouts(); after != before {
+		t.Errorf("the layouts changed:\n%s\n---\n%s", before, after)
 	}
 }

@@ -523,3 +523,28 @@ func TestUpdateLDCacheWithoutImageCache(t *testing.T) {
 		t.Errorf("libcuda.so.1 => %q", got)
 	}
 }
+
+func TestOtherLayout(t *testing.T) {
+	const target, folder = "/usr/local/nvbind/all/usr/share/nvidia", "/usr/share/nvidia"
+	for link, want := range map[string]bool{
+		"/usr/local/nvbind/graphics/usr/share/nvidia":         true,
+		"/usr/local/nvbind/compute+utility/usr/share/nvidia":  true,
+		"/usr/local/nvbind/all/usr/share/nvidia":              true, // ours: the caller matched it first
+		"/usr/local/nvbind/a/b/usr/share/nvidia":              false,
+		"/usr/local/nvbind/../usr/share/nvidia":               false,
+		"/usr/local/nvbind/./usr/share/nvidia":                false,
+		"/usr/local/nvbind//usr/share/nvidia":                 false,
+		"/usr/local/nvbind/usr/share/nvidia":                  false,
+		"/elsewhere/all/usr/share/nvidia":                     false,
+		"/usr/local/nvbind/graphics/usr/share/nvidia/current": false,
+		"usr/local/nvbind/graphics/usr/share/nvidia":          false,
+		"": false,
+	} {
+		if got := otherLayout(link, target, folder); got != want {
+			t.Errorf("otherLayout(%q) = %v", link, got)
+		}
+	}
+	if otherLayout("/usr/local/nvbind/x/usr/share/nvidia", "/usr/share/nvidia", folder) || otherLayout("/x/y", "/a/b/c", "/d") {
+		t.Error("a target that is not a layout's folder")
+	}
+}

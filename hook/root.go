@@ -176,7 +176,8 @@ func (r *containerRoot) folderLink(target, folder string) (bool, error) {
 	n, err := unix.Readlinkat(pfd, name, buf)
 	switch {
 	case err == nil:
-		return string(buf[:n]) == target, nil
+		t := string(buf[:n])
+		return t == target || otherLayout(t, target, folder), nil
 	case errors.Is(err, unix.EINVAL):
 		return false, nil
 	case !errors.Is(err, unix.ENOENT):
@@ -187,6 +188,24 @@ func (r *containerRoot) folderLink(target, folder string) (bool, error) {
 	}
 	r.forget(path.Join(dir, name))
 	return true, nil
+}
+
+// otherLayout reports whether link target t is folder in another layout mounted beside
+// target's (target with its layout's name, the component before folder, changed): another
+// hook of the container linked it there, and the spec generator links a folder whole only
+// from a layout that holds all the driver has in it, so ours are there too.
+func otherLayout(t, target, folder string) bool {
+	base, ok := strings.CutSuffix(target, folder)
+	i := strings.LastIndexByte(base, '/')
+	if !ok || i < 0 || i == len(base)-1 {
+		return false
+	}
+	x, ok := strings.CutPrefix(t, base[:i+1])
+	if !ok {
+		return false
+	}
+	x, ok = strings.CutSuffix(x, folder)
+	return ok && x != "" && x != "." && x != ".." && !strings.Contains(x, "/")
 }
 
 // forget drops the folder handles of p and of everything under it: a link made at p

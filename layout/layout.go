@@ -180,8 +180,9 @@ func DriverFolder(p, version string) string {
 // FolderLinks returns the driver folders (DriverFolder) of plan's links that the hook may
 // link whole to the plan's: those where plan holds everything the driver has, so that
 // another layout in the same container (a capability device's, another spec's) finds
-// every file of its own there too; and none that an image could see as one folder under
-// two names (/lib and /usr/lib, lib64 and lib), whose links would go through one another's.
+// every file of its own there too; and none that an image could see as one folder with
+// another driver folder of any layout (/lib and /usr/lib, lib64 and lib), whose links
+// would go through one another's.
 func FolderLinks(inv *gpu.Inventory, plan Plan, links []hookargs.Link) []string {
 	var folders []string
 	seen := map[string]bool{}
@@ -208,13 +209,27 @@ func FolderLinks(inv *gpu.Inventory, plan Plan, links []hookargs.Link) []string 
 	if plan.Name != NameOf(gpu.CapsAll) {
 		full = For(inv, gpu.CapsAll)
 	}
-	aliases := map[string]int{}
+	// the driver folders of every layout of the driver (the full plan's), by the folder an
+	// image may see them as
+	aliases := map[string]map[string]bool{}
+	addAlias := func(f string) {
+		k := aliasKey(f)
+		if aliases[k] == nil {
+			aliases[k] = map[string]bool{}
+		}
+		aliases[k][f] = true
+	}
+	for _, e := range full.Entries {
+		if f := DriverFolder(e.Path, inv.Driver.Version); f != "" {
+			addAlias(f)
+		}
+	}
 	for _, f := range folders {
-		aliases[aliasKey(f)]++
+		addAlias(f)
 	}
 	var out []string
 	for _, f := range folders {
-		if aliases[aliasKey(f)] == 1 && slices.Equal(under(plan, f), under(full, f)) {
+		if len(aliases[aliasKey(f)]) == 1 && slices.Equal(under(plan, f), under(full, f)) {
 			out = append(out, f)
 		}
 	}

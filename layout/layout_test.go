@@ -104,6 +104,47 @@ func TestFolderLinks(t *testing.T) {
 	if got := FolderLinks(inv, all, aliased); slices.Contains(got, "/usr/lib/nvidia") || slices.Contains(got, "/usr/lib64/nvidia") {
 		t.Errorf("aliased folders: %q", got)
 	}
+	// whatever layout links a folder whole holds every path any other layout of the driver
+	// has there, so that the other's hook finds all of its own through it
+	sets := []gpu.Capabilities{gpu.CapsAll, gpu.CapsDefault, gpu.CapsOf(gpu.CapGraphics, gpu.CapDisplay)}
+	for _, c := range gpu.CapsAll.List() {
+		sets = append(sets, gpu.CapsOf(c))
+	}
+	for _, c := range sets {
+		p := For(inv, c)
+		for _, f := range FolderLinks(inv, p, links(p)) {
+			has := map[string]bool{}
+			for _, e := range p.Entries {
+				has[e.Path] = true
+			}
+			for _, o := range sets {
+				for _, e := range For(inv, o).Entries {
+					if strings.HasPrefix(e.Path, f+"/") && !has[e.Path] {
+						t.Errorf("%s links %s whole without %s, which %s has", p.Name, f, e.Path, o)
+					}
+				}
+			}
+		}
+	}
+}
+
+// A folder another layout of the driver has under another name in an image (/lib/nvidia is
+// /usr/lib/nvidia where /lib links to usr/lib) is never linked whole.
+func TestFolderLinksAcrossLayouts(t *testing.T) {
+	t.Parallel()
+	inv := &gpu.Inventory{Driver: gpu.Driver{Version: "535.261.03"}, Files: []gpu.File{
+		{Kind: gpu.KindConfig, Path: "/usr/lib/nvidia/a.bin", HostPath: "/h/a.bin", Capabilities: gpu.CapsOf(gpu.CapDisplay)},
+		{Kind: gpu.KindConfig, Path: "/lib/nvidia/b.bin", HostPath: "/h/b.bin", Capabilities: gpu.CapsOf(gpu.CapUtility)},
+		{Kind: gpu.KindConfig, Path: "/usr/share/nvidia/c.json", HostPath: "/h/c.json", Capabilities: gpu.CapsOf(gpu.CapGraphics)},
+	}}
+	display := For(inv, gpu.CapsOf(gpu.CapDisplay, gpu.CapGraphics))
+	var links []hookargs.Link
+	for _, e := range display.Entries {
+		links = append(links, hookargs.Link{Target: path.Join(display.Mount(), e.Path), Link: e.Path})
+	}
+	if got := FolderLinks(inv, display, links); !slices.Equal(got, []string{"/usr/share/nvidia"}) {
+		t.Errorf("folder links %q, want /usr/share/nvidia alone", got)
+	}
 }
 
 func TestDriverFolder(t *testing.T) {

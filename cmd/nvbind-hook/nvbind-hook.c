@@ -1543,6 +1543,27 @@ static void parse_args(int argc, char **argv, struct args *a) {
 	}
 }
 
+/* other_layout: link target t is folder in another layout mounted beside target's
+ * (target with its layout's name, the component before folder, changed): another hook of
+ * the container linked it there, and the spec generator links a folder whole only from a
+ * layout that holds all the driver has in it, so ours are there too. As the full hook's
+ * otherLayout. */
+static int other_layout(const char *t, const char *target, const char *folder) {
+	size_t tl = strlen(target), fl = strlen(folder), bl = strlen(t);
+	if (tl < fl || strcmp(target + tl - fl, folder) != 0)
+		return 0;
+	size_t s = tl - fl; /* target[0:s] is the layout's folder; s: after its last slash */
+	while (s > 0 && target[s - 1] != '/')
+		s--;
+	if (s == 0 || s == tl - fl)
+		return 0;
+	if (bl < s + fl || strncmp(t, target, s) != 0 || strcmp(t + bl - fl, folder) != 0)
+		return 0;
+	const char *x = t + s;
+	size_t xl = bl - s - fl;
+	return xl > 0 && !(xl == 1 && x[0] == '.') && !(xl == 2 && x[0] == '.' && x[1] == '.') && !memchr(x, '/', xl);
+}
+
 /* version_parse parses a dotted version as internal/version does: at most 4 parts, each
  * a number up to 1<<20. */
 static int version_parse(const char *v, long parts[4], int *n) {
@@ -1883,7 +1904,7 @@ int main(int argc, char **argv, char **envp) {
 		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
 		if (n >= 0) {
 			buf[n] = 0;
-			if (strcmp(buf, a.flinks[i].target) == 0)
+			if (strcmp(buf, a.flinks[i].target) == 0 || other_layout(buf, a.flinks[i].target, a.flinks[i].link))
 				linked[nlinked++] = &a.flinks[i];
 		} else if (errno != EINVAL && errno != ENOENT)
 			full("a link cannot be read");
