@@ -176,8 +176,10 @@ func (r *containerRoot) folderLink(target, folder string) (bool, error) {
 	n, err := unix.Readlinkat(pfd, name, buf)
 	switch {
 	case err == nil:
+		// another layout's counts where it is there: a stale link (an image committed with
+		// one) leaves the files to be linked one by one, failing loudly where they cannot be
 		t := string(buf[:n])
-		return t == target || otherLayout(t, target, folder), nil
+		return t == target || (otherLayout(t, target, folder) && r.isDir(folder)), nil
 	case errors.Is(err, unix.EINVAL):
 		return false, nil
 	case !errors.Is(err, unix.ENOENT):

@@ -1904,7 +1904,17 @@ int main(int argc, char **argv, char **envp) {
 		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
 		if (n >= 0) {
 			buf[n] = 0;
-			if (strcmp(buf, a.flinks[i].target) == 0 || other_layout(buf, a.flinks[i].target, a.flinks[i].link))
+			/* another layout's counts where it is there: a stale link (an image committed
+			 * with one) leaves the files to be linked one by one, failing loudly where
+			 * they cannot be */
+			int there = strcmp(buf, a.flinks[i].target) == 0;
+			if (!there && other_layout(buf, a.flinks[i].target, a.flinks[i].link)) {
+				int fd = in_root(a.flinks[i].link, O_PATH | O_DIRECTORY);
+				there = fd >= 0;
+				if (fd >= 0)
+					close(fd);
+			}
+			if (there)
 				linked[nlinked++] = &a.flinks[i];
 		} else if (errno != EINVAL && errno != ENOENT)
 			full("a link cannot be read");
