@@ -120,75 +120,86 @@ func (r *containerRoot) dir(dir string, create bool) (*os.File, error) {
 	return h, nil
 }
 
-// symlink makes link point to target. An identical link is kept, another link is
-// replaced, and anything that is not a link is left alone (reported as skipped).
-func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
+// What a container path holds where a link is to go.
+const (
+	atNothing = iota
+	atLink    // a link: its target is returned
+	atOther   // a file or folder: the image's own
+)
+
+// lookLink opens the folder of container path link (making it) and says what is at link.
+func (r *containerRoot) lookLink(target, link string) (pfd int, name string, at int, old string, err error) {
 	dir, name, err := cleanAbs(link)
 	if err != nil {
-		return false, err
+		return 0, "", 0, "", err
 	}
 	if target == "" || strings.ContainsRune(target, 0) {
-		return false, fmt.Errorf("link %s: empty target", link)
+		return 0, "", 0, "", fmt.Errorf("link %s: empty target", link)
 	}
 	parent, err := r.dir(dir, true)
 	if err != nil {
-		return false, err
+		return 0, "", 0, "", err
 	}
-	pfd := int(parent.Fd())
+	pfd = int(parent.Fd())
 	buf := make([]byte, unix.PathMax)
 	n, err := unix.Readlinkat(pfd, name, buf)
 	switch {
-	case err == nil && string(buf[:n]) == target:
-		return false, nil
 	case err == nil:
+		return pfd, name, atLink, string(buf[:n]), nil
+	case errors.Is(err, unix.EINVAL):
+		return pfd, name, atOther, "", nil
+	case !errors.Is(err, unix.ENOENT):
+		return 0, "", 0, "", wrapErr("read link", link, err)
+	}
+	return pfd, name, atNothing, "", nil
+}
+
+// makeLink makes name in folder pfd, container path link, a link to target.
+func (r *containerRoot) makeLink(pfd int, name, target, link string) error {
+	if err := unix.Symlinkat(target, pfd, name); err != nil {
+		return wrapErr("create link", link, err)
+	}
+	r.forget(link)
+	return nil
+}
+
+// symlink makes link point to target. An identical link is kept, another link is
+// replaced, and anything that is not a link is left alone (reported as skipped).
+func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
+	pfd, name, at, old, err := r.lookLink(target, link)
+	switch {
+	case err != nil:
+		return false, err
+	case at == atLink && old == target:
+		return false, nil
+	case at == atLink:
 		if err := unix.Unlinkat(pfd, name, 0); err != nil {
 			return false, wrapErr("replace link", link, err)
 		}
-	case errors.Is(err, unix.EINVAL):
+	case at == atOther:
 		return true, nil // a file or folder of the image's own: never clobber it
-	case !errors.Is(err, unix.ENOENT):
-		return false, wrapErr("read link", link, err)
 	}
-	if err := unix.Symlinkat(target, pfd, name); err != nil {
-		return false, wrapErr("create link", link, err)
-	}
-	r.forget(path.Join(dir, name))
-	return false, nil
+	return false, r.makeLink(pfd, name, target, path.Clean(link))
 }
 
 // folderLink makes folder a link to target where the image has nothing at its path, and
 // reports whether folder is that link (made now, or already there from an earlier start).
 // A folder, file or other link of the image's own is left as it is (false).
 func (r *containerRoot) folderLink(target, folder string) (bool, error) {
-	dir, name, err := cleanAbs(folder)
-	if err != nil {
-		return false, err
-	}
-	if target == "" || strings.ContainsRune(target, 0) {
-		return false, fmt.Errorf("link %s: empty target", folder)
-	}
-	parent, err := r.dir(dir, true)
-	if err != nil {
-		return false, err
-	}
-	pfd := int(parent.Fd())
-	buf := make([]byte, unix.PathMax)
-	n, err := unix.Readlinkat(pfd, name, buf)
+	pfd, name, at, old, err := r.lookLink(target, folder)
 	switch {
-	case err == nil:
+	case err != nil:
+		return false, err
+	case at == atLink:
 		// another layout's counts where it is there: a stale link (an image committed with
 		// one) leaves the files to be linked one by one, failing loudly where they cannot be
-		t := string(buf[:n])
-		return t == target || (otherLayout(t, target, folder) && r.isDir(folder)), nil
-	case errors.Is(err, unix.EINVAL):
+		return old == target || (otherLayout(old, target, folder) && r.isDir(folder)), nil
+	case at == atOther:
 		return false, nil
-	case !errors.Is(err, unix.ENOENT):
-		return false, wrapErr("read link", folder, err)
 	}
-	if err := unix.Symlinkat(target, pfd, name); err != nil {
-		return false, wrapErr("create link", folder, err)
+	if err := r.makeLink(pfd, name, target, path.Clean(folder)); err != nil {
+		return false, err
 	}
-	r.forget(path.Join(dir, name))
 	return true, nil
 }
 

@@ -1003,6 +1003,18 @@ static int split_abs(const char *p, char *dir, size_t dsize, const char **name) 
 	return 1;
 }
 
+/* link_folder returns the handle of the folder of link (cleaned, absolute), made where
+ * missing, and its last component in *name; it hands over where it cannot. */
+static int link_folder(const char *link, const char **name) {
+	char dir[PATH_MAX];
+	if (!split_abs(link, dir, sizeof dir, name))
+		full("a link at the root");
+	int pfd = dir_handle(dir, 1);
+	if (pfd < 0)
+		full("a link's folder cannot be made");
+	return pfd;
+}
+
 /* write_in_root replaces p (cleaned, absolute) with data, mode 0644: a new file beside
  * it, made with O_EXCL|O_NOFOLLOW and renamed over it. 0, or -1 with errno set. */
 static int write_in_root(const char *p, const char *data, size_t len) {
@@ -1886,13 +1898,8 @@ int main(int argc, char **argv, char **envp) {
 	size_t nlinked = 0;
 	const struct link **linked = xmalloc((a.nflinks + 1) * sizeof *linked);
 	for (size_t i = 0; i < a.nflinks; i++) {
-		char dir[PATH_MAX];
 		const char *name;
-		if (!split_abs(a.flinks[i].link, dir, sizeof dir, &name))
-			full("a link at the root");
-		int pfd = dir_handle(dir, 1);
-		if (pfd < 0)
-			full("a link's folder cannot be made");
+		int pfd = link_folder(a.flinks[i].link, &name);
 		if (symlinkat(a.flinks[i].target, pfd, name) == 0) {
 			forget_dirs(a.flinks[i].link);
 			linked[nlinked++] = &a.flinks[i];
@@ -1920,7 +1927,6 @@ int main(int argc, char **argv, char **envp) {
 			full("a link cannot be read");
 	}
 	for (size_t i = 0; i < a.nlinks; i++) {
-		char dir[PATH_MAX];
 		const char *name;
 		int skip = 0;
 		/* in place through a folder link: under the folder, and its target is the
@@ -1933,11 +1939,7 @@ int main(int argc, char **argv, char **envp) {
 		}
 		if (skip)
 			continue;
-		if (!split_abs(a.links[i].link, dir, sizeof dir, &name))
-			full("a link at the root");
-		int pfd = dir_handle(dir, 1);
-		if (pfd < 0)
-			full("a link's folder cannot be made");
+		int pfd = link_folder(a.links[i].link, &name);
 		if (symlinkat(a.links[i].target, pfd, name) == 0) {
 			forget_dirs(a.links[i].link);
 			continue; /* the common case: nothing there */
