@@ -1555,6 +1555,29 @@ static void parse_args(int argc, char **argv, struct args *a) {
 	}
 }
 
+/* put_link makes name, in folder pfd, the link l where nothing is there (AT_MADE); else it
+ * says what is there: a link, with its target in buf (AT_LINK), something that is not a
+ * link (AT_OTHER), or, gone meanwhile, nothing (AT_NONE). It hands over where it cannot. */
+enum { AT_MADE, AT_LINK, AT_OTHER, AT_NONE };
+static int put_link(int pfd, const char *name, const struct link *l, char *buf, size_t size) {
+	if (symlinkat(l->target, pfd, name) == 0) {
+		forget_dirs(l->link);
+		return AT_MADE;
+	}
+	if (errno != EEXIST)
+		full("a link cannot be made");
+	ssize_t n = readlinkat(pfd, name, buf, size - 1);
+	if (n >= 0) {
+		buf[n] = 0;
+		return AT_LINK;
+	}
+	if (errno == EINVAL)
+		return AT_OTHER;
+	if (errno != ENOENT)
+		full("a link cannot be read");
+	return AT_NONE;
+}
+
 /* other_layout: link target t is folder in another layout mounted beside target's
  * (target with its layout's name, the component before folder, changed): another hook of
  * the container linked it there, and the spec generator links a folder whole only from a
@@ -1899,32 +1922,20 @@ int main(int argc, char **argv, char **envp) {
 	const struct link **linked = xmalloc((a.nflinks + 1) * sizeof *linked);
 	for (size_t i = 0; i < a.nflinks; i++) {
 		const char *name;
-		int pfd = link_folder(a.flinks[i].link, &name);
-		if (symlinkat(a.flinks[i].target, pfd, name) == 0) {
-			forget_dirs(a.flinks[i].link);
-			linked[nlinked++] = &a.flinks[i];
-			continue;
-		}
-		if (errno != EEXIST)
-			full("a link cannot be made");
 		char buf[PATH_MAX];
-		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
-		if (n >= 0) {
-			buf[n] = 0;
-			/* another layout's counts where it is there: a stale link (an image committed
-			 * with one) leaves the files to be linked one by one, failing loudly where
-			 * they cannot be */
-			int there = strcmp(buf, a.flinks[i].target) == 0;
-			if (!there && other_layout(buf, a.flinks[i].target, a.flinks[i].link)) {
-				int fd = in_root(a.flinks[i].link, O_PATH | O_DIRECTORY);
-				there = fd >= 0;
-				if (fd >= 0)
-					close(fd);
-			}
-			if (there)
-				linked[nlinked++] = &a.flinks[i];
-		} else if (errno != EINVAL && errno != ENOENT)
-			full("a link cannot be read");
+		int pfd = link_folder(a.flinks[i].link, &name);
+		int at = put_link(pfd, name, &a.flinks[i], buf, sizeof buf);
+		/* another layout's counts where it is there: a stale link (an image committed with
+		 * one) leaves the files to be linked one by one, failing loudly where they cannot be */
+		int there = at == AT_MADE || (at == AT_LINK && strcmp(buf, a.flinks[i].target) == 0);
+		if (!there && at == AT_LINK && other_layout(buf, a.flinks[i].target, a.flinks[i].link)) {
+			int fd = in_root(a.flinks[i].link, O_PATH | O_DIRECTORY);
+			there = fd >= 0;
+			if (fd >= 0)
+				close(fd);
+		}
+		if (there)
+			linked[nlinked++] = &a.flinks[i];
 	}
 	for (size_t i = 0; i < a.nlinks; i++) {
 		const char *name;
@@ -1939,26 +1950,20 @@ int main(int argc, char **argv, char **envp) {
 		}
 		if (skip)
 			continue;
-		int pfd = link_folder(a.links[i].link, &name);
-		if (symlinkat(a.links[i].target, pfd, name) == 0) {
-			forget_dirs(a.links[i].link);
-			continue; /* the common case: nothing there */
-		}
-		if (errno != EEXIST)
-			full("a link cannot be made");
 		char buf[PATH_MAX];
-		ssize_t n = readlinkat(pfd, name, buf, sizeof buf - 1);
-		if (n >= 0) {
-			buf[n] = 0;
+		int pfd = link_folder(a.links[i].link, &name);
+		int at = put_link(pfd, name, &a.links[i], buf, sizeof buf);
+		if (at == AT_MADE) /* the common case: nothing there */
+			continue;
+		if (at == AT_LINK) {
 			if (strcmp(buf, a.links[i].target) == 0)
 				continue;
 			if (unlinkat(pfd, name, 0) != 0)
 				full("a link cannot be replaced");
-		} else if (errno == EINVAL) {
+		} else if (at == AT_OTHER) {
 			say( "create-symlinks: %s exists in the image and is not a link: left as it is\n", a.links[i].link);
 			continue;
-		} else if (errno != ENOENT)
-			full("a link cannot be read");
+		}
 		if (symlinkat(a.links[i].target, pfd, name) != 0)
 			full("a link cannot be made");
 		forget_dirs(a.links[i].link);
