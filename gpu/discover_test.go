@@ -447,6 +447,47 @@ func TestDiscoverNVMLOnlyForMIG(t *testing.T) {
 	}
 }
 
+// TestDiscoverUnversionedLibrariesOfTheBranch: a library built for the CUDA release of
+// the driver's branch (535: 12.2) is the driver's without the scan of libcuda's stamp,
+// which here has none; one built for another release still needs the stamp.
+func TestDiscoverUnversionedLibrariesOfTheBranch(t *testing.T) {
+	t.Parallel()
+	stamp := func(rel string) string { return "Cuda compilation tools, release " + rel + ", V" + rel + ".557" }
+	base := tree{
+		lib + "/libcuda.so." + v535:      "elf:libcuda.so.1",
+		lib + "/libcuda.so.1":            "link:libcuda.so." + v535,
+		lib + "/libnvidia-nvvm.so.4.0.0": "elf:libnvidia-nvvm.so.4:" + stamp("12.2"),
+		lib + "/libnvidia-nvvm.so.4":     "link:libnvidia-nvvm.so.4.0.0",
+	}
+	inv, err := discover(t, hostTree().with(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{lib + "/libcuda.so." + v535, lib + "/libnvidia-nvvm.so.4.0.0"}; !slices.Equal(libPaths(inv), want) {
+		t.Fatalf("libraries = %v\nwant %v", libPaths(inv), want)
+	}
+	base[lib+"/libnvidia-other.so.1"] = "elf:libnvidia-other.so.1:" + stamp("12.1")
+	inv, err = discover(t, hostTree().with(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{lib + "/libcuda.so." + v535}; !slices.Equal(libPaths(inv), want) {
+		t.Fatalf("with a library of another release, libraries = %v\nwant %v (libcuda has no stamp to settle either)", libPaths(inv), want)
+	}
+	if w := warningText(inv); !strings.Contains(w, "built for CUDA 12.1, but the CUDA version of this driver's libcuda is unknown") {
+		t.Errorf("warnings:\n%s", w)
+	}
+}
+
+func TestBranchRelease(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]string{"470.256.02": "11.4", "535.261.03": "12.2", "580.65.06": "13.0", "999.1": "", "470": "", "": ""} {
+		if got := branchRelease(v); got != want {
+			t.Errorf("branchRelease(%q) = %q, want %q", v, got, want)
+		}
+	}
+}
+
 // TestDiscoverUnversionedLibraries: a driver library without the driver version in its
 // name or contents (the 470 branch's libnvidia-nvvm.so.4.0.0) is recognised by a link of
 // the driver's version or by the CUDA release it was built for, which libcuda's own build

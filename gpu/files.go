@@ -41,7 +41,8 @@ var libDirs = []string{
 var libDirGlobs = []string{"/usr/lib/*/nvidia", "/usr/lib/nvidia"}
 
 var (
-	reVersioned = regexp.MustCompile(`^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$`)
+	// compiled when first used, as the patterns of procfs.go
+	reVersioned = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$`) })
 	// names of NVIDIA projects that ship beside the driver with versions of their own
 	notDriver = []string{"libnvidia-container", "libnvidia-egl-wayland", "libnvidia-egl-gbm", "libnvidia-egl-xcb",
 		"libnvidia-egl-xlib", "libnvidia-vksc-core"}
@@ -95,7 +96,7 @@ type libCandidate struct {
 // version: a version in its name (this one or another driver's), or a name of the
 // version that links to it.
 func (c *libCandidate) namedFor(version string) bool {
-	if m := reVersioned.FindStringSubmatch(path.Base(c.real)); m != nil && (m[2] == version || looksLikeDriverVersion(m[2])) {
+	if m := reVersioned().FindStringSubmatch(path.Base(c.real)); m != nil && (m[2] == version || looksLikeDriverVersion(m[2])) {
 		return true
 	}
 	return c.linkedAs(version)
@@ -182,7 +183,7 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 	for _, real := range order {
 		c := byReal[real]
 		base := path.Base(real)
-		m := reVersioned.FindStringSubmatch(base)
+		m := reVersioned().FindStringSubmatch(base)
 		switch {
 		case m != nil && m[2] == version:
 		case m != nil && looksLikeDriverVersion(m[2]):
@@ -219,11 +220,46 @@ type pendingLib struct {
 // driver version (libnvidia-nvvm.so.535.261.03 -> libnvidia-nvvm.so.4).
 func (c *libCandidate) linkedAs(version string) bool {
 	for _, n := range c.names {
-		if m := reVersioned.FindStringSubmatch(path.Base(n)); m != nil && m[2] == version {
+		if m := reVersioned().FindStringSubmatch(path.Base(n)); m != nil && m[2] == version {
 			return true
 		}
 	}
 	return false
+}
+
+// pendingOf reports whether there are pending libraries and all were built for the CUDA
+// release cuda (false when cuda is empty).
+func (res *libResult) pendingOf(cuda string) bool {
+	if cuda == "" || len(res.pending) == 0 {
+		return false
+	}
+	for _, p := range res.pending {
+		if p.release != cuda {
+			return false
+		}
+	}
+	return true
+}
+
+// branchReleases is the CUDA release of each driver branch's libcuda, as NVIDIA's CUDA
+// release notes pair them ("CUDA Toolkit and Corresponding Driver Versions"): a branch
+// keeps its release through all its updates. It only spares the scan of libcuda's stamp
+// for libraries built for that very release; any other is weighed against the stamp.
+var branchReleases = map[string]string{
+	"410": "10.0", "418": "10.1", "440": "10.2", "450": "11.0", "455": "11.1", "460": "11.2",
+	"465": "11.3", "470": "11.4", "495": "11.5", "510": "11.6", "515": "11.7", "520": "11.8",
+	"525": "12.0", "530": "12.1", "535": "12.2", "545": "12.3", "550": "12.4", "555": "12.5",
+	"560": "12.6", "565": "12.7", "570": "12.8", "575": "12.9", "580": "13.0",
+}
+
+// branchRelease is the CUDA release of a driver version's branch ("470.256.02": "11.4"),
+// or "" for a branch not in branchReleases.
+func branchRelease(version string) string {
+	branch, _, ok := strings.Cut(version, ".")
+	if !ok {
+		return ""
+	}
+	return branchReleases[branch]
 }
 
 // settle accepts the pending libraries built for the install's CUDA release cuda
@@ -290,7 +326,7 @@ func versionFromLinks(r rootFS, byReal map[string]*libCandidate) string {
 				if path.Base(n) != want {
 					continue
 				}
-				m := reVersioned.FindStringSubmatch(path.Base(real))
+				m := reVersioned().FindStringSubmatch(path.Base(real))
 				if m == nil || !looksLikeDriverVersion(m[2]) {
 					continue
 				}

@@ -398,20 +398,22 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Libraries whose only tie to the driver is the CUDA release they were built for are
-	// weighed against the install's CUDA version, else libcuda's own stamp, a scan of
-	// megabytes. Where neither NVML (not started, or only for MIG) nor libcuda (not
-	// loaded) is to give the version, the stamp is read meanwhile; the scan touches
-	// nothing shared, and ends on its own when Discover returns first.
-	libcudaRelease := sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
-	if len(libs.pending) > 0 && libs.cudaPath != "" && d.cfg.noCUDA && (d.cfg.noNVML || d.cfg.nvmlForMIG) {
-		go libcudaRelease()
-	}
 	if inv.Driver.Version == "" {
 		inv.Driver = Driver{Version: libs.version, Flavour: FlavourUnknown, VersionSource: "library file names"}
 		if libs.version != "" {
 			findOthers(libs.version)
 		}
+	}
+	// Libraries whose only tie to the driver is the CUDA release they were built for are
+	// weighed against the install's CUDA version, else libcuda's own stamp, a scan of
+	// megabytes. Those all built for their branch's release need neither: the stamp would
+	// say the same. Where neither NVML (not started, or only for MIG) nor libcuda (not
+	// loaded) is to give the version, the stamp is read meanwhile; the scan touches
+	// nothing shared, and ends on its own when Discover returns first.
+	ofBranch := libs.pendingOf(branchRelease(inv.Driver.Version))
+	libcudaRelease := sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
+	if len(libs.pending) > 0 && !ofBranch && libs.cudaPath != "" && d.cfg.noCUDA && (d.cfg.noNVML || d.cfg.nvmlForMIG) {
+		go libcudaRelease()
 	}
 	// A Jetson's integrated GPU, from L4T's CSV files: alone, or beside discrete GPUs.
 	ig, igWarnings, err := d.discoverIGPU(dr)
@@ -475,6 +477,9 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	// Libraries whose only tie to the driver is the CUDA release they were built for.
 	if len(libs.pending) > 0 {
 		cuda := inv.Driver.CUDAVersion
+		if cuda == "" && ofBranch {
+			cuda = branchRelease(inv.Driver.Version)
+		}
 		if cuda == "" && libs.cudaPath != "" {
 			// libcuda's own build stamp, else libcuda asked (only on such installs, and
 			// not with WithoutCUDAVersion, which never loads it)

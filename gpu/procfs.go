@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 )
@@ -25,17 +26,23 @@ func (p procFiles) read(rel string) ([]byte, error) {
 	return fileio.ReadFile(filepath.Join(p.root, rel), maxProcFile)
 }
 
+// The patterns are compiled when first used: compiling them at start was a measurable part
+// of starting every command.
 var (
-	reOpenModule = regexp.MustCompile(`NVRM version: NVIDIA UNIX Open Kernel Module for \S+\s+(\d+(?:\.\d+)+)`)
-	reModule     = regexp.MustCompile(`NVRM version: NVIDIA UNIX \S+ Kernel Module\s+(\d+(?:\.\d+)+)`)
+	reOpenModule = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`NVRM version: NVIDIA UNIX Open Kernel Module for \S+\s+(\d+(?:\.\d+)+)`)
+	})
+	reModule = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`NVRM version: NVIDIA UNIX \S+ Kernel Module\s+(\d+(?:\.\d+)+)`)
+	})
 )
 
 // ParseVersionFile parses /proc/driver/nvidia/version.
 func ParseVersionFile(data []byte) (string, Flavour, error) {
-	if m := reOpenModule.FindSubmatch(data); m != nil {
+	if m := reOpenModule().FindSubmatch(data); m != nil {
 		return string(m[1]), FlavourOpen, nil
 	}
-	if m := reModule.FindSubmatch(data); m != nil {
+	if m := reModule().FindSubmatch(data); m != nil {
 		return string(m[1]), FlavourProprietary, nil
 	}
 	line, _, _ := bytes.Cut(data, []byte("\n"))

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -244,20 +245,22 @@ func hostCopy(data []byte) (string, error) {
 	return "", fmt.Errorf("write the params copy: %w", errors.Join(errs...))
 }
 
-var reModify = regexp.MustCompile(`(?m)^ModifyDeviceFiles:[ \t]*1[ \t]*$`)
+// The hook's patterns are compiled when first used: the binaries that hold the hook start
+// for other commands too.
+var reModify = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^ModifyDeviceFiles:[ \t]*1[ \t]*$`) })
 
 // setModifyDeviceFiles rewrites "ModifyDeviceFiles: 1" to 0; changed is false when there
 // is nothing to rewrite.
 func setModifyDeviceFiles(data []byte) ([]byte, bool) {
-	if !reModify.Match(data) {
+	if !reModify().Match(data) {
 		return data, false
 	}
-	return reModify.ReplaceAll(data, []byte("ModifyDeviceFiles: 0")), true
+	return reModify().ReplaceAll(data, []byte("ModifyDeviceFiles: 0")), true
 }
 
 const compatDir = "/usr/local/cuda/compat"
 
-var reCompatLib = regexp.MustCompile(`^libcuda\.so\.(\d+(?:\.\d+)+)$`)
+var reCompatLib = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^libcuda\.so\.(\d+(?:\.\d+)+)$`) })
 
 // cudaCompatFolder returns the image's CUDA forward-compat folder when its libcuda is
 // newer than the host driver, else "".
@@ -272,7 +275,7 @@ func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
 	}
 	var best []int
 	for _, n := range names {
-		m := reCompatLib.FindStringSubmatch(n)
+		m := reCompatLib().FindStringSubmatch(n)
 		if m == nil {
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -29,10 +30,13 @@ const tmpfsOptions = "mode=0755,size=1m,nr_inodes=16384"
 
 // idPattern matches a layout's folder name (Plan.ID): version, set, hash. Nothing else
 // under a base is ever detached or removed.
-var idPattern = regexp.MustCompile(`^[0-9A-Za-z._~-]+-(all|[a-z][a-z0-9]*(\+[a-z][a-z0-9]*)*)-[0-9a-f]{12}$`)
+// It is compiled when first used: most commands never need it.
+var idPattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[0-9A-Za-z._~-]+-(all|[a-z][a-z0-9]*(\+[a-z][a-z0-9]*)*)-[0-9a-f]{12}$`)
+})
 
 // IsID reports whether name is a layout's folder name.
-func IsID(name string) bool { return idPattern.MatchString(name) }
+func IsID(name string) bool { return idPattern().MatchString(name) }
 
 // checkBase refuses a base reached through a symbolic link: a process that may write
 // beside it (a requester asking for a layout) must not be able to point the builder, which
