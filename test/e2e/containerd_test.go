@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -323,14 +322,11 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 			times[k] = append(times[k], once(fmt.Sprintf("%s%d", tc.name, i), tc))
 		}
 	}
-	median := func(ds []time.Duration) float64 {
-		slices.Sort(ds)
-		return float64(ds[len(ds)/2].Microseconds()) / 1000
-	}
 	plain := median(times[0])
 	b.ReportMetric(plain, "plain-ms")
 	for k, tc := range cases[1:] {
 		b.ReportMetric(median(times[k+1])-plain, tc.name+"-added-ms")
+		b.ReportMetric(pairedMedian(times, k+1), tc.name+"-paired-ms")
 	}
 }
 

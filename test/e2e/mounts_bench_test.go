@@ -111,6 +111,7 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 	b.ReportMetric(plain, "ms-median/plain")
 	for i, tc := range cases[1:] {
 		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+tc.name)
+		b.ReportMetric(pairedMedian(times, i+1), "ms-paired/"+tc.name)
 	}
 	b.ReportMetric(0, "ns/op")
 }

@@ -65,6 +65,17 @@ func median(d []time.Duration) float64 {
 	return float64(s[len(s)/2]) / float64(time.Millisecond)
 }
 
+// pairedMedian is the median, over the interleaved rounds, of what case i took beyond
+// case 0 (plain) in the same round: the machine's drift between rounds, which the
+// difference of the two medians carries, cancels out.
+func pairedMedian(times [][]time.Duration, i int) float64 {
+	d := make([]time.Duration, 0, len(times[0]))
+	for r := range min(len(times[0]), len(times[i])) {
+		d = append(d, times[i][r]-times[0][r])
+	}
+	return median(d)
+}
+
 // BenchmarkRuntimeWrapperDocker: added create+start over a plain container, through
 // Docker Engine 29, for nvbind-runtime and NVIDIA's nvidia-container-runtime (v1.20.2, CDI
 // mode, its own spec) on the same driver root, every GPU and every capability, nvbind's
@@ -140,6 +151,7 @@ func reportWrapper(b *testing.B, times [][]time.Duration, base string, names ...
 	b.ReportMetric(plain, "ms-median/"+base)
 	for i, name := range names {
 		b.ReportMetric(median(times[i+1])-plain, "ms-added/"+name)
+		b.ReportMetric(pairedMedian(times, i+1), "ms-paired/"+name)
 	}
 	theirs := median(times[3]) - plain
 	b.ReportMetric((median(times[2])-plain)/theirs, "ratio/nvbind-vs-nvidia")
