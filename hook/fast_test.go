@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	securejoin "github.com/cyphar/filepath-securejoin"
+
 	"github.com/nvbind/nvbind/internal/ldcache"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -717,16 +719,21 @@ func TestFastHookFolderLinks(t *testing.T) {
 				t.Errorf("gsp_ga10x.bin -> %q", got)
 			}
 		}},
-		// an image committed with another layout's link, run without that layout: the files
-		// are linked one by one through it, which fails loudly, as before folder links
-		{name: "a stale link to another layout that is not there", fails: true, setup: func(t *testing.T, root string) {
+		// an image committed from a container with another layout, run without it: the
+		// stale link is replaced, as a stale link of a file is (its mount point is there)
+		{name: "a stale link to another layout that is not there", linked: true, setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{path.Dir(layoutMount)[1:] + "/graphics/.keep": ""})
 			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
 				t.Fatal(err)
 			}
 			if err := os.Symlink(path.Dir(layoutMount)+"/graphics"+fw, filepath.Join(root, fw)); err != nil {
 				t.Fatal(err)
 			}
-		}, check: func(t *testing.T, root string) {}},
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
+				t.Errorf("%s -> %q", fw, got)
+			}
+		}},
 		{name: "an earlier start's folder link: kept, nothing under it", linked: true, setup: func(t *testing.T, root string) {
 			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
 				t.Fatal(err)
@@ -818,5 +825,61 @@ func TestFastHookFolderLinksOfTwoLayouts(t *testing.T) {
 	}
 	if after := layouts(); after != before {
 		t.Errorf("the layouts changed:\n%s\n---\n%s", before, after)
+	}
+}
+
+// A layout that holds only part of a driver folder links its files one by one; beside a
+// layout that linked the folder whole (capability devices, two specs), either may run
+// first. After the whole one, the files are there, in its read-only mount, and the partial
+// one's links, differing or not, are left with a note, never tried in that mount.
+func TestFastHookPartialLayoutBesideFolderLink(t *testing.T) {
+	testutil.RequiresRoot(t) // the layouts read-only, as a runtime mounts them
+	const xorg = "/usr/lib/nvidia/xorg"
+	const lib = "libglxserver_nvidia.so.535.261.03"
+	for _, order := range [][]string{{"all", "graphics"}, {"graphics", "all"}} {
+		t.Run(strings.Join(order, "-then-"), func(t *testing.T) {
+			bundle, _ := layoutBundle(t, "")
+			root := filepath.Join(bundle, "rootfs")
+			args := map[string][]string{}
+			var ro []string
+			for _, set := range []string{"all", "graphics"} {
+				mount := path.Join(path.Dir(layoutMount), set)
+				ro = append(ro, mount)
+				writeFiles(t, root, map[string]string{mount[1:] + xorg + "/" + lib: "the driver's"})
+				if err := os.Symlink(lib, filepath.Join(root, mount, xorg, "libglxserver_nvidia.so")); err != nil {
+					t.Fatal(err)
+				}
+				args[set] = []string{"hook", "all",
+					"--link", mount + xorg + "/" + lib + "::" + xorg + "/" + lib,
+					"--link", mount + xorg + "/libglxserver_nvidia.so::" + xorg + "/libglxserver_nvidia.so"}
+			}
+			// the whole one links the folder; the partial one cannot
+			args["all"] = append(args["all"][:2:2], append([]string{"--folder-link", layoutMount + "/usr/lib/nvidia::/usr/lib/nvidia"}, args["all"][2:]...)...)
+			layouts := func() string { return tree(t, filepath.Join(root, path.Dir(layoutMount))) }
+			before := layouts()
+			var stderr string
+			for i, set := range order {
+				r := bothRO(t, bundle, args[set], ro...)
+				if r.code != 0 || r.path != "done" {
+					t.Fatalf("hook %d (%s): %s, exit %d: %s", i+1, set, r.path, r.code, r.stderr)
+				}
+				stderr += r.stderr
+			}
+			if after := layouts(); after != before {
+				t.Errorf("the layouts changed:\n%s\n---\n%s", before, after)
+			}
+			for _, name := range []string{lib, "libglxserver_nvidia.so"} {
+				p, err := securejoin.SecureJoin(root, xorg+"/"+name) // as the container sees it
+				if err != nil {
+					t.Fatal(err)
+				}
+				if data, err := os.ReadFile(p); err != nil || string(data) != "the driver's" {
+					t.Errorf("%s: %q, %v", name, data, err)
+				}
+			}
+			if order[0] == "all" && !strings.Contains(stderr, xorg+"/libglxserver_nvidia.so is on a read-only mount (a layout's or a volume's): left as it is") {
+				t.Errorf("no note of the links left in the whole layout:\n%s", stderr)
+			}
+		})
 	}
 }

@@ -106,12 +106,12 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		if throughFolder(l, linked) {
 			continue
 		}
-		skipped, err := r.symlink(l.Target, l.Link)
+		note, err := r.symlink(l.Target, l.Link)
 		if err != nil {
 			return fmt.Errorf("create-symlinks: %w", err)
 		}
-		if skipped {
-			fmt.Fprintf(o.Log, "create-symlinks: %s exists in the image and is not a link: left as it is\n", l.Link)
+		if note != "" {
+			fmt.Fprintf(o.Log, "create-symlinks: %s %s: left as it is\n", l.Link, note)
 		}
 	}
 	if len(folders) > 0 {

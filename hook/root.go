@@ -164,22 +164,45 @@ func (r *containerRoot) makeLink(pfd int, name, target, link string) error {
 }
 
 // symlink makes link point to target. An identical link is kept, another link is
-// replaced, and anything that is not a link is left alone (reported as skipped).
-func (r *containerRoot) symlink(target, link string) (skipped bool, err error) {
+// replaced, and anything that is not a link is left alone; note says why something was
+// left ("" when link is in place).
+func (r *containerRoot) symlink(target, link string) (note string, err error) {
 	pfd, name, at, old, err := r.lookLink(target, link)
 	switch {
 	case err != nil:
-		return false, err
+		return "", err
 	case at == atLink && old == target:
-		return false, nil
+		return "", nil
+	case (at == atLink || at == atOther) && inForeignReadOnly(pfd, int(r.fd.Fd())):
+		// another layout's folder (linked there by its hook), which holds the driver's
+		// files too
+		return "is on a read-only mount (a layout's or a volume's)", nil
 	case at == atLink:
 		if err := unix.Unlinkat(pfd, name, 0); err != nil {
-			return false, wrapErr("replace link", link, err)
+			return "", wrapErr("replace link", link, err)
 		}
 	case at == atOther:
-		return true, nil // a file or folder of the image's own: never clobber it
+		return "exists in the image and is not a link", nil // the image's own: never clobber it
 	}
-	return false, r.makeLink(pfd, name, target, path.Clean(link))
+	return "", r.makeLink(pfd, name, target, path.Clean(link))
+}
+
+// inForeignReadOnly reports whether folder handle pfd is on a read-only mount other than
+// the root's (handle root): a layout (another one's, linked there by its hook) or a
+// read-only volume, which is not the hook's to change.
+func inForeignReadOnly(pfd, root int) bool {
+	m, r := mountID(pfd), mountID(root)
+	var sf unix.Statfs_t
+	return m != 0 && r != 0 && m != r && unix.Fstatfs(pfd, &sf) == nil && sf.Flags&unix.ST_RDONLY != 0
+}
+
+// mountID is the mount a handle is on (Linux 5.8), or 0 where unknown.
+func mountID(fd int) uint64 {
+	var st unix.Statx_t
+	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st) != nil || st.Mask&unix.STATX_MNT_ID == 0 {
+		return 0
+	}
+	return st.Mnt_id
 }
 
 // folderLink makes folder a link to target where the image has nothing at its path, and
@@ -190,10 +213,16 @@ func (r *containerRoot) folderLink(target, folder string) (bool, error) {
 	switch {
 	case err != nil:
 		return false, err
+	case at == atLink && (old == target || !otherLayout(old, target, folder)):
+		return old == target, nil
+	case at == atLink && r.isDir(folder):
+		return true, nil // another layout's, mounted beside ours
 	case at == atLink:
-		// another layout's counts where it is there: a stale link (an image committed with
-		// one) leaves the files to be linked one by one, failing loudly where they cannot be
-		return old == target || (otherLayout(old, target, folder) && r.isDir(folder)), nil
+		// another layout's that is not there: an image committed from a container that had
+		// it. Replaced, as a stale link of a file is: through it nothing could be linked.
+		if err := unix.Unlinkat(pfd, name, 0); err != nil {
+			return false, wrapErr("replace link", folder, err)
+		}
 	case at == atOther:
 		return false, nil
 	}

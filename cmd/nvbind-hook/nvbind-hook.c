@@ -1578,6 +1578,36 @@ static int put_link(int pfd, const char *name, const struct link *l, char *buf, 
 	return AT_NONE;
 }
 
+#ifndef ST_RDONLY
+#define ST_RDONLY 1 /* statfs's f_flags: a read-only mount (glibc has it in sys/statvfs.h) */
+#endif
+#ifndef SYS_statx
+#if defined(__x86_64__)
+#define SYS_statx 332
+#elif defined(__aarch64__)
+#define SYS_statx 291
+#endif
+#endif
+
+/* mount_id is the mount a handle is on (statx's stx_mnt_id, Linux 5.8), or 0 where unknown. */
+static uint64_t mount_id(int fd) {
+	uint64_t b[32] = {0}; /* struct statx, 256 bytes: stx_mask at 0, stx_mnt_id at 144 */
+	uint32_t mask;
+	if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, 0x1000U /* STATX_MNT_ID */, b) != 0)
+		return 0;
+	memcpy(&mask, b, sizeof mask);
+	return mask & 0x1000U ? b[18] : 0;
+}
+
+/* foreign_ro: folder handle pfd is on a read-only mount other than the root's: a layout
+ * (another one's, linked there by its hook) or a read-only volume, which is not the hook's
+ * to change. As the full hook's inForeignReadOnly. */
+static int foreign_ro(int pfd) {
+	uint64_t m = mount_id(pfd), r = mount_id(g_root);
+	struct statfs sf;
+	return m && r && m != r && fstatfs(pfd, &sf) == 0 && (sf.f_flags & ST_RDONLY);
+}
+
 /* other_layout: link target t is folder in another layout mounted beside target's
  * (target with its layout's name, the component before folder, changed): another hook of
  * the container linked it there, and the spec generator links a folder whole only from a
@@ -1925,14 +1955,22 @@ int main(int argc, char **argv, char **envp) {
 		char buf[PATH_MAX];
 		int pfd = link_folder(a.flinks[i].link, &name);
 		int at = put_link(pfd, name, &a.flinks[i], buf, sizeof buf);
-		/* another layout's counts where it is there: a stale link (an image committed with
-		 * one) leaves the files to be linked one by one, failing loudly where they cannot be */
+		/* another layout's counts where it is there (mounted beside ours); where it is not
+		 * (an image committed from a container that had it), it is replaced, as a stale
+		 * link of a file is: through it nothing could be linked */
 		int there = at == AT_MADE || (at == AT_LINK && strcmp(buf, a.flinks[i].target) == 0);
 		if (!there && at == AT_LINK && other_layout(buf, a.flinks[i].target, a.flinks[i].link)) {
 			int fd = in_root(a.flinks[i].link, O_PATH | O_DIRECTORY);
-			there = fd >= 0;
+			there = 1;
 			if (fd >= 0)
 				close(fd);
+			else {
+				if (unlinkat(pfd, name, 0) != 0)
+					full("a link cannot be replaced");
+				if (symlinkat(a.flinks[i].target, pfd, name) != 0)
+					full("a link cannot be made");
+				forget_dirs(a.flinks[i].link);
+			}
 		}
 		if (there)
 			linked[nlinked++] = &a.flinks[i];
@@ -1955,9 +1993,15 @@ int main(int argc, char **argv, char **envp) {
 		int at = put_link(pfd, name, &a.links[i], buf, sizeof buf);
 		if (at == AT_MADE) /* the common case: nothing there */
 			continue;
+		if (at == AT_LINK && strcmp(buf, a.links[i].target) == 0)
+			continue;
+		if ((at == AT_LINK || at == AT_OTHER) && foreign_ro(pfd)) {
+			/* another layout's folder (linked there by its hook), which holds the driver's
+			 * files too */
+			say("create-symlinks: %s is on a read-only mount (a layout's or a volume's): left as it is\n", a.links[i].link);
+			continue;
+		}
 		if (at == AT_LINK) {
-			if (strcmp(buf, a.links[i].target) == 0)
-				continue;
 			if (unlinkat(pfd, name, 0) != 0)
 				full("a link cannot be replaced");
 		} else if (at == AT_OTHER) {
