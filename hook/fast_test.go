@@ -734,6 +734,20 @@ func TestFastHookFolderLinks(t *testing.T) {
 				t.Errorf("%s -> %q", fw, got)
 			}
 		}},
+		// a folder of the image's own where another layout's would be is no layout's
+		{name: "a link to a look-alike of another layout's folder", linked: true, setup: func(t *testing.T, root string) {
+			writeFiles(t, root, map[string]string{path.Dir(layoutMount)[1:] + "/graphics" + fw + "/gsp_ga10x.bin": "the image's"})
+			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(path.Dir(layoutMount)+"/graphics"+fw, filepath.Join(root, fw)); err != nil {
+				t.Fatal(err)
+			}
+		}, check: func(t *testing.T, root string) {
+			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
+				t.Errorf("%s -> %q", fw, got)
+			}
+		}},
 		{name: "an earlier start's folder link: kept, nothing under it", linked: true, setup: func(t *testing.T, root string) {
 			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
 				t.Fatal(err)

@@ -215,11 +215,11 @@ func (r *containerRoot) folderLink(target, folder string) (bool, error) {
 		return false, err
 	case at == atLink && (old == target || !otherLayout(old, target, folder)):
 		return old == target, nil
-	case at == atLink && r.isDir(folder):
+	case at == atLink && r.isLayoutDir(folder):
 		return true, nil // another layout's, mounted beside ours
 	case at == atLink:
-		// another layout's that is not there: an image committed from a container that had
-		// it. Replaced, as a stale link of a file is: through it nothing could be linked.
+		// another layout's that is not there (an image committed from a container that had
+		// it), or a look-alike of the image's: replaced, as a stale link of a file is
 		if err := unix.Unlinkat(pfd, name, 0); err != nil {
 			return false, wrapErr("replace link", folder, err)
 		}
@@ -417,6 +417,14 @@ func (r *containerRoot) readDirNames(dir string, max int) ([]string, error) {
 }
 
 // isDir reports whether p resolves to a folder inside the root.
+// isLayoutDir reports whether p resolves to a folder on a read-only mount other than the
+// root's, as a layout's folders are: a folder of the image's own that only looks like one
+// does not count.
+func (r *containerRoot) isLayoutDir(p string) bool {
+	h, err := r.dir(p, false)
+	return err == nil && inForeignReadOnly(int(h.Fd()), int(r.fd.Fd()))
+}
+
 func (r *containerRoot) isDir(p string) bool {
 	_, err := r.dir(p, false)
 	return err == nil

@@ -1956,15 +1956,18 @@ int main(int argc, char **argv, char **envp) {
 		int pfd = link_folder(a.flinks[i].link, &name);
 		int at = put_link(pfd, name, &a.flinks[i], buf, sizeof buf);
 		/* another layout's counts where it is there (mounted beside ours); where it is not
-		 * (an image committed from a container that had it), it is replaced, as a stale
-		 * link of a file is: through it nothing could be linked */
+		 * (an image committed from a container that had it, or a look-alike of the
+		 * image's), it is replaced, as a stale link of a file is */
 		int there = at == AT_MADE || (at == AT_LINK && strcmp(buf, a.flinks[i].target) == 0);
 		if (!there && at == AT_LINK && other_layout(buf, a.flinks[i].target, a.flinks[i].link)) {
+			/* a layout's folder is on a read-only mount other than the root's: a folder of
+			 * the image's own that only looks like one does not count */
 			int fd = in_root(a.flinks[i].link, O_PATH | O_DIRECTORY);
+			int other = fd >= 0 && foreign_ro(fd);
 			there = 1;
 			if (fd >= 0)
 				close(fd);
-			else {
+			if (!other) {
 				if (unlinkat(pfd, name, 0) != 0)
 					full("a link cannot be replaced");
 				if (symlinkat(a.flinks[i].target, pfd, name) != 0)
