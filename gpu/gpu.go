@@ -410,7 +410,7 @@ func (d *Discoverer) Discover(ctx context.Context) (*Inventory, error) {
 	// say the same. Where neither NVML (not started, or only for MIG) nor libcuda (not
 	// loaded) is to give the version, the stamp is read meanwhile; the scan touches
 	// nothing shared, and ends on its own when Discover returns first.
-	ofBranch := libs.pendingOf(branchRelease(inv.Driver.Version))
+	ofBranch := libs.cudaPath != "" && libs.pendingOf(branchRelease(inv.Driver.Version))
 	libcudaRelease := sync.OnceValue(func() string { return cudaRelease(libs.cudaPath) })
 	if len(libs.pending) > 0 && !ofBranch && libs.cudaPath != "" && d.cfg.noCUDA && (d.cfg.noNVML || d.cfg.nvmlForMIG) {
 		go libcudaRelease()

@@ -191,18 +191,31 @@ func (r *containerRoot) symlink(target, link string) (note string, err error) {
 // the root's (handle root): a layout (another one's, linked there by its hook) or a
 // read-only volume, which is not the hook's to change.
 func inForeignReadOnly(pfd, root int) bool {
-	m, r := mountID(pfd), mountID(root)
 	var sf unix.Statfs_t
-	return m != 0 && r != 0 && m != r && unix.Fstatfs(pfd, &sf) == nil && sf.Flags&unix.ST_RDONLY != 0
+	if unix.Fstatfs(pfd, &sf) != nil || sf.Flags&unix.ST_RDONLY == 0 {
+		return false
+	}
+	m, r, ok := mountIDs(pfd, root)
+	return ok && m != r
 }
 
-// mountID is the mount a handle is on (Linux 5.8), or 0 where unknown.
-func mountID(fd int) uint64 {
-	var st unix.Statx_t
-	if unix.Statx(fd, "", unix.AT_EMPTY_PATH, unix.STATX_MNT_ID, &st) != nil || st.Mask&unix.STATX_MNT_ID == 0 {
-		return 0
+// mountIDs are the mounts two handles are on (statx, Linux 5.8); before that kernel, their
+// file systems' devices, which tell a layout (a tmpfs of its own) from the root's.
+func mountIDs(a, b int) (uint64, uint64, bool) {
+	var sa, sb unix.Statx_t
+	const ask = unix.STATX_MNT_ID | unix.STATX_BASIC_STATS
+	if unix.Statx(a, "", unix.AT_EMPTY_PATH, ask, &sa) != nil || unix.Statx(b, "", unix.AT_EMPTY_PATH, ask, &sb) != nil {
+		return 0, 0, false
 	}
-	return st.Mnt_id
+	// one kernel answers both: mount IDs for both, or devices for both
+	am, bm := sa.Mask&unix.STATX_MNT_ID != 0, sb.Mask&unix.STATX_MNT_ID != 0
+	switch {
+	case am && bm:
+		return sa.Mnt_id, sb.Mnt_id, true
+	case !am && !bm:
+		return unix.Mkdev(sa.Dev_major, sa.Dev_minor), unix.Mkdev(sb.Dev_major, sb.Dev_minor), true
+	}
+	return 0, 0, false
 }
 
 // folderLink makes folder a link to target where the image has nothing at its path, and
@@ -416,7 +429,6 @@ func (r *containerRoot) readDirNames(dir string, max int) ([]string, error) {
 	}
 }
 
-// isDir reports whether p resolves to a folder inside the root.
 // isLayoutDir reports whether p resolves to a folder on a read-only mount other than the
 // root's, as a layout's folders are: a folder of the image's own that only looks like one
 // does not count.
@@ -425,6 +437,7 @@ func (r *containerRoot) isLayoutDir(p string) bool {
 	return err == nil && inForeignReadOnly(int(h.Fd()), int(r.fd.Fd()))
 }
 
+// isDir reports whether p resolves to a folder inside the root.
 func (r *containerRoot) isDir(p string) bool {
 	_, err := r.dir(p, false)
 	return err == nil

@@ -1589,23 +1589,33 @@ static int put_link(int pfd, const char *name, const struct link *l, char *buf, 
 #endif
 #endif
 
-/* mount_id is the mount a handle is on (statx's stx_mnt_id, Linux 5.8), or 0 where unknown. */
-static uint64_t mount_id(int fd) {
-	uint64_t b[32] = {0}; /* struct statx, 256 bytes: stx_mask at 0, stx_mnt_id at 144 */
-	uint32_t mask;
-	if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, 0x1000U /* STATX_MNT_ID */, b) != 0)
-		return 0;
+/* mount_of says what mount a handle is on: statx's mount ID (*mnt set; Linux 5.8), else
+ * its file system's device, which tells a layout (a tmpfs of its own) from the root's.
+ * -1 where statx fails. */
+static int mount_of(int fd, uint64_t *id, int *mnt) {
+	uint64_t b[32] = {0}; /* struct statx, 256 bytes: stx_mask at 0, stx_dev_major and
+	                       * stx_dev_minor at 136 and 140, stx_mnt_id at 144 */
+	uint32_t mask, dev[2];
+	if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, 0x17ffU /* STATX_BASIC_STATS|STATX_MNT_ID */, b) != 0)
+		return -1;
 	memcpy(&mask, b, sizeof mask);
-	return mask & 0x1000U ? b[18] : 0;
+	memcpy(dev, (char *)b + 136, sizeof dev);
+	*mnt = (mask & 0x1000U) != 0;
+	*id = *mnt ? b[18] : ((uint64_t)dev[0] << 32 | dev[1]);
+	return 0;
 }
 
 /* foreign_ro: folder handle pfd is on a read-only mount other than the root's: a layout
  * (another one's, linked there by its hook) or a read-only volume, which is not the hook's
  * to change. As the full hook's inForeignReadOnly. */
 static int foreign_ro(int pfd) {
-	uint64_t m = mount_id(pfd), r = mount_id(g_root);
 	struct statfs sf;
-	return m && r && m != r && fstatfs(pfd, &sf) == 0 && (sf.f_flags & ST_RDONLY);
+	uint64_t m, r;
+	int mm, rm;
+	if (fstatfs(pfd, &sf) != 0 || !(sf.f_flags & ST_RDONLY))
+		return 0;
+	/* one kernel answers both: mount IDs for both, or devices for both */
+	return mount_of(pfd, &m, &mm) == 0 && mount_of(g_root, &r, &rm) == 0 && mm == rm && m != r;
 }
 
 /* other_layout: link target t is folder in another layout mounted beside target's
