@@ -273,7 +273,9 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 	c.importImages()
 	bin := testutil.BuildNVBind(b, b.TempDir())
 	hook := testutil.HookBinary(bin)
-	startPlugin(b, bin, c.NRISock, driverRoot)
+	// the pod's namespace may ask for every GPU: elsewhere NVIDIA_VISIBLE_DEVICES=all in the
+	// env is ignored, and the case would time a plain container
+	startPlugin(b, bin, c.NRISock, driverRoot, "--all-gpus-namespaces", "default")
 	cdiDir := filepath.Join(c.dir, "cdi")
 	writeSpec(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "layout.nvbind.io"})
 	writeSpecFiles(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "per-file.nvbind.io"})
@@ -301,6 +303,11 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 	}
 	p := c.runPod("timing", "default", nil)
 	defer c.stopPod(p)
+	// the env case gets the GPU, its files and the layout before it is timed
+	out, err := c.run(p, "check", "test -c /dev/nvidiactl && test -e /usr/bin/nvidia-smi && grep -q ' /usr/local/nvbind/' /proc/self/mountinfo && echo gpu", all, nil)
+	if err != nil || out != "gpu" {
+		b.Fatalf("the NRI case got no GPU, files or layout: %q, %v\n%s", out, err, c.log())
+	}
 	once := func(name string, tc bcase) time.Duration {
 		start := time.Now()
 		id, err := c.createStart(p, name, "true", tc.env, nil, tc.cdi...)
