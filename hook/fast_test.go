@@ -652,6 +652,17 @@ func TestFastHookLinkOverLookedUpFolder(t *testing.T) {
 	}
 }
 
+// linkAt makes p, under root, a link to target, with the folders above it.
+func linkAt(t *testing.T, root, p, target string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(root, path.Dir(p)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(target, filepath.Join(root, p)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A folder only the driver fills is linked whole where the image has nothing there, and
 // the links under it are then skipped; a folder, file or link of the image's own there
 // leaves them to be made one by one. Both hooks do the same.
@@ -692,12 +703,7 @@ func TestFastHookFolderLinks(t *testing.T) {
 		}},
 		{name: "the image's link elsewhere: a link per file where it points", setup: func(t *testing.T, root string) {
 			writeFiles(t, root, map[string]string{"opt/fw/.keep": ""})
-			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink("/opt/fw", filepath.Join(root, fw)); err != nil {
-				t.Fatal(err)
-			}
+			linkAt(t, root, fw, "/opt/fw")
 		}, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != "/opt/fw" {
 				t.Errorf("the image's link: %q", got)
@@ -708,12 +714,7 @@ func TestFastHookFolderLinks(t *testing.T) {
 		}},
 		{name: "the image's link that looks like another layout's but is not", setup: func(t *testing.T, root string) {
 			writeFiles(t, root, map[string]string{"usr/local/nvbind/a/b" + fw + "/.keep": ""})
-			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink("/usr/local/nvbind/a/b"+fw, filepath.Join(root, fw)); err != nil {
-				t.Fatal(err)
-			}
+			linkAt(t, root, fw, "/usr/local/nvbind/a/b"+fw)
 		}, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, "usr/local/nvbind/a/b", fw, "gsp_ga10x.bin")); got != layoutMount+fw+"/gsp_ga10x.bin" {
 				t.Errorf("gsp_ga10x.bin -> %q", got)
@@ -723,12 +724,7 @@ func TestFastHookFolderLinks(t *testing.T) {
 		// stale link is replaced, as a stale link of a file is (its mount point is there)
 		{name: "a stale link to another layout that is not there", linked: true, setup: func(t *testing.T, root string) {
 			writeFiles(t, root, map[string]string{path.Dir(layoutMount)[1:] + "/graphics/.keep": ""})
-			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(path.Dir(layoutMount)+"/graphics"+fw, filepath.Join(root, fw)); err != nil {
-				t.Fatal(err)
-			}
+			linkAt(t, root, fw, path.Dir(layoutMount)+"/graphics"+fw)
 		}, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
 				t.Errorf("%s -> %q", fw, got)
@@ -737,24 +733,14 @@ func TestFastHookFolderLinks(t *testing.T) {
 		// a folder of the image's own where another layout's would be is no layout's
 		{name: "a link to a look-alike of another layout's folder", linked: true, setup: func(t *testing.T, root string) {
 			writeFiles(t, root, map[string]string{path.Dir(layoutMount)[1:] + "/graphics" + fw + "/gsp_ga10x.bin": "the image's"})
-			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(path.Dir(layoutMount)+"/graphics"+fw, filepath.Join(root, fw)); err != nil {
-				t.Fatal(err)
-			}
+			linkAt(t, root, fw, path.Dir(layoutMount)+"/graphics"+fw)
 		}, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
 				t.Errorf("%s -> %q", fw, got)
 			}
 		}},
 		{name: "an earlier start's folder link: kept, nothing under it", linked: true, setup: func(t *testing.T, root string) {
-			if err := os.MkdirAll(filepath.Join(root, path.Dir(fw)), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Symlink(layoutMount+fw, filepath.Join(root, fw)); err != nil {
-				t.Fatal(err)
-			}
+			linkAt(t, root, fw, layoutMount+fw)
 		}, check: func(t *testing.T, root string) {
 			if got := readLink(t, filepath.Join(root, fw)); got != layoutMount+fw {
 				t.Errorf("%s -> %q", fw, got)
