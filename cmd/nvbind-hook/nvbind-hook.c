@@ -1578,6 +1578,16 @@ static int put_link(int pfd, const char *name, const struct link *l, char *buf, 
 	return AT_NONE;
 }
 
+/* relink makes name, in folder pfd, the link l, replacing the link there when replace is
+ * set; it hands over where it cannot. */
+static void relink(int pfd, const char *name, const struct link *l, int replace) {
+	if (replace && unlinkat(pfd, name, 0) != 0)
+		full("a link cannot be replaced");
+	if (symlinkat(l->target, pfd, name) != 0)
+		full("a link cannot be made");
+	forget_dirs(l->link);
+}
+
 #ifndef ST_RDONLY
 #define ST_RDONLY 1 /* statfs's f_flags: a read-only mount (glibc has it in sys/statvfs.h) */
 #endif
@@ -1977,13 +1987,8 @@ int main(int argc, char **argv, char **envp) {
 			there = 1;
 			if (fd >= 0)
 				close(fd);
-			if (!other) {
-				if (unlinkat(pfd, name, 0) != 0)
-					full("a link cannot be replaced");
-				if (symlinkat(a.flinks[i].target, pfd, name) != 0)
-					full("a link cannot be made");
-				forget_dirs(a.flinks[i].link);
-			}
+			if (!other)
+				relink(pfd, name, &a.flinks[i], 1);
 		}
 		if (there)
 			linked[nlinked++] = &a.flinks[i];
@@ -2014,16 +2019,11 @@ int main(int argc, char **argv, char **envp) {
 			say("create-symlinks: %s is on a read-only mount (a layout's or a volume's): left as it is\n", a.links[i].link);
 			continue;
 		}
-		if (at == AT_LINK) {
-			if (unlinkat(pfd, name, 0) != 0)
-				full("a link cannot be replaced");
-		} else if (at == AT_OTHER) {
-			say( "create-symlinks: %s exists in the image and is not a link: left as it is\n", a.links[i].link);
+		if (at == AT_OTHER) {
+			say("create-symlinks: %s exists in the image and is not a link: left as it is\n", a.links[i].link);
 			continue;
 		}
-		if (symlinkat(a.links[i].target, pfd, name) != 0)
-			full("a link cannot be made");
-		forget_dirs(a.links[i].link);
+		relink(pfd, name, &a.links[i], at == AT_LINK); /* AT_NONE: gone meanwhile */
 	}
 
 	/* update-ldcache */
