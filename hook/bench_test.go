@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -61,7 +62,7 @@ func hookBench(b *testing.B) (bin, state string, args []string) {
 			args = append(args, strings.Trim(line, `"`))
 		}
 	}
-	return bin, `{"ociVersion":"1.0.2","id":"bench","status":"creating","pid":1,"bundle":"` + bundle + `"}`, args[1:]
+	return bin, `{"ociVersion":"1.0.2","id":"bench","status":"creating","pid":` + strconv.Itoa(os.Getpid()) + `,"bundle":"` + bundle + `"}`, args[1:]
 }
 
 func runHook(b *testing.B, bin, state string, args ...string) {

@@ -1,7 +1,8 @@
-// Package hook implements the OCI createContainer hooks that nvbind's specs and NRI
-// adjustments name: library links, the container's ld cache, protection of the driver's
-// device nodes, CUDA forward compatibility and the EGL application profile, all in one
-// process.
+// Package hook implements the OCI hooks that nvbind's specs and NRI adjustments name:
+// library links, the container's ld cache, protection of the driver's device nodes, CUDA
+// forward compatibility and the EGL application profile, all in one process. They run at
+// createRuntime, entering the container's mount namespace first
+// (--enter-mount-namespace), or at createContainer, already in it.
 //
 // Hooks run as root on the host against a tree the image controls. Every container path
 // is resolved inside the container root (openat2 RESOLVE_IN_ROOT|RESOLVE_NO_MAGICLINKS,

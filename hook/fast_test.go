@@ -243,6 +243,12 @@ type hookRun struct {
 // launcher that measures its peak memory.
 func runHookOn(t testing.TB, bin, bundle string, args []string, full bool) hookRun {
 	t.Helper()
+	return runHookPid(t, bin, bundle, args, full, 1)
+}
+
+// runHookPid is runHookOn with pid in the state.
+func runHookPid(t testing.TB, bin, bundle string, args []string, full bool, pid int) hookRun {
+	t.Helper()
 	rusage, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
@@ -250,7 +256,7 @@ func runHookOn(t testing.TB, bin, bundle string, args []string, full bool) hookR
 	defer func() { _ = rusage.Close() }()
 	cmd := exec.Command(filepath.Join(filepath.Dir(bin), "launch"), append([]string{bin}, args...)...)
 	cmd.ExtraFiles = []*os.File{w}
-	cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":1,"bundle":"` + bundle + `","annotations":{"a":"b"}}`)
+	cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":` + strconv.Itoa(pid) + `,"bundle":"` + bundle + `","annotations":{"a":"b"}}`)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NVBIND_HOOK_TRACE=1"}
 	if full {
 		cmd.Env = append(cmd.Env, "NVBIND_HOOK_FULL=1")
@@ -882,4 +888,193 @@ func TestFastHookPartialLayoutBesideFolderLink(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFastHookEntersMountNamespace: at createRuntime the runtime has mounted the layout in
+// the container's mount namespace only, and runs the hook on the host. With
+// --enter-mount-namespace both hooks enter the namespace of the state's pid and give the
+// container what they give it from inside; without it they do not see the layout.
+func TestFastHookEntersMountNamespace(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := fastHook(t)
+	bundle, args := layoutBundle(t, "")
+	entered := append(args[:2:2], append([]string{"--enter-mount-namespace"}, args[2:]...)...)
+	// the layout leaves the root, for a process of its own mount namespace to mount there
+	runs := map[string]hookRun{}
+	for _, c := range []struct {
+		name string
+		args []string
+		full bool
+	}{{"C, entered", entered, false}, {"full, entered", entered, true}, {"C, not entered", args, false}, {"full, not entered", args, true}} {
+		b := t.TempDir()
+		copyTree(t, bundle, b)
+		mnt := filepath.Join(b, "rootfs", layoutMount)
+		src := filepath.Join(b, "layout")
+		if err := os.Rename(mnt, src); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(mnt, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		pid := inMountNamespace(t, "mount --bind "+src+" "+mnt+" && mount -o remount,bind,ro "+mnt)
+		r := runHookPid(t, bin, b, c.args, c.full, pid)
+		r.stderr = strings.ReplaceAll(r.stderr, b, "BUNDLE")
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d (%s): %s", c.name, r.code, r.path, r.stderr)
+		}
+		data, err := os.ReadFile(filepath.Join(b, "rootfs/etc/ld.so.cache"))
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		entries, err := ldcache.Parse(data)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		hasCUDA := slices.ContainsFunc(entries, func(e ldcache.Entry) bool {
+			return e.Name == "libcuda.so.1" && strings.HasPrefix(e.Path, layoutMount+"/")
+		})
+		if want := c.args[2] == "--enter-mount-namespace"; hasCUDA != want {
+			t.Errorf("%s: libcuda.so.1 of the layout in the ld cache: %v, want %v", c.name, hasCUDA, want)
+		}
+		r.tree = tree(t, filepath.Join(b, "rootfs"))
+		runs[c.name] = r
+	}
+	c, full := runs["C, entered"], runs["full, entered"]
+	if c.path != "done" {
+		t.Errorf("the C hook handed over in the container's namespace: %s", c.path)
+	}
+	if c.tree != full.tree || c.stderr != full.stderr {
+		t.Errorf("the C hook and the full hook differ:\n%s\n---\n%s\ntree:\n%s\n---\n%s", c.stderr, full.stderr, c.tree, full.tree)
+	}
+	if p := runs["C, not entered"].path; p != "the layout's ld cache entries cannot be read" {
+		t.Errorf("outside the namespace the C hook took the path %q", p)
+	}
+	if c.tree == runs["full, not entered"].tree {
+		t.Error("the hook gave the container the same outside its namespace")
+	}
+
+	// a state without the container's pid: refused, in one short line
+	r := runHookPid(t, bin, bundle, entered, false, 0)
+	if r.code == 0 || r.path != "a state without the container's pid" || !strings.Contains(r.stderr, "the OCI state has no pid") {
+		t.Errorf("a state without a pid: exit %d (%s): %s", r.code, r.path, r.stderr)
+	}
+}
+
+// TestFastHookEntersUserNamespace: a container with a user namespace of its own (its
+// root is host uid 200000): the C hook joins it as its root before the mount namespace, as
+// a createContainer hook runs there, so what it makes is the container root's, and the
+// full hook it hands over to starts there too; the full hook alone, a process with
+// threads, cannot join it and says so.
+func TestFastHookEntersUserNamespace(t *testing.T) {
+	testutil.RequiresRoot(t)
+	bin := fastHook(t)
+	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil { // the full hook runs as the container's root
+		t.Fatal(err)
+	}
+	bundle, args := layoutBundle(t, "")
+	var entered []string // the layout's, without the params protection, which binds a host file
+	for i := 0; i < len(args); i++ {
+		switch args[i] {
+		case "--protect-device-nodes":
+		case "--host-params":
+			i++
+		default:
+			entered = append(entered, args[i])
+		}
+	}
+	entered = append(entered[:2:2], append([]string{"--enter-mount-namespace"}, entered[2:]...)...)
+	const uid = 200000
+	trees := map[bool]string{}
+	for _, full := range []bool{false, true} {
+		b := t.TempDir()
+		copyTree(t, bundle, b)
+		for d := b; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mnt := filepath.Join(b, "rootfs", layoutMount)
+		src := filepath.Join(b, "layout")
+		if err := os.Rename(mnt, src); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(mnt, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, uid), filepath.Join(b, "rootfs")).CombinedOutput(); err != nil {
+			t.Fatalf("chown: %v\n%s", err, out)
+		}
+		pid := inNamespaces(t, uid, "mount --bind "+src+" "+mnt+" && mount -o remount,bind,ro "+mnt)
+		r := runHookPid(t, bin, b, entered, full, pid)
+		want := "done"
+		if full {
+			want = "NVBIND_HOOK_FULL=1"
+		}
+		if r.code != 0 || r.path != want {
+			t.Fatalf("full %v: exit %d (%s): %s", full, r.code, r.path, r.stderr)
+		}
+		for _, p := range []string{"etc/ld.so.cache", "usr/bin/nvidia-smi", "etc/nvidia/nvidia-application-profiles-rc.d"} {
+			var st syscall.Stat_t
+			if err := syscall.Lstat(filepath.Join(b, "rootfs", p), &st); err != nil || st.Uid != uid || st.Gid != uid {
+				t.Errorf("full %v: /%s: owner %d:%d (%v), want the container's root, %d", full, p, st.Uid, st.Gid, err, uid)
+			}
+		}
+		data, err := os.ReadFile(filepath.Join(b, "rootfs/etc/ld.so.cache"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if entries, err := ldcache.Parse(data); err != nil || !slices.ContainsFunc(entries, func(e ldcache.Entry) bool { return e.Name == "libcuda.so.1" }) {
+			t.Errorf("full %v: the ld cache lacks libcuda.so.1 (%v)", full, err)
+		}
+		trees[full] = tree(t, filepath.Join(b, "rootfs"))
+
+		if !full { // the full hook by itself
+			cmd := exec.Command(filepath.Join(filepath.Dir(bin), "nvbind-hook-go"), entered...)
+			cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":` + strconv.Itoa(pid) + `,"bundle":"` + b + `"}`)
+			out, err := cmd.CombinedOutput()
+			if err == nil || !strings.Contains(string(out), "the container has a user namespace of its own, which only nvbind-hook enters") {
+				t.Errorf("nvbind-hook-go in a container with a user namespace: %v\n%s", err, out)
+			}
+		}
+	}
+	if trees[false] != trees[true] {
+		t.Errorf("the C hook and the full hook differ:\n%s\n---\n%s", trees[false], trees[true])
+	}
+}
+
+// inMountNamespace starts a process in a mount namespace of its own, where it runs the
+// shell command setup, and returns its pid; it lives until the test ends.
+func inMountNamespace(t *testing.T, setup string) int {
+	t.Helper()
+	return inNamespaces(t, 0, setup)
+}
+
+// inNamespaces is inMountNamespace, in a user namespace of its own too where root is not
+// 0: one whose root is host uid and gid root (65536 ids), as which setup runs.
+func inNamespaces(t *testing.T, root int, setup string) int {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", "mount --make-rprivate / && "+setup+" && echo ready && exec sleep 600")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	if root != 0 {
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: root, Size: 65536}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: root, Size: 65536}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line := make([]byte, 6)
+	if n, err := out.Read(line); err != nil || string(line[:n]) != "ready\n" {
+		t.Fatalf("%s: %q, %v: %s", setup, line[:n], err, stderr.String())
+	}
+	return cmd.Process.Pid
 }

@@ -47,6 +47,9 @@ type Options struct {
 	// GPUMinors are the minors of the container's /dev/nvidiaN nodes (Run reads them from
 	// the bundle's config.json).
 	GPUMinors []int
+	// EnterMountNamespace makes Run enter the mount namespace of the state's pid before
+	// it opens the root: the hook runs at createRuntime.
+	EnterMountNamespace bool
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
@@ -59,6 +62,11 @@ func Run(ctx context.Context, st State, o Options) error {
 	}
 	if o.AppProfile {
 		o.GPUMinors = cfg.gpuMinors()
+	}
+	if o.EnterMountNamespace {
+		if err := enterMountNamespace(st.Pid); err != nil {
+			return err
+		}
 	}
 	return RunInRoot(ctx, cfg.root, o)
 }

@@ -1,6 +1,8 @@
 /*
- * nvbind-hook: the createContainer hook that nvbind's CDI specs, NRI adjustments and
- * runtime wrapper name ("nvbind-hook hook all ...").
+ * nvbind-hook: the hook that nvbind's CDI specs, NRI adjustments and runtime wrapper
+ * name ("nvbind-hook hook all ..."), at createRuntime with --enter-mount-namespace: it
+ * enters the mount namespace of the state's pid, where the runtime has made the
+ * container's mounts, before it opens the container root.
  *
  * Runtimes start the hook on every GPU container start, so its cost is paid there. This
  * program, small, static and C, does the common case itself: a container that gets the
@@ -26,6 +28,8 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <sched.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -82,6 +86,7 @@ struct nv_open_how {
 
 static char **g_argv;
 static char **g_envp;
+static char g_self[PATH_MAX]; /* the folder of this program ("": not found yet) */
 static const char *g_state;
 static size_t g_state_len;
 static int g_trace;
@@ -125,18 +130,29 @@ static void trace(const char *fmt, ...) {
 
 /* full hands the call to the full hook: the same arguments, and the state it read from
  * stdin on a fresh stdin. It does not return. */
+/* find_self returns the folder of this program, found once: before the hook enters the
+ * container's mount namespace, where the full hook is then run from the same path */
+static const char *find_self(void) {
+	if (!g_self[0]) {
+		ssize_t n = readlink("/proc/self/exe", g_self, sizeof g_self - 1);
+		char *slash = n > 0 ? (g_self[n] = 0, strrchr(g_self, '/')) : NULL;
+		if (slash)
+			*slash = 0;
+		else
+			g_self[0] = 0;
+	}
+	return g_self;
+}
+
 static void full(const char *why) {
 	trace("full hook: %s", why);
 	fflush(stderr);
-	char self[PATH_MAX], prog[PATH_MAX + 32];
-	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
-	if (n <= 0) {
+	char prog[PATH_MAX + 32];
+	const char *self = find_self();
+	if (!self[0]) {
 		fprintf(stderr, "nvbind-hook: cannot find its own path: %s\n", strerror(errno));
 		exit(1);
 	}
-	self[n] = 0;
-	char *slash = strrchr(self, '/');
-	*slash = 0;
 	if (g_state) {
 		int fd = memfd_create("nvbind-hook-state", MFD_CLOEXEC);
 		if (fd < 0) {
@@ -549,6 +565,7 @@ static int json_done(struct json *j) {
 
 struct state {
 	char *bundle;
+	int64_t pid; /* 0: none */
 };
 
 static void state_member(struct json *j, const char *key, void *arg) {
@@ -570,6 +587,8 @@ static void state_member(struct json *j, const char *key, void *arg) {
 			return;
 		if (!json_number(j, &v, &is_int) || !is_int)
 			j->bad = 2;
+		else
+			st->pid = v;
 		return;
 	}
 	if (!j->bad && (key_is(j, key, "id") || key_is(j, key, "status"))) {
@@ -1492,7 +1511,7 @@ struct args {
 	char **folders;
 	size_t nfolders;
 	const char *folder_entries;
-	int protect, app_profile;
+	int protect, app_profile, enter_ns;
 	const char *host_params, *driver_version;
 };
 
@@ -1503,6 +1522,53 @@ static const char *flag_value(int argc, char **argv, int *i, const char *arg, si
 	if (*i + 1 >= argc)
 		full("a flag without its value");
 	return argv[++*i];
+}
+
+/* enter_flag reports --enter-mount-namespace among the flags of "hook all" */
+static int enter_flag(int argc, char **argv) {
+	for (int i = 3; i < argc && argc <= MAX_ARGS; i++)
+		if (strcmp(argv[i], "--enter-mount-namespace") == 0 || strcmp(argv[i], "--enter-mount-namespace=true") == 0)
+			return 1;
+	return 0;
+}
+
+/* same_ns reports whether namespace handle fd is the namespace at path */
+static int same_ns(int fd, const char *path) {
+	struct stat a, b;
+	return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* enter_container enters the namespaces a createContainer hook runs in, from a
+ * createRuntime hook on the host: the container's user namespace where it has one of its
+ * own (as its root, as the runtime's init is), then its mount namespace, where the
+ * runtime has made the container's mounts, not yet pivoted into (the root is at its
+ * bundle path there) */
+static void enter_container(int64_t pid) {
+	if (pid <= 0 || pid > INT_MAX)
+		full("a state without the container's pid");
+	find_self(); /* the full hook is run from this program's folder */
+	char p[64];
+	snprintf(p, sizeof p, "/proc/%lld/ns/mnt", (long long)pid);
+	int mfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (mfd < 0)
+		full("the container's mount namespace cannot be opened");
+	snprintf(p, sizeof p, "/proc/%lld/ns/user", (long long)pid);
+	int ufd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY); /* none without user namespaces */
+	if (ufd >= 0 && !same_ns(ufd, "/proc/self/ns/user")) {
+		if (setns(ufd, CLONE_NEWUSER) != 0)
+			full("the container's user namespace cannot be entered");
+		(void)setgroups(0, NULL); /* refused where the runtime denied setgroups: no matter */
+		if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0)
+			full("the container's user namespace has no root");
+	}
+	if (ufd >= 0)
+		close(ufd);
+	if (!same_ns(mfd, "/proc/self/ns/mnt") && setns(mfd, CLONE_NEWNS) != 0)
+		full("the container's mount namespace cannot be entered");
+	close(mfd);
+	struct statfs sf;
+	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0)
+		full("no procfs at /proc in the container's mount namespace");
 }
 
 static void parse_args(int argc, char **argv, struct args *a) {
@@ -1543,8 +1609,8 @@ static void parse_args(int argc, char **argv, struct args *a) {
 			a->host_params = flag_value(argc, argv, &i, name, len);
 		} else if (IS("host-driver-version")) {
 			a->driver_version = flag_value(argc, argv, &i, name, len);
-		} else if (IS("protect-device-nodes") || IS("app-profile")) {
-			int *b = IS("app-profile") ? &a->app_profile : &a->protect;
+		} else if (IS("protect-device-nodes") || IS("app-profile") || IS("enter-mount-namespace")) {
+			int *b = IS("app-profile") ? &a->app_profile : IS("protect-device-nodes") ? &a->protect : &a->enter_ns;
 			if (name[len] == 0 || strcmp(name + len, "=true") == 0)
 				*b = 1;
 			else
@@ -1857,6 +1923,20 @@ int main(int argc, char **argv, char **envp) {
 	struct statfs sf;
 	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */)
 		full("no procfs at /proc");
+	/* at createRuntime, into the container's namespaces before anything else, so that
+	 * the full hook, where this one hands over, starts in them too */
+	if (enter_flag(argc, argv)) {
+		struct state es = {0};
+		struct json ej = {sbuf, sbuf + slen, 0, 0};
+		json_ws(&ej);
+		if (ej.s >= ej.end || *ej.s != '{')
+			full("a state that is no JSON object");
+		json_each(&ej, 1, state_member, &es);
+		if (!json_done(&ej))
+			full("a state it cannot use");
+		enter_container(es.pid);
+		free(es.bundle);
+	}
 	const char *f = getenv("NVBIND_HOOK_FULL");
 	if (f && strcmp(f, "1") == 0)
 		full("NVBIND_HOOK_FULL=1");

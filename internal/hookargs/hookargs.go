@@ -23,6 +23,7 @@ const (
 	FlagHostParams    = "host-params"
 	FlagDriverVersion = "host-driver-version"
 	FlagAppProfile    = "app-profile"
+	FlagEnterMountNS  = "enter-mount-namespace"
 )
 
 // DefaultHostParams is where the host's NVIDIA params file is.
@@ -69,6 +70,10 @@ type Args struct {
 	// AppProfile writes a driver application profile that shows EGL and Vulkan only the
 	// container's GPUs (EGLVisibleDGPUDevices).
 	AppProfile bool
+	// EnterMountNamespace makes the hook enter the mount namespace of the state's pid
+	// first: it runs at createRuntime, on the host, once the runtime has made the
+	// container's mounts there.
+	EnterMountNamespace bool
 }
 
 // Empty reports whether the arguments ask for no action.
@@ -80,6 +85,9 @@ func (a Args) Empty() bool {
 // in a fixed order.
 func (a Args) Encode() []string {
 	out := []string{"hook", "all"}
+	if a.EnterMountNamespace {
+		out = append(out, "--"+FlagEnterMountNS)
+	}
 	for _, l := range a.FolderLinks {
 		out = append(out, "--"+FlagFolderLink, l.String())
 	}
@@ -113,6 +121,7 @@ type Raw struct {
 	FolderEntries               string
 	Protect, AppProfile         bool
 	HostParams, DriverVersion   string
+	EnterMountNamespace         bool
 }
 
 // Which flags a subcommand has.
@@ -124,6 +133,8 @@ var All = Which{true, true, true, true, true, true}
 // Register defines the flags w selects on fs, into r: the one definition the hook's
 // command line and Decode share.
 func Register(fs *pflag.FlagSet, r *Raw, w Which) {
+	fs.BoolVar(&r.EnterMountNamespace, FlagEnterMountNS, false,
+		"enter the mount namespace of the OCI state's pid first (a createRuntime hook: the runtime has made the container's mounts there)")
 	if w.Links {
 		fs.StringArrayVar(&r.Links, FlagLink, nil, "TARGET::LINK: make container path LINK a link to TARGET (repeatable)")
 		fs.StringArrayVar(&r.FolderLinks, FlagFolderLink, nil,
@@ -150,7 +161,7 @@ func Register(fs *pflag.FlagSet, r *Raw, w Which) {
 // Args checks the parsed flags.
 func (r Raw) Args() (Args, error) {
 	a := Args{Folders: r.Folders, FolderEntries: r.FolderEntries, ProtectDeviceNodes: r.Protect, HostParams: r.HostParams, HostDriverVersion: r.DriverVersion,
-		AppProfile: r.AppProfile}
+		AppProfile: r.AppProfile, EnterMountNamespace: r.EnterMountNamespace}
 	var errs []error
 	for _, l := range r.Links {
 		pl, err := ParseLink(l)

@@ -56,6 +56,7 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 		{ProtectDeviceNodes: true},
 		{HostDriverVersion: "470.256.02"},
 		{AppProfile: true},
+		{EnterMountNamespace: true, Folders: []string{"/drv"}},
 	} {
 		got, err := Decode(a.Encode())
 		if err != nil {
@@ -65,7 +66,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 			t.Errorf("round trip of %q:\n got %+v\nwant %+v", a.Encode(), got, a)
 		}
 	}
-	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() || (Args{AppProfile: true}).Empty() || (Args{FolderLinks: []Link{{"a", "/b"}}}).Empty() {
+	if !(Args{}).Empty() || (Args{Folders: []string{"/x"}}).Empty() || (Args{AppProfile: true}).Empty() || (Args{FolderLinks: []Link{{"a", "/b"}}}).Empty() ||
+		!(Args{EnterMountNamespace: true}).Empty() {
 		t.Error("Empty")
 	}
 	for _, bad := range [][]string{{"hook", "create-symlinks"}, {"hook", "all", "--link", "a::relative"}, {"hook", "all", "extra"}, {"hook", "all", "--nope"},
@@ -78,7 +80,8 @@ func TestEncodeDecodeRoundTrip(t *testing.T) {
 
 func equal(a, b Args) bool {
 	return slices.Equal(a.Links, b.Links) && slices.Equal(a.FolderLinks, b.FolderLinks) && slices.Equal(a.Folders, b.Folders) && a.ProtectDeviceNodes == b.ProtectDeviceNodes &&
-		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.AppProfile == b.AppProfile
+		a.HostParams == b.HostParams && a.HostDriverVersion == b.HostDriverVersion && a.AppProfile == b.AppProfile &&
+		a.EnterMountNamespace == b.EnterMountNamespace
 }
 
 // FuzzEncodeDecode: any arguments whose links are valid survive the round trip.

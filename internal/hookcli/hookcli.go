@@ -17,8 +17,9 @@ func NewCommand() *cobra.Command {
 		Use:     "hook",
 		Example: "  nvbind hook all --link libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1 --folder /usr/lib/x86_64-linux-gnu < state.json",
 		Short:   "Run the OCI hooks that nvbind's specs and adjustments name",
-		Long: `Run the OCI createContainer hooks that nvbind's specs and NRI adjustments name. The runtime
-passes the container's OCI state on standard input. "all" runs every action its flags ask for in
+		Long: `Run the OCI hooks that nvbind's specs and NRI adjustments name. The runtime passes the
+container's OCI state on standard input. At createRuntime, --enter-mount-namespace makes the hook
+enter the container's mount namespace (of the state's pid) first; at createContainer it is in it. "all" runs every action its flags ask for in
 one process; the other subcommands run one action each.`,
 	}
 	type sub struct {
@@ -37,8 +38,8 @@ one process; the other subcommands run one action each.`,
 		c := &cobra.Command{
 			Use:   s.name,
 			Short: s.short,
-			Example: `  # in a CDI spec or NRI adjustment, as a createContainer hook:
-  nvbind hook all --link libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1 \
+			Example: `  # in a CDI spec or NRI adjustment, as a createRuntime hook:
+  nvbind hook all --enter-mount-namespace --link libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1 \
     --folder /usr/lib/x86_64-linux-gnu --protect-device-nodes --host-driver-version 535.261.03`,
 			Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
@@ -50,7 +51,7 @@ one process; the other subcommands run one action each.`,
 				// says only why, in one short line
 				var notes bytes.Buffer
 				o := hook.Options{Links: a.Links, FolderLinks: a.FolderLinks, Folders: a.Folders, FolderEntries: a.FolderEntries, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
-					Log:                &notes,
+					Log: &notes, EnterMountNamespace: a.EnterMountNamespace,
 					ProtectDeviceNodes: a.ProtectDeviceNodes || s.name == "disable-device-node-modification",
 					AppProfile:         a.AppProfile || s.name == "update-application-profile"}
 				st, err := hook.ReadState(cmd.InOrStdin())
