@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -219,6 +220,12 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	return nil
 }
 
+// ownedBySelf reports whether fi's owner is the process's effective user.
+func ownedBySelf(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
+}
+
 // hostCopy writes data to a new read-only file in a root-only folder on a host tmpfs and
 // returns its path; the caller binds it and removes the name (the mount keeps the file).
 func hostCopy(data []byte) (string, error) {
@@ -228,7 +235,9 @@ func hostCopy(data []byte) (string, error) {
 			errs = append(errs, err)
 			continue
 		}
-		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		// ours alone: a folder of another user's (one a hook in a container's user
+		// namespace made, as that namespace's root) does not count
+		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 || !ownedBySelf(fi) {
 			errs = append(errs, fmt.Errorf("%s is not a private folder", dir))
 			continue
 		}

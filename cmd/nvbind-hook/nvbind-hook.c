@@ -1864,7 +1864,9 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 		if (mkdir(dirs[i], 0700) != 0 && errno != EEXIST)
 			continue;
 		struct stat ds;
-		if (lstat(dirs[i], &ds) != 0 || !S_ISDIR(ds.st_mode) || (ds.st_mode & 07777) != 0700)
+		/* ours alone: one of another user's (a hook in a container's user namespace
+		 * made it, as that namespace's root) does not count */
+		if (lstat(dirs[i], &ds) != 0 || !S_ISDIR(ds.st_mode) || (ds.st_mode & 07777) != 0700 || ds.st_uid != geteuid())
 			continue;
 		unsigned char rnd[6];
 		if (syscall(SYS_getrandom, rnd, sizeof rnd, 0) != (long)sizeof rnd)
