@@ -204,7 +204,7 @@ func TestPrepareUnprepare(t *testing.T) {
 			t.Errorf("no mount of %s in %v", want, mounts)
 		}
 	}
-	if o.Hooks == nil || len(o.Hooks.CreateContainer) != 1 || o.Hooks.CreateContainer[0].Path != hookPath {
+	if o.Hooks == nil || len(o.Hooks.CreateRuntime) != 1 || o.Hooks.CreateRuntime[0].Path != hookPath {
 		t.Errorf("hooks %+v", o.Hooks)
 	}
 	if !slices.Contains(o.Process.Env, "NVBIND_DRA_DEVICE_GPU_1=GPU-bbbbbbbb-0000-0000-0000-000000000000") {

@@ -212,7 +212,7 @@ func TestAdjustmentIsTheEditModel(t *testing.T) {
 		if got, w := sortDevs(adj.GetLinux().GetDevices()), sortDevs(want.devices); !slices.Equal(got, w) {
 			t.Errorf("%v: devices\n got %v\nwant %v", ann, got, w)
 		}
-		if norm(adj.GetMounts()) != norm(want.mounts) || norm(adj.GetEnv()) != norm(want.env) || norm(adj.GetHooks().GetCreateContainer()) != norm(want.hooks.GetCreateContainer()) {
+		if norm(adj.GetMounts()) != norm(want.mounts) || norm(adj.GetEnv()) != norm(want.env) || norm(adj.GetHooks().GetCreateRuntime()) != norm(want.hooks.GetCreateRuntime()) {
 			t.Errorf("%v: mounts, env or hooks differ from the edit model's", ann)
 		}
 	}

@@ -143,7 +143,7 @@ func TestAllocationWinsWithoutRequire(t *testing.T) {
 // onlyMarked reports whether an adjustment only marks the container handled.
 func onlyMarked(adj *api.ContainerAdjustment, what string) bool {
 	return adj != nil && len(adj.GetLinux().GetDevices()) == 0 && len(adj.GetMounts()) == 0 && len(adj.GetEnv()) == 0 &&
-		len(adj.GetHooks().GetCreateContainer()) == 0 && len(adj.GetCDIDevices()) == 0 &&
+		len(adj.GetHooks().GetCreateRuntime()) == 0 && len(adj.GetCDIDevices()) == 0 &&
 		len(adj.GetAnnotations()) == 1 && adj.GetAnnotations()[request.AnnotationHandled] == what
 }
 
@@ -168,7 +168,7 @@ func TestPrivilegedGetsDriverFiles(t *testing.T) {
 			}
 			continue
 		}
-		if len(adj.GetMounts()) < 3 || len(adj.GetHooks().GetCreateContainer()) != 1 || devicePaths(adj) != "/dev/nvidia1" {
+		if len(adj.GetMounts()) < 3 || len(adj.GetHooks().GetCreateRuntime()) != 1 || devicePaths(adj) != "/dev/nvidia1" {
 			t.Errorf("a privileged container did not get the driver's files: %v", adj)
 		}
 	}
@@ -249,7 +249,7 @@ func TestHookCommandLineDecodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hooks := adj.GetHooks().GetCreateContainer()
+	hooks := adj.GetHooks().GetCreateRuntime()
 	if len(hooks) != 1 {
 		t.Fatalf("hooks %v", hooks)
 	}

@@ -129,7 +129,7 @@ func TestCapabilitiesInBothModes(t *testing.T) {
 			for _, d := range adj.GetLinux().GetDevices() {
 				got.nodes = append(got.nodes, d.Path)
 			}
-			for _, h := range adj.GetHooks().GetCreateContainer() {
+			for _, h := range adj.GetHooks().GetCreateRuntime() {
 				addHook(&got, t, h.Args)
 			}
 			for _, kv := range adj.GetEnv() {
@@ -162,7 +162,7 @@ func TestCapabilitiesInBothModes(t *testing.T) {
 				viaSpec.nodes = append(viaSpec.nodes, d.Path)
 			}
 			if o.Hooks != nil {
-				for _, h := range o.Hooks.CreateContainer {
+				for _, h := range o.Hooks.CreateRuntime {
 					addHook(&viaSpec, t, h.Args)
 				}
 			}

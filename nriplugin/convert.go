@@ -25,11 +25,11 @@ func toNRI(e spec.Edits) nriEdits {
 	for _, m := range e.Mounts {
 		out.mounts = append(out.mounts, &api.Mount{Destination: m.Path, Source: m.HostPath, Type: "bind", Options: slices.Clone(m.Options)})
 	}
-	for _, h := range e.Hooks {
+	for _, h := range e.Hooks { // at spec.HookStage
 		if out.hooks == nil {
 			out.hooks = &api.Hooks{}
 		}
-		out.hooks.CreateContainer = append(out.hooks.CreateContainer, &api.Hook{Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
+		out.hooks.CreateRuntime = append(out.hooks.CreateRuntime, &api.Hook{Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
 	}
 	for _, kv := range e.Env {
 		k, v, _ := strings.Cut(kv, "=")

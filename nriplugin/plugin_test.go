@@ -39,7 +39,7 @@ func TestPluginWithNRIRuntimeSide(t *testing.T) {
 	if strings.Join(devs, " ") != "/dev/nvidiactl /dev/nvidia-uvm /dev/nvidia-uvm-tools /dev/nvidia1" {
 		t.Errorf("devices = %v", devs)
 	}
-	if len(resp.GetAdjust().GetHooks().GetCreateContainer()) != 1 || len(resp.GetAdjust().GetMounts()) == 0 {
+	if len(resp.GetAdjust().GetHooks().GetCreateRuntime()) != 1 || len(resp.GetAdjust().GetMounts()) == 0 {
 		t.Errorf("adjustment = %v", resp.GetAdjust())
 	}
 

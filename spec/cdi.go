@@ -22,7 +22,7 @@ func (e Edits) ToCDI() cdispecs.ContainerEdits {
 		c.Mounts = append(c.Mounts, &cdispecs.Mount{HostPath: m.HostPath, ContainerPath: m.Path, Type: "bind", Options: slices.Clone(m.Options)})
 	}
 	for _, h := range e.Hooks {
-		c.Hooks = append(c.Hooks, &cdispecs.Hook{HookName: "createContainer", Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
+		c.Hooks = append(c.Hooks, &cdispecs.Hook{HookName: HookStage, Path: h.Path, Args: slices.Clone(h.Args), Env: slices.Clone(h.Env)})
 	}
 	return c
 }

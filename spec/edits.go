@@ -18,7 +18,7 @@ type Edits struct {
 	Env    []string
 	Nodes  []gpu.DeviceNode
 	Mounts []Mount
-	// Hooks run at createContainer, in order.
+	// Hooks run at HookStage, in order.
 	Hooks []Hook
 }
 
@@ -28,7 +28,15 @@ type Mount struct {
 	Options        []string
 }
 
-// Hook is one OCI hook: the runtime runs Path with exactly Args and Env.
+// HookStage is the OCI hook stage of nvbind's hook. At createRuntime the runtime has made
+// the container's mounts (runc and crun both) and runs the hook from its own process on
+// the host; the hook enters the container's mount namespace first
+// (--enter-mount-namespace), so it sees what a createContainer hook would. runc runs
+// createContainer hooks from its container-side init, limited to one Go thread, where
+// writing a hook's state on its stdin waits for the Go scheduler, up to tens of ms.
+const HookStage = "createRuntime"
+
+// Hook is one OCI hook, run at HookStage: the runtime runs Path with exactly Args and Env.
 type Hook struct {
 	Path      string
 	Args, Env []string
@@ -150,7 +158,7 @@ func layoutEdits(inv *gpu.Inventory, caps gpu.Capabilities, files []gpu.File, e 
 	return e
 }
 
-// hookArgs builds the one createContainer hook that runs every enabled action; its
+// hookArgs builds the one hook that runs every enabled action; its
 // command line is hookargs' encoding, which the hook decodes with the same definitions.
 func hookArgs(inv *gpu.Inventory, files []gpu.File, links []Link, o Options) *Hook {
 	var a hookargs.Args
@@ -179,12 +187,13 @@ func withDriverActions(a *hookargs.Args, inv *gpu.Inventory, files []gpu.File, o
 	}
 }
 
-// hookOf is the one createContainer hook that runs the actions a asks for (nil: none);
-// its command line is hookargs' encoding, which the hook decodes with the same definitions.
+// hookOf is the one hook that runs the actions a asks for (nil: none); its command line
+// is hookargs' encoding, which the hook decodes with the same definitions.
 func hookOf(a hookargs.Args, o Options) *Hook {
 	if a.Empty() {
 		return nil
 	}
+	a.EnterMountNamespace = true // it runs at HookStage
 	return &Hook{Path: o.HookPath, Args: append([]string{path.Base(o.HookPath)}, a.Encode()...), Env: slices.Clone(hookEnv)}
 }
 

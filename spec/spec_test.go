@@ -197,10 +197,10 @@ func TestInjectWithCDILibrary(t *testing.T) {
 	if !cudaMounted {
 		t.Error("libcuda is not mounted read-only, nosuid, nodev")
 	}
-	if o.Hooks == nil || len(o.Hooks.CreateContainer) != 1 || o.Hooks.CreateContainer[0].Path != hookPath {
+	if o.Hooks == nil || len(o.Hooks.CreateRuntime) != 1 || o.Hooks.CreateRuntime[0].Path != hookPath {
 		t.Fatalf("hooks = %+v", o.Hooks)
 	}
-	h := o.Hooks.CreateContainer[0]
+	h := o.Hooks.CreateRuntime[0]
 	if !slices.Contains(h.Args, "nvidia/current/libcuda.so.535.261.03::/usr/lib/x86_64-linux-gnu/libcuda.so.1") ||
 		!slices.Contains(h.Args, "/usr/lib/x86_64-linux-gnu/nvidia/current") || len(h.Env) == 0 {
 		t.Errorf("hook = %+v", h)

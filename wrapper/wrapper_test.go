@@ -160,8 +160,8 @@ func TestInject(t *testing.T) {
 			if !slices.Equal(mounts, wantMounts) || len(mounts) < 5 {
 				t.Errorf("mounts differ from the edit model's:\ngot  %v\nwant %v", mounts, wantMounts)
 			}
-			if s.Hooks == nil || len(s.Hooks.CreateContainer) != 1 || s.Hooks.CreateContainer[0].Path != cfg.HookPath ||
-				!slices.Equal(s.Hooks.CreateContainer[0].Args, want.Hooks[0].Args) {
+			if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Hooks.CreateRuntime[0].Path != cfg.HookPath ||
+				!slices.Equal(s.Hooks.CreateRuntime[0].Args, want.Hooks[0].Args) {
 				t.Errorf("hooks %+v", s.Hooks)
 			}
 			for _, d := range s.Linux.Devices {
@@ -278,7 +278,7 @@ func TestPrivileged(t *testing.T) {
 	if !slices.ContainsFunc(s.Mounts, func(m oci.Mount) bool { return strings.HasSuffix(m.Destination, "/libcuda.so.535.261.03") }) {
 		t.Fatalf("no libcuda mount: %+v", s.Mounts)
 	}
-	if s.Hooks == nil || len(s.Hooks.CreateContainer) != 1 {
+	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 {
 		t.Fatalf("no hook: %+v", s.Hooks)
 	}
 }

@@ -107,10 +107,10 @@ func TestTegraIGPU(t *testing.T) {
 		if !slices.Contains(paths, "/dev/nvmap") || !slices.Contains(mounts, lib+"/libcuda.so.1.1") || !slices.Contains(mounts, "/usr/lib/firmware/gv11b") {
 			t.Errorf("%s: devices %v, mounts %v", dev, paths, mounts)
 		}
-		if o.Hooks == nil || len(o.Hooks.CreateContainer) != 1 {
+		if o.Hooks == nil || len(o.Hooks.CreateRuntime) != 1 {
 			t.Fatalf("%s: hooks %+v", dev, o.Hooks)
 		}
-		a, err := hookargs.Decode(o.Hooks.CreateContainer[0].Args[1:])
+		a, err := hookargs.Decode(o.Hooks.CreateRuntime[0].Args[1:])
 		if err != nil {
 			t.Fatal(err)
 		}

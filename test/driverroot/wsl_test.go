@@ -51,10 +51,10 @@ func TestWSL2(t *testing.T) {
 			t.Errorf("mounted %s, which is not for Linux GPU containers", m)
 		}
 	}
-	if o.Hooks == nil || len(o.Hooks.CreateContainer) != 1 {
+	if o.Hooks == nil || len(o.Hooks.CreateRuntime) != 1 {
 		t.Fatalf("hooks %+v", o.Hooks)
 	}
-	a, err := hookargs.Decode(o.Hooks.CreateContainer[0].Args[1:])
+	a, err := hookargs.Decode(o.Hooks.CreateRuntime[0].Args[1:])
 	if err != nil {
 		t.Fatal(err)
 	}
