@@ -262,7 +262,8 @@ func TestContainerdPrivileged(t *testing.T) {
 // nvbind NRI plugin registered, for a container with every GPU and capability, against a
 // plain one: through the NRI plugin (the layout, the default), and through containerd's own
 // CDI injection (the CRI's CDIDevices, as the kubelet passes a device plugin's CDI names)
-// of nvbind's spec with the layout, nvbind's spec with one mount per file, and NVIDIA's
+// of nvbind's spec with the layout (and with its hook at createContainer instead of
+// HookStage), nvbind's spec with one mount per file, and NVIDIA's
 // spec for the same root (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it).
 // Interleaved, so that drift of the machine hits every case alike; medians, and what each
 // adds over plain.
@@ -277,7 +278,8 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 	// env is ignored, and the case would time a plain container
 	startPlugin(b, bin, c.NRISock, driverRoot, "--all-gpus-namespaces", "default")
 	cdiDir := filepath.Join(c.dir, "cdi")
-	writeSpec(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "layout.nvbind.io"})
+	layoutSpec := writeSpec(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "layout.nvbind.io"})
+	createContainerVariant(b, layoutSpec, filepath.Join(cdiDir, "create-container.yaml"), "create-container.nvbind.io")
 	writeSpecFiles(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "per-file.nvbind.io"})
 	type bcase struct {
 		name string
@@ -290,6 +292,7 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 		{name: "plain"},
 		{name: "nri-layout", env: all},
 		{name: "cdi-layout", cdi: []string{"layout.nvbind.io/gpu=all"}},
+		{name: "cdi-layout-hook-at-createContainer", cdi: []string{"create-container.nvbind.io/gpu=all"}},
 		{name: "cdi-per-file", cdi: []string{"per-file.nvbind.io/gpu=all"}},
 	}
 	if toolkit := nvidiaToolkitDir(); toolkit != "" {

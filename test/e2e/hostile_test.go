@@ -632,7 +632,7 @@ func (s *hostileSuite) editConfig(t *testing.T, bundle string, tc hostileCase, e
 	}
 	c["root"].(map[string]any)["readonly"] = tc.readonly
 	if tc.dynamicHook {
-		for _, hk := range c["hooks"].(map[string]any)["createContainer"].([]any) {
+		for _, hk := range c["hooks"].(map[string]any)[spec.HookStage].([]any) {
 			hm := hk.(map[string]any)
 			if hm["path"] == testutil.HookBinary(s.bin) {
 				hm["path"] = s.dyn
@@ -697,27 +697,34 @@ func (s *hostileSuite) check(t *testing.T, tc hostileCase, runtime string) {
 
 // hookStart runs the spec's hook command as runc does (the OCI state on stdin, the
 // spec's environment), in a private mount namespace where the image's /proc is a procfs,
-// as it is at createContainer: /proc/1/root in the image is the host's /. It returns the
-// hook's own output, which a runtime shows only when the hook fails, its peak RSS in KiB
-// and its wall time.
+// as it is when the hook runs: /proc/1/root in the image is the host's /. The state's pid
+// is the hook's own, in that namespace. It returns the hook's own output, which a runtime
+// shows only when the hook fails, its peak RSS in KiB and its wall time.
 func (s *hostileSuite) hookStart(bundle, rootfs string) (string, int64, time.Duration, error) {
 	path, args, err := bundleHook(bundle)
 	if err != nil {
 		return "", 0, 0, err
 	}
-	argv := append([]string{"/bin/sh", "-c", `mount -t proc proc "$0/proc" && exec "$@"`, rootfs, path}, args[1:]...)
-	return s.measured.Run(argv, hookState(bundle))
+	return s.measured.Run(hookArgv(bundle, `mount -t proc proc "$0/proc" && `, rootfs, path, args), "")
 }
 
-// bundleHook returns the path and arguments of the createContainer hook of a bundle's
-// config.json: the hook of nvbind's spec, as the CDI library put it there.
+// hookArgv is a command line that runs the shell command prefix (where $0 is arg0), then
+// the hook (path, with args after their program name) with the OCI state of bundle on
+// stdin and its own pid as the container's: the hook enters its own mount namespace.
+func hookArgv(bundle, prefix, arg0, path string, args []string) []string {
+	script := prefix + `exec "$@" <<EOF
+` + hookState(bundle, "$$") + `
+EOF`
+	return append([]string{"/bin/sh", "-c", script, arg0, path}, args[1:]...)
+}
+
+// bundleHook returns the path and arguments of the hook of a bundle's config.json: the
+// hook of nvbind's spec, as the CDI library put it there.
 func bundleHook(bundle string) (string, []string, error) {
 	var c struct {
-		Hooks struct {
-			CreateContainer []struct {
-				Path string   `json:"path"`
-				Args []string `json:"args"`
-			} `json:"createContainer"`
+		Hooks map[string][]struct {
+			Path string   `json:"path"`
+			Args []string `json:"args"`
 		} `json:"hooks"`
 	}
 	data, err := os.ReadFile(filepath.Join(bundle, "config.json"))
@@ -727,15 +734,17 @@ func bundleHook(bundle string) (string, []string, error) {
 	if err := json.Unmarshal(data, &c); err != nil {
 		return "", nil, err
 	}
-	if len(c.Hooks.CreateContainer) != 1 || len(c.Hooks.CreateContainer[0].Args) == 0 {
-		return "", nil, fmt.Errorf("%s: want one createContainer hook, got %d", bundle, len(c.Hooks.CreateContainer))
+	hooks := c.Hooks[spec.HookStage]
+	if len(c.Hooks) != 1 || len(hooks) != 1 || len(hooks[0].Args) == 0 {
+		return "", nil, fmt.Errorf("%s: want one %s hook and no other, got %v", bundle, spec.HookStage, c.Hooks)
 	}
-	return c.Hooks.CreateContainer[0].Path, c.Hooks.CreateContainer[0].Args, nil
+	return hooks[0].Path, hooks[0].Args, nil
 }
 
-// hookState is the OCI state a runtime writes to a createContainer hook's stdin.
-func hookState(bundle string) string {
-	return fmt.Sprintf(`{"ociVersion":"1.0.2","id":"hostile","status":"creating","pid":1,"bundle":%q}`, bundle)
+// hookState is the OCI state a runtime writes to the hook's stdin, with the container's
+// pid.
+func hookState(bundle, pid string) string {
+	return fmt.Sprintf(`{"ociVersion":"1.0.2","id":"hostile","status":"creating","pid":%s,"bundle":%q}`, pid, bundle)
 }
 
 // judgeHook checks one direct run of the hook: its output short and free of victim
@@ -1058,7 +1067,7 @@ func BenchmarkHookHostile(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			argv := append([]string{path}, args[1:]...)
+			argv := hookArgv(bundle, "", "sh", path, args)
 			var peak int64
 			var total time.Duration
 			runs := 0
@@ -1070,7 +1079,7 @@ func BenchmarkHookHostile(b *testing.B) {
 					}
 				}
 				b.StartTimer()
-				out, rss, wall, err := measured.Run(argv, hookState(bundle))
+				out, rss, wall, err := measured.Run(argv, "")
 				if runs == 0 {
 					b.Logf("hook (error %v): %q", err, clip(out))
 				}

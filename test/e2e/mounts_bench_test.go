@@ -4,12 +4,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"sigs.k8s.io/yaml"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -27,12 +29,8 @@ func hookVariant(b *testing.B, src, dst, vendor, program string) {
 		b.Fatal(err)
 	}
 	s.Kind = vendor + "/gpu"
-	edits := []*cdispecs.ContainerEdits{&s.ContainerEdits}
-	for i := range s.Devices {
-		edits = append(edits, &s.Devices[i].ContainerEdits)
-	}
 	hooks := 0
-	for _, e := range edits {
+	for _, e := range append([]*cdispecs.ContainerEdits{&s.ContainerEdits}, editsOf(s.Devices)...) {
 		for _, h := range e.Hooks {
 			h.Path = program
 		}
@@ -49,14 +47,54 @@ func hookVariant(b *testing.B, src, dst, vendor, program string) {
 	}
 }
 
+// createContainerVariant writes src's spec under vendor with its hook at createContainer,
+// where it runs in the container's mount namespace already (no --enter-mount-namespace):
+// where nvbind's hook ran before HookStage.
+func createContainerVariant(b *testing.B, src, dst, vendor string) {
+	b.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var s cdispecs.Spec
+	if err := yaml.Unmarshal(data, &s); err != nil {
+		b.Fatal(err)
+	}
+	s.Kind = vendor + "/gpu"
+	moved := 0
+	for _, e := range append([]*cdispecs.ContainerEdits{&s.ContainerEdits}, editsOf(s.Devices)...) {
+		for _, h := range e.Hooks {
+			if h.HookName == spec.HookStage && slices.Contains(h.Args, "--"+hookargs.FlagEnterMountNS) {
+				h.HookName = "createContainer"
+				h.Args = slices.DeleteFunc(h.Args, func(a string) bool { return a == "--"+hookargs.FlagEnterMountNS })
+				moved++
+			}
+		}
+	}
+	if moved == 0 {
+		b.Fatalf("%s has no hook at %s", src, spec.HookStage)
+	}
+	if err := spec.WriteFile(&s, dst, spec.FormatYAML); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func editsOf(devs []cdispecs.Device) []*cdispecs.ContainerEdits {
+	var out []*cdispecs.ContainerEdits
+	for i := range devs {
+		out = append(out, &devs[i].ContainerEdits)
+	}
+	return out
+}
+
 // BenchmarkDriverMountsDocker: what a GPU container with every capability adds to create
 // and start over a plain one, through Docker Engine 29 with runc 1.2.6, for each way of
 // giving it the driver's files: nvbind's spec with one mount of a layout (the default),
 // nvbind's spec with one bind mount per file, and NVIDIA's spec for the same root
 // (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it); and what the GPU's nodes
 // alone add; and the layout's cost taken apart: its spec without the hook, and with the
-// hook's program replaced by /bin/true (what runc's starting a hook costs). Interleaved,
-// medians.
+// hook's program replaced by /bin/true (what runc's starting a hook costs), and the hook
+// at createContainer instead of HookStage. Interleaved, medians.
 func BenchmarkDriverMountsDocker(b *testing.B) {
 	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	testutil.RequiresRoot(b)
@@ -70,6 +108,7 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 		// the layout's cost taken apart: without its hook, and with a hook that does nothing
 		hookVariant(b, layoutSpec, filepath.Join(specs, "no-hook.yaml"), "no-hook.nvbind.io", "")
 		hookVariant(b, layoutSpec, filepath.Join(specs, "hook-true.yaml"), "hook-true.nvbind.io", "/bin/true")
+		createContainerVariant(b, layoutSpec, filepath.Join(specs, "create-container.yaml"), "create-container.nvbind.io")
 		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "nodes.nvbind.io", CapabilityDevices: true})
 	})
 	d.loadBusybox()
@@ -81,6 +120,7 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 		{"layout", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"layout.nvbind.io/gpu=all"}}}}},
 		{"layout-without-hook", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"no-hook.nvbind.io/gpu=all"}}}}},
 		{"layout-hook-bin-true", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"hook-true.nvbind.io/gpu=all"}}}}},
+		{"layout-hook-at-createContainer", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"create-container.nvbind.io/gpu=all"}}}}},
 		{"per-file", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"per-file.nvbind.io/gpu=all"}}}}},
 		// the capability-devices spec's GPU devices carry the nodes alone
 		{"nodes-only", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nodes.nvbind.io/gpu=all"}}}}},
