@@ -218,6 +218,10 @@ static void *xrealloc(void *p, size_t n) {
  * an error (errno set). */
 static char *read_fd(int fd, size_t max, size_t *len) {
 	size_t cap = 4096, n = 0;
+	/* a regular file's size, and one byte to see its end: no copy as the buffer grows */
+	struct stat st;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0 && (uint64_t)st.st_size < max)
+		cap = (size_t)st.st_size + 1;
 	char *buf = xmalloc(cap + 1);
 	for (;;) {
 		if (n == cap) {
@@ -612,8 +616,8 @@ static void state_member(struct json *j, const char *key, void *arg) {
 struct config {
 	char *root;
 	int has_root;
-	int64_t minors[MAX_MINORS];
-	int nminors;
+	int64_t *minors; /* grown as devices come: most containers have a few */
+	int nminors, minors_cap;
 	/* the device being read */
 	char *dpath, *dtype;
 	int64_t dminor;
@@ -692,10 +696,15 @@ static void device_item(struct json *j, const char *key, void *arg) {
 				if (c->minors[i] == c->dminor)
 					seen = 1;
 			if (!seen) {
-				if (c->nminors == MAX_MINORS)
+				if (c->nminors == MAX_MINORS) {
 					j->bad = 2;
-				else
+				} else {
+					if (c->nminors == c->minors_cap) {
+						c->minors_cap = c->minors_cap ? c->minors_cap * 2 : 16;
+						c->minors = xrealloc(c->minors, (size_t)c->minors_cap * sizeof *c->minors);
+					}
 					c->minors[c->nminors++] = c->dminor;
+				}
 			}
 		}
 	}
@@ -2044,7 +2053,8 @@ int main(int argc, char **argv, char **envp) {
 			full("the host's params cannot be opened");
 	}
 	if (a.app_profile)
-		qsort(cfg->minors, (size_t)cfg->nminors, sizeof *cfg->minors, cmp_i64);
+		if (cfg->nminors)
+			qsort(cfg->minors, (size_t)cfg->nminors, sizeof *cfg->minors, cmp_i64);
 
 	/* create-symlinks: first the folders only the driver fills, each linked whole where
 	 * the image has nothing at its path (or already linked so, by an earlier start); the
