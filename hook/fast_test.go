@@ -63,6 +63,14 @@ func fastHook(t testing.TB) string {
 		}
 		if out, err := exec.Command("cc", "-O2", "-o", filepath.Join(fastDir, "launch"), src).CombinedOutput(); err != nil {
 			fastErr = fmt.Errorf("cc launch.c: %w\n%s", err, out)
+			return
+		}
+		src = filepath.Join(fastDir, "runtime.c")
+		if fastErr = os.WriteFile(src, []byte(runtimeSource), 0o644); fastErr != nil {
+			return
+		}
+		if out, err := exec.Command("cc", "-O2", "-Wall", "-Werror", "-o", filepath.Join(fastDir, "runtime"), src).CombinedOutput(); err != nil {
+			fastErr = fmt.Errorf("cc runtime.c: %w\n%s", err, out)
 		}
 	})
 	if fastErr != nil {
@@ -91,6 +99,83 @@ int main(int argc, char **argv) {
 	struct rusage ru;
 	if (wait4(pid, &status, 0, &ru) < 0) return 2;
 	dprintf(3, "%ld\n", ru.ru_maxrss);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+`
+
+// runtimeSource does what runc and crun do around a createRuntime hook: it makes the
+// container's process (its child, in a mount namespace of its own and, with a root uid
+// other than 0, a user namespace whose root that uid is), which mounts src read-only at
+// mnt there and is made non-dumpable, as runc's init is; then it runs the hook (argv 5
+// on) as its child, the OCI state with that process's pid on its stdin, writes the hook's
+// peak RSS to fd 3 and ends the container's process.
+// Arguments: ROOT-UID SRC MNT BUNDLE HOOK ARGS...
+const runtimeSource = `#define _GNU_SOURCE
+#include <grp.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static int go[2], ready[2], user;
+static const char *src, *mnt;
+static char stack[1 << 16];
+static int container(void *arg) {
+	(void)arg;
+	char c;
+	if (read(go[0], &c, 1) != 1) _exit(1);
+	if (user && (setgroups(0, NULL) || setresgid(0, 0, 0) || setresuid(0, 0, 0))) { perror("container: root"); _exit(1); }
+	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) || mount(src, mnt, NULL, MS_BIND, NULL) ||
+	    mount(NULL, mnt, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL)) { perror("container: mount"); _exit(1); }
+	prctl(PR_SET_DUMPABLE, 0);
+	if (write(ready[1], "r", 1) != 1) _exit(1);
+	pause();
+	_exit(0);
+}
+static void put(const char *path, const char *s) {
+	FILE *f = fopen(path, "w");
+	if (!f || fputs(s, f) < 0 || fclose(f)) { perror(path); exit(2); }
+}
+int main(int argc, char **argv) {
+	if (argc < 6) return 2;
+	int root = atoi(argv[1]);
+	user = root != 0;
+	src = argv[2], mnt = argv[3];
+	if (pipe(go) || pipe(ready)) return 2;
+	pid_t pid = clone(container, stack + sizeof stack, CLONE_NEWNS | (user ? CLONE_NEWUSER : 0) | SIGCHLD, NULL);
+	if (pid < 0) { perror("clone"); return 2; }
+	if (user) {
+		char p[64], m[64];
+		snprintf(m, sizeof m, "0 %d 65536\n", root);
+		snprintf(p, sizeof p, "/proc/%d/uid_map", pid); put(p, m);
+		snprintf(p, sizeof p, "/proc/%d/gid_map", pid); put(p, m);
+	}
+	char c;
+	if (write(go[1], "g", 1) != 1 || read(ready[0], &c, 1) != 1) { fprintf(stderr, "the container's process failed\n"); return 2; }
+	char state[8192];
+	snprintf(state, sizeof state, "{\"ociVersion\":\"1.2.0\",\"id\":\"c1\",\"status\":\"creating\",\"pid\":%d,\"bundle\":\"%s\"}", pid, argv[4]);
+	int in[2];
+	if (pipe(in)) return 2;
+	pid_t h = fork();
+	if (h == 0) {
+		dup2(in[0], 0); close(in[0]); close(in[1]);
+		execv(argv[5], argv + 5);
+		_exit(127);
+	}
+	close(in[0]);
+	if (write(in[1], state, strlen(state)) < 0) return 2;
+	close(in[1]);
+	int status;
+	struct rusage ru;
+	if (wait4(h, &status, 0, &ru) < 0) return 2;
+	dprintf(3, "%ld\n", ru.ru_maxrss);
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 `
@@ -249,14 +334,30 @@ func runHookOn(t testing.TB, bin, bundle string, args []string, full bool) hookR
 // runHookPid is runHookOn with pid in the state.
 func runHookPid(t testing.TB, bin, bundle string, args []string, full bool, pid int) hookRun {
 	t.Helper()
+	return runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "launch")}, bin, bundle, args, full,
+		`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":`+strconv.Itoa(pid)+`,"bundle":"`+bundle+`","annotations":{"a":"b"}}`)
+}
+
+// runHookInRuntime runs the hook as a runtime's createRuntime stage does, through
+// runtimeSource: the container's process mounts src at mnt in its own namespaces (a user
+// namespace too where root is not 0, whose root is that host uid).
+func runHookInRuntime(t testing.TB, bin, bundle string, args []string, full bool, root int, src, mnt string) hookRun {
+	t.Helper()
+	return runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "runtime"), strconv.Itoa(root), src, mnt, bundle}, bin, bundle, args, full, "")
+}
+
+// runHookVia runs the hook through launcher (which writes its peak RSS to fd 3), with
+// stdin.
+func runHookVia(t testing.TB, launcher []string, bin, bundle string, args []string, full bool, stdin string) hookRun {
+	t.Helper()
 	rusage, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = rusage.Close() }()
-	cmd := exec.Command(filepath.Join(filepath.Dir(bin), "launch"), append([]string{bin}, args...)...)
+	cmd := exec.Command(launcher[0], append(append(launcher[1:len(launcher):len(launcher)], bin), args...)...)
 	cmd.ExtraFiles = []*os.File{w}
-	cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":` + strconv.Itoa(pid) + `,"bundle":"` + bundle + `","annotations":{"a":"b"}}`)
+	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NVBIND_HOOK_TRACE=1"}
 	if full {
 		cmd.Env = append(cmd.Env, "NVBIND_HOOK_FULL=1")
@@ -899,40 +1000,19 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 	bin := fastHook(t)
 	bundle, args := layoutBundle(t, "")
 	entered := append(args[:2:2], append([]string{"--enter-mount-namespace"}, args[2:]...)...)
-	// the layout leaves the root, for a process of its own mount namespace to mount there
 	runs := map[string]hookRun{}
 	for _, c := range []struct {
 		name string
 		args []string
 		full bool
 	}{{"C, entered", entered, false}, {"full, entered", entered, true}, {"C, not entered", args, false}, {"full, not entered", args, true}} {
-		b := t.TempDir()
-		copyTree(t, bundle, b)
-		mnt := filepath.Join(b, "rootfs", layoutMount)
-		src := filepath.Join(b, "layout")
-		if err := os.Rename(mnt, src); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Mkdir(mnt, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		pid := inMountNamespace(t, "mount --bind "+src+" "+mnt+" && mount -o remount,bind,ro "+mnt)
-		r := runHookPid(t, bin, b, c.args, c.full, pid)
+		b, src, mnt := layoutAside(t, bundle, 0)
+		r := runHookInRuntime(t, bin, b, c.args, c.full, 0, src, mnt)
 		r.stderr = strings.ReplaceAll(r.stderr, b, "BUNDLE")
 		if r.code != 0 {
 			t.Fatalf("%s: exit %d (%s): %s", c.name, r.code, r.path, r.stderr)
 		}
-		data, err := os.ReadFile(filepath.Join(b, "rootfs/etc/ld.so.cache"))
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		entries, err := ldcache.Parse(data)
-		if err != nil {
-			t.Fatalf("%s: %v", c.name, err)
-		}
-		hasCUDA := slices.ContainsFunc(entries, func(e ldcache.Entry) bool {
-			return e.Name == "libcuda.so.1" && strings.HasPrefix(e.Path, layoutMount+"/")
-		})
+		hasCUDA := cacheHas(t, b, "libcuda.so.1", layoutMount+"/")
 		if want := c.args[2] == "--enter-mount-namespace"; hasCUDA != want {
 			t.Errorf("%s: libcuda.so.1 of the layout in the ld cache: %v, want %v", c.name, hasCUDA, want)
 		}
@@ -953,18 +1033,87 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 		t.Error("the hook gave the container the same outside its namespace")
 	}
 
-	// a state without the container's pid: refused, in one short line
-	r := runHookPid(t, bin, bundle, entered, false, 0)
-	if r.code == 0 || r.path != "a state without the container's pid" || !strings.Contains(r.stderr, "the OCI state has no pid") {
-		t.Errorf("a state without a pid: exit %d (%s): %s", r.code, r.path, r.stderr)
+	// a state without the container's pid, or with one that is no container being made
+	// (pid 1: the flag at createContainer, where runc gives the pid in the container's
+	// namespace): refused, in one short line, by both
+	for _, full := range []bool{false, true} {
+		for pid, why := range map[int]string{0: "the OCI state has no pid", 1: "is no container being created: the hook runs at createRuntime"} {
+			b, _, _ := layoutAside(t, bundle, 0)
+			before := tree(t, b)
+			r := runHookPid(t, bin, b, entered, full, pid)
+			if r.code == 0 || !strings.Contains(r.stderr, why) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+				t.Errorf("full %v, pid %d: exit %d (%s): %s", full, pid, r.code, r.path, r.stderr)
+			}
+			if after := tree(t, b); after != before {
+				t.Errorf("full %v, pid %d: the bundle changed", full, pid)
+			}
+		}
+	}
+	// a pid that is not the runtime's child (runc's createRuntime hooks on a restore
+	// from a checkpoint): nothing to do
+	for _, full := range []bool{false, true} {
+		b, src, mnt := layoutAside(t, bundle, 0)
+		pid := inMountNamespace(t, "mount --bind "+src+" "+mnt)
+		before := tree(t, b)
+		r := runHookPid(t, bin, b, entered, full, pid)
+		if r.code != 0 || !strings.Contains(r.stderr, "is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do") {
+			t.Errorf("full %v, another's pid: exit %d (%s): %s", full, r.code, r.path, r.stderr)
+		}
+		if after := tree(t, b); after != before {
+			t.Errorf("full %v, another's pid: the bundle changed:\n%s\n---\n%s", full, before, after)
+		}
 	}
 }
 
+// layoutAside copies bundle and moves its layout out of the root, for a container's
+// process to mount there (src at mnt); with root other than 0, the root and the folders
+// above the copy become that uid's and readable (a user namespace whose root is root).
+func layoutAside(t *testing.T, bundle string, root int) (b, src, mnt string) {
+	t.Helper()
+	b = t.TempDir()
+	copyTree(t, bundle, b)
+	mnt = filepath.Join(b, "rootfs", layoutMount)
+	src = filepath.Join(b, "layout")
+	if err := os.Rename(mnt, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if root != 0 {
+		for d := b; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
+			if err := os.Chmod(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", root, root), filepath.Join(b, "rootfs")).CombinedOutput(); err != nil {
+			t.Fatalf("chown: %v\n%s", err, out)
+		}
+	}
+	return b, src, mnt
+}
+
+// cacheHas reports whether the ld cache of bundle b's root has name in a folder under
+// prefix.
+func cacheHas(t *testing.T, b, name, prefix string) bool {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(b, "rootfs/etc/ld.so.cache"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, err := ldcache.Parse(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return slices.ContainsFunc(entries, func(e ldcache.Entry) bool { return e.Name == name && strings.HasPrefix(e.Path, prefix) })
+}
+
 // TestFastHookEntersUserNamespace: a container with a user namespace of its own (its
-// root is host uid 200000): the C hook joins it as its root before the mount namespace, as
-// a createContainer hook runs there, so what it makes is the container root's, and the
-// full hook it hands over to starts there too; the full hook alone, a process with
-// threads, cannot join it and says so.
+// root is host uid 200000) whose process is not dumpable, as runc's init is not: the C
+// hook joins it as its root before the mount namespace, as a createContainer hook runs
+// there, so what it makes is the container root's; the full hook it hands over to starts
+// there too, without entering again; the params copy it binds is one of its own; the full
+// hook alone, a process with threads, cannot join it and says so.
 func TestFastHookEntersUserNamespace(t *testing.T) {
 	testutil.RequiresRoot(t)
 	bin := fastHook(t)
@@ -972,40 +1121,20 @@ func TestFastHookEntersUserNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundle, args := layoutBundle(t, "")
-	var entered []string // the layout's, without the params protection, which binds a host file
-	for i := 0; i < len(args); i++ {
-		switch args[i] {
-		case "--protect-device-nodes":
-		case "--host-params":
-			i++
-		default:
-			entered = append(entered, args[i])
-		}
-	}
-	entered = append(entered[:2:2], append([]string{"--enter-mount-namespace"}, entered[2:]...)...)
+	entered := append(args[:2:2], append([]string{"--enter-mount-namespace"}, args[2:]...)...)
 	const uid = 200000
 	trees := map[bool]string{}
 	for _, full := range []bool{false, true} {
-		b := t.TempDir()
-		copyTree(t, bundle, b)
-		for d := b; d != "/" && d != os.TempDir(); d = filepath.Dir(d) {
-			if err := os.Chmod(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		mnt := filepath.Join(b, "rootfs", layoutMount)
-		src := filepath.Join(b, "layout")
-		if err := os.Rename(mnt, src); err != nil {
+		b, src, mnt := layoutAside(t, bundle, uid)
+		// the host's params, readable by the container's root; the container's own
+		writeFiles(t, b, map[string]string{"params": "ModifyDeviceFiles: 1\n", "rootfs/proc/driver/nvidia/params": "ModifyDeviceFiles: 1\n"})
+		if err := os.Chmod(filepath.Join(b, "params"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Mkdir(mnt, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, uid), filepath.Join(b, "rootfs")).CombinedOutput(); err != nil {
+		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, uid), filepath.Join(b, "rootfs/proc")).CombinedOutput(); err != nil {
 			t.Fatalf("chown: %v\n%s", err, out)
 		}
-		pid := inNamespaces(t, uid, "mount --bind "+src+" "+mnt+" && mount -o remount,bind,ro "+mnt)
-		r := runHookPid(t, bin, b, entered, full, pid)
+		r := runHookInRuntime(t, bin, b, append(slices.Clone(entered), "--host-params", filepath.Join(b, "params")), full, uid, src, mnt)
 		want := "done"
 		if full {
 			want = "NVBIND_HOOK_FULL=1"
@@ -1013,32 +1142,31 @@ func TestFastHookEntersUserNamespace(t *testing.T) {
 		if r.code != 0 || r.path != want {
 			t.Fatalf("full %v: exit %d (%s): %s", full, r.code, r.path, r.stderr)
 		}
-		for _, p := range []string{"etc/ld.so.cache", "usr/bin/nvidia-smi", "etc/nvidia/nvidia-application-profiles-rc.d"} {
+		for _, p := range []string{"usr/bin/nvidia-smi", "etc/nvidia/nvidia-application-profiles-rc.d", "lib/firmware/nvidia/535.261.03"} {
 			var st syscall.Stat_t
 			if err := syscall.Lstat(filepath.Join(b, "rootfs", p), &st); err != nil || st.Uid != uid || st.Gid != uid {
 				t.Errorf("full %v: /%s: owner %d:%d (%v), want the container's root, %d", full, p, st.Uid, st.Gid, err, uid)
 			}
 		}
-		data, err := os.ReadFile(filepath.Join(b, "rootfs/etc/ld.so.cache"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if entries, err := ldcache.Parse(data); err != nil || !slices.ContainsFunc(entries, func(e ldcache.Entry) bool { return e.Name == "libcuda.so.1" }) {
-			t.Errorf("full %v: the ld cache lacks libcuda.so.1 (%v)", full, err)
+		if !cacheHas(t, b, "libcuda.so.1", layoutMount+"/") {
+			t.Errorf("full %v: the ld cache lacks the layout's libcuda.so.1", full)
 		}
 		trees[full] = tree(t, filepath.Join(b, "rootfs"))
 
 		if !full { // the full hook by itself
-			cmd := exec.Command(filepath.Join(filepath.Dir(bin), "nvbind-hook-go"), entered...)
-			cmd.Stdin = strings.NewReader(`{"ociVersion":"1.2.0","id":"c1","status":"creating","pid":` + strconv.Itoa(pid) + `,"bundle":"` + b + `"}`)
-			out, err := cmd.CombinedOutput()
-			if err == nil || !strings.Contains(string(out), "the container has a user namespace of its own, which only nvbind-hook enters") {
-				t.Errorf("nvbind-hook-go in a container with a user namespace: %v\n%s", err, out)
+			r := runHookInRuntime(t, filepath.Join(filepath.Dir(bin), "nvbind-hook-go"), b, entered, false, uid, src, mnt)
+			if r.code == 0 || !strings.Contains(r.stderr, "the container has a user namespace of its own, which only nvbind-hook enters") {
+				t.Errorf("nvbind-hook-go in a container with a user namespace: exit %d: %s", r.code, r.stderr)
 			}
 		}
 	}
 	if trees[false] != trees[true] {
 		t.Errorf("the C hook and the full hook differ:\n%s\n---\n%s", trees[false], trees[true])
+	}
+	for _, pattern := range []string{"/run/nvbind-params-*", "/dev/shm/nvbind-params-*"} {
+		if left, _ := filepath.Glob(pattern); len(left) > 0 {
+			t.Errorf("params folders left: %v", left)
+		}
 	}
 }
 

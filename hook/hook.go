@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -65,7 +65,10 @@ func Run(ctx context.Context, st State, o Options) error {
 		o.GPUMinors = cfg.gpuMinors()
 	}
 	if o.EnterMountNamespace {
-		if err := enterMountNamespace(st.Pid); err != nil {
+		if err := enterMountNamespace(st.Pid); errors.Is(err, errNotCreated) {
+			fmt.Fprintf(o.Log, "%v\n", err)
+			return nil
+		} else if err != nil {
 			return err
 		}
 	}
@@ -202,7 +205,8 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	if err != nil {
 		return err
 	}
-	defer func() { _ = os.Remove(src) }() //nolint:gosec // our own file in a root-only folder
+	// the mount keeps the file
+	defer func() { _ = os.RemoveAll(filepath.Dir(src)) }() //nolint:gosec // our own folder, made by hostCopy
 	dst := "/proc/self/fd/" + strconv.Itoa(int(h.Fd()))
 	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind params copy over %s: %w", target, err)
@@ -220,29 +224,22 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	return nil
 }
 
-// ownedBySelf reports whether fi's owner is the process's effective user.
-func ownedBySelf(fi os.FileInfo) bool {
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	return ok && int(st.Uid) == os.Geteuid()
-}
-
-// hostCopy writes data to a new read-only file in a root-only folder on a host tmpfs and
-// returns its path; the caller binds it and removes the name (the mount keeps the file).
+// hostCopy writes data to a new read-only file in a new folder of the call's own (mode
+// 0700) on a host tmpfs, /dev/shm where /run is not the hook's (in a container's user
+// namespace), and returns its path; the caller binds it and removes the folder (the
+// mount keeps the file).
 func hostCopy(data []byte) (string, error) {
 	var errs []error
-	for _, dir := range []string{"/run/nvbind", "/dev/shm/nvbind"} {
-		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+	for _, parent := range []string{"/run", "/dev/shm"} {
+		dir, err := os.MkdirTemp(parent, "nvbind-params-")
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		// ours alone: a folder of another user's (one a hook in a container's user
-		// namespace made, as that namespace's root) does not count
-		if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 || !ownedBySelf(fi) {
-			errs = append(errs, fmt.Errorf("%s is not a private folder", dir))
-			continue
-		}
-		f, err := os.CreateTemp(dir, "params-")
+		p := filepath.Join(dir, "params")
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600) //nolint:gosec // in our own new folder
 		if err != nil {
+			_ = os.Remove(dir)
 			errs = append(errs, err)
 			continue
 		}
@@ -254,10 +251,10 @@ func hostCopy(data []byte) (string, error) {
 			err = cerr
 		}
 		if err != nil {
-			_ = os.Remove(f.Name())
+			_ = os.RemoveAll(dir)
 			return "", err
 		}
-		return f.Name(), nil
+		return p, nil
 	}
 	return "", fmt.Errorf("write the params copy: %w", errors.Join(errs...))
 }

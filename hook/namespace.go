@@ -1,13 +1,17 @@
 package hook
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/internal/hookargs"
 )
 
@@ -22,6 +26,15 @@ import (
 func enterMountNamespace(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("--%s: the OCI state has no pid: run the hook at createRuntime, where the runtime gives the container's", hookargs.FlagEnterMountNS)
+	}
+	// the container's process is the runtime's child, as this hook is (runc's init, which
+	// runc makes its own child; crun's): anything else is no container being created
+	ppid, err := parentOf(pid)
+	if err != nil || ppid <= 0 {
+		return fmt.Errorf("--%s: the state's pid %d is no container being created: the hook runs at createRuntime", hookargs.FlagEnterMountNS, pid)
+	}
+	if ppid != os.Getppid() {
+		return errNotCreated
 	}
 	if same, err := sameNamespace(fmt.Sprintf("/proc/%d/ns/user", pid), "/proc/thread-self/ns/user"); err == nil && !same {
 		return fmt.Errorf("--%s: the container has a user namespace of its own, which only nvbind-hook enters (not nvbind-hook-go, nor nvbind hook)", hookargs.FlagEnterMountNS)
@@ -62,4 +75,28 @@ func sameNamespace(a, b string) (bool, error) {
 		return false, fmt.Errorf("%s: %w", b, err)
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
+}
+
+// errNotCreated: the state's pid is not a child of the runtime that runs the hook. runc
+// runs createRuntime hooks on a restore from a checkpoint too, for a process CRIU made,
+// once the container's files are in place: there is nothing to do.
+var errNotCreated = errors.New("the state's pid is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do")
+
+// parentOf returns the parent pid of process pid, from /proc/PID/stat.
+func parentOf(pid int) (int, error) {
+	p := fmt.Sprintf("/proc/%d/stat", pid)
+	data, err := fileio.ReadFile(p, 1024)
+	if err != nil {
+		return 0, err
+	}
+	// the name, in parentheses, may hold anything: the fields follow the last ')'
+	i := bytes.LastIndexByte(data, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("%s: no parent pid", p)
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("%s: no parent pid", p)
+	}
+	return strconv.Atoi(f[1])
 }

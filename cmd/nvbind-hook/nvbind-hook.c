@@ -87,6 +87,10 @@ struct nv_open_how {
 static char **g_argv;
 static char **g_envp;
 static char g_self[PATH_MAX]; /* the folder of this program ("": not found yet) */
+/* the full hook and the full binary, opened before the hook enters the container's
+ * namespaces, so that no path is looked up there (-1: none); g_entered once in them */
+static int g_full_fd[2] = {-1, -1};
+static int g_entered;
 static const char *g_state;
 static size_t g_state_len;
 static int g_trace;
@@ -128,30 +132,60 @@ static void trace(const char *fmt, ...) {
 	va_end(ap);
 }
 
-/* full hands the call to the full hook: the same arguments, and the state it read from
- * stdin on a fresh stdin. It does not return. */
-/* find_self returns the folder of this program, found once: before the hook enters the
- * container's mount namespace, where the full hook is then run from the same path */
-static const char *find_self(void) {
-	if (!g_self[0]) {
-		ssize_t n = readlink("/proc/self/exe", g_self, sizeof g_self - 1);
-		char *slash = n > 0 ? (g_self[n] = 0, strrchr(g_self, '/')) : NULL;
-		if (slash)
-			*slash = 0;
-		else
-			g_self[0] = 0;
+/* open_full opens, once, the full hook (nvbind-hook-go) and the full binary (nvbind)
+ * beside this program: before the hook enters the container's namespaces, where a path
+ * could lead into the image; it returns the errno of the full hook's open */
+static int open_full(void) {
+	static int done, err;
+	if (done)
+		return err;
+	done = 1;
+	ssize_t n = readlink("/proc/self/exe", g_self, sizeof g_self - 1);
+	char *slash = n > 0 ? (g_self[n] = 0, strrchr(g_self, '/')) : NULL;
+	if (!slash) {
+		g_self[0] = 0;
+		return err = n < 0 ? errno : ENOENT;
 	}
-	return g_self;
+	*slash = 0;
+	static const char *const names[] = {FULL_HOOK, FULL_BINARY};
+	for (int i = 0; i < 2; i++) {
+		char prog[PATH_MAX + 32];
+		if ((size_t)snprintf(prog, sizeof prog, "%s/%s", g_self, names[i]) >= sizeof prog) {
+			if (i == 0)
+				err = ENAMETOOLONG;
+			continue;
+		}
+		g_full_fd[i] = open(prog, O_PATH | O_CLOEXEC);
+		if (g_full_fd[i] < 0 && i == 0)
+			err = errno;
+	}
+	return err;
 }
 
+/* full hands the call to the full hook: the same arguments (less
+ * --enter-mount-namespace once in the container's namespaces: it starts in them), and
+ * the state it read from stdin on a fresh stdin. It does not return. */
 static void full(const char *why) {
 	trace("full hook: %s", why);
 	fflush(stderr);
-	char prog[PATH_MAX + 32];
-	const char *self = find_self();
-	if (!self[0]) {
-		fprintf(stderr, "nvbind-hook: cannot find its own path: %s\n", strerror(errno));
+	int first = open_full();
+	if (!g_self[0]) {
+		fprintf(stderr, "nvbind-hook: cannot find its own path: %s\n", strerror(first));
 		exit(1);
+	}
+	char **argv = g_argv;
+	if (g_entered) {
+		size_t n = 0;
+		while (g_argv[n])
+			n++;
+		argv = calloc(n + 1, sizeof *argv);
+		if (!argv) {
+			fprintf(stderr, "nvbind-hook: out of memory\n");
+			exit(1);
+		}
+		for (size_t i = 0, k = 0; i < n; i++)
+			if (i < 3 || (strcmp(g_argv[i], "--enter-mount-namespace") != 0 && strcmp(g_argv[i], "--enter-mount-namespace=true") != 0))
+				argv[k++] = g_argv[i];
 	}
 	if (g_state) {
 		int fd = memfd_create("nvbind-hook-state", MFD_CLOEXEC);
@@ -173,14 +207,13 @@ static void full(const char *why) {
 			exit(1);
 		}
 	}
-	int first = ENAMETOOLONG;
-	if ((size_t)snprintf(prog, sizeof prog, "%s/%s", self, FULL_HOOK) < sizeof prog) {
-		execve(prog, g_argv, g_envp);
+	if (g_full_fd[0] >= 0) {
+		fexecve(g_full_fd[0], argv, g_envp);
 		first = errno;
 	}
-	if ((size_t)snprintf(prog, sizeof prog, "%s/%s", self, FULL_BINARY) < sizeof prog && access(prog, X_OK) == 0)
-		execve(prog, g_argv, g_envp);
-	fprintf(stderr, "nvbind-hook: %s: the full hook %s/%s cannot run: %s\n", why, self, FULL_HOOK, strerror(first));
+	if (g_full_fd[1] >= 0)
+		fexecve(g_full_fd[1], argv, g_envp);
+	fprintf(stderr, "nvbind-hook: %s: the full hook %s/%s cannot run: %s\n", why, g_self, FULL_HOOK, strerror(first));
 	exit(1);
 }
 
@@ -1533,14 +1566,6 @@ static const char *flag_value(int argc, char **argv, int *i, const char *arg, si
 	return argv[++*i];
 }
 
-/* enter_flag reports --enter-mount-namespace among the flags of "hook all" */
-static int enter_flag(int argc, char **argv) {
-	for (int i = 3; i < argc && argc <= MAX_ARGS; i++)
-		if (strcmp(argv[i], "--enter-mount-namespace") == 0 || strcmp(argv[i], "--enter-mount-namespace=true") == 0)
-			return 1;
-	return 0;
-}
-
 /* same_ns reports whether namespace handle fd is the namespace at path */
 static int same_ns(int fd, const char *path) {
 	struct stat a, b;
@@ -1555,8 +1580,33 @@ static int same_ns(int fd, const char *path) {
 static void enter_container(int64_t pid) {
 	if (pid <= 0 || pid > INT_MAX)
 		full("a state without the container's pid");
-	find_self(); /* the full hook is run from this program's folder */
+	open_full(); /* by handle from here on */
 	char p[64];
+	/* the container's process is the runtime's child, as this hook is (runc's init, which
+	 * runc makes its own child; crun's): anything else is no container being created */
+	snprintf(p, sizeof p, "/proc/%lld/stat", (long long)pid);
+	int sfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	char stat[1024];
+	ssize_t sn = sfd >= 0 ? read(sfd, stat, sizeof stat - 1) : -1;
+	if (sfd >= 0)
+		close(sfd);
+	long ppid = -1;
+	if (sn > 0) {
+		stat[sn] = 0;
+		char *end = strrchr(stat, ')'); /* the name may hold anything but is in parentheses */
+		if (end && end[1] == ' ' && end[2] && end[3] == ' ')
+			ppid = strtol(end + 4, NULL, 10);
+	}
+	if (ppid <= 0)
+		die("--enter-mount-namespace: the state's pid %lld is no container being created: the hook runs at createRuntime",
+		    (long long)pid);
+	if (ppid != (long)getppid()) {
+		/* runc runs createRuntime hooks on a restore from a checkpoint too, for a process
+		 * CRIU made, once the container's files are in place */
+		fprintf(stderr, "nvbind-hook: the state's pid %lld is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do\n",
+			(long long)pid);
+		exit(0);
+	}
 	snprintf(p, sizeof p, "/proc/%lld/ns/mnt", (long long)pid);
 	int mfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (mfd < 0)
@@ -1566,18 +1616,25 @@ static void enter_container(int64_t pid) {
 	if (ufd >= 0 && !same_ns(ufd, "/proc/self/ns/user")) {
 		if (setns(ufd, CLONE_NEWUSER) != 0)
 			full("the container's user namespace cannot be entered");
+		/* from here the full hook could not follow, nor start where this one is: any
+		 * failure to enter is the end */
+		g_entered = 1;
 		(void)setgroups(0, NULL); /* refused where the runtime denied setgroups: no matter */
 		if (setresgid(0, 0, 0) != 0 || setresuid(0, 0, 0) != 0)
-			full("the container's user namespace has no root");
+			die("--enter-mount-namespace: the container's user namespace has no root: %s", strerror(errno));
 	}
 	if (ufd >= 0)
 		close(ufd);
-	if (!same_ns(mfd, "/proc/self/ns/mnt") && setns(mfd, CLONE_NEWNS) != 0)
+	if (!same_ns(mfd, "/proc/self/ns/mnt") && setns(mfd, CLONE_NEWNS) != 0) {
+		if (g_entered)
+			die("--enter-mount-namespace: the container's mount namespace: %s", strerror(errno));
 		full("the container's mount namespace cannot be entered");
+	}
 	close(mfd);
+	g_entered = 1;
 	struct statfs sf;
 	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0)
-		full("no procfs at /proc in the container's mount namespace");
+		die("--enter-mount-namespace: no procfs at /proc in the container's mount namespace");
 }
 
 static void parse_args(int argc, char **argv, struct args *a) {
@@ -1866,23 +1923,18 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 	struct stat st;
 	if (fstat(h, &st) != 0 || !S_ISREG(st.st_mode))
 		full("the container's params is not a regular file");
-	/* the copy: a new read-only file in a root-only folder on a host tmpfs */
-	char src[PATH_MAX] = "";
-	static const char *const dirs[] = {"/run/nvbind", "/dev/shm/nvbind"};
-	for (size_t i = 0; i < sizeof dirs / sizeof *dirs && !src[0]; i++) {
-		if (mkdir(dirs[i], 0700) != 0 && errno != EEXIST)
+	/* the copy: a new read-only file in a new folder of this call's own (mode 0700) on a
+	 * host tmpfs; /dev/shm where /run is not the hook's (in a container's user namespace) */
+	char dir[64] = "", src[PATH_MAX] = "";
+	static const char *const tmpls[] = {"/run/nvbind-params-XXXXXX", "/dev/shm/nvbind-params-XXXXXX"};
+	for (size_t i = 0; i < sizeof tmpls / sizeof *tmpls && !src[0]; i++) {
+		snprintf(dir, sizeof dir, "%s", tmpls[i]);
+		if (!mkdtemp(dir))
 			continue;
-		struct stat ds;
-		/* ours alone: one of another user's (a hook in a container's user namespace
-		 * made it, as that namespace's root) does not count */
-		if (lstat(dirs[i], &ds) != 0 || !S_ISDIR(ds.st_mode) || (ds.st_mode & 07777) != 0700 || ds.st_uid != geteuid())
-			continue;
-		unsigned char rnd[6];
-		if (syscall(SYS_getrandom, rnd, sizeof rnd, 0) != (long)sizeof rnd)
-			continue;
-		snprintf(src, sizeof src, "%s/params-%02x%02x%02x%02x%02x%02x", dirs[i], rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+		snprintf(src, sizeof src, "%s/params", dir);
 		int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd < 0) {
+			rmdir(dir);
 			src[0] = 0;
 			continue;
 		}
@@ -1890,6 +1942,7 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 		ok = close(fd) == 0 && ok;
 		if (!ok) {
 			unlink(src);
+			rmdir(dir);
 			full("the params copy cannot be written");
 		}
 	}
@@ -1898,11 +1951,11 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 		full("no private folder for the params copy");
 	char dst[64];
 	snprintf(dst, sizeof dst, "/proc/self/fd/%d", h);
-	if (mount(src, dst, NULL, MS_BIND, NULL) != 0) {
-		unlink(src);
+	int bound = mount(src, dst, NULL, MS_BIND, NULL) == 0;
+	unlink(src); /* the mount keeps the file */
+	rmdir(dir);
+	if (!bound)
 		full("the params copy cannot be bound");
-	}
-	unlink(src);
 	close(h);
 	int nh = in_root(target, O_PATH);
 	if (nh < 0)
@@ -1934,9 +1987,12 @@ int main(int argc, char **argv, char **envp) {
 	struct statfs sf;
 	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */)
 		full("no procfs at /proc");
-	/* at createRuntime, into the container's namespaces before anything else, so that
-	 * the full hook, where this one hands over, starts in them too */
-	if (enter_flag(argc, argv)) {
+	/* the arguments (which hand over before any change where the full hook alone takes
+	 * them), then at createRuntime into the container's namespaces before anything else,
+	 * so that the full hook, where this one hands over, starts in them too */
+	struct args a = {0};
+	parse_args(argc, argv, &a);
+	if (a.enter_ns) {
 		struct state es = {0};
 		struct json ej = {sbuf, sbuf + slen, 0, 0};
 		json_ws(&ej);
@@ -1951,9 +2007,6 @@ int main(int argc, char **argv, char **envp) {
 	const char *f = getenv("NVBIND_HOOK_FULL");
 	if (f && strcmp(f, "1") == 0)
 		full("NVBIND_HOOK_FULL=1");
-
-	struct args a = {0};
-	parse_args(argc, argv, &a);
 	if (a.nlinks == 0 && a.nfolders == 0)
 		full("no layout");
 
