@@ -711,11 +711,14 @@ func (s *hostileSuite) hookStart(bundle, rootfs string) (string, int64, time.Dur
 // hookArgv is a command line that runs the shell command prefix (where $0 is arg0), then
 // the hook (path, with args after their program name) with the OCI state of bundle on
 // stdin and its own pid as the container's: the hook enters its own mount namespace.
+// The state's text around the pid comes in as arguments, which the shell does not expand
+// again.
 func hookArgv(bundle, prefix, arg0, path string, args []string) []string {
-	script := prefix + `exec "$@" <<EOF
-` + hookState(bundle, "$$") + `
+	before, after, _ := strings.Cut(hookState(bundle, "PID"), "PID")
+	script := `s1=$1 s2=$2; shift 2; ` + prefix + `exec "$@" <<EOF
+${s1}$$${s2}
 EOF`
-	return append([]string{"/bin/sh", "-c", script, arg0, path}, args[1:]...)
+	return append([]string{"/bin/sh", "-c", script, arg0, before, after, path}, args[1:]...)
 }
 
 // bundleHook returns the path and arguments of the hook of a bundle's config.json: the
