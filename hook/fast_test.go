@@ -2,6 +2,7 @@ package hook
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -104,13 +105,19 @@ int main(int argc, char **argv) {
 `
 
 // runtimeSource does what runc and crun do around a createRuntime hook: it makes the
-// container's process (its child, in a mount namespace of its own and, with a root uid
-// other than 0, a user namespace whose root that uid is), which mounts src read-only at
-// mnt there and is made non-dumpable, as runc's init is; then it runs the hook (argv 5
-// on) as its child, the OCI state with that process's pid on its stdin, writes the hook's
-// peak RSS to fd 3 and ends the container's process.
-// Arguments: ROOT-UID SRC MNT BUNDLE HOOK ARGS...
+// container's process in a mount namespace of its own and, with a root uid other than 0,
+// a user namespace whose root that uid is; the process mounts src read-only at mnt there
+// and is made non-dumpable, as runc's init is. Mode "child" makes it the runtime's child
+// (runc); "grandchild" makes it through a process that exits at once, so that it is
+// nobody's child here (crun with a user namespace). Then the runtime runs the hook (argv
+// 7 on) as its child, the OCI state with the container process's pid on its stdin, and
+// writes the hook's peak RSS to fd 3. Before the container's process ends, it writes to
+// stderr "CHECK:" and the file check as it sees it, and CHECK-RO or CHECK-RW as it can
+// open it for writing.
+// Arguments: ROOT-UID MODE SRC MNT BUNDLE CHECK HOOK ARGS...
 const runtimeSource = `#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <sched.h>
 #include <signal.h>
@@ -122,8 +129,8 @@ const runtimeSource = `#define _GNU_SOURCE
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
-static int go[2], ready[2], user;
-static const char *src, *mnt;
+static int go[2], ready[2], pidp[2], user;
+static const char *src, *mnt, *check;
 static char stack[1 << 16];
 static int container(void *arg) {
 	(void)arg;
@@ -134,48 +141,77 @@ static int container(void *arg) {
 	    mount(NULL, mnt, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL)) { perror("container: mount"); _exit(1); }
 	prctl(PR_SET_DUMPABLE, 0);
 	if (write(ready[1], "r", 1) != 1) _exit(1);
+	if (read(go[0], &c, 1) != 1) _exit(1);
+	char buf[4096] = "";
+	int fd = open(check, O_RDONLY);
+	ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+	buf[n > 0 ? n : 0] = 0;
+	if (fd >= 0) close(fd);
+	fd = open(check, O_WRONLY);
+	fprintf(stderr, "CHECK:%sCHECK-%s\n", buf, fd >= 0 ? "RW" : errno == EROFS ? "RO" : "GONE");
+	fflush(stderr);
+	if (write(ready[1], "r", 1) != 1) _exit(1);
 	pause();
 	_exit(0);
 }
-static void put(const char *path, const char *s) {
+static pid_t make(int flags, int grand) {
+	if (!grand) {
+		pid_t pid = clone(container, stack + sizeof stack, flags | SIGCHLD, NULL);
+		if (pid > 0) return pid;
+		perror("clone");
+		exit(2);
+	}
+	pid_t mid = fork();
+	if (mid == 0) {
+		pid_t pid = clone(container, stack + sizeof stack, flags | SIGCHLD, NULL);
+		_exit(pid > 0 && write(pidp[1], &pid, sizeof pid) == sizeof pid ? 0 : 1);
+	}
+	pid_t pid = -1;
+	if (mid < 0 || read(pidp[0], &pid, sizeof pid) != sizeof pid) { fprintf(stderr, "no container process\n"); exit(2); }
+	waitpid(mid, NULL, 0);
+	return pid;
+}
+static void put(const char *path, const char *s, pid_t pid) {
 	FILE *f = fopen(path, "w");
-	if (!f || fputs(s, f) < 0 || fclose(f)) { perror(path); exit(2); }
+	if (!f || fputs(s, f) < 0 || fclose(f)) { perror(path); kill(pid, SIGKILL); exit(2); }
 }
 int main(int argc, char **argv) {
-	if (argc < 6) return 2;
-	int root = atoi(argv[1]);
+	if (argc < 8) return 2;
+	int root = atoi(argv[1]), grand = strcmp(argv[2], "grandchild") == 0;
 	user = root != 0;
-	src = argv[2], mnt = argv[3];
-	if (pipe(go) || pipe(ready)) return 2;
-	pid_t pid = clone(container, stack + sizeof stack, CLONE_NEWNS | (user ? CLONE_NEWUSER : 0) | SIGCHLD, NULL);
-	if (pid < 0) { perror("clone"); return 2; }
+	src = argv[3], mnt = argv[4], check = argv[6];
+	if (pipe(go) || pipe(ready) || pipe(pidp)) return 2;
+	pid_t pid = make(CLONE_NEWNS | (user ? CLONE_NEWUSER : 0), grand);
 	if (user) {
 		char p[64], m[64];
 		snprintf(m, sizeof m, "0 %d 65536\n", root);
-		snprintf(p, sizeof p, "/proc/%d/uid_map", pid); put(p, m);
-		snprintf(p, sizeof p, "/proc/%d/gid_map", pid); put(p, m);
+		snprintf(p, sizeof p, "/proc/%d/uid_map", pid); put(p, m, pid);
+		snprintf(p, sizeof p, "/proc/%d/gid_map", pid); put(p, m, pid);
 	}
 	char c;
-	if (write(go[1], "g", 1) != 1 || read(ready[0], &c, 1) != 1) { fprintf(stderr, "the container's process failed\n"); return 2; }
+	if (write(go[1], "g", 1) != 1 || read(ready[0], &c, 1) != 1) { fprintf(stderr, "the container's process failed\n"); kill(pid, SIGKILL); return 2; }
 	char state[8192];
-	snprintf(state, sizeof state, "{\"ociVersion\":\"1.2.0\",\"id\":\"c1\",\"status\":\"creating\",\"pid\":%d,\"bundle\":\"%s\"}", pid, argv[4]);
+	snprintf(state, sizeof state, "{\"ociVersion\":\"1.2.0\",\"id\":\"c1\",\"status\":\"creating\",\"pid\":%d,\"bundle\":\"%s\"}", pid, argv[5]);
 	int in[2];
-	if (pipe(in)) return 2;
-	pid_t h = fork();
+	pid_t h = pipe(in) ? -1 : fork();
 	if (h == 0) {
 		dup2(in[0], 0); close(in[0]); close(in[1]);
-		execv(argv[5], argv + 5);
+		execv(argv[7], argv + 7);
 		_exit(127);
 	}
-	close(in[0]);
-	if (write(in[1], state, strlen(state)) < 0) return 2;
-	close(in[1]);
-	int status;
-	struct rusage ru;
-	if (wait4(h, &status, 0, &ru) < 0) return 2;
+	int status = 0;
+	struct rusage ru = {0};
+	if (h > 0) {
+		close(in[0]);
+		if (write(in[1], state, strlen(state)) < 0) perror("state");
+		close(in[1]);
+		if (wait4(h, &status, 0, &ru) < 0) status = 2 << 8;
+	}
 	dprintf(3, "%ld\n", ru.ru_maxrss);
+	if (write(go[1], "c", 1) != 1 || read(ready[0], &c, 1) != 1) fprintf(stderr, "the container's process did not check\n");
 	kill(pid, SIGKILL);
-	waitpid(pid, NULL, 0);
+	if (!grand) waitpid(pid, NULL, 0);
+	if (h < 0) return 2;
 	return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 `
@@ -339,11 +375,17 @@ func runHookPid(t testing.TB, bin, bundle string, args []string, full bool, pid 
 }
 
 // runHookInRuntime runs the hook as a runtime's createRuntime stage does, through
-// runtimeSource: the container's process mounts src at mnt in its own namespaces (a user
-// namespace too where root is not 0, whose root is that host uid).
-func runHookInRuntime(t testing.TB, bin, bundle string, args []string, full bool, root int, src, mnt string) hookRun {
+// runtimeSource: the container's process (its child, or with grandchild nobody's here)
+// mounts src at mnt in its own namespaces (a user namespace too where root is not 0,
+// whose root is that host uid), and reports the container path check after the hook.
+func runHookInRuntime(t testing.TB, bin, bundle string, args []string, full bool, root int, grandchild bool, src, mnt string) hookRun {
 	t.Helper()
-	return runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "runtime"), strconv.Itoa(root), src, mnt, bundle}, bin, bundle, args, full, "")
+	mode := "child"
+	if grandchild {
+		mode = "grandchild"
+	}
+	check := filepath.Join(bundle, "rootfs/proc/driver/nvidia/params")
+	return runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "runtime"), strconv.Itoa(root), mode, src, mnt, bundle, check}, bin, bundle, args, full, "")
 }
 
 // runHookVia runs the hook through launcher (which writes its peak RSS to fd 3), with
@@ -355,7 +397,9 @@ func runHookVia(t testing.TB, launcher []string, bin, bundle string, args []stri
 		t.Fatal(err)
 	}
 	defer func() { _ = rusage.Close() }()
-	cmd := exec.Command(launcher[0], append(append(launcher[1:len(launcher):len(launcher)], bin), args...)...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, launcher[0], append(append(launcher[1:len(launcher):len(launcher)], bin), args...)...)
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NVBIND_HOOK_TRACE=1"}
@@ -1007,7 +1051,7 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 		full bool
 	}{{"C, entered", entered, false}, {"full, entered", entered, true}, {"C, not entered", args, false}, {"full, not entered", args, true}} {
 		b, src, mnt := layoutAside(t, bundle, 0)
-		r := runHookInRuntime(t, bin, b, c.args, c.full, 0, src, mnt)
+		r := runHookInRuntime(t, bin, b, c.args, c.full, 0, false, src, mnt)
 		r.stderr = strings.ReplaceAll(r.stderr, b, "BUNDLE")
 		if r.code != 0 {
 			t.Fatalf("%s: exit %d (%s): %s", c.name, r.code, r.path, r.stderr)
@@ -1049,18 +1093,20 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 			}
 		}
 	}
-	// a pid that is not the runtime's child (runc's createRuntime hooks on a restore
-	// from a checkpoint): nothing to do
+	// a stopped container (runc runs createRuntime hooks on a restore from a checkpoint,
+	// with the state's status "stopped", once the container's files are in place):
+	// nothing to do, and nothing entered
 	for _, full := range []bool{false, true} {
 		b, src, mnt := layoutAside(t, bundle, 0)
 		pid := inMountNamespace(t, "mount --bind "+src+" "+mnt)
 		before := tree(t, b)
-		r := runHookPid(t, bin, b, entered, full, pid)
-		if r.code != 0 || !strings.Contains(r.stderr, "is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do") {
-			t.Errorf("full %v, another's pid: exit %d (%s): %s", full, r.code, r.path, r.stderr)
+		r := runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "launch")}, bin, b, entered, full,
+			`{"ociVersion":"1.2.0","id":"c1","status":"stopped","pid":`+strconv.Itoa(pid)+`,"bundle":"`+b+`"}`)
+		if r.code != 0 || !strings.Contains(r.stderr, "the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do") {
+			t.Errorf("full %v, stopped: exit %d (%s): %s", full, r.code, r.path, r.stderr)
 		}
 		if after := tree(t, b); after != before {
-			t.Errorf("full %v, another's pid: the bundle changed:\n%s\n---\n%s", full, before, after)
+			t.Errorf("full %v, stopped: the bundle changed:\n%s\n---\n%s", full, before, after)
 		}
 	}
 }
@@ -1109,22 +1155,25 @@ func cacheHas(t *testing.T, b, name, prefix string) bool {
 }
 
 // TestFastHookEntersUserNamespace: a container with a user namespace of its own (its
-// root is host uid 200000) whose process is not dumpable, as runc's init is not: the C
-// hook joins it as its root before the mount namespace, as a createContainer hook runs
-// there, so what it makes is the container root's; the full hook it hands over to starts
-// there too, without entering again; the params copy it binds is one of its own; the full
-// hook alone, a process with threads, cannot join it and says so.
+// root is host uid 200000) whose process is not dumpable, as runc's init is not, and is
+// the runtime's child (runc) or nobody's here (crun): the C hook joins it as its root
+// before the mount namespace, as a createContainer hook runs there, so what it makes is
+// the container root's; the full hook it hands over to, by handle (its folder is closed
+// to that root), starts there too, without entering again; the container reads the params
+// the hook bound, read-only; the full hook alone, a process with threads, cannot join it
+// and says so.
 func TestFastHookEntersUserNamespace(t *testing.T) {
 	testutil.RequiresRoot(t)
 	bin := fastHook(t)
-	if err := os.Chmod(filepath.Dir(bin), 0o755); err != nil { // the full hook runs as the container's root
-		t.Fatal(err)
-	}
 	bundle, args := layoutBundle(t, "")
 	entered := append(args[:2:2], append([]string{"--enter-mount-namespace"}, args[2:]...)...)
 	const uid = 200000
-	trees := map[bool]string{}
-	for _, full := range []bool{false, true} {
+	trees := map[string]string{}
+	for _, c := range []struct {
+		name             string
+		full, grandchild bool
+	}{{"C", false, false}, {"full", true, false}, {"C, the runtime's grandchild", false, true}} {
+		full := c.full
 		b, src, mnt := layoutAside(t, bundle, uid)
 		// the host's params, readable by the container's root; the container's own
 		writeFiles(t, b, map[string]string{"params": "ModifyDeviceFiles: 1\n", "rootfs/proc/driver/nvidia/params": "ModifyDeviceFiles: 1\n"})
@@ -1134,13 +1183,16 @@ func TestFastHookEntersUserNamespace(t *testing.T) {
 		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, uid), filepath.Join(b, "rootfs/proc")).CombinedOutput(); err != nil {
 			t.Fatalf("chown: %v\n%s", err, out)
 		}
-		r := runHookInRuntime(t, bin, b, append(slices.Clone(entered), "--host-params", filepath.Join(b, "params")), full, uid, src, mnt)
+		r := runHookInRuntime(t, bin, b, append(slices.Clone(entered), "--host-params", filepath.Join(b, "params")), full, uid, c.grandchild, src, mnt)
 		want := "done"
 		if full {
 			want = "NVBIND_HOOK_FULL=1"
 		}
 		if r.code != 0 || r.path != want {
-			t.Fatalf("full %v: exit %d (%s): %s", full, r.code, r.path, r.stderr)
+			t.Fatalf("%s: exit %d (%s): %s", c.name, r.code, r.path, r.stderr)
+		}
+		if !strings.Contains(r.stderr, "CHECK:ModifyDeviceFiles: 0\nCHECK-RO") {
+			t.Errorf("%s: the container's params after the hook: %s", c.name, r.stderr)
 		}
 		for _, p := range []string{"usr/bin/nvidia-smi", "etc/nvidia/nvidia-application-profiles-rc.d", "lib/firmware/nvidia/535.261.03"} {
 			var st syscall.Stat_t
@@ -1151,17 +1203,19 @@ func TestFastHookEntersUserNamespace(t *testing.T) {
 		if !cacheHas(t, b, "libcuda.so.1", layoutMount+"/") {
 			t.Errorf("full %v: the ld cache lacks the layout's libcuda.so.1", full)
 		}
-		trees[full] = tree(t, filepath.Join(b, "rootfs"))
+		trees[c.name] = tree(t, filepath.Join(b, "rootfs"))
 
-		if !full { // the full hook by itself
-			r := runHookInRuntime(t, filepath.Join(filepath.Dir(bin), "nvbind-hook-go"), b, entered, false, uid, src, mnt)
+		if c.name == "C" { // the full hook by itself
+			r := runHookInRuntime(t, filepath.Join(filepath.Dir(bin), "nvbind-hook-go"), b, entered, false, uid, false, src, mnt)
 			if r.code == 0 || !strings.Contains(r.stderr, "the container has a user namespace of its own, which only nvbind-hook enters") {
 				t.Errorf("nvbind-hook-go in a container with a user namespace: exit %d: %s", r.code, r.stderr)
 			}
 		}
 	}
-	if trees[false] != trees[true] {
-		t.Errorf("the C hook and the full hook differ:\n%s\n---\n%s", trees[false], trees[true])
+	for name, tr := range trees {
+		if tr != trees["C"] {
+			t.Errorf("%s and the C hook differ:\n%s\n---\n%s", name, tr, trees["C"])
+		}
 	}
 	for _, pattern := range []string{"/run/nvbind-params-*", "/dev/shm/nvbind-params-*"} {
 		if left, _ := filepath.Glob(pattern); len(left) > 0 {

@@ -51,6 +51,10 @@ type Options struct {
 	// EnterMountNamespace makes Run enter the mount namespace of the state's pid before
 	// it opens the root: the hook runs at createRuntime.
 	EnterMountNamespace bool
+	// hostParams holds the host's params file where Run read it before entering the
+	// container's namespaces (nil: none there); hostParamsRead says it did.
+	hostParams     []byte
+	hostParamsRead bool
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
@@ -64,15 +68,41 @@ func Run(ctx context.Context, st State, o Options) error {
 	if o.AppProfile {
 		o.GPUMinors = cfg.gpuMinors()
 	}
-	if o.EnterMountNamespace {
-		if err := enterMountNamespace(st.Pid); errors.Is(err, errNotCreated) {
-			fmt.Fprintf(o.Log, "%v\n", err)
-			return nil
-		} else if err != nil {
+	if !o.EnterMountNamespace {
+		return RunInRoot(ctx, cfg.root, o)
+	}
+	if st.Status == "stopped" {
+		if o.Log != nil {
+			fmt.Fprintln(o.Log, "the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do")
+		}
+		return nil
+	}
+	// what is read by a host path, read on the host
+	if o.ProtectDeviceNodes {
+		if o.hostParams, err = readHostParams(o.HostParams); err != nil {
 			return err
 		}
+		o.hostParamsRead = true
 	}
-	return RunInRoot(ctx, cfg.root, o)
+	var want unix.Stat_t
+	if err := unix.Stat(cfg.root, &want); err != nil {
+		return fmt.Errorf("open container root: %w", err)
+	}
+	if err := enterMountNamespace(st.Pid); err != nil {
+		return err
+	}
+	// the root at the same path in the container's namespace, not yet pivoted into: the
+	// same folder; in a namespace pivoted already, the path would be the image's
+	r, err := openRoot(cfg.root)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = r.Close() }()
+	var got unix.Stat_t
+	if err := unix.Fstat(int(r.fd.Fd()), &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
+		return fmt.Errorf("--%s: %s in the container's mount namespace is not the container root: is it pivoted already?", hookargs.FlagEnterMountNS, cfg.root)
+	}
+	return runIn(ctx, r, o)
 }
 
 // RunInRoot applies the actions to a container root.
@@ -85,6 +115,14 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		return err
 	}
 	defer func() { _ = r.Close() }()
+	return runIn(ctx, r, o)
+}
+
+// runIn applies the actions to an open container root.
+func runIn(_ context.Context, r *containerRoot, o Options) error {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
 	// what the C hook reads (the compat folder's names, the image's cache, the layout's
 	// entries) is read before any step changes the root, as the C hook does, so that no
 	// step's writes feed those reads; what only this hook reads (the compat folder's
@@ -132,7 +170,7 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 		}
 	}
 	if o.ProtectDeviceNodes {
-		if err := protectDeviceNodes(r, o.HostParams, o.Log); err != nil {
+		if err := protectDeviceNodes(r, o, o.Log); err != nil {
 			return fmt.Errorf("disable-device-node-modification: %w", err)
 		}
 	}
@@ -163,22 +201,16 @@ var imageLibDirs = []string{"/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu"
 // ModifyDeviceFiles: 0, over the container's /proc/driver/nvidia/params, so NVML in the
 // container does not try to create device nodes. Without that file in the container (no
 // driver loaded), or with ModifyDeviceFiles already 0, it does nothing.
-func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) error {
-	if hostParams == "" {
-		hostParams = "/proc/driver/nvidia/params"
+func protectDeviceNodes(r *containerRoot, o Options, log io.Writer) error {
+	data, err := o.hostParams, error(nil)
+	if !o.hostParamsRead {
+		if data, err = readHostParams(o.HostParams); err != nil {
+			return err
+		}
 	}
-	f, err := os.Open(hostParams) //nolint:gosec // a host path from the hook's own arguments, never from the container
-	if errors.Is(err, os.ErrNotExist) {
-		fmt.Fprintf(log, "disable-device-node-modification: %s does not exist: nothing to do\n", hostParams)
+	if data == nil {
+		fmt.Fprintf(log, "disable-device-node-modification: %s does not exist: nothing to do\n", hostParamsPath(o.HostParams))
 		return nil
-	}
-	if err != nil {
-		return err
-	}
-	data, err := fileio.ReadAll(f, maxSmallFile, hostParams)
-	_ = f.Close()
-	if err != nil {
-		return err
 	}
 	modified, changed := setModifyDeviceFiles(data)
 	if !changed {
@@ -206,9 +238,11 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 		return err
 	}
 	// the mount keeps the file
-	defer func() { _ = os.RemoveAll(filepath.Dir(src)) }() //nolint:gosec // our own folder, made by hostCopy
+	defer func() { _ = src.Close(); _ = os.RemoveAll(filepath.Dir(src.Name())) }()
+	// bound by its handle: the name could be another's by now where the folder's owner is
+	// not root alone (in a container's user namespace, its root's host uid)
 	dst := "/proc/self/fd/" + strconv.Itoa(int(h.Fd()))
-	if err := unix.Mount(src, dst, "", unix.MS_BIND, ""); err != nil {
+	if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(int(src.Fd())), dst, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind params copy over %s: %w", target, err)
 	}
 	// remount the new mount read-only: reach it through a fresh handle
@@ -224,11 +258,36 @@ func protectDeviceNodes(r *containerRoot, hostParams string, log io.Writer) erro
 	return nil
 }
 
+// readHostParams reads the host's params file (nil where there is none).
+func readHostParams(p string) ([]byte, error) {
+	p = hostParamsPath(p)
+	f, err := os.Open(p) //nolint:gosec // a host path from the hook's own arguments, never from the container
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	data, err := fileio.ReadAll(f, maxSmallFile, p)
+	if data == nil && err == nil {
+		data = []byte{}
+	}
+	return data, err
+}
+
+func hostParamsPath(p string) string {
+	if p == "" {
+		return hookargs.DefaultHostParams
+	}
+	return p
+}
+
 // hostCopy writes data to a new read-only file in a new folder of the call's own (mode
 // 0700) on a host tmpfs, /dev/shm where /run is not the hook's (in a container's user
-// namespace), and returns its path; the caller binds it and removes the folder (the
-// mount keeps the file).
-func hostCopy(data []byte) (string, error) {
+// namespace), and returns it open; the caller binds it by its handle, closes it and
+// removes the folder (the mount keeps the file).
+func hostCopy(data []byte) (*os.File, error) {
 	var errs []error
 	for _, parent := range []string{"/run", "/dev/shm"} {
 		dir, err := os.MkdirTemp(parent, "nvbind-params-")
@@ -247,16 +306,14 @@ func hostCopy(data []byte) (string, error) {
 		if err == nil {
 			err = f.Chmod(0o444)
 		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
 		if err != nil {
+			_ = f.Close()
 			_ = os.RemoveAll(dir)
-			return "", err
+			return nil, err
 		}
-		return p, nil
+		return f, nil
 	}
-	return "", fmt.Errorf("write the params copy: %w", errors.Join(errs...))
+	return nil, fmt.Errorf("write the params copy: %w", errors.Join(errs...))
 }
 
 // The hook's patterns are compiled when first used: the binaries that hold the hook start

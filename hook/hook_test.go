@@ -398,7 +398,7 @@ func TestProtectDeviceNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := protectDeviceNodes(root, os.Getenv("NVBIND_HOST_PARAMS"), &log); err != nil {
+		if err := protectDeviceNodes(root, Options{HostParams: os.Getenv("NVBIND_HOST_PARAMS")}, &log); err != nil {
 			t.Fatal(err)
 		}
 		data, _ := os.ReadFile(filepath.Join(os.Getenv("NVBIND_ROOT"), "proc/driver/nvidia/params"))

@@ -27,14 +27,12 @@ func enterMountNamespace(pid int) error {
 	if pid <= 0 {
 		return fmt.Errorf("--%s: the OCI state has no pid: run the hook at createRuntime, where the runtime gives the container's", hookargs.FlagEnterMountNS)
 	}
-	// the container's process is the runtime's child, as this hook is (runc's init, which
-	// runc makes its own child; crun's): anything else is no container being created
-	ppid, err := parentOf(pid)
-	if err != nil || ppid <= 0 {
+	// a process of the host's own (pid 1, as the flag at createContainer gives: runc gives
+	// the pid in the container's namespace there) is no container being created; the
+	// container's process may be the runtime's grandchild (crun forks twice with a user
+	// namespace), so its parent is not compared with this hook's
+	if ppid, err := parentOf(pid); err != nil || ppid <= 0 || pid == 1 {
 		return fmt.Errorf("--%s: the state's pid %d is no container being created: the hook runs at createRuntime", hookargs.FlagEnterMountNS, pid)
-	}
-	if ppid != os.Getppid() {
-		return errNotCreated
 	}
 	if same, err := sameNamespace(fmt.Sprintf("/proc/%d/ns/user", pid), "/proc/thread-self/ns/user"); err == nil && !same {
 		return fmt.Errorf("--%s: the container has a user namespace of its own, which only nvbind-hook enters (not nvbind-hook-go, nor nvbind hook)", hookargs.FlagEnterMountNS)
@@ -76,11 +74,6 @@ func sameNamespace(a, b string) (bool, error) {
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino, nil
 }
-
-// errNotCreated: the state's pid is not a child of the runtime that runs the hook. runc
-// runs createRuntime hooks on a restore from a checkpoint too, for a process CRIU made,
-// once the container's files are in place: there is nothing to do.
-var errNotCreated = errors.New("the state's pid is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do")
 
 // parentOf returns the parent pid of process pid, from /proc/PID/stat.
 func parentOf(pid int) (int, error) {

@@ -90,7 +90,7 @@ static char g_self[PATH_MAX]; /* the folder of this program ("": not found yet) 
 /* the full hook and the full binary, opened before the hook enters the container's
  * namespaces, so that no path is looked up there (-1: none); g_entered once in them */
 static int g_full_fd[2] = {-1, -1};
-static int g_entered;
+static int g_entered, g_enter_arg; /* g_enter_arg: --enter-mount-namespace's index in argv */
 static const char *g_state;
 static size_t g_state_len;
 static int g_trace;
@@ -155,7 +155,9 @@ static int open_full(void) {
 				err = ENAMETOOLONG;
 			continue;
 		}
-		g_full_fd[i] = open(prog, O_PATH | O_CLOEXEC);
+		/* not O_CLOEXEC: a script in its place (a packaging wrapper) is run through
+		 * /dev/fd/N, which must stay open across the exec */
+		g_full_fd[i] = open(prog, O_PATH);
 		if (g_full_fd[i] < 0 && i == 0)
 			err = errno;
 	}
@@ -184,7 +186,7 @@ static void full(const char *why) {
 			exit(1);
 		}
 		for (size_t i = 0, k = 0; i < n; i++)
-			if (i < 3 || (strcmp(g_argv[i], "--enter-mount-namespace") != 0 && strcmp(g_argv[i], "--enter-mount-namespace=true") != 0))
+			if (i != (size_t)g_enter_arg)
 				argv[k++] = g_argv[i];
 	}
 	if (g_state) {
@@ -602,7 +604,8 @@ static int json_done(struct json *j) {
 
 struct state {
 	char *bundle;
-	int64_t pid; /* 0: none */
+	int64_t pid;  /* 0: none */
+	int stopped; /* status "stopped": runc's createRuntime hooks on a restore from a checkpoint */
 };
 
 static void state_member(struct json *j, const char *key, void *arg) {
@@ -635,7 +638,12 @@ static void state_member(struct json *j, const char *key, void *arg) {
 			j->bad = 2;
 			return;
 		}
-		json_string(j, 0);
+		if (key_is(j, key, "status")) {
+			char *v = json_string(j, 1);
+			st->stopped = v && strcmp(v, "stopped") == 0;
+			free(v);
+		} else
+			json_string(j, 0);
 		return;
 	}
 	if (!j->bad)
@@ -1553,7 +1561,7 @@ struct args {
 	char **folders;
 	size_t nfolders;
 	const char *folder_entries;
-	int protect, app_profile, enter_ns;
+	int protect, app_profile, enter_ns; /* enter_ns: the flag's index in argv, 0: none */
 	const char *host_params, *driver_version;
 };
 
@@ -1582,8 +1590,10 @@ static void enter_container(int64_t pid) {
 		full("a state without the container's pid");
 	open_full(); /* by handle from here on */
 	char p[64];
-	/* the container's process is the runtime's child, as this hook is (runc's init, which
-	 * runc makes its own child; crun's): anything else is no container being created */
+	/* a process of the host's own (pid 1, as the flag at createContainer gives: runc gives
+	 * the pid in the container's namespace there) is no container being created; the
+	 * container's process may be the runtime's grandchild (crun forks twice with a user
+	 * namespace), so its parent is not compared with this hook's */
 	snprintf(p, sizeof p, "/proc/%lld/stat", (long long)pid);
 	int sfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	char stat[1024];
@@ -1597,16 +1607,9 @@ static void enter_container(int64_t pid) {
 		if (end && end[1] == ' ' && end[2] && end[3] == ' ')
 			ppid = strtol(end + 4, NULL, 10);
 	}
-	if (ppid <= 0)
+	if (ppid <= 0 || pid == 1)
 		die("--enter-mount-namespace: the state's pid %lld is no container being created: the hook runs at createRuntime",
 		    (long long)pid);
-	if (ppid != (long)getppid()) {
-		/* runc runs createRuntime hooks on a restore from a checkpoint too, for a process
-		 * CRIU made, once the container's files are in place */
-		fprintf(stderr, "nvbind-hook: the state's pid %lld is not a child of the runtime that runs the hook (a restore from a checkpoint?): nothing to do\n",
-			(long long)pid);
-		exit(0);
-	}
 	snprintf(p, sizeof p, "/proc/%lld/ns/mnt", (long long)pid);
 	int mfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY);
 	if (mfd < 0)
@@ -1678,7 +1681,7 @@ static void parse_args(int argc, char **argv, struct args *a) {
 		} else if (IS("protect-device-nodes") || IS("app-profile") || IS("enter-mount-namespace")) {
 			int *b = IS("app-profile") ? &a->app_profile : IS("protect-device-nodes") ? &a->protect : &a->enter_ns;
 			if (name[len] == 0 || strcmp(name + len, "=true") == 0)
-				*b = 1;
+				*b = b == &a->enter_ns ? i : 1;
 			else
 				full("a boolean flag with a value");
 		} else
@@ -1926,32 +1929,35 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 	/* the copy: a new read-only file in a new folder of this call's own (mode 0700) on a
 	 * host tmpfs; /dev/shm where /run is not the hook's (in a container's user namespace) */
 	char dir[64] = "", src[PATH_MAX] = "";
+	int fd = -1;
 	static const char *const tmpls[] = {"/run/nvbind-params-XXXXXX", "/dev/shm/nvbind-params-XXXXXX"};
-	for (size_t i = 0; i < sizeof tmpls / sizeof *tmpls && !src[0]; i++) {
+	for (size_t i = 0; i < sizeof tmpls / sizeof *tmpls && fd < 0; i++) {
 		snprintf(dir, sizeof dir, "%s", tmpls[i]);
 		if (!mkdtemp(dir))
 			continue;
 		snprintf(src, sizeof src, "%s/params", dir);
-		int fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+		fd = open(src, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 		if (fd < 0) {
 			rmdir(dir);
-			src[0] = 0;
 			continue;
 		}
-		int ok = write(fd, mod, mlen) == (ssize_t)mlen && fchmod(fd, 0444) == 0;
-		ok = close(fd) == 0 && ok;
-		if (!ok) {
+		if (write(fd, mod, mlen) != (ssize_t)mlen || fchmod(fd, 0444) != 0) {
+			close(fd);
 			unlink(src);
 			rmdir(dir);
 			full("the params copy cannot be written");
 		}
 	}
 	free(mod);
-	if (!src[0])
+	if (fd < 0)
 		full("no private folder for the params copy");
-	char dst[64];
+	/* bound by its handle: the name could be another's by now where the folder's owner is
+	 * not root alone (in a container's user namespace, its root's host uid) */
+	char from[64], dst[64];
+	snprintf(from, sizeof from, "/proc/self/fd/%d", fd);
 	snprintf(dst, sizeof dst, "/proc/self/fd/%d", h);
-	int bound = mount(src, dst, NULL, MS_BIND, NULL) == 0;
+	int bound = mount(from, dst, NULL, MS_BIND, NULL) == 0;
+	close(fd);
 	unlink(src); /* the mount keeps the file */
 	rmdir(dir);
 	if (!bound)
@@ -1964,6 +1970,61 @@ static void protect(const char *host_params, const char *params, size_t plen) {
 	if (mount("", dst, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) != 0)
 		die("disable-device-node-modification: remount %s read-only: %s", target, strerror(errno));
 	close(nh);
+}
+
+/* load_bundle reads the state's bundle and its config.json: root.path (into root), and
+ * the GPUs' minors for the application profile. It hands over where it cannot. */
+static struct config *load_bundle(const char *sbuf, size_t slen, struct state *st, char *root) {
+	struct json j = {sbuf, sbuf + slen, 0, 0};
+	json_ws(&j);
+	if (j.s >= j.end || *j.s != '{')
+		full("a state that is no JSON object");
+	json_each(&j, 1, state_member, st);
+	if (!json_done(&j) || !st->bundle || st->bundle[0] != '/')
+		full("a state it cannot use");
+	char p[PATH_MAX];
+	if ((size_t)snprintf(p, sizeof p, "%s/config.json", st->bundle) >= sizeof p)
+		full("a long bundle path");
+	int cfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (cfd < 0)
+		full("no bundle config");
+	struct stat cst;
+	if (fstat(cfd, &cst) != 0 || !S_ISREG(cst.st_mode))
+		full("a bundle config that is no regular file");
+	size_t clen;
+	char *cbuf = read_fd(cfd, MAX_CONFIG, &clen);
+	close(cfd);
+	if (!cbuf)
+		full("a bundle config it cannot read");
+	struct config *cfg = calloc(1, sizeof *cfg);
+	if (!cfg)
+		full("out of memory");
+	j = (struct json){cbuf, cbuf + clen, 0, 0};
+	json_ws(&j);
+	if (j.s >= j.end || *j.s != '{')
+		full("a bundle config that is no JSON object");
+	json_each(&j, 1, config_member, cfg);
+	if (!json_done(&j) || !cfg->root || !cfg->root[0])
+		full("a bundle config it cannot use");
+	if ((size_t)(cfg->root[0] == '/' ? snprintf(root, PATH_MAX, "%s", cfg->root)
+					 : snprintf(root, PATH_MAX, "%s/%s", st->bundle, cfg->root)) >= PATH_MAX)
+		full("a long root path");
+	clean_abs(root);
+	return cfg;
+}
+
+/* load_params reads the host's params file (NULL where there is none). */
+static char *load_params(const char *host_params, size_t *plen) {
+	char *params = NULL;
+	int pfd = open(host_params, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (pfd >= 0) {
+		params = read_fd(pfd, MAX_SMALL, plen);
+		close(pfd);
+		if (!params)
+			full("the host's params cannot be read");
+	} else if (errno != ENOENT)
+		full("the host's params cannot be opened");
+	return params;
 }
 
 static int cmp_i64(const void *a, const void *b) {
@@ -1988,68 +2049,46 @@ int main(int argc, char **argv, char **envp) {
 	if (statfs("/proc/self/fd", &sf) != 0 || sf.f_type != 0x9fa0 /* PROC_SUPER_MAGIC */)
 		full("no procfs at /proc");
 	/* the arguments (which hand over before any change where the full hook alone takes
-	 * them), then at createRuntime into the container's namespaces before anything else,
-	 * so that the full hook, where this one hands over, starts in them too */
+	 * them) */
 	struct args a = {0};
 	parse_args(argc, argv, &a);
+	g_enter_arg = a.enter_ns;
+	struct state st = {0};
+	struct config *cfg = NULL;
+	char root[PATH_MAX];
+	char *params = NULL;
+	size_t plen = 0;
+	const char *host_params = a.host_params && a.host_params[0] ? a.host_params : "/proc/driver/nvidia/params";
 	if (a.enter_ns) {
-		struct state es = {0};
-		struct json ej = {sbuf, sbuf + slen, 0, 0};
-		json_ws(&ej);
-		if (ej.s >= ej.end || *ej.s != '{')
-			full("a state that is no JSON object");
-		json_each(&ej, 1, state_member, &es);
-		if (!json_done(&ej))
-			full("a state it cannot use");
-		enter_container(es.pid);
-		free(es.bundle);
+		/* at createRuntime: what is read by a host path, read on the host; then into the
+		 * container's namespaces before anything else, so that the full hook, where this
+		 * one hands over, starts in them too */
+		cfg = load_bundle(g_state, g_state_len, &st, root);
+		if (a.protect)
+			params = load_params(host_params, &plen);
+		if (st.stopped) {
+			fprintf(stderr, "nvbind-hook: the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do\n");
+			return 0;
+		}
+		struct stat want, got;
+		if (stat(root, &want) != 0)
+			full("the container root cannot be opened");
+		enter_container(st.pid);
+		/* the root at the same path in the container's namespace, not yet pivoted into:
+		 * the same folder; in a namespace pivoted already, the path would be the image's */
+		g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		if (g_root < 0 || fstat(g_root, &got) != 0 || got.st_dev != want.st_dev || got.st_ino != want.st_ino)
+			die("--enter-mount-namespace: %s in the container's mount namespace is not the container root: is it pivoted already?", root);
 	}
 	const char *f = getenv("NVBIND_HOOK_FULL");
 	if (f && strcmp(f, "1") == 0)
 		full("NVBIND_HOOK_FULL=1");
 	if (a.nlinks == 0 && a.nfolders == 0)
 		full("no layout");
-
-	struct state st = {0};
-	struct json j = {sbuf, sbuf + slen, 0, 0};
-	json_ws(&j);
-	if (j.s >= j.end || *j.s != '{')
-		full("a state that is no JSON object");
-	json_each(&j, 1, state_member, &st);
-	if (!json_done(&j) || !st.bundle || st.bundle[0] != '/')
-		full("a state it cannot use");
-
-	/* config.json: root.path, and the GPUs' minors for the application profile */
-	char p[PATH_MAX];
-	if ((size_t)snprintf(p, sizeof p, "%s/config.json", st.bundle) >= sizeof p)
-		full("a long bundle path");
-	int cfd = open(p, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-	if (cfd < 0)
-		full("no bundle config");
-	struct stat cst;
-	if (fstat(cfd, &cst) != 0 || !S_ISREG(cst.st_mode))
-		full("a bundle config that is no regular file");
-	size_t clen;
-	char *cbuf = read_fd(cfd, MAX_CONFIG, &clen);
-	close(cfd);
-	if (!cbuf)
-		full("a bundle config it cannot read");
-	struct config *cfg = calloc(1, sizeof *cfg);
 	if (!cfg)
-		full("out of memory");
-	j = (struct json){cbuf, cbuf + clen, 0, 0};
-	json_ws(&j);
-	if (j.s >= j.end || *j.s != '{')
-		full("a bundle config that is no JSON object");
-	json_each(&j, 1, config_member, cfg);
-	if (!json_done(&j) || !cfg->root || !cfg->root[0])
-		full("a bundle config it cannot use");
-	char root[PATH_MAX];
-	if ((size_t)(cfg->root[0] == '/' ? snprintf(root, sizeof root, "%s", cfg->root)
-					 : snprintf(root, sizeof root, "%s/%s", st.bundle, cfg->root)) >= sizeof root)
-		full("a long root path");
-	clean_abs(root);
-	g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+		cfg = load_bundle(g_state, g_state_len, &st, root);
+	if (g_root < 0)
+		g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
 	if (g_root < 0)
 		full("the container root cannot be opened");
 	int probe = in_root("/", O_PATH | O_DIRECTORY);
@@ -2092,19 +2131,8 @@ int main(int argc, char **argv, char **envp) {
 			if (long_number(ours.e[i].name))
 				full("a layout name with a number beyond 9 digits");
 	}
-	char *params = NULL;
-	size_t plen = 0;
-	const char *host_params = a.host_params && a.host_params[0] ? a.host_params : "/proc/driver/nvidia/params";
-	if (a.protect) {
-		int pfd = open(host_params, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-		if (pfd >= 0) {
-			params = read_fd(pfd, MAX_SMALL, &plen);
-			close(pfd);
-			if (!params)
-				full("the host's params cannot be read");
-		} else if (errno != ENOENT)
-			full("the host's params cannot be opened");
-	}
+	if (a.protect && !a.enter_ns)
+		params = load_params(host_params, &plen);
 	if (a.app_profile)
 		if (cfg->nminors)
 			qsort(cfg->minors, (size_t)cfg->nminors, sizeof *cfg->minors, cmp_i64);
