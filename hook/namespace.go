@@ -38,7 +38,7 @@ func enterMountNamespace(pid int) error {
 		return fmt.Errorf("--%s: the container has a user namespace of its own, which only nvbind-hook enters (not nvbind-hook-go, nor nvbind hook)", hookargs.FlagEnterMountNS)
 	}
 	p := fmt.Sprintf("/proc/%d/ns/mnt", pid)
-	f, err := os.Open(p)
+	f, err := os.Open(p) //nolint:gosec // /proc/PID/ns/mnt of the runtime's state, never a container path
 	if err != nil {
 		return fmt.Errorf("--%s: the container's mount namespace: %w", hookargs.FlagEnterMountNS, err)
 	}
