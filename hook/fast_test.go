@@ -135,6 +135,8 @@ static char stack[1 << 16];
 static int container(void *arg) {
 	(void)arg;
 	char c;
+	close(go[1]);
+	close(ready[0]);
 	if (read(go[0], &c, 1) != 1) _exit(1);
 	if (user && (setgroups(0, NULL) || setresgid(0, 0, 0) || setresuid(0, 0, 0))) { perror("container: root"); _exit(1); }
 	if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) || mount(src, mnt, NULL, MS_BIND, NULL) ||
@@ -180,8 +182,11 @@ int main(int argc, char **argv) {
 	int root = atoi(argv[1]), grand = strcmp(argv[2], "grandchild") == 0;
 	user = root != 0;
 	src = argv[3], mnt = argv[4], check = argv[6];
-	if (pipe(go) || pipe(ready) || pipe(pidp)) return 2;
+	signal(SIGPIPE, SIG_IGN);
+	if (pipe2(go, O_CLOEXEC) || pipe2(ready, O_CLOEXEC) || pipe2(pidp, O_CLOEXEC)) return 2;
 	pid_t pid = make(CLONE_NEWNS | (user ? CLONE_NEWUSER : 0), grand);
+	close(go[0]); /* the container's process holds them: its end is the runtime's EOF */
+	close(ready[1]);
 	if (user) {
 		char p[64], m[64];
 		snprintf(m, sizeof m, "0 %d 65536\n", root);
@@ -193,9 +198,9 @@ int main(int argc, char **argv) {
 	char state[8192];
 	snprintf(state, sizeof state, "{\"ociVersion\":\"1.2.0\",\"id\":\"c1\",\"status\":\"creating\",\"pid\":%d,\"bundle\":\"%s\"}", pid, argv[5]);
 	int in[2];
-	pid_t h = pipe(in) ? -1 : fork();
+	pid_t h = pipe2(in, O_CLOEXEC) ? -1 : fork();
 	if (h == 0) {
-		dup2(in[0], 0); close(in[0]); close(in[1]);
+		dup2(in[0], 0);
 		execv(argv[7], argv + 7);
 		_exit(127);
 	}
@@ -400,6 +405,7 @@ func runHookVia(t testing.TB, launcher []string, bin, bundle string, args []stri
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, launcher[0], append(append(launcher[1:len(launcher):len(launcher)], bin), args...)...)
+	cmd.WaitDelay = 5 * time.Second // a process left holding stderr
 	cmd.ExtraFiles = []*os.File{w}
 	cmd.Stdin = strings.NewReader(stdin)
 	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "NVBIND_HOOK_TRACE=1"}
@@ -419,7 +425,7 @@ func runHookVia(t testing.TB, launcher []string, bin, bundle string, args []stri
 	line := make([]byte, 64)
 	n, _ := rusage.Read(line)
 	if r.maxRSS, err = strconv.ParseInt(strings.TrimSpace(string(line[:n])), 10, 64); err != nil {
-		t.Fatalf("the launcher's rusage %q: %v", line[:n], err)
+		t.Fatalf("the launcher's rusage %q: %v\n%s", line[:n], err, stderr.String())
 	}
 	for _, line := range strings.SplitAfter(stderr.String(), "\n") {
 		if rest, ok := strings.CutPrefix(line, "nvbind-hook: full hook: "); ok && r.path == "" {
@@ -1096,18 +1102,43 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 	// a stopped container (runc runs createRuntime hooks on a restore from a checkpoint,
 	// with the state's status "stopped", once the container's files are in place):
 	// nothing to do, and nothing entered
-	for _, full := range []bool{false, true} {
+	goHook := filepath.Join(filepath.Dir(bin), "nvbind-hook-go")
+	for _, h := range []string{bin, goHook} {
 		b, src, mnt := layoutAside(t, bundle, 0)
 		pid := inMountNamespace(t, "mount --bind "+src+" "+mnt)
 		before := tree(t, b)
-		r := runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "launch")}, bin, b, entered, full,
+		r := runHookVia(t, []string{filepath.Join(filepath.Dir(bin), "launch")}, h, b, entered, false,
 			`{"ociVersion":"1.2.0","id":"c1","status":"stopped","pid":`+strconv.Itoa(pid)+`,"bundle":"`+b+`"}`)
 		if r.code != 0 || !strings.Contains(r.stderr, "the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do") {
-			t.Errorf("full %v, stopped: exit %d (%s): %s", full, r.code, r.path, r.stderr)
+			t.Errorf("%s, stopped: exit %d (%s): %s", filepath.Base(h), r.code, r.path, r.stderr)
 		}
 		if after := tree(t, b); after != before {
-			t.Errorf("full %v, stopped: the bundle changed:\n%s\n---\n%s", full, before, after)
+			t.Errorf("%s, stopped: the bundle changed:\n%s\n---\n%s", filepath.Base(h), before, after)
 		}
+	}
+	// a namespace where the root's path is another folder (pivoted already, as it were):
+	// refused, and nothing changed
+	for _, h := range []string{bin, goHook} {
+		b, _, _ := layoutAside(t, bundle, 0)
+		pid := inMountNamespace(t, "mount -t tmpfs none "+filepath.Join(b, "rootfs"))
+		before := tree(t, b)
+		r := runHookPid(t, h, b, entered, false, pid)
+		if r.code == 0 || !strings.Contains(r.stderr, "in the container's mount namespace is not the container root: is it pivoted already?") {
+			t.Errorf("%s, another root: exit %d (%s): %s", filepath.Base(h), r.code, r.path, r.stderr)
+		}
+		if after := tree(t, b); after != before {
+			t.Errorf("%s, another root: the bundle changed", filepath.Base(h))
+		}
+	}
+	// the full hook by itself enters the mount namespace, of a container's process that
+	// is nobody's child here too (crun's, with a user namespace): as the C hook does
+	b, src, mnt := layoutAside(t, bundle, 0)
+	r := runHookInRuntime(t, goHook, b, entered, false, 0, true, src, mnt)
+	if r.code != 0 {
+		t.Fatalf("nvbind-hook-go by itself: exit %d: %s", r.code, r.stderr)
+	}
+	if got := tree(t, filepath.Join(b, "rootfs")); got != c.tree {
+		t.Errorf("nvbind-hook-go by itself and the C hook differ:\n%s\n---\n%s", got, c.tree)
 	}
 }
 
@@ -1177,7 +1208,13 @@ func TestFastHookEntersUserNamespace(t *testing.T) {
 		b, src, mnt := layoutAside(t, bundle, uid)
 		// the host's params, readable by the container's root; the container's own
 		writeFiles(t, b, map[string]string{"params": "ModifyDeviceFiles: 1\n", "rootfs/proc/driver/nvidia/params": "ModifyDeviceFiles: 1\n"})
-		if err := os.Chmod(filepath.Join(b, "params"), 0o644); err != nil {
+		// the C hook reads the host's params on the host: a file the container's root
+		// cannot read; the full hook, handed over to inside, reads it again there
+		mode := os.FileMode(0o600)
+		if full {
+			mode = 0o644
+		}
+		if err := os.Chmod(filepath.Join(b, "params"), mode); err != nil {
 			t.Fatal(err)
 		}
 		if out, err := exec.Command("chown", "-R", fmt.Sprintf("%d:%d", uid, uid), filepath.Join(b, "rootfs/proc")).CombinedOutput(); err != nil {

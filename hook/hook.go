@@ -80,7 +80,7 @@ func Run(ctx context.Context, st State, o Options) error {
 	// what is read by a host path, read on the host
 	if o.ProtectDeviceNodes {
 		if o.hostParams, err = readHostParams(o.HostParams); err != nil {
-			return err
+			return fmt.Errorf("disable-device-node-modification: %w", err)
 		}
 		o.hostParamsRead = true
 	}
@@ -92,14 +92,17 @@ func Run(ctx context.Context, st State, o Options) error {
 		return err
 	}
 	// the root at the same path in the container's namespace, not yet pivoted into: the
-	// same folder; in a namespace pivoted already, the path would be the image's
-	r, err := openRoot(cfg.root)
+	// same folder, and not the namespace's own root; in a namespace pivoted already, the
+	// path would be the image's
+	fd, err := unix.Open(cfg.root, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return fmt.Errorf("--%s: open %s in the container's mount namespace: %w", hookargs.FlagEnterMountNS, cfg.root, err)
 	}
+	r := &containerRoot{path: cfg.root, fd: os.NewFile(uintptr(fd), cfg.root), dirs: map[string]*os.File{}}
 	defer func() { _ = r.Close() }()
-	var got unix.Stat_t
-	if err := unix.Fstat(int(r.fd.Fd()), &got); err != nil || got.Dev != want.Dev || got.Ino != want.Ino {
+	var got, top unix.Stat_t
+	if unix.Fstat(fd, &got) != nil || got.Dev != want.Dev || got.Ino != want.Ino || unix.Stat("/", &top) != nil ||
+		(top.Dev == want.Dev && top.Ino == want.Ino) {
 		return fmt.Errorf("--%s: %s in the container's mount namespace is not the container root: is it pivoted already?", hookargs.FlagEnterMountNS, cfg.root)
 	}
 	return runIn(ctx, r, o)

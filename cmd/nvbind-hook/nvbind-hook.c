@@ -2067,7 +2067,7 @@ int main(int argc, char **argv, char **envp) {
 		if (a.protect)
 			params = load_params(host_params, &plen);
 		if (st.stopped) {
-			fprintf(stderr, "nvbind-hook: the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do\n");
+			fputs("the container is stopped (runc runs createRuntime hooks on a restore from a checkpoint, once its files are in place): nothing to do\n", stderr);
 			return 0;
 		}
 		struct stat want, got;
@@ -2075,9 +2075,14 @@ int main(int argc, char **argv, char **envp) {
 			full("the container root cannot be opened");
 		enter_container(st.pid);
 		/* the root at the same path in the container's namespace, not yet pivoted into:
-		 * the same folder; in a namespace pivoted already, the path would be the image's */
+		 * the same folder, and not the namespace's own root; in a namespace pivoted
+		 * already, the path would be the image's */
 		g_root = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-		if (g_root < 0 || fstat(g_root, &got) != 0 || got.st_dev != want.st_dev || got.st_ino != want.st_ino)
+		if (g_root < 0)
+			die("--enter-mount-namespace: open %s in the container's mount namespace: %s", root, strerror(errno));
+		struct stat top;
+		if (fstat(g_root, &got) != 0 || got.st_dev != want.st_dev || got.st_ino != want.st_ino || stat("/", &top) != 0 ||
+		    (top.st_dev == want.st_dev && top.st_ino == want.st_ino))
 			die("--enter-mount-namespace: %s in the container's mount namespace is not the container root: is it pivoted already?", root);
 	}
 	const char *f = getenv("NVBIND_HOOK_FULL");
