@@ -16,9 +16,10 @@ import (
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
-// hookVariant writes the spec at src as vendor's, with its hooks' program replaced by
-// program, or without hooks when program is "".
-func hookVariant(b *testing.B, src, dst, vendor, program string) {
+// specVariant writes the spec at src as vendor's, with edit applied to its container
+// edits and each device's; edit returns how many hooks it changed, and a spec where it
+// changed none fails the benchmark.
+func specVariant(b *testing.B, src, dst, vendor string, edit func(*cdispecs.ContainerEdits) int) {
 	b.Helper()
 	data, err := os.ReadFile(src)
 	if err != nil {
@@ -29,22 +30,32 @@ func hookVariant(b *testing.B, src, dst, vendor, program string) {
 		b.Fatal(err)
 	}
 	s.Kind = vendor + "/gpu"
-	hooks := 0
+	changed := 0
 	for _, e := range append([]*cdispecs.ContainerEdits{&s.ContainerEdits}, editsOf(s.Devices)...) {
-		for _, h := range e.Hooks {
-			h.Path = program
-		}
-		hooks += len(e.Hooks)
-		if program == "" {
-			e.Hooks = nil
-		}
+		changed += edit(e)
 	}
-	if hooks == 0 {
-		b.Fatalf("%s names no hook", src)
+	if changed == 0 {
+		b.Fatalf("%s: no hook to change", src)
 	}
 	if err := spec.WriteFile(&s, dst, spec.FormatYAML); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// hookVariant writes the spec at src as vendor's, with its hooks' program replaced by
+// program, or without hooks when program is "".
+func hookVariant(b *testing.B, src, dst, vendor, program string) {
+	b.Helper()
+	specVariant(b, src, dst, vendor, func(e *cdispecs.ContainerEdits) int {
+		n := len(e.Hooks)
+		for _, h := range e.Hooks {
+			h.Path = program
+		}
+		if program == "" {
+			e.Hooks = nil
+		}
+		return n
+	})
 }
 
 // createContainerVariant writes src's spec under vendor with its hook at createContainer,
@@ -52,17 +63,8 @@ func hookVariant(b *testing.B, src, dst, vendor, program string) {
 // where nvbind's hook ran before HookStage.
 func createContainerVariant(b *testing.B, src, dst, vendor string) {
 	b.Helper()
-	data, err := os.ReadFile(src)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var s cdispecs.Spec
-	if err := yaml.Unmarshal(data, &s); err != nil {
-		b.Fatal(err)
-	}
-	s.Kind = vendor + "/gpu"
-	moved := 0
-	for _, e := range append([]*cdispecs.ContainerEdits{&s.ContainerEdits}, editsOf(s.Devices)...) {
+	specVariant(b, src, dst, vendor, func(e *cdispecs.ContainerEdits) int {
+		moved := 0
 		for _, h := range e.Hooks {
 			if h.HookName == spec.HookStage && slices.Contains(h.Args, "--"+hookargs.FlagEnterMountNS) {
 				h.HookName = "createContainer"
@@ -70,15 +72,11 @@ func createContainerVariant(b *testing.B, src, dst, vendor string) {
 				moved++
 			}
 		}
-	}
-	if moved == 0 {
-		b.Fatalf("%s has no hook at %s", src, spec.HookStage)
-	}
-	if err := spec.WriteFile(&s, dst, spec.FormatYAML); err != nil {
-		b.Fatal(err)
-	}
+		return moved
+	})
 }
 
+// editsOf returns the container edits of each device.
 func editsOf(devs []cdispecs.Device) []*cdispecs.ContainerEdits {
 	var out []*cdispecs.ContainerEdits
 	for i := range devs {
