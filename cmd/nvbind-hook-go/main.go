@@ -13,6 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/internal/hookcli"
+	// a hook's process is short: its heap is worth huge pages from the start
+	_ "github.com/nvbind/nvbind/internal/hugeheap"
 )
 
 func main() {

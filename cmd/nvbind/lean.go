@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/gpu"
+	// The lean commands are short: their heap is worth huge pages from the start.
+	_ "github.com/nvbind/nvbind/internal/hugeheap"
 )
 
 // The lean nvbind (cdi, info, hook, install) links none of the NRI, gRPC, Prometheus

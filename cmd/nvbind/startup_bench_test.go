@@ -14,7 +14,8 @@ import (
 // BenchmarkStartupVsToolkit runs whole commands side by side, one of each per iteration
 // so that the machine's load weighs on all alike, and reports their medians: the lean
 // nvbind's version and cdi generate (NVML left to the command: it is not started when
-// procfs answers), the full build's cdi generate, and, with $NVBIND_NVIDIA_CTK naming
+// procfs answers), the same with GODEBUG=disablethp=1 (no huge pages for its heap, as
+// before internal/hugeheap), the full build's cdi generate, and, with $NVBIND_NVIDIA_CTK naming
 // NVIDIA's nvidia-ctk, its cdi generate --mode=management on the same root (make
 // bench-startup installs it), with the ratio; on every fixture root.
 func BenchmarkStartupVsToolkit(b *testing.B) {
@@ -28,25 +29,33 @@ func BenchmarkStartupVsToolkit(b *testing.B) {
 func startupVsToolkit(b *testing.B, bin, root string) {
 	// each writes into a folder of its own, as on a host with one spec of the kind: nvbind
 	// reads the other specs of its folder (one spec per kind), which is no part of generating
-	cmds := []struct {
+	type command struct {
 		name string
 		argv []string
-	}{
-		{"nvbind-version", []string{bin, "version"}},
-		{"nvbind-cdi-generate", []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "a.yaml")}},
-		{"nvbind-node-cdi-generate", []string{filepath.Join(filepath.Dir(bin), nodeBinaryName), "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "b.yaml")}},
+		env  string
 	}
-	if ctk := os.Getenv("NVBIND_NVIDIA_CTK"); ctk != "" {
-		cmds = append(cmds, struct {
-			name string
-			argv []string
-		}{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "c.yaml")}})
+	generate := func(bin string) []string {
+		return []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "a.yaml")}
+	}
+	cmds := []command{
+		{"nvbind-version", []string{bin, "version"}, ""},
+		{"nvbind-cdi-generate", generate(bin), ""},
+		{"nvbind-cdi-generate-4k-pages", generate(bin), "GODEBUG=disablethp=1"},
+		{"nvbind-node-cdi-generate", generate(filepath.Join(filepath.Dir(bin), nodeBinaryName)), ""},
+	}
+	ctk := os.Getenv("NVBIND_NVIDIA_CTK")
+	if ctk != "" {
+		cmds = append(cmds, command{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "c.yaml")}, ""})
 	}
 	times := make([][]time.Duration, len(cmds))
 	for b.Loop() {
 		for i, c := range cmds {
+			cmd := exec.Command(c.argv[0], c.argv[1:]...)
+			if c.env != "" {
+				cmd.Env = append(os.Environ(), c.env)
+			}
 			start := time.Now()
-			if o, err := exec.Command(c.argv[0], c.argv[1:]...).CombinedOutput(); err != nil {
+			if o, err := cmd.CombinedOutput(); err != nil {
 				b.Fatalf("%v: %v\n%s", c.argv, err, o)
 			}
 			times[i] = append(times[i], time.Since(start))
@@ -60,8 +69,8 @@ func startupVsToolkit(b *testing.B, bin, root string) {
 	for i, c := range cmds {
 		b.ReportMetric(median(times[i]), "ms-median/"+c.name)
 	}
-	if len(cmds) == 4 {
-		b.ReportMetric(median(times[1])/median(times[3]), "ratio/cdi-generate-vs-ctk")
+	if ctk != "" {
+		b.ReportMetric(median(times[1])/median(times[len(cmds)-1]), "ratio/cdi-generate-vs-ctk")
 	}
 	b.ReportMetric(0, "ns/op")
 }
