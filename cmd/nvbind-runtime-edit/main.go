@@ -14,8 +14,6 @@ package main
 import (
 	"os"
 
-	// an edit's process is short: its heap is worth huge pages from the start
-	_ "github.com/nvbind/nvbind/internal/hugeheap"
 	"github.com/nvbind/nvbind/wrapper"
 )
 
