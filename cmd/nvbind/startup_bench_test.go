@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,7 +53,11 @@ func startupVsToolkit(b *testing.B, bin, root string) {
 		for i, c := range cmds {
 			cmd := exec.Command(c.argv[0], c.argv[1:]...)
 			if c.env != "" {
-				cmd.Env = append(os.Environ(), c.env)
+				cmd.Env = append(os.Environ(), c.env) // exec keeps the last of a key
+				if g := os.Getenv("GODEBUG"); g != "" && strings.HasPrefix(c.env, "GODEBUG=") {
+					// the variant's settings after the ambient ones: the last one wins
+					cmd.Env = append(os.Environ(), "GODEBUG="+g+","+strings.TrimPrefix(c.env, "GODEBUG="))
+				}
 			}
 			start := time.Now()
 			if o, err := cmd.CombinedOutput(); err != nil {

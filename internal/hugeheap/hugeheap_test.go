@@ -2,10 +2,12 @@ package hugeheap
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 )
@@ -48,7 +50,7 @@ func TestScanMaps(t *testing.T) {
 			if lo != c.lo || hi != c.hi || ok != c.ok || done != c.done {
 				t.Fatalf("scanMaps = %#x, %#x, %v, done %v; want %#x, %#x, %v, done %v", lo, hi, ok, done, c.lo, c.hi, c.ok, c.done)
 			}
-			if !done && text[used-1] != '\n' && used != 0 || used > len(text) {
+			if used > len(text) || used > 0 && text[used-1] != '\n' {
 				t.Fatalf("used %d of %d bytes", used, len(text))
 			}
 			if c.partial && string(text[used:]) != "3faaa7400000-3faaa7c" {
@@ -78,84 +80,198 @@ func TestScanMapsRefusesMalformed(t *testing.T) {
 }
 
 func TestDisabled(t *testing.T) {
-	for env, want := range map[string]bool{
-		"GODEBUG=disablethp=1":                 true,
-		"GODEBUG=madvdontneed=1,disablethp=1":  true,
-		"GODEBUG=disablethp=1,madvdontneed=1":  true,
-		"GODEBUG=disablethp=0":                 false,
-		"GODEBUG=xdisablethp=1":                false,
-		"GODEBUG=":                             false,
-		"NVBIND_GODEBUG=disablethp=1":          false,
-		"GODEBUG=madvdontneed=1,disablethp=10": false,
+	for _, c := range []struct {
+		env  []string
+		want bool
+	}{
+		{[]string{"GODEBUG=disablethp=1"}, true},
+		{[]string{"GODEBUG=disablethp=2"}, true},
+		{[]string{"GODEBUG=disablethp=01"}, true},
+		{[]string{"GODEBUG=disablethp=+1"}, true},
+		{[]string{"GODEBUG=disablethp=-1"}, true},
+		{[]string{"GODEBUG=disablethp=0000000000000000000001"}, true},
+		{[]string{"GODEBUG=madvdontneed=1,disablethp=1"}, true},
+		{[]string{"GODEBUG=disablethp=1,madvdontneed=1"}, true},
+		{[]string{"GODEBUG=disablethp=0,disablethp=1"}, true},
+		{[]string{"GODEBUG=disablethp=1,disablethp=0"}, false}, // the last wins
+		{[]string{"GODEBUG=disablethp=1,disablethp=x"}, true},  // a bad value changes nothing
+		{[]string{"GODEBUG=disablethp=3000000000"}, false},     // beyond int32: ignored
+		{[]string{"GODEBUG=", "GODEBUG=disablethp=1"}, false},  // the first GODEBUG counts
+		{[]string{"GODEBUG=disablethp=0"}, false},
+		{[]string{"GODEBUG=xdisablethp=1"}, false},
+		{[]string{"GODEBUG=disablethp"}, false},
+		{[]string{"GODEBUG="}, false},
+		{[]string{"NVBIND_GODEBUG=disablethp=1"}, false},
 	} {
-		if got := disabled([]string{"PATH=/bin", env}); got != want {
-			t.Errorf("disabled(%q) = %v, want %v", env, got, want)
+		if got := disabled(append([]string{"PATH=/bin"}, c.env...)); got != c.want {
+			t.Errorf("disabled(%q) = %v, want %v", c.env, got, c.want)
 		}
 	}
 }
 
-// thpAvailable says whether the kernel gives transparent huge pages to mappings that
-// ask ("always" or "madvise").
+func TestTHPMode(t *testing.T) {
+	for text, want := range map[string]string{
+		"always [madvise] never\n": "madvise",
+		"[always] madvise never\n": "always",
+		"always madvise [never]\n": "never",
+		"always madvise never\n":   "",
+		"[madvise":                 "",
+		"":                         "",
+	} {
+		if got := thpMode([]byte(text)); got != want {
+			t.Errorf("thpMode(%q) = %q, want %q", text, got, want)
+		}
+	}
+}
+
+// TestReadMaps reads the maps text in pieces, as a read may return less than asked.
+func TestReadMaps(t *testing.T) {
+	pieces := func(text string, n int) func([]byte) (int, error) {
+		return func(b []byte) (int, error) {
+			if text == "" {
+				return 0, io.EOF
+			}
+			k := min(n, len(b), len(text))
+			copy(b, text[:k])
+			text = text[k:]
+			return k, nil
+		}
+	}
+	for _, n := range []int{1, 7, 64, 4096} {
+		lo, hi, ok := readMaps(pieces(sampleMaps, n), make([]byte, 128), 0x3faaa7512340)
+		if !ok || lo != 0x3faaa7400000 || hi != 0x3faaa7c00000 {
+			t.Errorf("reads of %d bytes: %#x, %#x, %v", n, lo, hi, ok)
+		}
+	}
+	// a line longer than the buffer ends the search
+	if _, _, ok := readMaps(pieces(sampleMaps, 64), make([]byte, 48), 0x3faaa7512340); ok {
+		t.Error("a line longer than the buffer was read")
+	}
+	// the text ends before the line
+	if _, _, ok := readMaps(pieces(sampleMaps[:300], 64), make([]byte, 128), 0x3faaa7512340); ok {
+		t.Error("found in a text that ends before the line")
+	}
+	// at most mapsReadLimit bytes are read
+	long := strings.Repeat("1000-2000 rw-p 00000000 00:00 0\n", mapsReadLimit/16)
+	read := 0
+	counting := func(b []byte) (int, error) {
+		n, err := pieces(long[read:], 4096)(b)
+		read += n
+		return n, err
+	}
+	if _, _, ok := readMaps(counting, make([]byte, 4096), 0x3faaa7512340); ok || read > mapsReadLimit+4096 {
+		t.Errorf("read %d bytes (limit %d), ok %v", read, mapsReadLimit, ok)
+	}
+}
+
+// thpAvailable skips unless the kernel gives transparent huge pages to mappings that ask
+// ("always" or "madvise") with 4 KiB base pages.
 func thpAvailable(t *testing.T) {
-	b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled")
-	if err != nil || bytes.Contains(b, []byte("[never]")) {
-		t.Skipf("transparent huge pages are off here (%q, %v)", b, err)
+	b, err := os.ReadFile(thpEnabled)
+	if err != nil || thpMode(b) == "never" || thpMode(b) == "" || os.Getpagesize() != basePage {
+		t.Skipf("no transparent huge pages to ask for here (%q, %v, pages of %d bytes)", b, err, os.Getpagesize())
 	}
 }
 
-// TestInitAdvisedTheHeap checks, in this test binary, whose init ran the package's,
-// that the heap's mapping carries the advice: "hg" (VM_HUGEPAGE) among its VmFlags.
-func TestInitAdvisedTheHeap(t *testing.T) {
-	thpAvailable(t)
-	if disabled(os.Environ()) {
-		t.Skip("GODEBUG=disablethp=1 is set")
+// TestChild is what the tests below run in a fresh process of this binary: init's work,
+// checked before anything else could split a huge page (GOGC=off: no collection, so no
+// scavenger either).
+func TestChild(t *testing.T) {
+	mode := os.Getenv("HUGEHEAP_CHILD")
+	if mode == "" {
+		t.Skip("run by the tests below")
 	}
-	if Ranges == 0 {
-		t.Fatal("init advised no 2 MiB range of the heap")
+	p := probe
+	if p == nil { // init did nothing: any heap object will do
+		sink = new([16]byte)
+		p = sink
 	}
-	flags := vmFlags(t, uint64(uintptr(unsafe.Pointer(probe))))
-	if !strings.Contains(" "+flags+" ", " hg ") {
-		t.Fatalf("the heap's mapping has VmFlags %q, without hg", flags)
-	}
-}
-
-// TestDisableTHP runs this test binary again with GODEBUG=disablethp=1: init must
-// advise nothing.
-func TestDisableTHP(t *testing.T) {
-	if os.Getenv("HUGEHEAP_CHILD") == "1" {
-		if Ranges != 0 {
-			t.Fatalf("with %s, init advised %d ranges", os.Getenv("GODEBUG"), Ranges)
+	m := smapsOf(t, uint64(uintptr(unsafe.Pointer(p))))
+	switch mode {
+	case "advice":
+		if Ranges == 0 || !strings.Contains(" "+m.flags+" ", " hg ") {
+			t.Fatalf("init advised %d ranges; the heap's mapping has VmFlags %q, without hg", Ranges, m.flags)
 		}
-		return
+		switch ProbeCollapse {
+		case 0:
+			if m.anonHuge < hugePage>>10 {
+				t.Fatalf("MADV_COLLAPSE answered 0, yet the heap's mapping has %d KiB of huge pages", m.anonHuge)
+			}
+		case syscall.ENOMEM, syscall.EAGAIN:
+			t.Logf("the kernel did not collapse the probe's range: %v", ProbeCollapse)
+		default:
+			t.Fatalf("MADV_COLLAPSE of the probe's range: %v", ProbeCollapse)
+		}
+	case "disabled":
+		if Ranges != 0 || strings.Contains(" "+m.flags+" ", " hg ") {
+			t.Fatalf("with %s, init advised %d ranges; VmFlags %q", os.Getenv("GODEBUG"), Ranges, m.flags)
+		}
+	default:
+		t.Fatalf("HUGEHEAP_CHILD=%s", mode)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDisableTHP$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "HUGEHEAP_CHILD=1", "GODEBUG=disablethp=1")
-	if out, err := cmd.CombinedOutput(); err != nil {
+}
+
+var sink *[16]byte
+
+func runChild(t *testing.T, env ...string) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChild$", "-test.count=1", "-test.v")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestChild")) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 }
 
-// vmFlags gives the VmFlags line of /proc/self/smaps for the mapping that holds addr.
-func vmFlags(t *testing.T, addr uint64) string {
+// TestInitAdvisesTheHeap: the heap's mapping carries the advice ("hg" among its
+// VmFlags), and the range init collapsed is a huge page.
+func TestInitAdvisesTheHeap(t *testing.T) {
+	thpAvailable(t)
+	runChild(t, "HUGEHEAP_CHILD=advice", "GOGC=off", "GODEBUG=")
+}
+
+// TestDisableTHP: with GODEBUG=disablethp=1 init advises nothing.
+func TestDisableTHP(t *testing.T) {
+	thpAvailable(t)
+	runChild(t, "HUGEHEAP_CHILD=disabled", "GOGC=off", "GODEBUG=disablethp=1")
+}
+
+type smaps struct {
+	flags    string
+	anonHuge int // KiB
+}
+
+// smapsOf gives the VmFlags and AnonHugePages of /proc/self/smaps for the mapping that
+// holds addr.
+func smapsOf(t *testing.T, addr uint64) smaps {
 	b, err := os.ReadFile("/proc/self/smaps")
 	if err != nil {
-		t.Skip(err)
+		t.Fatal(err)
 	}
-	in := false
+	in, found := false, false
+	var m smaps
 	for _, line := range strings.Split(string(b), "\n") {
 		if r, _, ok := strings.Cut(line, " "); ok && strings.Count(r, "-") == 1 && !strings.HasSuffix(r, ":") {
 			lo, hi, _ := strings.Cut(r, "-")
 			l, e1 := strconv.ParseUint(lo, 16, 64)
 			h, e2 := strconv.ParseUint(hi, 16, 64)
 			in = e1 == nil && e2 == nil && l <= addr && addr < h
+			found = found || in
 			continue
 		}
-		if f, ok := strings.CutPrefix(line, "VmFlags:"); ok && in {
-			return strings.TrimSpace(f)
+		if !in {
+			continue
+		}
+		if f, ok := strings.CutPrefix(line, "VmFlags:"); ok {
+			m.flags = strings.TrimSpace(f)
+		}
+		if f, ok := strings.CutPrefix(line, "AnonHugePages:"); ok {
+			m.anonHuge, _ = strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(f), "kB")))
 		}
 	}
-	t.Fatalf("no mapping of /proc/self/smaps holds %#x", addr)
-	return ""
+	if !found {
+		t.Fatalf("no mapping of /proc/self/smaps holds %#x", addr)
+	}
+	return m
 }
 
 // FuzzScanMaps: whatever the text, scanMaps ends, consumes only complete lines and
