@@ -35,6 +35,7 @@ const (
 	basePage      = 4 << 10
 	madvHugePage  = 14 // MADV_HUGEPAGE
 	madvCollapse  = 25 // MADV_COLLAPSE
+	maxRanges     = 4
 	mapsChunk     = 16 << 10
 	mapsReadLimit = 1 << 20
 	procMagic     = 0x9fa0 // PROC_SUPER_MAGIC
@@ -59,14 +60,21 @@ func init() {
 	if disabled(syscall.Environ()) || syscall.Getpagesize() != basePage || !thpAllowed() {
 		return
 	}
+	// its page is touched: MADV_COLLAPSE takes its range
 	probe = new([16]byte)
-	probe[0] = 1                                 // its page is touched: MADV_COLLAPSE takes its range
+	probe[0] = 1
 	at := uint64(uintptr(unsafe.Pointer(probe))) //nolint:gosec // an address, never dereferenced
 	lo, hi, ok := mappingOf(at)
 	if !ok {
 		return
 	}
-	for s := (lo + hugePage - 1) &^ (hugePage - 1); s+hugePage <= hi; s += hugePage {
+	// the runtime maps its heap 4 MiB at a time: at most 8 MiB around the probe, should
+	// the mapping be larger
+	first := (lo + hugePage - 1) &^ (hugePage - 1)
+	if near := at &^ (hugePage - 1); near >= 2*hugePage {
+		first = max(first, near-2*hugePage)
+	}
+	for s := first; s+hugePage <= hi && Ranges < maxRanges; s += hugePage {
 		if _, _, e := syscall.Syscall(syscall.SYS_MADVISE, uintptr(s), hugePage, madvHugePage); e != 0 {
 			return
 		}
