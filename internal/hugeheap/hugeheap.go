@@ -48,8 +48,6 @@ var probe *[16]byte
 var (
 	// Ranges is how many 2 MiB ranges init advised (0 where it advised none).
 	Ranges int
-	// Collapsed is how many of them MADV_COLLAPSE made huge pages at once.
-	Collapsed int
 	// ProbeCollapse is the error of MADV_COLLAPSE on the range that holds probe (0 for
 	// none): a range the runtime has touched, which the kernel collapses unless it lacks
 	// memory (ENOMEM) or pages are busy (EAGAIN).
@@ -81,9 +79,6 @@ func init() {
 		Ranges++
 		// EINVAL for a range with nothing touched yet, which the advice above covers.
 		_, _, e := syscall.Syscall(syscall.SYS_MADVISE, uintptr(s), hugePage, madvCollapse)
-		if e == 0 {
-			Collapsed++
-		}
 		if s <= at && at < s+hugePage {
 			ProbeCollapse = e
 		}
