@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"encoding/json"
 	"sort"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	yaml "go.yaml.in/yaml/v2"
+	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 )
 
 // marshalYAML writes exactly what sigs.k8s.io/yaml writes for v (its JSON form in
@@ -17,6 +20,26 @@ import (
 // several lines) falls back to yaml.v2 for the whole document. FuzzMarshalYAML keeps
 // the two byte-equal.
 func marshalYAML(v any) ([]byte, error) {
+	tree, err := jsonTree(v)
+	if err != nil {
+		return nil, err
+	}
+	e := yamlEmitter{quoted: map[string]string{}}
+	if e.value(tree, 0, false) {
+		return e.buf.Bytes(), nil
+	}
+	return yaml.Marshal(tree) // yaml.v2 orders map keys itself
+}
+
+// jsonTree is v's JSON form decoded generically (objects as map[string]any, numbers as
+// json.Number): what sigs.k8s.io/yaml writes YAML from. A CDI spec's is built directly
+// by specTree; anything else takes the round trip through encoding/json.
+func jsonTree(v any) (any, error) {
+	if s, ok := v.(*cdispecs.Spec); ok && s != nil {
+		if tree, ok := specTree(s); ok {
+			return tree, nil
+		}
+	}
 	j, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -27,11 +50,174 @@ func marshalYAML(v any) ([]byte, error) {
 	if err := dec.Decode(&tree); err != nil {
 		return nil, err
 	}
-	e := yamlEmitter{quoted: map[string]string{}}
-	if e.value(tree, 0, false) {
-		return e.buf.Bytes(), nil
+	return tree, nil
+}
+
+// specTree builds the tree encoding/json's round trip gives for s, field by field as
+// specs-go tags them (omitempty included), without reflection: in a short command the
+// round trip's first use of reflection was most of the cost of writing a spec. It
+// reports false for a string that is not valid UTF-8 (encoding/json replaces its bytes),
+// and the caller takes the round trip then. TestSpecTree keeps it equal to the round
+// trip for every field of the specs-go types, so a field added there fails the test
+// until it is added here.
+func specTree(s *cdispecs.Spec) (map[string]any, bool) {
+	b := treeBuilder{ok: true}
+	m := map[string]any{"cdiVersion": b.str(s.Version), "kind": b.str(s.Kind), "containerEdits": b.edits(&s.ContainerEdits)}
+	if len(s.Annotations) > 0 {
+		m["annotations"] = b.stringMap(s.Annotations)
 	}
-	return yaml.Marshal(tree) // yaml.v2 orders map keys itself
+	var devs any // a nil slice is null: devices has no omitempty
+	if s.Devices != nil {
+		l := make([]any, len(s.Devices))
+		for i := range s.Devices {
+			d := &s.Devices[i]
+			dm := map[string]any{"name": b.str(d.Name), "containerEdits": b.edits(&d.ContainerEdits)}
+			if len(d.Annotations) > 0 {
+				dm["annotations"] = b.stringMap(d.Annotations)
+			}
+			l[i] = dm
+		}
+		devs = l
+	}
+	m["devices"] = devs
+	return m, b.ok
+}
+
+type treeBuilder struct{ ok bool }
+
+func (b *treeBuilder) str(s string) any {
+	if !utf8.ValidString(s) {
+		b.ok = false
+	}
+	return s
+}
+
+// strs is a []string's tree; omitempty callers check the length first.
+func (b *treeBuilder) strs(v []string) any {
+	if v == nil {
+		return nil
+	}
+	l := make([]any, len(v))
+	for i, s := range v {
+		l[i] = b.str(s)
+	}
+	return l
+}
+
+func (b *treeBuilder) stringMap(v map[string]string) map[string]any {
+	m := make(map[string]any, len(v))
+	for k, s := range v {
+		m[b.str(k).(string)] = b.str(s)
+	}
+	return m
+}
+
+// set puts a string field tagged omitempty.
+func (b *treeBuilder) set(m map[string]any, k, v string) {
+	if v != "" {
+		m[k] = b.str(v)
+	}
+}
+
+// setStrs puts a []string field tagged omitempty.
+func (b *treeBuilder) setStrs(m map[string]any, k string, v []string) {
+	if len(v) > 0 {
+		m[k] = b.strs(v)
+	}
+}
+
+func (b *treeBuilder) edits(e *cdispecs.ContainerEdits) map[string]any {
+	m := map[string]any{}
+	b.setStrs(m, "env", e.Env)
+	if len(e.DeviceNodes) > 0 {
+		l := make([]any, len(e.DeviceNodes))
+		for i, d := range e.DeviceNodes {
+			if d != nil {
+				l[i] = b.deviceNode(d)
+			}
+		}
+		m["deviceNodes"] = l
+	}
+	if len(e.NetDevices) > 0 {
+		l := make([]any, len(e.NetDevices))
+		for i, d := range e.NetDevices {
+			if d != nil {
+				l[i] = map[string]any{"hostInterfaceName": b.str(d.HostInterfaceName), "name": b.str(d.Name)}
+			}
+		}
+		m["netDevices"] = l
+	}
+	if len(e.Hooks) > 0 {
+		l := make([]any, len(e.Hooks))
+		for i, h := range e.Hooks {
+			if h == nil {
+				continue
+			}
+			hm := map[string]any{"hookName": b.str(h.HookName), "path": b.str(h.Path)}
+			b.setStrs(hm, "args", h.Args)
+			b.setStrs(hm, "env", h.Env)
+			if h.Timeout != nil {
+				hm["timeout"] = json.Number(strconv.Itoa(*h.Timeout))
+			}
+			l[i] = hm
+		}
+		m["hooks"] = l
+	}
+	if len(e.Mounts) > 0 {
+		l := make([]any, len(e.Mounts))
+		for i, mt := range e.Mounts {
+			if mt == nil {
+				continue
+			}
+			mm := map[string]any{"hostPath": b.str(mt.HostPath), "containerPath": b.str(mt.ContainerPath)}
+			b.setStrs(mm, "options", mt.Options)
+			b.set(mm, "type", mt.Type)
+			l[i] = mm
+		}
+		m["mounts"] = l
+	}
+	if r := e.IntelRdt; r != nil {
+		rm := map[string]any{}
+		b.set(rm, "closID", r.ClosID)
+		b.set(rm, "l3CacheSchema", r.L3CacheSchema)
+		b.set(rm, "memBwSchema", r.MemBwSchema)
+		b.setStrs(rm, "schemata", r.Schemata)
+		if r.EnableMonitoring {
+			rm["enableMonitoring"] = true
+		}
+		m["intelRdt"] = rm
+	}
+	if len(e.AdditionalGIDs) > 0 {
+		l := make([]any, len(e.AdditionalGIDs))
+		for i, g := range e.AdditionalGIDs {
+			l[i] = json.Number(strconv.FormatUint(uint64(g), 10))
+		}
+		m["additionalGids"] = l
+	}
+	return m
+}
+
+func (b *treeBuilder) deviceNode(d *cdispecs.DeviceNode) map[string]any {
+	m := map[string]any{"path": b.str(d.Path)}
+	b.set(m, "hostPath", d.HostPath)
+	b.set(m, "type", d.Type)
+	if d.Major != 0 {
+		m["major"] = json.Number(strconv.FormatInt(d.Major, 10))
+	}
+	if d.Minor != 0 {
+		m["minor"] = json.Number(strconv.FormatInt(d.Minor, 10))
+	}
+	if d.FileMode != nil {
+		m["fileMode"] = json.Number(strconv.FormatUint(uint64(*d.FileMode), 10))
+	}
+	b.set(m, "permissions", d.Permissions)
+	if d.UID != nil {
+		m["uid"] = json.Number(strconv.FormatUint(uint64(*d.UID), 10))
+	}
+	if d.GID != nil {
+		m["gid"] = json.Number(strconv.FormatUint(uint64(*d.GID), 10))
+	}
+	return m
 }
 
 type yamlEmitter struct {
