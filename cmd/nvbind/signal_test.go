@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nvbind/nvbind/test/testutil"
+)
+
+// mainChildEnv runs main, in a child process of the test binary, with the arguments it
+// holds (one a line).
+const mainChildEnv = "NVBIND_MAIN_CHILD"
+
+// TestSignalsEndTheCommand: SIGTERM and SIGINT sent to nvbind (its main, in a child
+// process) cancel the running command, which ends as it would when done: exit 0, its
+// spec in place, no temp file left. Without the handler the process would die of the
+// signal.
+func TestSignalsEndTheCommand(t *testing.T) {
+	if args := os.Getenv(mainChildEnv); args != "" {
+		os.Args = append([]string{"nvbind"}, strings.Split(args, "\n")...)
+		main()
+		os.Exit(0)
+	}
+	root := testutil.DriverRoot(t, "debian-535")
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			out := filepath.Join(dir, "nvidia.yaml")
+			args := []string{"cdi", "generate", "--watch", "--interval", "1h", "--no-nvml", "--dev-char-links=false",
+				"--driver-root", root, "--dev-root", root, "--hook-path", "/usr/bin/nvbind-hook", "--output", out, "--layout", "files"}
+			cmd := exec.Command(os.Args[0], "-test.run=^TestSignalsEndTheCommand$")
+			cmd.Env = append(os.Environ(), mainChildEnv+"="+strings.Join(args, "\n"))
+			var logs syncBuffer
+			cmd.Stdout, cmd.Stderr = &logs, &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			waitFor(t, "the spec", func() bool { data, _ := os.ReadFile(out); return bytes.Contains(data, []byte("nvidia.com/gpu")) })
+			if err := cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("after %v: %v\n%s", sig, err, logs.String())
+				}
+			case <-time.After(20 * time.Second):
+				_ = cmd.Process.Kill()
+				t.Fatalf("still running 20 s after %v\n%s", sig, logs.String())
+			}
+			if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+				t.Errorf("spec folder holds %d entries: temp files left behind", len(ents))
+			}
+		})
+	}
+}
