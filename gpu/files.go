@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path"
 	"regexp"
 	"slices"
@@ -411,11 +410,11 @@ func expandGlob(r rootFS, pattern string) []string {
 // the driver's libraries without a version in their names (libnvidia-api.so.1,
 // nvidia_drv.so) are told from leftovers of another driver.
 func fileMentions(p, version string) bool {
-	f, err := elf.Open(p)
+	f, done, err := openELF(p)
 	if err != nil {
 		return false
 	}
-	defer func() { _ = f.Close() }()
+	defer done()
 	needle := []byte(version)
 	for _, name := range []string{".rodata", ".data"} {
 		sec := f.Section(name)
@@ -487,11 +486,11 @@ var cudaStampPrefix = []byte("Cuda compilation tools, release ")
 // cudaRelease returns the CUDA release ("11.4") of the build stamp in a library's data,
 // or "".
 func cudaRelease(p string) string {
-	f, err := elf.Open(p)
+	f, done, err := openELF(p)
 	if err != nil {
 		return ""
 	}
-	defer func() { _ = f.Close() }()
+	defer done()
 	for _, name := range []string{".rodata", ".data"} {
 		sec := f.Section(name)
 		if sec == nil || sec.Type == elf.SHT_NOBITS {
@@ -532,7 +531,7 @@ func isRelease(b []byte) bool {
 // elfInfo reads a shared library's SONAME and class through its program headers (a few
 // small reads, however large the library), as the hook's ld cache does.
 func elfInfo(p string) (string, int, error) {
-	f, err := os.Open(p) //nolint:gosec // a driver library under the driver root
+	f, err := fileio.Open(p)
 	if err != nil {
 		return "", 0, err
 	}
@@ -546,6 +545,20 @@ func elfInfo(p string) (string, int, error) {
 		bits = 32
 	}
 	return lib.SONAME, bits, nil
+}
+
+// openELF is elf.Open through fileio.Open; done closes the file.
+func openELF(p string) (*elf.File, func(), error) {
+	file, err := fileio.Open(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	f, err := elf.NewFile(file)
+	if err != nil {
+		_ = file.Close()
+		return nil, nil, err
+	}
+	return f, func() { _ = file.Close() }, nil
 }
 
 // binaries and the capability each serves.

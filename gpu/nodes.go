@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 
 	"golang.org/x/sys/unix"
 )
@@ -101,7 +102,7 @@ func (d *Discoverer) drmNodes(busID string) []DeviceNode {
 	if busID == "" {
 		return nil
 	}
-	ents, err := os.ReadDir(filepath.Join(d.cfg.devRootMount, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
+	ents, err := fileio.ReadDir(filepath.Join(d.cfg.devRootMount, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
 	if err != nil {
 		return nil
 	}
@@ -177,7 +178,7 @@ func (d *Discoverer) discoverCaps(inv *Inventory, proc procFiles, majors map[str
 }
 
 func readDirNames(dir string) []string {
-	ents, err := os.ReadDir(dir)
+	ents, err := fileio.ReadDir(dir)
 	if err != nil {
 		return nil
 	}

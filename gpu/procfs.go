@@ -100,7 +100,7 @@ type procGPU struct {
 
 func (p procFiles) gpus() ([]procGPU, error) {
 	dir := filepath.Join(p.root, "proc/driver/nvidia/gpus")
-	ents, err := os.ReadDir(dir)
+	ents, err := fileio.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +127,7 @@ func (p procFiles) gpus() ([]procGPU, error) {
 // lists each under /proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<N>.
 func (p procFiles) hasMIGInstances(gpus []procGPU) bool {
 	for _, g := range gpus {
-		ents, err := os.ReadDir(filepath.Join(p.root, "proc/driver/nvidia/capabilities", fmt.Sprintf("gpu%d", g.Minor), "mig"))
+		ents, err := fileio.ReadDir(filepath.Join(p.root, "proc/driver/nvidia/capabilities", fmt.Sprintf("gpu%d", g.Minor), "mig"))
 		if err != nil {
 			continue
 		}

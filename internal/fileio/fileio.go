@@ -1,5 +1,5 @@
-// Package fileio holds the two file primitives nvbind uses everywhere: reads bounded in
-// size, and writes that replace a file atomically.
+// Package fileio holds the file primitives nvbind uses everywhere: opens that skip the
+// runtime's poller, reads bounded in size, and writes that replace a file atomically.
 package fileio
 
 import (
@@ -9,6 +9,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
 )
 
 // ReadAll reads r to the end, failing when it holds more than max bytes; name goes into
@@ -24,9 +27,40 @@ func ReadAll(r io.Reader, max int64, name string) ([]byte, error) {
 	return data, nil
 }
 
+// Open opens a file or folder for reading, as os.Open does but without offering it to
+// the runtime's poller. os.Open offers every file: two fcntl calls to make it
+// non-blocking, an epoll_ctl that fails for regular files, folders and procfs, and two
+// more to make it blocking again. nvbind reads only such files, and a discovery opens
+// dozens, where each system call is dear (a virtual machine's). Reads of the file block
+// their thread, as they do for any regular file; a caller that may meet a FIFO checks
+// the type first, as before.
+func Open(path string) (*os.File, error) {
+	for {
+		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+		if err == nil {
+			return os.NewFile(uintptr(fd), path), nil
+		}
+		if err != syscall.EINTR {
+			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+	}
+}
+
+// ReadDir is os.ReadDir through Open: the folder's entries sorted by name.
+func ReadDir(dir string) ([]fs.DirEntry, error) {
+	f, err := Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	ents, err := f.ReadDir(-1)
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return ents, err
+}
+
 // ReadFile reads a file of at most max bytes.
 func ReadFile(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path) //nolint:gosec // callers name their files
+	f, err := Open(path)
 	if err != nil {
 		return nil, err
 	}
@@ -83,7 +117,7 @@ func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	if err = os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("replace %s: %w", dst, err)
 	}
-	if d, derr := os.Open(dir); derr == nil { //nolint:gosec // the folder of dst
+	if d, derr := Open(dir); derr == nil {
 		derr = d.Sync()
 		_ = d.Close()
 		if derr != nil && !errors.Is(derr, os.ErrInvalid) {
