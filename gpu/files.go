@@ -8,7 +8,6 @@ import (
 	"io"
 	"io/fs"
 	"path"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -40,8 +39,6 @@ var libDirs = []string{
 var libDirGlobs = []string{"/usr/lib/*/nvidia", "/usr/lib/nvidia"}
 
 var (
-	// compiled when first used, as the patterns of procfs.go
-	reVersioned = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$`) })
 	// names of NVIDIA projects that ship beside the driver with versions of their own
 	notDriver = []string{"libnvidia-container", "libnvidia-egl-wayland", "libnvidia-egl-gbm", "libnvidia-egl-xcb",
 		"libnvidia-egl-xlib", "libnvidia-vksc-core"}
@@ -95,7 +92,7 @@ type libCandidate struct {
 // version: a version in its name (this one or another driver's), or a name of the
 // version that links to it.
 func (c *libCandidate) namedFor(version string) bool {
-	if m := reVersioned().FindStringSubmatch(path.Base(c.real)); m != nil && (m[2] == version || looksLikeDriverVersion(m[2])) {
+	if v := soVersion(path.Base(c.real)); v != "" && (v == version || looksLikeDriverVersion(v)) {
 		return true
 	}
 	return c.linkedAs(version)
@@ -182,11 +179,11 @@ func findLibraries(r rootFS, version string) (libResult, error) {
 	for _, real := range order {
 		c := byReal[real]
 		base := path.Base(real)
-		m := reVersioned().FindStringSubmatch(base)
+		v := soVersion(base)
 		switch {
-		case m != nil && m[2] == version:
-		case m != nil && looksLikeDriverVersion(m[2]):
-			res.warnings = append(res.warnings, Warning{WarnLeftover, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), m[2], version)})
+		case v != "" && v == version:
+		case v != "" && looksLikeDriverVersion(v):
+			res.warnings = append(res.warnings, Warning{WarnLeftover, fmt.Sprintf("skipped %s: driver %s, not the installed %s", r.host(real), v, version)})
 			continue
 		case c.linkedAs(version):
 			// no version in its name (or a version of its own: libnvidia-nvvm.so.4.0.0),
@@ -219,7 +216,7 @@ type pendingLib struct {
 // driver version (libnvidia-nvvm.so.535.261.03 -> libnvidia-nvvm.so.4).
 func (c *libCandidate) linkedAs(version string) bool {
 	for _, n := range c.names {
-		if m := reVersioned().FindStringSubmatch(path.Base(n)); m != nil && m[2] == version {
+		if v := soVersion(path.Base(n)); v != "" && v == version {
 			return true
 		}
 	}
@@ -310,6 +307,42 @@ func (res *libResult) accept(r rootFS, c *libCandidate) {
 
 // looksLikeDriverVersion tells driver versions (535.261.03, 470.57.02) from library
 // versions that other projects use (1.1.13).
+// soVersion is the version of a library named <stem>.so.<version>, the version two or
+// three runs of digits joined by dots (libcuda.so.535.261.03, libnvidia-ml.so.470.57),
+// else "". It is the pattern ^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$ without compiling one,
+// which a short command paid for (FuzzSOVersion keeps the two equal).
+func soVersion(name string) string {
+	i := strings.LastIndex(name, ".so.") // the version holds no ".so."
+	if i < 1 || strings.IndexByte(name[:i], '\n') >= 0 {
+		return ""
+	}
+	v := name[i+len(".so."):]
+	if n, ok := dottedDigits(v); !ok || n < 2 || n > 3 {
+		return ""
+	}
+	return v
+}
+
+// dottedDigits counts the runs of ASCII digits in s joined by single dots ("1.22.333":
+// 3), and reports whether s is only that.
+func dottedDigits(s string) (int, bool) {
+	n, run := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			run++
+		case c == '.' && run > 0:
+			n, run = n+1, 0
+		default:
+			return 0, false
+		}
+	}
+	if run == 0 {
+		return 0, false
+	}
+	return n + 1, true
+}
+
 func looksLikeDriverVersion(v string) bool {
 	major, _, _ := strings.Cut(v, ".")
 	return len(major) >= 3
@@ -325,12 +358,12 @@ func versionFromLinks(r rootFS, byReal map[string]*libCandidate) string {
 				if path.Base(n) != want {
 					continue
 				}
-				m := reVersioned().FindStringSubmatch(path.Base(real))
-				if m == nil || !looksLikeDriverVersion(m[2]) {
+				v := soVersion(path.Base(real))
+				if v == "" || !looksLikeDriverVersion(v) {
 					continue
 				}
 				if _, bits, err := elfInfo(r.host(real)); err == nil && bits == 64 {
-					found = append(found, m[2])
+					found = append(found, v)
 				}
 			}
 		}

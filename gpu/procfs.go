@@ -7,11 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 
 	"github.com/nvbind/nvbind/internal/fileio"
 )
@@ -26,28 +24,90 @@ func (p procFiles) read(rel string) ([]byte, error) {
 	return fileio.ReadFile(filepath.Join(p.root, rel), maxProcFile)
 }
 
-// The patterns are compiled when first used: compiling them at start was a measurable part
-// of starting every command.
-var (
-	reOpenModule = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`NVRM version: NVIDIA UNIX Open Kernel Module for \S+\s+(\d+(?:\.\d+)+)`)
-	})
-	reModule = sync.OnceValue(func() *regexp.Regexp {
-		return regexp.MustCompile(`NVRM version: NVIDIA UNIX \S+ Kernel Module\s+(\d+(?:\.\d+)+)`)
-	})
-)
-
 // ParseVersionFile parses /proc/driver/nvidia/version.
 func ParseVersionFile(data []byte) (string, Flavour, error) {
-	if m := reOpenModule().FindSubmatch(data); m != nil {
-		return string(m[1]), FlavourOpen, nil
+	if v := moduleVersion(data, "NVRM version: NVIDIA UNIX Open Kernel Module for ", false); v != "" {
+		return v, FlavourOpen, nil
 	}
-	if m := reModule().FindSubmatch(data); m != nil {
-		return string(m[1]), FlavourProprietary, nil
+	if v := moduleVersion(data, "NVRM version: NVIDIA UNIX ", true); v != "" {
+		return v, FlavourProprietary, nil
 	}
 	line, _, _ := bytes.Cut(data, []byte("\n"))
 	return "", FlavourUnknown, fmt.Errorf("unrecognised driver version line %q: expected \"NVRM version: NVIDIA UNIX ... Kernel Module <version> ...\"", truncate(string(line), 120))
 }
+
+// moduleVersion finds, at the first place in data where it can, prefix, a word (a run
+// of non-space characters), with kernelModule " Kernel Module" after it, then white
+// space and a version, and returns the version: digits, then one or more dots each with
+// digits. These are the patterns
+//
+//	NVRM version: NVIDIA UNIX Open Kernel Module for \S+\s+(\d+(?:\.\d+)+)
+//	NVRM version: NVIDIA UNIX \S+ Kernel Module\s+(\d+(?:\.\d+)+)
+//
+// without compiling them, which a short command paid for (FuzzModuleVersion keeps them
+// equal). Each step has one way to match: a word ends at the first space, and white
+// space at the first digit.
+func moduleVersion(data []byte, prefix string, kernelModule bool) string {
+	for rest := data; ; {
+		i := bytes.Index(rest, []byte(prefix))
+		if i < 0 {
+			return ""
+		}
+		rest = rest[i+len(prefix):]
+		if v := versionAfterWord(rest, kernelModule); v != "" {
+			return v
+		}
+	}
+}
+
+func versionAfterWord(b []byte, kernelModule bool) string {
+	i := 0
+	for i < len(b) && !isRE2Space(b[i]) {
+		i++
+	}
+	if i == 0 {
+		return ""
+	}
+	b = b[i:]
+	if kernelModule {
+		var ok bool
+		if b, ok = bytes.CutPrefix(b, []byte(" Kernel Module")); !ok {
+			return ""
+		}
+	}
+	i = 0
+	for i < len(b) && isRE2Space(b[i]) {
+		i++
+	}
+	if i == 0 {
+		return ""
+	}
+	b = b[i:]
+	// digits, then as many ".digits" as follow
+	end, dots := 0, 0
+	for end < len(b) && isDigit(b[end]) {
+		end++
+	}
+	if end == 0 {
+		return ""
+	}
+	for end+1 < len(b) && b[end] == '.' && isDigit(b[end+1]) {
+		end += 2
+		for end < len(b) && isDigit(b[end]) {
+			end++
+		}
+		dots++
+	}
+	if dots == 0 {
+		return ""
+	}
+	return string(b[:end])
+}
+
+// isRE2Space is \s in Go's regular expressions: no \v.
+func isRE2Space(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\f' || c == '\r' }
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
 func (p procFiles) version() (string, Flavour, error) {
 	data, err := p.read("proc/driver/nvidia/version")

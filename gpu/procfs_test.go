@@ -2,6 +2,7 @@ package gpu
 
 import (
 	"bytes"
+	"regexp"
 	"testing"
 )
 
@@ -31,6 +32,64 @@ func TestParseVersionFile(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The patterns ParseVersionFile and soVersion match by hand; the fuzz targets below keep
+// them equal.
+var (
+	reOpenModule = regexp.MustCompile(`NVRM version: NVIDIA UNIX Open Kernel Module for \S+\s+(\d+(?:\.\d+)+)`)
+	reModule     = regexp.MustCompile(`NVRM version: NVIDIA UNIX \S+ Kernel Module\s+(\d+(?:\.\d+)+)`)
+	reVersioned  = regexp.MustCompile(`^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$`)
+)
+
+// FuzzModuleVersion: moduleVersion finds what the version file's patterns find.
+func FuzzModuleVersion(f *testing.F) {
+	for _, tc := range versionCases {
+		f.Add([]byte(tc.in))
+	}
+	for _, s := range []string{
+		"NVRM version: NVIDIA UNIX x86_64 Kernel Module 1.2.",
+		"NVRM version: NVIDIA UNIX x86_64 Kernel Module\t\v535.1",
+		"NVRM version: NVIDIA UNIX  Kernel Module 535.1 NVRM version: NVIDIA UNIX a Kernel Module 1.2",
+		"NVRM version: NVIDIA UNIX Open Kernel Module for a\n\f9.9.9x",
+		"NVRM version: NVIDIA UNIX Open Kernel Module for  1.2 NVRM version: NVIDIA UNIX Open Kernel Module for b 3.4",
+		"NVRM version: NVIDIA UNIX a b Kernel Module 1.2", "NVRM version: NVIDIA UNIX \xff Kernel Module 10.20.30.40.",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, c := range []struct {
+			re     *regexp.Regexp
+			prefix string
+			km     bool
+		}{{reOpenModule, "NVRM version: NVIDIA UNIX Open Kernel Module for ", false}, {reModule, "NVRM version: NVIDIA UNIX ", true}} {
+			want := ""
+			if m := c.re.FindSubmatch(data); m != nil {
+				want = string(m[1])
+			}
+			if got := moduleVersion(data, c.prefix, c.km); got != want {
+				t.Fatalf("%q in %q: got %q, want %q", c.re, data, got, want)
+			}
+		}
+	})
+}
+
+// FuzzSOVersion: soVersion reads the version in a library's name as reVersioned does.
+func FuzzSOVersion(f *testing.F) {
+	for _, s := range []string{"libcuda.so.535.261.03", "libnvidia-ml.so.470.57", "libcuda.so.1", "libnvidia-nvvm.so.4.0.0",
+		".so.1.2", "a.so.1.2.3.4", "a.so.so.1.2", "a.so.1.so.2.3", "a\n.so.1.2", "a.so.1.2\n", "a.so.1..2", "a.so..1.2",
+		"a.so.1.2.", "a.so.\u0661.2", "libGLX_nvidia.so.0", "x.so.12345678901234567890.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		want := ""
+		if m := reVersioned.FindStringSubmatch(name); m != nil {
+			want = m[2]
+		}
+		if got := soVersion(name); got != want {
+			t.Fatalf("%q: got %q, want %q", name, got, want)
+		}
+	})
 }
 
 func FuzzParseVersionFile(f *testing.F) {
