@@ -4,11 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-
-	"github.com/nvbind/nvbind/internal/fileio"
 
 	"golang.org/x/sys/unix"
 )
@@ -102,7 +101,7 @@ func (d *Discoverer) drmNodes(busID string) []DeviceNode {
 	if busID == "" {
 		return nil
 	}
-	ents, err := fileio.ReadDir(filepath.Join(d.cfg.devRootMount, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
+	ents, err := os.ReadDir(filepath.Join(d.cfg.devRootMount, "sys/bus/pci/devices", strings.ToLower(busID), "drm"))
 	if err != nil {
 		return nil
 	}
@@ -178,7 +177,7 @@ func (d *Discoverer) discoverCaps(inv *Inventory, proc procFiles, majors map[str
 }
 
 func readDirNames(dir string) []string {
-	ents, err := fileio.ReadDir(dir)
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil
 	}

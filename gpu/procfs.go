@@ -160,7 +160,7 @@ type procGPU struct {
 
 func (p procFiles) gpus() ([]procGPU, error) {
 	dir := filepath.Join(p.root, "proc/driver/nvidia/gpus")
-	ents, err := fileio.ReadDir(dir)
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +187,7 @@ func (p procFiles) gpus() ([]procGPU, error) {
 // lists each under /proc/driver/nvidia/capabilities/gpu<minor>/mig/gi<N>.
 func (p procFiles) hasMIGInstances(gpus []procGPU) bool {
 	for _, g := range gpus {
-		ents, err := fileio.ReadDir(filepath.Join(p.root, "proc/driver/nvidia/capabilities", fmt.Sprintf("gpu%d", g.Minor), "mig"))
+		ents, err := os.ReadDir(filepath.Join(p.root, "proc/driver/nvidia/capabilities", fmt.Sprintf("gpu%d", g.Minor), "mig"))
 		if err != nil {
 			continue
 		}

@@ -8,8 +8,6 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
-
-	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // maxLinkHops bounds symlink resolution, as the kernel does (ELOOP after 40).
@@ -121,7 +119,7 @@ func (r rootFS) readDir(dir string) []fs.DirEntry {
 	if err != nil {
 		return nil
 	}
-	ents, err := fileio.ReadDir(r.host(real))
+	ents, err := os.ReadDir(r.host(real))
 	if err != nil {
 		return nil
 	}

@@ -63,7 +63,7 @@ func ScanDir(dir string) ([]SpecFile, error) { return scanDir(dir, "") }
 // line is as nvbind writes it. Every other file is parsed: a kind misread there could move
 // another kind's spec or hide a conflict.
 func scanDir(dir, replaced string) ([]SpecFile, error) {
-	ents, err := fileio.ReadDir(dir)
+	ents, err := os.ReadDir(dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}

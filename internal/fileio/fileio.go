@@ -9,8 +9,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"syscall"
 )
 
@@ -27,13 +25,14 @@ func ReadAll(r io.Reader, max int64, name string) ([]byte, error) {
 	return data, nil
 }
 
-// Open opens a file or folder for reading, as os.Open does but without offering it to
-// the runtime's poller. os.Open offers every file: two fcntl calls to make it
-// non-blocking, an epoll_ctl that fails for regular files, folders and procfs, and two
-// more to make it blocking again. nvbind reads only such files, and a discovery opens
-// dozens, where each system call is dear (a virtual machine's). Reads of the file block
-// their thread, as they do for any regular file; a caller that may meet a FIFO checks
-// the type first, as before.
+// Open opens a file for reading, as os.Open does but without offering it to the
+// runtime's poller. os.Open offers every file: two fcntl calls to make it non-blocking,
+// an epoll_ctl that fails for regular files and procfs, and two more to make it blocking
+// again. nvbind reads only such files, and a discovery opens dozens, where each system
+// call is dear (a virtual machine's). Reads of the file block their thread, as they do
+// for any regular file; a caller that may meet a FIFO checks the type first, as before
+// (open blocks on one either way). Folders need nothing of the kind: os.ReadDir opens
+// them without the poller, and with O_DIRECTORY.
 func Open(path string) (*os.File, error) {
 	for {
 		fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
@@ -44,18 +43,6 @@ func Open(path string) (*os.File, error) {
 			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 		}
 	}
-}
-
-// ReadDir is os.ReadDir through Open: the folder's entries sorted by name.
-func ReadDir(dir string) ([]fs.DirEntry, error) {
-	f, err := Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer func() { _ = f.Close() }()
-	ents, err := f.ReadDir(-1)
-	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
-	return ents, err
 }
 
 // ReadFile reads a file of at most max bytes.
