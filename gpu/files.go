@@ -305,8 +305,6 @@ func (res *libResult) accept(r rootFS, c *libCandidate) {
 	res.files = append(res.files, f)
 }
 
-// looksLikeDriverVersion tells driver versions (535.261.03, 470.57.02) from library
-// versions that other projects use (1.1.13).
 // soVersion is the version of a library named <stem>.so.<version>, the version two or
 // three runs of digits joined by dots (libcuda.so.535.261.03, libnvidia-ml.so.470.57),
 // else "". It is the pattern ^(.+\.so)\.(\d+\.\d+(?:\.\d+)?)$ without compiling one,
@@ -343,6 +341,8 @@ func dottedDigits(s string) (int, bool) {
 	return n + 1, true
 }
 
+// looksLikeDriverVersion tells driver versions (535.261.03, 470.57.02) from library
+// versions that other projects use (1.1.13).
 func looksLikeDriverVersion(v string) bool {
 	major, _, _ := strings.Cut(v, ".")
 	return len(major) >= 3
