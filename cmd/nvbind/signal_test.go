@@ -18,8 +18,8 @@ import (
 const mainChildEnv = "NVBIND_MAIN_CHILD"
 
 // TestSignalsEndTheCommand: SIGTERM and SIGINT sent to nvbind (its main, in a child
-// process) cancel the running command, which ends as it would when done: exit 0, its
-// spec in place, no temp file left. Without the handler the process would die of the
+// process) cancel the running command, which ends as it would when done: exit 0, and
+// its folder holds its spec alone. Without the handler the process would die of the
 // signal.
 func TestSignalsEndTheCommand(t *testing.T) {
 	if args := os.Getenv(mainChildEnv); args != "" {
@@ -41,19 +41,26 @@ func TestSignalsEndTheCommand(t *testing.T) {
 			if err := cmd.Start(); err != nil {
 				t.Fatal(err)
 			}
-			done := make(chan error, 1)
-			go func() { done <- cmd.Wait() }()
-			waitFor(t, "the spec", func() bool { data, _ := os.ReadFile(out); return bytes.Contains(data, []byte("nvidia.com/gpu")) })
+			var waitErr error
+			exited := make(chan struct{})
+			go func() { waitErr = cmd.Wait(); close(exited) }()
+			t.Cleanup(func() {
+				// whatever failed, the child goes before its folder does
+				_ = cmd.Process.Kill()
+				<-exited
+			})
+			if !waitUntil(func() bool { data, _ := os.ReadFile(out); return bytes.Contains(data, []byte("nvidia.com/gpu")) }) {
+				t.Fatalf("no spec after 20 s\n%s", logs.String())
+			}
 			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
 			select {
-			case err := <-done:
-				if err != nil {
-					t.Fatalf("after %v: %v\n%s", sig, err, logs.String())
+			case <-exited:
+				if waitErr != nil {
+					t.Fatalf("after %v: %v\n%s", sig, waitErr, logs.String())
 				}
 			case <-time.After(20 * time.Second):
-				_ = cmd.Process.Kill()
 				t.Fatalf("still running 20 s after %v\n%s", sig, logs.String())
 			}
 			if ents, _ := os.ReadDir(dir); len(ents) != 1 {
@@ -61,4 +68,14 @@ func TestSignalsEndTheCommand(t *testing.T) {
 			}
 		})
 	}
+}
+
+// waitUntil polls cond for up to 20 s.
+func waitUntil(cond func() bool) bool {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
