@@ -129,53 +129,25 @@ func (b *treeBuilder) setStrs(m map[string]any, k string, v []string) {
 func (b *treeBuilder) edits(e *cdispecs.ContainerEdits) map[string]any {
 	m := map[string]any{}
 	b.setStrs(m, "env", e.Env)
-	if len(e.DeviceNodes) > 0 {
-		l := make([]any, len(e.DeviceNodes))
-		for i, d := range e.DeviceNodes {
-			if d != nil {
-				l[i] = b.deviceNode(d)
-			}
+	setList(m, "deviceNodes", e.DeviceNodes, b.deviceNode)
+	setList(m, "netDevices", e.NetDevices, func(d *cdispecs.LinuxNetDevice) map[string]any {
+		return map[string]any{"hostInterfaceName": b.str(d.HostInterfaceName), "name": b.str(d.Name)}
+	})
+	setList(m, "hooks", e.Hooks, func(h *cdispecs.Hook) map[string]any {
+		hm := map[string]any{"hookName": b.str(h.HookName), "path": b.str(h.Path)}
+		b.setStrs(hm, "args", h.Args)
+		b.setStrs(hm, "env", h.Env)
+		if h.Timeout != nil {
+			hm["timeout"] = json.Number(strconv.Itoa(*h.Timeout))
 		}
-		m["deviceNodes"] = l
-	}
-	if len(e.NetDevices) > 0 {
-		l := make([]any, len(e.NetDevices))
-		for i, d := range e.NetDevices {
-			if d != nil {
-				l[i] = map[string]any{"hostInterfaceName": b.str(d.HostInterfaceName), "name": b.str(d.Name)}
-			}
-		}
-		m["netDevices"] = l
-	}
-	if len(e.Hooks) > 0 {
-		l := make([]any, len(e.Hooks))
-		for i, h := range e.Hooks {
-			if h == nil {
-				continue
-			}
-			hm := map[string]any{"hookName": b.str(h.HookName), "path": b.str(h.Path)}
-			b.setStrs(hm, "args", h.Args)
-			b.setStrs(hm, "env", h.Env)
-			if h.Timeout != nil {
-				hm["timeout"] = json.Number(strconv.Itoa(*h.Timeout))
-			}
-			l[i] = hm
-		}
-		m["hooks"] = l
-	}
-	if len(e.Mounts) > 0 {
-		l := make([]any, len(e.Mounts))
-		for i, mt := range e.Mounts {
-			if mt == nil {
-				continue
-			}
-			mm := map[string]any{"hostPath": b.str(mt.HostPath), "containerPath": b.str(mt.ContainerPath)}
-			b.setStrs(mm, "options", mt.Options)
-			b.set(mm, "type", mt.Type)
-			l[i] = mm
-		}
-		m["mounts"] = l
-	}
+		return hm
+	})
+	setList(m, "mounts", e.Mounts, func(mt *cdispecs.Mount) map[string]any {
+		mm := map[string]any{"hostPath": b.str(mt.HostPath), "containerPath": b.str(mt.ContainerPath)}
+		b.setStrs(mm, "options", mt.Options)
+		b.set(mm, "type", mt.Type)
+		return mm
+	})
 	if r := e.IntelRdt; r != nil {
 		rm := map[string]any{}
 		b.set(rm, "closID", r.ClosID)
@@ -195,6 +167,21 @@ func (b *treeBuilder) edits(e *cdispecs.ContainerEdits) map[string]any {
 		m["additionalGids"] = l
 	}
 	return m
+}
+
+// setList puts a list field of pointers tagged omitempty: each element by elem, a nil one
+// as null.
+func setList[T any](m map[string]any, k string, v []*T, elem func(*T) map[string]any) {
+	if len(v) == 0 {
+		return
+	}
+	l := make([]any, len(v))
+	for i, x := range v {
+		if x != nil {
+			l[i] = elem(x)
+		}
+	}
+	m[k] = l
 }
 
 func (b *treeBuilder) deviceNode(d *cdispecs.DeviceNode) map[string]any {
