@@ -69,13 +69,3 @@ func TestSignalsEndTheCommand(t *testing.T) {
 		})
 	}
 }
-
-// waitUntil polls cond for up to 20 s.
-func waitUntil(cond func() bool) bool {
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if cond() {
-			return true
-		}
-	}
-	return cond()
-}

@@ -35,13 +35,19 @@ func (s *syncBuffer) String() string {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !waitUntil(cond) {
+		t.Fatalf("timed out waiting for %s", what)
 	}
+}
+
+// waitUntil polls cond for up to 20 s.
+func waitUntil(cond func() bool) bool {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
 
 // TestGenerateWatchFollowsUpgrade runs generate --watch on a copy of the debian-535 root,
