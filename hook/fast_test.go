@@ -222,6 +222,9 @@ int main(int argc, char **argv) {
 `
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(envCreated); spec != "" {
+		os.Exit(createdChild(spec))
+	}
 	code := m.Run()
 	if fastDir != "" {
 		_ = os.RemoveAll(fastDir)
@@ -1145,7 +1148,7 @@ func TestFastHookEntersMountNamespace(t *testing.T) {
 // layoutAside copies bundle and moves its layout out of the root, for a container's
 // process to mount there (src at mnt); with root other than 0, the root and the folders
 // above the copy become that uid's and readable (a user namespace whose root is root).
-func layoutAside(t *testing.T, bundle string, root int) (b, src, mnt string) {
+func layoutAside(t testing.TB, bundle string, root int) (b, src, mnt string) {
 	t.Helper()
 	b = t.TempDir()
 	copyTree(t, bundle, b)

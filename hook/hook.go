@@ -55,6 +55,9 @@ type Options struct {
 	// container's namespaces (nil: none there); hostParamsRead says it did.
 	hostParams     []byte
 	hostParamsRead bool
+	// paramsTree is a detached mount of the params copy, made before a thread entered the
+	// container's mount namespace (RunInContainer): moved onto the container's file there
+	paramsTree *os.File
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
@@ -236,6 +239,14 @@ func protectDeviceNodes(r *containerRoot, o Options, log io.Writer) error {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return fmt.Errorf("%s in the container is not a regular file", target)
 	}
+	if o.paramsTree != nil {
+		// made read-only before; by handles only: in the container's namespace, /proc is
+		// the container's
+		if err := unix.MoveMount(int(o.paramsTree.Fd()), "", int(h.Fd()), "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+			return fmt.Errorf("bind params copy over %s: %w", target, err)
+		}
+		return nil
+	}
 	src, err := hostCopy(modified)
 	if err != nil {
 		return err
@@ -365,4 +376,11 @@ func cudaCompatFolder(r *containerRoot, hostVersion string) (string, error) {
 		return "", nil
 	}
 	return compatDir, nil
+}
+
+// OptionsOf are the Options of a hook command line's arguments (hookargs.Args).
+func OptionsOf(a hookargs.Args) Options {
+	return Options{Links: a.Links, FolderLinks: a.FolderLinks, Folders: a.Folders, FolderEntries: a.FolderEntries,
+		ProtectDeviceNodes: a.ProtectDeviceNodes, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
+		AppProfile: a.AppProfile, EnterMountNamespace: a.EnterMountNamespace}
 }

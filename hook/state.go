@@ -98,14 +98,17 @@ func readBundle(bundle string) (bundleConfig, error) {
 func (c bundleConfig) gpuMinors() []int {
 	var out []int
 	for _, d := range c.devices {
-		n, ok := strings.CutPrefix(d.Path, "/dev/nvidia")
-		if !ok || d.Type != "c" || n == "" || strings.Trim(n, "0123456789") != "" {
-			continue
-		}
-		if !slices.Contains(out, int(d.Minor)) {
+		if IsGPUNode(d.Path, d.Type) && !slices.Contains(out, int(d.Minor)) {
 			out = append(out, int(d.Minor))
 		}
 	}
 	slices.Sort(out)
 	return out
+}
+
+// IsGPUNode reports whether a container's device (path and OCI type) is a GPU's node,
+// /dev/nvidiaN: the application profile shows EGL and Vulkan the GPUs of these minors.
+func IsGPUNode(path, typ string) bool {
+	n, ok := strings.CutPrefix(path, "/dev/nvidia")
+	return ok && typ == "c" && n != "" && strings.Trim(n, "0123456789") == ""
 }

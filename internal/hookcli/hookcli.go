@@ -50,10 +50,10 @@ one process; the other subcommands run one action each.`,
 				// the actions' notes are written when the hook succeeds: a hook that fails
 				// says only why, in one short line
 				var notes bytes.Buffer
-				o := hook.Options{Links: a.Links, FolderLinks: a.FolderLinks, Folders: a.Folders, FolderEntries: a.FolderEntries, HostParams: a.HostParams, HostDriverVersion: a.HostDriverVersion,
-					Log: &notes, EnterMountNamespace: a.EnterMountNamespace,
-					ProtectDeviceNodes: a.ProtectDeviceNodes || s.name == "disable-device-node-modification",
-					AppProfile:         a.AppProfile || s.name == "update-application-profile"}
+				o := hook.OptionsOf(a)
+				o.Log = &notes
+				o.ProtectDeviceNodes = o.ProtectDeviceNodes || s.name == "disable-device-node-modification"
+				o.AppProfile = o.AppProfile || s.name == "update-application-profile"
 				st, err := hook.ReadState(cmd.InOrStdin())
 				if err != nil {
 					return err
