@@ -1,6 +1,8 @@
 package nriplugin
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/nvbind/nvbind/dra"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
@@ -39,6 +42,12 @@ type Config struct {
 	// Layouts, when set, gives containers the driver's files in one mount of a layout
 	// (package layout) once it is complete, and one mount per file until then.
 	Layouts *layout.Provider
+	// StageInPlugin has the plugin run the hook's actions (links, ld cache, params, CUDA
+	// compat, application profile) on each container it gives the driver, at
+	// StartContainer (hook.RunInContainer), instead of naming the hook in the adjustment:
+	// no hook process in the container's start. A container with a user namespace of its
+	// own still gets the hook, which alone can join it.
+	StageInPlugin bool
 }
 
 // Errors of the request policy; request.ErrUnknownDevice, request.ErrUnmetRequirement
@@ -83,6 +92,11 @@ type commonParts struct {
 	layoutOthers map[string]bool
 	caps         gpu.Capabilities
 	err          error
+	// stageID names the hook's arguments of these edits (stageName), when the plugin may
+	// run them itself; stages holds the arguments of each way of injecting the driver
+	// (the layout, one mount per file) by name, for a container created in the other
+	stageID string
+	stages  map[string]hookargs.Args
 }
 
 // Adjuster turns container requests into NRI adjustments against the current inventory.
@@ -157,6 +171,7 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	}
 	cp.nriEdits = toNRI(e)
 	cp.paths = append(cp.paths, mountPaths(e))
+	cp.stageID = cp.addStage(e, so.HookPath)
 	if cp.plan != nil {
 		// what a spec may have given instead: its layout, or one mount per file (a spec
 		// not in /run)
@@ -166,6 +181,7 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 		}
 		if oe, err := request.Edits(p.Inventory(), nil, caps, other); err == nil {
 			cp.paths = append(cp.paths, mountPaths(oe))
+			cp.addStage(oe, so.HookPath)
 			if so.LayoutBase == "" {
 				cp.layoutOthers = layoutOthers(oe)
 			}
@@ -181,6 +197,27 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	}
 	actual, _ := p.common.LoadOrStore(caps, cp)
 	return actual.(*commonParts)
+}
+
+// addStage keeps the arguments of edits e's hook, where e has one hook, nvbind's, and
+// returns their name: the first 16 hex digits of the SHA-256 of the command line; "" where
+// the plugin cannot run it itself.
+func (cp *commonParts) addStage(e spec.Edits, hookPath string) string {
+	if len(e.Hooks) != 1 || e.Hooks[0].Path != hookPath || len(e.Hooks[0].Args) < 1 {
+		return ""
+	}
+	argv := e.Hooks[0].Args[1:]
+	a, err := hookargs.Decode(argv)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(strings.Join(argv, "\x00")))
+	id := hex.EncodeToString(sum[:8])
+	if cp.stages == nil {
+		cp.stages = map[string]hookargs.Args{}
+	}
+	cp.stages[id] = a
+	return id
 }
 
 // layoutOthers are the paths of the layout edits' mounts besides the layout (sockets).
@@ -364,7 +401,12 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 		}
 	}
 	adj.Mounts = cp.mounts
-	if cp.hooks != nil {
+	switch {
+	case cp.hooks == nil:
+	case a.cfg.StageInPlugin && cp.stageID != "" && !hasUserNamespace(ctr):
+		// the plugin runs the hook's actions at StartContainer: the annotation says which
+		adj.AddAnnotation(request.AnnotationStage, req.Caps.String()+"@"+cp.stageID)
+	default:
 		adj.AddHooks(cp.hooks)
 	}
 	adj.Env = cp.env
@@ -411,4 +453,41 @@ func orNone(s []string) string {
 		return "none"
 	}
 	return strings.Join(s, ", ")
+}
+
+// hasUserNamespace reports whether the container has a user namespace of its own (or its
+// pod's): only the hook can join one.
+func hasUserNamespace(ctr *api.Container) bool {
+	for _, ns := range ctr.GetLinux().GetNamespaces() {
+		if ns.GetType() == "user" {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrStage is a container whose stage annotation names no driver edits the plugin has.
+var ErrStage = errors.New("the container's driver steps are not the plugin's")
+
+// Stage returns the hook's arguments that the stage annotation's value v names
+// ("CAPS@ID", as Adjust wrote it) in the current inventory's edits: the plugin's own,
+// whatever the annotation holds.
+func (a *Adjuster) Stage(v string) (hookargs.Args, error) {
+	c, id, ok := strings.Cut(v, "@")
+	if !ok || len(v) > 256 {
+		return hookargs.Args{}, fmt.Errorf("%w: annotation %s=%.64q: want CAPABILITIES@ID", ErrStage, request.AnnotationStage, v)
+	}
+	caps, err := gpu.ParseCapabilities(c)
+	if err != nil {
+		return hookargs.Args{}, fmt.Errorf("%w: annotation %s: %w", ErrStage, request.AnnotationStage, err)
+	}
+	p := a.state.Load()
+	if p == nil {
+		return hookargs.Args{}, ErrNoInventory
+	}
+	cp := a.commonFor(p, caps)
+	if args, ok := cp.stages[id]; ok {
+		return args, nil
+	}
+	return hookargs.Args{}, fmt.Errorf("%w: %s names steps of another driver inventory than this one (the driver changed since the container was created): create it again", ErrStage, v)
 }

@@ -21,6 +21,8 @@ type Metrics struct {
 	devices    prometheus.Counter
 	latency    prometheus.Histogram
 	reconnects prometheus.Counter
+	stage      prometheus.Histogram
+	stageFails prometheus.Counter
 }
 
 // NewMetrics creates the metrics; version and commit label nvbind_build_info.
@@ -37,18 +39,23 @@ func NewMetrics(version, commit string) *Metrics {
 			Buckets: []float64{5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 1e-2}}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "nvbind_runtime_reconnects_total",
 			Help: "Times the plugin lost the runtime and dialled again."}),
+		stage: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nvbind_start_container_duration_seconds",
+			Help:    "Time spent in StartContainer running the hook's actions on a container (links, ld cache, params), where the plugin runs them.",
+			Buckets: []float64{2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 0.25}}),
+		stageFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "nvbind_start_container_failures_total",
+			Help: "Containers whose start the plugin failed because the hook's actions on them failed."}),
 	}
 	info := prometheus.NewGauge(prometheus.GaugeOpts{Name: "nvbind_build_info", Help: "nvbind's version, commit and Go version; always 1.",
 		ConstLabels: prometheus.Labels{"version": version, "commit": commit, "goversion": runtime.Version()}})
 	info.Set(1)
-	m.reg.MustRegister(m.requests, m.devices, m.latency, m.reconnects, info,
+	m.reg.MustRegister(m.requests, m.devices, m.latency, m.reconnects, m.stage, m.stageFails, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
 // Collectors returns the plugin's own metrics (not the Go and process collectors).
 func (m *Metrics) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.devices, m.latency, m.reconnects}
+	return []prometheus.Collector{m.requests, m.devices, m.latency, m.reconnects, m.stage, m.stageFails}
 }
 
 // Register adds collectors of other parts of the process (the device plugin) to the
@@ -97,4 +104,11 @@ func failureReason(err error) string {
 		return "unsupported_host"
 	}
 	return "bad_request"
+}
+
+func (m *Metrics) observeStage(d time.Duration, err error) {
+	m.stage.Observe(d.Seconds())
+	if err != nil {
+		m.stageFails.Inc()
+	}
 }

@@ -5,12 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/containerd/nri/pkg/api"
 	"github.com/containerd/nri/pkg/stub"
+
+	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/request"
 )
 
 // Plugin is the NRI plugin: it implements only the stub interfaces it needs.
@@ -22,7 +26,7 @@ type Plugin struct {
 	registered atomic.Bool
 	// alsoReady are further conditions of readiness (the device plugin's registration).
 	alsoReady []func() bool
-	// inflight counts CreateContainer calls being answered; draining is set once the
+	// inflight counts CreateContainer and StartContainer calls being answered; draining is set once the
 	// plugin is told to stop, from when it refuses new GPU requests.
 	inflight atomic.Int64
 	draining atomic.Bool
@@ -34,6 +38,7 @@ var (
 	_ stub.ConfigureInterface       = (*Plugin)(nil)
 	_ stub.SynchronizeInterface     = (*Plugin)(nil)
 	_ stub.CreateContainerInterface = (*Plugin)(nil)
+	_ stub.StartContainerInterface  = (*Plugin)(nil)
 )
 
 // NewPlugin wires an adjuster, a logger and metrics.
@@ -66,9 +71,13 @@ func (p *Plugin) Ready() bool {
 	return true
 }
 
-// Configure subscribes to CreateContainer.
+// Configure subscribes to CreateContainer, and to StartContainer where the plugin runs
+// the hook's actions itself (Config.StageInPlugin).
 func (p *Plugin) Configure(_ context.Context, _, runtime, version string) (stub.EventMask, error) {
-	p.log.Info("configured by the runtime", "runtime", runtime, "version", version)
+	p.log.Info("configured by the runtime", "runtime", runtime, "version", version, "stage_in_plugin", p.adj.cfg.StageInPlugin)
+	if p.adj.cfg.StageInPlugin {
+		return api.MustParseEventMask("CreateContainer", "StartContainer"), nil
+	}
 	return api.MustParseEventMask("CreateContainer"), nil
 }
 
@@ -109,6 +118,45 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 			"capabilities", dec.Caps.String(), "cdi", p.adj.cfg.CDIMode)...)
 	}
 	return adj, nil, nil
+}
+
+// StartContainer runs the hook's actions on a container the plugin gave the driver
+// without its hook (request.AnnotationStage): the runtime has created it, and starts it
+// once this returns. An error fails the start, which is better than a container without
+// its libraries in the ld cache; the kubelet creates it again.
+func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
+	v, ok := ctr.GetAnnotations()[request.AnnotationStage]
+	if !ok {
+		return nil
+	}
+	p.inflight.Add(1)
+	defer p.inflight.Add(-1)
+	start := time.Now()
+	var notes strings.Builder
+	args, err := p.adj.Stage(v)
+	if err == nil {
+		o := hook.OptionsOf(args)
+		o.Log = &notes
+		if o.AppProfile {
+			for _, d := range ctr.GetLinux().GetDevices() {
+				if hook.IsGPUNode(d.GetPath(), d.GetType()) && !slices.Contains(o.GPUMinors, int(d.GetMinor())) {
+					o.GPUMinors = append(o.GPUMinors, int(d.GetMinor()))
+				}
+			}
+			slices.Sort(o.GPUMinors)
+		}
+		err = hook.RunInContainer(ctx, int(ctr.GetPid()), o)
+	}
+	p.metrics.observeStage(time.Since(start), err)
+	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
+	if err != nil {
+		p.log.Warn("the driver's steps failed: the container does not start", append(attrs, slog.Any("error", err))...)
+		return fmt.Errorf("nvbind: the driver's steps in the container (links, ld cache): %w", err)
+	}
+	if notes.Len() > 0 {
+		p.log.Debug("the driver's steps", append(attrs, "notes", strings.TrimSpace(notes.String()))...)
+	}
+	return nil
 }
 
 // RunOptions configure a plugin run.

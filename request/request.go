@@ -459,6 +459,11 @@ func volumeMountDevices(mounts []string) ([]string, error) {
 // config.json it tells nvbind-runtime's guard that the plugin handled the container.
 const AnnotationHandled = "handled.gpus.nvbind.io"
 
+// AnnotationStage is the annotation nvbind's NRI plugin puts on a container whose hook
+// actions it runs itself at StartContainer instead of naming the hook: CAPABILITIES@ID,
+// the capability set and the name of the actions' arguments.
+const AnnotationStage = "stage.gpus.nvbind.io"
+
 // AnnotationRequiredPlugins is NRI's annotation naming the plugins a container needs
 // (required-plugins.noderesource.dev/container.<name>, /pod): a JSON list of names.
 const AnnotationRequiredPlugins = "required-plugins.noderesource.dev"

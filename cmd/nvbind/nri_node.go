@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nvbind/nvbind/deviceplugin"
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/hook"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/nriplugin"
 	"github.com/nvbind/nvbind/spec"
@@ -26,7 +28,12 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	inPlugin, err := f.stageInPlugin(log)
+	if err != nil {
+		return err
+	}
 	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
+		StageInPlugin:     inPlugin,
 		Layouts:           layouts,
 		Spec:              so,
 		CDIMode:           f.cdiMode,
@@ -132,4 +139,23 @@ func (f *nriFlags) partition() (draServe, dpServe func(gpu.Device) bool, err err
 		return nil, nil, errors.New("--dra with --device-plugin: each GPU is served by one of them, never both; list the DRA driver's with --dra-gpus (such as --dra-gpus 1, or GPU-<uuid>), the device plugin serves the others")
 	}
 	return draServe, func(g gpu.Device) bool { return !draServe(g) }, nil
+}
+
+// stageInPlugin resolves --stage: whether the plugin runs the driver's steps itself.
+func (f *nriFlags) stageInPlugin(log *slog.Logger) (bool, error) {
+	switch f.stage {
+	case stageHook:
+		return false, nil
+	case stagePlugin, stageAuto:
+		err := hook.InContainerSupported()
+		if err == nil {
+			return true, nil
+		}
+		if f.stage == stagePlugin {
+			return false, fmt.Errorf("--stage plugin: the plugin cannot run the driver's steps in containers: %w (run it as root in the host's namespaces, or use --stage hook)", err)
+		}
+		log.Info("the driver's steps run in the hook", "why", err.Error())
+		return false, nil
+	}
+	return false, fmt.Errorf("--stage %q: valid: auto, hook, plugin", f.stage)
 }

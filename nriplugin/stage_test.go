@@ -1,0 +1,134 @@
+package nriplugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/containerd/nri/pkg/api"
+
+	"github.com/nvbind/nvbind/internal/hookargs"
+	"github.com/nvbind/nvbind/request"
+)
+
+// TestStageInPlugin: with StageInPlugin, a GPU container's adjustment names no hook but
+// the stage annotation, whose value Stage turns back into exactly the hook's arguments
+// the adjustment would have named; a container with a user namespace gets the hook; a
+// value the plugin did not write is refused, naming the annotation.
+func TestStageInPlugin(t *testing.T) {
+	t.Parallel()
+	withHook := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}})
+	inPlugin := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}, StageInPlugin: true})
+	for _, ann := range []map[string]string{
+		{"gpus.nvbind.io": "1"}, {"gpus.nvbind.io": "all", "capabilities.nvbind.io": "all"}, {"gpus.nvbind.io": "mig0:1"},
+		{"gpus.nvbind.io": "0", "capabilities.nvbind.io": "graphics,display"},
+	} {
+		pod := &api.PodSandbox{Namespace: "default", Annotations: ann}
+		hooked, _, err := withHook.Adjust(pod, ctrWith("c", nil, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		staged, _, err := inPlugin.Adjust(pod, ctrWith("c", nil, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hooks := hooked.GetHooks().GetCreateRuntime()
+		if len(hooks) != 1 {
+			t.Fatalf("%v: the hook's adjustment has %d hooks", ann, len(hooks))
+		}
+		if n := len(staged.GetHooks().GetCreateRuntime()); n != 0 {
+			t.Errorf("%v: the plugin runs the steps, yet the adjustment names %d hooks", ann, n)
+		}
+		v := staged.GetAnnotations()[request.AnnotationStage]
+		if _, ok := hooked.GetAnnotations()[request.AnnotationStage]; ok || v == "" {
+			t.Fatalf("%v: stage annotation %q with the plugin's steps; with the hook: %v", ann, v, hooked.GetAnnotations())
+		}
+		if norm(staged.GetMounts()) != norm(hooked.GetMounts()) || norm(staged.GetLinux().GetDevices()) != norm(hooked.GetLinux().GetDevices()) ||
+			norm(staged.GetEnv()) != norm(hooked.GetEnv()) {
+			t.Errorf("%v: the mounts, devices or env differ from the hook's adjustment", ann)
+		}
+		got, err := inPlugin.Stage(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := hookargs.Decode(hooks[0].GetArgs()[1:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if norm(got) != norm(want) {
+			t.Errorf("%v: Stage(%q)\n got %+v\nwant %+v", ann, v, got, want)
+		}
+
+		// a user namespace of its own: the hook, which alone can join it
+		userns := ctrWith("c", nil, nil)
+		userns.Linux = &api.LinuxContainer{Namespaces: []*api.LinuxNamespace{{Type: "user", Path: "/proc/42/ns/user"}}}
+		adj, _, err := inPlugin.Adjust(pod, userns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if norm(adj.GetHooks()) != norm(hooked.GetHooks()) || adj.GetAnnotations()[request.AnnotationStage] != "" {
+			t.Errorf("%v: a container with a user namespace did not get the hook", ann)
+		}
+	}
+
+	for _, v := range []string{"", "compute", "compute@", "compute@0123456789abcdef", "bogus@0123456789abcdef", strings.Repeat("a", 300) + "@x"} {
+		_, err := inPlugin.Stage(v)
+		if !errors.Is(err, ErrStage) || !strings.Contains(err.Error(), request.AnnotationStage) && !strings.Contains(err.Error(), "another driver inventory") {
+			t.Errorf("Stage(%.40q): %v", v, err)
+		}
+	}
+}
+
+// TestStartContainerStage: StartContainer leaves a container without the stage annotation
+// alone, and fails the start of one whose steps cannot run (no pid from the runtime, or
+// steps that are not the plugin's), counting the failure.
+func TestStartContainerStage(t *testing.T) {
+	t.Parallel()
+	a := newTestAdjuster(t, Config{StageInPlugin: true})
+	p := NewPlugin(a, nil, nil)
+	mask, err := p.Configure(context.Background(), "", "test", "1")
+	if err != nil || !mask.IsSet(api.Event_START_CONTAINER) || !mask.IsSet(api.Event_CREATE_CONTAINER) {
+		t.Fatalf("events %v, %v: want CreateContainer and StartContainer", mask, err)
+	}
+	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
+	if err := p.StartContainer(context.Background(), pod, ctrWith("c", nil, nil)); err != nil {
+		t.Fatalf("a container without the annotation: %v", err)
+	}
+	adj, _, err := a.Adjust(pod, ctrWith("c", nil, nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctr := ctrWith("c", nil, nil)
+	ctr.Annotations = map[string]string{request.AnnotationStage: adj.GetAnnotations()[request.AnnotationStage]}
+	if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "the runtime gave none") {
+		t.Errorf("no pid: %v", err)
+	}
+	ctr.Annotations[request.AnnotationStage] = "compute,utility@0000000000000000"
+	ctr.Pid = 42
+	if err := p.StartContainer(context.Background(), pod, ctr); !errors.Is(err, ErrStage) {
+		t.Errorf("steps that are not the plugin's: %v", err)
+	}
+	if m := metricsText(t, p.metrics); !strings.Contains(m, "nvbind_start_container_failures_total 2") || !strings.Contains(m, "nvbind_start_container_duration_seconds_count 2") {
+		t.Errorf("metrics:\n%s", m)
+	}
+
+	withHook := NewPlugin(newTestAdjuster(t, Config{}), nil, nil)
+	if mask, _ := withHook.Configure(context.Background(), "", "test", "1"); mask.IsSet(api.Event_START_CONTAINER) {
+		t.Error("a plugin whose hook runs the steps subscribed to StartContainer")
+	}
+}
+
+func norm(v any) string {
+	data, _ := json.Marshal(v)
+	return string(data)
+}
+
+func metricsText(t *testing.T, m *Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
