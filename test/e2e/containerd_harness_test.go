@@ -250,6 +250,8 @@ type pod struct {
 	cfg *cri.PodSandboxConfig
 	// privileged: the pod and its containers are privileged (every host device)
 	privileged bool
+	// readOnlyRoot: its containers' roots are read-only (readOnlyRootFilesystem)
+	readOnlyRoot bool
 }
 
 func (c *containerd) runPod(name, namespace string, annotations map[string]string) pod {
@@ -292,8 +294,8 @@ func (c *containerd) createStart(p pod, name, script string, env map[string]stri
 		LogPath:     name + ".log",
 		Annotations: annotations,
 	}
-	if p.privileged {
-		cfg.Linux = &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{Privileged: true}}
+	if p.privileged || p.readOnlyRoot {
+		cfg.Linux = &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{Privileged: p.privileged, ReadonlyRootfs: p.readOnlyRoot}}
 	}
 	for _, d := range cdiDevices { // resolved by containerd from its CDI folder, as the kubelet asks
 		cfg.CDIDevices = append(cfg.CDIDevices, &cri.CDIDevice{Name: d})

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -150,6 +151,32 @@ func testContainerdNRI(t *testing.T, release string) {
 		}
 	})
 
+	// the plugin runs as root on the host: it runs the driver's steps itself, at
+	// StartContainer, and names no hook
+	t.Run("the plugin's steps, on a read-only root too", func(t *testing.T) {
+		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_start_container_duration_seconds_count 1\n") ||
+			!strings.Contains(m, "nvbind_start_container_failures_total 0\n") {
+			t.Fatalf("the plugin did not run the steps of the first GPU container:\n%s", m)
+		}
+		p := c.runPod("ro", "default", map[string]string{"gpus.nvbind.io": "0"})
+		defer c.stopPod(p)
+		p.readOnlyRoot = true
+		out, err := c.run(p, "cuda", gpuScript+`; touch /x 2>/dev/null && echo ROOT-WRITABLE || echo ROOT-READ-ONLY`, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("container output:\n%s", out)
+		for _, want := range []string{"nvidia0 nvidiactl", "LINK=nvidia/current/libcuda.so.535.261.03", "=> " + layout.Dest + "/compute+utility/",
+			"cuda-probe: loaded libcuda.so.1", "\n2\n", "\nROOT-READ-ONLY"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q", want)
+			}
+		}
+		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_start_container_duration_seconds_count 2\n") {
+			t.Errorf("the plugin did not run the steps of the read-only container:\n%s", m)
+		}
+	})
+
 	t.Run("container env NVIDIA_VISIBLE_DEVICES=0", func(t *testing.T) {
 		p := c.runPod("env0", "default", nil)
 		defer c.stopPod(p)
@@ -276,7 +303,7 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 	hook := testutil.HookBinary(bin)
 	// the pod's namespace may ask for every GPU: elsewhere NVIDIA_VISIBLE_DEVICES=all in the
 	// env is ignored, and the case would time a plain container
-	startPlugin(b, bin, c.NRISock, driverRoot, "--all-gpus-namespaces", "default")
+	plugin := startPlugin(b, bin, c.NRISock, driverRoot, "--all-gpus-namespaces", "default")
 	cdiDir := filepath.Join(c.dir, "cdi")
 	layoutSpec := writeSpec(b, driverRoot, cdiDir, hook, spec.Options{Vendor: "layout.nvbind.io"})
 	createContainerVariant(b, layoutSpec, filepath.Join(cdiDir, "create-container.yaml"), "create-container.nvbind.io")
@@ -334,6 +361,14 @@ func BenchmarkContainerdCreateStart(b *testing.B) {
 	}
 	plain := median(times[0])
 	b.ReportMetric(plain, "plain-ms")
+	// the plugin's own time on the driver's steps at StartContainer, a mean over every
+	// GPU container it started
+	m := plugin.metricsText(b)
+	sum, count := metricValue(m, "nvbind_start_container_duration_seconds_sum"), metricValue(m, "nvbind_start_container_duration_seconds_count")
+	if count == 0 {
+		b.Fatalf("the plugin ran no driver steps:\n%s", m)
+	}
+	b.ReportMetric(sum/count*1e3, "nri-steps-ms")
 	for k, tc := range cases[1:] {
 		b.ReportMetric(median(times[k+1])-plain, tc.name+"-added-ms")
 		b.ReportMetric(pairedMedian(times, k+1), tc.name+"-paired-ms")
@@ -387,4 +422,15 @@ func TestContainerdPreRegisteredCDIMode(t *testing.T) {
 	if !strings.Contains(string(data), "pre_registered=true") || !strings.Contains(string(data), "CDI spec refreshed") {
 		t.Errorf("plugin log:\n%s", data)
 	}
+}
+
+// metricValue is the value of a series without labels in Prometheus text (0 if none).
+func metricValue(text, name string) float64 {
+	for _, line := range strings.Split(text, "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
 }

@@ -22,6 +22,8 @@ import (
 	oci "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
+	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/testutil"
@@ -584,6 +586,10 @@ func TestHostileImages(t *testing.T) {
 			t.Parallel()
 			s.check(t, tc, "hook")
 		})
+		t.Run("plugin/"+tc.name, func(t *testing.T) {
+			t.Parallel()
+			s.check(t, tc, "plugin")
+		})
 		if tc.podman {
 			t.Run("podman/"+tc.name, func(t *testing.T) {
 				if s.podman == "" {
@@ -667,6 +673,9 @@ func (s *hostileSuite) check(t *testing.T, tc hostileCase, runtime string) {
 		started = s.judge(t, out, err, tc, h.v)
 	case "podman":
 		out, err = s.podmanStart(tc, h)
+		started = s.judge(t, out, err, tc, h.v)
+	case "plugin":
+		out, err = s.pluginStart(bundle)
 		started = s.judge(t, out, err, tc, h.v)
 	case "hook":
 		var rss int64
@@ -850,6 +859,79 @@ func (s *hostileSuite) runcStart(bundle string) (string, error) {
 	out, err := exec.CommandContext(ctx, s.runc, "run", "--bundle", bundle, id).CombinedOutput()
 	_ = exec.Command(s.runc, "delete", "-f", id).Run()
 	return string(out), err
+}
+
+// pluginStart starts the bundle as nvbind's NRI plugin has a runtime start a container
+// whose driver steps it runs itself (nri --stage plugin): runc creates the container
+// without the hook, hook.RunInContainer runs the hook's actions on the created container
+// from this process on the host, as the plugin does at StartContainer, and runc starts
+// it. A refusal of RunInContainer is the error, and the container never starts.
+func (s *hostileSuite) pluginStart(bundle string) (string, error) {
+	_, args, err := bundleHook(bundle)
+	if err != nil {
+		return "", err
+	}
+	a, err := hookargs.Decode(args[1:])
+	if err != nil {
+		return "", err
+	}
+	o := hook.OptionsOf(a)
+	p := filepath.Join(bundle, "config.json")
+	data, err := os.ReadFile(p)
+	if err != nil {
+		return "", err
+	}
+	var c oci.Spec
+	if err := json.Unmarshal(data, &c); err != nil {
+		return "", err
+	}
+	c.Hooks = nil
+	if o.AppProfile && c.Linux != nil {
+		for _, d := range c.Linux.Devices {
+			if hook.IsGPUNode(d.Path, d.Type) {
+				o.GPUMinors = append(o.GPUMinors, int(d.Minor))
+			}
+		}
+	}
+	if data, err = json.Marshal(&c); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	id := randomID("nvbind-hostile-")
+	defer func() { _ = exec.Command(s.runc, "delete", "-f", id).Run() }()
+	r, w, err := os.Pipe()
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = r.Close() }()
+	create := exec.CommandContext(ctx, s.runc, "create", "--bundle", bundle, "--pid-file", filepath.Join(bundle, "pid"), id)
+	create.Stdout, create.Stderr = w, w
+	err = create.Run()
+	_ = w.Close() // the container's process holds the pipe's other end
+	if err != nil {
+		return "", fmt.Errorf("runc create: %w", err)
+	}
+	pidText, err := os.ReadFile(filepath.Join(bundle, "pid"))
+	if err != nil {
+		return "", err
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(pidText)))
+	if err != nil {
+		return "", err
+	}
+	if err := hook.RunInContainer(ctx, pid, o); err != nil {
+		return err.Error(), err
+	}
+	if out, err := exec.CommandContext(ctx, s.runc, "start", id).CombinedOutput(); err != nil {
+		return string(out), fmt.Errorf("runc start: %w", err)
+	}
+	var out bytes.Buffer
+	_, err = out.ReadFrom(r)
+	return out.String(), err
 }
 
 // podmanStart runs the case's image root with Podman (an overlay over it), as
