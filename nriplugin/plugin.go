@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -32,6 +33,46 @@ type Plugin struct {
 	draining atomic.Bool
 	// drainTimeout bounds how long a stop waits for calls in flight.
 	drainTimeout time.Duration
+	// staged holds the containers given the stage annotation and not started yet, by id,
+	// with when: a stop waits for their StartContainer too (within drainTimeout), since a
+	// container started once the plugin is gone would get no steps
+	stagedMu sync.Mutex
+	staged   map[string]time.Time
+}
+
+// stagedWait is how long after its creation a container's StartContainer holds a stop:
+// the kubelet starts a container right after creating it.
+const stagedWait = 30 * time.Second
+
+// markStaged records a container whose steps the plugin runs at its start.
+func (p *Plugin) markStaged(id string) {
+	p.stagedMu.Lock()
+	defer p.stagedMu.Unlock()
+	if p.staged == nil {
+		p.staged = map[string]time.Time{}
+	}
+	now := time.Now()
+	for k, t := range p.staged {
+		if now.Sub(t) > stagedWait {
+			delete(p.staged, k)
+		}
+	}
+	p.staged[id] = now
+}
+
+// pendingStarts counts the containers created in the last stagedWait whose steps have not
+// run; done drops id first.
+func (p *Plugin) pendingStarts(done string) int {
+	p.stagedMu.Lock()
+	defer p.stagedMu.Unlock()
+	delete(p.staged, done)
+	n := 0
+	for _, t := range p.staged {
+		if time.Since(t) <= stagedWait {
+			n++
+		}
+	}
+	return n
 }
 
 var (
@@ -105,6 +146,9 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 		adj, dec, err = p.adj.Adjust(pod, ctr)
 	}
 	p.metrics.observe(time.Since(start), dec, err)
+	if _, ok := adj.GetAnnotations()[request.AnnotationStage]; ok && err == nil {
+		p.markStaged(ctr.GetId())
+	}
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
 	switch {
 	case err != nil:
@@ -131,6 +175,7 @@ func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *a
 	}
 	p.inflight.Add(1)
 	defer p.inflight.Add(-1)
+	defer p.pendingStarts(ctr.GetId())
 	start := time.Now()
 	var notes strings.Builder
 	args, err := p.adj.Stage(v)
@@ -239,17 +284,18 @@ func (p *Plugin) runStub(ctx context.Context, s stub.Stub) error {
 	return s.Run(stubCtx)
 }
 
-// drain refuses new GPU requests and waits for the calls in flight.
+// drain refuses new GPU requests and waits for the calls in flight, and for the starts of
+// containers whose steps the plugin runs.
 func (p *Plugin) drain() {
 	p.draining.Store(true)
 	n := p.inflight.Load()
-	p.log.Info("stopping: refusing new GPU requests, answering those in flight", "in_flight", n)
+	p.log.Info("stopping: refusing new GPU requests, answering those in flight", "in_flight", n, "starts_pending", p.pendingStarts(""))
 	deadline := time.Now().Add(p.drainTimeout)
-	for p.inflight.Load() > 0 && time.Now().Before(deadline) {
+	for (p.inflight.Load() > 0 || p.pendingStarts("") > 0) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if left := p.inflight.Load(); left > 0 {
-		p.log.Warn("stopping with requests still in flight", "in_flight", left)
+	if left, starts := p.inflight.Load(), p.pendingStarts(""); left > 0 || starts > 0 {
+		p.log.Warn("stopping with requests still in flight", "in_flight", left, "starts_pending", starts)
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containerd/nri/pkg/api"
 
@@ -131,4 +132,32 @@ func metricsText(t *testing.T, m *Metrics) string {
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	return rec.Body.String()
+}
+
+// TestStopWaitsForStagedStarts: a stop waits for the StartContainer of a container whose
+// steps the plugin runs (created, not started): started once the plugin is gone, it would
+// get none.
+func TestStopWaitsForStagedStarts(t *testing.T) {
+	p := NewPlugin(newTestAdjuster(t, Config{StageInPlugin: true}), nil, nil)
+	_, stop := startRuntimeSide(t, p)
+	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
+	ctr := &api.Container{Id: "c1", Name: "c"}
+	adj, _, err := p.CreateContainer(context.Background(), pod, ctr)
+	if err != nil || adj.GetAnnotations()[request.AnnotationStage] == "" {
+		t.Fatalf("no stage annotation: %v, %v", adj, err)
+	}
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }()
+	select {
+	case <-stopped:
+		t.Fatal("the plugin stopped before the created container's start")
+	case <-time.After(200 * time.Millisecond):
+	}
+	ctr.Annotations = adj.GetAnnotations()
+	_ = p.StartContainer(context.Background(), pod, ctr) // no pid here: it fails, and is done
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the plugin did not stop once the container's start was answered")
+	}
 }
