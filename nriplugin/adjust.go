@@ -46,8 +46,11 @@ type Config struct {
 	// compat, application profile) on each container it gives the driver, at
 	// StartContainer (hook.RunInContainer), instead of naming the hook in the adjustment:
 	// no hook process in the container's start. A container with a user namespace of its
-	// own still gets the hook, which alone can join it.
-	StageInPlugin bool
+	// own still gets the hook, which alone can join it. It takes effect with containerd,
+	// which fails a container's start when a plugin's StartContainer fails, or with
+	// StageAnyRuntime: CRI-O logs such a failure and starts the container.
+	StageInPlugin   bool
+	StageAnyRuntime bool
 }
 
 // Errors of the request policy; request.ErrUnknownDevice, request.ErrUnmetRequirement
@@ -104,6 +107,17 @@ type Adjuster struct {
 	cfg   Config
 	kind  string
 	state atomic.Pointer[prepared]
+	// staging is set once the runtime is one where the plugin runs the steps
+	// (Config.StageInPlugin, Plugin.Configure)
+	staging atomic.Bool
+}
+
+// stageFor decides, for the runtime that configures the plugin, whether the plugin runs
+// the driver's steps itself, and returns it.
+func (a *Adjuster) stageFor(runtime string) bool {
+	on := a.cfg.StageInPlugin && (a.cfg.StageAnyRuntime || runtime == "containerd")
+	a.staging.Store(on)
+	return on
 }
 
 // NewAdjuster checks the configuration.
@@ -403,7 +417,7 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	adj.Mounts = cp.mounts
 	switch {
 	case cp.hooks == nil:
-	case a.cfg.StageInPlugin && cp.stageID != "" && !hasUserNamespace(ctr):
+	case a.staging.Load() && cp.stageID != "" && !hasUserNamespace(ctr):
 		// the plugin runs the hook's actions at StartContainer: the annotation says which
 		adj.AddAnnotation(request.AnnotationStage, req.Caps.String()+"@"+cp.stageID)
 	default:

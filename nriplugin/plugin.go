@@ -113,10 +113,11 @@ func (p *Plugin) Ready() bool {
 }
 
 // Configure subscribes to CreateContainer, and to StartContainer where the plugin runs
-// the hook's actions itself (Config.StageInPlugin).
+// the driver's steps itself (Config.StageInPlugin, on this runtime).
 func (p *Plugin) Configure(_ context.Context, _, runtime, version string) (stub.EventMask, error) {
-	p.log.Info("configured by the runtime", "runtime", runtime, "version", version, "stage_in_plugin", p.adj.cfg.StageInPlugin)
-	if p.adj.cfg.StageInPlugin {
+	staging := p.adj.stageFor(runtime)
+	p.log.Info("configured by the runtime", "runtime", runtime, "version", version, "steps_in_plugin", staging)
+	if staging {
 		return api.MustParseEventMask("CreateContainer", "StartContainer"), nil
 	}
 	return api.MustParseEventMask("CreateContainer"), nil

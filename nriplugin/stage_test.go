@@ -23,6 +23,7 @@ func TestStageInPlugin(t *testing.T) {
 	t.Parallel()
 	withHook := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}})
 	inPlugin := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}, StageInPlugin: true})
+	inPlugin.stageFor("containerd")
 	for _, ann := range []map[string]string{
 		{"gpus.nvbind.io": "1"}, {"gpus.nvbind.io": "all", "capabilities.nvbind.io": "all"}, {"gpus.nvbind.io": "mig0:1"},
 		{"gpus.nvbind.io": "0", "capabilities.nvbind.io": "graphics,display"},
@@ -88,11 +89,27 @@ func TestStageInPlugin(t *testing.T) {
 // steps that are not the plugin's), counting the failure.
 func TestStartContainerStage(t *testing.T) {
 	t.Parallel()
+	// CRI-O starts a container whose plugin's StartContainer failed (it logs a warning):
+	// there the hook runs the steps, unless the plugin is told to (StageAnyRuntime)
+	for _, c := range []struct {
+		runtime string
+		any     bool
+		want    bool
+	}{{"cri-o", false, false}, {"cri-o", true, true}, {"containerd", false, true}} {
+		p := NewPlugin(newTestAdjuster(t, Config{StageInPlugin: true, StageAnyRuntime: c.any}), nil, nil)
+		mask, err := p.Configure(context.Background(), "", c.runtime, "1")
+		if err != nil || mask.IsSet(api.Event_START_CONTAINER) != c.want || !mask.IsSet(api.Event_CREATE_CONTAINER) {
+			t.Errorf("%s, any runtime %v: events %v, %v: want StartContainer %v", c.runtime, c.any, mask, err, c.want)
+		}
+		adj, _, err := p.adj.Adjust(&api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}, ctrWith("c", nil, nil))
+		if err != nil || (adj.GetAnnotations()[request.AnnotationStage] != "") != c.want || (len(adj.GetHooks().GetCreateRuntime()) == 0) != c.want {
+			t.Errorf("%s, any runtime %v: the adjustment's stage annotation and hooks: %v, %v", c.runtime, c.any, adj, err)
+		}
+	}
 	a := newTestAdjuster(t, Config{StageInPlugin: true})
 	p := NewPlugin(a, nil, nil)
-	mask, err := p.Configure(context.Background(), "", "test", "1")
-	if err != nil || !mask.IsSet(api.Event_START_CONTAINER) || !mask.IsSet(api.Event_CREATE_CONTAINER) {
-		t.Fatalf("events %v, %v: want CreateContainer and StartContainer", mask, err)
+	if _, err := p.Configure(context.Background(), "", "containerd", "2.4.2"); err != nil {
+		t.Fatal(err)
 	}
 	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
 	if err := p.StartContainer(context.Background(), pod, ctrWith("c", nil, nil)); err != nil {
@@ -117,7 +134,7 @@ func TestStartContainerStage(t *testing.T) {
 	}
 
 	withHook := NewPlugin(newTestAdjuster(t, Config{}), nil, nil)
-	if mask, _ := withHook.Configure(context.Background(), "", "test", "1"); mask.IsSet(api.Event_START_CONTAINER) {
+	if mask, _ := withHook.Configure(context.Background(), "", "containerd", "1"); mask.IsSet(api.Event_START_CONTAINER) {
 		t.Error("a plugin whose hook runs the steps subscribed to StartContainer")
 	}
 }
@@ -138,7 +155,7 @@ func metricsText(t *testing.T, m *Metrics) string {
 // steps the plugin runs (created, not started): started once the plugin is gone, it would
 // get none.
 func TestStopWaitsForStagedStarts(t *testing.T) {
-	p := NewPlugin(newTestAdjuster(t, Config{StageInPlugin: true}), nil, nil)
+	p := NewPlugin(newTestAdjuster(t, Config{StageInPlugin: true, StageAnyRuntime: true}), nil, nil)
 	_, stop := startRuntimeSide(t, p)
 	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
 	ctr := &api.Container{Id: "c1", Name: "c"}

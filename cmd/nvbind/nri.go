@@ -75,7 +75,7 @@ otherwise it dials --socket and dials again whenever the runtime restarts.`,
 	fl.StringSliceVar(&f.allNS, "all-gpus-namespaces", nil, "namespaces that may request every GPU with \"all\" (default: none; an env request of all elsewhere is ignored)")
 	fl.StringVar(&f.metricsAddr, "metrics-address", ":9402", "address of /metrics, /readyz, /livez and /healthz (empty: off)")
 	fl.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "how often discovery runs again to pick up driver and MIG changes")
-	fl.StringVar(&f.stage, "stage", stageAuto, "who runs the driver's steps in a GPU container (links, ld cache, params): hook (nvbind-hook, a process in the runtime's createRuntime stage), plugin (the plugin itself at StartContainer, before the container's process runs), or auto: plugin where it may (root in the host's namespaces), else hook; a container with a user namespace of its own always gets the hook")
+	fl.StringVar(&f.stage, "stage", stageAuto, "who runs the driver's steps in a GPU container (links, ld cache, params): hook (nvbind-hook, a process in the runtime's createRuntime stage), plugin (the plugin itself at StartContainer, before the container's process runs), or auto: plugin with containerd where it may (root in the host's namespaces), else hook (CRI-O starts a container whose plugin steps failed); a container with a user namespace of its own always gets the hook")
 	fl.BoolVar(&f.devChar, "dev-char-links", true, "keep /dev/char/<major>:<minor> links for NVIDIA's device nodes under the dev root (without them systemctl daemon-reload takes GPUs from running containers)")
 	return cmd
 }

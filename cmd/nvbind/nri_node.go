@@ -34,6 +34,7 @@ func (f *nriFlags) run(ctx context.Context, log *slog.Logger) error {
 	}
 	adj, err := nriplugin.NewAdjuster(nriplugin.Config{
 		StageInPlugin:     inPlugin,
+		StageAnyRuntime:   f.stage == stagePlugin,
 		Layouts:           layouts,
 		Spec:              so,
 		CDIMode:           f.cdiMode,
