@@ -58,6 +58,9 @@ type Options struct {
 	// paramsTree is a detached mount of the params copy, made before a thread entered the
 	// container's mount namespace (RunInContainer): moved onto the container's file there
 	paramsTree *os.File
+	// inContainer says the actions run from RunInContainer: in the container's namespace,
+	// where /run and /proc are the container's
+	inContainer bool
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
@@ -246,6 +249,9 @@ func protectDeviceNodes(r *containerRoot, o Options, log io.Writer) error {
 			return fmt.Errorf("bind params copy over %s: %w", target, err)
 		}
 		return nil
+	}
+	if o.inContainer {
+		return errors.New("no params copy was made before entering the container's namespace")
 	}
 	src, err := hostCopy(modified)
 	if err != nil {

@@ -8,18 +8,24 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
+
+	"github.com/nvbind/nvbind/internal/fileio"
 )
 
 // RunInContainer applies the actions to a container the runtime has created and not yet
 // started, from a long-lived process on the host (nvbind's NRI plugin at StartContainer),
 // instead of from a hook process the runtime starts for it. The container's process pid
-// waits for the start, pivoted into the container's root, in its namespaces: its root
-// (/proc/PID/root) is the root the actions resolve every path in, with the guarantees
-// the hook gives against a hostile image, and a thread of this process enters its mount
-// namespace for the mounts (the params copy) and for the root's write access.
+// waits for the start, pivoted into the container's root, in its namespaces and in a
+// cgroup whose path names the container's id: its root (/proc/PID/root) is the root the
+// actions resolve every path in, with the guarantees the hook gives against a hostile
+// image, and a thread of this process enters its mount namespace for the mounts (the
+// params copy) and for the root's write access. A pid that is no such process (the
+// host's, one in this process's namespace, a virtual machine's of a sandboxed runtime)
+// is refused.
 //
 // The caller needs what a runtime has: CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE
 // in the host's user namespace, the host's pid namespace, and the new mount API (Linux
@@ -28,24 +34,52 @@ import (
 //
 // A root the runtime made read-only (readonlyRootfs) is made writable for the time of the
 // actions and read-only again, as it is at createRuntime, where the hook runs; nothing in
-// the container runs before its start.
-func RunInContainer(_ context.Context, pid int, o Options) error {
+// the container runs before its start. RunInContainer returns once ctx is done, with its
+// error, whatever is left to do: the caller fails the container's start then.
+func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
 	if pid <= 1 {
-		return fmt.Errorf("the container's pid is %d: the runtime gave none for the created container", pid)
+		return fmt.Errorf("the container's pid %d is no created container's (the runtime gave none?)", pid)
+	}
+	// a pidfd pins the process: while it lives, what /proc/PID opens is its
+	pidfd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return fmt.Errorf("the container's process %d: %w", pid, err)
+	}
+	defer func() { _ = unix.Close(pidfd) }()
+	if err := inCgroupOf(pid, id); err != nil {
+		return err
 	}
 	nsPath := fmt.Sprintf("/proc/%d/ns/mnt", pid)
 	ns, err := os.Open(nsPath) //nolint:gosec // /proc/PID of the runtime's pid, never a container path
 	if err != nil {
 		return fmt.Errorf("the container's mount namespace: %w", err)
 	}
-	defer func() { _ = ns.Close() }()
-	if same, err := sameNamespace(nsPath, "/proc/self/ns/mnt"); err != nil {
-		return err
-	} else if same {
-		return fmt.Errorf("process %d is in nvbind's mount namespace: it is no container", pid)
+	// the handles go to the thread that does the actions, which closes them once done: a
+	// handle closed under it, its number taken by another file, would lead it elsewhere
+	var handles []io.Closer
+	handedOver := false
+	closeAll := func() {
+		for _, h := range handles {
+			_ = h.Close()
+		}
+	}
+	defer func() {
+		if !handedOver {
+			closeAll()
+		}
+	}()
+	handles = append(handles, ns)
+	for _, other := range []string{"/proc/self/ns/mnt", "/proc/1/ns/mnt"} {
+		same, err := sameNamespace(nsPath, other)
+		if err != nil && other == "/proc/self/ns/mnt" {
+			return err
+		}
+		if same {
+			return fmt.Errorf("process %d is in the mount namespace of %s: it is no container", pid, strings.TrimSuffix(strings.TrimPrefix(other, "/proc/"), "/ns/mnt"))
+		}
 	}
 	if same, err := sameNamespace(fmt.Sprintf("/proc/%d/ns/user", pid), "/proc/self/ns/user"); err != nil {
 		return err
@@ -57,21 +91,21 @@ func RunInContainer(_ context.Context, pid int, o Options) error {
 		return fmt.Errorf("the container's root: %w", err)
 	}
 	r := &containerRoot{path: "/", fd: root, dirs: map[string]*os.File{}}
-	defer func() { _ = r.Close() }()
+	handles = append(handles, r)
 	// a process of the host's (in a mount namespace of a service of its own) has its root
-	var got, host unix.Stat_t
+	var got unix.Stat_t
 	if err := unix.Fstat(int(root.Fd()), &got); err != nil {
 		return fmt.Errorf("the container's root: %w", err)
 	}
-	if err := unix.Stat("/", &host); err != nil {
-		return err
+	for _, other := range []string{"/", "/proc/1/root"} {
+		var host unix.Stat_t
+		if unix.Stat(other, &host) == nil && got.Dev == host.Dev && got.Ino == host.Ino {
+			return fmt.Errorf("process %d has the root of %s: it is no container", pid, other)
+		}
 	}
-	if got.Dev == host.Dev && got.Ino == host.Ino {
-		return fmt.Errorf("process %d has the host's root: it is no container", pid)
-	}
-	// the pid still names the process whose namespace is open: the root is that process's
-	if same, err := sameNamespace(nsPath, "/proc/self/fd/"+fmt.Sprint(ns.Fd())); err != nil || !same {
-		return errors.Join(fmt.Errorf("process %d ended while its container was opened", pid), err)
+	// the process still lives: the handles are its
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+		return fmt.Errorf("the container's process %d ended while its container was opened: %w", pid, err)
 	}
 	// the mount's source is made in this process's namespace, which the thread leaves
 	if o.ProtectDeviceNodes {
@@ -80,30 +114,85 @@ func RunInContainer(_ context.Context, pid int, o Options) error {
 		}
 		o.hostParamsRead = true
 		if modified, changed := setModifyDeviceFiles(o.hostParams); o.hostParams != nil && changed {
-			var done func()
-			if o.paramsTree, done, err = detachedCopy(modified); err != nil {
+			if o.paramsTree, err = detachedCopy(modified); err != nil {
 				return fmt.Errorf("disable-device-node-modification: %w", err)
 			}
-			defer done()
+			handles = append(handles, o.paramsTree)
 		}
 	}
+	o.inContainer = true
 	// the lookups that reopen a handle go through /proc/thread-self: a procfs of this
 	// process's pid namespace, opened here, where /proc is the host's
 	if h, err := pathrs.Reopen(root, unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
 		_ = h.Close()
 	}
 	done := make(chan error, 1)
+	handedOver = true
 	go func() {
-		// never unlocked: the thread, in the container's namespace, ends with the goroutine
+		defer closeAll()
 		runtime.LockOSThread()
-		done <- inNamespace(int(ns.Fd()), r, o)
+		if unix.Gettid() != unix.Getpid() {
+			// never unlocked: the thread, in the container's namespace, ends with the
+			// goroutine
+			done <- inNamespace(ctx, int(ns.Fd()), r, o)
+			return
+		}
+		// the process's first thread, which Go keeps when its goroutine ends locked
+		// rather than ending it: it stays here, in this namespace, while another does it
+		inner := make(chan error, 1)
+		go func() {
+			runtime.LockOSThread()
+			inner <- inNamespace(ctx, int(ns.Fd()), r, o)
+		}()
+		err := <-inner
+		runtime.UnlockOSThread()
+		done <- err
 	}()
-	return <-done
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("the driver's steps in the container took too long: %w", context.Cause(ctx))
+	}
+}
+
+// inCgroupOf checks that process pid is in a cgroup whose path names the container's id
+// (runc under containerd and CRI-O, crun: cri-containerd-ID.scope, crio-ID.scope,
+// .../ID): what a runtime reports as a container's process and is not (a sandboxed
+// runtime's virtual machine, a host process) is in none. An empty id checks nothing.
+func inCgroupOf(pid int, id string) error {
+	if id == "" {
+		return nil
+	}
+	p := fmt.Sprintf("/proc/%d/cgroup", pid)
+	data, err := fileio.ReadFile(p, maxSmallFile)
+	if err != nil {
+		return fmt.Errorf("the container's process: %w", err)
+	}
+	for line := range strings.SplitSeq(string(data), "\n") {
+		_, path, _ := strings.Cut(line, "::")
+		if path == "" {
+			if i := strings.LastIndexByte(line, ':'); i >= 0 {
+				path = line[i+1:]
+			}
+		}
+		for part := range strings.SplitSeq(path, "/") {
+			if part == id || strings.HasSuffix(strings.TrimSuffix(part, ".scope"), "-"+id) || strings.HasSuffix(part, ":"+id) {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("process %d is in no cgroup of container %s: it is not the container's own process (a sandboxed runtime's?): its container needs the hook", pid, id)
 }
 
 // inNamespace enters the mount namespace ns with the calling thread and runs the actions
-// on root r there, the root made writable for their time.
-func inNamespace(ns int, r *containerRoot, o Options) (err error) {
+// on root r there, the root made writable for their time (unless ctx is done by then).
+func inNamespace(ctx context.Context, ns int, r *containerRoot, o Options) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("the driver's steps failed: %v", p)
+		}
+	}()
 	if err := unix.Unshare(unix.CLONE_FS); err != nil {
 		return fmt.Errorf("unshare CLONE_FS: %w", err)
 	}
@@ -116,16 +205,22 @@ func inNamespace(ns int, r *containerRoot, o Options) (err error) {
 		return fmt.Errorf("the container's root: %w", err)
 	}
 	if sf.Flags&unix.ST_RDONLY != 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if err := setReadOnly(rfd, false); err != nil {
 			return fmt.Errorf("make the read-only root writable for the hook's actions: %w", err)
 		}
-		defer func() {
-			if rerr := setReadOnly(rfd, true); rerr != nil {
-				err = errors.Join(err, fmt.Errorf("make the root read-only again: %w", rerr))
-			}
-		}()
+		// where the file system itself is read-only, the mount was not: nothing to restore
+		if unix.Fstatfs(rfd, &sf) == nil && sf.Flags&unix.ST_RDONLY == 0 {
+			defer func() {
+				if rerr := setReadOnly(rfd, true); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("make the root read-only again: %w", rerr))
+				}
+			}()
+		}
 	}
-	return runIn(context.Background(), r, o)
+	return runIn(ctx, r, o)
 }
 
 // setReadOnly sets or clears the read-only flag of the mount of handle fd alone.
@@ -139,29 +234,50 @@ func setReadOnly(fd int, ro bool) error {
 	return unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, a)
 }
 
-// detachedCopy returns a detached, read-only mount of a new file holding data: made from
-// hostCopy's file in this process's mount namespace, to be moved onto a file of another
-// (move_mount), where no path of this namespace is reached. done closes it and removes
-// the file's folder, once it is moved: a file no folder holds cannot be mounted.
-func detachedCopy(data []byte) (tree *os.File, done func(), err error) {
-	src, err := hostCopy(data)
+// detachedCopy returns a detached, read-only mount of a new file holding data, on a
+// tmpfs of its own that no path reaches: to be moved onto a file of another mount
+// namespace (move_mount). Nothing is left behind once it is closed, or if the process is
+// killed.
+func detachedCopy(data []byte) (*os.File, error) {
+	fsfd, err := unix.Fsopen("tmpfs", unix.FSOPEN_CLOEXEC)
 	if err != nil {
-		return nil, nil, err
+		return nil, fmt.Errorf("fsopen tmpfs: %w", err)
 	}
-	rm := func() { _ = src.Close(); _ = os.RemoveAll(filepath.Dir(src.Name())) }
-	fd, err := unix.OpenTree(int(src.Fd()), "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
+	defer func() { _ = unix.Close(fsfd) }()
+	if err := unix.FsconfigSetString(fsfd, "mode", "0755"); err != nil {
+		return nil, fmt.Errorf("fsconfig tmpfs: %w", err)
+	}
+	if err := unix.FsconfigCreate(fsfd); err != nil {
+		return nil, fmt.Errorf("fsconfig create tmpfs: %w", err)
+	}
+	mfd, err := unix.Fsmount(fsfd, unix.FSMOUNT_CLOEXEC, unix.MOUNT_ATTR_NOSUID|unix.MOUNT_ATTR_NODEV|unix.MOUNT_ATTR_NOEXEC)
 	if err != nil {
-		rm()
-		return nil, nil, fmt.Errorf("open_tree of the params copy: %w", err)
+		return nil, fmt.Errorf("fsmount tmpfs: %w", err)
 	}
-	tree = os.NewFile(uintptr(fd), "params")
-	done = func() { _ = tree.Close(); rm() }
+	defer func() { _ = unix.Close(mfd) }()
+	fd, err := unix.Openat(mfd, "params", unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o444)
+	if err != nil {
+		return nil, fmt.Errorf("create the params copy: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "params")
+	_, err = f.Write(data)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("write the params copy: %w", err)
+	}
+	tfd, err := unix.OpenTree(mfd, "params", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("open_tree of the params copy: %w", err)
+	}
+	tree := os.NewFile(uintptr(tfd), "params")
 	a := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV | unix.MOUNT_ATTR_NOEXEC}
-	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH, a); err != nil {
-		done()
-		return nil, nil, fmt.Errorf("make the params copy read-only: %w", err)
+	if err := unix.MountSetattr(tfd, "", unix.AT_EMPTY_PATH, a); err != nil {
+		_ = tree.Close()
+		return nil, fmt.Errorf("make the params copy read-only: %w", err)
 	}
-	return tree, done, nil
+	return tree, nil
 }
 
 // The inode numbers of the first user and pid namespaces (include/linux/proc_ns.h).
@@ -201,9 +317,15 @@ func InContainerSupported() error {
 			return fmt.Errorf("not in the host's %s namespace", filepath.Base(n.file))
 		}
 	}
-	// a call with no handle answers EBADF where the kernel has it, ENOSYS where not
-	if err := unix.MountSetattr(-1, "", unix.AT_EMPTY_PATH, &unix.MountAttr{}); errors.Is(err, unix.ENOSYS) {
-		return errors.New("the kernel has no mount_setattr (Linux 5.12)")
+	// the params copy is what needs most of the new mount API: made here once
+	tree, err := detachedCopy([]byte("ModifyDeviceFiles: 0\n"))
+	if err != nil {
+		return fmt.Errorf("the new mount API (Linux 5.12): %w", err)
 	}
-	return nil
+	_ = tree.Close()
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		return fmt.Errorf("pidfd_open (Linux 5.3): %w", err)
+	}
+	return unix.Close(fd)
 }

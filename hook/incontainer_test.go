@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -117,7 +118,7 @@ func TestRunInContainer(t *testing.T) {
 		root := filepath.Join(b, "rootfs")
 		pid := createdContainer(t, root, src, mnt, ro)
 		o := stageOptions(t, args)
-		if err := RunInContainer(context.Background(), pid, o); err != nil {
+		if err := RunInContainer(context.Background(), pid, "", o); err != nil {
 			t.Fatalf("read-only root %v: %v", ro, err)
 		}
 		if got := tree(t, root); got != want {
@@ -139,7 +140,7 @@ func TestRunInContainer(t *testing.T) {
 	pid := createdContainer(t, filepath.Join(b, "rootfs"), src, mnt, true)
 	o := stageOptions(t, args)
 	o.HostParams = filepath.Join(b, "params")
-	if err := RunInContainer(context.Background(), pid, o); err != nil {
+	if err := RunInContainer(context.Background(), pid, "", o); err != nil {
 		t.Fatal(err)
 	}
 	inside := fmt.Sprintf("/proc/%d/root/proc/driver/nvidia/params", pid)
@@ -162,15 +163,71 @@ func TestRunInContainer(t *testing.T) {
 	b, src, mnt = layoutAside(t, bundle, 0)
 	before := tree(t, b)
 	hostRoot := inMountNamespace(t, "mount --bind "+src+" "+mnt)
-	for pid, why := range map[int]string{0: "the runtime gave none", 1: "the runtime gave none", os.Getpid(): "is in nvbind's mount namespace",
-		hostRoot: "has the host's root", 1 << 30: "the container's mount namespace"} {
-		err := RunInContainer(context.Background(), pid, stageOptions(t, args))
+	for pid, why := range map[int]string{0: "is no created container's", 1: "is no created container's", os.Getpid(): "is in the mount namespace of self",
+		hostRoot: "has the root of /", 1 << 30: "the container's process"} {
+		err := RunInContainer(context.Background(), pid, "", stageOptions(t, args))
 		if err == nil || !strings.Contains(err.Error(), why) {
 			t.Errorf("pid %d: %v, want %q", pid, err, why)
 		}
 	}
+	// a created container's process in no cgroup of the id the runtime gives (a sandboxed
+	// runtime's virtual machine, say): refused
+	pid = createdContainer(t, filepath.Join(b, "rootfs"), src, mnt, false)
+	if err := RunInContainer(context.Background(), pid, "0123456789abcdef", stageOptions(t, args)); err == nil || !strings.Contains(err.Error(), "is in no cgroup of container 0123456789abcdef") {
+		t.Errorf("a process of another cgroup: %v", err)
+	}
 	if after := tree(t, b); after != before {
 		t.Error("a refused pid changed the bundle")
+	}
+	// a deadline passed: an error at once
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := RunInContainer(ctx, pid, "", stageOptions(t, args)); err == nil {
+		t.Error("RunInContainer with its context done succeeded")
+	}
+}
+
+// TestRunInContainerLeavesNoThreadInside: whichever thread runs the actions, the
+// process's threads are all in its own mount namespace afterwards (Go keeps the first
+// thread when a goroutine ends locked to it, rather than ending it: one left in the
+// container's namespace would keep it, and its mounts, alive), from many calls at once.
+func TestRunInContainerLeavesNoThreadInside(t *testing.T) {
+	testutil.RequiresRoot(t)
+	if err := InContainerSupported(); err != nil {
+		t.Skip("RunInContainer cannot work here:", err)
+	}
+	bundle, args := layoutBundle(t, "")
+	var own unix.Stat_t
+	if err := unix.Stat("/proc/self/ns/mnt", &own); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		var pids []int
+		for range 4 {
+			b, src, mnt := layoutAside(t, bundle, 0)
+			pids = append(pids, createdContainer(t, filepath.Join(b, "rootfs"), src, mnt, false))
+		}
+		errs := make(chan error, len(pids))
+		for _, pid := range pids {
+			go func() { errs <- RunInContainer(context.Background(), pid, "", stageOptions(t, args)) }()
+		}
+		for range pids {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		// a thread that did the actions ends just after it answered
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			inside := threadsElsewhere(t, own.Ino)
+			if len(inside) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("threads %v (the process is %d) are in another mount namespace after RunInContainer", inside, os.Getpid())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
 
@@ -194,8 +251,25 @@ func BenchmarkRunInContainer(b *testing.B) {
 		o := OptionsOf(a)
 		o.GPUMinors = []int{0}
 		b.StartTimer()
-		if err := RunInContainer(context.Background(), pid, o); err != nil {
+		if err := RunInContainer(context.Background(), pid, "", o); err != nil {
 			b.Fatal(err)
 		}
 	}
+}
+
+// threadsElsewhere lists the process's threads whose mount namespace is not ino.
+func threadsElsewhere(t *testing.T, ino uint64) []string {
+	t.Helper()
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, task := range tasks {
+		var st unix.Stat_t
+		if err := unix.Stat("/proc/self/task/"+task.Name()+"/ns/mnt", &st); err == nil && st.Ino != ino {
+			out = append(out, task.Name())
+		}
+	}
+	return out
 }
