@@ -70,6 +70,9 @@ type Decision struct {
 	Caps    gpu.Capabilities
 	// Skipped explains a request that was ignored rather than failed.
 	Skipped string
+	// Stage is the hook's arguments, where the plugin runs them at StartContainer instead
+	// of naming the hook.
+	Stage *hookargs.Args
 }
 
 // prepared is an inventory turned into ready adjustment parts: the resolver, each
@@ -95,11 +98,10 @@ type commonParts struct {
 	layoutOthers map[string]bool
 	caps         gpu.Capabilities
 	err          error
-	// stageID names the hook's arguments of these edits (stageName), when the plugin may
-	// run them itself; stages holds the arguments of each way of injecting the driver
-	// (the layout, one mount per file) by name, for a container created in the other
+	// stage is the hook's arguments of these edits, when the plugin may run them itself;
+	// stageID names them (the first 16 hex digits of the SHA-256 of the command line)
+	stage   *hookargs.Args
 	stageID string
-	stages  map[string]hookargs.Args
 }
 
 // Adjuster turns container requests into NRI adjustments against the current inventory.
@@ -185,7 +187,7 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	}
 	cp.nriEdits = toNRI(e)
 	cp.paths = append(cp.paths, mountPaths(e))
-	cp.stageID = cp.addStage(e, so.HookPath)
+	cp.stage, cp.stageID = stageOf(e, so.HookPath)
 	if cp.plan != nil {
 		// what a spec may have given instead: its layout, or one mount per file (a spec
 		// not in /run)
@@ -195,7 +197,6 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 		}
 		if oe, err := request.Edits(p.Inventory(), nil, caps, other); err == nil {
 			cp.paths = append(cp.paths, mountPaths(oe))
-			cp.addStage(oe, so.HookPath)
 			if so.LayoutBase == "" {
 				cp.layoutOthers = layoutOthers(oe)
 			}
@@ -213,25 +214,20 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 	return actual.(*commonParts)
 }
 
-// addStage keeps the arguments of edits e's hook, where e has one hook, nvbind's, and
-// returns their name: the first 16 hex digits of the SHA-256 of the command line; "" where
-// the plugin cannot run it itself.
-func (cp *commonParts) addStage(e spec.Edits, hookPath string) string {
+// stageOf returns the arguments of edits e's hook, where e has one hook, nvbind's, and
+// their name: the first 16 hex digits of the SHA-256 of the command line; nil where the
+// plugin cannot run it itself.
+func stageOf(e spec.Edits, hookPath string) (*hookargs.Args, string) {
 	if len(e.Hooks) != 1 || e.Hooks[0].Path != hookPath || len(e.Hooks[0].Args) < 1 {
-		return ""
+		return nil, ""
 	}
 	argv := e.Hooks[0].Args[1:]
 	a, err := hookargs.Decode(argv)
 	if err != nil {
-		return ""
+		return nil, ""
 	}
 	sum := sha256.Sum256([]byte(strings.Join(argv, "\x00")))
-	id := hex.EncodeToString(sum[:8])
-	if cp.stages == nil {
-		cp.stages = map[string]hookargs.Args{}
-	}
-	cp.stages[id] = a
-	return id
+	return &a, hex.EncodeToString(sum[:8])
 }
 
 // layoutOthers are the paths of the layout edits' mounts besides the layout (sockets).
@@ -417,9 +413,11 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	adj.Mounts = cp.mounts
 	switch {
 	case cp.hooks == nil:
-	case a.staging.Load() && cp.stageID != "" && !hasUserNamespace(ctr):
-		// the plugin runs the hook's actions at StartContainer: the annotation says which
+	case a.staging.Load() && cp.stage != nil && !hasUserNamespace(ctr):
+		// the plugin runs the hook's actions at StartContainer, from its own record: the
+		// annotation marks the container, and names them for whoever reads its spec
 		adj.AddAnnotation(request.AnnotationStage, req.Caps.String()+"@"+cp.stageID)
+		dec.Stage = cp.stage
 	default:
 		adj.AddHooks(cp.hooks)
 	}
@@ -478,30 +476,4 @@ func hasUserNamespace(ctr *api.Container) bool {
 		}
 	}
 	return false
-}
-
-// ErrStage is a container whose stage annotation names no driver edits the plugin has.
-var ErrStage = errors.New("the container's driver steps are not the plugin's")
-
-// Stage returns the hook's arguments that the stage annotation's value v names
-// ("CAPS@ID", as Adjust wrote it) in the current inventory's edits: the plugin's own,
-// whatever the annotation holds.
-func (a *Adjuster) Stage(v string) (hookargs.Args, error) {
-	c, id, ok := strings.Cut(v, "@")
-	if !ok || len(v) > 256 {
-		return hookargs.Args{}, fmt.Errorf("%w: annotation %s=%.64q: want CAPABILITIES@ID", ErrStage, request.AnnotationStage, v)
-	}
-	caps, err := gpu.ParseCapabilities(c)
-	if err != nil {
-		return hookargs.Args{}, fmt.Errorf("%w: annotation %s: %w", ErrStage, request.AnnotationStage, err)
-	}
-	p := a.state.Load()
-	if p == nil {
-		return hookargs.Args{}, ErrNoInventory
-	}
-	cp := a.commonFor(p, caps)
-	if args, ok := cp.stages[id]; ok {
-		return args, nil
-	}
-	return hookargs.Args{}, fmt.Errorf("%w: %s names steps of another driver inventory than this one (the driver changed since the container was created): create it again", ErrStage, v)
 }

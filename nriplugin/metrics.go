@@ -41,7 +41,7 @@ func NewMetrics(version, commit string) *Metrics {
 			Help: "Times the plugin lost the runtime and dialled again."}),
 		stage: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "nvbind_start_container_duration_seconds",
 			Help:    "Time spent in StartContainer running the hook's actions on a container (links, ld cache, params), where the plugin runs them.",
-			Buckets: []float64{2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 0.25}}),
+			Buckets: []float64{5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2, 0.125, 0.25, 0.5, 1, 2}}),
 		stageFails: prometheus.NewCounter(prometheus.CounterOpts{Name: "nvbind_start_container_failures_total",
 			Help: "Containers whose start the plugin failed because the hook's actions on them failed."}),
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/containerd/nri/pkg/stub"
 
 	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/internal/hookargs"
 	"github.com/nvbind/nvbind/request"
 )
 
@@ -33,54 +34,69 @@ type Plugin struct {
 	draining atomic.Bool
 	// drainTimeout bounds how long a stop waits for calls in flight.
 	drainTimeout time.Duration
-	// staged holds the containers given the stage annotation and not started yet, by id,
-	// with when: a stop waits for their StartContainer too (within drainTimeout), since a
-	// container started once the plugin is gone would get no steps
+	// staged holds the containers whose steps the plugin runs at their start, by id, with
+	// the steps' arguments and when they were created: a container is given only the steps
+	// recorded for it, never what its annotations say; a stop waits for their starts
+	// (within drainTimeout), since a container started once the plugin is gone gets none
 	stagedMu sync.Mutex
-	staged   map[string]time.Time
+	staged   map[string]stagedContainer
 }
 
-// stagedWait is how long after its creation a container's StartContainer holds a stop:
-// the kubelet starts a container right after creating it.
-const stagedWait = 30 * time.Second
+type stagedContainer struct {
+	at   time.Time
+	args hookargs.Args
+}
 
-// markStaged records a container whose steps the plugin runs at its start.
-func (p *Plugin) markStaged(id string) {
+// stagedWait is how long after its creation a container's StartContainer holds a stop
+// (the kubelet starts a container right after creating it); stagedKeep, how long a
+// container's steps are kept for its start.
+const (
+	stagedWait = 30 * time.Second
+	stagedKeep = 10 * time.Minute
+)
+
+// stageTimeout bounds the steps of one container: well within NRI's request timeout (2 s),
+// after which the runtime would drop the plugin and start the container without them.
+const stageTimeout = time.Second
+
+// markStaged records the steps of a container created now.
+func (p *Plugin) markStaged(id string, args hookargs.Args) {
 	p.stagedMu.Lock()
 	defer p.stagedMu.Unlock()
 	if p.staged == nil {
-		p.staged = map[string]time.Time{}
+		p.staged = map[string]stagedContainer{}
 	}
 	now := time.Now()
-	for k, t := range p.staged {
-		if now.Sub(t) > stagedWait {
+	for k, c := range p.staged {
+		if now.Sub(c.at) > stagedKeep {
 			delete(p.staged, k)
 		}
 	}
-	p.staged[id] = now
+	p.staged[id] = stagedContainer{at: now, args: args}
+}
+
+// takeStaged returns and forgets the steps recorded for container id.
+func (p *Plugin) takeStaged(id string) (hookargs.Args, bool) {
+	p.stagedMu.Lock()
+	defer p.stagedMu.Unlock()
+	c, ok := p.staged[id]
+	delete(p.staged, id)
+	return c.args, ok
 }
 
 // pendingStarts counts the containers created in the last stagedWait whose steps have not
-// run; done drops id first.
-func (p *Plugin) pendingStarts(done string) int {
+// run.
+func (p *Plugin) pendingStarts() int {
 	p.stagedMu.Lock()
 	defer p.stagedMu.Unlock()
-	delete(p.staged, done)
 	n := 0
-	for _, t := range p.staged {
-		if time.Since(t) <= stagedWait {
+	for _, c := range p.staged {
+		if time.Since(c.at) <= stagedWait {
 			n++
 		}
 	}
 	return n
 }
-
-var (
-	_ stub.ConfigureInterface       = (*Plugin)(nil)
-	_ stub.SynchronizeInterface     = (*Plugin)(nil)
-	_ stub.CreateContainerInterface = (*Plugin)(nil)
-	_ stub.StartContainerInterface  = (*Plugin)(nil)
-)
 
 // NewPlugin wires an adjuster, a logger and metrics.
 func NewPlugin(adj *Adjuster, log *slog.Logger, m *Metrics) *Plugin {
@@ -147,8 +163,8 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 		adj, dec, err = p.adj.Adjust(pod, ctr)
 	}
 	p.metrics.observe(time.Since(start), dec, err)
-	if _, ok := adj.GetAnnotations()[request.AnnotationStage]; ok && err == nil {
-		p.markStaged(ctr.GetId())
+	if err == nil && dec != nil && dec.Stage != nil {
+		p.markStaged(ctr.GetId(), *dec.Stage)
 	}
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
 	switch {
@@ -165,22 +181,24 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 	return adj, nil, nil
 }
 
-// StartContainer runs the hook's actions on a container the plugin gave the driver
-// without its hook (request.AnnotationStage): the runtime has created it, and starts it
-// once this returns. An error fails the start, which is better than a container without
-// its libraries in the ld cache; the kubelet creates it again.
+// StartContainer runs the driver's steps on a container the plugin gave the driver
+// without its hook (request.AnnotationStage), with the steps recorded at its creation:
+// the runtime has created it, and starts it once this returns. An error fails the start
+// (with containerd), which is better than a container without its libraries in the ld
+// cache; the kubelet creates it again.
 func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
-	v, ok := ctr.GetAnnotations()[request.AnnotationStage]
-	if !ok {
+	if _, ok := ctr.GetAnnotations()[request.AnnotationStage]; !ok {
 		return nil
 	}
 	p.inflight.Add(1)
 	defer p.inflight.Add(-1)
-	defer p.pendingStarts(ctr.GetId())
 	start := time.Now()
 	var notes strings.Builder
-	args, err := p.adj.Stage(v)
-	if err == nil {
+	args, ok := p.takeStaged(ctr.GetId())
+	err := error(nil)
+	if !ok {
+		err = fmt.Errorf("no driver steps recorded for container %.12s (%s set by another nvbind process, or a stale or forged value): it is created again", ctr.GetId(), request.AnnotationStage)
+	} else {
 		o := hook.OptionsOf(args)
 		o.Log = &notes
 		if o.AppProfile {
@@ -191,7 +209,9 @@ func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *a
 			}
 			slices.Sort(o.GPUMinors)
 		}
-		err = hook.RunInContainer(ctx, int(ctr.GetPid()), o)
+		sctx, cancel := context.WithTimeout(ctx, stageTimeout)
+		err = hook.RunInContainer(sctx, int(ctr.GetPid()), ctr.GetId(), o)
+		cancel()
 	}
 	p.metrics.observeStage(time.Since(start), err)
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
@@ -290,12 +310,12 @@ func (p *Plugin) runStub(ctx context.Context, s stub.Stub) error {
 func (p *Plugin) drain() {
 	p.draining.Store(true)
 	n := p.inflight.Load()
-	p.log.Info("stopping: refusing new GPU requests, answering those in flight", "in_flight", n, "starts_pending", p.pendingStarts(""))
+	p.log.Info("stopping: refusing new GPU requests, answering those in flight", "in_flight", n, "starts_pending", p.pendingStarts())
 	deadline := time.Now().Add(p.drainTimeout)
-	for (p.inflight.Load() > 0 || p.pendingStarts("") > 0) && time.Now().Before(deadline) {
+	for (p.inflight.Load() > 0 || p.pendingStarts() > 0) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	if left, starts := p.inflight.Load(), p.pendingStarts(""); left > 0 || starts > 0 {
+	if left, starts := p.inflight.Load(), p.pendingStarts(); left > 0 || starts > 0 {
 		p.log.Warn("stopping with requests still in flight", "in_flight", left, "starts_pending", starts)
 	}
 }

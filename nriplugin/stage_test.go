@@ -3,7 +3,6 @@ package nriplugin
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -16,9 +15,8 @@ import (
 )
 
 // TestStageInPlugin: with StageInPlugin, a GPU container's adjustment names no hook but
-// the stage annotation, whose value Stage turns back into exactly the hook's arguments
-// the adjustment would have named; a container with a user namespace gets the hook; a
-// value the plugin did not write is refused, naming the annotation.
+// carries the stage annotation, and the decision holds exactly the hook's arguments the
+// adjustment would have named; a container with a user namespace gets the hook.
 func TestStageInPlugin(t *testing.T) {
 	t.Parallel()
 	withHook := newTestAdjuster(t, Config{EnvRequests: true, AllNamespaces: []string{"default"}})
@@ -33,7 +31,7 @@ func TestStageInPlugin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		staged, _, err := inPlugin.Adjust(pod, ctrWith("c", nil, nil))
+		staged, dec, err := inPlugin.Adjust(pod, ctrWith("c", nil, nil))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -52,16 +50,16 @@ func TestStageInPlugin(t *testing.T) {
 			norm(staged.GetEnv()) != norm(hooked.GetEnv()) {
 			t.Errorf("%v: the mounts, devices or env differ from the hook's adjustment", ann)
 		}
-		got, err := inPlugin.Stage(v)
-		if err != nil {
-			t.Fatal(err)
+		if dec.Stage == nil {
+			t.Fatalf("%v: no steps in the decision", ann)
 		}
+		got := *dec.Stage
 		want, err := hookargs.Decode(hooks[0].GetArgs()[1:])
 		if err != nil {
 			t.Fatal(err)
 		}
 		if norm(got) != norm(want) {
-			t.Errorf("%v: Stage(%q)\n got %+v\nwant %+v", ann, v, got, want)
+			t.Errorf("%v: the steps\n got %+v\nwant %+v", ann, got, want)
 		}
 
 		// a user namespace of its own: the hook, which alone can join it
@@ -76,17 +74,11 @@ func TestStageInPlugin(t *testing.T) {
 		}
 	}
 
-	for _, v := range []string{"", "compute", "compute@", "compute@0123456789abcdef", "bogus@0123456789abcdef", strings.Repeat("a", 300) + "@x"} {
-		_, err := inPlugin.Stage(v)
-		if !errors.Is(err, ErrStage) || !strings.Contains(err.Error(), request.AnnotationStage) && !strings.Contains(err.Error(), "another driver inventory") {
-			t.Errorf("Stage(%.40q): %v", v, err)
-		}
-	}
 }
 
 // TestStartContainerStage: StartContainer leaves a container without the stage annotation
 // alone, and fails the start of one whose steps cannot run (no pid from the runtime, or
-// steps that are not the plugin's), counting the failure.
+// no steps recorded for it), counting the failure.
 func TestStartContainerStage(t *testing.T) {
 	t.Parallel()
 	// CRI-O starts a container whose plugin's StartContainer failed (it logs a warning):
@@ -112,24 +104,27 @@ func TestStartContainerStage(t *testing.T) {
 		t.Fatal(err)
 	}
 	pod := &api.PodSandbox{Namespace: "default", Annotations: map[string]string{"gpus.nvbind.io": "0"}}
-	if err := p.StartContainer(context.Background(), pod, ctrWith("c", nil, nil)); err != nil {
+	if err := p.StartContainer(context.Background(), pod, &api.Container{Id: "plain", Name: "c"}); err != nil {
 		t.Fatalf("a container without the annotation: %v", err)
 	}
-	adj, _, err := a.Adjust(pod, ctrWith("c", nil, nil))
+	ctr := &api.Container{Id: "c1", Name: "c"}
+	adj, _, err := p.CreateContainer(context.Background(), pod, ctr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctr := ctrWith("c", nil, nil)
-	ctr.Annotations = map[string]string{request.AnnotationStage: adj.GetAnnotations()[request.AnnotationStage]}
-	if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "the runtime gave none") {
+	ctr.Annotations = adj.GetAnnotations()
+	if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "is no created container's") {
 		t.Errorf("no pid: %v", err)
 	}
-	ctr.Annotations[request.AnnotationStage] = "compute,utility@0000000000000000"
-	ctr.Pid = 42
-	if err := p.StartContainer(context.Background(), pod, ctr); !errors.Is(err, ErrStage) {
-		t.Errorf("steps that are not the plugin's: %v", err)
+	// the record is taken by the first start; a container the plugin has no record of
+	// (a forged or stale annotation, another plugin process's) is refused
+	for _, id := range []string{"c1", "c2"} {
+		ctr := &api.Container{Id: id, Name: "c", Pid: 42, Annotations: adj.GetAnnotations()}
+		if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "no driver steps recorded for container "+id) {
+			t.Errorf("%s without a record: %v", id, err)
+		}
 	}
-	if m := metricsText(t, p.metrics); !strings.Contains(m, "nvbind_start_container_failures_total 2") || !strings.Contains(m, "nvbind_start_container_duration_seconds_count 2") {
+	if m := metricsText(t, p.metrics); !strings.Contains(m, "nvbind_start_container_failures_total 3") || !strings.Contains(m, "nvbind_start_container_duration_seconds_count 3") {
 		t.Errorf("metrics:\n%s", m)
 	}
 

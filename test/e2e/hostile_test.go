@@ -923,7 +923,7 @@ func (s *hostileSuite) pluginStart(bundle string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := hook.RunInContainer(ctx, pid, o); err != nil {
+	if err := hook.RunInContainer(ctx, pid, id, o); err != nil {
 		return err.Error(), err
 	}
 	if out, err := exec.CommandContext(ctx, s.runc, "start", id).CombinedOutput(); err != nil {
