@@ -413,7 +413,7 @@ func (a *Adjuster) Adjust(pod *api.PodSandbox, ctr *api.Container) (*api.Contain
 	adj.Mounts = cp.mounts
 	switch {
 	case cp.hooks == nil:
-	case a.staging.Load() && cp.stage != nil && !hasUserNamespace(ctr):
+	case a.staging.Load() && cp.stage != nil && !hasUserNamespace(ctr) && slices.Contains(stageHandlers, pod.GetRuntimeHandler()):
 		// the plugin runs the hook's actions at StartContainer, from its own record: the
 		// annotation marks the container, and names them for whoever reads its spec
 		adj.AddAnnotation(request.AnnotationStage, req.Caps.String()+"@"+cp.stageID)
@@ -466,6 +466,12 @@ func orNone(s []string) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// stageHandlers are the runtime handlers whose containers' processes are the host's
+// (runc, crun; "" is the runtime's default): the plugin runs the steps of their
+// containers. Others (a sandboxed runtime's, whose container runs in a virtual machine, or
+// one of a name nvbind does not know) get the hook.
+var stageHandlers = []string{"", "runc", "crun"}
 
 // hasUserNamespace reports whether the container has a user namespace of its own (or its
 // pod's): only the hook can join one.

@@ -62,6 +62,21 @@ func TestStageInPlugin(t *testing.T) {
 			t.Errorf("%v: the steps\n got %+v\nwant %+v", ann, got, want)
 		}
 
+		// a sandboxed runtime's container (Kata's: its process is a virtual machine's), or
+		// one of a handler nvbind does not know: the hook
+		for _, h := range []string{"kata", "kata-qemu", "gvisor"} {
+			adj, _, err := inPlugin.Adjust(&api.PodSandbox{Namespace: "default", Annotations: ann, RuntimeHandler: h}, ctrWith("c", nil, nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if norm(adj.GetHooks()) != norm(hooked.GetHooks()) || adj.GetAnnotations()[request.AnnotationStage] != "" {
+				t.Errorf("%v: a container of runtime handler %s did not get the hook", ann, h)
+			}
+		}
+		if adj, _, _ := inPlugin.Adjust(&api.PodSandbox{Namespace: "default", Annotations: ann, RuntimeHandler: "runc"}, ctrWith("c", nil, nil)); adj.GetAnnotations()[request.AnnotationStage] == "" {
+			t.Errorf("%v: a container of runtime handler runc got the hook", ann)
+		}
+
 		// a user namespace of its own: the hook, which alone can join it
 		userns := ctrWith("c", nil, nil)
 		userns.Linux = &api.LinuxContainer{Namespaces: []*api.LinuxNamespace{{Type: "user", Path: "/proc/42/ns/user"}}}
