@@ -96,7 +96,11 @@ func (r *containerRoot) dir(dir string, create bool) (*os.File, error) {
 		return h, nil
 	}
 	h, err := r.openat2(dir, unix.O_PATH|unix.O_DIRECTORY)
-	if errors.Is(err, unix.ENOSYS) || (create && errors.Is(err, fs.ErrNotExist)) {
+	if create && errors.Is(err, fs.ErrNotExist) {
+		// the C hook's walk: fewer calls than pathrs' MkdirAllHandle, the same guarantees
+		return r.mkdirAll(dir)
+	}
+	if errors.Is(err, unix.ENOSYS) {
 		if create {
 			h, err = pathrs.MkdirAllHandle(r.fd, dir, 0o755)
 		} else {
@@ -118,6 +122,55 @@ func (r *containerRoot) dir(dir string, create bool) (*os.File, error) {
 	}
 	r.dirs[dir] = h
 	return h, nil
+}
+
+// mkdirAll makes folder dir (clean, absolute, missing) and the folders above it that are
+// missing, as the C hook does: from the deepest folder that is there, resolved inside the
+// root, each missing one is made with mkdirat on its parent's handle and opened with
+// O_NOFOLLOW|O_DIRECTORY, so whatever the image puts at its name meanwhile (a link, a
+// file) is refused, never followed. Each folder's handle is cached.
+func (r *containerRoot) mkdirAll(dir string) (*os.File, error) {
+	cut := len(dir)
+	var parent *os.File
+	for {
+		cut = strings.LastIndexByte(dir[:cut], '/')
+		prefix := dir[:cut]
+		if cut == 0 {
+			prefix = "/"
+		}
+		if h, ok := r.dirs[prefix]; ok {
+			parent = h
+			break
+		}
+		h, err := r.openat2(prefix, unix.O_PATH|unix.O_DIRECTORY)
+		if err == nil {
+			r.dirs[prefix] = h
+			parent = h
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) || cut == 0 {
+			return nil, wrapErr("create folder", dir, err)
+		}
+	}
+	for cut < len(dir) {
+		next := strings.IndexByte(dir[cut+1:], '/')
+		end := len(dir)
+		if next >= 0 {
+			end = cut + 1 + next
+		}
+		name := dir[cut+1 : end]
+		if err := unix.Mkdirat(int(parent.Fd()), name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+			return nil, wrapErr("create folder", dir[:end], err)
+		}
+		fd, err := unix.Openat(int(parent.Fd()), name, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, wrapErr("create folder", dir[:end], err)
+		}
+		parent = os.NewFile(uintptr(fd), dir[:end])
+		r.dirs[dir[:end]] = parent
+		cut = end
+	}
+	return parent, nil
 }
 
 // What a container path holds where a link is to go.
