@@ -280,6 +280,21 @@ func detachedCopy(data []byte) (*os.File, error) {
 	return tree, nil
 }
 
+// A Capability is one of the capabilities RunInContainer needs.
+type Capability struct {
+	Bit  uint
+	Name string
+}
+
+// InContainerCapabilities are the capabilities RunInContainer needs, as a hook has them:
+// to enter a mount namespace and mount (SYS_ADMIN, SYS_CHROOT), to open the files of the
+// container's process, which runc makes undumpable (SYS_PTRACE), and to write in an
+// image's folders whatever their owner and mode (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER).
+var InContainerCapabilities = []Capability{
+	{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_SYS_CHROOT, "CAP_SYS_CHROOT"}, {unix.CAP_SYS_PTRACE, "CAP_SYS_PTRACE"},
+	{unix.CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"}, {unix.CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"}, {unix.CAP_FOWNER, "CAP_FOWNER"},
+}
+
 // The inode numbers of the first user and pid namespaces (include/linux/proc_ns.h).
 const (
 	procUserInitIno = 0xEFFFFFFD
@@ -295,12 +310,9 @@ func InContainerSupported() error {
 	if err := unix.Capget(&hdr, &data[0]); err != nil {
 		return fmt.Errorf("capget: %w", err)
 	}
-	for _, c := range []struct {
-		bit  uint
-		name string
-	}{{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_SYS_CHROOT, "CAP_SYS_CHROOT"}, {unix.CAP_SYS_PTRACE, "CAP_SYS_PTRACE"}} {
-		if data[c.bit/32].Effective&(1<<(c.bit%32)) == 0 {
-			return fmt.Errorf("no %s", c.name)
+	for _, c := range InContainerCapabilities {
+		if data[c.Bit/32].Effective&(1<<(c.Bit%32)) == 0 {
+			return fmt.Errorf("no %s", c.Name)
 		}
 	}
 	// the kernel's first namespaces have fixed inode numbers (PROC_USER_INIT_INO,

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 	"tags.cncf.io/container-device-interface/pkg/parser"
 
+	"github.com/nvbind/nvbind/hook"
 	"github.com/nvbind/nvbind/test/testutil"
 )
 
@@ -517,5 +518,31 @@ func TestRuntimeClass(t *testing.T) {
 	}
 	if rc.Handler != "nvbind" || !strings.Contains(string(snippet), "containerd.runtimes.nvbind]") || !strings.Contains(string(snippet), "nvbind-runtime") {
 		t.Errorf("handler %q does not match the snippet", rc.Handler)
+	}
+}
+
+// TestNRIUnitGrantsTheSteps: the NRI plugin's unit gives it exactly the capabilities the
+// plugin needs to do the driver's steps in containers (hook.InContainerCapabilities), so
+// that --stage auto takes them on a host that installed the unit.
+func TestNRIUnitGrantsTheSteps(t *testing.T) {
+	t.Parallel()
+	data, err := Systemd.ReadFile("systemd/nvbind-nri.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var granted []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapabilityBoundingSet="); ok {
+			granted = append(granted, strings.Fields(v)...)
+		}
+	}
+	var want []string
+	for _, c := range hook.InContainerCapabilities {
+		want = append(want, c.Name)
+	}
+	slices.Sort(granted)
+	slices.Sort(want)
+	if !slices.Equal(granted, want) {
+		t.Errorf("nvbind-nri.service: CapabilityBoundingSet %v, want %v", granted, want)
 	}
 }
