@@ -61,6 +61,9 @@ type Options struct {
 	// inContainer says the actions run from RunInContainer: in the container's namespace,
 	// where /run and /proc are the container's
 	inContainer bool
+	// paramsRoot, when set, is the root the params copy goes onto: the container's own,
+	// where the other actions write through a writable clone of it
+	paramsRoot *os.File
 	// Log receives one line per action that was skipped or changed nothing.
 	Log io.Writer
 }
@@ -127,8 +130,9 @@ func RunInRoot(ctx context.Context, rootPath string, o Options) error {
 	return runIn(ctx, r, o)
 }
 
-// runIn applies the actions to an open container root.
-func runIn(_ context.Context, r *containerRoot, o Options) error {
+// runIn applies the actions to an open container root; it stops between actions (and
+// between links) once ctx is done.
+func runIn(ctx context.Context, r *containerRoot, o Options) error {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
@@ -162,6 +166,9 @@ func runIn(_ context.Context, r *containerRoot, o Options) error {
 		}
 	}
 	for _, l := range o.Links {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if throughFolder(l, linked) {
 			continue
 		}
@@ -173,10 +180,16 @@ func runIn(_ context.Context, r *containerRoot, o Options) error {
 			fmt.Fprintf(o.Log, "create-symlinks: %s %s: left as it is\n", l.Link, note)
 		}
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if len(folders) > 0 {
 		if err := updateLDCache(r, folders, compat, in, o.Log); err != nil {
 			return fmt.Errorf("update-ldcache: %w", err)
 		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if o.ProtectDeviceNodes {
 		if err := protectDeviceNodes(r, o, o.Log); err != nil {
@@ -226,7 +239,11 @@ func protectDeviceNodes(r *containerRoot, o Options, log io.Writer) error {
 		return nil
 	}
 	const target = "/proc/driver/nvidia/params"
-	h, err := pathrs.OpenatInRoot(r.fd, target)
+	root := r.fd
+	if o.paramsRoot != nil {
+		root = o.paramsRoot
+	}
+	h, err := pathrs.OpenatInRoot(root, target)
 	if errors.Is(err, os.ErrNotExist) {
 		fmt.Fprintf(log, "disable-device-node-modification: the container has no %s: nothing to do\n", target)
 		return nil
@@ -266,7 +283,7 @@ func protectDeviceNodes(r *containerRoot, o Options, log io.Writer) error {
 		return fmt.Errorf("bind params copy over %s: %w", target, err)
 	}
 	// remount the new mount read-only: reach it through a fresh handle
-	nh, err := pathrs.OpenatInRoot(r.fd, target)
+	nh, err := pathrs.OpenatInRoot(root, target)
 	if err != nil {
 		return err
 	}

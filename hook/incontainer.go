@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -32,9 +33,9 @@ import (
 // 5.12); InContainerSupported tells. A container with a user namespace of its own is the
 // hook's (a process with threads cannot join one), and is refused here.
 //
-// A root the runtime made read-only (readonlyRootfs) is made writable for the time of the
-// actions and read-only again, as it is at createRuntime, where the hook runs; nothing in
-// the container runs before its start. RunInContainer returns once ctx is done, with its
+// A root the runtime made read-only (readonlyRootfs) stays so: the actions write through a
+// detached clone of its mounts whose top one is writable, as the root is at createRuntime,
+// where the hook runs. RunInContainer returns once ctx is done, with its
 // error, whatever is left to do: the caller fails the container's start then.
 func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	if o.Log == nil {
@@ -103,9 +104,12 @@ func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 			return fmt.Errorf("process %d has the root of %s: it is no container", pid, other)
 		}
 	}
-	// the process still lives: the handles are its
-	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-		return fmt.Errorf("the container's process %d ended while its container was opened: %w", pid, err)
+	// the process still lives: the handles are its (a process of another user answers
+	// EPERM to a signal without CAP_KILL: alive too)
+	if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("the container's process %d ended while its container was opened", pid)
+	} else if err != nil && !errors.Is(err, unix.EPERM) {
+		return fmt.Errorf("the container's process %d: %w", pid, err)
 	}
 	// the mount's source is made in this process's namespace, which the thread leaves
 	if o.ProtectDeviceNodes {
@@ -126,9 +130,16 @@ func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	if h, err := pathrs.Reopen(root, unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
 		_ = h.Close()
 	}
+	// a thread left behind by a call that took too long (a hung file system in the
+	// container) keeps its namespace: only so many at once
+	if running.Add(1) > maxRunning {
+		running.Add(-1)
+		return fmt.Errorf("%d containers' steps still run, past their time: refused until they end", maxRunning)
+	}
 	done := make(chan error, 1)
 	handedOver = true
 	go func() {
+		defer running.Add(-1)
 		defer closeAll()
 		runtime.LockOSThread()
 		if unix.Gettid() != unix.Getpid() {
@@ -152,9 +163,14 @@ func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	case err := <-done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("the driver's steps in the container took too long: %w", context.Cause(ctx))
+		return fmt.Errorf("took too long: %w", context.Cause(ctx))
 	}
 }
+
+// running counts the calls whose actions run; maxRunning bounds them.
+var running atomic.Int32
+
+const maxRunning = 8
 
 // inCgroupOf checks that process pid is in a cgroup whose path names the container's id
 // (runc under containerd and CRI-O, crun: cri-containerd-ID.scope, crio-ID.scope,
@@ -182,11 +198,11 @@ func inCgroupOf(pid int, id string) error {
 			}
 		}
 	}
-	return fmt.Errorf("process %d is in no cgroup of container %s: it is not the container's own process (a sandboxed runtime's?): its container needs the hook", pid, id)
+	return fmt.Errorf("process %d is in no cgroup of container %.12s: not the container's own process (a sandboxed runtime's?); for this runtime, use nri --stage hook", pid, id)
 }
 
 // inNamespace enters the mount namespace ns with the calling thread and runs the actions
-// on root r there, the root made writable for their time (unless ctx is done by then).
+// on root r there (through a writable clone of a read-only root).
 func inNamespace(ctx context.Context, ns int, r *containerRoot, o Options) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
@@ -204,23 +220,23 @@ func inNamespace(ctx context.Context, ns int, r *containerRoot, o Options) (err 
 	if err := unix.Fstatfs(rfd, &sf); err != nil {
 		return fmt.Errorf("the container's root: %w", err)
 	}
-	if sf.Flags&unix.ST_RDONLY != 0 {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if err := setReadOnly(rfd, false); err != nil {
-			return fmt.Errorf("make the read-only root writable for the hook's actions: %w", err)
-		}
-		// where the file system itself is read-only, the mount was not: nothing to restore
-		if unix.Fstatfs(rfd, &sf) == nil && sf.Flags&unix.ST_RDONLY == 0 {
-			defer func() {
-				if rerr := setReadOnly(rfd, true); rerr != nil {
-					err = errors.Join(err, fmt.Errorf("make the root read-only again: %w", rerr))
-				}
-			}()
-		}
+	if sf.Flags&unix.ST_RDONLY == 0 {
+		return runIn(ctx, r, o)
 	}
-	return runIn(ctx, r, o)
+	// the container's root stays read-only: the actions write through a clone of its
+	// mounts whose top one is writable, detached, which nothing of the container reaches
+	// and which goes with its handle; the params copy goes onto the container's own
+	cfd, err := unix.OpenTree(rfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE|unix.AT_EMPTY_PATH)
+	if err != nil {
+		return fmt.Errorf("clone the container's read-only root: %w", err)
+	}
+	w := &containerRoot{path: "/", fd: os.NewFile(uintptr(cfd), "/"), dirs: map[string]*os.File{}}
+	defer func() { _ = w.Close() }()
+	if err := setReadOnly(cfd, false); err != nil {
+		return fmt.Errorf("make a clone of the read-only root writable: %w", err)
+	}
+	o.paramsRoot = r.fd
+	return runIn(ctx, w, o)
 }
 
 // setReadOnly sets or clears the read-only flag of the mount of handle fd alone.
@@ -289,10 +305,10 @@ type Capability struct {
 // InContainerCapabilities are the capabilities RunInContainer needs, as a hook has them:
 // to enter a mount namespace and mount (SYS_ADMIN, SYS_CHROOT), to open the files of the
 // container's process, which runc makes undumpable (SYS_PTRACE), and to write in an
-// image's folders whatever their owner and mode (DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER).
+// image's folders whatever their owner and mode (DAC_OVERRIDE, FOWNER).
 var InContainerCapabilities = []Capability{
 	{unix.CAP_SYS_ADMIN, "CAP_SYS_ADMIN"}, {unix.CAP_SYS_CHROOT, "CAP_SYS_CHROOT"}, {unix.CAP_SYS_PTRACE, "CAP_SYS_PTRACE"},
-	{unix.CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"}, {unix.CAP_DAC_READ_SEARCH, "CAP_DAC_READ_SEARCH"}, {unix.CAP_FOWNER, "CAP_FOWNER"},
+	{unix.CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"}, {unix.CAP_FOWNER, "CAP_FOWNER"},
 }
 
 // The inode numbers of the first user and pid namespaces (include/linux/proc_ns.h).

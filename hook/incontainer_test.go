@@ -8,6 +8,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,8 +30,15 @@ const envCreated = "NVBIND_TEST_CREATED"
 // ends. It returns its pid.
 func createdContainer(t testing.TB, root, src, mnt string, ro bool) int {
 	t.Helper()
+	return createdContainerAs(t, root, src, mnt, ro, 0)
+}
+
+// createdContainerAs is createdContainer whose process then runs as uid (runc's init
+// takes the container's user before it waits for the start).
+func createdContainerAs(t testing.TB, root, src, mnt string, ro bool, uid int) int {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s\n%s\n%s\n%v", envCreated, root, src, mnt, ro))
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%s\n%s\n%s\n%v\n%d", envCreated, root, src, mnt, ro, uid))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -55,6 +64,7 @@ func createdContainer(t testing.TB, root, src, mnt string, ro bool) int {
 func createdChild(spec string) int {
 	f := strings.Split(spec, "\n")
 	root, src, mnt, ro := f[0], f[1], f[2], f[3] == "true"
+	uid, _ := strconv.Atoi(f[4])
 	steps := []struct {
 		src, dst string
 		flags    uintptr
@@ -77,6 +87,12 @@ func createdChild(spec string) int {
 		return 1
 	}
 	_ = os.Chdir("/")
+	if uid != 0 {
+		if err := unix.Setresuid(uid, uid, uid); err != nil {
+			fmt.Fprintln(os.Stderr, "setresuid", err)
+			return 1
+		}
+	}
 	fmt.Println("ready")
 	_, _ = io.Copy(io.Discard, os.Stdin)
 	return 0
@@ -113,13 +129,19 @@ func TestRunInContainer(t *testing.T) {
 	}
 	want := tree(t, filepath.Join(b, "rootfs"))
 
-	for _, ro := range []bool{false, true} {
+	for _, c := range []struct {
+		ro  bool
+		uid int
+	}{{false, 0}, {true, 0}, {true, 1000}} {
+		ro := c.ro
 		b, src, mnt := layoutAside(t, bundle, 0)
 		root := filepath.Join(b, "rootfs")
-		pid := createdContainer(t, root, src, mnt, ro)
+		// a container of another user: its process is undumpable, and answers a signal of
+		// a plugin without CAP_KILL with EPERM
+		pid := createdContainerAs(t, root, src, mnt, ro, c.uid)
 		o := stageOptions(t, args)
-		if err := RunInContainer(context.Background(), pid, "", o); err != nil {
-			t.Fatalf("read-only root %v: %v", ro, err)
+		if err := withoutCapKill(t, c.uid != 0, func() error { return RunInContainer(context.Background(), pid, "", o) }); err != nil {
+			t.Fatalf("read-only root %v, uid %d: %v", ro, c.uid, err)
 		}
 		if got := tree(t, root); got != want {
 			t.Errorf("read-only root %v: RunInContainer and the C hook differ:\n%s\n---\n%s", ro, got, want)
@@ -173,7 +195,7 @@ func TestRunInContainer(t *testing.T) {
 	// a created container's process in no cgroup of the id the runtime gives (a sandboxed
 	// runtime's virtual machine, say): refused
 	pid = createdContainer(t, filepath.Join(b, "rootfs"), src, mnt, false)
-	if err := RunInContainer(context.Background(), pid, "0123456789abcdef", stageOptions(t, args)); err == nil || !strings.Contains(err.Error(), "is in no cgroup of container 0123456789abcdef") {
+	if err := RunInContainer(context.Background(), pid, "0123456789abcdef", stageOptions(t, args)); err == nil || !strings.Contains(err.Error(), "is in no cgroup of container 0123456789ab:") {
 		t.Errorf("a process of another cgroup: %v", err)
 	}
 	if after := tree(t, b); after != before {
@@ -272,4 +294,31 @@ func threadsElsewhere(t *testing.T, ino uint64) []string {
 		}
 	}
 	return out
+}
+
+// withoutCapKill runs f on a thread without CAP_KILL in its effective set where drop is
+// set (as nvbind-nri.service runs the plugin), and restores it after.
+func withoutCapKill(t *testing.T, drop bool, f func() error) error {
+	t.Helper()
+	if !drop {
+		return f()
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data, saved [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	saved = data
+	data[unix.CAP_KILL/32].Effective &^= 1 << (unix.CAP_KILL % 32)
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if err := unix.Capset(&hdr, &saved[0]); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	return f()
 }
