@@ -117,7 +117,8 @@ type Adjuster struct {
 // stageFor decides, for the runtime that configures the plugin, whether the plugin runs
 // the driver's steps itself, and returns it.
 func (a *Adjuster) stageFor(runtime string) bool {
-	on := a.cfg.StageInPlugin && (a.cfg.StageAnyRuntime || runtime == "containerd")
+	// containerd 2.0.0 to 2.0.3 name themselves "v2"
+	on := a.cfg.StageInPlugin && (a.cfg.StageAnyRuntime || runtime == "containerd" || runtime == "v2")
 	a.staging.Store(on)
 	return on
 }

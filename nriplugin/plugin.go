@@ -187,17 +187,17 @@ func (p *Plugin) CreateContainer(_ context.Context, pod *api.PodSandbox, ctr *ap
 // (with containerd), which is better than a container without its libraries in the ld
 // cache; the kubelet creates it again.
 func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *api.Container) error {
-	if _, ok := ctr.GetAnnotations()[request.AnnotationStage]; !ok {
+	args, ok := p.takeStaged(ctr.GetId())
+	if _, marked := ctr.GetAnnotations()[request.AnnotationStage]; !ok && !marked {
 		return nil
 	}
 	p.inflight.Add(1)
 	defer p.inflight.Add(-1)
 	start := time.Now()
 	var notes strings.Builder
-	args, ok := p.takeStaged(ctr.GetId())
 	err := error(nil)
 	if !ok {
-		err = fmt.Errorf("no driver steps recorded for container %.12s (%s set by another nvbind process, or a stale or forged value): it is created again", ctr.GetId(), request.AnnotationStage)
+		err = fmt.Errorf("none recorded (%s set by another nvbind process, or a stale or forged value): create the container again", request.AnnotationStage)
 	} else {
 		o := hook.OptionsOf(args)
 		o.Log = &notes
@@ -217,7 +217,7 @@ func (p *Plugin) StartContainer(ctx context.Context, pod *api.PodSandbox, ctr *a
 	attrs := []any{"namespace", pod.GetNamespace(), "pod", pod.GetName(), "container", ctr.GetName()}
 	if err != nil {
 		p.log.Warn("the driver's steps failed: the container does not start", append(attrs, slog.Any("error", err))...)
-		return fmt.Errorf("nvbind: the driver's steps in the container (links, ld cache): %w", err)
+		return fmt.Errorf("nvbind: the driver's steps (links, ld cache) for container %.12s: %w", ctr.GetId(), err)
 	}
 	if notes.Len() > 0 {
 		p.log.Debug("the driver's steps", append(attrs, "notes", strings.TrimSpace(notes.String()))...)
@@ -240,6 +240,12 @@ func (p *Plugin) Run(ctx context.Context, o RunOptions) error {
 	backoff := 100 * time.Millisecond
 	for {
 		opts := []stub.Option{stub.WithLogger(nriLogger{p.log})}
+		if p.adj.cfg.StageInPlugin {
+			// a plugin that times out or is lost while it does a container's steps fails
+			// the request rather than letting the container start without them (a runtime
+			// with NRI 0.12.5 or later; older ones ignore it)
+			opts = append(opts, stub.WithFailurePolicy(&api.FailurePolicy{FailRequest: true}))
+		}
 		if o.Name != "" { // pre-registered plugins get name and index from the runtime
 			opts = append(opts, stub.WithPluginName(o.Name))
 		}

@@ -135,7 +135,7 @@ func TestStartContainerStage(t *testing.T) {
 	// (a forged or stale annotation, another plugin process's) is refused
 	for _, id := range []string{"c1", "c2"} {
 		ctr := &api.Container{Id: id, Name: "c", Pid: 42, Annotations: adj.GetAnnotations()}
-		if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "no driver steps recorded for container "+id) {
+		if err := p.StartContainer(context.Background(), pod, ctr); err == nil || !strings.Contains(err.Error(), "for container "+id+": none recorded") {
 			t.Errorf("%s without a record: %v", id, err)
 		}
 	}
