@@ -252,6 +252,8 @@ type pod struct {
 	privileged bool
 	// readOnlyRoot: its containers' roots are read-only (readOnlyRootFilesystem)
 	readOnlyRoot bool
+	// uid: its containers run as this user (runAsUser), where not 0
+	uid int64
 }
 
 func (c *containerd) runPod(name, namespace string, annotations map[string]string) pod {
@@ -294,8 +296,11 @@ func (c *containerd) createStart(p pod, name, script string, env map[string]stri
 		LogPath:     name + ".log",
 		Annotations: annotations,
 	}
-	if p.privileged || p.readOnlyRoot {
+	if p.privileged || p.readOnlyRoot || p.uid != 0 {
 		cfg.Linux = &cri.LinuxContainerConfig{SecurityContext: &cri.LinuxContainerSecurityContext{Privileged: p.privileged, ReadonlyRootfs: p.readOnlyRoot}}
+		if p.uid != 0 {
+			cfg.Linux.SecurityContext.RunAsUser = &cri.Int64Value{Value: p.uid}
+		}
 	}
 	for _, d := range cdiDevices { // resolved by containerd from its CDI folder, as the kubelet asks
 		cfg.CDIDevices = append(cfg.CDIDevices, &cri.CDIDevice{Name: d})

@@ -153,7 +153,7 @@ func testContainerdNRI(t *testing.T, release string) {
 
 	// the plugin runs as root on the host: it runs the driver's steps itself, at
 	// StartContainer, and names no hook
-	t.Run("the plugin's steps, on a read-only root too", func(t *testing.T) {
+	t.Run("the plugin's steps, on a read-only root and for another user too", func(t *testing.T) {
 		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_start_container_duration_seconds_count 1\n") ||
 			!strings.Contains(m, "nvbind_start_container_failures_total 0\n") {
 			t.Fatalf("the plugin did not run the steps of the first GPU container:\n%s", m)
@@ -172,8 +172,19 @@ func testContainerdNRI(t *testing.T, release string) {
 				t.Errorf("output lacks %q", want)
 			}
 		}
-		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_start_container_duration_seconds_count 2\n") {
-			t.Errorf("the plugin did not run the steps of the read-only container:\n%s", m)
+		// a container of another user (runc's init takes it before the start)
+		p.readOnlyRoot, p.uid = false, 1000
+		out, err = c.run(p, "cuda-user", gpuScript+`; id -u`, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"nvidia0 nvidiactl", "cuda-probe: loaded libcuda.so.1", "\n2\n", "\n1000"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("uid 1000: output lacks %q:\n%s", want, out)
+			}
+		}
+		if m := plugin.metricsText(t); !strings.Contains(m, "nvbind_start_container_duration_seconds_count 3\n") || !strings.Contains(m, "nvbind_start_container_failures_total 0\n") {
+			t.Errorf("the plugin did not run the steps of the read-only and the uid 1000 containers:\n%s", m)
 		}
 	})
 
