@@ -28,15 +28,15 @@ import (
 // host's, one in this process's namespace, a virtual machine's of a sandboxed runtime)
 // is refused.
 //
-// The caller needs what a runtime has: CAP_SYS_ADMIN, CAP_SYS_CHROOT and CAP_SYS_PTRACE
-// in the host's user namespace, the host's pid namespace, and the new mount API (Linux
+// The caller needs what a runtime has: the capabilities InContainerCapabilities names in
+// the host's user namespace, the host's pid namespace, and the new mount API (Linux
 // 5.12); InContainerSupported tells. A container with a user namespace of its own is the
 // hook's (a process with threads cannot join one), and is refused here.
 //
 // A root the runtime made read-only (readonlyRootfs) stays so: the actions write through a
 // detached clone of its mounts whose top one is writable, as the root is at createRuntime,
-// where the hook runs. RunInContainer returns once ctx is done, with its
-// error, whatever is left to do: the caller fails the container's start then.
+// where the hook runs. RunInContainer returns once ctx is done, with an error, whatever is
+// left to do (its thread stops at the next step): the caller fails the container's start.
 func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	if o.Log == nil {
 		o.Log = io.Discard
