@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync/atomic"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
 	"golang.org/x/sys/unix"
@@ -130,16 +129,18 @@ func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	if h, err := pathrs.Reopen(root, unix.O_RDONLY|unix.O_DIRECTORY); err == nil {
 		_ = h.Close()
 	}
-	// a thread left behind by a call that took too long (a hung file system in the
-	// container) keeps its namespace: only so many at once
-	if running.Add(1) > maxRunning {
-		running.Add(-1)
-		return fmt.Errorf("%d containers' steps still run, past their time: refused until they end", maxRunning)
+	// only so many threads in containers at once; one left behind by a call that took too
+	// long (a hung file system in the container) keeps its slot and its namespace until it
+	// ends: with every slot so held, calls wait and fail at their deadline
+	select {
+	case running <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("waited for one of %d containers' steps to end, which still run: %w", maxRunning, context.Cause(ctx))
 	}
 	done := make(chan error, 1)
 	handedOver = true
 	go func() {
-		defer running.Add(-1)
+		defer func() { <-running }()
 		defer closeAll()
 		runtime.LockOSThread()
 		if unix.Gettid() != unix.Getpid() {
@@ -167,8 +168,8 @@ func RunInContainer(ctx context.Context, pid int, id string, o Options) error {
 	}
 }
 
-// running counts the calls whose actions run; maxRunning bounds them.
-var running atomic.Int32
+// running holds a slot for each call whose actions run; maxRunning bounds them.
+var running = make(chan struct{}, maxRunning)
 
 const maxRunning = 8
 
@@ -198,7 +199,7 @@ func inCgroupOf(pid int, id string) error {
 			}
 		}
 	}
-	return fmt.Errorf("process %d is in no cgroup of container %.12s: not the container's own process (a sandboxed runtime's?); for this runtime, use nri --stage hook", pid, id)
+	return fmt.Errorf("process %d is in no cgroup of container %.12s: not the container's own process (a sandboxed runtime's?); for this runtime, leave the steps to the hook (nvbind nri --stage hook, stage = \"hook\" in runtime.toml)", pid, id)
 }
 
 // inNamespace enters the mount namespace ns with the calling thread and runs the actions

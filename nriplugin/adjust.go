@@ -219,12 +219,8 @@ func (a *Adjuster) commonFor(p *prepared, caps gpu.Capabilities) *commonParts {
 // their name: the first 16 hex digits of the SHA-256 of the command line; nil where the
 // plugin cannot run it itself.
 func stageOf(e spec.Edits, hookPath string) (*hookargs.Args, string) {
-	if len(e.Hooks) != 1 || e.Hooks[0].Path != hookPath || len(e.Hooks[0].Args) < 1 {
-		return nil, ""
-	}
-	argv := e.Hooks[0].Args[1:]
-	a, err := hookargs.Decode(argv)
-	if err != nil {
+	a, argv, ok := e.Steps(hookPath)
+	if !ok {
 		return nil, ""
 	}
 	sum := sha256.Sum256([]byte(strings.Join(argv, "\x00")))

@@ -42,6 +42,22 @@ type Hook struct {
 	Args, Env []string
 }
 
+// Steps returns the decoded arguments of the edits' hook, where the edits have one hook
+// and it is nvbind's (hookPath), with its command line after the program name: the
+// driver's steps, which a process of the host may run on the created container instead of
+// the runtime's running the hook (the NRI plugin, the runtime wrapper's service).
+func (e Edits) Steps(hookPath string) (hookargs.Args, []string, bool) {
+	if len(e.Hooks) != 1 || e.Hooks[0].Path != hookPath || len(e.Hooks[0].Args) < 1 {
+		return hookargs.Args{}, nil, false
+	}
+	argv := e.Hooks[0].Args[1:]
+	a, err := hookargs.Decode(argv)
+	if err != nil {
+		return hookargs.Args{}, nil, false
+	}
+	return a, argv, true
+}
+
 // AddNodes appends nodes whose container path is not there yet.
 func (e *Edits) AddNodes(nodes ...gpu.DeviceNode) {
 	for _, n := range nodes {

@@ -12,6 +12,9 @@ type Call struct {
 	// Log and LogFormat are the global --log and --log-format: where the runtime's
 	// caller (containerd's shim, Docker) reads errors from.
 	Log, LogFormat string
+	// ID is create's and run's container ID, where the command line names exactly one;
+	// PidFile is their --pid-file, where the runtime writes the container's process ID.
+	ID, PidFile string
 }
 
 // runc's flags that take a value, global and of create/run; every other flag is a
@@ -61,18 +64,27 @@ func ParseCall(args []string) Call {
 	if c.Command != "create" && c.Command != "run" {
 		return c
 	}
+	ids := 0
 	for i++; i < len(args); i++ {
 		name, value, inline, ok := flagName(args[i])
 		if !ok {
-			continue // the container ID
+			ids++
+			c.ID = args[i]
+			continue
 		}
 		if commandValueFlags[name] && !inline && i+1 < len(args) {
 			i++
 			value = args[i]
 		}
-		if name == "bundle" || name == "b" {
+		switch name {
+		case "bundle", "b":
 			c.Bundle = value
+		case "pid-file":
+			c.PidFile = value
 		}
+	}
+	if ids != 1 {
+		c.ID = "" // none, or more than one: not a command line the wrapper reads an ID from
 	}
 	return c
 }

@@ -59,7 +59,19 @@ type Config struct {
 	// Socket is where nvbind-runtime asks the edit service (nvbind-runtime-edit serve)
 	// before it runs nvbind-runtime-edit itself: DefaultSocket when absent, "" for never.
 	Socket *string `toml:"socket"`
+	// Stage is who runs the driver's steps (links, ld cache, params copy, CUDA
+	// compatibility, application profile) of a container created through the edit
+	// service: StageAuto (default) has the service run them once the runtime has created
+	// the container, where it may (runc or crun, no user namespace of the container's
+	// own, a create with --pid-file); StageHook leaves them to the hook.
+	Stage string `toml:"stage"`
 }
+
+// Values of Config.Stage.
+const (
+	StageAuto = "auto"
+	StageHook = "hook"
+)
 
 // maxConfigSize bounds the configuration file.
 const maxConfigSize = 64 << 10
@@ -103,7 +115,7 @@ func loadConfigFile(path string, explicit bool) (Config, error) {
 }
 
 func configKeys() []string {
-	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml", "layout", "layout-dir", "socket"}
+	keys := []string{"runtime", "mode", "driver-root", "dev-root", "hook-path", "disable-hooks", "env-requests", "no-nvml", "layout", "layout-dir", "socket", "stage"}
 	sort.Strings(keys)
 	return keys
 }
@@ -120,6 +132,12 @@ func (c *Config) check() error {
 	}
 	if c.Layout != "auto" && c.Layout != "files" {
 		return fmt.Errorf("layout %q: valid: auto, files", c.Layout)
+	}
+	if c.Stage == "" {
+		c.Stage = StageAuto
+	}
+	if c.Stage != StageAuto && c.Stage != StageHook {
+		return fmt.Errorf("stage %q: valid: %s, %s", c.Stage, StageAuto, StageHook)
 	}
 	if c.LayoutDir == "" {
 		c.LayoutDir = layout.DefaultBase

@@ -8,6 +8,7 @@ import (
 	oci "github.com/opencontainers/runtime-spec/specs-go"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/spec"
 )
 
@@ -15,23 +16,32 @@ import (
 // runtime applies a spec's edits. changed is false when the container already has every
 // node and mount of the edits (a runtime injected them from nvbind's CDI spec). A field
 // config.json has that this build's OCI types lack is an error: rewriting the file would
-// drop it.
-func applyEdits(data []byte, e spec.Edits) ([]byte, bool, error) {
+// drop it. A mark other than "" is set as request.AnnotationStage (the service runs the
+// steps); else that annotation is removed.
+func applyEdits(data []byte, e spec.Edits, mark string) ([]byte, *oci.Spec, bool, error) {
 	var s oci.Spec
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
-		return nil, false, fmt.Errorf("not rewritten: %w", err)
+		return nil, nil, false, fmt.Errorf("not rewritten: %w", err)
 	}
 	if injected(&s, e) {
-		return nil, false, nil
+		return nil, nil, false, nil
 	}
 	c := e.ToCDI()
 	if err := (&cdi.ContainerEdits{ContainerEdits: &c}).Apply(&s); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
+	}
+	if mark != "" {
+		if s.Annotations == nil {
+			s.Annotations = map[string]string{}
+		}
+		s.Annotations[request.AnnotationStage] = mark
+	} else {
+		delete(s.Annotations, request.AnnotationStage)
 	}
 	out, err := json.Marshal(&s)
-	return out, err == nil, err
+	return out, &s, err == nil, err
 }
 
 // injected reports whether the spec already has every device node and mount of the edits.

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/hook"
 )
 
 // The edit service: a process that does nvbind-runtime-edit's work, so that a container
@@ -44,6 +45,16 @@ import (
 // mount namespace, another protocol version). A front that gets no answer (the service
 // stopped or failed) runs nvbind-runtime-edit too: an edit made twice changes nothing
 // the second time.
+//
+// A front that says "nvbind-edit/2" may also be answered "steps": config.json got the
+// driver without its hook, and the service runs the hook's actions itself once the
+// container is created (no hook process, as with the NRI plugin). The front then runs the
+// runtime's create as its child, keeping the connection, and sends one packet: "created"
+// NUL and the container's process ID from --pid-file, once create succeeded (else it
+// closes the connection and exits as the runtime did). The service runs the steps on that
+// process (hook.RunInContainer: its cgroup must name the container's ID) and answers "ok"
+// or "error" NUL and the message; on an error, or no answer, the front deletes the
+// container and fails the create, as runc fails a create whose hook fails.
 
 // DefaultSocket is where the edit service listens, and where nvbind-runtime looks for it
 // unless runtime.toml's socket key names another ("" for none).
@@ -51,6 +62,8 @@ const DefaultSocket = "/run/nvbind/runtime.sock"
 
 const (
 	serviceMagic = "nvbind-edit/1"
+	// stagingMagic is a front that can be answered "steps".
+	stagingMagic = "nvbind-edit/2"
 	// maxRequest bounds a request packet; the front sends larger command lines to
 	// nvbind-runtime-edit instead.
 	maxRequest = 64 << 10
@@ -63,6 +76,10 @@ const (
 	editTimeout = 25 * time.Second
 	// maxConns bounds the requests served at once; more wait in the socket's backlog.
 	maxConns = 64
+	// createTimeout bounds the wait for the front's "created" (the runtime's create).
+	createTimeout = 2 * time.Minute
+	// stepsTimeout bounds the driver's steps on one container, under the front's 30 s.
+	stepsTimeout = 10 * time.Second
 )
 
 // Service answers the C front's edit requests.
@@ -74,6 +91,25 @@ type Service struct {
 	Log *slog.Logger
 	// extra are discovery options after the configuration's (tests read synthetic roots).
 	extra []gpu.Option
+
+	// stepsOnce checks once whether this process may run the driver's steps in created
+	// containers (hook.InContainerSupported); stepsErr is why not.
+	stepsOnce sync.Once
+	stepsErr  error
+}
+
+// canRunSteps reports whether the service may run the driver's steps on containers the
+// runtime rt creates: this process has what hook.RunInContainer needs, and rt is runc or
+// crun, whose container process is the host's (a sandboxed runtime's is a virtual
+// machine's).
+func (s *Service) canRunSteps(rt string) bool {
+	s.stepsOnce.Do(func() {
+		s.stepsErr = hook.InContainerSupported()
+		if s.stepsErr != nil {
+			s.Log.Info("the driver's steps are left to the hook", "reason", s.stepsErr)
+		}
+	})
+	return s.stepsErr == nil && slices.Contains([]string{"runc", "crun"}, filepath.Base(rt))
 }
 
 // Listen returns the service's listener: the one systemd passed (LISTEN_FDS), else a new
@@ -198,6 +234,8 @@ func (s *Service) Serve(ctx context.Context, ln *net.UnixListener) error {
 type serviceRequest struct {
 	name, config, bundle string
 	explicit             bool
+	// staging: the front may be answered "steps"
+	staging bool
 	args                 []string
 	dir                  int // the bundle folder, an O_PATH descriptor
 }
@@ -230,35 +268,92 @@ func (s *Service) serveConn(ctx context.Context, conn *net.UnixConn) {
 	ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), editTimeout)
 	defer cancel()
 	start := time.Now()
-	err = s.edit(ectx, req)
-	s.Log.Debug("edit", "bundle", req.bundle, "took", time.Since(start), "error", err)
+	steps, err := s.edit(ectx, req)
+	s.Log.Debug("edit", "bundle", req.bundle, "took", time.Since(start), "steps", steps != nil, "error", err)
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	if err != nil || steps == nil {
+		_ = answer(conn, err)
+		return
+	}
+	s.runSteps(ctx, conn, req, steps)
+}
+
+// runSteps answers "steps", waits for the front's "created" and runs the steps on the
+// container's process.
+func (s *Service) runSteps(ctx context.Context, conn *net.UnixConn, req serviceRequest, steps *Steps) {
+	if _, err := conn.Write([]byte("steps")); err != nil {
+		return
+	}
+	_ = conn.SetDeadline(time.Now().Add(createTimeout))
+	buf := make([]byte, 64)
+	n, err := conn.Read(buf)
+	if err != nil {
+		// the runtime's create failed, or the front went away: nothing to do
+		s.Log.Debug("no container to run the steps on", "bundle", req.bundle, "error", err)
+		return
+	}
+	pid, err := parseCreated(buf[:n])
+	if err == nil {
+		start := time.Now()
+		var notes strings.Builder
+		steps.Options.Log = &notes
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stepsTimeout)
+		err = hook.RunInContainer(sctx, pid, steps.ID, steps.Options)
+		cancel()
+		s.Log.Debug("steps", "container", steps.ID, "pid", pid, "took", time.Since(start), "notes", strings.TrimSpace(notes.String()), "error", err)
+		if err != nil {
+			err = fmt.Errorf("the driver's steps (links, ld cache) for container %.12s: %w", steps.ID, err)
+		}
+	}
+	if err != nil {
+		s.Log.Warn("the driver's steps failed: the container is deleted", "container", steps.ID, "error", err)
+	}
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	_ = answer(conn, err)
 }
 
+// parseCreated reads the front's "created" packet: the container's process ID.
+func parseCreated(p []byte) (int, error) {
+	v, ok := bytes.CutPrefix(p, []byte("created\x00"))
+	if !ok {
+		return 0, fmt.Errorf("the front's packet after create %.40q is not \"created\" and a process ID", p)
+	}
+	pid, err := strconv.Atoi(string(v))
+	if err != nil || pid <= 1 {
+		return 0, fmt.Errorf("the container's process ID %.40q from --pid-file is not a process ID", v)
+	}
+	return pid, nil
+}
+
 // edit does for a request what nvbind-runtime-edit does for its command line, on the
 // bundle folder the front opened; messages name the bundle as the runtime's caller
-// gave it.
-func (s *Service) edit(ctx context.Context, req serviceRequest) error {
+// gave it. It returns the driver's steps where config.json got no hook and the service
+// is to run them.
+func (s *Service) edit(ctx context.Context, req serviceRequest) (*Steps, error) {
 	cfg, err := configFrom(req.name, req.config, req.explicit)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	call := ParseCall(req.args)
 	if call.Command != "create" && call.Command != "run" {
-		return fmt.Errorf("command %q: the edit service edits create and run only", call.Command)
+		return nil, fmt.Errorf("command %q: the edit service edits create and run only", call.Command)
+	}
+	stage := false
+	if req.staging && cfg.Stage == StageAuto && cfg.Mode == ModeInject && call.Command == "create" {
+		rt, err := cfg.RealRuntime()
+		stage = err == nil && s.canRunSteps(rt)
 	}
 	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
 	call.Bundle = fdDir
-	err = Prepare(ctx, call, cfg, s.extra...)
+	steps, err := prepare(ctx, call, cfg, stage, s.extra)
 	if err != nil {
 		shown := req.bundle
 		if shown == "" {
 			shown = "."
 		}
-		return errors.New(strings.ReplaceAll(err.Error(), fdDir, shown))
+		return nil, errors.New(strings.ReplaceAll(err.Error(), fdDir, shown))
 	}
-	return nil
+	return steps, nil
 }
 
 // readRequest reads one request packet and its descriptor.
@@ -306,8 +401,8 @@ func readRequest(conn *net.UnixConn) (serviceRequest, error) {
 	if err := sameMountNamespace(pid); err != nil {
 		return fail(err)
 	}
-	if !bytes.HasPrefix(buf[:n], []byte(serviceMagic+"\x00")) {
-		return fail(fmt.Errorf("%w: not an %s request", errElsewhere, serviceMagic))
+	if !bytes.HasPrefix(buf[:n], []byte(serviceMagic+"\x00")) && !bytes.HasPrefix(buf[:n], []byte(stagingMagic+"\x00")) {
+		return fail(fmt.Errorf("%w: not an %s or %s request", errElsewhere, serviceMagic, stagingMagic))
 	}
 	parsed, err := parseRequest(buf[:n])
 	if err != nil {
@@ -331,9 +426,10 @@ func parseRequest(data []byte) (serviceRequest, error) {
 	if len(fields) > 5+maxArgs {
 		return req, fmt.Errorf("request with more than %d runtime arguments", maxArgs)
 	}
-	if len(fields) < 6 || fields[0] != serviceMagic {
+	if len(fields) < 6 || fields[0] != serviceMagic && fields[0] != stagingMagic {
 		return req, fmt.Errorf("not an %s request with a runtime command", serviceMagic)
 	}
+	req.staging = fields[0] == stagingMagic
 	req.name, req.config, req.bundle, req.args = fields[1], fields[2], fields[4], fields[5:]
 	switch fields[3] {
 	case "0":

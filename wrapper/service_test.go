@@ -8,12 +8,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/nvbind/nvbind/hook"
+	"github.com/nvbind/nvbind/request"
 	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -419,5 +422,177 @@ func TestFrontFallsBack(t *testing.T) {
 				t.Fatalf("the listener got %d descriptors, want the bundle's", n)
 			}
 		})
+	}
+}
+
+// TestFrontRunsSteps: under runc, a create with --pid-file gets the driver without its
+// hook, and the front runs the runtime's create as its child and then has the service
+// run the steps on the created container's process. A process that is no container's
+// (here: one outside any cgroup of the container's id) is refused: the front deletes the
+// container with the runtime's global flags and fails the create with the service's
+// message. A create that fails ends as the runtime's did, with nothing asked of the
+// service after it; a create without --pid-file keeps the hook.
+func TestFrontRunsSteps(t *testing.T) {
+	t.Parallel()
+	testutil.RequiresRoot(t)
+	if err := hook.InContainerSupported(); err != nil {
+		t.Skipf("the steps cannot run from this process: %v", err)
+	}
+	root := driverroot.Open(t, "debian-535")
+	dir, _ := buildFront(t)
+	front := filepath.Join(dir, "nvbind-runtime")
+	sock, _ := startService(t, root)
+	notContainer := exec.Command("sleep", "60")
+	if err := notContainer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = notContainer.Process.Kill(); _ = notContainer.Wait() })
+	// a runtime named runc: create writes the process ID to --pid-file (or fails when
+	// the bundle holds a file named fail), every command says what it was run with
+	runc := filepath.Join(t.TempDir(), "runc")
+	script := `#!/bin/sh
+echo RUNTIME "$0" "$@"
+prev=; pidfile=; for a in "$@"; do [ "$prev" = --pid-file ] && pidfile=$a; prev=$a; done
+case " $* " in *" create "*)
+	[ -e "$NVBIND_TEST_BUNDLE/fail" ] && { echo "create failed" >&2; exit 3; }
+	[ -n "$pidfile" ] && echo ` + strconv.Itoa(notContainer.Process.Pid) + ` > "$pidfile";;
+esac
+exit 0
+`
+	if err := os.WriteFile(runc, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	config := serviceConfig(t, root, runc, sock)
+	env := []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}
+	run := func(b string, args ...string) (string, error) {
+		cmd := exec.Command(front, args...)
+		cmd.Env = []string{"PATH=/usr/bin:/bin", EnvConfig + "=" + config, "NVBIND_TEST_BUNDLE=" + b}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	t.Run("a process outside the container's cgroup: deleted, and the create fails", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, env, nil)
+		pidFile := filepath.Join(b, "init.pid")
+		log := filepath.Join(t.TempDir(), "log.json")
+		out, err := run(b, "--root", "/r", "--log", log, "--log-format", "json", "create", "--bundle", b, "--pid-file", pidFile, "ctr1")
+		if err == nil {
+			t.Fatalf("created:\n%s", out)
+		}
+		for _, want := range []string{
+			"RUNTIME " + runc + " --root /r --log " + log + " --log-format json create --bundle " + b + " --pid-file " + pidFile + " ctr1\n",
+			"RUNTIME " + runc + " --root /r --log " + log + " --log-format json delete --force ctr1\n",
+			"nvbind-runtime: the driver's steps (links, ld cache) for container ctr1: process " + strconv.Itoa(notContainer.Process.Pid) + " is in no cgroup of container ctr1",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("output lacks %q:\n%s", want, out)
+			}
+		}
+		if data, _ := os.ReadFile(log); !strings.Contains(string(data), "no cgroup of container ctr1") {
+			t.Errorf("--log lacks the error: %q", data)
+		}
+		s := readSpec(t, b)
+		if s.Hooks != nil && len(s.Hooks.CreateRuntime) > 0 {
+			t.Errorf("config.json names a hook: %+v", s.Hooks.CreateRuntime)
+		}
+		if s.Annotations[request.AnnotationStage] != "all" || len(devicePaths(s)) != 10 {
+			t.Errorf("config.json: annotations %v, devices %v", s.Annotations, devicePaths(s))
+		}
+	})
+	t.Run("a create that fails ends as the runtime's did", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, env, nil)
+		if err := os.WriteFile(filepath.Join(b, "fail"), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := run(b, "create", "--bundle", b, "--pid-file", filepath.Join(b, "init.pid"), "ctr2")
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 3 || !strings.Contains(out, "create failed") || strings.Contains(out, "delete") ||
+			strings.Contains(out, "nvbind-runtime:") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
+	t.Run("no process ID in --pid-file: deleted, and the create fails", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, env, nil)
+		out, err := run(b, "create", "--bundle", b, "--pid-file", filepath.Join(t.TempDir(), "elsewhere", "init.pid"), "ctr3")
+		if err == nil || !strings.Contains(out, "RUNTIME "+runc+" delete --force ctr3\n") || !strings.Contains(out, "no container process ID in --pid-file") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+	})
+	t.Run("without --pid-file the hook stays", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, env, nil)
+		out, err := run(b, "create", "--bundle", b, "ctr4")
+		if err != nil || strings.Contains(out, "delete") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+		s := readSpec(t, b)
+		if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationStage] != "" {
+			t.Fatalf("config.json: hooks %+v, annotations %v", s.Hooks, s.Annotations)
+		}
+	})
+	t.Run("stage = hook keeps the hook", func(t *testing.T) {
+		t.Parallel()
+		b := bundle(t, env, nil)
+		hookConfig := filepath.Join(t.TempDir(), "runtime.toml")
+		data, _ := os.ReadFile(config)
+		_ = os.WriteFile(hookConfig, append(data, []byte("stage = \"hook\"\n")...), 0o600)
+		cmd := exec.Command(front, "create", "--bundle", b, "--pid-file", filepath.Join(b, "init.pid"), "ctr5")
+		cmd.Env = []string{"PATH=/usr/bin:/bin", EnvConfig + "=" + hookConfig, "NVBIND_TEST_BUNDLE=" + b}
+		if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "delete") {
+			t.Fatalf("got %q, %v", out, err)
+		}
+		if s := readSpec(t, b); s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 {
+			t.Fatalf("config.json: hooks %+v", s.Hooks)
+		}
+	})
+}
+
+// TestStagedEditAgainRefused: config.json the service gave the driver without its hook
+// (the service then failed before it answered) is refused when nvbind-runtime-edit is
+// asked to edit it again, instead of being found edited and started without its steps;
+// a mark a container's author set on a container not edited yet changes nothing.
+func TestStagedEditAgainRefused(t *testing.T) {
+	t.Parallel()
+	root := driverroot.Open(t, "debian-535")
+	cfg, err := loadConfigFile(serviceConfig(t, root, "/usr/bin/runc", ""), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationStage: "forged"})
+	call := Call{Command: "create", Bundle: b, ID: "ctr", PidFile: filepath.Join(b, "init.pid")}
+	steps, err := prepare(context.Background(), call, cfg, true, root.Options())
+	if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 {
+		t.Fatalf("steps %+v, %v", steps, err)
+	}
+	if s := readSpec(t, b); s.Hooks != nil && len(s.Hooks.CreateRuntime) > 0 || s.Annotations[request.AnnotationStage] != "compute,utility" {
+		t.Fatalf("staged config.json: hooks %+v, annotations %v", s.Hooks, s.Annotations)
+	}
+	before, _ := os.ReadFile(filepath.Join(b, "config.json"))
+	err = Prepare(context.Background(), call, cfg, root.Options()...)
+	if err == nil || !strings.Contains(err.Error(), "the service did not answer; create the container again") {
+		t.Fatalf("edited again: %v", err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
+		t.Fatal("config.json changed")
+	}
+	// a container edited with its hook, asked again, is found edited
+	b = bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationStage: "forged"})
+	call.Bundle = b
+	if err := Prepare(context.Background(), call, cfg, root.Options()...); err != nil {
+		t.Fatal(err)
+	}
+	s := readSpec(t, b)
+	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationStage] != "" {
+		t.Fatalf("edited with the hook: hooks %+v, annotations %v", s.Hooks, s.Annotations)
+	}
+	before, _ = os.ReadFile(filepath.Join(b, "config.json"))
+	if err := Prepare(context.Background(), call, cfg, root.Options()...); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
+		t.Fatal("an edited config.json was edited again")
 	}
 }

@@ -10,10 +10,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nvbind/nvbind/gpu"
+	"github.com/nvbind/nvbind/hook"
 	"github.com/nvbind/nvbind/internal/fileio"
 	"github.com/nvbind/nvbind/layout"
 	"github.com/nvbind/nvbind/request"
@@ -131,6 +133,28 @@ type container struct {
 	Mounts      []struct {
 		Destination string `json:"destination"`
 	} `json:"mounts"`
+	Linux *struct {
+		Namespaces []struct {
+			Type string `json:"type"`
+		} `json:"namespaces"`
+		CgroupsPath string `json:"cgroupsPath"`
+	} `json:"linux"`
+}
+
+// stageable reports whether a host process may run the driver's steps on the created
+// container id: it has no user namespace of its own (a process with threads cannot join
+// one), and its cgroup path names its id (runc's default path does), which
+// hook.RunInContainer checks of the process.
+func (c container) stageable(id string) bool {
+	if c.Linux == nil {
+		return true
+	}
+	for _, ns := range c.Linux.Namespaces {
+		if ns.Type == "user" {
+			return false
+		}
+	}
+	return c.Linux.CgroupsPath == "" || strings.Contains(c.Linux.CgroupsPath, id)
 }
 
 func (c container) input() request.Input {
@@ -149,6 +173,22 @@ func (c container) input() request.Input {
 // asks for nothing is left as it is; a failure leaves config.json untouched. Extra
 // discovery options come after the configuration's (tests read synthetic roots).
 func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) error {
+	_, err := prepare(ctx, call, cfg, false, extra)
+	return err
+}
+
+// Steps are the driver's steps of a container created without its hook, which the edit
+// service runs on it once the runtime has created it (hook.RunInContainer).
+type Steps struct {
+	// ID is the container's ID, Options the hook's actions.
+	ID      string
+	Options hook.Options
+}
+
+// prepare is Prepare; with stage, for a container the edit service may run the driver's
+// steps on, it leaves out the hook and returns the steps instead (nil where the hook
+// stays, or nothing was edited).
+func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu.Option) (*Steps, error) {
 	bundle := call.Bundle
 	if bundle == "" {
 		bundle = "."
@@ -156,48 +196,63 @@ func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) er
 	p := filepath.Join(bundle, "config.json")
 	data, err := fileio.ReadFile(p, maxSpecSize)
 	if err != nil {
-		return fmt.Errorf("bundle config: %w", err)
+		return nil, fmt.Errorf("bundle config: %w", err)
 	}
 	if !mayAsk(data) {
-		return nil
+		return nil, nil
 	}
 	var c container
 	if err := json.Unmarshal(data, &c); err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	if c.Annotations[criContainerType] == "sandbox" || c.Annotations[crioContainerType] == "sandbox" {
 		// a pod's sandbox carries the pod's annotations, but it is no container of the pod:
 		// NRI does not ask plugins about it, and it never gets GPUs
-		return nil
+		return nil, nil
 	}
 	in := c.input()
 	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}
 	kind, _ := request.Which(in, opts)
+	if kind == "" && c.Annotations[request.AnnotationStage] != "" {
+		// edited by the service for its steps (the edits leave the request void), which
+		// then did not answer: without its hook, the container would start without them
+		return nil, fmt.Errorf("%s was given the driver for the edit service to run its steps (%s), and the service did not answer; create the container again",
+			p, request.AnnotationStage)
+	}
 	if kind == "" && (cfg.Mode != ModeGuard || !request.RequiresPlugin(in, "nvbind")) {
-		return nil
+		return nil, nil
 	}
 	if _, handled := c.Annotations[request.AnnotationHandled]; handled {
-		return nil
+		return nil, nil
 	}
 	if cfg.Mode == ModeGuard {
 		what := "names nvbind a required plugin"
 		if kind != "" {
 			what = "asks for GPUs (" + string(kind) + ")"
 		}
-		return fmt.Errorf("%w: the container %s, but the plugin was not running or lost the request; it is refused so that it does not start without its GPUs, and is created again once the plugin is back",
+		return nil, fmt.Errorf("%w: the container %s, but the plugin was not running or lost the request; it is refused so that it does not start without its GPUs, and is created again once the plugin is back",
 			ErrUnhandled, what)
 	}
 	req, err := request.Parse(in, opts)
 	if err != nil || req == nil {
-		return err
+		return nil, err
 	}
-	return inject(ctx, p, data, req, cfg, extra)
+	stage = stage && call.Command == "create" && call.ID != "" && call.PidFile != "" && cfg.Stage == StageAuto && c.stageable(call.ID)
+	steps, err := inject(ctx, p, data, req, cfg, stage, extra)
+	if steps != nil {
+		steps.ID = call.ID
+	}
+	return steps, err
 }
 
 // inject discovers the host's GPUs, resolves the request and applies its edits to
 // config.json, replacing the file atomically. Discovery runs for every container, as the
-// runtime is asked, so that a MIG or driver change is never missed.
-func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, extra []gpu.Option) error {
+// runtime is asked, so that a MIG or driver change is never missed. With stage, the hook
+// is left out where the edits' one hook is nvbind's, and its actions come back as the
+// steps; config.json is then marked (request.AnnotationStage), so that an edit asked
+// again (the front's fallback, nvbind-runtime-edit, after the service failed to answer)
+// refuses the container instead of finding it edited and starting it without its steps.
+func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, stage bool, extra []gpu.Option) (*Steps, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	gopts := []gpu.Option{gpu.WithDriverRoot(cfg.DriverRoot), gpu.WithDevRoot(cfg.DevRoot), gpu.WithNVMLOnlyForMIG()}
@@ -209,23 +264,23 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	}
 	d, err := gpu.New(append(gopts, extra...)...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	inv, err := d.Discover(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: %w", req.Source, err)
+		return nil, fmt.Errorf("%s: %w", req.Source, err)
 	}
 	r := request.NewResolver(inv)
 	if err := r.Supported(req); err != nil {
-		return err
+		return nil, err
 	}
 	targets, err := r.Resolve(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	so, err := cfg.specOptions()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if so.LayoutBase != "" {
 		plan := layout.For(inv, req.Caps)
@@ -239,20 +294,35 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	}
 	edits, err := request.Edits(inv, targets, req.Caps, so)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	out, changed, err := applyEdits(data, edits)
+	var steps *Steps
+	mark := ""
+	if args, _, ok := edits.Steps(so.HookPath); ok && stage {
+		steps = &Steps{Options: hook.OptionsOf(args)}
+		edits.Hooks = nil
+		mark = req.Caps.String()
+	}
+	out, s, changed, err := applyEdits(data, edits, mark)
 	if err != nil {
-		return fmt.Errorf("%s: %w", p, err)
+		return nil, fmt.Errorf("%s: %w", p, err)
 	}
 	if !changed {
-		return nil
+		return nil, nil
+	}
+	if steps != nil && steps.Options.AppProfile && s.Linux != nil {
+		for _, d := range s.Linux.Devices {
+			if hook.IsGPUNode(d.Path, d.Type) && !slices.Contains(steps.Options.GPUMinors, int(d.Minor)) {
+				steps.Options.GPUMinors = append(steps.Options.GPUMinors, int(d.Minor))
+			}
+		}
+		slices.Sort(steps.Options.GPUMinors)
 	}
 	mode := os.FileMode(0o644)
 	if fi, err := os.Stat(p); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	return fileio.WriteAtomic(p, out, mode, nil)
+	return steps, fileio.WriteAtomic(p, out, mode, nil)
 }
 
 // needsCUDAVersion reports whether a requirement asks for the driver's CUDA version,

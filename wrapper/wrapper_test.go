@@ -26,13 +26,15 @@ func TestParseCall(t *testing.T) {
 		want Call
 	}{
 		{"containerd's shim", []string{"--root", "/run/containerd/runc/k8s.io", "--log", "/b/log.json", "--log-format", "json", "--systemd-cgroup",
-			"create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--no-pivot", "abc"}, Call{Command: "create", Bundle: "/b", Log: "/b/log.json", LogFormat: "json"}},
+			"create", "--bundle", "/b", "--pid-file", "/b/init.pid", "--no-pivot", "abc"}, Call{Command: "create", Bundle: "/b", Log: "/b/log.json", LogFormat: "json", ID: "abc", PidFile: "/b/init.pid"}},
 		{"docker", []string{"--root", "/var/run/docker/runtime-runc/moby", "--log", "/l", "--log-format", "json", "create", "--bundle", "/x",
-			"--pid-file", "/x/init.pid", "--console-socket", "/tmp/c.sock", "id"}, Call{Command: "create", Bundle: "/x", Log: "/l", LogFormat: "json"}},
-		{"short and inline flags", []string{"--log=/l", "run", "-b", "/y", "--detach", "id"}, Call{Command: "run", Bundle: "/y", Log: "/l"}},
-		{"inline bundle", []string{"create", "--bundle=/z", "--preserve-fds", "2", "id"}, Call{Command: "create", Bundle: "/z"}},
-		{"single-dash long flag", []string{"create", "-bundle", "/w", "id"}, Call{Command: "create", Bundle: "/w"}},
-		{"bundle defaults to the current folder", []string{"create", "id"}, Call{Command: "create"}},
+			"--pid-file", "/x/init.pid", "--console-socket", "/tmp/c.sock", "id"}, Call{Command: "create", Bundle: "/x", Log: "/l", LogFormat: "json", ID: "id", PidFile: "/x/init.pid"}},
+		{"short and inline flags", []string{"--log=/l", "run", "-b", "/y", "--detach", "id"}, Call{Command: "run", Bundle: "/y", Log: "/l", ID: "id"}},
+		{"inline bundle", []string{"create", "--bundle=/z", "--preserve-fds", "2", "id"}, Call{Command: "create", Bundle: "/z", ID: "id"}},
+		{"single-dash long flag", []string{"create", "-bundle", "/w", "id"}, Call{Command: "create", Bundle: "/w", ID: "id"}},
+		{"inline pid file", []string{"create", "--pid-file=p", "id"}, Call{Command: "create", ID: "id", PidFile: "p"}},
+		{"two positional arguments name no ID", []string{"create", "id", "other"}, Call{Command: "create"}},
+		{"bundle defaults to the current folder", []string{"create", "id"}, Call{Command: "create", ID: "id"}},
 		{"other commands are not read", []string{"--root", "/r", "delete", "--force", "-b", "/nope", "id"}, Call{Command: "delete"}},
 		{"no command", []string{"--version"}, Call{}},
 	} {
@@ -362,6 +364,8 @@ func TestLoadConfig(t *testing.T) {
 		{"unknown key", "moed = \"guard\"\n", "unknown key"},
 		{"bad mode", "mode = \"inject-all\"\n", `mode "inject-all": valid: inject, guard`},
 		{"relative root", "driver-root = \"run/nvidia\"\n", "not an absolute path"},
+		{"steps by the hook", "stage = \"hook\"\n", ""},
+		{"bad stage", "stage = \"plugin\"\n", `stage "plugin": valid: auto, hook`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := filepath.Join(t.TempDir(), "runtime.toml")
@@ -379,7 +383,7 @@ func TestLoadConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if c.Mode == "" || c.DriverRoot != "/" || c.EnvRequests == nil || !*c.EnvRequests {
+			if c.Mode == "" || c.DriverRoot != "/" || c.EnvRequests == nil || !*c.EnvRequests || c.Stage == "" {
 				t.Fatalf("defaults not filled: %+v", c)
 			}
 		})

@@ -13,6 +13,13 @@
  * which edits config.json and then runs the real runtime. A Go program costs ~5 ms more to
  * start than this one on the VMs nvbind is tested on, on every container command.
  *
+ * Where the service answers "steps" (a create with --pid-file under runc or crun: see
+ * package wrapper's service.go), config.json got the driver without its hook: this front
+ * runs the runtime's create as its child, then tells the service the container's process
+ * ID, and the service does the hook's work on the created container (no hook process).
+ * Should that fail, the container is deleted and the create fails, as a failing hook
+ * fails it.
+ *
  * It reads config.json read-only with a bounded mapping and a substring search; it
  * parses only the `runtime` and `socket` keys of the configuration, and leaves every
  * other key to the edit service or nvbind-runtime-edit, which check the whole file.
@@ -30,6 +37,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -39,7 +47,7 @@
 #define MAX_CONFIG (64 << 10)    /* the configuration file */
 #define MAX_SPEC (32 << 20)      /* config.json */
 #define DEFAULT_SOCKET "/run/nvbind/runtime.sock"
-#define SERVICE_MAGIC "nvbind-edit/1"
+#define SERVICE_MAGIC "nvbind-edit/2"   /* /2: this front runs the steps' create */
 #define MAX_REQUEST (64 << 10)   /* a request to the edit service, as the service bounds it */
 #define MAX_ARGS 4096           /* runtime arguments in a request, as the service bounds them */
 #define SERVICE_TIMEOUT 30       /* seconds the edit service may take (discovery's bound is 20) */
@@ -190,9 +198,10 @@ static void read_config(void) {
 
 /* ask_service asks the edit service (nvbind-runtime-edit serve) to edit the bundle's
  * config.json, as nvbind-runtime-edit would. It returns 1 when the service edited it (or
- * found nothing to do), 0 when no service answers at the socket, so that
- * nvbind-runtime-edit does the work; an error the service reports ends the program. */
-static int ask_service(int argc, char **argv, const char *bundle) {
+ * found nothing to do), 2 when it answered "steps" (*steps_sock is then the connection,
+ * open), 0 when no service answers at the socket, so that nvbind-runtime-edit does the
+ * work; an error the service reports ends the program. */
+static int ask_service(int argc, char **argv, const char *bundle, int *steps_sock) {
 	if (!config_socket[0])
 		return 0;
 	struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -277,6 +286,10 @@ static int ask_service(int argc, char **argv, const char *bundle) {
 		n = recv(sock, reply, sizeof reply - 1, 0);
 	while (n < 0 && errno == EINTR);
 	int err = errno;
+	if (n == 5 && memcmp(reply, "steps", 5) == 0) {
+		*steps_sock = sock;
+		return 2;
+	}
 	close(sock);
 	if (n <= 0) {
 		/* no answer: the service stopped, failed or hangs. nvbind-runtime-edit does the
@@ -361,6 +374,103 @@ static int may_ask(const char *bundle) {
 	return found;
 }
 
+/* run_child runs argv (argv[0] a path) as a child and returns its wait status, or -1. */
+static int run_child(char **argv, char **envp) {
+	pid_t pid = fork();
+	if (pid < 0)
+		return -1;
+	if (pid == 0) {
+		execve(argv[0], argv, envp);
+		fprintf(stderr, "nvbind-runtime: run %s: %s\n", argv[0], strerror(errno));
+		_exit(127);
+	}
+	int status;
+	pid_t r;
+	do
+		r = waitpid(pid, &status, 0);
+	while (r < 0 && errno == EINTR);
+	return r == pid ? status : -1;
+}
+
+/* read_pid reads a process ID from the runtime's --pid-file; 0 when it holds none. */
+static long read_pid(const char *path) {
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+	if (fd < 0)
+		return 0;
+	char buf[32];
+	ssize_t n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	char *end;
+	errno = 0;
+	long pid = strtol(buf, &end, 10);
+	if (errno || end == buf || (*end && *end != '\n') || pid <= 1 || pid > INT_MAX)
+		return 0;
+	return pid;
+}
+
+/* create_with_steps runs the runtime's create (argv, argv[0] the runtime) as a child, then
+ * has the edit service at sock run the driver's steps on the created container, and exits:
+ * as the runtime did when its create failed, 0 when the steps are done, else 1 once the
+ * container is deleted (argv[1..command) are the runtime's global flags). */
+static void create_with_steps(int sock, int argc, char **argv, char **envp, int command, const char *id, const char *pid_file) {
+	int status = run_child(argv, envp);
+	if (status < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+		close(sock); /* the service has nothing to do */
+		if (status >= 0 && WIFSIGNALED(status))
+			exit(128 + WTERMSIG(status));
+		exit(status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : 1);
+	}
+	char msg[4200] = "";
+	long pid = id && pid_file ? read_pid(pid_file) : 0;
+	if (pid == 0) {
+		snprintf(msg, sizeof msg, "no container process ID in --pid-file %s: the driver's steps were not run", pid_file ? pid_file : "(none)");
+	} else {
+		char packet[64];
+		int len = snprintf(packet, sizeof packet, "created%c%ld", 0, pid);
+		ssize_t sent;
+		do
+			sent = send(sock, packet, (size_t)len, MSG_NOSIGNAL);
+		while (sent < 0 && errno == EINTR);
+		static char reply[4200];
+		ssize_t n = -1;
+		if (sent == len) {
+			do
+				n = recv(sock, reply, sizeof reply - 1, 0);
+			while (n < 0 && errno == EINTR);
+		}
+		if (n == 2 && memcmp(reply, "ok", 2) == 0) {
+			close(sock);
+			exit(0);
+		}
+		if (n > 6 && memcmp(reply, "error", 6) == 0) {
+			reply[n] = 0;
+			snprintf(msg, sizeof msg, "%s", reply + 6);
+		} else {
+			snprintf(msg, sizeof msg, "the edit service at %s did not run the driver's steps (links, ld cache) on container %.12s: %s",
+			         config_socket, id, n == 0 ? "it closed without an answer" : n < 0 ? "no answer in time" : "an answer other than ok or error");
+		}
+	}
+	close(sock);
+	/* a container without the driver's steps never starts: runc delete --force, with the
+	 * same global flags (--root, --log) */
+	char *del[MAX_ARGS + 8];
+	int k = 0;
+	del[k++] = argv[0];
+	for (int j = 1; j < command && k < MAX_ARGS; j++)
+		del[k++] = argv[j];
+	del[k++] = "delete";
+	del[k++] = "--force";
+	del[k++] = (char *)(id ? id : "");
+	del[k] = NULL;
+	if (id)
+		run_child(del, envp);
+	(void)argc;
+	fail("%s", msg);
+}
+
 int main(int argc, char **argv, char **envp) {
 	ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
 	if (n <= 0)
@@ -368,7 +478,8 @@ int main(int argc, char **argv, char **envp) {
 	self[n] = 0;
 
 	/* the command line: global flags, the command, its flags */
-	const char *command = NULL, *bundle = NULL;
+	const char *command = NULL, *bundle = NULL, *pid_file = NULL, *id = NULL;
+	int command_at = 0, ids = 0;
 	char name[64];
 	const char *value;
 	int i = 1;
@@ -382,22 +493,32 @@ int main(int argc, char **argv, char **envp) {
 		else if (strcmp(name, "log-format") == 0)
 			log_format = value;
 	}
-	if (i < argc)
+	if (i < argc) {
 		command = argv[i];
+		command_at = i;
+	}
 	int edits = command && (strcmp(command, "create") == 0 || strcmp(command, "run") == 0);
 	if (edits) {
 		for (i++; i < argc; i++) {
-			if (!flag_name(argv[i], name, sizeof name, &value))
+			if (!flag_name(argv[i], name, sizeof name, &value)) {
+				id = argv[i]; /* the container ID: one positional argument (as package wrapper) */
+				ids++;
 				continue;
+			}
 			if (in_list(name, command_value_flags) && !value && i + 1 < argc)
 				value = argv[++i];
 			if (strcmp(name, "bundle") == 0 || strcmp(name, "b") == 0)
 				bundle = value;
+			else if (strcmp(name, "pid-file") == 0)
+				pid_file = value;
 		}
+		if (ids != 1)
+			id = NULL;
 	}
 
 	read_config();
-	if (edits && may_ask(bundle) && !ask_service(argc, argv, bundle)) {
+	int steps_sock = -1, asked = 0;
+	if (edits && may_ask(bundle) && !(asked = ask_service(argc, argv, bundle, &steps_sock))) {
 		char edit[PATH_MAX];
 		char *slash = strrchr(self, '/');
 		if ((size_t)snprintf(edit, sizeof edit, "%.*s/%s", (int)(slash - self), self, EDIT_BINARY) >= sizeof edit)
@@ -415,6 +536,8 @@ int main(int argc, char **argv, char **envp) {
 		fail("no OCI runtime found in PATH (looked for runc, crun): set runtime in %s", DEFAULT_CONFIG);
 	}
 	argv[0] = runtime;
+	if (asked == 2)
+		create_with_steps(steps_sock, argc, argv, envp, command_at, id, pid_file);
 	execve(runtime, argv, envp);
 	fail("run %s: %s", runtime, strerror(errno));
 	return 1;

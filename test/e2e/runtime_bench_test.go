@@ -106,7 +106,7 @@ func BenchmarkRuntimeWrapperDocker(b *testing.B) {
 		*env = append(*env, "NVBIND_RUNTIME_CONFIG="+ours, "NVIDIA_CTK_CONFIG_FILE_PATH="+theirs)
 	})
 	d.loadBusybox()
-	editService(b, front, socket)
+	_, _ = editService(b, front, socket)
 	all := []string{"NVIDIA_VISIBLE_DEVICES=all", "NVIDIA_DRIVER_CAPABILITIES=all"}
 	cases := []struct {
 		name      string
@@ -170,7 +170,7 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	bin := testutil.BuildNVBind(b, b.TempDir())
 	socket := filepath.Join(b.TempDir(), "run", "runtime.sock")
-	editService(b, testutil.RuntimeBinary(bin), socket)
+	_, _ = editService(b, testutil.RuntimeBinary(bin), socket)
 	withService, withoutService := runtimeConfig(b, driverRoot, runc, socket), runtimeConfig(b, driverRoot, runc, "")
 	b.Setenv("NVIDIA_CTK_CONFIG_FILE_PATH", nvidiaRuntimeConfig(b, toolkit, driverRoot, runc))
 	plainBundle := runcBundle(b, runc, "", "", "true")

@@ -32,8 +32,9 @@ func runtimeConfig(t testing.TB, driverRoot, runtime, socket string) string {
 }
 
 // editService runs nvbind-runtime-edit serve (the one beside the front, as systemd's
-// unit does) on socket, and returns a count of the edits it answered so far.
-func editService(t testing.TB, front, socket string) (edits func() int) {
+// unit does) on socket, and returns a count of the edits it answered so far, and one of
+// the containers it ran the driver's steps on without an error.
+func editService(t testing.TB, front, socket string) (edits, steps func() int) {
 	t.Helper()
 	var log lockedBuffer
 	cmd := exec.Command(filepath.Join(filepath.Dir(front), "nvbind-runtime-edit"), "serve", "--socket", socket, "--log-level", "debug")
@@ -55,7 +56,16 @@ func editService(t testing.TB, front, socket string) (edits func() int) {
 			t.Fatalf("the edit service did not listen:\n%s", log.String())
 		}
 	}
-	return func() int { return strings.Count(log.String(), "msg=edit ") }
+	return func() int { return strings.Count(log.String(), "msg=edit ") },
+		func() int {
+			n := 0
+			for line := range strings.Lines(log.String()) {
+				if strings.Contains(line, " msg=steps ") && strings.HasSuffix(line, " error=<nil>\n") {
+					n++
+				}
+			}
+			return n
+		}
 }
 
 // lockedBuffer is a bytes.Buffer a process writes to while the test reads it.
@@ -132,10 +142,15 @@ func TestDockerRuntime(t *testing.T) {
 		*env = append(*env, "NVBIND_RUNTIME_CONFIG="+config)
 	})
 	d.loadBusybox()
-	edits := editService(t, filepath.Join(prefix, "bin", "nvbind-runtime"), socket)
+	edits, steps := editService(t, filepath.Join(prefix, "bin", "nvbind-runtime"), socket)
 	defer func() {
 		if n := edits(); n < 9 && !t.Failed() {
 			t.Errorf("the edit service answered %d edits, want one per container that asks (9)", n)
+		}
+		// the six containers that get the driver get its steps from the service, with no
+		// hook process: Docker's shim creates with --pid-file
+		if n := steps(); n != 6 && !t.Failed() {
+			t.Errorf("the edit service ran the driver's steps on %d containers, want 6", n)
 		}
 	}()
 	uuids := fixtureUUIDs(t, driverRoot)
@@ -209,24 +224,34 @@ func TestRuncWithRuntimeWrapper(t *testing.T) {
 	bin := testutil.BuildNVBind(t, t.TempDir())
 	front := testutil.RuntimeBinary(bin)
 	socket := filepath.Join(t.TempDir(), "run", "runtime.sock")
-	edits := editService(t, front, socket)
+	edits, steps := editService(t, front, socket)
 	for _, tc := range []struct {
 		env, socket string
 		nodes       []string
+		// createStart: runc create with --pid-file, then runc start, as containerd's shim
+		// and Docker's run a runtime: the service runs the driver's steps, no hook
+		createStart bool
 	}{
-		{"NVIDIA_VISIBLE_DEVICES=1", "", []string{"/dev/nvidiactl", "/dev/nvidia1"}},
-		{"", "", nil},
-		{"NVIDIA_VISIBLE_DEVICES=0", socket, []string{"/dev/nvidiactl", "/dev/nvidia0"}},
-		{"", socket, nil},
+		{"NVIDIA_VISIBLE_DEVICES=1", "", []string{"/dev/nvidiactl", "/dev/nvidia1"}, false},
+		{"", "", nil, false},
+		{"NVIDIA_VISIBLE_DEVICES=0", socket, []string{"/dev/nvidiactl", "/dev/nvidia0"}, false},
+		{"", socket, nil, false},
+		{"NVIDIA_VISIBLE_DEVICES=1", socket, []string{"/dev/nvidiactl", "/dev/nvidia1"}, true},
+		{"NVIDIA_VISIBLE_DEVICES=1", "", []string{"/dev/nvidiactl", "/dev/nvidia1"}, true},
 	} {
 		t.Setenv("NVBIND_RUNTIME_CONFIG", runtimeConfig(t, driverRoot, runc, tc.socket))
-		served := edits()
+		served, stepped := edits(), steps()
 		bundle := runcBundle(t, runc, "", "", probe)
 		if tc.env != "" {
 			setEnv(t, bundle, tc.env)
 		}
 		before, _ := os.ReadFile(filepath.Join(bundle, "config.json"))
-		out := runcRun(t, front, bundle)
+		var out string
+		if tc.createStart {
+			out = runcCreateStart(t, front, runc, bundle)
+		} else {
+			out = runcRun(t, front, bundle)
+		}
 		if nodes := nodesIn(out); !slices.Equal(nodes, tc.nodes) {
 			t.Errorf("%q: nodes %v, want %v\n%s", tc.env, nodes, tc.nodes, out)
 		}
@@ -240,7 +265,64 @@ func TestRuncWithRuntimeWrapper(t *testing.T) {
 		if want := btoi(tc.socket != "" && tc.env != ""); edits()-served != want {
 			t.Errorf("%q, socket %q: the edit service answered %d edits, want %d", tc.env, tc.socket, edits()-served, want)
 		}
+		// the service's create of a GPU container gets the driver's steps from the service,
+		// and config.json names no hook; nvbind-runtime-edit's, and runc run, the hook
+		staged := tc.createStart && tc.socket != "" && tc.env != ""
+		if got := steps() - stepped; got != btoi(staged) {
+			t.Errorf("%q, socket %q: the service ran the steps %d times, want %d", tc.env, tc.socket, got, btoi(staged))
+		}
+		if tc.env != "" {
+			var s struct {
+				Hooks struct {
+					CreateRuntime []json.RawMessage `json:"createRuntime"`
+				} `json:"hooks"`
+			}
+			_ = json.Unmarshal(after, &s)
+			if hooks := len(s.Hooks.CreateRuntime); hooks != 1-btoi(staged) {
+				t.Errorf("%q, socket %q: config.json names %d hooks, want %d", tc.env, tc.socket, hooks, 1-btoi(staged))
+			}
+		}
 	}
+}
+
+// runcCreateStart runs a bundle with the runtime's create (--pid-file) and start, as
+// containerd's shim does, and returns the container's output once it has ended.
+func runcCreateStart(t *testing.T, runtime, runc, bundle string) string {
+	t.Helper()
+	id := "nvbind-e2e-cs-" + filepath.Base(filepath.Dir(bundle)) + filepath.Base(bundle)
+	outFile, err := os.Create(filepath.Join(t.TempDir(), "out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = outFile.Close() }()
+	t.Cleanup(func() { _ = exec.Command(runc, "delete", "-f", id).Run() })
+	create := exec.Command(runtime, "create", "--bundle", bundle, "--pid-file", filepath.Join(bundle, "init.pid"), id)
+	create.Stdout, create.Stderr = outFile, outFile
+	if err := create.Run(); err != nil {
+		data, _ := os.ReadFile(outFile.Name())
+		t.Fatalf("create: %v\n%s", err, data)
+	}
+	if out, err := exec.Command(runtime, "start", id).CombinedOutput(); err != nil {
+		t.Fatalf("start: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, err := exec.Command(runc, "state", id).Output()
+		var st struct{ Status string }
+		if err != nil || json.Unmarshal(out, &st) != nil {
+			t.Fatalf("state: %v\n%s", err, out)
+		}
+		if st.Status == "stopped" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the container did not end: %s", st.Status)
+		}
+	}
+	data, err := os.ReadFile(outFile.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }
 
 func btoi(b bool) int {
