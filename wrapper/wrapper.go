@@ -322,7 +322,9 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	if fi, err := os.Stat(p); err == nil {
 		mode = fi.Mode().Perm()
 	}
-	return steps, fileio.WriteAtomic(p, out, mode, nil)
+	// atomic for the runtime, which reads it next; no fsync: it does not outlive the
+	// container's creation
+	return steps, fileio.ReplaceAtomic(p, out, mode)
 }
 
 // needsCUDAVersion reports whether a requirement asks for the driver's CUDA version,

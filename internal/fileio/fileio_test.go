@@ -42,6 +42,34 @@ func TestWriteAtomic(t *testing.T) {
 	}
 }
 
+// TestReplaceAtomic: the file is replaced whole, with the mode asked whatever the umask,
+// and a failure leaves it and no temp file.
+func TestReplaceAtomic(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "config.json")
+	if err := os.WriteFile(dst, []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := ReplaceAtomic(dst, []byte("new"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if data, err := os.ReadFile(dst); err != nil || string(data) != "new" {
+		t.Fatalf("%q %v", data, err)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("%v %v", fi, err)
+	}
+	// a folder in dst's place: the rename fails, nothing is left
+	if err := ReplaceAtomic(dir, []byte("x"), 0o644); err == nil || !strings.Contains(err.Error(), "replace") {
+		t.Fatalf("err = %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	if len(ents) != 1 {
+		t.Fatalf("left behind: %v", ents)
+	}
+}
+
 func TestReadAll(t *testing.T) {
 	t.Parallel()
 	if d, err := ReadAll(strings.NewReader("12345"), 5, "x"); err != nil || string(d) != "12345" {
