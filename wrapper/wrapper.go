@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"time"
 
+	oci "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/hook"
 	"github.com/nvbind/nvbind/internal/fileio"
@@ -139,6 +141,31 @@ type container struct {
 		} `json:"namespaces"`
 		CgroupsPath string `json:"cgroupsPath"`
 	} `json:"linux"`
+	Hooks *struct {
+		CreateRuntime []struct {
+			Path string `json:"path"`
+		} `json:"createRuntime"`
+	} `json:"hooks"`
+}
+
+// hasHook reports whether config.json names nvbind's hook (at hookPath, or any program
+// named nvbind-hook) at createRuntime: a CDI spec's edits that the runtime's caller
+// applied (Docker, Podman).
+func (c container) hasHook(hookPath string) bool {
+	if c.Hooks == nil {
+		return false
+	}
+	for _, h := range c.Hooks.CreateRuntime {
+		if isOurHook(h.Path, hookPath) {
+			return true
+		}
+	}
+	return false
+}
+
+// isOurHook reports whether a hook's program is nvbind's hook.
+func isOurHook(path, hookPath string) bool {
+	return path == hookPath || filepath.Base(path) == "nvbind-hook"
 }
 
 // stageable reports whether a host process may run the driver's steps on the created
@@ -219,6 +246,19 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu
 		return nil, fmt.Errorf("%s was given the driver for the edit service to run its steps (%s), and the service did not answer; create the container again",
 			p, request.AnnotationStage)
 	}
+	stage = stage && call.Command == "create" && call.ID != "" && call.PidFile != "" && cfg.Stage == StageAuto && c.stageable(call.ID)
+	if kind == "" && cfg.Mode != ModeGuard && stage {
+		// the driver from a CDI spec the caller applied: the service runs its hook's steps
+		so, err := cfg.specOptions()
+		if err != nil || !c.hasHook(so.HookPath) {
+			return nil, err
+		}
+		steps, err := takeOverHook(p, data, so.HookPath)
+		if steps != nil {
+			steps.ID = call.ID
+		}
+		return steps, err
+	}
 	if kind == "" && (cfg.Mode != ModeGuard || !request.RequiresPlugin(in, "nvbind")) {
 		return nil, nil
 	}
@@ -237,7 +277,6 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu
 	if err != nil || req == nil {
 		return nil, err
 	}
-	stage = stage && call.Command == "create" && call.ID != "" && call.PidFile != "" && cfg.Stage == StageAuto && c.stageable(call.ID)
 	steps, err := inject(ctx, p, data, req, cfg, stage, extra)
 	if steps != nil {
 		steps.ID = call.ID
@@ -324,6 +363,60 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	}
 	// atomic for the runtime, which reads it next; no fsync: it does not outlive the
 	// container's creation
+	return steps, fileio.ReplaceAtomic(p, out, mode)
+}
+
+// takeOverHook removes nvbind's hook from config.json, which names it once at
+// createRuntime with arguments this build reads, marks the file (request.AnnotationStage)
+// and returns the hook's steps for the service to run; nil, with config.json as it was,
+// where it names the hook otherwise. The hook's arguments are as trusted as the hook: the
+// runtime would run it as root with them.
+func takeOverHook(p string, data []byte, hookPath string) (*Steps, error) {
+	var s oci.Spec
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&s); err != nil || s.Hooks == nil {
+		return nil, nil //nolint:nilerr // a config.json this build cannot rewrite keeps its hook
+	}
+	at := -1
+	for i, h := range s.Hooks.CreateRuntime {
+		if isOurHook(h.Path, hookPath) {
+			if at >= 0 {
+				return nil, nil // two: two specs' layouts, left to their hooks
+			}
+			at = i
+		}
+	}
+	if at < 0 {
+		return nil, nil
+	}
+	h := s.Hooks.CreateRuntime[at]
+	args, _, ok := spec.Edits{Hooks: []spec.Hook{{Path: h.Path, Args: h.Args}}}.Steps(h.Path)
+	if !ok {
+		return nil, nil
+	}
+	steps := &Steps{Options: hook.OptionsOf(args)}
+	s.Hooks.CreateRuntime = slices.Delete(s.Hooks.CreateRuntime, at, at+1)
+	if s.Annotations == nil {
+		s.Annotations = map[string]string{}
+	}
+	s.Annotations[request.AnnotationStage] = "cdi"
+	if steps.Options.AppProfile && s.Linux != nil {
+		for _, d := range s.Linux.Devices {
+			if hook.IsGPUNode(d.Path, d.Type) && !slices.Contains(steps.Options.GPUMinors, int(d.Minor)) {
+				steps.Options.GPUMinors = append(steps.Options.GPUMinors, int(d.Minor))
+			}
+		}
+		slices.Sort(steps.Options.GPUMinors)
+	}
+	out, err := json.Marshal(&s)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", p, err)
+	}
+	mode := os.FileMode(0o644)
+	if fi, err := os.Stat(p); err == nil {
+		mode = fi.Mode().Perm()
+	}
 	return steps, fileio.ReplaceAtomic(p, out, mode)
 }
 

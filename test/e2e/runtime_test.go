@@ -147,10 +147,10 @@ func TestDockerRuntime(t *testing.T) {
 		if n := edits(); n < 9 && !t.Failed() {
 			t.Errorf("the edit service answered %d edits, want one per container that asks (9)", n)
 		}
-		// the six containers that get the driver get its steps from the service, with no
+		// the seven containers that get the driver get its steps from the service, with no
 		// hook process: Docker's shim creates with --pid-file
-		if n := steps(); n != 6 && !t.Failed() {
-			t.Errorf("the edit service ran the driver's steps on %d containers, want 6", n)
+		if n := steps(); n != 7 && !t.Failed() {
+			t.Errorf("the edit service ran the driver's steps on %d containers, want 7", n)
 		}
 	}()
 	uuids := fixtureUUIDs(t, driverRoot)
@@ -158,6 +158,7 @@ func TestDockerRuntime(t *testing.T) {
 	for _, tc := range []struct {
 		name, runtime string
 		env           []string
+		reqs          []deviceRequest
 		privileged    bool
 		nodes         []string
 		wants, not    []string
@@ -177,13 +178,18 @@ func TestDockerRuntime(t *testing.T) {
 		{name: "privileged", runtime: "nvidia", env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, privileged: true,
 			wants: []string{libcuda, "HAS-SMI", "cuda-probe: loaded libcuda.so.1"}},
 		{name: "plain container, same runtime", runtime: "nvbind", wants: []string{"NO-LIBCUDA"}, not: []string{"HAS-SMI"}},
+		// a CDI device Docker injects from nvbind's spec (the driver layout with its hook at
+		// createRuntime): the service takes the hook over
+		{name: "CDI device through the runtime: the service runs the spec's hook", runtime: "nvbind",
+			reqs:  []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nvidia.com/gpu=1"}}},
+			nodes: []string{"/dev/nvidiactl", "/dev/nvidia1"}, wants: []string{libcudaIn("all"), "HAS-SMI", "cuda-probe: loaded libcuda.so.1"}},
 		{name: "unmet NVIDIA_REQUIRE_CUDA", runtime: "nvidia", env: []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=99.0"},
 			fails: []string{"nvbind-runtime", "NVIDIA_REQUIRE_CUDA", "cuda>=99.0", "12.2"}},
 		{name: "a GPU the node lacks", runtime: "nvbind", env: []string{"NVIDIA_VISIBLE_DEVICES=7"},
 			fails: []string{"env NVIDIA_VISIBLE_DEVICES", `GPU \"7\" is not on this node`, "valid: all, none, 0, 1"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			out, _, err := d.runContainer(container{script: probe, runtime: tc.runtime, env: tc.env, privileged: tc.privileged})
+			out, _, err := d.runContainer(container{script: probe, runtime: tc.runtime, env: tc.env, reqs: tc.reqs, privileged: tc.privileged})
 			if len(tc.fails) > 0 {
 				if err == nil {
 					t.Fatalf("created:\n%s", out)
