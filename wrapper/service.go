@@ -92,6 +92,9 @@ type Service struct {
 	// extra are discovery options after the configuration's (tests read synthetic roots).
 	extra []gpu.Option
 
+	// caches keep the inventories of the configurations asked for
+	caches inventoryCaches
+
 	// stepsOnce checks once whether this process may run the driver's steps in created
 	// containers (hook.InContainerSupported); stepsErr is why not.
 	stepsOnce sync.Once
@@ -198,6 +201,7 @@ func (s *Service) Serve(ctx context.Context, ln *net.UnixListener) error {
 		}
 	}()
 	defer close(stop)
+	defer s.caches.close()
 	defer wg.Wait()
 	// closed before the requests in flight end: a socket this service made goes (a front
 	// that finds none runs nvbind-runtime-edit); systemd's stays, and starts it again
@@ -236,8 +240,8 @@ type serviceRequest struct {
 	explicit             bool
 	// staging: the front may be answered "steps"
 	staging bool
-	args                 []string
-	dir                  int // the bundle folder, an O_PATH descriptor
+	args    []string
+	dir     int // the bundle folder, an O_PATH descriptor
 }
 
 func (s *Service) serveConn(ctx context.Context, conn *net.UnixConn) {
@@ -345,7 +349,7 @@ func (s *Service) edit(ctx context.Context, req serviceRequest) (*Steps, error) 
 	}
 	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
 	call.Bundle = fdDir
-	steps, err := prepare(ctx, call, cfg, stage, s.extra)
+	steps, err := prepare(ctx, call, cfg, stage, discovery{extra: s.extra, caches: &s.caches})
 	if err != nil {
 		shown := req.bundle
 		if shown == "" {

@@ -565,7 +565,7 @@ func TestStagedEditAgainRefused(t *testing.T) {
 	}
 	b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationStage: "forged"})
 	call := Call{Command: "create", Bundle: b, ID: "ctr", PidFile: filepath.Join(b, "init.pid")}
-	steps, err := prepare(context.Background(), call, cfg, true, root.Options())
+	steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()})
 	if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 {
 		t.Fatalf("steps %+v, %v", steps, err)
 	}
@@ -630,7 +630,7 @@ func TestTakeOverHook(t *testing.T) {
 
 	b, call := cdiApplied(foreign)
 	before := readSpec(t, b)
-	steps, err := prepare(context.Background(), call, cfg, true, root.Options())
+	steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()})
 	if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 || !steps.Options.EnterMountNamespace {
 		t.Fatalf("steps %+v, %v", steps, err)
 	}
@@ -656,7 +656,7 @@ func TestTakeOverHook(t *testing.T) {
 	} {
 		b, call := mk()
 		data, _ := os.ReadFile(filepath.Join(b, "config.json"))
-		if steps, err := prepare(context.Background(), call, cfg, true, root.Options()); steps != nil || err != nil {
+		if steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()}); steps != nil || err != nil {
 			t.Errorf("%s: steps %+v, %v", name, steps, err)
 		}
 		if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(data) {

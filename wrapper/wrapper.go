@@ -200,7 +200,7 @@ func (c container) input() request.Input {
 // asks for nothing is left as it is; a failure leaves config.json untouched. Extra
 // discovery options come after the configuration's (tests read synthetic roots).
 func Prepare(ctx context.Context, call Call, cfg Config, extra ...gpu.Option) error {
-	_, err := prepare(ctx, call, cfg, false, extra)
+	_, err := prepare(ctx, call, cfg, false, discovery{extra: extra})
 	return err
 }
 
@@ -215,7 +215,7 @@ type Steps struct {
 // prepare is Prepare; with stage, for a container the edit service may run the driver's
 // steps on, it leaves out the hook and returns the steps instead (nil where the hook
 // stays, or nothing was edited).
-func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu.Option) (*Steps, error) {
+func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discovery) (*Steps, error) {
 	bundle := call.Bundle
 	if bundle == "" {
 		bundle = "."
@@ -277,7 +277,7 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu
 	if err != nil || req == nil {
 		return nil, err
 	}
-	steps, err := inject(ctx, p, data, req, cfg, stage, extra)
+	steps, err := inject(ctx, p, data, req, cfg, stage, disc)
 	if steps != nil {
 		steps.ID = call.ID
 	}
@@ -291,7 +291,7 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, extra []gpu
 // steps; config.json is then marked (request.AnnotationStage), so that an edit asked
 // again (the front's fallback, nvbind-runtime-edit, after the service failed to answer)
 // refuses the container instead of finding it edited and starting it without its steps.
-func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, stage bool, extra []gpu.Option) (*Steps, error) {
+func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, stage bool, disc discovery) (*Steps, error) {
 	ctx, cancel := context.WithTimeout(ctx, discoveryTimeout)
 	defer cancel()
 	gopts := []gpu.Option{gpu.WithDriverRoot(cfg.DriverRoot), gpu.WithDevRoot(cfg.DevRoot), gpu.WithNVMLOnlyForMIG()}
@@ -301,11 +301,7 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	if !needsCUDAVersion(req) {
 		gopts = append(gopts, gpu.WithoutCUDAVersion())
 	}
-	d, err := gpu.New(append(gopts, extra...)...)
-	if err != nil {
-		return nil, err
-	}
-	inv, err := d.Discover(ctx)
+	inv, err := disc.discover(ctx, append(gopts, disc.extra...))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", req.Source, err)
 	}
@@ -418,6 +414,26 @@ func takeOverHook(p string, data []byte, hookPath string) (*Steps, error) {
 		mode = fi.Mode().Perm()
 	}
 	return steps, fileio.ReplaceAtomic(p, out, mode)
+}
+
+// discovery is how an edit gets its inventory: discovery options after the
+// configuration's (tests read synthetic roots), and the edit service's caches (nil: a
+// discovery of its own).
+type discovery struct {
+	extra  []gpu.Option
+	caches *inventoryCaches
+}
+
+// discover returns the inventory of a discovery with opts.
+func (d discovery) discover(ctx context.Context, opts []gpu.Option) (*gpu.Inventory, error) {
+	if d.caches != nil {
+		return d.caches.discover(ctx, opts)
+	}
+	g, err := gpu.New(opts...)
+	if err != nil {
+		return nil, err
+	}
+	return g.Discover(ctx)
 }
 
 // needsCUDAVersion reports whether a requirement asks for the driver's CUDA version,

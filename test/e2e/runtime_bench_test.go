@@ -162,7 +162,9 @@ func reportWrapper(b *testing.B, times [][]time.Duration, base string, names ...
 // BenchmarkRuntimeWrapperRunc: the same through runc directly: create (by runc, by
 // nvbind-runtime for a container that asks for nothing and one with every GPU and
 // capability, and by NVIDIA's nvidia-container-runtime, which edits on create only) and
-// start of a bundle; interleaved, medians of create+start.
+// start of a bundle; interleaved, medians of create+start. Creates name --pid-file, as
+// containerd's shim does: nvbind-runtime's service runs the driver's steps, and a last
+// case leaves them to the hook (stage = "hook").
 func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 	testutil.RequiresRoot(b)
 	toolkit := nvidiaToolkit(b)
@@ -172,6 +174,11 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 	socket := filepath.Join(b.TempDir(), "run", "runtime.sock")
 	_, _ = editService(b, testutil.RuntimeBinary(bin), socket)
 	withService, withoutService := runtimeConfig(b, driverRoot, runc, socket), runtimeConfig(b, driverRoot, runc, "")
+	// the service's edit, with the driver's steps left to the hook
+	hookStage := filepath.Join(b.TempDir(), "runtime.toml")
+	if data, err := os.ReadFile(withService); err != nil || os.WriteFile(hookStage, append(data, "stage = \"hook\"\n"...), 0o600) != nil {
+		b.Fatal(err)
+	}
 	b.Setenv("NVIDIA_CTK_CONFIG_FILE_PATH", nvidiaRuntimeConfig(b, toolkit, driverRoot, runc))
 	plainBundle := runcBundle(b, runc, "", "", "true")
 	gpuBundle := runcBundle(b, runc, "", "", "true")
@@ -195,6 +202,7 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 		{"nvbind-runtime-all", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec, withService},
 		{"nvidia-container-runtime-all", filepath.Join(toolkit, "nvidia-container-runtime"), gpuBundle, gpuSpec, withService},
 		{"nvbind-runtime-all-without-service", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec, withoutService},
+		{"nvbind-runtime-all-steps-by-hook", testutil.RuntimeBinary(bin), gpuBundle, gpuSpec, hookStage},
 	}
 	times := make([][]time.Duration, len(cases))
 	n := 0
@@ -213,7 +221,8 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			create := exec.CommandContext(ctx, tc.runtime, "create", "--bundle", tc.bundle, id)
+			// with --pid-file, as containerd's shim runs it
+			create := exec.CommandContext(ctx, tc.runtime, "create", "--bundle", tc.bundle, "--pid-file", filepath.Join(b.TempDir(), "init.pid"), id)
 			create.Env = append(os.Environ(), "NVBIND_RUNTIME_CONFIG="+tc.config)
 			create.Stderr = errf
 			err = create.Run()
@@ -233,5 +242,5 @@ func BenchmarkRuntimeWrapperRunc(b *testing.B) {
 			times[i] = append(times[i], took)
 		}
 	}
-	reportWrapper(b, times, "runc", cases[1].name, cases[2].name, cases[3].name, cases[4].name)
+	reportWrapper(b, times, "runc", cases[1].name, cases[2].name, cases[3].name, cases[4].name, cases[5].name)
 }
