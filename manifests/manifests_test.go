@@ -521,28 +521,36 @@ func TestRuntimeClass(t *testing.T) {
 	}
 }
 
-// TestNRIUnitGrantsTheSteps: the NRI plugin's unit gives it exactly the capabilities the
-// plugin needs to do the driver's steps in containers (hook.InContainerCapabilities), so
-// that --stage auto takes them on a host that installed the unit.
+// TestNRIUnitGrantsTheSteps: the NRI plugin's unit and the runtime wrapper's edit
+// service's give them exactly the capabilities they need to do the driver's steps in
+// containers (hook.InContainerCapabilities), and no seccomp filter against setns, so that
+// --stage auto and stage = "auto" take them on a host that installed the units.
 func TestNRIUnitGrantsTheSteps(t *testing.T) {
 	t.Parallel()
-	data, err := Systemd.ReadFile("systemd/nvbind-nri.service")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var granted []string
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapabilityBoundingSet="); ok {
-			granted = append(granted, strings.Fields(v)...)
-		}
-	}
 	var want []string
 	for _, c := range hook.InContainerCapabilities {
 		want = append(want, c.Name)
 	}
-	slices.Sort(granted)
 	slices.Sort(want)
-	if !slices.Equal(granted, want) {
-		t.Errorf("nvbind-nri.service: CapabilityBoundingSet %v, want %v", granted, want)
+	// the NRI plugin and the runtime wrapper's edit service both run the steps
+	for _, unit := range []string{"systemd/nvbind-nri.service", "systemd/nvbind-runtime.service"} {
+		data, err := Systemd.ReadFile(unit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var granted []string
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "CapabilityBoundingSet="); ok {
+				granted = append(granted, strings.Fields(v)...)
+			}
+			// systemd's seccomp filter for it refuses setns, which the steps need
+			if strings.HasPrefix(line, "RestrictNamespaces=") {
+				t.Errorf("%s: %s", unit, line)
+			}
+		}
+		slices.Sort(granted)
+		if !slices.Equal(granted, want) {
+			t.Errorf("%s: CapabilityBoundingSet %v, want %v", unit, granted, want)
+		}
 	}
 }

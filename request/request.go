@@ -464,6 +464,12 @@ const AnnotationHandled = "handled.gpus.nvbind.io"
 // the capability set and the name of the actions' arguments.
 const AnnotationStage = "stage.gpus.nvbind.io"
 
+// AnnotationRuntimeSteps is the annotation nvbind-runtime's edit service puts in a
+// config.json it gave the driver without nvbind's hook, whose steps it runs itself once
+// the container is created: an edit asked again of such a file (the service did not
+// answer) refuses the container rather than let it start without them.
+const AnnotationRuntimeSteps = "runtime-steps.gpus.nvbind.io"
+
 // AnnotationRequiredPlugins is NRI's annotation naming the plugins a container needs
 // (required-plugins.noderesource.dev/container.<name>, /pod): a JSON list of names.
 const AnnotationRequiredPlugins = "required-plugins.noderesource.dev"

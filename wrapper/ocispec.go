@@ -16,7 +16,7 @@ import (
 // runtime applies a spec's edits. changed is false when the container already has every
 // node and mount of the edits (a runtime injected them from nvbind's CDI spec). A field
 // config.json has that this build's OCI types lack is an error: rewriting the file would
-// drop it. A mark other than "" is set as request.AnnotationStage (the service runs the
+// drop it. A mark other than "" is set as request.AnnotationRuntimeSteps (the service runs the
 // steps); else that annotation is removed.
 func applyEdits(data []byte, e spec.Edits, mark string) ([]byte, *oci.Spec, bool, error) {
 	var s oci.Spec
@@ -36,9 +36,9 @@ func applyEdits(data []byte, e spec.Edits, mark string) ([]byte, *oci.Spec, bool
 		if s.Annotations == nil {
 			s.Annotations = map[string]string{}
 		}
-		s.Annotations[request.AnnotationStage] = mark
+		s.Annotations[request.AnnotationRuntimeSteps] = mark
 	} else {
-		delete(s.Annotations, request.AnnotationStage)
+		delete(s.Annotations, request.AnnotationRuntimeSteps)
 	}
 	out, err := json.Marshal(&s)
 	return out, &s, err == nil, err

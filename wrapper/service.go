@@ -74,10 +74,11 @@ const (
 	// editTimeout bounds one edit (discovery's own bound is 20 s), under the front's
 	// 30 s wait.
 	editTimeout = 25 * time.Second
-	// maxConns bounds the requests served at once; more wait in the socket's backlog.
-	maxConns = 64
+	// maxConns bounds the requests served at once, a create's included while the runtime
+	// creates its container; more wait in the socket's backlog.
+	maxConns = 256
 	// createTimeout bounds the wait for the front's "created" (the runtime's create).
-	createTimeout = 2 * time.Minute
+	createTimeout = 5 * time.Minute
 	// stepsTimeout bounds the driver's steps on one container, under the front's 30 s.
 	stepsTimeout = 10 * time.Second
 )
@@ -349,7 +350,12 @@ func (s *Service) edit(ctx context.Context, req serviceRequest) (*Steps, error) 
 	}
 	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
 	call.Bundle = fdDir
-	steps, err := prepare(ctx, call, cfg, stage, discovery{extra: s.extra, caches: &s.caches})
+	lock, err := lockBundle(ctx, fdDir, false)
+	var steps *Steps
+	if err == nil {
+		steps, err = prepare(ctx, call, cfg, stage, discovery{extra: s.extra, caches: &s.caches})
+		_ = lock.Close()
+	}
 	if err != nil {
 		shown := req.bundle
 		if shown == "" {

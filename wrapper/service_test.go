@@ -19,6 +19,7 @@ import (
 
 	"github.com/nvbind/nvbind/hook"
 	"github.com/nvbind/nvbind/request"
+	"github.com/nvbind/nvbind/spec"
 	"github.com/nvbind/nvbind/test/driverroot"
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -498,7 +499,7 @@ exit 0
 		if s.Hooks != nil && len(s.Hooks.CreateRuntime) > 0 {
 			t.Errorf("config.json names a hook: %+v", s.Hooks.CreateRuntime)
 		}
-		if s.Annotations[request.AnnotationStage] != "all" || len(devicePaths(s)) != 10 {
+		if s.Annotations[request.AnnotationRuntimeSteps] != "all" || len(devicePaths(s)) != 10 {
 			t.Errorf("config.json: annotations %v, devices %v", s.Annotations, devicePaths(s))
 		}
 	})
@@ -531,7 +532,7 @@ exit 0
 			t.Fatalf("got %q, %v", out, err)
 		}
 		s := readSpec(t, b)
-		if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationStage] != "" {
+		if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationRuntimeSteps] != "" {
 			t.Fatalf("config.json: hooks %+v, annotations %v", s.Hooks, s.Annotations)
 		}
 	})
@@ -554,8 +555,10 @@ exit 0
 
 // TestStagedEditAgainRefused: config.json the service gave the driver without its hook
 // (the service then failed before it answered) is refused when nvbind-runtime-edit is
-// asked to edit it again, instead of being found edited and started without its steps;
-// a mark a container's author set on a container not edited yet changes nothing.
+// asked to edit it again, instead of being found edited and started without its steps,
+// whatever asked for the GPUs (env, nvbind's annotation, a CDI annotation); so is one
+// whose mark a container's author set. A container edited with its hook, asked again,
+// is found edited.
 func TestStagedEditAgainRefused(t *testing.T) {
 	t.Parallel()
 	root := driverroot.Open(t, "debian-535")
@@ -563,39 +566,65 @@ func TestStagedEditAgainRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationStage: "forged"})
+	for name, asks := range map[string]struct {
+		env []string
+		ann map[string]string
+	}{
+		"env":                 {env: []string{"NVIDIA_VISIBLE_DEVICES=0"}},
+		"nvbind's annotation": {ann: map[string]string{request.AnnotationGPUs: "0"}},
+		"a CDI annotation":    {ann: map[string]string{request.AnnotationCDIPrefix + "gpu": spec.DefaultVendor + "/" + spec.DefaultClass + "=0"}},
+	} {
+		b := bundle(t, asks.env, asks.ann)
+		call := Call{Command: "create", Bundle: b, ID: "ctr", PidFile: filepath.Join(b, "init.pid")}
+		steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()})
+		if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 {
+			t.Fatalf("%s: steps %+v, %v", name, steps, err)
+		}
+		if s := readSpec(t, b); s.Hooks != nil && len(s.Hooks.CreateRuntime) > 0 || s.Annotations[request.AnnotationRuntimeSteps] != "compute,utility" {
+			t.Fatalf("%s: staged config.json: hooks %+v, annotations %v", name, s.Hooks, s.Annotations)
+		}
+		before, _ := os.ReadFile(filepath.Join(b, "config.json"))
+		err = Prepare(context.Background(), call, cfg, root.Options()...)
+		if err == nil || !strings.Contains(err.Error(), "the service edited it and did not answer") {
+			t.Fatalf("%s: edited again: %v", name, err)
+		}
+		if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
+			t.Fatalf("%s: config.json changed", name)
+		}
+	}
+	// a mark set by hand: refused, by the service too
+	b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationRuntimeSteps: "forged"})
 	call := Call{Command: "create", Bundle: b, ID: "ctr", PidFile: filepath.Join(b, "init.pid")}
-	steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()})
-	if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 {
-		t.Fatalf("steps %+v, %v", steps, err)
-	}
-	if s := readSpec(t, b); s.Hooks != nil && len(s.Hooks.CreateRuntime) > 0 || s.Annotations[request.AnnotationStage] != "compute,utility" {
-		t.Fatalf("staged config.json: hooks %+v, annotations %v", s.Hooks, s.Annotations)
-	}
-	before, _ := os.ReadFile(filepath.Join(b, "config.json"))
-	err = Prepare(context.Background(), call, cfg, root.Options()...)
-	if err == nil || !strings.Contains(err.Error(), "the service did not answer; create the container again") {
-		t.Fatalf("edited again: %v", err)
-	}
-	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
-		t.Fatal("config.json changed")
+	if _, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()}); err == nil || !strings.Contains(err.Error(), "set by hand") {
+		t.Fatalf("a forged mark: %v", err)
 	}
 	// a container edited with its hook, asked again, is found edited
-	b = bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, map[string]string{request.AnnotationStage: "forged"})
+	b = bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=0"}, nil)
 	call.Bundle = b
 	if err := Prepare(context.Background(), call, cfg, root.Options()...); err != nil {
 		t.Fatal(err)
 	}
 	s := readSpec(t, b)
-	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationStage] != "" {
+	if s.Hooks == nil || len(s.Hooks.CreateRuntime) != 1 || s.Annotations[request.AnnotationRuntimeSteps] != "" {
 		t.Fatalf("edited with the hook: hooks %+v, annotations %v", s.Hooks, s.Annotations)
 	}
-	before, _ = os.ReadFile(filepath.Join(b, "config.json"))
+	before, _ := os.ReadFile(filepath.Join(b, "config.json"))
 	if err := Prepare(context.Background(), call, cfg, root.Options()...); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(before) {
 		t.Fatal("an edited config.json was edited again")
+	}
+	// a container nvbind's NRI plugin staged (its annotations, the request void) is the
+	// plugin's: neither refused nor edited, in either mode
+	b = bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=void"}, map[string]string{request.AnnotationHandled: "injected", request.AnnotationStage: "all@0123456789abcdef"})
+	call.Bundle = b
+	for _, mode := range []string{ModeInject, ModeGuard} {
+		c := cfg
+		c.Mode = mode
+		if steps, err := prepare(context.Background(), call, c, true, discovery{extra: root.Options()}); steps != nil || err != nil {
+			t.Fatalf("%s: an NRI-staged container: steps %+v, %v", mode, steps, err)
+		}
 	}
 }
 
@@ -635,7 +664,7 @@ func TestTakeOverHook(t *testing.T) {
 		t.Fatalf("steps %+v, %v", steps, err)
 	}
 	after := readSpec(t, b)
-	if len(after.Hooks.CreateRuntime) != 1 || after.Hooks.CreateRuntime[0].Path != foreign.Path || after.Annotations[request.AnnotationStage] != "cdi" {
+	if len(after.Hooks.CreateRuntime) != 1 || after.Hooks.CreateRuntime[0].Path != foreign.Path || after.Annotations[request.AnnotationRuntimeSteps] != "cdi" {
 		t.Fatalf("config.json: hooks %+v, annotations %v", after.Hooks.CreateRuntime, after.Annotations)
 	}
 	if !slices.Equal(devicePaths(after), devicePaths(before)) || len(after.Mounts) != len(before.Mounts) || !slices.Equal(after.Process.Env, before.Process.Env) {

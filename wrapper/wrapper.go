@@ -9,12 +9,14 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	oci "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/hook"
@@ -57,7 +59,17 @@ func Main(name string, args []string, stderr io.Writer) int {
 		var rt string
 		if rt, err = cfg.RealRuntime(); err == nil {
 			if call.Command == "create" || call.Command == "run" {
-				err = Prepare(context.Background(), call, cfg)
+				// create's lock is held through exec by the runtime, until it has read
+				// config.json: a late edit of the service's waits for it
+				var lock *os.File
+				if lock, err = lockBundle(context.Background(), call.Bundle, call.Command == "create"); err == nil {
+					err = Prepare(context.Background(), call, cfg)
+					if call.Command == "run" || err != nil {
+						_ = lock.Close()
+					} else {
+						defer runtime.KeepAlive(lock)
+					}
+				}
 			}
 			if err == nil {
 				err = syscall.Exec(rt, append([]string{rt}, args...), os.Environ()) //nolint:gosec // the configured runtime
@@ -67,6 +79,45 @@ func Main(name string, args []string, stderr io.Writer) int {
 	}
 	report(call, stderr, err)
 	return 1
+}
+
+// lockWait bounds the wait for a bundle's lock.
+const lockWait = 30 * time.Second
+
+// lockBundle takes an exclusive lock (flock) on the bundle folder for an edit's read,
+// change and write of config.json, so that the service's and nvbind-runtime-edit's edits
+// of one bundle never interleave (a service that answers after its front gave up and ran
+// nvbind-runtime-edit). With inherit the descriptor survives exec: the runtime holds the
+// lock until its create has read config.json and ended.
+func lockBundle(ctx context.Context, bundle string, inherit bool) (*os.File, error) {
+	if bundle == "" {
+		bundle = "."
+	}
+	flags := unix.O_RDONLY | unix.O_DIRECTORY
+	if !inherit {
+		flags |= unix.O_CLOEXEC
+	}
+	fd, err := unix.Open(bundle, flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("bundle %s: %w", bundle, err)
+	}
+	f := os.NewFile(uintptr(fd), bundle)
+	deadline := time.Now().Add(lockWait)
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) && !errors.Is(err, unix.EINTR) {
+			_ = f.Close()
+			return nil, fmt.Errorf("lock bundle %s: %w", bundle, err)
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("bundle %s: another edit of it held its lock for %s", bundle, lockWait)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // configFor is the configuration of the wrapper run as name: nvbind-guard guards.
@@ -138,6 +189,7 @@ type container struct {
 	Linux *struct {
 		Namespaces []struct {
 			Type string `json:"type"`
+			Path string `json:"path"`
 		} `json:"namespaces"`
 		CgroupsPath string `json:"cgroupsPath"`
 	} `json:"linux"`
@@ -174,14 +226,38 @@ func isOurHook(path, hookPath string) bool {
 // hook.RunInContainer checks of the process.
 func (c container) stageable(id string) bool {
 	if c.Linux == nil {
-		return true
+		return false
 	}
+	ownMounts := false
 	for _, ns := range c.Linux.Namespaces {
-		if ns.Type == "user" {
+		switch {
+		case ns.Type == "user":
 			return false
+		case ns.Type == "mount":
+			// a new one: the process's root and mounts are the container's, not the host's
+			ownMounts = ns.Path == ""
 		}
 	}
-	return c.Linux.CgroupsPath == "" || strings.Contains(c.Linux.CgroupsPath, id)
+	return ownMounts && cgroupNames(c.Linux.CgroupsPath, id)
+}
+
+// cgroupNames reports whether an OCI cgroupsPath names the container's id as
+// hook.RunInContainer checks the process's cgroup: a path component that is the id, or
+// ends in -ID (.scope), or systemd's slice:prefix:ID; runc's default path (none given) is
+// the id's.
+func cgroupNames(path, id string) bool {
+	if path == "" {
+		return true
+	}
+	if i := strings.LastIndexByte(path, ':'); i >= 0 && !strings.Contains(path, "/") {
+		return path[i+1:] == id
+	}
+	for part := range strings.SplitSeq(path, "/") {
+		if part == id || strings.HasSuffix(strings.TrimSuffix(part, ".scope"), "-"+id) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c container) input() request.Input {
@@ -237,22 +313,25 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 		// NRI does not ask plugins about it, and it never gets GPUs
 		return nil, nil
 	}
+	if _, handled := c.Annotations[request.AnnotationHandled]; handled {
+		return nil, nil // nvbind's NRI plugin gave it what it asked for
+	}
+	so, err := cfg.specOptions()
+	if err != nil {
+		return nil, err
+	}
+	if c.Annotations[request.AnnotationRuntimeSteps] != "" && !c.hasHook(so.HookPath) {
+		// given the driver by the service for its steps, which then did not answer:
+		// without its hook, the container would start without them
+		return nil, fmt.Errorf("%s names %s, which the edit service sets on a container whose driver steps it runs, and no nvbind hook: the service edited it and did not answer (or the annotation was set by hand); create the container again",
+			p, request.AnnotationRuntimeSteps)
+	}
 	in := c.input()
 	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}
 	kind, _ := request.Which(in, opts)
-	if kind == "" && c.Annotations[request.AnnotationStage] != "" {
-		// edited by the service for its steps (the edits leave the request void), which
-		// then did not answer: without its hook, the container would start without them
-		return nil, fmt.Errorf("%s was given the driver for the edit service to run its steps (%s), and the service did not answer; create the container again",
-			p, request.AnnotationStage)
-	}
 	stage = stage && call.Command == "create" && call.ID != "" && call.PidFile != "" && cfg.Stage == StageAuto && c.stageable(call.ID)
-	if kind == "" && cfg.Mode != ModeGuard && stage {
+	if kind == "" && cfg.Mode != ModeGuard && stage && c.hasHook(so.HookPath) {
 		// the driver from a CDI spec the caller applied: the service runs its hook's steps
-		so, err := cfg.specOptions()
-		if err != nil || !c.hasHook(so.HookPath) {
-			return nil, err
-		}
 		steps, err := takeOverHook(p, data, so.HookPath)
 		if steps != nil {
 			steps.ID = call.ID
@@ -260,9 +339,6 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 		return steps, err
 	}
 	if kind == "" && (cfg.Mode != ModeGuard || !request.RequiresPlugin(in, "nvbind")) {
-		return nil, nil
-	}
-	if _, handled := c.Annotations[request.AnnotationHandled]; handled {
 		return nil, nil
 	}
 	if cfg.Mode == ModeGuard {
@@ -288,7 +364,7 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 // config.json, replacing the file atomically. Discovery runs for every container, as the
 // runtime is asked, so that a MIG or driver change is never missed. With stage, the hook
 // is left out where the edits' one hook is nvbind's, and its actions come back as the
-// steps; config.json is then marked (request.AnnotationStage), so that an edit asked
+// steps; config.json is then marked (request.AnnotationRuntimeSteps), so that an edit asked
 // again (the front's fallback, nvbind-runtime-edit, after the service failed to answer)
 // refuses the container instead of finding it edited and starting it without its steps.
 func inject(ctx context.Context, p string, data []byte, req *request.Request, cfg Config, stage bool, disc discovery) (*Steps, error) {
@@ -363,7 +439,7 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 }
 
 // takeOverHook removes nvbind's hook from config.json, which names it once at
-// createRuntime with arguments this build reads, marks the file (request.AnnotationStage)
+// createRuntime with arguments this build reads, marks the file (request.AnnotationRuntimeSteps)
 // and returns the hook's steps for the service to run; nil, with config.json as it was,
 // where it names the hook otherwise. The hook's arguments are as trusted as the hook: the
 // runtime would run it as root with them.
@@ -396,7 +472,7 @@ func takeOverHook(p string, data []byte, hookPath string) (*Steps, error) {
 	if s.Annotations == nil {
 		s.Annotations = map[string]string{}
 	}
-	s.Annotations[request.AnnotationStage] = "cdi"
+	s.Annotations[request.AnnotationRuntimeSteps] = "cdi"
 	if steps.Options.AppProfile && s.Linux != nil {
 		for _, d := range s.Linux.Devices {
 			if hook.IsGPUNode(d.Path, d.Type) && !slices.Contains(steps.Options.GPUMinors, int(d.Minor)) {

@@ -4,13 +4,16 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	oci "github.com/opencontainers/runtime-spec/specs-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/gpu"
 	"github.com/nvbind/nvbind/request"
@@ -55,7 +58,8 @@ func bundle(t testing.TB, env []string, ann map[string]string, mutate ...func(*o
 	s := oci.Spec{Version: oci.Version, Root: &oci.Root{Path: "rootfs"}, Annotations: ann,
 		Process: &oci.Process{Args: []string{"sh"}, Cwd: "/", Env: append([]string{"PATH=/usr/bin:/bin"}, env...)},
 		Mounts:  []oci.Mount{{Destination: "/proc", Type: "proc", Source: "proc"}},
-		Linux:   &oci.Linux{Resources: &oci.LinuxResources{Devices: []oci.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}}}}
+		Linux: &oci.Linux{Resources: &oci.LinuxResources{Devices: []oci.LinuxDeviceCgroup{{Allow: false, Access: "rwm"}}},
+			Namespaces: []oci.LinuxNamespace{{Type: oci.PIDNamespace}, {Type: oci.IPCNamespace}, {Type: oci.UTSNamespace}, {Type: oci.MountNamespace}}}}
 	for _, m := range mutate {
 		m(&s)
 	}
@@ -355,6 +359,48 @@ func TestErrorsLeaveConfigUntouched(t *testing.T) {
 	})
 }
 
+// TestStageable: the service runs the steps of a container with a mount namespace of its
+// own, none of the user kind, and a cgroup path that names its id as the process check
+// reads it; others keep the hook.
+func TestStageable(t *testing.T) {
+	t.Parallel()
+	type ns = struct{ Type, Path string }
+	for _, tc := range []struct {
+		name   string
+		ns     []ns
+		cgroup string
+		want   bool
+	}{
+		{"runc's default cgroup", []ns{{"pid", ""}, {"mount", ""}}, "", true},
+		{"cgroupfs", []ns{{"mount", ""}}, "/docker/abc", true},
+		{"systemd", []ns{{"mount", ""}}, "system.slice:docker:abc", true},
+		{"a scope", []ns{{"mount", ""}}, "/kubepods.slice/cri-containerd-abc.scope", true},
+		{"the id inside another name", []ns{{"mount", ""}}, "/docker/xabcx", false},
+		{"systemd, another id", []ns{{"mount", ""}}, "system.slice:docker:abcd", false},
+		{"the host's mounts", []ns{{"pid", ""}}, "", false},
+		{"a mount namespace joined", []ns{{"mount", "/proc/1/ns/mnt"}}, "", false},
+		{"a user namespace", []ns{{"mount", ""}, {"user", ""}}, "", false},
+	} {
+		var c container
+		c.Linux = &struct {
+			Namespaces []struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			} `json:"namespaces"`
+			CgroupsPath string `json:"cgroupsPath"`
+		}{CgroupsPath: tc.cgroup}
+		for _, n := range tc.ns {
+			c.Linux.Namespaces = append(c.Linux.Namespaces, struct {
+				Type string `json:"type"`
+				Path string `json:"path"`
+			}{n.Type, n.Path})
+		}
+		if got := c.stageable("abc"); got != tc.want {
+			t.Errorf("%s: stageable %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestLoadConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name, file, wantErr string
@@ -425,5 +471,44 @@ func BenchmarkPrepare(b *testing.B) {
 		if err := Prepare(context.Background(), Call{Command: "create", Bundle: dir}, cfg, root.Options()...); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestLockBundle: one edit of a bundle at a time; a second waits, and gives up when its
+// context ends; create's lock survives exec (no close-on-exec), the service's does not.
+func TestLockBundle(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	first, err := lockBundle(context.Background(), dir, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags, err := unix.FcntlInt(first.Fd(), unix.F_GETFD, 0); err != nil || flags&unix.FD_CLOEXEC != 0 {
+		t.Fatalf("create's lock: fd flags %#x, %v", flags, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, err := lockBundle(ctx, dir, false); err == nil || !strings.Contains(err.Error(), "held its lock") {
+		t.Fatalf("a second lock: %v", err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		second, err := lockBundle(context.Background(), dir, false)
+		if err == nil {
+			flags, ferr := unix.FcntlInt(second.Fd(), unix.F_GETFD, 0)
+			if ferr != nil || flags&unix.FD_CLOEXEC == 0 {
+				err = fmt.Errorf("the service's lock: fd flags %#x, %v", flags, ferr)
+			}
+			_ = second.Close()
+		}
+		got <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	_ = first.Close()
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockBundle(context.Background(), filepath.Join(dir, "missing"), false); err == nil || !strings.Contains(err.Error(), "missing") {
+		t.Fatalf("a missing bundle: %v", err)
 	}
 }

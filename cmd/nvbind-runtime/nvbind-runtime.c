@@ -436,7 +436,10 @@ static void create_with_steps(int sock, int argc, char **argv, char **envp, int 
 		while (sent < 0 && errno == EINTR);
 		static char reply[4200];
 		ssize_t n = -1;
-		if (sent == len) {
+		if (sent != len) {
+			snprintf(msg, sizeof msg, "the edit service at %s went away before the container %.12s was created (it waits 5 minutes for a create): the driver's steps were not run",
+			         config_socket, id);
+		} else {
 			do
 				n = recv(sock, reply, sizeof reply - 1, 0);
 			while (n < 0 && errno == EINTR);
@@ -448,7 +451,7 @@ static void create_with_steps(int sock, int argc, char **argv, char **envp, int 
 		if (n > 6 && memcmp(reply, "error", 6) == 0) {
 			reply[n] = 0;
 			snprintf(msg, sizeof msg, "%s", reply + 6);
-		} else {
+		} else if (sent == len) {
 			snprintf(msg, sizeof msg, "the edit service at %s did not run the driver's steps (links, ld cache) on container %.12s: %s",
 			         config_socket, id, n == 0 ? "it closed without an answer" : n < 0 ? "no answer in time" : "an answer other than ok or error");
 		}
