@@ -9,5 +9,8 @@
 // file. Otherwise it runs nvbind-runtime-edit, this package's Main: a container that asks
 // is read with the request parser of the NRI plugin (package request) and gets the same
 // edits (request.Edits), applied with the CDI library and written back atomically; any
-// error leaves config.json as it was.
+// error leaves config.json as it was. Its edit service (Service) does the same without a
+// Go program's start per container, from a cached inventory (gpu.Cache), and runs the
+// driver's steps itself on the created container instead of naming the hook, where it
+// may (Config.Stage).
 package wrapper

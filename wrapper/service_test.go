@@ -8,13 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	oci "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/hook"
@@ -626,81 +624,4 @@ func TestStagedEditAgainRefused(t *testing.T) {
 			t.Fatalf("%s: an NRI-staged container: steps %+v, %v", mode, steps, err)
 		}
 	}
-}
-
-// TestTakeOverHook: a container whose caller applied nvbind's CDI spec (Docker, Podman:
-// nvbind's hook at createRuntime, the request void) gets the hook's steps from the
-// service instead: the hook leaves config.json, other hooks stay. Two of nvbind's hooks,
-// a foreign hook alone, or no staging leave config.json as it was.
-func TestTakeOverHook(t *testing.T) {
-	t.Parallel()
-	root := driverroot.Open(t, "debian-535")
-	cfg, err := loadConfigFile(serviceConfig(t, root, "/usr/bin/runc", ""), true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	foreign := oci.Hook{Path: "/usr/bin/nvidia-cdi-hook", Args: []string{"nvidia-cdi-hook", "update-ldcache"}}
-	// cdiApplied is a bundle as a CDI-aware caller leaves it: nvbind's edits with the hook,
-	// the request void; with more hooks after
-	cdiApplied := func(more ...oci.Hook) (string, Call) {
-		b := bundle(t, []string{"NVIDIA_VISIBLE_DEVICES=1"}, nil)
-		call := Call{Command: "create", Bundle: b, ID: "ctr", PidFile: filepath.Join(b, "init.pid")}
-		if err := Prepare(context.Background(), call, cfg, root.Options()...); err != nil {
-			t.Fatal(err)
-		}
-		s := readSpec(t, b)
-		s.Hooks.CreateRuntime = append(s.Hooks.CreateRuntime, more...)
-		data, _ := json.Marshal(&s)
-		if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return b, call
-	}
-
-	b, call := cdiApplied(foreign)
-	before := readSpec(t, b)
-	steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()})
-	if err != nil || steps == nil || steps.ID != "ctr" || len(steps.Options.Links) == 0 || !steps.Options.EnterMountNamespace {
-		t.Fatalf("steps %+v, %v", steps, err)
-	}
-	after := readSpec(t, b)
-	if len(after.Hooks.CreateRuntime) != 1 || after.Hooks.CreateRuntime[0].Path != foreign.Path || after.Annotations[request.AnnotationRuntimeSteps] != "cdi" {
-		t.Fatalf("config.json: hooks %+v, annotations %v", after.Hooks.CreateRuntime, after.Annotations)
-	}
-	if !slices.Equal(devicePaths(after), devicePaths(before)) || len(after.Mounts) != len(before.Mounts) || !slices.Equal(after.Process.Env, before.Process.Env) {
-		t.Fatal("taking the hook over changed more than the hooks and annotations")
-	}
-	// asked again (the service did not answer): refused, not started without its steps
-	if err := Prepare(context.Background(), call, cfg, root.Options()...); err == nil || !strings.Contains(err.Error(), "create the container again") {
-		t.Fatalf("asked again: %v", err)
-	}
-
-	for name, mk := range map[string]func() (string, Call){
-		"two of nvbind's hooks": func() (string, Call) {
-			b, call := cdiApplied()
-			s := readSpec(t, b)
-			return cdiAppliedAgain(t, b, s, s.Hooks.CreateRuntime[0]), call
-		},
-		"no staging": func() (string, Call) { b, call := cdiApplied(); call.PidFile = ""; return b, call },
-	} {
-		b, call := mk()
-		data, _ := os.ReadFile(filepath.Join(b, "config.json"))
-		if steps, err := prepare(context.Background(), call, cfg, true, discovery{extra: root.Options()}); steps != nil || err != nil {
-			t.Errorf("%s: steps %+v, %v", name, steps, err)
-		}
-		if after, _ := os.ReadFile(filepath.Join(b, "config.json")); string(after) != string(data) {
-			t.Errorf("%s: config.json changed", name)
-		}
-	}
-}
-
-// cdiAppliedAgain writes s with one more createRuntime hook h into bundle b.
-func cdiAppliedAgain(t *testing.T, b string, s oci.Spec, h oci.Hook) string {
-	t.Helper()
-	s.Hooks.CreateRuntime = append(s.Hooks.CreateRuntime, h)
-	data, _ := json.Marshal(&s)
-	if err := os.WriteFile(filepath.Join(b, "config.json"), data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return b
 }

@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	oci "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/nvbind/nvbind/gpu"
@@ -201,8 +200,8 @@ type container struct {
 }
 
 // hasHook reports whether config.json names nvbind's hook (at hookPath, or any program
-// named nvbind-hook) at createRuntime: a CDI spec's edits that the runtime's caller
-// applied (Docker, Podman).
+// named nvbind-hook) at createRuntime: its edits, or a CDI spec's that the runtime's
+// caller applied (Docker, Podman).
 func (c container) hasHook(hookPath string) bool {
 	if c.Hooks == nil {
 		return false
@@ -330,14 +329,6 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}
 	kind, _ := request.Which(in, opts)
 	stage = stage && call.Command == "create" && call.ID != "" && call.PidFile != "" && cfg.Stage == StageAuto && c.stageable(call.ID)
-	if kind == "" && cfg.Mode != ModeGuard && stage && c.hasHook(so.HookPath) {
-		// the driver from a CDI spec the caller applied: the service runs its hook's steps
-		steps, err := takeOverHook(p, data, so.HookPath)
-		if steps != nil {
-			steps.ID = call.ID
-		}
-		return steps, err
-	}
 	if kind == "" && (cfg.Mode != ModeGuard || !request.RequiresPlugin(in, "nvbind")) {
 		return nil, nil
 	}
@@ -435,60 +426,6 @@ func inject(ctx context.Context, p string, data []byte, req *request.Request, cf
 	}
 	// atomic for the runtime, which reads it next; no fsync: it does not outlive the
 	// container's creation
-	return steps, fileio.ReplaceAtomic(p, out, mode)
-}
-
-// takeOverHook removes nvbind's hook from config.json, which names it once at
-// createRuntime with arguments this build reads, marks the file (request.AnnotationRuntimeSteps)
-// and returns the hook's steps for the service to run; nil, with config.json as it was,
-// where it names the hook otherwise. The hook's arguments are as trusted as the hook: the
-// runtime would run it as root with them.
-func takeOverHook(p string, data []byte, hookPath string) (*Steps, error) {
-	var s oci.Spec
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&s); err != nil || s.Hooks == nil {
-		return nil, nil //nolint:nilerr // a config.json this build cannot rewrite keeps its hook
-	}
-	at := -1
-	for i, h := range s.Hooks.CreateRuntime {
-		if isOurHook(h.Path, hookPath) {
-			if at >= 0 {
-				return nil, nil // two: two specs' layouts, left to their hooks
-			}
-			at = i
-		}
-	}
-	if at < 0 {
-		return nil, nil
-	}
-	h := s.Hooks.CreateRuntime[at]
-	args, _, ok := spec.Edits{Hooks: []spec.Hook{{Path: h.Path, Args: h.Args}}}.Steps(h.Path)
-	if !ok {
-		return nil, nil
-	}
-	steps := &Steps{Options: hook.OptionsOf(args)}
-	s.Hooks.CreateRuntime = slices.Delete(s.Hooks.CreateRuntime, at, at+1)
-	if s.Annotations == nil {
-		s.Annotations = map[string]string{}
-	}
-	s.Annotations[request.AnnotationRuntimeSteps] = "cdi"
-	if steps.Options.AppProfile && s.Linux != nil {
-		for _, d := range s.Linux.Devices {
-			if hook.IsGPUNode(d.Path, d.Type) && !slices.Contains(steps.Options.GPUMinors, int(d.Minor)) {
-				steps.Options.GPUMinors = append(steps.Options.GPUMinors, int(d.Minor))
-			}
-		}
-		slices.Sort(steps.Options.GPUMinors)
-	}
-	out, err := json.Marshal(&s)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", p, err)
-	}
-	mode := os.FileMode(0o644)
-	if fi, err := os.Stat(p); err == nil {
-		mode = fi.Mode().Perm()
-	}
 	return steps, fileio.ReplaceAtomic(p, out, mode)
 }
 

@@ -92,27 +92,14 @@ func editsOf(devs []cdispecs.Device) []*cdispecs.ContainerEdits {
 // (nvidia-ctk cdi generate, when $NVBIND_NVIDIA_TOOLKIT has it); and what the GPU's nodes
 // alone add; and the layout's cost taken apart: its spec without the hook, and with the
 // hook's program replaced by /bin/true (what runc's starting a hook costs), and the hook
-// at createContainer instead of HookStage; and the layout's spec run by nvbind-runtime
-// (Docker's runtime nvbind, as nvbind install --enable docker-runtime makes it), whose
-// edit service runs the hook's steps on the created container instead of runc's running
-// the hook. Interleaved, medians.
+// at createContainer instead of HookStage. Interleaved, medians.
 func BenchmarkDriverMountsDocker(b *testing.B) {
 	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	testutil.RequiresRoot(b)
 	driverRoot := testutil.DriverRoot(b, "debian-535")
 	bin := testutil.BuildNVBind(b, b.TempDir())
 	hook := testutil.HookBinary(bin)
-	socket := filepath.Join(b.TempDir(), "run", "runtime.sock")
-	runtimeConf := runtimeConfig(b, driverRoot, filepath.Join(dockerTools(b), "runc"), socket)
-	var front string
-	d := startDockerd(b, bin, driverRoot, func(conf string, env *[]string) {
-		front = filepath.Join(filepath.Dir(conf), "nvbind/bin/nvbind-runtime")
-		out, err := exec.Command(bin, "install", "--components", "runtime", "--prefix", filepath.Join(filepath.Dir(conf), "nvbind"),
-			"--enable", "docker-runtime", "--docker-config", conf).CombinedOutput()
-		if err != nil {
-			b.Fatalf("nvbind install: %v\n%s", err, out)
-		}
-		*env = append(*env, "NVBIND_RUNTIME_CONFIG="+runtimeConf)
+	d := startDockerd(b, bin, driverRoot, func(conf string, _ *[]string) {
 		specs := filepath.Join(filepath.Dir(conf), "cdi")
 		writeSpecFiles(b, driverRoot, specs, hook, spec.Options{Vendor: "per-file.nvbind.io"})
 		layoutSpec := writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "layout.nvbind.io"})
@@ -123,14 +110,12 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 		writeSpec(b, driverRoot, specs, hook, spec.Options{Vendor: "nodes.nvbind.io", CapabilityDevices: true})
 	})
 	d.loadBusybox()
-	_, steps := editService(b, front, socket)
 	cases := []struct {
 		name string
 		c    container
 	}{
 		{"plain", container{script: "true"}},
 		{"layout", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"layout.nvbind.io/gpu=all"}}}}},
-		{"layout-steps-by-nvbind-runtime", container{script: "true", runtime: "nvbind", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"layout.nvbind.io/gpu=all"}}}}},
 		{"layout-without-hook", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"no-hook.nvbind.io/gpu=all"}}}}},
 		{"layout-hook-bin-true", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"hook-true.nvbind.io/gpu=all"}}}}},
 		{"layout-hook-at-createContainer", container{script: "true", reqs: []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"create-container.nvbind.io/gpu=all"}}}}},
@@ -159,9 +144,6 @@ func BenchmarkDriverMountsDocker(b *testing.B) {
 			}
 			times[i] = append(times[i], took)
 		}
-	}
-	if n := steps(); n != len(times[2]) {
-		b.Fatalf("the edit service ran the steps %d times, want once per container of nvbind-runtime (%d)", n, len(times[2]))
 	}
 	plain := median(times[0])
 	b.ReportMetric(plain, "ms-median/plain")

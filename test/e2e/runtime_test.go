@@ -147,10 +147,10 @@ func TestDockerRuntime(t *testing.T) {
 		if n := edits(); n < 9 && !t.Failed() {
 			t.Errorf("the edit service answered %d edits, want one per container that asks (9)", n)
 		}
-		// the seven containers that get the driver get its steps from the service, with no
+		// the six containers that get the driver get its steps from the service, with no
 		// hook process: Docker's shim creates with --pid-file
-		if n := steps(); n != 7 && !t.Failed() {
-			t.Errorf("the edit service ran the driver's steps on %d containers, want 7", n)
+		if n := steps(); n != 6 && !t.Failed() {
+			t.Errorf("the edit service ran the driver's steps on %d containers, want 6", n)
 		}
 	}()
 	uuids := fixtureUUIDs(t, driverRoot)
@@ -178,9 +178,9 @@ func TestDockerRuntime(t *testing.T) {
 		{name: "privileged", runtime: "nvidia", env: []string{"NVIDIA_VISIBLE_DEVICES=0"}, privileged: true,
 			wants: []string{libcuda, "HAS-SMI", "cuda-probe: loaded libcuda.so.1"}},
 		{name: "plain container, same runtime", runtime: "nvbind", wants: []string{"NO-LIBCUDA"}, not: []string{"HAS-SMI"}},
-		// a CDI device Docker injects from nvbind's spec (the driver layout with its hook at
-		// createRuntime): the service takes the hook over
-		{name: "CDI device through the runtime: the service runs the spec's hook", runtime: "nvbind",
+		// a CDI device Docker injects from nvbind's spec: the spec's hook runs, the service
+		// leaves it as it is
+		{name: "CDI device through the runtime: the spec's hook", runtime: "nvbind",
 			reqs:  []deviceRequest{{Driver: "cdi", DeviceIDs: []string{"nvidia.com/gpu=1"}}},
 			nodes: []string{"/dev/nvidiactl", "/dev/nvidia1"}, wants: []string{libcudaIn("all"), "HAS-SMI", "cuda-probe: loaded libcuda.so.1"}},
 		{name: "unmet NVIDIA_REQUIRE_CUDA", runtime: "nvidia", env: []string{"NVIDIA_VISIBLE_DEVICES=0", "NVIDIA_REQUIRE_CUDA=cuda>=99.0"},
