@@ -229,10 +229,10 @@ func (c container) stageable(id string) bool {
 	}
 	ownMounts := false
 	for _, ns := range c.Linux.Namespaces {
-		switch {
-		case ns.Type == "user":
+		switch ns.Type {
+		case "user":
 			return false
-		case ns.Type == "mount":
+		case "mount":
 			// a new one: the process's root and mounts are the container's, not the host's
 			ownMounts = ns.Path == ""
 		}

@@ -497,7 +497,7 @@ func TestLockBundle(t *testing.T) {
 		if err == nil {
 			flags, ferr := unix.FcntlInt(second.Fd(), unix.F_GETFD, 0)
 			if ferr != nil || flags&unix.FD_CLOEXEC == 0 {
-				err = fmt.Errorf("the service's lock: fd flags %#x, %v", flags, ferr)
+				err = fmt.Errorf("the service's lock: fd flags %#x, %w", flags, ferr)
 			}
 			_ = second.Close()
 		}
