@@ -6,9 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -25,12 +27,13 @@ import (
 //     the next container;
 //   - no file event came from /dev, /dev/nvidia-caps, /dev/dri, the driver root's /etc
 //     (ld.so.cache) or a folder holding a file of the inventory (a package upgrade),
-//     and the watcher lost none;
+//     and the watcher lost none (inotify's events arrive within milliseconds);
 //   - it is younger than maxAge: files that appear where the inventory has none (a
 //     daemon's socket that starts later) are seen within that time.
 //
-// Without inotify, or on a driver without procfs (WSL2, Jetson), every call discovers.
-// The inventory returned is shared: callers must not change it.
+// Without inotify, or on a driver without procfs (WSL2, Jetson), every call discovers;
+// so does a call made while another discovers. The inventory returned is shared:
+// callers must not change it.
 type Cache struct {
 	d      *Discoverer
 	maxAge time.Duration
@@ -101,7 +104,12 @@ func (c *Cache) Close() error {
 // Discover returns the last inventory where it still holds (see Cache), else discovers.
 // reused says which.
 func (c *Cache) Discover(ctx context.Context) (inv *Inventory, reused bool, err error) {
-	c.mu.Lock()
+	if !c.mu.TryLock() {
+		// another call discovers (a slow NVML, a failing driver): this one does not wait
+		// for it, as it did not before the cache
+		inv, err := c.d.Discover(ctx)
+		return inv, false, err
+	}
 	defer c.mu.Unlock()
 	stamp, ok := c.procStamp()
 	if c.inv != nil && ok && stamp == c.stamp && !c.dirty.Load() && time.Since(c.at) < c.maxAge {
@@ -145,18 +153,22 @@ func (c *Cache) Discover(ctx context.Context) (inv *Inventory, reused bool, err 
 // watchList is the folders whose changes make an inventory stale: those that must be
 // watched for it to be kept, and those watched where they exist.
 func (c *Cache) watchList(inv *Inventory) (required, optional []string) {
-	required = []string{filepath.Join(c.d.cfg.devRootMount, "dev"), filepath.Join(c.d.cfg.driverRootMount, "etc")}
+	required = []string{filepath.Join(c.d.cfg.devRootMount, "dev")}
 	for _, f := range inv.Files {
 		if dir := filepath.Dir(c.d.mountPath(f.HostPath)); !slices.Contains(required, dir) {
 			required = append(required, dir)
 		}
 	}
-	return required, []string{filepath.Join(c.d.cfg.devRootMount, "dev/nvidia-caps"), filepath.Join(c.d.cfg.devRootMount, "dev/dri")}
+	// the ld cache's folder: a driver root may have none (its libraries are found by path)
+	return required, []string{filepath.Join(c.d.cfg.devRootMount, "dev/nvidia-caps"), filepath.Join(c.d.cfg.devRootMount, "dev/dri"),
+		filepath.Join(c.d.cfg.driverRootMount, "etc")}
 }
 
 // procStamp is what the driver's procfs says that discovery depends on: the version and
-// parameters files, the GPUs' folders and their MIG instances' (names, to two levels
-// below each GPU's mig folder). ok is false where there is no driver procfs.
+// parameters files, the GPUs' folders and their MIG instances' (names and inode numbers,
+// to two levels below each GPU's mig folder: an instance destroyed and made again with
+// the same ID is a new procfs entry, and has a new UUID). ok is false where there is no
+// driver procfs.
 func (c *Cache) procStamp() (string, bool) {
 	p := procFiles{root: c.d.cfg.devRootMount}
 	var b strings.Builder
@@ -176,6 +188,11 @@ func (c *Cache) procStamp() (string, bool) {
 		}
 		for _, e := range ents {
 			b.WriteString("\x00" + rel + "/" + e.Name())
+			if fi, err := e.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+					b.WriteString("@" + strconv.FormatUint(st.Ino, 10))
+				}
+			}
 			if e.IsDir() && depth > 0 {
 				list(rel+"/"+e.Name(), depth-1)
 			}

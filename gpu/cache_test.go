@@ -14,9 +14,9 @@ import (
 
 // TestCache: an inventory is reused while nothing it was made from changed, once a
 // discovery ran with its folders watched from the start; each kind of change (a GPU
-// gone from procfs, the driver's version, a MIG instance, a node in /dev, a file beside
-// the libraries, the ld cache's folder) makes the next call discover again, and see it;
-// so do age and Close.
+// gone from procfs, the driver's version, a MIG instance, one made again with the same
+// ID, a node in /dev, a file beside the libraries, the ld cache's folder) makes the next
+// call discover again, and see it; so do age and Close.
 func TestCache(t *testing.T) {
 	t.Parallel()
 	root := driverroot.Synthetic(t, "debian-535")
@@ -78,6 +78,20 @@ func TestCache(t *testing.T) {
 	}
 	if _, reused := discover(); reused {
 		t.Fatal("a MIG instance: the inventory was reused")
+	}
+	settle("a MIG instance")
+	// destroyed and made again with the same ID: a new procfs entry (a new UUID)
+	if err := os.Mkdir(mig+".new", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(mig); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(mig+".new", mig); err != nil {
+		t.Fatal(err)
+	}
+	if _, reused := discover(); reused {
+		t.Fatal("a MIG instance made again with the same ID: the inventory was reused")
 	}
 	if err := os.RemoveAll(filepath.Dir(mig)); err != nil {
 		t.Fatal(err)

@@ -40,6 +40,7 @@ func (c *inventoryCaches) discover(ctx context.Context, opts []gpu.Option) (*gpu
 		c.caches = map[string]*cacheEntry{}
 	}
 	e := c.caches[key]
+	var evicted *gpu.Cache
 	if e == nil {
 		if len(c.caches) >= maxCaches {
 			oldest := ""
@@ -48,7 +49,7 @@ func (c *inventoryCaches) discover(ctx context.Context, opts []gpu.Option) (*gpu
 					oldest = k
 				}
 			}
-			_ = c.caches[oldest].cache.Close()
+			evicted = c.caches[oldest].cache
 			delete(c.caches, oldest)
 		}
 		e = &cacheEntry{cache: gpu.NewCache(d, inventoryMaxAge)}
@@ -56,6 +57,9 @@ func (c *inventoryCaches) discover(ctx context.Context, opts []gpu.Option) (*gpu
 	}
 	e.used = time.Now()
 	c.mu.Unlock()
+	if evicted != nil {
+		_ = evicted.Close() // waits for a discovery of its own in flight, not under c.mu
+	}
 	inv, _, err := e.cache.Discover(ctx)
 	return inv, err
 }

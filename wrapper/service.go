@@ -350,7 +350,7 @@ func (s *Service) edit(ctx context.Context, req serviceRequest) (*Steps, error) 
 	}
 	fdDir := "/proc/self/fd/" + strconv.Itoa(req.dir)
 	call.Bundle = fdDir
-	lock, err := lockBundle(ctx, fdDir, false)
+	lock, err := lockBundle(ctx, fdDir)
 	var steps *Steps
 	if err == nil {
 		steps, err = prepare(ctx, call, cfg, stage, discovery{extra: s.extra, caches: &s.caches})

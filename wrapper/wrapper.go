@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -58,16 +57,10 @@ func Main(name string, args []string, stderr io.Writer) int {
 		var rt string
 		if rt, err = cfg.RealRuntime(); err == nil {
 			if call.Command == "create" || call.Command == "run" {
-				// create's lock is held through exec by the runtime, until it has read
-				// config.json: a late edit of the service's waits for it
 				var lock *os.File
-				if lock, err = lockBundle(context.Background(), call.Bundle, call.Command == "create"); err == nil {
+				if lock, err = lockBundle(context.Background(), call.Bundle); err == nil {
 					err = Prepare(context.Background(), call, cfg)
-					if call.Command == "run" || err != nil {
-						_ = lock.Close()
-					} else {
-						defer runtime.KeepAlive(lock)
-					}
+					_ = lock.Close()
 				}
 			}
 			if err == nil {
@@ -85,18 +78,14 @@ const lockWait = 30 * time.Second
 
 // lockBundle takes an exclusive lock (flock) on the bundle folder for an edit's read,
 // change and write of config.json, so that the service's and nvbind-runtime-edit's edits
-// of one bundle never interleave (a service that answers after its front gave up and ran
-// nvbind-runtime-edit). With inherit the descriptor survives exec: the runtime holds the
-// lock until its create has read config.json and ended.
-func lockBundle(ctx context.Context, bundle string, inherit bool) (*os.File, error) {
+// of one bundle never interleave (a service that edits after its front gave up and ran
+// nvbind-runtime-edit). An edit that comes second finds the first's: edited (nothing to
+// do), or marked for the service's steps without the hook (refused).
+func lockBundle(ctx context.Context, bundle string) (*os.File, error) {
 	if bundle == "" {
 		bundle = "."
 	}
-	flags := unix.O_RDONLY | unix.O_DIRECTORY
-	if !inherit {
-		flags |= unix.O_CLOEXEC
-	}
-	fd, err := unix.Open(bundle, flags, 0)
+	fd, err := unix.Open(bundle, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("bundle %s: %w", bundle, err)
 	}
@@ -315,15 +304,18 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 	if _, handled := c.Annotations[request.AnnotationHandled]; handled {
 		return nil, nil // nvbind's NRI plugin gave it what it asked for
 	}
-	so, err := cfg.specOptions()
-	if err != nil {
-		return nil, err
-	}
-	if c.Annotations[request.AnnotationRuntimeSteps] != "" && !c.hasHook(so.HookPath) {
-		// given the driver by the service for its steps, which then did not answer:
-		// without its hook, the container would start without them
-		return nil, fmt.Errorf("%s names %s, which the edit service sets on a container whose driver steps it runs, and no nvbind hook: the service edited it and did not answer (or the annotation was set by hand); create the container again",
-			p, request.AnnotationRuntimeSteps)
+	if c.Annotations[request.AnnotationRuntimeSteps] != "" {
+		so, err := cfg.specOptions()
+		if err != nil {
+			return nil, err
+		}
+		if !c.hasHook(so.HookPath) {
+			// given the driver by the service for its steps, which then did not answer (or
+			// a second create of the same bundle): without its hook, the container would
+			// start without them
+			return nil, fmt.Errorf("%s names %s, which the edit service sets on a container whose driver steps it runs, and no nvbind hook: the service edited it and did not answer, the bundle was created before, or the annotation was set by hand; create the container again from a new config.json",
+				p, request.AnnotationRuntimeSteps)
+		}
 	}
 	in := c.input()
 	opts := request.Options{Kind: spec.DefaultVendor + "/" + spec.DefaultClass, EnvRequests: *cfg.EnvRequests}
