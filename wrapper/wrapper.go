@@ -345,7 +345,8 @@ func prepare(ctx context.Context, call Call, cfg Config, stage bool, disc discov
 
 // inject discovers the host's GPUs, resolves the request and applies its edits to
 // config.json, replacing the file atomically. Discovery runs for every container, as the
-// runtime is asked, so that a MIG or driver change is never missed. With stage, the hook
+// runtime is asked (the edit service's reuses an inventory while the driver's procfs and
+// folders say it holds: gpu.Cache), so that a MIG or driver change is never missed. With stage, the hook
 // is left out where the edits' one hook is nvbind's, and its actions come back as the
 // steps; config.json is then marked (request.AnnotationRuntimeSteps), so that an edit asked
 // again (the front's fallback, nvbind-runtime-edit, after the service failed to answer)
