@@ -55,34 +55,13 @@ func ReadFile(path string, max int64) ([]byte, error) {
 	return ReadAll(f, max, path)
 }
 
-// ReplaceAtomic replaces the file dst with data through a temp file beside it and a
-// rename, without WriteAtomic's fsyncs: a reader sees the old file or the new one, never
-// a half-written one, but a crash may lose the change. For files that do not outlive what
-// reads them at once (a container bundle's config.json between the runtime's caller and
-// the runtime), where two fsyncs cost milliseconds on every container's creation.
-func ReplaceAtomic(dst string, data []byte, mode fs.FileMode) (err error) {
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".*.tmp")
-	if err != nil {
-		return fmt.Errorf("create a temp file beside %s: %w", dst, err)
-	}
-	defer func() {
-		if err != nil {
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if _, err = tmp.Write(data); err == nil {
-		err = tmp.Chmod(mode) // the umask must not matter
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err = os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("replace %s: %w", dst, err)
-	}
-	return nil
+// ReplaceAtomic replaces the file dst with data as WriteAtomic does, without its fsyncs:
+// a reader sees the old file or the new one, never a half-written one, but a crash may
+// lose the change. For files that do not outlive what reads them at once (a container
+// bundle's config.json between the runtime's caller and the runtime), where two fsyncs
+// cost milliseconds on every container's creation.
+func ReplaceAtomic(dst string, data []byte, mode fs.FileMode) error {
+	return writeAtomic(dst, data, mode, nil, false)
 }
 
 // WriteAtomic replaces dst with data: a temp file beside it (mode, fsync), check on the
@@ -90,7 +69,12 @@ func ReplaceAtomic(dst string, data []byte, mode fs.FileMode) (err error) {
 // fsync of the folder. A
 // reader sees the old file or the new one, never a half-written one, and on any error
 // nothing is left behind. Missing folders are created world-readable.
-func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp string) error) (err error) {
+func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp string) error) error {
+	return writeAtomic(dst, data, mode, check, true)
+}
+
+// writeAtomic is WriteAtomic; durable adds its fsyncs.
+func writeAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp string) error, durable bool) (err error) {
 	dir := filepath.Dir(dst)
 	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // spec, bin and unit folders are world-readable
 		return fmt.Errorf("create folder %s: %w", dir, err)
@@ -118,7 +102,7 @@ func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	} else {
 		checked <- nil
 	}
-	if err == nil {
+	if err == nil && durable {
 		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
@@ -133,6 +117,9 @@ func WriteAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	}
 	if err = os.Rename(tmp.Name(), dst); err != nil {
 		return fmt.Errorf("replace %s: %w", dst, err)
+	}
+	if !durable {
+		return nil
 	}
 	if d, derr := Open(dir); derr == nil {
 		derr = d.Sync()
