@@ -193,13 +193,23 @@ func inCgroupOf(pid int, id string) error {
 				path = line[i+1:]
 			}
 		}
-		for part := range strings.SplitSeq(path, "/") {
-			if part == id || strings.HasSuffix(strings.TrimSuffix(part, ".scope"), "-"+id) || strings.HasSuffix(part, ":"+id) {
-				return nil
-			}
+		if CgroupPathNames(path, id) {
+			return nil
 		}
 	}
 	return fmt.Errorf("process %d is in no cgroup of container %.12s: not the container's own process (a sandboxed runtime's?); for this runtime, leave the steps to the hook (nvbind nri --stage hook, stage = \"hook\" in runtime.toml)", pid, id)
+}
+
+// CgroupPathNames reports whether a cgroup path names container id as runtimes name
+// their containers' cgroups: a component that is the id, or ends in -ID (a .scope:
+// cri-containerd-ID.scope, docker-ID.scope), or systemd's slice:prefix:ID.
+func CgroupPathNames(path, id string) bool {
+	for part := range strings.SplitSeq(path, "/") {
+		if part == id || strings.HasSuffix(strings.TrimSuffix(part, ".scope"), "-"+id) || strings.HasSuffix(part, ":"+id) {
+			return true
+		}
+	}
+	return false
 }
 
 // inNamespace enters the mount namespace ns with the calling thread and runs the actions

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
@@ -230,22 +229,10 @@ func (c container) stageable(id string) bool {
 }
 
 // cgroupNames reports whether an OCI cgroupsPath names the container's id as
-// hook.RunInContainer checks the process's cgroup: a path component that is the id, or
-// ends in -ID (.scope), or systemd's slice:prefix:ID; runc's default path (none given) is
+// hook.RunInContainer checks the process's cgroup; runc's default path (none given) is
 // the id's.
 func cgroupNames(path, id string) bool {
-	if path == "" {
-		return true
-	}
-	if i := strings.LastIndexByte(path, ':'); i >= 0 && !strings.Contains(path, "/") {
-		return path[i+1:] == id
-	}
-	for part := range strings.SplitSeq(path, "/") {
-		if part == id || strings.HasSuffix(strings.TrimSuffix(part, ".scope"), "-"+id) {
-			return true
-		}
-	}
-	return false
+	return path == "" || hook.CgroupPathNames(path, id)
 }
 
 func (c container) input() request.Input {
