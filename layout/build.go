@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -164,7 +166,11 @@ func lock(base string) (func(), error) {
 // fill lays the entries out in the layout's tmpfs at dir, then marks it complete and
 // makes it read-only.
 func fill(dir string, p Plan, read func(string) string) error {
+	whole := wholeFolders(p, read)
 	for _, e := range p.Entries {
+		if _, ok := whole[DriverFolder(e.Path, "")]; ok {
+			continue
+		}
 		dst := filepath.Join(dir, e.Path)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil { //nolint:gosec // world-readable
 			return err
@@ -177,6 +183,11 @@ func fill(dir string, p Plan, read func(string) string) error {
 		}
 		if err := bindFile(read(e.Host), dst); err != nil {
 			return fmt.Errorf("bind %s: %w", e.Host, err)
+		}
+	}
+	for _, c := range slices.Sorted(maps.Keys(whole)) {
+		if err := bindFolder(read(whole[c]), filepath.Join(dir, c)); err != nil {
+			return fmt.Errorf("bind %s: %w", whole[c], err)
 		}
 	}
 	if err := writeEntries(dir, p); err != nil {
@@ -236,6 +247,13 @@ func bindFile(src, dst string) error {
 		return &os.PathError{Op: "create", Path: dst, Err: err}
 	}
 	_ = unix.Close(mp)
+	return bindFD(sfd, dst)
+}
+
+// bindFD mounts what sfd opens (its own mount's part, nothing mounted under it) at dst,
+// read-only: a detached copy with its attributes set, moved into place, so it is never
+// visible writable; on kernels before 5.12, a bind and a read-only remount.
+func bindFD(sfd int, dst string) error {
 	tree, err := unix.OpenTree(sfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
 	if err == nil {
 		defer func() { _ = unix.Close(tree) }()

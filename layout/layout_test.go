@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"maps"
 	"os"
 	"os/exec"
 	"path"
@@ -257,12 +258,50 @@ func ensureHelper(t *testing.T) {
 	if !Complete(base, p) {
 		t.Fatal("not complete")
 	}
+	if w := wholeFolders(p, nil); len(w) != 0 {
+		t.Errorf("folders of a writable file system bound whole: %v", w)
+	}
 	dir := p.HostPath(base)
+	files := checkLayout(t, dir, p, nil)
+	if err := Ensure(base, p, nil); err != nil {
+		t.Fatalf("a second Ensure: %v", err)
+	}
+	gone, err := Collect(base, nil)
+	if err != nil || len(gone) != 1 || gone[0] != p.ID {
+		t.Fatalf("collect: %v %v", gone, err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the layout folder stays: %v", err)
+	}
+	for _, e := range p.Entries {
+		if e.Host != "" {
+			if _, err := os.Stat(e.Host); err != nil {
+				t.Fatalf("a driver file is gone after Collect: %v", err)
+			}
+		}
+	}
+	t.Logf("layout %s: %d files, %d entries", p.ID, files, len(p.Entries))
+}
+
+// checkLayout checks the layout at dir against plan p: each file the host's, read-only,
+// each link as planned (in a folder bound whole, one that ends at the same file), the
+// tmpfs read-only, libcuda.so.1 found; it returns the files.
+func checkLayout(t *testing.T, dir string, p Plan, whole map[string]string) int {
+	t.Helper()
 	files := 0
 	for _, e := range p.Entries {
 		got := filepath.Join(dir, e.Path)
 		if e.Host == "" {
-			if target, err := os.Readlink(got); err != nil || target != e.Target {
+			target, err := os.Readlink(got)
+			if _, in := whole[DriverFolder(e.Path, "")]; in && err == nil && target != e.Target {
+				// the host's own link: it ends at the same file
+				var a, b unix.Stat_t
+				if unix.Stat(got, &a) != nil || unix.Stat(filepath.Join(filepath.Dir(got), e.Target), &b) != nil || a.Dev != b.Dev || a.Ino != b.Ino {
+					t.Errorf("%s -> %q ends elsewhere than the plan's %q", e.Path, target, e.Target)
+				}
+				continue
+			}
+			if err != nil || target != e.Target {
 				t.Errorf("%s -> %q, %v; want %q", e.Path, target, err, e.Target)
 			}
 			continue
@@ -287,24 +326,192 @@ func ensureHelper(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(dir, "usr/lib/x86_64-linux-gnu/libcuda.so.1")); err != nil || len(data) == 0 {
 		t.Errorf("libcuda.so.1 in the layout: %v", err)
 	}
-	if err := Ensure(base, p, nil); err != nil {
-		t.Fatalf("a second Ensure: %v", err)
+	return files
+}
+
+// TestEnsureWholeFolder: on a file system that is read-only itself (a tmpfs remounted
+// read-only, as a dm-verity root or a squashfs image is), the driver folder that holds
+// exactly the plan's entries goes into the layout as one mount of the host's folder, and
+// the layout holds the same names as with one mount per file; a plan that holds only part
+// of the folder (compute alone) mounts per file. In a private mount namespace.
+func TestEnsureWholeFolder(t *testing.T) {
+	if os.Getenv("NVBIND_LAYOUT_HELPER") == "whole" {
+		wholeHelper(t)
+		return
 	}
-	gone, err := Collect(base, nil)
-	if err != nil || len(gone) != 1 || gone[0] != p.ID {
-		t.Fatalf("collect: %v %v", gone, err)
+	testutil.RequiresRoot(t)
+	unshare := testutil.RequiresCommand(t, "unshare")
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], "-test.run=^TestEnsureWholeFolder$", "-test.v")
+	cmd.Env = append(os.Environ(), "NVBIND_LAYOUT_HELPER=whole", "NVBIND_LAYOUT_BASE="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestEnsureWholeFolder")) {
+		t.Fatalf("%v\n%s", err, out)
 	}
-	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the layout folder stays: %v", err)
+	t.Logf("%s", bytes.TrimSpace(out))
+}
+
+func wholeHelper(t *testing.T) {
+	base := os.Getenv("NVBIND_LAYOUT_BASE")
+	fsDir := t.TempDir()
+	if err := unix.Mount("nvbind-test", fsDir, "tmpfs", 0, "mode=0755"); err != nil {
+		t.Fatal(err)
 	}
-	for _, e := range p.Entries {
-		if e.Host != "" {
-			if _, err := os.Stat(e.Host); err != nil {
-				t.Fatalf("a driver file is gone after Collect: %v", err)
+	t.Cleanup(func() { _ = unix.Unmount(fsDir, unix.MNT_DETACH) })
+	root := driverroot.Copy(t, driverroot.Synthetic(t, "debian-535"), filepath.Join(fsDir, "root"))
+	if err := unix.Mount("", fsDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+		t.Fatal(err)
+	}
+	// Debian's 32-bit folder holds only what the plan lays out; the 64-bit one also holds
+	// NGX's wine DLLs, which no plan does, so it is mounted per file
+	const folder = "/usr/lib/i386-linux-gnu/nvidia"
+	host := filepath.Join(root.Path, folder)
+	if !immutableFolder(host) {
+		t.Fatalf("%s is on a read-only file system, and not seen so", host)
+	}
+	inv := inventory(t, root)
+	mountsUnder := func(dir string) int {
+		data, err := os.ReadFile("/proc/self/mountinfo")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+				n++
 			}
 		}
+		return n
 	}
-	t.Logf("layout %s: %d files, %d entries", p.ID, files, len(p.Entries))
+	p := For(inv, gpu.CapsAll)
+	if err := Ensure(base, p, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := p.HostPath(base)
+	w := wholeFolders(p, nil)
+	files := checkLayout(t, dir, p, w)
+	var hostSt, gotSt unix.Stat_t
+	if err := unix.Stat(host, &hostSt); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(filepath.Join(dir, folder), &gotSt); err != nil {
+		t.Fatal(err)
+	}
+	if gotSt.Dev != hostSt.Dev || gotSt.Ino != hostSt.Ino {
+		t.Errorf("%s in the layout is not the host's folder", folder)
+	}
+	if _, ok := w[folder]; !ok {
+		t.Fatalf("%s is not bound whole (%v)", folder, w)
+	}
+	// one mount per file outside the whole folders, one per whole folder
+	want := len(w)
+	for _, e := range p.Entries {
+		if _, in := w[DriverFolder(e.Path, "")]; e.Host != "" && !in {
+			want++
+		}
+	}
+	whole := mountsUnder(dir)
+	if whole != want || whole >= files {
+		t.Errorf("%d mounts in the layout for %d files, want %d (folders bound whole: %v)", whole, files, want, slices.Sorted(maps.Keys(w)))
+	}
+	if err := os.WriteFile(filepath.Join(dir, folder, "new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
+		t.Errorf("the folder is writable in the layout: %v", err)
+	}
+	// compute alone holds part of the folder: one mount per file
+	pc := For(inv, gpu.CapsOf(gpu.CapCompute, gpu.CapUtility))
+	if w := wholeFolders(pc, nil); len(w) != 0 {
+		t.Errorf("a plan with part of the folder binds it whole: %v", w)
+	}
+	if err := Ensure(base, pc, nil); err != nil {
+		t.Fatal(err)
+	}
+	cfiles := checkLayout(t, pc.HostPath(base), pc, nil)
+	if n := mountsUnder(pc.HostPath(base)); n != cfiles {
+		t.Errorf("compute+utility: %d mounts for %d files", n, cfiles)
+	}
+	t.Logf("all: %d mounts for %d files, folders bound whole: %v; compute+utility: %d files", whole, files, slices.Sorted(maps.Keys(w)), cfiles)
+	if _, err := Collect(base, nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := mountsUnder(base); n != 0 {
+		t.Errorf("%d mounts left under %s after Collect", n, base)
+	}
+}
+
+// TestSameTree: a folder goes whole only with exactly the plan's names: its links may
+// take another way to the same file (libcuda.so -> libcuda.so.1 where the plan links
+// libcuda.so straight to the library), and nothing else may differ.
+func TestSameTree(t *testing.T) {
+	t.Parallel()
+	const c = "/usr/lib/nvidia"
+	build := func(t *testing.T, extra func(dir string)) string {
+		dir := t.TempDir()
+		must := func(err error) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(os.WriteFile(filepath.Join(dir, "libcuda.so.535"), []byte("x"), 0o644))
+		must(os.Symlink("libcuda.so.535", filepath.Join(dir, "libcuda.so.1")))
+		must(os.Symlink("libcuda.so.1", filepath.Join(dir, "libcuda.so")))
+		must(os.MkdirAll(filepath.Join(dir, "wine"), 0o755))
+		must(os.WriteFile(filepath.Join(dir, "wine/nvngx.dll"), []byte("y"), 0o644))
+		if extra != nil {
+			extra(dir)
+		}
+		return dir
+	}
+	plan := func(host string) []Entry {
+		return []Entry{{Path: c + "/libcuda.so.535", Host: host + "/libcuda.so.535"}, {Path: c + "/wine/nvngx.dll", Host: host + "/wine/nvngx.dll"},
+			{Path: c + "/libcuda.so.1", Target: "libcuda.so.535"}, {Path: c + "/libcuda.so", Target: "libcuda.so.535"}}
+	}
+	for _, tc := range []struct {
+		name  string
+		extra func(dir string)
+		edit  func([]Entry) []Entry
+		want  bool
+	}{
+		{"same", nil, nil, true},
+		{"an extra file", func(d string) { _ = os.WriteFile(filepath.Join(d, "libGLX_nvidia.so.0"), nil, 0o644) }, nil, false},
+		{"an extra empty folder", func(d string) { _ = os.Mkdir(filepath.Join(d, "empty"), 0o755) }, nil, false},
+		{"a link elsewhere", func(d string) {
+			_ = os.WriteFile(filepath.Join(d, "other"), nil, 0o644)
+			_ = os.Remove(filepath.Join(d, "libcuda.so"))
+			_ = os.Symlink("other", filepath.Join(d, "libcuda.so"))
+		}, func(e []Entry) []Entry { return append(e, Entry{Path: c + "/other", Host: "HOST/other"}) }, false},
+		{"a link out", func(d string) {
+			_ = os.Remove(filepath.Join(d, "libcuda.so"))
+			_ = os.Symlink("../libcuda.so.535", filepath.Join(d, "libcuda.so"))
+		}, nil, false},
+		{"an absolute link", func(d string) {
+			_ = os.Remove(filepath.Join(d, "libcuda.so"))
+			_ = os.Symlink(filepath.Join(d, "libcuda.so.535"), filepath.Join(d, "libcuda.so"))
+		}, nil, false},
+		{"a plan entry missing", nil, func(e []Entry) []Entry {
+			return append(e, Entry{Path: c + "/libnvidia-ml.so.1", Target: "libcuda.so.535"})
+		}, false},
+		{"a file of the host elsewhere", nil, func(e []Entry) []Entry { e[0].Host = "/elsewhere/libcuda.so.535"; return e }, false},
+		{"a plan link where the host has a file", func(d string) { _ = os.WriteFile(filepath.Join(d, "libnvidia-ml.so.1"), nil, 0o644) },
+			func(e []Entry) []Entry {
+				return append(e, Entry{Path: c + "/libnvidia-ml.so.1", Target: "libcuda.so.535"})
+			}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := build(t, tc.extra)
+			entries := plan(dir)
+			if tc.edit != nil {
+				entries = tc.edit(entries)
+				for i := range entries {
+					entries[i].Host = strings.Replace(entries[i].Host, "HOST", dir, 1)
+				}
+			}
+			if got := sameTree(dir, dir, c, entries); got != tc.want {
+				t.Errorf("sameTree = %v, want %v", got, tc.want)
+			}
+		})
+	}
+	if immutableFolder(t.TempDir()) {
+		t.Error("a folder of a writable file system is seen as immutable")
+	}
 }
 
 // TestRetirer: a layout this process used is detached a grace period after it leaves use,
