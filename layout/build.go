@@ -167,6 +167,7 @@ func lock(base string) (func(), error) {
 // makes it read-only.
 func fill(dir string, p Plan, read func(string) string) error {
 	whole := wholeFolders(p, read)
+	defer closeWhole(whole)
 	for _, e := range p.Entries {
 		if _, ok := whole[DriverFolder(e.Path, "")]; ok {
 			continue
@@ -186,8 +187,8 @@ func fill(dir string, p Plan, read func(string) string) error {
 		}
 	}
 	for _, c := range slices.Sorted(maps.Keys(whole)) {
-		if err := bindFolder(read(whole[c]), filepath.Join(dir, c)); err != nil {
-			return fmt.Errorf("bind %s: %w", whole[c], err)
+		if err := bindFolder(whole[c].fd, filepath.Join(dir, c)); err != nil {
+			return fmt.Errorf("bind %s: %w", whole[c].host, err)
 		}
 	}
 	if err := writeEntries(dir, p); err != nil {
@@ -257,7 +258,8 @@ func bindFD(sfd int, dst string) error {
 	tree, err := unix.OpenTree(sfd, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH)
 	if err == nil {
 		defer func() { _ = unix.Close(tree) }()
-		if err = unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: bindAttrs}); err == nil {
+		// private: a mount the host makes later under the source never reaches the layout
+		if err = unix.MountSetattr(tree, "", unix.AT_EMPTY_PATH, &unix.MountAttr{Attr_set: bindAttrs, Propagation: unix.MS_PRIVATE}); err == nil {
 			err = unix.MoveMount(tree, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH)
 		}
 		if err == nil {
@@ -270,7 +272,10 @@ func bindFD(sfd int, dst string) error {
 	if err := unix.Mount("/proc/self/fd/"+strconv.Itoa(sfd), dst, "", unix.MS_BIND, ""); err != nil {
 		return err
 	}
-	return unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, "")
+	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, ""); err != nil {
+		return err
+	}
+	return unix.Mount("", dst, "", unix.MS_PRIVATE, "")
 }
 
 // detach takes a layout off the host: its mounts are detached (containers that have it

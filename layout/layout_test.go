@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -259,6 +260,7 @@ func ensureHelper(t *testing.T) {
 		t.Fatal("not complete")
 	}
 	if w := wholeFolders(p, nil); len(w) != 0 {
+		closeWhole(w)
 		t.Errorf("folders of a writable file system bound whole: %v", w)
 	}
 	dir := p.HostPath(base)
@@ -286,7 +288,7 @@ func ensureHelper(t *testing.T) {
 // checkLayout checks the layout at dir against plan p: each file the host's, read-only,
 // each link as planned (in a folder bound whole, one that ends at the same file), the
 // tmpfs read-only, libcuda.so.1 found; it returns the files.
-func checkLayout(t *testing.T, dir string, p Plan, whole map[string]string) int {
+func checkLayout(t *testing.T, dir string, p Plan, whole map[string]wholeFolder) int {
 	t.Helper()
 	files := 0
 	for _, e := range p.Entries {
@@ -322,6 +324,22 @@ func checkLayout(t *testing.T, dir string, p Plan, whole map[string]string) int 
 	if err := os.WriteFile(filepath.Join(dir, "new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
 		t.Errorf("the layout's tmpfs is writable: %v", err)
 	}
+	// nothing but the plan's entries (and the layout's own two files)
+	planned := map[string]bool{"/" + completeFile: true, "/" + EntriesFile: true}
+	for _, e := range p.Entries {
+		planned[e.Path] = true
+	}
+	if err := filepath.WalkDir(dir, func(q string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		if rel := strings.TrimPrefix(q, dir); !planned[rel] {
+			t.Errorf("%s is in the layout and not in its plan", rel)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	// the libcuda.so.1 link resolves inside the layout to the host's file
 	if data, err := os.ReadFile(filepath.Join(dir, "usr/lib/x86_64-linux-gnu/libcuda.so.1")); err != nil || len(data) == 0 {
 		t.Errorf("libcuda.so.1 in the layout: %v", err)
@@ -352,21 +370,38 @@ func TestEnsureWholeFolder(t *testing.T) {
 
 func wholeHelper(t *testing.T) {
 	base := os.Getenv("NVBIND_LAYOUT_BASE")
+	mkfs := testutil.RequiresCommand(t, "mkfs.ext4")
+	mount := testutil.RequiresCommand(t, "mount")
+	// the root built in a folder, then an ext4 image of it mounted read-only over that
+	// folder from a loop device set up read-only (what dm-verity gives)
+	root := driverroot.Copy(t, driverroot.Synthetic(t, "debian-535"), filepath.Join(t.TempDir(), "root"))
+	img := filepath.Join(t.TempDir(), "root.img")
+	if out, err := exec.Command(mkfs, "-q", "-d", root.Path, img, "64M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(mount, "-o", "loop,ro", img, root.Path).CombinedOutput(); err != nil {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = unix.Unmount(root.Path, unix.MNT_DETACH) })
+	// Debian's 32-bit folder holds only what the plan lays out; the 64-bit one also holds
+	// NGX's wine DLLs, which no plan does, so it is mounted per file
+	const folder = "/usr/lib/i386-linux-gnu/nvidia"
+	host := filepath.Join(root.Path, folder)
+	if fd := openFolder(t, host); !immutableFolder(fd) {
+		t.Fatalf("%s is on a read-only loop device, and not seen so", host)
+	}
+	// the same folder on a tmpfs whose superblock is read-only is not: root may make it
+	// writable again
 	fsDir := t.TempDir()
 	if err := unix.Mount("nvbind-test", fsDir, "tmpfs", 0, "mode=0755"); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = unix.Unmount(fsDir, unix.MNT_DETACH) })
-	root := driverroot.Copy(t, driverroot.Synthetic(t, "debian-535"), filepath.Join(fsDir, "root"))
 	if err := unix.Mount("", fsDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		t.Fatal(err)
 	}
-	// Debian's 32-bit folder holds only what the plan lays out; the 64-bit one also holds
-	// NGX's wine DLLs, which no plan does, so it is mounted per file
-	const folder = "/usr/lib/i386-linux-gnu/nvidia"
-	host := filepath.Join(root.Path, folder)
-	if !immutableFolder(host) {
-		t.Fatalf("%s is on a read-only file system, and not seen so", host)
+	if immutableFolder(openFolder(t, fsDir)) {
+		t.Error("a tmpfs remounted read-only is seen as immutable")
 	}
 	inv := inventory(t, root)
 	mountsUnder := func(dir string) int {
@@ -388,6 +423,7 @@ func wholeHelper(t *testing.T) {
 	}
 	dir := p.HostPath(base)
 	w := wholeFolders(p, nil)
+	closeWhole(w)
 	files := checkLayout(t, dir, p, w)
 	var hostSt, gotSt unix.Stat_t
 	if err := unix.Stat(host, &hostSt); err != nil {
@@ -416,9 +452,23 @@ func wholeHelper(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, folder, "new"), nil, 0o644); !errors.Is(err, unix.EROFS) {
 		t.Errorf("the folder is writable in the layout: %v", err)
 	}
+	// a file mounted over one of the folder's: the folder is not bound whole, whose
+	// mount would show what is under that mount
+	lib := filepath.Join(host, "current/libcuda.so.535.261.03")
+	if err := unix.Mount(filepath.Join(root.Path, "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.535.261.03"), lib, "", unix.MS_BIND, ""); err != nil {
+		t.Fatal(err)
+	}
+	if w := wholeFolders(p, nil); len(w) != 0 {
+		closeWhole(w)
+		t.Errorf("a folder with a file mounted over one of its files is bound whole: %v", w)
+	}
+	if err := unix.Unmount(lib, 0); err != nil {
+		t.Fatal(err)
+	}
 	// compute alone holds part of the folder: one mount per file
 	pc := For(inv, gpu.CapsOf(gpu.CapCompute, gpu.CapUtility))
 	if w := wholeFolders(pc, nil); len(w) != 0 {
+		closeWhole(w)
 		t.Errorf("a plan with part of the folder binds it whole: %v", w)
 	}
 	if err := Ensure(base, pc, nil); err != nil {
@@ -450,10 +500,12 @@ func TestSameTree(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		must(os.Chmod(dir, 0o755))
 		must(os.WriteFile(filepath.Join(dir, "libcuda.so.535"), []byte("x"), 0o644))
 		must(os.Symlink("libcuda.so.535", filepath.Join(dir, "libcuda.so.1")))
 		must(os.Symlink("libcuda.so.1", filepath.Join(dir, "libcuda.so")))
 		must(os.MkdirAll(filepath.Join(dir, "wine"), 0o755))
+		must(os.Chmod(filepath.Join(dir, "wine"), 0o755)) // whatever the umask
 		must(os.WriteFile(filepath.Join(dir, "wine/nvngx.dll"), []byte("y"), 0o644))
 		if extra != nil {
 			extra(dir)
@@ -473,6 +525,13 @@ func TestSameTree(t *testing.T) {
 		{"same", nil, nil, true},
 		{"an extra file", func(d string) { _ = os.WriteFile(filepath.Join(d, "libGLX_nvidia.so.0"), nil, 0o644) }, nil, false},
 		{"an extra empty folder", func(d string) { _ = os.Mkdir(filepath.Join(d, "empty"), 0o755) }, nil, false},
+		{"a hidden file", func(d string) { _ = os.WriteFile(filepath.Join(d, ".hidden"), nil, 0o644) }, nil, false},
+		{"a fifo", func(d string) { _ = unix.Mkfifo(filepath.Join(d, "fifo"), 0o644) }, nil, false},
+		{"a folder others cannot enter", func(d string) { _ = os.Chmod(filepath.Join(d, "wine"), 0o750) }, nil, false},
+		{"a link through a file", func(d string) {
+			_ = os.Remove(filepath.Join(d, "libcuda.so"))
+			_ = os.Symlink("libcuda.so.1/../libcuda.so.535", filepath.Join(d, "libcuda.so"))
+		}, nil, false},
 		{"a link elsewhere", func(d string) {
 			_ = os.WriteFile(filepath.Join(d, "other"), nil, 0o644)
 			_ = os.Remove(filepath.Join(d, "libcuda.so"))
@@ -504,14 +563,25 @@ func TestSameTree(t *testing.T) {
 					entries[i].Host = strings.Replace(entries[i].Host, "HOST", dir, 1)
 				}
 			}
-			if got := sameTree(dir, dir, c, entries); got != tc.want {
+			if got := sameTree(openFolder(t, dir), dir, c, entries); got != tc.want {
 				t.Errorf("sameTree = %v, want %v", got, tc.want)
 			}
 		})
 	}
-	if immutableFolder(t.TempDir()) {
+	if immutableFolder(openFolder(t, t.TempDir())) {
 		t.Error("a folder of a writable file system is seen as immutable")
 	}
+}
+
+// openFolder opens folder p as wholeFolders does, for the test's time.
+func openFolder(t *testing.T, p string) int {
+	t.Helper()
+	fd, err := unix.Open(p, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	return fd
 }
 
 // TestRetirer: a layout this process used is detached a grace period after it leaves use,

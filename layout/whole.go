@@ -23,24 +23,36 @@ import (
 //     the same place, each of its links a plan link that ends at the same file, each of
 //     its folders holds some of them, and the plan has nothing there that it lacks; so a
 //     container sees the same names with either;
-//   - its file system is read-only itself (the superblock, not only a mount of it: a
-//     dm-verity root as Bottlerocket's, a squashfs or erofs image as a system extension's)
-//     and no other file system is mounted under it; so nothing the host does changes or
-//     removes its files under a running container, as a per-file mount guarantees. A
-//     folder of a writable file system, even mounted read-only, is not: a package upgrade
-//     replaces its files in place (Debian's nvidia/current), a garbage collector removes a
-//     store path (NixOS's /nix/store, written through another mount), and a container
-//     with the folder bound would see its driver change or go.
+//   - its file system cannot be written: one that is read-only by its kind (squashfs,
+//     erofs, cramfs, iso9660, as a system extension's image), or one on a block device
+//     that is read-only (dm-verity, as Bottlerocket's root; a loop device set up
+//     read-only); and no other mount is under it or on any of its entries. So nothing the
+//     host does changes or removes its files under a running container, as a per-file
+//     mount guarantees. A writable file system is not, even mounted read-only, or with its
+//     superblock read-only (root may remount it writable): a package upgrade replaces its
+//     files in place (Debian's nvidia/current), a garbage collector removes a store path
+//     (NixOS's /nix/store, written through another mount), an overlay's lower folders may
+//     be written under it, and a container with the folder bound would see its driver
+//     change or go.
 //
+// The folder is opened once: the checks read it through that handle and the bind clones
+// its mount from it, so a mount swapped onto its path meanwhile changes nothing.
 // The layout's mount in a container is the same either way (one recursive mount).
 
 // maxWholeEntries bounds the walk of a candidate folder: a driver folder holds a few
 // hundred entries.
 const maxWholeEntries = 4096
 
-// wholeFolders returns the plan's driver folders that go into its layout whole: container
-// folder to host folder. read maps a host path to where this process reads it.
-func wholeFolders(p Plan, read func(string) string) map[string]string {
+// A wholeFolder is a host folder to bind into a layout whole, open.
+type wholeFolder struct {
+	host string
+	fd   int
+}
+
+// wholeFolders returns the plan's driver folders that go into its layout whole, by
+// container folder, each open (closeWhole closes them). read maps a host path to where
+// this process reads it.
+func wholeFolders(p Plan, read func(string) string) map[string]wholeFolder {
 	if read == nil {
 		read = func(s string) string { return s }
 	}
@@ -50,17 +62,30 @@ func wholeFolders(p Plan, read func(string) string) map[string]string {
 			byFolder[c] = append(byFolder[c], e)
 		}
 	}
-	out := map[string]string{}
+	out := map[string]wholeFolder{}
 	for c, entries := range byFolder {
 		host, ok := hostFolder(c, entries)
 		if !ok {
 			continue
 		}
-		if immutableFolder(read(host)) && sameTree(read(host), host, c, entries) {
-			out[c] = host
+		fd, err := unix.Open(read(host), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
 		}
+		if immutableFolder(fd) && sameTree(fd, host, c, entries) {
+			out[c] = wholeFolder{host: host, fd: fd}
+			continue
+		}
+		_ = unix.Close(fd)
 	}
 	return out
+}
+
+// closeWhole closes the folders wholeFolders opened.
+func closeWhole(w map[string]wholeFolder) {
+	for _, f := range w {
+		_ = unix.Close(f.fd)
+	}
 }
 
 // hostFolder is the host folder whose files the plan's files under container folder c
@@ -81,10 +106,13 @@ func hostFolder(c string, entries []Entry) (string, bool) {
 	return host, host != ""
 }
 
-// immutableFolder reports whether folder dir is on a file system that is read-only
-// itself (its superblock's options say ro).
-func immutableFolder(dir string) bool {
-	id, ok := mountID(dir)
+// immutableFiles are the file systems that cannot be written, whatever their mount.
+var immutableFiles = map[string]bool{"squashfs": true, "erofs": true, "cramfs": true, "iso9660": true}
+
+// immutableFolder reports whether the folder fd opens is on a file system that cannot be
+// written: read-only by its kind, or on a read-only block device.
+func immutableFolder(fd int) bool {
+	id, ok := mountIDAt(fd, "")
 	if !ok {
 		return false
 	}
@@ -101,36 +129,63 @@ func immutableFolder(dir string) bool {
 			continue
 		}
 		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
+		f := strings.Fields(line)
 		_, after, ok := strings.Cut(line, " - ")
-		if !ok {
+		if !ok || len(f) < 3 {
 			return false
 		}
-		f := strings.Fields(after)
-		return len(f) == 3 && slices.Contains(strings.Split(f[2], ","), "ro")
+		kind := strings.Fields(after)
+		if len(kind) == 0 {
+			return false
+		}
+		if immutableFiles[kind[0]] {
+			return true
+		}
+		if kind[0] == "overlay" || kind[0] == "tmpfs" {
+			return false
+		}
+		// a block device's read-only flag (dm-verity sets it; a loop device set up
+		// read-only has it); a file system without one (major 0) has none
+		maj, minor, _ := strings.Cut(f[2], ":")
+		ma, err1 := strconv.ParseUint(maj, 10, 32)
+		mi, err2 := strconv.ParseUint(minor, 10, 32)
+		if err1 != nil || err2 != nil || ma == 0 {
+			return false
+		}
+		ro, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/ro", ma, mi))
+		return err == nil && strings.TrimSpace(string(ro)) == "1"
 	}
 	return false
 }
 
-// mountID is the ID of the mount p is on.
-func mountID(p string) (uint64, bool) {
+// mountIDAt is the ID of the mount that name under folder fd is on (name "": fd's own),
+// the entry itself, not what a link of it points at.
+func mountIDAt(fd int, name string) (uint64, bool) {
+	flags := unix.AT_SYMLINK_NOFOLLOW
+	if name == "" {
+		flags |= unix.AT_EMPTY_PATH
+	}
 	var st unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_MNT_ID, &st); err != nil || st.Mask&unix.STATX_MNT_ID == 0 {
+	if err := unix.Statx(fd, name, flags, unix.STATX_MNT_ID, &st); err != nil || st.Mask&unix.STATX_MNT_ID == 0 {
 		return 0, false
 	}
 	return st.Mnt_id, true
 }
 
-// sameTree reports whether the folder read (host folder host, as this process reads it)
-// holds exactly the plan's entries under container folder c, all on its own mount.
-func sameTree(read, host, c string, entries []Entry) bool {
+// sameTree reports whether the folder fd opens (host folder host) holds exactly the
+// plan's entries under container folder c, with every entry on the folder's own mount,
+// and every folder the builder's (root's) and world-readable, as a layout's own folders.
+func sameTree(fd int, host, c string, entries []Entry) bool {
 	want := map[string]Entry{}
 	for _, e := range entries {
 		want[strings.TrimPrefix(e.Path, c+"/")] = e
 	}
-	root, ok := mountID(read)
+	root, ok := mountIDAt(fd, "")
 	if !ok {
 		return false
 	}
+	// through the handle: the folder it opened, whatever its path is now
+	read := "/proc/self/fd/" + strconv.Itoa(fd) + "/"
 	seen, walked := 0, 0
 	err := filepath.WalkDir(read, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
@@ -139,17 +194,24 @@ func sameTree(read, host, c string, entries []Entry) bool {
 		if walked++; walked > maxWholeEntries {
 			return errors.New("too many entries")
 		}
-		if p == read {
-			return nil
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if id, ok := mountIDAt(unix.AT_FDCWD, p); !ok || id != root {
+			return fmt.Errorf("%s: on another mount", p)
+		}
+		if d.IsDir() && (st.Uid != uint32(os.Geteuid()) || st.Mode&0o755 != 0o755 || st.Mode&0o022 != 0) { //nolint:gosec // a uid
+			return fmt.Errorf("%s: not a folder of mode 0755 of the builder's (root)", p)
 		}
 		rel, err := filepath.Rel(read, p)
-		if err != nil {
+		if err != nil || rel == "." {
 			return err
 		}
 		switch {
 		case d.IsDir():
-			if id, ok := mountID(p); !ok || id != root || !holdsSome(want, rel) {
-				return fmt.Errorf("%s: another mount, or nothing of the plan", rel)
+			if !holdsSome(want, rel) {
+				return fmt.Errorf("%s: holds nothing of the plan", rel)
 			}
 			return nil
 		case d.Type().IsRegular():
@@ -169,7 +231,7 @@ func sameTree(read, host, c string, entries []Entry) bool {
 				e, ok := want[r]
 				return e.Target, ok && e.Host == ""
 			})
-			if !ok || !planOK || end != planEnd {
+			if !ok || !planOK || end != planEnd || !sameFile(filepath.Join(read, rel), filepath.Join(read, end)) {
 				return fmt.Errorf("%s: its link ends elsewhere than the plan's", rel)
 			}
 		default:
@@ -179,6 +241,12 @@ func sameTree(read, host, c string, entries []Entry) bool {
 		return nil
 	})
 	return err == nil && seen == len(want)
+}
+
+// sameFile reports whether a and b (following links, as the kernel does) are one file.
+func sameFile(a, b string) bool {
+	var sa, sb unix.Stat_t
+	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 // holdsSome reports whether one of the plan's entries is under folder rel.
@@ -192,8 +260,9 @@ func holdsSome(want map[string]Entry, rel string) bool {
 }
 
 // linkEnd follows link rel (relative to the folder) through links as target gives them,
-// relative targets only, to the plan file it ends at, or false: one that leaves the
-// folder, an absolute target, a loop, or an end that is no plan file.
+// relative targets without "..", to the plan file it ends at, or false: one that leaves
+// the folder or climbs out of one, an absolute target, a loop, or an end that is no plan
+// file.
 func linkEnd(rel string, want map[string]Entry, target func(string) (string, bool)) (string, bool) {
 	for range 8 {
 		t, ok := target(rel)
@@ -201,28 +270,19 @@ func linkEnd(rel string, want map[string]Entry, target func(string) (string, boo
 			e, file := want[rel]
 			return rel, file && e.Host != ""
 		}
-		if path.IsAbs(t) {
+		if path.IsAbs(t) || slices.Contains(strings.Split(t, "/"), "..") {
 			return "", false
 		}
 		rel = path.Join(path.Dir(rel), t)
-		if rel == ".." || strings.HasPrefix(rel, "../") {
-			return "", false
-		}
 	}
 	return "", false
 }
 
-// bindFolder mounts folder src, read-only and alone (no mount under it), at dst (a folder
-// it makes): a detached copy of its mount with the attributes set, moved into place; on
-// kernels before 5.12, a bind and a read-only remount.
-func bindFolder(src, dst string) error {
+// bindFolder mounts the folder fd opens, read-only and alone (no mount under it), at dst
+// (a folder it makes).
+func bindFolder(fd int, dst string) error {
 	if err := os.MkdirAll(dst, 0o755); err != nil { //nolint:gosec // world-readable, as the layout
 		return err
 	}
-	sfd, err := unix.Open(src, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = unix.Close(sfd) }()
-	return bindFD(sfd, dst)
+	return bindFD(fd, dst)
 }
