@@ -222,20 +222,30 @@ func TestWanted(t *testing.T) {
 	}
 }
 
-// TestEnsure builds a layout of the debian-535 fixture in a private mount namespace
-// (unshare re-runs this test there) and checks it from inside.
+// TestEnsure builds a layout of the debian-535 fixture in a private mount namespace and
+// checks it from inside.
 func TestEnsure(t *testing.T) {
-	if os.Getenv("NVBIND_LAYOUT_HELPER") == "1" {
-		ensureHelper(t)
+	inPrivateNamespace(t, ensureHelper, func() { testutil.DriverRoot(t, "debian-535") })
+}
+
+// inPrivateNamespace runs helper in a private mount namespace: unshare runs this test
+// again there (with NVBIND_LAYOUT_HELPER naming it), after check, as root, and helper
+// gets a layout base in NVBIND_LAYOUT_BASE.
+func inPrivateNamespace(t *testing.T, helper func(*testing.T), check func()) {
+	t.Helper()
+	if os.Getenv("NVBIND_LAYOUT_HELPER") == t.Name() {
+		helper(t)
 		return
 	}
 	testutil.RequiresRoot(t)
-	testutil.DriverRoot(t, "debian-535")
+	if check != nil {
+		check()
+	}
 	unshare := testutil.RequiresCommand(t, "unshare")
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], "-test.run=^TestEnsure$", "-test.v")
-	cmd.Env = append(os.Environ(), "NVBIND_LAYOUT_HELPER=1", "NVBIND_LAYOUT_BASE="+t.TempDir())
+	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v")
+	cmd.Env = append(os.Environ(), "NVBIND_LAYOUT_HELPER="+t.Name(), "NVBIND_LAYOUT_BASE="+t.TempDir())
 	out, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestEnsure")) {
+	if err != nil || !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	t.Logf("%s", bytes.TrimSpace(out))
@@ -352,21 +362,7 @@ func checkLayout(t *testing.T, dir string, p Plan, whole map[string]wholeFolder)
 // exactly the plan's entries goes into the layout as one mount of the host's folder, and
 // the layout holds the same names as with one mount per file; a plan that holds only part
 // of the folder (compute alone) mounts per file. In a private mount namespace.
-func TestEnsureWholeFolder(t *testing.T) {
-	if os.Getenv("NVBIND_LAYOUT_HELPER") == "whole" {
-		wholeHelper(t)
-		return
-	}
-	testutil.RequiresRoot(t)
-	unshare := testutil.RequiresCommand(t, "unshare")
-	cmd := exec.Command(unshare, "--mount", "--propagation", "private", os.Args[0], "-test.run=^TestEnsureWholeFolder$", "-test.v")
-	cmd.Env = append(os.Environ(), "NVBIND_LAYOUT_HELPER=whole", "NVBIND_LAYOUT_BASE="+t.TempDir())
-	out, err := cmd.CombinedOutput()
-	if err != nil || !bytes.Contains(out, []byte("--- PASS: TestEnsureWholeFolder")) {
-		t.Fatalf("%v\n%s", err, out)
-	}
-	t.Logf("%s", bytes.TrimSpace(out))
-}
+func TestEnsureWholeFolder(t *testing.T) { inPrivateNamespace(t, wholeHelper, nil) }
 
 func wholeHelper(t *testing.T) {
 	base := os.Getenv("NVBIND_LAYOUT_BASE")
