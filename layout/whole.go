@@ -177,8 +177,13 @@ func mountIDAt(fd int, name string) (uint64, bool) {
 // and every folder the builder's (root's) and world-readable, as a layout's own folders.
 func sameTree(fd int, host, c string, entries []Entry) bool {
 	want := map[string]Entry{}
+	folders := map[string]bool{} // the folders the entries are under
 	for _, e := range entries {
-		want[strings.TrimPrefix(e.Path, c+"/")] = e
+		rel := strings.TrimPrefix(e.Path, c+"/")
+		want[rel] = e
+		for d := path.Dir(rel); d != "." && !folders[d]; d = path.Dir(d) {
+			folders[d] = true
+		}
 	}
 	root, ok := mountIDAt(fd, "")
 	if !ok {
@@ -210,7 +215,7 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 		}
 		switch {
 		case d.IsDir():
-			if !holdsSome(want, rel) {
+			if !folders[rel] {
 				return fmt.Errorf("%s: holds nothing of the plan", rel)
 			}
 			return nil
@@ -247,16 +252,6 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 func sameFile(a, b string) bool {
 	var sa, sb unix.Stat_t
 	return unix.Stat(a, &sa) == nil && unix.Stat(b, &sb) == nil && sa.Dev == sb.Dev && sa.Ino == sb.Ino
-}
-
-// holdsSome reports whether one of the plan's entries is under folder rel.
-func holdsSome(want map[string]Entry, rel string) bool {
-	for r := range want {
-		if strings.HasPrefix(r, rel+"/") {
-			return true
-		}
-	}
-	return false
 }
 
 // linkEnd follows link rel (relative to the folder) through links as target gives them,
