@@ -188,7 +188,8 @@ func ourHook(s *cdispecs.Spec) string {
 // of its kind written by nvbind. Once the new spec is written and valid, nvbind's own
 // specs of the kind under other names are moved onto dst (renames: at no moment do two of
 // them define the kind, which would make runtimes refuse their devices), and then dst is
-// replaced by the new spec; a spec that fails validation moves nothing. Specs of the
+// replaced by the new spec; a spec that fails validation moves nothing. Where there is
+// nothing to move and dst already holds the spec, dst stays as it is (Unchanged). Specs of the
 // kind that nvbind did not write stay: those that define one of its devices are reported
 // in Foreign. Files of the folder that cannot be read are reported in Unreadable and never
 // stop the write.
@@ -224,15 +225,20 @@ func Install(s *cdispecs.Spec, dst string, f Format, writer string) (Written, er
 			w.Foreign = append(w.Foreign, sf.Path)
 		}
 	}
-	err = writeFile(s, dst, f, writer, func() error {
-		for _, p := range moves {
-			if err := os.Rename(p, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", p, s.Kind, dst, err)
+	var move func() error
+	if len(moves) > 0 {
+		move = func() error {
+			for _, p := range moves {
+				if err := os.Rename(p, dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("replace nvbind's spec %s of %s by %s: %w", p, s.Kind, dst, err)
+				}
+				w.Replaced = append(w.Replaced, p)
 			}
-			w.Replaced = append(w.Replaced, p)
+			return nil
 		}
-		return nil
-	})
+	}
+	changed, err := writeFile(s, dst, f, writer, move)
+	w.Unchanged = err == nil && !changed
 	return w, err
 }
 

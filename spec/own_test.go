@@ -8,7 +8,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"unsafe"
 
+	"golang.org/x/sys/unix"
 	"tags.cncf.io/container-device-interface/pkg/cdi"
 	cdispecs "tags.cncf.io/container-device-interface/specs-go"
 )
@@ -258,5 +260,116 @@ func TestScanKindsOnly(t *testing.T) {
 	}
 	if k := topLevelKind([]byte(yamlMarker + "cdiVersion: 0.5.0\nkind: nvidia.com/gpu\n")); k != "nvidia.com/gpu" {
 		t.Errorf("topLevelKind = %q", k)
+	}
+}
+
+// TestUnchangedSpecStays: writing the spec a file already holds leaves the file alone
+// (same inode, no event for the runtimes that watch the folder), after the same check; a
+// different spec, or the same bytes with another mode, is written.
+func TestUnchangedSpecStays(t *testing.T) {
+	inv := discoverRoot(t, "debian-535")
+	s, err := Generate(inv, Options{HookPath: "/usr/bin/nvbind-hook"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "nvidia.com-gpu.yaml")
+	w, err := Install(s, dst, FormatYAML, "nvbind cdi generate")
+	if err != nil || w.Unchanged {
+		t.Fatalf("first Install = %+v, %v", w, err)
+	}
+	before, err := os.Stat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events := watchFolder(t, dir)
+	w, err = Install(s, dst, FormatYAML, "nvbind cdi generate")
+	if err != nil || !w.Unchanged {
+		t.Fatalf("the same spec again: %+v, %v", w, err)
+	}
+	if ev := events(); ev != 0 {
+		t.Errorf("an unchanged spec made %d folder events", ev)
+	}
+	after, err := os.Stat(dst)
+	if err != nil || !os.SameFile(before, after) || !after.ModTime().Equal(before.ModTime()) {
+		t.Fatalf("the unchanged spec was replaced: %v", err)
+	}
+	if err := WriteFile(s, filepath.Join(dir, "plain.yaml"), FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	events()
+	if err := WriteFile(s, filepath.Join(dir, "plain.yaml"), FormatYAML); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events(); ev != 0 {
+		t.Errorf("WriteFile of an unchanged spec made %d folder events", ev)
+	}
+
+	// another writer's line: new bytes, written
+	if w, err := Install(s, dst, FormatYAML, "nvbind nri --cdi-mode"); err != nil || w.Unchanged {
+		t.Fatalf("another writer: %+v, %v", w, err)
+	}
+	if ev := events(); ev == 0 {
+		t.Error("a changed spec made no folder event")
+	}
+	// the same bytes, but not world-readable: written again, with the spec's mode
+	if err := os.Chmod(dst, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := Install(s, dst, FormatYAML, "nvbind nri --cdi-mode"); err != nil || w.Unchanged {
+		t.Fatalf("mode 0600: %+v, %v", w, err)
+	}
+	if fi, err := os.Stat(dst); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode after the write: %v, %v", fi, err)
+	}
+
+	// an invalid spec whose bytes the file already holds is refused all the same, and the
+	// file stays
+	bad := &cdispecs.Spec{Version: "0.5.0", Kind: "nvidia.com/gpu", Devices: []cdispecs.Device{{Name: "bad name!",
+		ContainerEdits: cdispecs.ContainerEdits{Env: []string{"A=1"}}}}}
+	data, err := Marshal(bad, FormatYAML)
+	if err != nil {
+		t.Fatal(err)
+	}
+	badPath := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(badPath, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(bad, badPath, FormatYAML); err == nil || !strings.Contains(err.Error(), "invalid") {
+		t.Fatalf("an invalid spec the file holds: %v", err)
+	}
+	if got, _ := os.ReadFile(badPath); !bytes.Equal(got, data) {
+		t.Fatal("the file changed")
+	}
+}
+
+// watchFolder watches dir for what a spec write does (create, write, rename, delete,
+// mode) and returns a function that counts the events since its last call.
+func watchFolder(t *testing.T, dir string) func() int {
+	t.Helper()
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Close(fd) })
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_CREATE|unix.IN_CLOSE_WRITE|unix.IN_MODIFY|unix.IN_MOVED_TO|unix.IN_MOVED_FROM|unix.IN_DELETE|unix.IN_ATTRIB); err != nil {
+		t.Fatal(err)
+	}
+	return func() int {
+		n := 0
+		buf := make([]byte, 64<<10)
+		for {
+			m, err := unix.Read(fd, buf)
+			if err == unix.EAGAIN {
+				return n
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for off := 0; off+unix.SizeofInotifyEvent <= m; n++ {
+				ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+				off += unix.SizeofInotifyEvent + int(ev.Len)
+			}
+		}
 	}
 }

@@ -96,22 +96,29 @@ func Validate(s *cdispecs.Spec) error {
 
 // WriteFile validates the spec with the CDI library and writes it atomically (temp file,
 // fsync, rename, fsync of the folder): a reader sees the old file or the new one, never a
-// half-written one, and an invalid spec leaves the old file as it was.
-func WriteFile(s *cdispecs.Spec, dst string, f Format) error { return writeFile(s, dst, f, "", nil) }
+// half-written one, and an invalid spec leaves the old file as it was. A file that
+// already holds the spec byte for byte (mode 0644, this user's, not a link) is left as it
+// is, after the same check and syncs: runtimes that watch the folder see no event.
+func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
+	_, err := writeFile(s, dst, f, "", nil)
+	return err
+}
 
 // WriteFileAs is WriteFile for a writer that keeps a spec of its own per file (the DRA
 // driver's one spec per claim): writer goes into the YAML's writer line, and no other
 // spec of the kind is touched.
 func WriteFileAs(s *cdispecs.Spec, dst string, f Format, writer string) error {
-	return writeFile(s, dst, f, writer, nil)
+	_, err := writeFile(s, dst, f, writer, nil)
+	return err
 }
 
 // writeFile is WriteFile with the writer's line (YAML) and valid, when set, run once the
 // new spec proved valid and before it replaces dst; its error leaves dst as valid left it.
-func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func() error) error {
+// Without valid, a dst that already holds the spec is kept (changed is false).
+func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func() error) (changed bool, err error) {
 	data, err := Marshal(s, f)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if f == FormatYAML && writer != "" {
 		line := writerPrefix + strings.Map(func(r rune) rune {
@@ -122,7 +129,14 @@ func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func
 		}, writer) + "\n"
 		data = append([]byte(yamlMarker+line), data[len(yamlMarker):]...)
 	}
-	return fileio.WriteAtomic(dst, data, 0o644, func(tmp string) error {
+	if valid == nil && fileio.Holds(dst, data, specMode) {
+		// the bytes are the new spec's: checked as a new file would be
+		if _, err := cdi.ReadSpec(dst, 0); err != nil {
+			return false, fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
+		}
+		return false, nil
+	}
+	return true, fileio.WriteAtomic(dst, data, specMode, func(tmp string) error {
 		if _, err := cdi.ReadSpec(tmp, 0); err != nil {
 			return fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
 		}
@@ -132,6 +146,9 @@ func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func
 		return nil
 	})
 }
+
+// specMode is the mode of the spec files nvbind writes: runtimes read them as any user.
+const specMode = 0o644
 
 // Written is one spec file that WriteDir or Install wrote.
 type Written struct {
@@ -149,6 +166,8 @@ type Written struct {
 	Unreadable error
 	// Others are the other nvbind writers whose spec of the kind this write replaced.
 	Others []string
+	// Unchanged says the file already held the spec, and was left as it was.
+	Unchanged bool
 }
 
 // WriteDir generates every spec of the inventory and writes each into dir under its

@@ -92,7 +92,11 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 				return err
 			}
 			return f.writeAll(inv, s, o, format, func(w spec.Written) {
-				fmt.Fprintf(cmd.ErrOrStderr(), "wrote %s: %d devices of %s, cdiVersion %s\n", w.Path, len(w.Spec.Devices), w.Spec.Kind, w.Spec.Version)
+				did := "wrote"
+				if w.Unchanged {
+					did = "unchanged"
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s %s: %d devices of %s, cdiVersion %s\n", did, w.Path, len(w.Spec.Devices), w.Spec.Kind, w.Spec.Version)
 				for _, r := range w.Replaced {
 					fmt.Fprintf(cmd.ErrOrStderr(), "replaced nvbind's spec %s: one spec file per kind\n", r)
 				}
@@ -248,7 +252,11 @@ func (f *generateFlags) refresh(inv *gpu.Inventory, o spec.Options, format spec.
 		return
 	}
 	err = f.writeAll(inv, s, o, format, func(w spec.Written) {
-		log.Info("spec written", "path", w.Path, "driver", inv.Driver.Version, "gpus", len(inv.Devices), "devices", len(w.Spec.Devices), "layouts", o.LayoutBase != "")
+		msg := "spec written"
+		if w.Unchanged {
+			msg = "spec unchanged"
+		}
+		log.Info(msg, "path", w.Path, "driver", inv.Driver.Version, "gpus", len(inv.Devices), "devices", len(w.Spec.Devices), "layouts", o.LayoutBase != "")
 		w.Log(log)
 	})
 	if err != nil {

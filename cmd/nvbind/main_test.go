@@ -96,6 +96,12 @@ func TestGenerateAndValidateOnFixture(t *testing.T) {
 	if !strings.Contains(stderr, "wrote "+p) || !strings.Contains(stderr, "cdiVersion 0.5.0") {
 		t.Errorf("stderr = %q", stderr)
 	}
+	// the same spec again: the file stays as it is, and the command says so
+	_, stderr, err = run(t, "cdi", "generate", "--no-nvml", "--driver-root", root, "--dev-root", root,
+		"--hook-path", "/usr/bin/nvbind", "--output", dir+"/")
+	if err != nil || !strings.Contains(stderr, "unchanged "+p+": 7 devices of nvidia.com/gpu") {
+		t.Errorf("second generate: stderr = %q, %v", stderr, err)
+	}
 	out, _, err := run(t, "cdi", "validate", p)
 	if err != nil || !strings.Contains(out, "valid, cdiVersion 0.5.0, kind nvidia.com/gpu, 7 devices") {
 		t.Fatalf("validate: %q %v", out, err)

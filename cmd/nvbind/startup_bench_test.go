@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,10 +16,13 @@ import (
 // BenchmarkStartupVsToolkit runs whole commands side by side, one of each per iteration
 // so that the machine's load weighs on all alike, and reports their medians: the lean
 // nvbind's version and cdi generate (NVML left to the command: it is not started when
-// procfs answers), the same with GODEBUG=disablethp=1 (no huge pages for its heap, as
-// before internal/hugeheap), the full build's cdi generate, and, with $NVBIND_NVIDIA_CTK naming
-// NVIDIA's nvidia-ctk, its cdi generate --mode=management on the same root (make
-// bench-startup installs it), with the ratio; on every fixture root.
+// procfs answers) onto the spec it wrote before, as a boot or a restarted service does
+// (the file holds the spec already and stays), the same into a new folder each time (the
+// whole write: temp file, fsyncs, rename), the first with GODEBUG=disablethp=1 (no huge
+// pages for its heap, as before internal/hugeheap), the full build's cdi generate, and,
+// with $NVBIND_NVIDIA_CTK naming NVIDIA's nvidia-ctk, its cdi generate --mode=management
+// on the same root (make bench-startup installs it; it writes the file every time), with
+// the ratios; on every fixture root.
 func BenchmarkStartupVsToolkit(b *testing.B) {
 	testutil.KeepHostDevNodes(b) // NVIDIA's tools make /dev/nvidiactl on the host
 	bin := testutil.BuildNVBind(b, b.TempDir())
@@ -34,24 +38,33 @@ func startupVsToolkit(b *testing.B, bin, root string) {
 		name string
 		argv []string
 		env  string
+		// fresh: the output goes into a new folder each time
+		fresh bool
 	}
 	generate := func(bin string) []string {
 		return []string{bin, "cdi", "generate", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "a.yaml")}
 	}
 	cmds := []command{
-		{"nvbind-version", []string{bin, "version"}, ""},
-		{"nvbind-cdi-generate", generate(bin), ""},
-		{"nvbind-cdi-generate-4k-pages", generate(bin), "GODEBUG=disablethp=1"},
-		{"nvbind-node-cdi-generate", generate(filepath.Join(filepath.Dir(bin), nodeBinaryName)), ""},
+		{"nvbind-version", []string{bin, "version"}, "", false},
+		{"nvbind-cdi-generate", generate(bin), "", false},
+		{"nvbind-cdi-generate-new-file", generate(bin), "", true},
+		{"nvbind-cdi-generate-4k-pages", generate(bin), "GODEBUG=disablethp=1", false},
+		{"nvbind-node-cdi-generate", generate(filepath.Join(filepath.Dir(bin), nodeBinaryName)), "", false},
 	}
+	freshBase, fresh := b.TempDir(), 0
 	ctk := os.Getenv("NVBIND_NVIDIA_CTK")
 	if ctk != "" {
-		cmds = append(cmds, command{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "c.yaml")}, ""})
+		cmds = append(cmds, command{"nvidia-ctk-cdi-generate", []string{ctk, "cdi", "generate", "--mode=management", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(b.TempDir(), "c.yaml")}, "", false})
 	}
 	times := make([][]time.Duration, len(cmds))
 	for b.Loop() {
 		for i, c := range cmds {
-			cmd := exec.Command(c.argv[0], c.argv[1:]...)
+			argv := c.argv
+			if c.fresh {
+				fresh++
+				argv = append(slices.Clone(argv[:len(argv)-1]), filepath.Join(freshBase, strconv.Itoa(fresh), "a.yaml"))
+			}
+			cmd := exec.Command(argv[0], argv[1:]...)
 			if c.env != "" {
 				cmd.Env = append(os.Environ(), c.env) // exec keeps the last of a key
 				if g := os.Getenv("GODEBUG"); g != "" && strings.HasPrefix(c.env, "GODEBUG=") {
@@ -61,7 +74,7 @@ func startupVsToolkit(b *testing.B, bin, root string) {
 			}
 			start := time.Now()
 			if o, err := cmd.CombinedOutput(); err != nil {
-				b.Fatalf("%v: %v\n%s", c.argv, err, o)
+				b.Fatalf("%v: %v\n%s", argv, err, o)
 			}
 			times[i] = append(times[i], time.Since(start))
 		}
@@ -76,6 +89,7 @@ func startupVsToolkit(b *testing.B, bin, root string) {
 	}
 	if ctk != "" {
 		b.ReportMetric(median(times[1])/median(times[len(cmds)-1]), "ratio/cdi-generate-vs-ctk")
+		b.ReportMetric(median(times[2])/median(times[len(cmds)-1]), "ratio/cdi-generate-new-file-vs-ctk")
 	}
 	b.ReportMetric(0, "ns/op")
 }

@@ -130,3 +130,44 @@ func writeAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	}
 	return nil
 }
+
+// Holds says whether dst already is what WriteAtomic(dst, data, mode, ...) would leave
+// there: a regular file, not a link, with exactly mode's permission bits, owned by this
+// process's effective user, holding exactly data. It reads at most len(data)+1 bytes and
+// does not block on a FIFO. When it holds data, the file and then its folder are synced,
+// so that the file is as durable as a write would have made it, whoever wrote it; a
+// failed sync says no.
+func Holds(dst string, data []byte, mode fs.FileMode) bool {
+	if mode&^fs.ModePerm != 0 {
+		return false
+	}
+	fd, err := syscall.Open(dst, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return false
+	}
+	f := os.NewFile(uintptr(fd), dst)
+	defer func() { _ = f.Close() }()
+	var st syscall.Stat_t
+	if syscall.Fstat(fd, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
+		st.Mode&0o7777 != uint32(mode) ||
+		int(st.Uid) != os.Geteuid() || st.Size != int64(len(data)) {
+		return false
+	}
+	// the size may change under the read: read one byte more than data to see it
+	old, err := io.ReadAll(io.LimitReader(f, int64(len(data))+1))
+	if err != nil || string(old) != string(data) {
+		return false
+	}
+	if f.Sync() != nil {
+		return false
+	}
+	d, err := Open(filepath.Dir(dst))
+	if err != nil {
+		return false
+	}
+	defer func() { _ = d.Close() }()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return false
+	}
+	return true
+}

@@ -112,3 +112,74 @@ func TestOpen(t *testing.T) {
 		}
 	}
 }
+
+func TestHolds(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	dst := filepath.Join(dir, "f.yaml")
+	data := []byte("kind: a/b\n")
+	if Holds(dst, data, 0o644) {
+		t.Fatal("a missing file holds data")
+	}
+	if err := WriteAtomic(dst, data, 0o644, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !Holds(dst, data, 0o644) {
+		t.Fatal("the file WriteAtomic wrote does not hold its data")
+	}
+	for _, c := range []struct {
+		name string
+		data []byte
+		mode fs.FileMode
+	}{
+		{"other bytes", []byte("kind: a/c\n"), 0o644},
+		{"a prefix", data[:4], 0o644},
+		{"longer", append(append([]byte{}, data...), 'x'), 0o644},
+		{"other mode", data, 0o600},
+		{"not only permissions", data, 0o644 | fs.ModeSetuid},
+	} {
+		if Holds(dst, c.data, c.mode) {
+			t.Errorf("%s: holds", c.name)
+		}
+	}
+	// a link to a file that holds data is no such file: a write would replace the link
+	link := filepath.Join(dir, "link.yaml")
+	if err := os.Symlink(dst, link); err != nil {
+		t.Fatal(err)
+	}
+	if Holds(link, data, 0o644) {
+		t.Error("a link holds data")
+	}
+	// a FIFO neither blocks nor holds
+	fifo := filepath.Join(dir, "fifo.yaml")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if Holds(fifo, nil, 0o644) {
+		t.Error("a FIFO holds data")
+	}
+	if Holds(dir, nil, 0o755) {
+		t.Error("a folder holds data")
+	}
+	// another user's file: a write would make it this user's
+	if os.Geteuid() == 0 {
+		other := filepath.Join(dir, "other.yaml")
+		if err := WriteAtomic(other, data, 0o644, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(other, 1, 1); err != nil {
+			t.Fatal(err)
+		}
+		if Holds(other, data, 0o644) {
+			t.Error("another user's file holds data")
+		}
+	}
+	// an empty file holds empty data
+	empty := filepath.Join(dir, "empty")
+	if err := WriteAtomic(empty, nil, 0o644, nil); err != nil {
+		t.Fatal(err)
+	}
+	if !Holds(empty, nil, 0o644) || Holds(empty, []byte("x"), 0o644) {
+		t.Error("empty file")
+	}
+}
