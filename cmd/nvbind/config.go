@@ -28,7 +28,10 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 		// path, which spares walking every command's flags on a start that is timed
 		return nil
 	}
-	if err := validateConfig(cmd.Root(), file, configPath); err != nil {
+	// the file and the variables speak of every command: they are checked against the
+	// whole tree, also where this run built its own command alone (newRootCommandFor)
+	whole := newRootCommand()
+	if err := validateConfig(whole, file, configPath); err != nil {
 		return err
 	}
 	table := file
@@ -37,7 +40,7 @@ func applySettings(cmd *cobra.Command, configPath string, explicit bool) error {
 		table = t
 	}
 	var errs []error
-	ambiguous := ambiguousFlags(cmd.Root())
+	ambiguous := ambiguousFlags(whole)
 	scope := strings.ToUpper(strings.Join(strings.Fields(strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name())), "_"))
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Changed || f.Name == "config" || f.Name == "help" {

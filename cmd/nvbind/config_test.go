@@ -8,7 +8,8 @@ import (
 )
 
 // settingsOf runs applySettings on the "cdi generate" command with args and returns the
-// resulting flag values.
+// resulting flag values. The tree is the one nvbind builds for that command line: cdi
+// alone, while the file and the variables may speak of every command.
 func settingsOf(t *testing.T, config string, env map[string]string, args ...string) (map[string]string, error) {
 	t.Helper()
 	for k, v := range env {
@@ -18,7 +19,7 @@ func settingsOf(t *testing.T, config string, env map[string]string, args ...stri
 	if err := os.WriteFile(p, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	root := newRootCommand()
+	root := newRootCommandFor([]string{"cdi", "generate"})
 	cmd, _, err := root.Find([]string{"cdi", "generate"})
 	if err != nil {
 		t.Fatal(err)
@@ -43,6 +44,8 @@ vendor = "top.example.com"
 driver-root = "/from-config-table"
 format = "json"
 capabilities = ["compute", "utility"]
+[nri]
+socket = "/run/other.sock"
 `
 	got, err := settingsOf(t, config, map[string]string{"NVBIND_CDI_GENERATE_FORMAT": "yaml", "NVBIND_CAPABILITIES": "video"}, "--vendor", "flag.example.com")
 	if err != nil {

@@ -13,7 +13,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := handOver(newRootCommand().ExecuteContext(ctx))
+	err := handOver(newRootCommandFor(os.Args[1:]).ExecuteContext(ctx))
 	stop()
 	if err != nil {
 		var ee exitError

@@ -17,7 +17,7 @@ import (
 
 func run(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
-	cmd := newRootCommand()
+	cmd := newRootCommandFor(args)
 	var out, errb bytes.Buffer
 	cmd.SetOut(&out)
 	cmd.SetErr(&errb)
@@ -204,4 +204,39 @@ func TestFlagPlaceholders(t *testing.T) {
 		}
 	}
 	walk(newRootCommand())
+}
+
+// TestTopCommandsBuiltAlone: a command line that starts with a top-level command builds
+// that command alone, under the name its table gives; any other line builds them all.
+func TestTopCommandsBuiltAlone(t *testing.T) {
+	var all []string
+	for _, c := range newRootCommand().Commands() {
+		all = append(all, c.Name())
+	}
+	var names []string
+	for _, c := range topCommands {
+		names = append(names, c.name)
+		sub := newRootCommandFor([]string{c.name, "--help"}).Commands()
+		if len(sub) != 1 || sub[0].Name() != c.name {
+			t.Errorf("%s alone: %d commands", c.name, len(sub))
+		}
+	}
+	slices.Sort(names)
+	if !slices.Equal(all, names) { // cobra sorts them
+		t.Fatalf("whole tree %v, table %v", all, names)
+	}
+	for _, args := range [][]string{nil, {}, {"help", "cdi"}, {"--log-level", "debug", "cdi"}, {"cdi-generate"}, {"__complete", "c"}, {"completion", "bash"}} {
+		if n := len(newRootCommandFor(args).Commands()); n != len(topCommands) {
+			t.Errorf("%q: %d commands, want all %d", args, n, len(topCommands))
+		}
+	}
+	// help and a flag before the command still work on the whole tree
+	out, _, err := run(t, "help")
+	if err != nil || !strings.Contains(out, "device-plugin") || !strings.Contains(out, "layout") {
+		t.Errorf("help: %q %v", out, err)
+	}
+	_, _, err = run(t, "--log-level", "debug", "version")
+	if err != nil {
+		t.Errorf("a flag before the command: %v", err)
+	}
 }

@@ -26,7 +26,36 @@ type globalFlags struct {
 	logLevel, logFormat, config string
 }
 
-func newRootCommand() *cobra.Command {
+// newRootCommand is nvbind's whole command tree.
+func newRootCommand() *cobra.Command { return newRootCommandFor(nil) }
+
+// topCommand is a top-level command of nvbind, built on demand.
+type topCommand struct {
+	name string
+	make func(*globalFlags) *cobra.Command
+}
+
+// topCommands are nvbind's top-level commands, each under the name its Use gives.
+var topCommands = []topCommand{
+	{"version", func(*globalFlags) *cobra.Command { return newVersionCommand() }},
+	{"info", newInfoCommand},
+	{"cdi", newCDICommand},
+	{"hook", func(*globalFlags) *cobra.Command { return hookcli.NewCommand() }},
+	{"nri", newNRICommand},
+	{"device-plugin", newDevicePluginCommand},
+	{"dra", newDRACommand},
+	{"doctor", func(*globalFlags) *cobra.Command { return newDoctorCommand() }},
+	{"install", func(*globalFlags) *cobra.Command { return newInstallCommand() }},
+	{"uninstall", func(*globalFlags) *cobra.Command { return newUninstallCommand() }},
+	{"layout", newLayoutCommand},
+}
+
+// newRootCommandFor is the command tree that runs the command line args (os.Args[1:]).
+// When args start with a top-level command's name, the tree holds that command alone:
+// building every command's flags is about a millisecond of each short command's start
+// (cdi generate, hook). Any other line (help, completion, a flag first, a typo) gets the
+// whole tree, so that help, suggestions and flags before the command work as before.
+func newRootCommandFor(args []string) *cobra.Command {
 	g := &globalFlags{}
 	root := &cobra.Command{
 		Use:           "nvbind",
@@ -52,7 +81,17 @@ func newRootCommand() *cobra.Command {
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text, json")
-	root.AddCommand(newVersionCommand(), newInfoCommand(g), newCDICommand(g), hookcli.NewCommand(), newNRICommand(g), newDevicePluginCommand(g), newDRACommand(g), newDoctorCommand(), newInstallCommand(), newUninstallCommand(), newLayoutCommand(g))
+	if len(args) > 0 {
+		for _, c := range topCommands {
+			if c.name == args[0] {
+				root.AddCommand(c.make(g))
+				return root
+			}
+		}
+	}
+	for _, c := range topCommands {
+		root.AddCommand(c.make(g))
+	}
 	return root
 }
 
