@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/spf13/cobra"
 
 	"github.com/nvbind/nvbind/test/testutil"
 )
@@ -67,5 +70,65 @@ func TestSignalsEndTheCommand(t *testing.T) {
 				t.Errorf("spec folder holds %d entries: temp files left behind", len(ents))
 			}
 		})
+	}
+}
+
+// TestOneShotCommands: the commands that end at once on a signal are the short ones, and
+// cdi generate only without --watch.
+func TestOneShotCommands(t *testing.T) {
+	root := newRootCommand()
+	for path := range oneShotCommands {
+		c, rest, err := root.Find(strings.Fields(path)[1:])
+		if err != nil || len(rest) != 0 || c.CommandPath() != path || !oneShot(c) {
+			t.Errorf("%s: found %v (%v, %v)", path, c.CommandPath(), rest, err)
+		}
+	}
+	for _, args := range [][]string{{"nri"}, {"hook", "update-ldcache"}, {"layout", "build"}, {"install"}, {"dra"}, {"device-plugin"}, {"doctor"}} {
+		if c, _, err := root.Find(args); err != nil || oneShot(c) {
+			t.Errorf("%v: one-shot (%v)", args, err)
+		}
+	}
+	gen, _, err := newRootCommand().Find([]string{"cdi", "generate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gen.ParseFlags([]string{"--watch"}); err != nil || oneShot(gen) {
+		t.Errorf("cdi generate --watch is one-shot (%v)", err)
+	}
+}
+
+// TestWithSignals: a command that is not one-shot gets a context that SIGTERM cancels; a
+// one-shot command gets the caller's context, and no handler.
+func TestWithSignals(t *testing.T) {
+	probe := func(oneShot bool) context.Context {
+		root := newRootCommand()
+		var got context.Context
+		root.AddCommand(&cobra.Command{Use: "probe", RunE: func(cmd *cobra.Command, _ []string) error {
+			got = cmd.Context()
+			return nil
+		}})
+		if oneShot {
+			oneShotCommands["nvbind probe"] = true
+			defer delete(oneShotCommands, "nvbind probe")
+		}
+		stop := withSignals(root)
+		t.Cleanup(stop)
+		root.SetArgs([]string{"probe"})
+		if err := root.ExecuteContext(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if ctx := probe(true); ctx.Done() != nil {
+		t.Fatal("a one-shot command's context can be cancelled")
+	}
+	ctx := probe(false)
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM did not cancel the command's context")
 	}
 }
