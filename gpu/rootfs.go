@@ -8,6 +8,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // maxLinkHops bounds symlink resolution, as the kernel does (ELOOP after 40).
@@ -49,32 +50,36 @@ func (r rootFS) resolve(p string) (string, error) {
 }
 
 // resolved is a path's resolution: the rooted real path and its Lstat, which is its Stat
-// since it is no link.
+// since it is no link; or why there is none.
 type resolved struct {
 	real string
 	fi   fs.FileInfo
+	err  error
 }
 
 func (r rootFS) resolveN(p string, hops int) (string, fs.FileInfo, error) {
 	p = path.Clean("/" + p)
+	if v, ok := r.dirs[p]; ok {
+		return v.real, v.fi, v.err
+	}
 	if p == "/" {
 		fi, err := os.Stat(r.host("/"))
+		r.remember(p, resolved{"/", fi, err})
 		return "/", fi, err
-	}
-	if v, ok := r.dirs[p]; ok {
-		return v.real, v.fi, nil
 	}
 	dir, err := r.resolveDir(path.Dir(p), hops)
 	if err != nil {
+		r.rememberMissing(p, err)
 		return "", nil, err
 	}
 	next := path.Join(dir, path.Base(p))
 	fi, err := os.Lstat(r.host(next))
 	if err != nil {
+		r.rememberMissing(p, err)
 		return "", nil, err
 	}
 	if fi.Mode()&fs.ModeSymlink == 0 {
-		r.remember(p, next, fi)
+		r.remember(p, resolved{next, fi, nil})
 		return next, fi, nil
 	}
 	if hops++; hops > maxLinkHops {
@@ -90,16 +95,28 @@ func (r rootFS) resolveN(p string, hops int) (string, fs.FileInfo, error) {
 	}
 	real, rfi, err := r.resolveN(target, hops)
 	if err == nil {
-		r.remember(p, real, rfi)
+		r.remember(p, resolved{real, rfi, nil})
+	} else {
+		r.rememberMissing(p, err)
 	}
 	return real, rfi, err
 }
 
 // remember caches a resolution for the rest of one discovery: drivers link many names
-// through the same folders and alternatives.
-func (r rootFS) remember(p, real string, fi fs.FileInfo) {
+// through the same folders and alternatives, and look for their files in folders that
+// many hosts lack (/usr/local/bin, /sbin).
+func (r rootFS) remember(p string, v resolved) {
 	if r.dirs != nil {
-		r.dirs[p] = resolved{real, fi}
+		r.dirs[p] = v
+	}
+}
+
+// rememberMissing caches a failed resolution whose cause is a missing file or folder,
+// which a second look would meet again (a link loop depends on the links followed
+// before, and other errors may pass).
+func (r rootFS) rememberMissing(p string, err error) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+		r.remember(p, resolved{err: err})
 	}
 }
 
