@@ -9,8 +9,9 @@
 // virtual machines with shadow or nested paging a fault costs about 20 to 40 µs: most of
 // the command's time. The Go runtime no longer advises its heap itself. At init this
 // package finds the anonymous mapping that holds the heap so far (the runtime's first
-// 4 MiB chunk, part of it random padding; what the heap grows into later stays on 4 KiB
-// pages) and, for each 2 MiB range inside it, gives MADV_HUGEPAGE, so that a range not
+// 4 MiB chunk; what the heap grows into later stays on 4 KiB pages, which is why make
+// build turns off Go 1.26's random padding at the chunk's start for the lean nvbind,
+// see LEAN_ENV) and, for each 2 MiB range inside it, gives MADV_HUGEPAGE, so that a range not
 // yet touched faults in whole, then MADV_COLLAPSE (Linux 6.1), so that one already
 // touched becomes a huge page at once. That costs at most 4 MiB of memory, and the
 // collapse is synchronous: where memory is fragmented the kernel may compact, which

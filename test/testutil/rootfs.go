@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 )
 
@@ -75,13 +76,16 @@ func copyFile(t testing.TB, src, dst string, mode os.FileMode) {
 // nvbind-runtime and nvbind-runtime-edit), beside it where nvbind finds them.
 func BuildNVBind(t testing.TB, dir string) string {
 	t.Helper()
-	for _, b := range []struct{ pkg, out, cgo, tags string }{
-		{"./cmd/nvbind", "nvbind", "0", "nvbind_lean"}, {"./cmd/nvbind", "nvbind-node", "1", ""}, {"./cmd/nvbind-hook-go", "nvbind-hook-go", "0", ""},
-		{"./cmd/nvbind-runtime-edit", "nvbind-runtime-edit", "1", ""},
+	for _, b := range []struct {
+		pkg, out, cgo, tags string
+		env                 []string
+	}{
+		{"./cmd/nvbind", "nvbind", "0", "nvbind_lean", LeanBuildEnv(t)}, {"./cmd/nvbind", "nvbind-node", "1", "", nil}, {"./cmd/nvbind-hook-go", "nvbind-hook-go", "0", "", nil},
+		{"./cmd/nvbind-runtime-edit", "nvbind-runtime-edit", "1", "", nil},
 	} {
 		cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
 		cmd.Dir = RepoRoot(t)
-		cmd.Env = append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations", "CGO_ENABLED="+b.cgo)
+		cmd.Env = append(append(os.Environ(), "CGO_CFLAGS=-O2 -Wno-deprecated-declarations", "CGO_ENABLED="+b.cgo), b.env...)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s", b.pkg, err, out)
 		}
@@ -97,6 +101,25 @@ func BuildNVBind(t testing.TB, dir string) string {
 	}
 	return filepath.Join(dir, "nvbind")
 }
+
+// LeanBuildEnv is the environment make build adds to the lean nvbind's go build (its
+// LEAN_ENV): GOEXPERIMENT=norandomizedheapbase64 where the toolchain knows it.
+func LeanBuildEnv(t testing.TB) []string {
+	t.Helper()
+	leanEnvOnce.Do(func() {
+		cmd := exec.Command("go", "env", "GOEXPERIMENT")
+		cmd.Env = append(os.Environ(), "GOEXPERIMENT=norandomizedheapbase64")
+		if cmd.Run() == nil {
+			leanEnv = []string{"GOEXPERIMENT=norandomizedheapbase64"}
+		}
+	})
+	return leanEnv
+}
+
+var (
+	leanEnvOnce sync.Once
+	leanEnv     []string
+)
 
 // CCompiler is the compiler of nvbind's static C programs, as make build picks it: musl's
 // where it is installed, else cc.
