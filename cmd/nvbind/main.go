@@ -28,14 +28,15 @@ func main() {
 	}
 }
 
-// oneShotCommands end at once on SIGINT or SIGTERM, as any short command does: they write
-// nothing but through an atomic rename, and hold nothing to release.
+// oneShotCommands end at once on SIGINT or SIGTERM, as any short command does, except
+// while they mount or write (finishing): they hold nothing to release.
 var oneShotCommands = map[string]bool{
 	"nvbind version": true, "nvbind info": true,
 	"nvbind cdi generate": true, "nvbind cdi list": true, "nvbind cdi validate": true,
 }
 
-// oneShot reports whether cmd is one of oneShotCommands, not kept running by --watch.
+// oneShot reports whether cmd is one of oneShotCommands, not kept running by --watch
+// (from the command line, the config file or the environment).
 func oneShot(cmd *cobra.Command) bool {
 	if !oneShotCommands[cmd.CommandPath()] {
 		return false
@@ -47,19 +48,36 @@ func oneShot(cmd *cobra.Command) bool {
 // withSignals makes SIGINT and SIGTERM cancel the context of the command that root runs,
 // so that it stops gracefully, unless the command is one-shot: then no signal handler
 // and its goroutine start, whose threads are about a millisecond of a one-shot start on
-// a VM. The function it returns stops the handler.
+// a VM, and the command holds the signals off only while it is finishing. The function
+// it returns stops the handler.
 func withSignals(root *cobra.Command) func() {
 	stop := func() {}
 	pre := root.PersistentPreRunE
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
-		if !oneShot(cmd) {
-			ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
-			cmd.SetContext(ctx)
-			stop = cancel
+		// the settings first: --watch may come from the config file or $NVBIND_*
+		err := pre(cmd, args)
+		if oneShot(cmd) {
+			finishing = holdSignals
+			return err
 		}
-		return pre(cmd, args)
+		ctx, cancel := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+		cmd.SetContext(ctx)
+		stop = cancel
+		return err
 	}
 	return func() { stop() }
+}
+
+// finishing is called by a one-shot command before it mounts or writes, and what it
+// returns once that is done: in nvbind's process (withSignals), SIGINT and SIGTERM are
+// ignored in between, so that the command ends with its work done rather than half way
+// (a layout half mounted, a temp file left beside the spec). Elsewhere (tests) it does
+// nothing.
+var finishing = func() func() { return func() {} }
+
+func holdSignals() func() {
+	signal.Ignore(os.Interrupt, syscall.SIGTERM)
+	return func() { signal.Reset(os.Interrupt, syscall.SIGTERM) }
 }
 
 // exitError carries an exit code for errors already reported.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
@@ -97,9 +98,13 @@ func TestOneShotCommands(t *testing.T) {
 	}
 }
 
-// TestWithSignals: a command that is not one-shot gets a context that SIGTERM cancels; a
-// one-shot command gets the caller's context, and no handler.
+// TestWithSignals: a command that is not one-shot gets a context that SIGTERM cancels;
+// a one-shot command gets the caller's context and no handler, and holds the signals off
+// while it is finishing; --watch from the environment (or the config file) makes cdi
+// generate a command that is not one-shot.
 func TestWithSignals(t *testing.T) {
+	keep := finishing
+	t.Cleanup(func() { finishing = keep })
 	probe := func(oneShot bool) context.Context {
 		root := newRootCommand()
 		var got context.Context
@@ -122,6 +127,33 @@ func TestWithSignals(t *testing.T) {
 	if ctx := probe(true); ctx.Done() != nil {
 		t.Fatal("a one-shot command's context can be cancelled")
 	}
+	if reflect.ValueOf(finishing).Pointer() != reflect.ValueOf(holdSignals).Pointer() {
+		t.Fatal("a one-shot command does not hold the signals off while finishing")
+	}
+	finishing = keep
+	// held off, SIGTERM does nothing (the test would die of it otherwise)
+	release := holdSignals()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond)
+	release()
+
+	t.Setenv("NVBIND_CDI_GENERATE_WATCH", "true")
+	root := newRootCommandFor([]string{"cdi", "generate"})
+	t.Cleanup(withSignals(root))
+	gen, _, err := root.Find([]string{"cdi", "generate"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen.SetContext(context.Background())
+	if err := root.PersistentPreRunE(gen, nil); err != nil {
+		t.Fatal(err)
+	}
+	if gen.Context().Done() == nil || oneShot(gen) {
+		t.Fatal("cdi generate with $NVBIND_CDI_GENERATE_WATCH=true has no signal handler")
+	}
+
 	ctx := probe(false)
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
