@@ -129,12 +129,17 @@ func writeFile(s *cdispecs.Spec, dst string, f Format, writer string, valid func
 		}, writer) + "\n"
 		data = append([]byte(yamlMarker+line), data[len(yamlMarker):]...)
 	}
-	if valid == nil && fileio.Holds(dst, data, specMode) {
-		// the bytes are the new spec's: checked as a new file would be
-		if _, err := cdi.ReadSpec(dst, 0); err != nil {
-			return false, fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
+	if valid == nil {
+		// the file's bytes are the new spec's: checked as a new file would be
+		held, err := fileio.Holds(dst, data, specMode, func(p string) error {
+			if _, err := cdi.ReadSpec(p, 0); err != nil {
+				return fmt.Errorf("generated spec is invalid, %s left unchanged: %w", dst, err)
+			}
+			return nil
+		})
+		if held {
+			return false, err
 		}
-		return false, nil
 	}
 	return true, fileio.WriteAtomic(dst, data, specMode, func(tmp string) error {
 		if _, err := cdi.ReadSpec(tmp, 0); err != nil {

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 )
 
@@ -131,43 +132,79 @@ func writeAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	return nil
 }
 
-// Holds says whether dst already is what WriteAtomic(dst, data, mode, ...) would leave
-// there: a regular file, not a link, with exactly mode's permission bits, owned by this
-// process's effective user, holding exactly data. It reads at most len(data)+1 bytes and
-// does not block on a FIFO. When it holds data, the file and then its folder are synced,
-// so that the file is as durable as a write would have made it, whoever wrote it; a
-// failed sync says no.
-func Holds(dst string, data []byte, mode fs.FileMode) bool {
+// Holds says whether dst already is what WriteAtomic(dst, data, mode, check) would leave
+// there: a regular file with one link, not a link itself, with exactly mode's permission
+// bits, owned by this process's effective user, holding exactly data, which check (when
+// given) accepts. check reads the very file compared, through a path of its descriptor
+// (/proc/self/fd/N), not dst, which may be replaced meanwhile; its error is Holds'. Holds
+// looks at the path's type before it opens it (no device is opened), reads at most
+// len(data)+1 bytes, and does not block on a FIFO. When dst holds data, the file and then
+// its folder are synced, so that the file is as durable as a write would have made it,
+// whoever wrote it; a failed sync says no.
+func Holds(dst string, data []byte, mode fs.FileMode, check func(path string) error) (bool, error) {
 	if mode&^fs.ModePerm != 0 {
-		return false
+		return false, nil
+	}
+	var before syscall.Stat_t
+	if syscall.Lstat(dst, &before) != nil || !holdsShape(&before, len(data), mode) {
+		return false, nil
 	}
 	fd, err := syscall.Open(dst, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return false
+		return false, nil
 	}
-	f := os.NewFile(uintptr(fd), dst)
-	defer func() { _ = f.Close() }()
+	defer func() { _ = syscall.Close(fd) }()
 	var st syscall.Stat_t
-	if syscall.Fstat(fd, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG ||
-		st.Mode&0o7777 != uint32(mode) ||
-		int(st.Uid) != os.Geteuid() || st.Size != int64(len(data)) {
-		return false
+	if syscall.Fstat(fd, &st) != nil || st.Dev != before.Dev || st.Ino != before.Ino || !holdsShape(&st, len(data), mode) {
+		return false, nil
 	}
 	// the size may change under the read: read one byte more than data to see it
-	old, err := io.ReadAll(io.LimitReader(f, int64(len(data))+1))
-	if err != nil || string(old) != string(data) {
-		return false
+	old := make([]byte, len(data)+1)
+	n := 0
+	for n < len(old) {
+		k, err := syscall.Read(fd, old[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, nil
+		}
+		if k == 0 {
+			break
+		}
+		n += k
 	}
-	if f.Sync() != nil {
-		return false
+	if n != len(data) || string(old[:n]) != string(data) {
+		return false, nil
+	}
+	if check != nil {
+		// where /proc is not there to show the file, it is written afresh
+		p := "/proc/self/fd/" + strconv.Itoa(fd)
+		var pst syscall.Stat_t
+		if syscall.Stat(p, &pst) != nil || pst.Dev != st.Dev || pst.Ino != st.Ino {
+			return false, nil
+		}
+		if err := check(p); err != nil {
+			return true, err
+		}
+	}
+	if syscall.Fsync(fd) != nil {
+		return false, nil
 	}
 	d, err := Open(filepath.Dir(dst))
 	if err != nil {
-		return false
+		return false, nil
 	}
 	defer func() { _ = d.Close() }()
 	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return false
+		return false, nil
 	}
-	return true
+	return true, nil
+}
+
+// holdsShape says whether st is a regular file with one link, of exactly mode, owned by
+// this process's effective user, of size bytes.
+func holdsShape(st *syscall.Stat_t, size int, mode fs.FileMode) bool {
+	return st.Mode&syscall.S_IFMT == syscall.S_IFREG && st.Nlink == 1 && st.Mode&0o7777 == uint32(mode) &&
+		int(st.Uid) == os.Geteuid() && st.Size == int64(size)
 }

@@ -118,13 +118,21 @@ func TestHolds(t *testing.T) {
 	dir := t.TempDir()
 	dst := filepath.Join(dir, "f.yaml")
 	data := []byte("kind: a/b\n")
-	if Holds(dst, data, 0o644) {
+	holds := func(p string, data []byte, mode fs.FileMode) bool {
+		t.Helper()
+		ok, err := Holds(p, data, mode, nil)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		return ok
+	}
+	if holds(dst, data, 0o644) {
 		t.Fatal("a missing file holds data")
 	}
 	if err := WriteAtomic(dst, data, 0o644, nil); err != nil {
 		t.Fatal(err)
 	}
-	if !Holds(dst, data, 0o644) {
+	if !holds(dst, data, 0o644) {
 		t.Fatal("the file WriteAtomic wrote does not hold its data")
 	}
 	for _, c := range []struct {
@@ -138,27 +146,48 @@ func TestHolds(t *testing.T) {
 		{"other mode", data, 0o600},
 		{"not only permissions", data, 0o644 | fs.ModeSetuid},
 	} {
-		if Holds(dst, c.data, c.mode) {
+		if holds(dst, c.data, c.mode) {
 			t.Errorf("%s: holds", c.name)
 		}
+	}
+	// the check reads the file compared, through its descriptor; its error is Holds'
+	var seen []byte
+	refuse := errors.New("refused")
+	ok, err := Holds(dst, data, 0o644, func(p string) error {
+		seen, _ = os.ReadFile(p)
+		if !strings.HasPrefix(p, "/proc/self/fd/") {
+			t.Errorf("check got %s", p)
+		}
+		return refuse
+	})
+	if !ok || !errors.Is(err, refuse) || string(seen) != string(data) {
+		t.Errorf("check: %v %v, read %q", ok, err, seen)
 	}
 	// a link to a file that holds data is no such file: a write would replace the link
 	link := filepath.Join(dir, "link.yaml")
 	if err := os.Symlink(dst, link); err != nil {
 		t.Fatal(err)
 	}
-	if Holds(link, data, 0o644) {
+	if holds(link, data, 0o644) {
 		t.Error("a link holds data")
+	}
+	// a second name of the file: a write would part them
+	hard := filepath.Join(dir, "hard.yaml")
+	if err := os.Link(dst, hard); err != nil {
+		t.Fatal(err)
+	}
+	if holds(dst, data, 0o644) || holds(hard, data, 0o644) {
+		t.Error("a file with two links holds data")
 	}
 	// a FIFO neither blocks nor holds
 	fifo := filepath.Join(dir, "fifo.yaml")
 	if err := unix.Mkfifo(fifo, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if Holds(fifo, nil, 0o644) {
+	if holds(fifo, nil, 0o644) {
 		t.Error("a FIFO holds data")
 	}
-	if Holds(dir, nil, 0o755) {
+	if holds(dir, nil, 0o755) {
 		t.Error("a folder holds data")
 	}
 	// another user's file: a write would make it this user's
@@ -170,8 +199,12 @@ func TestHolds(t *testing.T) {
 		if err := os.Chown(other, 1, 1); err != nil {
 			t.Fatal(err)
 		}
-		if Holds(other, data, 0o644) {
+		if holds(other, data, 0o644) {
 			t.Error("another user's file holds data")
+		}
+		// a device is not opened, and holds nothing (/dev/null: opening it is harmless)
+		if holds("/dev/null", nil, 0o666) {
+			t.Error("a device holds data")
 		}
 	}
 	// an empty file holds empty data
@@ -179,7 +212,7 @@ func TestHolds(t *testing.T) {
 	if err := WriteAtomic(empty, nil, 0o644, nil); err != nil {
 		t.Fatal(err)
 	}
-	if !Holds(empty, nil, 0o644) || Holds(empty, []byte("x"), 0o644) {
+	if !holds(empty, nil, 0o644) || holds(empty, []byte("x"), 0o644) {
 		t.Error("empty file")
 	}
 }
