@@ -204,7 +204,11 @@ func (s *Service) writeSpec(inv *gpu.Inventory) {
 		return
 	}
 	for _, w := range written {
-		s.Log.Info("CDI spec refreshed", "path", w.Path, "kind", w.Spec.Kind, "devices", len(w.Spec.Devices))
+		msg := "CDI spec refreshed"
+		if w.Unchanged {
+			msg = "CDI spec unchanged"
+		}
+		s.Log.Info(msg, "path", w.Path, "kind", w.Spec.Kind, "devices", len(w.Spec.Devices))
 		w.Log(s.Log)
 	}
 }
