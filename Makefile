@@ -33,7 +33,9 @@ BUILD_ENV    := GOARCH=$(ARCH) $(if $(filter $(HOST_ARCH),$(ARCH)),,CC=$(CROSS_C
 # 4 MiB into pages faulted 4 KiB at a time (about 2 ms of cdi generate on a VM).
 # GOEXPERIMENT=norandomizedheapbase64, where the toolchain still has it, keeps Go 1.25's
 # fixed heap base: the randomization guards cgo's memory, and the lean build has no cgo.
-LEAN_ENV     = $(shell GOEXPERIMENT=norandomizedheapbase64 $(GO) env GOEXPERIMENT >/dev/null 2>&1 && echo GOEXPERIMENT=norandomizedheapbase64)
+# (added to the experiments already set, in the environment or by go env -w)
+LEAN_ENV     = $(shell e=$$($(GO) env GOEXPERIMENT); e=$${e:+$$e,}norandomizedheapbase64; \
+                 GOEXPERIMENT=$$e $(GO) env GOEXPERIMENT >/dev/null 2>&1 && echo GOEXPERIMENT=$$e)
 # the runtime wrapper's front and the hook are small static C programs (one exec per
 # runtime command or container start): built with musl where it is installed (musl-tools),
 # whose static start costs a third of glibc's, else with the C compiler and glibc

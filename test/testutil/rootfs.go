@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -103,14 +104,23 @@ func BuildNVBind(t testing.TB, dir string) string {
 }
 
 // LeanBuildEnv is the environment make build adds to the lean nvbind's go build (its
-// LEAN_ENV): GOEXPERIMENT=norandomizedheapbase64 where the toolchain knows it.
+// LEAN_ENV): norandomizedheapbase64 added to the experiments already set, where the
+// toolchain knows it.
 func LeanBuildEnv(t testing.TB) []string {
 	t.Helper()
 	leanEnvOnce.Do(func() {
+		out, err := exec.Command("go", "env", "GOEXPERIMENT").Output()
+		if err != nil {
+			return
+		}
+		e := "norandomizedheapbase64"
+		if cur := strings.TrimSpace(string(out)); cur != "" {
+			e = cur + "," + e
+		}
 		cmd := exec.Command("go", "env", "GOEXPERIMENT")
-		cmd.Env = append(os.Environ(), "GOEXPERIMENT=norandomizedheapbase64")
+		cmd.Env = append(os.Environ(), "GOEXPERIMENT="+e)
 		if cmd.Run() == nil {
-			leanEnv = []string{"GOEXPERIMENT=norandomizedheapbase64"}
+			leanEnv = []string{"GOEXPERIMENT=" + e}
 		}
 	})
 	return leanEnv
