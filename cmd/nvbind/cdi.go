@@ -77,7 +77,7 @@ naming a folder, a host with IMEX channels also gets nvidia.com-imex-channel.yam
 			if err != nil {
 				return err
 			}
-			defer finishing()()
+			finishing()
 			if _, err := f.ensureLayouts(inv, o); err != nil {
 				return err
 			}

@@ -28,8 +28,8 @@ func main() {
 	}
 }
 
-// oneShotCommands end at once on SIGINT or SIGTERM, as any short command does, except
-// while they mount or write (finishing): they hold nothing to release.
+// oneShotCommands end at once on SIGINT or SIGTERM, as any short command does, until they
+// mount or write (finishing): they hold nothing to release before.
 var oneShotCommands = map[string]bool{
 	"nvbind version": true, "nvbind info": true,
 	"nvbind cdi generate": true, "nvbind cdi list": true, "nvbind cdi validate": true,
@@ -48,8 +48,8 @@ func oneShot(cmd *cobra.Command) bool {
 // withSignals makes SIGINT and SIGTERM cancel the context of the command that root runs,
 // so that it stops gracefully, unless the command is one-shot: then no signal handler
 // and its goroutine start, whose threads are about a millisecond of a one-shot start on
-// a VM, and the command holds the signals off only while it is finishing. The function
-// it returns stops the handler.
+// a VM, and the command holds the signals off once it is finishing. The function it
+// returns stops the handler.
 func withSignals(root *cobra.Command) func() {
 	stop := func() {}
 	pre := root.PersistentPreRunE
@@ -68,17 +68,16 @@ func withSignals(root *cobra.Command) func() {
 	return func() { stop() }
 }
 
-// finishing is called by a one-shot command before it mounts or writes, and what it
-// returns once that is done: in nvbind's process (withSignals), SIGINT and SIGTERM are
-// ignored in between, so that the command ends with its work done rather than half way
-// (a layout half mounted, a temp file left beside the spec). Elsewhere (tests) it does
-// nothing.
-var finishing = func() func() { return func() {} }
+// finishing is called by a one-shot command before it mounts or writes. In nvbind's
+// process (withSignals) SIGINT, SIGTERM and SIGHUP are ignored from then on, so that the
+// command ends with its work done rather than half way (a layout half mounted, a temp file
+// left beside the spec): it exits right after, and a signal that came meanwhile is lost.
+// They stay ignored to the end, since Go cannot give an ignored signal its default back
+// (signal.Reset leaves it ignored, golang/go#46321), and nothing is left to run. Elsewhere
+// (tests) it does nothing.
+var finishing = func() {}
 
-func holdSignals() func() {
-	signal.Ignore(os.Interrupt, syscall.SIGTERM)
-	return func() { signal.Reset(os.Interrupt, syscall.SIGTERM) }
-}
+func holdSignals() { signal.Ignore(os.Interrupt, syscall.SIGTERM, syscall.SIGHUP) }
 
 // exitError carries an exit code for errors already reported.
 type exitError struct{ code int }

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -131,13 +132,6 @@ func TestWithSignals(t *testing.T) {
 		t.Fatal("a one-shot command does not hold the signals off while finishing")
 	}
 	finishing = keep
-	// held off, SIGTERM does nothing (the test would die of it otherwise)
-	release := holdSignals()
-	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	release()
 
 	t.Setenv("NVBIND_CDI_GENERATE_WATCH", "true")
 	root := newRootCommandFor([]string{"cdi", "generate"})
@@ -162,5 +156,43 @@ func TestWithSignals(t *testing.T) {
 	case <-ctx.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("SIGTERM did not cancel the command's context")
+	}
+}
+
+// holdChildEnv makes this test binary, as a child, hold the signals off and then send
+// itself the one it names.
+const holdChildEnv = "NVBIND_HOLD_CHILD"
+
+// TestHoldSignals: a one-shot command that is finishing outlives SIGINT, SIGTERM and
+// SIGHUP (in a child process: the test binary would die of them otherwise), and cdi
+// generate holds them off before it mounts or writes, once.
+func TestHoldSignals(t *testing.T) {
+	if sig := os.Getenv(holdChildEnv); sig != "" {
+		holdSignals()
+		n, _ := strconv.Atoi(sig)
+		if err := syscall.Kill(os.Getpid(), syscall.Signal(n)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		return
+	}
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHoldSignals$", "-test.v")
+		cmd.Env = append(os.Environ(), holdChildEnv+"="+strconv.Itoa(int(sig)))
+		out, err := cmd.CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestHoldSignals") {
+			t.Errorf("%v while held: %v\n%s", sig, err, out)
+		}
+	}
+	keep := finishing
+	t.Cleanup(func() { finishing = keep })
+	held := 0
+	finishing = func() { held++ }
+	root := testutil.DriverRoot(t, "flat-535")
+	if _, _, err := run(t, "cdi", "generate", "--no-nvml", "--driver-root", root, "--dev-root", root, "--output", filepath.Join(t.TempDir(), "s.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	if held != 1 {
+		t.Errorf("cdi generate held the signals off %d times", held)
 	}
 }

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // ReadAll reads r to the end, failing when it holds more than max bytes; name goes into
@@ -135,28 +137,35 @@ func writeAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 // Holds says whether dst already is what WriteAtomic(dst, data, mode, check) would leave
 // there: a regular file with one link, not a link itself, with exactly mode's permission
 // bits, owned by this process's effective user, holding exactly data, which check (when
-// given) accepts. check reads the very file compared, through a path of its descriptor
-// (/proc/self/fd/N), not dst, which may be replaced meanwhile; its error is Holds'. Holds
-// looks at the path's type before it opens it (no device is opened), reads at most
-// len(data)+1 bytes, and does not block on a FIFO. When dst holds data, the file and then
-// its folder are synced, so that the file is as durable as a write would have made it,
-// whoever wrote it; a failed sync says no.
+// given) accepts. It pins the file with an O_PATH handle and looks at it before opening it
+// for reading through /proc/self/fd (no device or FIFO is ever opened; without /proc it
+// says no, and the file is written afresh), reads at most len(data)+1 bytes, and hands
+// check that same file (/proc/self/fd/N), not dst, which another writer may replace
+// meanwhile; check's error is Holds'. When dst holds data, the file and then its folder
+// are synced, so that the file is as durable as a write would have made it, whoever wrote
+// it; a failed sync says no.
 func Holds(dst string, data []byte, mode fs.FileMode, check func(path string) error) (bool, error) {
 	if mode&^fs.ModePerm != 0 {
 		return false, nil
 	}
-	var before syscall.Stat_t
-	if syscall.Lstat(dst, &before) != nil || !holdsShape(&before, len(data), mode) {
+	pfd, err := syscall.Open(dst, unix.O_PATH|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0)
+	if err != nil {
 		return false, nil
 	}
-	fd, err := syscall.Open(dst, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	defer func() { _ = syscall.Close(pfd) }()
+	var st syscall.Stat_t
+	if syscall.Fstat(pfd, &st) != nil || st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Nlink != 1 ||
+		st.Mode&0o7777 != uint32(mode) || int(st.Uid) != os.Geteuid() || st.Size != int64(len(data)) {
+		return false, nil
+	}
+	fd, err := syscall.Open("/proc/self/fd/"+strconv.Itoa(pfd), syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOCTTY, 0)
 	if err != nil {
 		return false, nil
 	}
 	defer func() { _ = syscall.Close(fd) }()
-	var st syscall.Stat_t
-	if syscall.Fstat(fd, &st) != nil || st.Dev != before.Dev || st.Ino != before.Ino || !holdsShape(&st, len(data), mode) {
-		return false, nil
+	var rst syscall.Stat_t
+	if syscall.Fstat(fd, &rst) != nil || rst.Dev != st.Dev || rst.Ino != st.Ino {
+		return false, nil // not procfs's link to the file pinned
 	}
 	// the size may change under the read: read one byte more than data to see it
 	old := make([]byte, len(data)+1)
@@ -178,13 +187,7 @@ func Holds(dst string, data []byte, mode fs.FileMode, check func(path string) er
 		return false, nil
 	}
 	if check != nil {
-		// where /proc is not there to show the file, it is written afresh
-		p := "/proc/self/fd/" + strconv.Itoa(fd)
-		var pst syscall.Stat_t
-		if syscall.Stat(p, &pst) != nil || pst.Dev != st.Dev || pst.Ino != st.Ino {
-			return false, nil
-		}
-		if err := check(p); err != nil {
+		if err := check("/proc/self/fd/" + strconv.Itoa(fd)); err != nil {
 			return true, err
 		}
 	}
@@ -200,11 +203,4 @@ func Holds(dst string, data []byte, mode fs.FileMode, check func(path string) er
 		return false, nil
 	}
 	return true, nil
-}
-
-// holdsShape says whether st is a regular file with one link, of exactly mode, owned by
-// this process's effective user, of size bytes.
-func holdsShape(st *syscall.Stat_t, size int, mode fs.FileMode) bool {
-	return st.Mode&syscall.S_IFMT == syscall.S_IFREG && st.Nlink == 1 && st.Mode&0o7777 == uint32(mode) &&
-		int(st.Uid) == os.Geteuid() && st.Size == int64(size)
 }
