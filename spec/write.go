@@ -97,8 +97,9 @@ func Validate(s *cdispecs.Spec) error {
 // WriteFile validates the spec with the CDI library and writes it atomically (temp file,
 // fsync, rename, fsync of the folder): a reader sees the old file or the new one, never a
 // half-written one, and an invalid spec leaves the old file as it was. A file that
-// already holds the spec byte for byte (mode 0644, this user's, not a link) is left as it
-// is, after the same check and syncs: runtimes that watch the folder see no event.
+// already holds the spec byte for byte (a regular file of one link, mode 0644, this
+// user's) is left as it is, after the same check and syncs: runtimes that watch the folder
+// see no event.
 func WriteFile(s *cdispecs.Spec, dst string, f Format) error {
 	_, err := writeFile(s, dst, f, "", nil)
 	return err
