@@ -124,12 +124,19 @@ func writeAtomic(dst string, data []byte, mode fs.FileMode, check func(tmp strin
 	if !durable {
 		return nil
 	}
-	if d, derr := Open(dir); derr == nil {
-		derr = d.Sync()
-		_ = d.Close()
-		if derr != nil && !errors.Is(derr, os.ErrInvalid) {
-			return fmt.Errorf("sync %s: %w", dir, derr)
-		}
+	return syncDir(dir)
+}
+
+// syncDir makes a folder's entries durable (a rename into it). A folder that cannot be
+// opened, or whose file system cannot sync folders (EINVAL), is no error.
+func syncDir(dir string) error {
+	d, err := Open(dir)
+	if err != nil {
+		return nil
+	}
+	defer func() { _ = d.Close() }()
+	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -191,15 +198,7 @@ func Holds(dst string, data []byte, mode fs.FileMode, check func(path string) er
 			return true, err
 		}
 	}
-	if syscall.Fsync(fd) != nil {
-		return false, nil
-	}
-	d, err := Open(filepath.Dir(dst))
-	if err != nil {
-		return false, nil
-	}
-	defer func() { _ = d.Close() }()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
+	if syscall.Fsync(fd) != nil || syncDir(filepath.Dir(dst)) != nil {
 		return false, nil
 	}
 	return true, nil
