@@ -93,39 +93,58 @@ func Complete(base string, p Plan) bool {
 // driver root elsewhere. A layout left half-built (a crash) is detached and built again;
 // one that is complete is never changed.
 func Ensure(base string, p Plan, read func(string) string) error {
+	_, err := Build(base, p, read)
+	return err
+}
+
+// Built says what Build did.
+type Built struct {
+	// Made is set where this call built the layout (not complete before).
+	Made bool
+	// Whole are the container folders bound whole: one mount of the host's folder each.
+	Whole []string
+	// PerFile are the driver folders laid out one file at a time, each with why it was
+	// not bound whole.
+	PerFile []PerFile
+}
+
+// Build is Ensure, and says what it did.
+func Build(base string, p Plan, read func(string) string) (Built, error) {
 	if Complete(base, p) {
-		return nil
+		return Built{}, nil
 	}
 	if !CanBuild() {
-		return ErrNoPrivilege
+		return Built{}, ErrNoPrivilege
 	}
 	if read == nil {
 		read = func(s string) string { return s }
 	}
 	unlock, err := lock(base)
 	if err != nil {
-		return err
+		return Built{}, err
 	}
 	defer unlock()
 	if Complete(base, p) { // built by another process meanwhile
-		return nil
+		return Built{}, nil
 	}
 	dir := p.HostPath(base)
 	if err := detach(dir); err != nil {
-		return err
+		return Built{}, err
 	}
 	if err := os.Mkdir(dir, 0o755); err != nil { //nolint:gosec // world-readable: every container reads it
-		return fmt.Errorf("create %s: %w", dir, err)
+		return Built{}, fmt.Errorf("create %s: %w", dir, err)
 	}
 	if err := unix.Mount("nvbind-driver", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, tmpfsOptions); err != nil {
 		_ = os.Remove(dir)
-		return fmt.Errorf("mount the layout at %s: %w", dir, err)
+		return Built{}, fmt.Errorf("mount the layout at %s: %w", dir, err)
 	}
-	if err := fill(dir, p, read); err != nil {
+	b, err := fill(dir, p, read)
+	if err != nil {
 		_ = detach(dir)
-		return fmt.Errorf("layout %s: %w", p.ID, err)
+		return Built{}, fmt.Errorf("layout %s: %w", p.ID, err)
 	}
-	return nil
+	b.Made = true
+	return b, nil
 }
 
 // lockFile serialises the processes that build and detach layouts under one base (the
@@ -164,44 +183,46 @@ func lock(base string) (func(), error) {
 }
 
 // fill lays the entries out in the layout's tmpfs at dir, then marks it complete and
-// makes it read-only.
-func fill(dir string, p Plan, read func(string) string) error {
-	whole := wholeFolders(p, read)
+// makes it read-only; it says which driver folders went in whole, and why the others did
+// not.
+func fill(dir string, p Plan, read func(string) string) (Built, error) {
+	whole, notes := wholeFolders(p, read)
 	defer closeWhole(whole)
+	b := Built{Whole: slices.Sorted(maps.Keys(whole)), PerFile: notes}
 	for _, e := range p.Entries {
 		if _, ok := whole[DriverFolder(e.Path, "")]; ok {
 			continue
 		}
 		dst := filepath.Join(dir, e.Path)
 		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil { //nolint:gosec // world-readable
-			return err
+			return b, err
 		}
 		if e.Host == "" {
 			if err := os.Symlink(e.Target, dst); err != nil {
-				return err
+				return b, err
 			}
 			continue
 		}
 		if err := bindFile(read(e.Host), dst); err != nil {
-			return fmt.Errorf("bind %s: %w", e.Host, err)
+			return b, fmt.Errorf("bind %s: %w", e.Host, err)
 		}
 	}
-	for _, c := range slices.Sorted(maps.Keys(whole)) {
+	for _, c := range b.Whole {
 		if err := bindFolder(whole[c].fd, filepath.Join(dir, c)); err != nil {
-			return fmt.Errorf("bind %s: %w", whole[c].host, err)
+			return b, fmt.Errorf("bind %s: %w", whole[c].host, err)
 		}
 	}
 	if err := writeEntries(dir, p); err != nil {
-		return err
+		return b, err
 	}
 	data, err := json.MarshalIndent(p, "", "  ")
 	if err != nil {
-		return err
+		return b, err
 	}
 	if err := os.WriteFile(filepath.Join(dir, completeFile), data, 0o444); err != nil { //nolint:gosec // world-readable
-		return err
+		return b, err
 	}
-	return unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, tmpfsOptions)
+	return b, unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, tmpfsOptions)
 }
 
 // writeEntries writes the ld cache entries of the layout's library folders, as the hook

@@ -263,20 +263,37 @@ func ensureHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := For(inv, gpu.CapsAll)
-	if err := Ensure(base, p, nil); err != nil {
+	b, err := Build(base, p, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if !Complete(base, p) {
 		t.Fatal("not complete")
 	}
-	if w := wholeFolders(p, nil); len(w) != 0 {
+	if w, _ := wholeFolders(p, nil); len(w) != 0 || len(b.Whole) != 0 {
 		closeWhole(w)
-		t.Errorf("folders of a writable file system bound whole: %v", w)
+		t.Errorf("folders of a writable file system bound whole: %v, %v", w, b.Whole)
+	}
+	// each driver folder says why it is laid out per file; the 64-bit one, a folder of
+	// its own, because the fixture's file system can be written
+	if !b.Made || len(b.PerFile) == 0 {
+		t.Fatalf("Build = %+v: made, with the driver folders laid out per file, wanted", b)
+	}
+	writable := false
+	for _, n := range b.PerFile {
+		if DriverFolder(n.Folder+"/x", "") != n.Folder || n.Why == "" {
+			t.Errorf("driver folder %s (host %s): %q, want a driver folder and why", n.Folder, n.Host, n.Why)
+		}
+		writable = writable || n.Folder == "/usr/lib/x86_64-linux-gnu/nvidia" && strings.Contains(n.Why, "it is on ext4 (block device ") &&
+			strings.Contains(n.Why, "which can be written")
+	}
+	if !writable {
+		t.Errorf("the 64-bit folder is not refused as on a writable file system: %+v", b.PerFile)
 	}
 	dir := p.HostPath(base)
 	files := checkLayout(t, dir, p, nil)
-	if err := Ensure(base, p, nil); err != nil {
-		t.Fatalf("a second Ensure: %v", err)
+	if b, err := Build(base, p, nil); err != nil || b.Made {
+		t.Fatalf("a second Build: %+v, %v (a complete layout stays)", b, err)
 	}
 	gone, err := Collect(base, nil)
 	if err != nil || len(gone) != 1 || gone[0] != p.ID {
@@ -383,8 +400,8 @@ func wholeHelper(t *testing.T) {
 	// NGX's wine DLLs, which no plan does, so it is mounted per file
 	const folder = "/usr/lib/i386-linux-gnu/nvidia"
 	host := filepath.Join(root.Path, folder)
-	if fd := openFolder(t, host); !immutableFolder(fd) {
-		t.Fatalf("%s is on a read-only loop device, and not seen so", host)
+	if err := immutableFolder(openFolder(t, host)); err != nil {
+		t.Fatalf("%s is on a read-only loop device, and not seen so: %v", host, err)
 	}
 	// the same folder on a tmpfs whose superblock is read-only is not: root may make it
 	// writable again
@@ -396,8 +413,8 @@ func wholeHelper(t *testing.T) {
 	if err := unix.Mount("", fsDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		t.Fatal(err)
 	}
-	if immutableFolder(openFolder(t, fsDir)) {
-		t.Error("a tmpfs remounted read-only is seen as immutable")
+	if err := immutableFolder(openFolder(t, fsDir)); err == nil || !strings.Contains(err.Error(), "on tmpfs, which can be written") {
+		t.Errorf("a tmpfs remounted read-only: %v, want it refused as a tmpfs", err)
 	}
 	inv := inventory(t, root)
 	mountsUnder := func(dir string) int {
@@ -414,12 +431,25 @@ func wholeHelper(t *testing.T) {
 		return n
 	}
 	p := For(inv, gpu.CapsAll)
-	if err := Ensure(base, p, nil); err != nil {
+	b, err := Build(base, p, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
 	dir := p.HostPath(base)
-	w := wholeFolders(p, nil)
+	w, notes := wholeFolders(p, nil)
 	closeWhole(w)
+	if !slices.Equal(b.Whole, []string{folder}) || !slices.Equal(b.PerFile, notes) {
+		t.Errorf("Build = %+v, want %s whole and the notes %+v", b, folder, notes)
+	}
+	// the 64-bit folder also holds NGX's DLLs (in current/nvidia/wine), which no layout
+	// does: it says so
+	var wine bool
+	for _, n := range notes {
+		wine = wine || n.Folder == "/usr/lib/x86_64-linux-gnu/nvidia" && n.Why == "current/nvidia: a folder the layout has nothing in"
+	}
+	if !wine {
+		t.Errorf("the 64-bit folder's note does not name a file the layout lacks: %+v", notes)
+	}
 	files := checkLayout(t, dir, p, w)
 	var hostSt, gotSt unix.Stat_t
 	if err := unix.Stat(host, &hostSt); err != nil {
@@ -454,18 +484,22 @@ func wholeHelper(t *testing.T) {
 	if err := unix.Mount(filepath.Join(root.Path, "usr/lib/x86_64-linux-gnu/nvidia/current/libcuda.so.535.261.03"), lib, "", unix.MS_BIND, ""); err != nil {
 		t.Fatal(err)
 	}
-	if w := wholeFolders(p, nil); len(w) != 0 {
+	if w, notes := wholeFolders(p, nil); len(w) != 0 || !slices.ContainsFunc(notes, func(n PerFile) bool {
+		return n.Folder == folder && strings.Contains(n.Why, "current/libcuda.so.535.261.03: another file system is mounted there")
+	}) {
 		closeWhole(w)
-		t.Errorf("a folder with a file mounted over one of its files is bound whole: %v", w)
+		t.Errorf("a folder with a file mounted over one of its files: bound whole %v, notes %+v", w, notes)
 	}
 	if err := unix.Unmount(lib, 0); err != nil {
 		t.Fatal(err)
 	}
-	// compute alone holds part of the folder: one mount per file
+	// compute alone holds part of the 64-bit folder: one mount per file, and it says why
 	pc := For(inv, gpu.CapsOf(gpu.CapCompute, gpu.CapUtility))
-	if w := wholeFolders(pc, nil); len(w) != 0 {
+	if w, notes := wholeFolders(pc, nil); len(w) != 0 || !slices.ContainsFunc(notes, func(n PerFile) bool {
+		return n.Folder == "/usr/lib/x86_64-linux-gnu/nvidia" && strings.HasSuffix(n.Why, " the layout does not hold")
+	}) {
 		closeWhole(w)
-		t.Errorf("a plan with part of the folder binds it whole: %v", w)
+		t.Errorf("a plan with part of the folder: bound whole %v, notes %+v", w, notes)
 	}
 	if err := Ensure(base, pc, nil); err != nil {
 		t.Fatal(err)
@@ -559,13 +593,15 @@ func TestSameTree(t *testing.T) {
 					entries[i].Host = strings.Replace(entries[i].Host, "HOST", dir, 1)
 				}
 			}
-			if got := sameTree(openFolder(t, dir), dir, c, entries); got != tc.want {
-				t.Errorf("sameTree = %v, want %v", got, tc.want)
+			err := sameTree(openFolder(t, dir), dir, c, entries)
+			if (err == nil) != tc.want {
+				t.Errorf("sameTree = %v, want the same tree: %v", err, tc.want)
 			}
+			t.Logf("sameTree: %v", err)
 		})
 	}
-	if immutableFolder(openFolder(t, t.TempDir())) {
-		t.Error("a folder of a writable file system is seen as immutable")
+	if err := immutableFolder(openFolder(t, t.TempDir())); err == nil || !strings.Contains(err.Error(), "which can be written") {
+		t.Errorf("a folder of a writable file system: %v, want it refused as writable", err)
 	}
 }
 

@@ -3,6 +3,7 @@ package layout
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -120,11 +121,15 @@ func (l *Provider) provide(inv *gpu.Inventory, ask bool, sets ...gpu.Capabilitie
 			continue
 		}
 		if l.Build {
-			if err := Ensure(l.Base, p, l.Read); err != nil {
+			b, err := Build(l.Base, p, l.Read)
+			if err != nil {
 				l.Log.Error("driver layout not built: containers get one mount per file", "layout", p.ID, slog.Any("error", err))
 				continue
 			}
-			l.Log.Info("driver layout built", "layout", p.ID, "entries", len(p.Entries))
+			l.Log.Info("driver layout built", "layout", p.ID, "entries", len(p.Entries), "whole_folders", strings.Join(b.Whole, ","))
+			for _, n := range b.PerFile {
+				l.Log.Info("driver folder laid out one file at a time", "layout", p.ID, "folder", n.Folder, "host_folder", n.Host, "reason", n.Why)
+			}
 			made = true
 			continue
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path"
 	"path/filepath"
@@ -50,9 +51,9 @@ type wholeFolder struct {
 }
 
 // wholeFolders returns the plan's driver folders that go into its layout whole, by
-// container folder, each open (closeWhole closes them). read maps a host path to where
-// this process reads it.
-func wholeFolders(p Plan, read func(string) string) map[string]wholeFolder {
+// container folder, each open (closeWhole closes them), and, for each of the others, why
+// it goes in one file at a time. read maps a host path to where this process reads it.
+func wholeFolders(p Plan, read func(string) string) (map[string]wholeFolder, []PerFile) {
 	if read == nil {
 		read = func(s string) string { return s }
 	}
@@ -63,22 +64,40 @@ func wholeFolders(p Plan, read func(string) string) map[string]wholeFolder {
 		}
 	}
 	out := map[string]wholeFolder{}
-	for c, entries := range byFolder {
+	var notes []PerFile
+	for _, c := range slices.Sorted(maps.Keys(byFolder)) {
+		entries := byFolder[c]
 		host, ok := hostFolder(c, entries)
 		if !ok {
+			notes = append(notes, PerFile{Folder: c, Why: "its files come from more than one host folder"})
 			continue
 		}
 		fd, err := unix.Open(read(host), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 		if err != nil {
+			notes = append(notes, PerFile{Folder: c, Host: host, Why: "cannot be opened as a folder: " + err.Error()})
 			continue
 		}
-		if immutableFolder(fd) && sameTree(fd, host, c, entries) {
-			out[c] = wholeFolder{host: host, fd: fd}
+		if err := immutableFolder(fd); err != nil {
+			notes = append(notes, PerFile{Folder: c, Host: host, Why: err.Error()})
+			_ = unix.Close(fd)
 			continue
 		}
-		_ = unix.Close(fd)
+		if err := sameTree(fd, host, c, entries); err != nil {
+			notes = append(notes, PerFile{Folder: c, Host: host, Why: err.Error()})
+			_ = unix.Close(fd)
+			continue
+		}
+		out[c] = wholeFolder{host: host, fd: fd}
 	}
-	return out
+	return out, notes
+}
+
+// A PerFile is a driver folder that goes into a layout one file at a time, and why it
+// does not go in whole.
+type PerFile struct {
+	Folder string // the container folder
+	Host   string // the host folder its files come from ("" where there is none)
+	Why    string
 }
 
 // closeWhole closes the folders wholeFolders opened.
@@ -109,16 +128,19 @@ func hostFolder(c string, entries []Entry) (string, bool) {
 // immutableFiles are the file systems that cannot be written, whatever their mount.
 var immutableFiles = map[string]bool{"squashfs": true, "erofs": true, "cramfs": true, "iso9660": true}
 
-// immutableFolder reports whether the folder fd opens is on a file system that cannot be
-// written: read-only by its kind, or on a read-only block device.
-func immutableFolder(fd int) bool {
+// onlyImmutable names what goes into a layout whole.
+const onlyImmutable = "only squashfs, erofs, cramfs, iso9660 or a read-only block device goes in whole"
+
+// immutableFolder says why the folder fd opens is on a file system that can be written
+// (nil: it cannot be, being read-only by its kind or on a read-only block device).
+func immutableFolder(fd int) error {
 	id, ok := mountIDAt(fd, "")
 	if !ok {
-		return false
+		return errors.New("its mount is unknown (statx without a mount ID)")
 	}
 	data, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return false
+		return fmt.Errorf("its file system is unknown: %w", err)
 	}
 	want := strconv.FormatUint(id, 10) + " "
 	sc := bufio.NewScanner(bytes.NewReader(data))
@@ -131,18 +153,16 @@ func immutableFolder(fd int) bool {
 		// ID PARENT MAJ:MIN ROOT POINT OPTIONS [OPTIONAL...] - TYPE SOURCE SUPER
 		f := strings.Fields(line)
 		_, after, ok := strings.Cut(line, " - ")
-		if !ok || len(f) < 3 {
-			return false
-		}
 		kind := strings.Fields(after)
-		if len(kind) == 0 {
-			return false
+		if !ok || len(f) < 3 || len(kind) == 0 {
+			return errors.New("its file system is unknown (a mountinfo line without one)")
 		}
 		if immutableFiles[kind[0]] {
-			return true
+			return nil
 		}
+		writable := fmt.Errorf("it is on %s, which can be written; %s", kind[0], onlyImmutable)
 		if kind[0] == "overlay" || kind[0] == "tmpfs" {
-			return false
+			return writable
 		}
 		// a block device's read-only flag (dm-verity sets it; a loop device set up
 		// read-only has it); a file system without one (major 0) has none
@@ -150,12 +170,15 @@ func immutableFolder(fd int) bool {
 		ma, err1 := strconv.ParseUint(maj, 10, 32)
 		mi, err2 := strconv.ParseUint(minor, 10, 32)
 		if err1 != nil || err2 != nil || ma == 0 {
-			return false
+			return writable
 		}
 		ro, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/ro", ma, mi))
-		return err == nil && strings.TrimSpace(string(ro)) == "1"
+		if err != nil || strings.TrimSpace(string(ro)) != "1" {
+			return fmt.Errorf("it is on %s (block device %d:%d), which can be written; %s", kind[0], ma, mi, onlyImmutable)
+		}
+		return nil
 	}
-	return false
+	return fmt.Errorf("its mount %d is not in /proc/self/mountinfo", id)
 }
 
 // mountIDAt is the ID of the mount that name under folder fd is on (name "": fd's own),
@@ -172,10 +195,11 @@ func mountIDAt(fd int, name string) (uint64, bool) {
 	return st.Mnt_id, true
 }
 
-// sameTree reports whether the folder fd opens (host folder host) holds exactly the
+// sameTree says why the folder fd opens (host folder host) does not hold exactly the
 // plan's entries under container folder c, with every entry on the folder's own mount,
-// and every folder the builder's (root's) and world-readable, as a layout's own folders.
-func sameTree(fd int, host, c string, entries []Entry) bool {
+// and every folder the builder's (root's) and world-readable, as a layout's own folders
+// (nil: it does).
+func sameTree(fd int, host, c string, entries []Entry) error {
 	want := map[string]Entry{}
 	folders := map[string]bool{} // the folders the entries are under
 	for _, e := range entries {
@@ -187,7 +211,7 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 	}
 	root, ok := mountIDAt(fd, "")
 	if !ok {
-		return false
+		return errors.New("its mount is unknown (statx without a mount ID)")
 	}
 	// through the handle: the folder it opened, whatever its path is now
 	read := "/proc/self/fd/" + strconv.Itoa(fd) + "/"
@@ -197,36 +221,39 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 			return err
 		}
 		if walked++; walked > maxWholeEntries {
-			return errors.New("too many entries")
+			return fmt.Errorf("it holds more than %d entries", maxWholeEntries)
 		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
 		}
+		rel, err := filepath.Rel(read, p)
+		if err != nil {
+			return err
+		}
 		if id, ok := mountIDAt(unix.AT_FDCWD, p); !ok || id != root {
-			return fmt.Errorf("%s: on another mount", p)
+			return fmt.Errorf("%s: another file system is mounted there", rel)
 		}
 		if d.IsDir() && (st.Uid != uint32(os.Geteuid()) || st.Mode&0o755 != 0o755 || st.Mode&0o022 != 0) { //nolint:gosec // a uid
-			return fmt.Errorf("%s: not a folder of mode 0755 of the builder's (root)", p)
+			return fmt.Errorf("%s: not a folder of mode 0755 of the builder's (root)", rel)
 		}
-		rel, err := filepath.Rel(read, p)
-		if err != nil || rel == "." {
-			return err
+		if rel == "." {
+			return nil
 		}
 		switch {
 		case d.IsDir():
 			if !folders[rel] {
-				return fmt.Errorf("%s: holds nothing of the plan", rel)
+				return fmt.Errorf("%s: a folder the layout has nothing in", rel)
 			}
 			return nil
 		case d.Type().IsRegular():
 			if e, ok := want[rel]; !ok || e.Host != path.Join(host, rel) {
-				return fmt.Errorf("%s: not the plan's file", rel)
+				return fmt.Errorf("%s: a file the layout does not hold", rel)
 			}
 		case d.Type()&fs.ModeSymlink != 0:
 			e, ok := want[rel]
 			if !ok || e.Host != "" {
-				return fmt.Errorf("%s: not the plan's link", rel)
+				return fmt.Errorf("%s: a link the layout does not hold", rel)
 			}
 			end, ok := linkEnd(rel, want, func(r string) (string, bool) {
 				t, err := os.Readlink(filepath.Join(read, r))
@@ -237,7 +264,7 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 				return e.Target, ok && e.Host == ""
 			})
 			if !ok || !planOK || end != planEnd || !sameFile(filepath.Join(read, rel), filepath.Join(read, end)) {
-				return fmt.Errorf("%s: its link ends elsewhere than the plan's", rel)
+				return fmt.Errorf("%s: a link that ends elsewhere than the layout's", rel)
 			}
 		default:
 			return fmt.Errorf("%s: not a file, link or folder", rel)
@@ -245,7 +272,13 @@ func sameTree(fd int, host, c string, entries []Entry) bool {
 		seen++
 		return nil
 	})
-	return err == nil && seen == len(want)
+	if err != nil {
+		return err
+	}
+	if seen != len(want) {
+		return fmt.Errorf("it lacks %d of the layout's %d entries there", len(want)-seen, len(want))
+	}
+	return nil
 }
 
 // sameFile reports whether a and b (following links, as the kernel does) are one file.

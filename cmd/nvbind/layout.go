@@ -188,14 +188,20 @@ func (f *layoutBuildFlags) build(inv *gpu.Inventory, sets []gpu.Capabilities, w 
 		if len(p.Entries) == 0 || slices.ContainsFunc(plans, func(o layout.Plan) bool { return o.ID == p.ID }) {
 			continue
 		}
-		had := layout.Complete(f.dir, p)
-		if err := layout.Ensure(f.dir, p, f.readPath); err != nil {
+		b, err := layout.Build(f.dir, p, f.readPath)
+		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
 		plans = append(plans, p)
-		if !had {
+		if b.Made {
 			fmt.Fprintf(w, "built %s: %d entries, mounted by containers at %s\n", p.HostPath(f.dir), len(p.Entries), p.Mount())
+			for _, c := range b.Whole {
+				fmt.Fprintf(w, "  %s: the host's folder, bound whole\n", c)
+			}
+			for _, n := range b.PerFile {
+				fmt.Fprintf(w, "  %s: one mount per file: %s\n", n.Folder, n.Why)
+			}
 		}
 	}
 	return plans, errors.Join(errs...)
