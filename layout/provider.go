@@ -3,7 +3,6 @@ package layout
 import (
 	"context"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -126,7 +125,11 @@ func (l *Provider) provide(inv *gpu.Inventory, ask bool, sets ...gpu.Capabilitie
 				l.Log.Error("driver layout not built: containers get one mount per file", "layout", p.ID, slog.Any("error", err))
 				continue
 			}
-			l.Log.Info("driver layout built", "layout", p.ID, "entries", len(p.Entries), "whole_folders", strings.Join(b.Whole, ","))
+			if !b.Made {
+				made = true // by another builder meanwhile
+				continue
+			}
+			l.Log.Info("driver layout built", "layout", p.ID, "entries", len(p.Entries), slog.Any("whole_folders", b.Whole))
 			for _, n := range b.PerFile {
 				l.Log.Info("driver folder laid out one file at a time", "layout", p.ID, "folder", n.Folder, "host_folder", n.Host, "reason", n.Why)
 			}

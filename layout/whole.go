@@ -67,9 +67,9 @@ func wholeFolders(p Plan, read func(string) string) (map[string]wholeFolder, []P
 	var notes []PerFile
 	for _, c := range slices.Sorted(maps.Keys(byFolder)) {
 		entries := byFolder[c]
-		host, ok := hostFolder(c, entries)
-		if !ok {
-			notes = append(notes, PerFile{Folder: c, Why: "its files come from more than one host folder"})
+		host, err := hostFolder(c, entries)
+		if err != nil {
+			notes = append(notes, PerFile{Folder: c, Why: err.Error()})
 			continue
 		}
 		fd, err := unix.Open(read(host), unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -108,21 +108,27 @@ func closeWhole(w map[string]wholeFolder) {
 }
 
 // hostFolder is the host folder whose files the plan's files under container folder c
-// are, each at the same relative path, or false.
-func hostFolder(c string, entries []Entry) (string, bool) {
-	host := ""
+// are, each at the same relative path; or why there is none.
+func hostFolder(c string, entries []Entry) (string, error) {
+	host, first := "", ""
 	for _, e := range entries {
 		if e.Host == "" {
 			continue
 		}
 		rel := strings.TrimPrefix(e.Path, c+"/")
 		h, ok := strings.CutSuffix(path.Clean(e.Host), "/"+rel)
-		if !ok || h == "" || host != "" && h != host {
-			return "", false
+		switch {
+		case !ok || h == "":
+			return "", fmt.Errorf("%s is the host's %s, which is not at the same place in a folder", rel, e.Host)
+		case host != "" && h != host:
+			return "", fmt.Errorf("its files come from more than one host folder (%s from %s, %s from %s)", first, host, rel, h)
 		}
-		host = h
+		host, first = h, rel
 	}
-	return host, host != ""
+	if host == "" {
+		return "", errors.New("it holds links alone")
+	}
+	return host, nil
 }
 
 // immutableFiles are the file systems that cannot be written, whatever their mount.
@@ -173,10 +179,16 @@ func immutableFolder(fd int) error {
 			return writable
 		}
 		ro, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/ro", ma, mi))
-		if err != nil || strings.TrimSpace(string(ro)) != "1" {
+		switch {
+		case err != nil:
+			return fmt.Errorf("it is on %s, whose block device's read-only flag is unknown: %w; %s", kind[0], err, onlyImmutable)
+		case strings.TrimSpace(string(ro)) != "1":
 			return fmt.Errorf("it is on %s (block device %d:%d), which can be written; %s", kind[0], ma, mi, onlyImmutable)
 		}
 		return nil
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("its file system is unknown: /proc/self/mountinfo: %w", err)
 	}
 	return fmt.Errorf("its mount %d is not in /proc/self/mountinfo", id)
 }
@@ -217,22 +229,25 @@ func sameTree(fd int, host, c string, entries []Entry) error {
 	read := "/proc/self/fd/" + strconv.Itoa(fd) + "/"
 	seen, walked := 0, 0
 	err := filepath.WalkDir(read, func(p string, d fs.DirEntry, err error) error {
+		rel, rerr := filepath.Rel(read, p)
+		if rerr != nil {
+			return rerr
+		}
 		if err != nil {
-			return err
+			return fmt.Errorf("%s: %w", rel, err)
 		}
 		if walked++; walked > maxWholeEntries {
 			return fmt.Errorf("it holds more than %d entries", maxWholeEntries)
 		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
-			return err
+			return fmt.Errorf("%s: %w", rel, err)
 		}
-		rel, err := filepath.Rel(read, p)
-		if err != nil {
-			return err
-		}
-		if id, ok := mountIDAt(unix.AT_FDCWD, p); !ok || id != root {
-			return fmt.Errorf("%s: another file system is mounted there", rel)
+		switch id, ok := mountIDAt(unix.AT_FDCWD, p); {
+		case !ok:
+			return fmt.Errorf("%s: its mount is unknown (statx without a mount ID)", rel)
+		case id != root:
+			return fmt.Errorf("%s: a mount covers it", rel)
 		}
 		if d.IsDir() && (st.Uid != uint32(os.Geteuid()) || st.Mode&0o755 != 0o755 || st.Mode&0o022 != 0) { //nolint:gosec // a uid
 			return fmt.Errorf("%s: not a folder of mode 0755 of the builder's (root)", rel)
@@ -247,13 +262,21 @@ func sameTree(fd int, host, c string, entries []Entry) error {
 			}
 			return nil
 		case d.Type().IsRegular():
-			if e, ok := want[rel]; !ok || e.Host != path.Join(host, rel) {
+			switch e, ok := want[rel]; {
+			case !ok:
 				return fmt.Errorf("%s: a file the layout does not hold", rel)
+			case e.Host == "":
+				return fmt.Errorf("%s: a file where the layout has a link", rel)
+			case e.Host != path.Join(host, rel):
+				return fmt.Errorf("%s: the layout has %s there", rel, e.Host)
 			}
 		case d.Type()&fs.ModeSymlink != 0:
 			e, ok := want[rel]
-			if !ok || e.Host != "" {
+			switch {
+			case !ok:
 				return fmt.Errorf("%s: a link the layout does not hold", rel)
+			case e.Host != "":
+				return fmt.Errorf("%s: a link where the layout has a file", rel)
 			}
 			end, ok := linkEnd(rel, want, func(r string) (string, bool) {
 				t, err := os.Readlink(filepath.Join(read, r))
