@@ -119,7 +119,7 @@ func hostFolder(c string, entries []Entry) (string, error) {
 		h, ok := strings.CutSuffix(path.Clean(e.Host), "/"+rel)
 		switch {
 		case !ok || h == "":
-			return "", fmt.Errorf("%s is the host's %s, which is not at the same place in a folder", rel, e.Host)
+			return "", fmt.Errorf("%s comes from the host's %s, under another name", rel, e.Host)
 		case host != "" && h != host:
 			return "", fmt.Errorf("its files come from more than one host folder (%s from %s, %s from %s)", first, host, rel, h)
 		}
