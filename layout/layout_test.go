@@ -757,3 +757,29 @@ func TestEveryPlanIDIsAnID(t *testing.T) {
 		}
 	}
 }
+
+// TestHostFolder: the host folder of a driver folder's files, or why there is none.
+func TestHostFolder(t *testing.T) {
+	const c = "/usr/lib/x86_64-linux-gnu/nvidia"
+	for _, tc := range []struct {
+		name    string
+		entries []Entry
+		host    string
+		why     string
+	}{
+		{"one folder", []Entry{{Path: c + "/current/libcuda.so.535", Host: "/h/nvidia/current/libcuda.so.535"},
+			{Path: c + "/current/libcuda.so.1", Target: "libcuda.so.535"}, {Path: c + "/libnvoptix.so.1", Host: "/h/nvidia/libnvoptix.so.1"}}, "/h/nvidia", ""},
+		{"two folders", []Entry{{Path: c + "/a.so", Host: "/h/nvidia/a.so"}, {Path: c + "/b.so", Host: "/h/other/b.so"}}, "",
+			"its files come from more than one host folder (a.so from /h/nvidia, b.so from /h/other)"},
+		{"another name", []Entry{{Path: c + "/a.so", Host: "/h/nvidia/a.so.1"}}, "", "a.so comes from the host's /h/nvidia/a.so.1, under another name"},
+		{"links alone", []Entry{{Path: c + "/a.so", Target: "b.so"}}, "", "it holds links alone"},
+	} {
+		host, err := hostFolder(c, tc.entries)
+		switch {
+		case tc.why == "" && (err != nil || host != tc.host):
+			t.Errorf("%s: %q, %v; want %q", tc.name, host, err, tc.host)
+		case tc.why != "" && (err == nil || err.Error() != tc.why):
+			t.Errorf("%s: %q, %v; want %q", tc.name, host, err, tc.why)
+		}
+	}
+}
