@@ -578,6 +578,10 @@ func TestSameTree(t *testing.T) {
 			return append(e, Entry{Path: c + "/libnvidia-ml.so.1", Target: "libcuda.so.535"})
 		}, false},
 		{"a file of the host elsewhere", nil, func(e []Entry) []Entry { e[0].Host = "/elsewhere/libcuda.so.535"; return e }, false},
+		{"a host link where the plan has a file", func(d string) { _ = os.Symlink("libcuda.so.535", filepath.Join(d, "libnvidia-ml.so.1")) },
+			func(e []Entry) []Entry {
+				return append(e, Entry{Path: c + "/libnvidia-ml.so.1", Host: "HOST/libnvidia-ml.so.1"})
+			}, false},
 		{"a plan link where the host has a file", func(d string) { _ = os.WriteFile(filepath.Join(d, "libnvidia-ml.so.1"), nil, 0o644) },
 			func(e []Entry) []Entry {
 				return append(e, Entry{Path: c + "/libnvidia-ml.so.1", Target: "libcuda.so.535"})
@@ -621,6 +625,7 @@ var sameTreeWhy = map[string]string{
 	"a plan entry missing":                  "it lacks 1 of the layout's 5 entries there",
 	"a file of the host elsewhere":          "libcuda.so.535: the layout has /elsewhere/libcuda.so.535 there",
 	"a plan link where the host has a file": "libnvidia-ml.so.1: a file where the layout has a link",
+	"a host link where the plan has a file": "libnvidia-ml.so.1: a link where the layout has a file",
 }
 
 // openFolder opens folder p as wholeFolders does, for the test's time.

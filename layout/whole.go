@@ -123,7 +123,10 @@ func hostFolder(c string, entries []Entry) (string, error) {
 		case host != "" && h != host:
 			return "", fmt.Errorf("its files come from more than one host folder (%s from %s, %s from %s)", first, host, rel, h)
 		}
-		host, first = h, rel
+		if host == "" {
+			first = rel // the first file of the first folder, named if another differs
+		}
+		host = h
 	}
 	if host == "" {
 		return "", errors.New("it holds links alone")
